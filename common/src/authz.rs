@@ -1,0 +1,100 @@
+//! Who is calling, and what they may touch.
+//!
+//! The caller is read from the socket (`SO_PEERCRED`), never from the request.
+//! Grants are glob patterns over resource ids (`module/*`, `device-?d`).
+
+use std::fmt;
+
+use serde::{Deserialize, Deserializer};
+
+/// The process on the other end of a connection, as the kernel reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Caller {
+    /// Effective uid at connect time.
+    pub uid: u32,
+    /// Effective gid at connect time.
+    pub gid: u32,
+    /// Pid at connect time (absent if the kernel did not report one).
+    pub pid: Option<i32>,
+}
+
+impl fmt::Display for Caller {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.pid {
+            Some(pid) => write!(f, "uid {} (pid {pid})", self.uid),
+            None => write!(f, "uid {}", self.uid),
+        }
+    }
+}
+
+/// The uids that may do anything: root and the daemon's own uid.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Admins(Vec<u32>);
+
+impl Admins {
+    /// uid 0 and this process's effective uid (ARCHITECTURE.md section 3).
+    pub fn root_and_self() -> Self {
+        let own = crate::current_uid();
+        Self(if own == 0 { vec![0] } else { vec![0, own] })
+    }
+
+    /// An explicit list; tests use an empty one to see refusals without changing uid.
+    pub fn only(uids: Vec<u32>) -> Self {
+        Self(uids)
+    }
+
+    /// Whether the caller is an administrator.
+    pub fn contains(&self, caller: &Caller) -> bool {
+        self.0.contains(&caller.uid)
+    }
+}
+
+/// A list of glob patterns that grant access to resource ids.
+#[derive(Debug, Clone, Default)]
+pub struct Grants(Vec<glob::Pattern>);
+
+impl Grants {
+    /// Parses each pattern; the error names the bad one.
+    pub fn parse<S: AsRef<str>>(patterns: &[S]) -> Result<Self, String> {
+        patterns
+            .iter()
+            .map(|p| {
+                glob::Pattern::new(p.as_ref())
+                    .map_err(|e| format!("grant pattern '{}' is not a valid glob: {e}", p.as_ref()))
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(Self)
+    }
+
+    /// Whether some pattern matches the id.
+    pub fn allows(&self, id: &str) -> bool {
+        self.0.iter().any(|p| p.matches(id))
+    }
+}
+
+impl<'de> Deserialize<'de> for Grants {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let patterns = Vec::<String>::deserialize(d)?;
+        Grants::parse(&patterns).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn globs_match_ids() {
+        let g = Grants::parse(&["module/*", "device-id"]).unwrap();
+        assert!(g.allows("module/a"));
+        assert!(g.allows("device-id"));
+        assert!(!g.allows("device-ca"));
+        assert!(!g.allows("modulex"));
+    }
+
+    #[test]
+    fn bad_glob_is_named() {
+        let err = Grants::parse(&["[oops"]).unwrap_err();
+        assert!(err.contains("[oops"), "{err}");
+    }
+}

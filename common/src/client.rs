@@ -1,0 +1,217 @@
+//! The client side of the daemons' transport: HTTP/1.1 over a Unix socket, with
+//! pooled keep-alive connections. Each daemon's typed client wraps one of these.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request, StatusCode, Uri};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio::net::UnixStream;
+
+use crate::error::ErrorBody;
+
+/// Why a call to a daemon failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The socket could not be reached.
+    #[error("cannot reach {socket}: {reason}")]
+    Unreachable {
+        /// The socket path.
+        socket: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// The daemon answered with an error status.
+    #[error("{message} (HTTP {status})")]
+    Status {
+        /// The HTTP status.
+        status: StatusCode,
+        /// The daemon's message.
+        message: String,
+    },
+    /// The answer was not what the API promises.
+    #[error("unexpected answer from {socket}: {reason}")]
+    BadReply {
+        /// The socket path.
+        socket: PathBuf,
+        /// What was wrong.
+        reason: String,
+    },
+    /// No answer within the client's timeout.
+    #[error("no answer from {socket} within {}s", .after.as_secs())]
+    Timeout {
+        /// The socket path.
+        socket: PathBuf,
+        /// The timeout.
+        after: Duration,
+    },
+}
+
+impl ClientError {
+    /// The HTTP status, if the daemon answered with one.
+    pub fn status(&self) -> Option<StatusCode> {
+        match self {
+            Self::Status { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+}
+
+/// Opens a new connection to the socket for each connection the pool needs.
+#[derive(Clone)]
+struct UdsConnector {
+    path: Arc<PathBuf>,
+}
+
+impl tower_service::Service<Uri> for UdsConnector {
+    type Response = TokioIo<UnixStream>;
+    type Error = std::io::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: Uri) -> Self::Future {
+        let path = self.path.clone();
+        Box::pin(async move { UnixStream::connect(&*path).await.map(TokioIo::new) })
+    }
+}
+
+/// A client for one daemon socket. Cheap to clone; clones share the pool.
+#[derive(Clone)]
+pub struct UdsClient {
+    socket: Arc<PathBuf>,
+    inner: Client<UdsConnector, Full<Bytes>>,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for UdsClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UdsClient").field("socket", &self.socket).finish()
+    }
+}
+
+impl UdsClient {
+    /// A client for the daemon listening on `socket`.
+    pub fn new(socket: impl AsRef<Path>) -> Self {
+        let socket = Arc::new(socket.as_ref().to_owned());
+        // Idle pooled connections are dropped before the server's idle timeout
+        // would close them, so a request never lands on a closing connection.
+        let inner = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(20))
+            .build(UdsConnector { path: socket.clone() });
+        Self { socket, inner, timeout: Duration::from_secs(90) }
+    }
+
+    /// Changes the per-request timeout (default 90 s).
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// The socket this client talks to.
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// `GET path`, JSON answer.
+    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        let body = self.call(Method::GET, path, Bytes::new()).await?;
+        self.decode(&body)
+    }
+
+    /// `POST path` with a JSON body, JSON answer.
+    pub async fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T, ClientError> {
+        let bytes = serde_json::to_vec(body).map_err(|e| ClientError::BadReply {
+            socket: self.socket.to_path_buf(),
+            reason: format!("cannot encode the request: {e}"),
+        })?;
+        let answer = self.call(Method::POST, path, bytes.into()).await?;
+        self.decode(&answer)
+    }
+
+    /// `DELETE path`, no answer body expected.
+    pub async fn delete(&self, path: &str) -> Result<(), ClientError> {
+        self.call(Method::DELETE, path, Bytes::new()).await.map(drop)
+    }
+
+    /// Sends a request and returns the status and body as they are, error statuses
+    /// included. For tests and tools that need to see exactly what came back.
+    pub async fn raw(&self, method: Method, path: &str, body: Bytes) -> Result<(StatusCode, Bytes), ClientError> {
+        let uri: Uri = format!("http://localhost{path}").parse().map_err(|e| ClientError::BadReply {
+            socket: self.socket.to_path_buf(),
+            reason: format!("bad request path {path}: {e}"),
+        })?;
+        let mut req = Request::new(Full::new(body));
+        *req.method_mut() = method;
+        *req.uri_mut() = uri;
+        if !req.body().size_hint_is_empty() {
+            req.headers_mut()
+                .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+        }
+        let exchange = async {
+            let resp = self.inner.request(req).await.map_err(|e| ClientError::Unreachable {
+                socket: self.socket.to_path_buf(),
+                reason: describe_hyper_error(&e),
+            })?;
+            let status = resp.status();
+            let body = resp.into_body().collect().await.map_err(|e| ClientError::BadReply {
+                socket: self.socket.to_path_buf(),
+                reason: format!("cannot read the answer: {e}"),
+            })?;
+            Ok((status, body.to_bytes()))
+        };
+        tokio::time::timeout(self.timeout, exchange)
+            .await
+            .map_err(|_| ClientError::Timeout { socket: self.socket.to_path_buf(), after: self.timeout })?
+    }
+
+    async fn call(&self, method: Method, path: &str, body: Bytes) -> Result<Bytes, ClientError> {
+        let (status, body) = self.raw(method, path, body).await?;
+        if status.is_success() {
+            return Ok(body);
+        }
+        let message = serde_json::from_slice::<ErrorBody>(&body)
+            .map(|b| b.message)
+            .unwrap_or_else(|_| String::from_utf8_lossy(&body).chars().take(200).collect());
+        Err(ClientError::Status { status, message })
+    }
+
+    fn decode<T: DeserializeOwned>(&self, body: &[u8]) -> Result<T, ClientError> {
+        serde_json::from_slice(body).map_err(|e| ClientError::BadReply {
+            socket: self.socket.to_path_buf(),
+            reason: format!("cannot decode the answer: {e}"),
+        })
+    }
+}
+
+trait SizeHintExt {
+    fn size_hint_is_empty(&self) -> bool;
+}
+
+impl SizeHintExt for Full<Bytes> {
+    fn size_hint_is_empty(&self) -> bool {
+        hyper::body::Body::size_hint(self).exact() == Some(0)
+    }
+}
+
+fn describe_hyper_error(e: &hyper_util::client::legacy::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}

@@ -1,0 +1,153 @@
+//! Config files: TOML, unknown keys refused, every error naming the file, the key
+//! and what is wrong with it.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+
+/// A config file that could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML, or a key has a bad value.
+    #[error("config file {path}: {location}{key}{message}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// `line L, column C: ` where known.
+        location: String,
+        /// `key 'a.b': ` where known.
+        key: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// Reads and parses a TOML config file.
+pub fn load<T: DeserializeOwned>(path: &Path) -> Result<T, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+    parse(path, &text)
+}
+
+/// Parses TOML text; `path` only names the source in errors.
+pub fn parse<T: DeserializeOwned>(path: &Path, text: &str) -> Result<T, ConfigError> {
+    let de = toml::Deserializer::new(text);
+    serde_path_to_error::deserialize(de).map_err(|err| {
+        let key = err.path().to_string();
+        let inner = err.into_inner();
+        let location = inner
+            .span()
+            .map(|span| {
+                let before = &text[..span.start.min(text.len())];
+                let line = before.matches('\n').count() + 1;
+                let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+                format!("line {line}, column {column}: ")
+            })
+            .unwrap_or_default();
+        ConfigError::Invalid {
+            path: path.to_owned(),
+            location,
+            key: if key == "." || key.is_empty() { String::new() } else { format!("key '{key}': ") },
+            message: inner.message().trim().to_owned(),
+        }
+    })
+}
+
+/// Settings every daemon's `[server]` table shares.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Socket path to bind when not started by systemd socket activation.
+    pub socket: PathBuf,
+    /// Mode of the socket file when this daemon creates it.
+    pub socket_mode: u32,
+    /// Largest request body accepted; larger ones get 413.
+    pub max_body_bytes: usize,
+    /// Time a client has to send a request's headers.
+    pub header_read_timeout_secs: u64,
+    /// Time a request's body has to arrive, and a handler has to answer.
+    pub request_timeout_secs: u64,
+    /// A connection with no traffic and no request in flight for this long is closed.
+    pub idle_timeout_secs: u64,
+    /// Connections served at once; further ones wait in the listen queue.
+    pub max_connections: usize,
+    /// On SIGTERM, how long in-flight requests get to finish.
+    pub shutdown_grace_secs: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            socket: PathBuf::new(),
+            socket_mode: 0o660,
+            max_body_bytes: 1024 * 1024,
+            header_read_timeout_secs: 10,
+            request_timeout_secs: 60,
+            idle_timeout_secs: 60,
+            max_connections: 512,
+            shutdown_grace_secs: 30,
+        }
+    }
+}
+
+impl ServerConfig {
+    /// The limits the server enforces.
+    pub fn limits(&self) -> crate::server::Limits {
+        crate::server::Limits {
+            max_body_bytes: self.max_body_bytes,
+            header_read_timeout: Duration::from_secs(self.header_read_timeout_secs.max(1)),
+            request_timeout: Duration::from_secs(self.request_timeout_secs.max(1)),
+            idle_timeout: Duration::from_secs(self.idle_timeout_secs.max(1)),
+            max_connections: self.max_connections.max(1),
+            shutdown_grace: Duration::from_secs(self.shutdown_grace_secs),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Sample {
+        state_dir: PathBuf,
+        #[serde(default)]
+        server: ServerConfig,
+    }
+
+    #[test]
+    fn errors_name_file_line_and_key() {
+        let text = "state_dir = \"/x\"\n[server]\nmax_body_bytes = \"big\"\n";
+        let err = parse::<Sample>(Path::new("/etc/x.toml"), text).unwrap_err().to_string();
+        assert!(err.contains("/etc/x.toml"), "{err}");
+        assert!(err.contains("server.max_body_bytes"), "{err}");
+        assert!(err.contains("line 3"), "{err}");
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let err = parse::<Sample>(Path::new("c.toml"), "state_dir = \"/x\"\nstate_dri = 1\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown field `state_dri`"), "{err}");
+    }
+
+    #[test]
+    fn octal_modes_and_defaults() {
+        let s: Sample = parse(Path::new("c"), "state_dir = \"/x\"\n[server]\nsocket_mode = 0o600\n").unwrap();
+        assert_eq!(s.server.socket_mode, 0o600);
+        assert_eq!(s.server.max_body_bytes, 1024 * 1024);
+    }
+}

@@ -1,0 +1,108 @@
+//! Dispatch on path and method: unknown paths get 404, known paths with the
+//! wrong method get 405 with an `Allow` header.
+
+use std::collections::BTreeMap;
+
+use http::{Method, StatusCode};
+use percent_encoding::percent_decode_str;
+
+use crate::error::ApiError;
+use crate::server::ApiResponse;
+
+/// A route table mapping (method, path pattern) to a daemon's own route value.
+/// Patterns use `{name}` for one segment and `{*name}` for the rest of the path.
+pub struct Routes<R> {
+    router: matchit::Router<Vec<(Method, R)>>,
+}
+
+/// Path parameters, percent-decoded.
+#[derive(Debug, Default)]
+pub struct Params(Vec<(String, String)>);
+
+impl Params {
+    /// The decoded value of `{name}`.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+}
+
+impl<R: Copy> Routes<R> {
+    /// Builds the table. Patterns are the daemon's own constants, so a bad one is
+    /// a programming error found by the first test that starts the daemon.
+    pub fn new(entries: &[(Method, &str, R)]) -> Self {
+        let mut by_path: BTreeMap<&str, Vec<(Method, R)>> = BTreeMap::new();
+        for (method, path, route) in entries {
+            by_path.entry(path).or_default().push((method.clone(), *route));
+        }
+        let mut router = matchit::Router::new();
+        for (path, methods) in by_path {
+            if let Err(e) = router.insert(path, methods) {
+                panic!("route pattern {path} is invalid: {e}");
+            }
+        }
+        Self { router }
+    }
+
+    /// Finds the route for a request, or the 404 / 405 / 400 answer.
+    pub fn find(&self, method: &Method, path: &str) -> Result<(R, Params), ApiResponse> {
+        let matched = self
+            .router
+            .at(path)
+            .map_err(|_| ApiResponse::error(&ApiError::not_found(format!("no such path: {path}"))))?;
+        let Some((_, route)) = matched.value.iter().find(|(m, _)| m == method) else {
+            let allow = matched.value.iter().map(|(m, _)| m.as_str()).collect::<Vec<_>>().join(", ");
+            let err = ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                format!("method {method} is not allowed on {path}; allowed: {allow}"),
+            );
+            return Err(ApiResponse::error(&err).with_header(http::header::ALLOW, &allow));
+        };
+        let mut params = Vec::new();
+        for (name, raw) in matched.params.iter() {
+            let value = percent_decode_str(raw).decode_utf8().map_err(|_| {
+                ApiResponse::error(&ApiError::bad_request(format!("path parameter '{name}' is not valid UTF-8")))
+            })?;
+            params.push((name.to_owned(), value.into_owned()));
+        }
+        Ok((*route, Params(params)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Clone, Copy, Debug, PartialEq)]
+    enum R {
+        List,
+        Get,
+        Delete,
+    }
+
+    fn table() -> Routes<R> {
+        Routes::new(&[
+            (Method::GET, "/v1/things", R::List),
+            (Method::GET, "/v1/things/{*id}", R::Get),
+            (Method::DELETE, "/v1/things/{*id}", R::Delete),
+        ])
+    }
+
+    #[test]
+    fn dispatches_and_decodes() {
+        let (r, p) = table().find(&Method::GET, "/v1/things/module%2Fa").unwrap();
+        assert_eq!(r, R::Get);
+        assert_eq!(p.get("id"), Some("module/a"));
+        let (r, p) = table().find(&Method::DELETE, "/v1/things/module/a").unwrap();
+        assert_eq!(r, R::Delete);
+        assert_eq!(p.get("id"), Some("module/a"));
+        assert_eq!(table().find(&Method::GET, "/v1/things").unwrap().0, R::List);
+    }
+
+    #[test]
+    fn unknown_path_404_wrong_method_405() {
+        let e = table().find(&Method::GET, "/v2/x").unwrap_err();
+        assert_eq!(e.status(), StatusCode::NOT_FOUND);
+        let e = table().find(&Method::POST, "/v1/things").unwrap_err();
+        assert_eq!(e.status(), StatusCode::METHOD_NOT_ALLOWED);
+    }
+}

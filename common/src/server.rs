@@ -1,0 +1,480 @@
+//! The HTTP/1.1 server every daemon runs on its Unix socket.
+//!
+//! listener -> connection (caller read from `SO_PEERCRED`) -> request (body capped,
+//! timed) -> [`Handler`] -> response. Limits and shutdown live here, once.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::io;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::FutureExt;
+use http::header::{HeaderName, HeaderValue, CONTENT_LENGTH, CONTENT_TYPE};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::UnixStream;
+use tokio::sync::{watch, Semaphore};
+
+use crate::authz::Caller;
+use crate::error::{ApiError, ErrorBody, HttpError};
+use crate::listener::Listener;
+
+/// What the server enforces on every connection.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest body accepted (413 past it).
+    pub max_body_bytes: usize,
+    /// Time allowed to send a request's headers.
+    pub header_read_timeout: Duration,
+    /// Time allowed for a body to arrive, and for a handler to answer.
+    pub request_timeout: Duration,
+    /// A connection with no traffic and nothing in flight is closed after this.
+    pub idle_timeout: Duration,
+    /// Connections served at once.
+    pub max_connections: usize,
+    /// Time in-flight requests get to finish after shutdown is asked for.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        crate::config::ServerConfig::default().limits()
+    }
+}
+
+/// One request, as a handler sees it: who asked, what, and the whole body.
+#[derive(Debug)]
+pub struct ApiRequest {
+    /// The peer process, from the socket.
+    pub caller: Caller,
+    /// The HTTP method.
+    pub method: Method,
+    /// The path, still percent-encoded.
+    pub path: String,
+    /// The query string, if any.
+    pub query: Option<String>,
+    /// The body, already read and within the size limit.
+    pub body: Bytes,
+}
+
+impl ApiRequest {
+    /// Parses the body as JSON; a malformed body is a 400 with serde's message.
+    pub fn json<T: DeserializeOwned>(&self) -> Result<T, ApiError> {
+        if self.body.is_empty() {
+            return Err(ApiError::bad_request("request body is empty; a JSON object is expected"));
+        }
+        serde_json::from_slice(&self.body).map_err(|e| ApiError::bad_request(format!("malformed JSON body: {e}")))
+    }
+
+    /// The decoded value of a query parameter.
+    pub fn query_param(&self, name: &str) -> Option<String> {
+        let query = self.query.as_deref()?;
+        query.split('&').find_map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            (k == name).then(|| percent_encoding::percent_decode_str(v).decode_utf8_lossy().into_owned())
+        })
+    }
+}
+
+/// A response: status, JSON body, and any extra headers.
+#[derive(Debug, Clone)]
+pub struct ApiResponse {
+    status: StatusCode,
+    body: Bytes,
+    headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+impl ApiResponse {
+    /// A JSON body with the given status.
+    pub fn json<T: Serialize>(status: StatusCode, value: &T) -> Self {
+        match serde_json::to_vec(value) {
+            Ok(body) => Self { status, body: body.into(), headers: Vec::new() },
+            Err(e) => {
+                tracing::error!(error = %e, "cannot serialize a response");
+                Self::error(&ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "cannot serialize the response"))
+            }
+        }
+    }
+
+    /// 204 with no body.
+    pub fn no_content() -> Self {
+        Self { status: StatusCode::NO_CONTENT, body: Bytes::new(), headers: Vec::new() }
+    }
+
+    /// The `{"message"}` answer for an error; server errors are logged in full here.
+    pub fn error<E: HttpError + ?Sized>(err: &E) -> Self {
+        let status = err.status();
+        if status.is_server_error() {
+            tracing::error!(status = status.as_u16(), error = %err, "request failed");
+        }
+        let body = ErrorBody { message: err.public_message() };
+        let bytes = serde_json::to_vec(&body).unwrap_or_else(|_| b"{\"message\":\"error\"}".to_vec());
+        Self { status, body: bytes.into(), headers: Vec::new() }
+    }
+
+    /// The answer for a handler's result: `ok` status with the value, or the error.
+    pub fn from_result<T: Serialize, E: HttpError>(ok: StatusCode, result: Result<T, E>) -> Self {
+        match result {
+            Ok(v) => Self::json(ok, &v),
+            Err(e) => Self::error(&e),
+        }
+    }
+
+    /// Adds a header.
+    pub fn with_header(mut self, name: HeaderName, value: &str) -> Self {
+        if let Ok(v) = HeaderValue::from_str(value) {
+            self.headers.push((name, v));
+        }
+        self
+    }
+
+    /// The status.
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    /// The body bytes.
+    pub fn body(&self) -> &Bytes {
+        &self.body
+    }
+
+    fn into_hyper(self) -> Response<Full<Bytes>> {
+        let mut resp = Response::new(Full::new(self.body));
+        *resp.status_mut() = self.status;
+        if resp.status() != StatusCode::NO_CONTENT {
+            resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        }
+        for (k, v) in self.headers {
+            resp.headers_mut().append(k, v);
+        }
+        resp
+    }
+}
+
+/// A daemon's API: takes a request, returns a response. Never fails: errors are responses.
+pub trait Handler: Send + Sync + 'static {
+    /// Answers one request.
+    fn handle(&self, req: ApiRequest) -> impl Future<Output = ApiResponse> + Send;
+}
+
+/// The body of every daemon's health answer.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Health {
+    /// `ok`, or `degraded` when a backend is down.
+    pub status: String,
+    /// The build version.
+    pub version: String,
+    /// Each backend's state (`ok` or why not).
+    #[serde(default)]
+    pub backends: std::collections::BTreeMap<String, String>,
+}
+
+/// Serves `handler` on `listener` until `shutdown` resolves, then stops accepting,
+/// lets in-flight requests finish (up to `limits.shutdown_grace`), removes the
+/// socket file if this process created it, and returns.
+pub async fn serve<H: Handler>(
+    listener: Listener,
+    handler: Arc<H>,
+    limits: Limits,
+    shutdown: impl Future<Output = ()>,
+) -> io::Result<()> {
+    let limits = Arc::new(limits);
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut http = http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .keep_alive(true)
+        .max_buf_size(64 * 1024);
+    let http = Arc::new(http);
+    tracing::info!(socket = listener.description(), "listening");
+
+    tokio::pin!(shutdown);
+    loop {
+        // Waiting for a free slot before accepting leaves extra clients in the
+        // kernel's listen queue instead of starving those already connected.
+        let permit = tokio::select! {
+            permit = slots.clone().acquire_owned() => match permit {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+            () = &mut shutdown => break,
+        };
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(s) => s,
+                Err(e) => {
+                    // EMFILE and friends: back off briefly instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let caller = match stream.peer_cred() {
+            Ok(c) => Caller { uid: c.uid(), gid: c.gid(), pid: c.pid() },
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the peer's credentials; dropping the connection");
+                continue;
+            }
+        };
+        let conn = Connection { caller, handler: handler.clone(), limits: limits.clone(), http: http.clone() };
+        let stop = stop_rx.clone();
+        tokio::spawn(async move {
+            conn.run(stream, stop).await;
+            drop(permit);
+        });
+    }
+
+    tracing::info!("shutting down: no new connections; finishing requests in flight");
+    drop(listener);
+    let _ = stop_tx.send(true);
+    let all = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
+    match tokio::time::timeout(limits.shutdown_grace, slots.acquire_many(all)).await {
+        Ok(_) => tracing::info!("all connections closed"),
+        Err(_) => tracing::warn!(grace = ?limits.shutdown_grace, "connections still open after the grace period"),
+    }
+    Ok(())
+}
+
+/// One accepted connection and what it needs to serve requests.
+struct Connection<H> {
+    caller: Caller,
+    handler: Arc<H>,
+    limits: Arc<Limits>,
+    http: Arc<http1::Builder>,
+}
+
+impl<H: Handler> Connection<H> {
+    async fn run(self, stream: UnixStream, mut stop: watch::Receiver<bool>) {
+        let activity = Arc::new(Activity::new());
+        let io = TokioIo::new(Tracked { inner: stream, activity: activity.clone() });
+        let Self { caller, handler, limits, http } = self;
+        let service = {
+            let activity = activity.clone();
+            let limits = limits.clone();
+            service_fn(move |req| {
+                let handler = handler.clone();
+                let limits = limits.clone();
+                let activity = activity.clone();
+                async move {
+                    let _busy = activity.begin_request();
+                    Ok::<_, Infallible>(respond(&*handler, caller, req, &limits).await.into_hyper())
+                }
+            })
+        };
+        let conn = http.serve_connection(io, service);
+        tokio::pin!(conn);
+        let mut closing = *stop.borrow();
+        if closing {
+            conn.as_mut().graceful_shutdown();
+        }
+        loop {
+            let idle_at = activity.idle_deadline(limits.idle_timeout);
+            tokio::select! {
+                result = conn.as_mut() => {
+                    if let Err(e) = result {
+                        tracing::debug!(caller = %caller, error = %e, "connection ended with an error");
+                    }
+                    break;
+                }
+                changed = stop.changed(), if !closing => {
+                    let _ = changed;
+                    closing = true;
+                    conn.as_mut().graceful_shutdown();
+                }
+                () = tokio::time::sleep_until(idle_at.into()), if !closing => {
+                    if activity.is_idle(limits.idle_timeout) {
+                        tracing::debug!(caller = %caller, "closing idle connection");
+                        closing = true;
+                        conn.as_mut().graceful_shutdown();
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Reads the body within the limits, calls the handler, catches its panics.
+async fn respond<H: Handler>(handler: &H, caller: Caller, req: Request<Incoming>, limits: &Limits) -> ApiResponse {
+    let started = Instant::now();
+    let (parts, body) = req.into_parts();
+    let too_large = || {
+        ApiResponse::error(&ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request body is larger than the limit of {} bytes", limits.max_body_bytes),
+        ))
+    };
+    let declared = parts
+        .headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limits.max_body_bytes as u64) {
+        return too_large();
+    }
+    let body = match tokio::time::timeout(limits.request_timeout, Limited::new(body, limits.max_body_bytes).collect()).await
+    {
+        Ok(Ok(collected)) => collected.to_bytes(),
+        Ok(Err(e)) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => return too_large(),
+        Ok(Err(e)) => {
+            return ApiResponse::error(&ApiError::bad_request(format!("cannot read the request body: {e}")));
+        }
+        Err(_) => {
+            return ApiResponse::error(&ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                format!("request body not received within {}s", limits.request_timeout.as_secs()),
+            ));
+        }
+    };
+    let request = ApiRequest {
+        caller,
+        method: parts.method,
+        path: parts.uri.path().to_owned(),
+        query: parts.uri.query().map(str::to_owned),
+        body,
+    };
+    let method = request.method.clone();
+    let path = request.path.clone();
+    let answer = AssertUnwindSafe(handler.handle(request)).catch_unwind();
+    let response = match tokio::time::timeout(limits.request_timeout, answer).await {
+        Ok(Ok(response)) => response,
+        Ok(Err(_panic)) => {
+            tracing::error!(%method, %path, "handler panicked");
+            ApiResponse::error(&ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error"))
+        }
+        Err(_) => ApiResponse::error(&ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("the operation did not finish within {}s", limits.request_timeout.as_secs()),
+        )),
+    };
+    tracing::debug!(
+        %method, %path, caller = %caller, status = response.status.as_u16(),
+        micros = started.elapsed().as_micros() as u64, "request"
+    );
+    response
+}
+
+/// When a connection last moved bytes, and how many requests it has in flight.
+struct Activity {
+    epoch: Instant,
+    last_ms: AtomicU64,
+    in_flight: AtomicUsize,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Self { epoch: Instant::now(), last_ms: AtomicU64::new(0), in_flight: AtomicUsize::new(0) }
+    }
+
+    fn touch(&self) {
+        self.last_ms.store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    fn begin_request(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        InFlight(self.clone())
+    }
+
+    fn idle_deadline(&self, idle: Duration) -> Instant {
+        self.epoch + Duration::from_millis(self.last_ms.load(Ordering::Relaxed)) + idle
+    }
+
+    fn is_idle(&self, idle: Duration) -> bool {
+        self.in_flight.load(Ordering::Acquire) == 0 && Instant::now() >= self.idle_deadline(idle)
+    }
+}
+
+/// Marks a request in flight until dropped.
+struct InFlight(Arc<Activity>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.touch();
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A stream that records when bytes last moved, for the idle timeout.
+struct Tracked {
+    inner: UnixStream,
+    activity: Arc<Activity>,
+}
+
+impl AsyncRead for Tracked {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let poll = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.activity.touch();
+        }
+        poll
+    }
+}
+
+impl AsyncWrite for Tracked {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+        let poll = Pin::new(&mut self.inner).poll_write(cx, data);
+        if matches!(poll, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.touch();
+        }
+        poll
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let poll = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if matches!(poll, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.touch();
+        }
+        poll
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    match (term, int) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM received"),
+                _ = int.recv() => tracing::info!("SIGINT received"),
+            }
+        }
+        _ => {
+            tracing::warn!("cannot install signal handlers; only Ctrl-C will stop this process");
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
