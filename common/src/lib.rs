@@ -20,6 +20,7 @@ pub mod fs;
 pub mod listener;
 pub mod logging;
 pub mod routes;
+pub mod runtime;
 pub mod server;
 
 pub use authz::Caller;

@@ -1,0 +1,190 @@
+//! The keyd API on the wire (ARCHITECTURE.md section 4). JSON bodies; binary
+//! fields are standard base64.
+
+use std::fmt;
+
+use edgeid_common::encoding::{Base64Bytes, SecretBytes};
+use serde::{Deserialize, Serialize};
+
+/// The kinds of asymmetric key keyd makes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum KeyPairSpec {
+    /// ECDSA on NIST P-256.
+    #[serde(rename = "ec-p256")]
+    EcP256,
+    /// ECDSA on NIST P-384.
+    #[serde(rename = "ec-p384")]
+    EcP384,
+    /// RSA, 2048-bit modulus.
+    #[serde(rename = "rsa-2048")]
+    Rsa2048,
+    /// RSA, 3072-bit modulus.
+    #[serde(rename = "rsa-3072")]
+    Rsa3072,
+    /// RSA, 4096-bit modulus.
+    #[serde(rename = "rsa-4096")]
+    Rsa4096,
+    /// Ed25519 (software store only).
+    #[serde(rename = "ed25519")]
+    Ed25519,
+}
+
+/// The kinds of symmetric key keyd makes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum SymmetricKeyType {
+    /// An HMAC-SHA256 key (SAS tokens, derivation).
+    #[serde(rename = "hmac-sha256")]
+    HmacSha256,
+    /// An AES-256-GCM key (encrypt / decrypt).
+    #[serde(rename = "aes-256-gcm")]
+    Aes256Gcm,
+}
+
+/// Signature and MAC algorithms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum SignAlgorithm {
+    /// ECDSA with SHA-256, DER-encoded signature (P-256 keys).
+    #[serde(rename = "ecdsa-sha256")]
+    EcdsaSha256,
+    /// ECDSA with SHA-384, DER-encoded signature (P-384 keys).
+    #[serde(rename = "ecdsa-sha384")]
+    EcdsaSha384,
+    /// RSASSA-PKCS1-v1_5 with SHA-256.
+    #[serde(rename = "rsa-pkcs1-sha256")]
+    RsaPkcs1Sha256,
+    /// RSASSA-PSS with SHA-256, MGF1-SHA-256, salt length 32.
+    #[serde(rename = "rsa-pss-sha256")]
+    RsaPssSha256,
+    /// Ed25519 over the whole message.
+    #[serde(rename = "ed25519")]
+    Ed25519,
+    /// HMAC-SHA256 with a symmetric key.
+    #[serde(rename = "hmac-sha256")]
+    HmacSha256,
+}
+
+macro_rules! wire_name {
+    ($ty:ty) => {
+        impl fmt::Display for $ty {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                // The serde name is the one name a user ever sees.
+                let v = serde_json::to_value(self).map_err(|_| fmt::Error)?;
+                f.write_str(v.as_str().ok_or(fmt::Error)?)
+            }
+        }
+    };
+}
+wire_name!(KeyPairSpec);
+wire_name!(SymmetricKeyType);
+wire_name!(SignAlgorithm);
+
+/// An opaque, tamper-evident reference to a key. Carries no key material.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct KeyHandle(pub String);
+
+impl fmt::Debug for KeyHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "KeyHandle({})", self.0)
+    }
+}
+
+/// `POST /v1/keypair`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateKeyPairRequest {
+    /// The key id.
+    pub id: String,
+    /// The kind of key.
+    pub spec: KeyPairSpec,
+}
+
+/// The answer naming a key.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HandleResponse {
+    /// The handle to use in later calls.
+    pub handle: KeyHandle,
+}
+
+/// `POST /v1/public-key`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublicKeyRequest {
+    /// The key pair.
+    pub handle: KeyHandle,
+}
+
+/// The public half of a key pair.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PublicKeyResponse {
+    /// The kind of key.
+    pub spec: KeyPairSpec,
+    /// SubjectPublicKeyInfo, PEM.
+    pub pem: String,
+}
+
+/// `POST /v1/sign`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignRequest {
+    /// The key.
+    pub handle: KeyHandle,
+    /// How to sign.
+    pub algorithm: SignAlgorithm,
+    /// The message, or its digest when `prehashed`.
+    pub data: Base64Bytes,
+    /// `data` is already the digest (ECDSA and RSA only).
+    #[serde(default)]
+    pub prehashed: bool,
+}
+
+/// A signature or MAC.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SignResponse {
+    /// ECDSA: DER; RSA and Ed25519: raw; HMAC: the MAC.
+    pub signature: Base64Bytes,
+}
+
+/// `POST /v1/key`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateKeyRequest {
+    /// The key id.
+    pub id: String,
+    /// The kind of key.
+    #[serde(rename = "type")]
+    pub key_type: SymmetricKeyType,
+    /// Key bytes to import instead of generating (a shared access key, say).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub import: Option<SecretBytes>,
+}
+
+/// `POST /v1/derive`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeriveRequest {
+    /// The base key (symmetric).
+    pub handle: KeyHandle,
+    /// The derivation input; the derived key is HMAC-SHA256(base key, info).
+    pub info: Base64Bytes,
+}
+
+/// `POST /v1/encrypt` and `POST /v1/decrypt`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CryptRequest {
+    /// An aes-256-gcm key.
+    pub handle: KeyHandle,
+    /// Plaintext to encrypt, or ciphertext (as encrypt returned it) to decrypt.
+    pub data: Base64Bytes,
+    /// Additional authenticated data; decrypt must be given the same.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aad: Option<Base64Bytes>,
+}
+
+/// The result of encrypt or decrypt.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CryptResponse {
+    /// Ciphertext (version byte, nonce, sealed data and tag) or plaintext.
+    pub data: Base64Bytes,
+}

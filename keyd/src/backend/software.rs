@@ -1,0 +1,552 @@
+//! The software key store: each key a file in the state directory, its material
+//! sealed with AES-256-GCM under a master key kept in a separate file. A copied
+//! state directory without the master key reveals nothing, and a key file moved
+//! to another id (or edited) fails authentication.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use async_trait::async_trait;
+use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
+use aws_lc_rs::constant_time::verify_slices_are_equal;
+use aws_lc_rs::digest;
+use aws_lc_rs::encoding::AsDer;
+use aws_lc_rs::hmac;
+use aws_lc_rs::rand::{SecureRandom, SystemRandom};
+use aws_lc_rs::rsa::KeySize;
+use aws_lc_rs::signature::{self, EcdsaKeyPair, Ed25519KeyPair, KeyPair, RsaKeyPair};
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::Engine;
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
+
+use super::{wrong_kind, BackendKind, KeyBackend, KeyKind, KeyRecord, PublicKey};
+use crate::api::{KeyPairSpec, SignAlgorithm, SymmetricKeyType};
+use crate::error::Error;
+use crate::handle::KeyRef;
+use crate::key_id::KeyId;
+
+/// Format of key files; bump when the layout changes.
+const FILE_FORMAT: u32 = 1;
+/// First byte of every ciphertext keyd returns, so the format can change later.
+const CIPHERTEXT_VERSION: u8 = 1;
+/// The largest symmetric key accepted for import.
+const MAX_IMPORT_LEN: usize = 512;
+
+/// The software store.
+pub struct SoftwareBackend {
+    keys_dir: PathBuf,
+    master: LessSafeKey,
+    rng: SystemRandom,
+    /// Keys already unsealed. Readers clone an `Arc` and let go at once, so the
+    /// sign path holds no lock while it signs.
+    cache: RwLock<HashMap<KeyId, Arc<LoadedKey>>>,
+    /// Serializes creation and deletion (never signing).
+    writes: tokio::sync::Mutex<()>,
+}
+
+/// An unsealed key, ready to use. The aws-lc key objects clear their memory
+/// when freed; raw symmetric bytes are in `Zeroizing`.
+struct LoadedKey {
+    record: KeyRecord,
+    material: Material,
+}
+
+enum Material {
+    Ecdsa(EcdsaKeyPair),
+    Rsa(RsaKeyPair),
+    Ed25519(Ed25519KeyPair),
+    Symmetric(Zeroizing<Vec<u8>>),
+}
+
+/// A key file on disk. Everything but `sealed` is public; all of it is bound
+/// to the sealed material through the AEAD's associated data.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeyFile {
+    format: u32,
+    id: String,
+    kind: String,
+    generation: String,
+    /// Version byte, nonce, then the sealed key material and tag (base64).
+    sealed: String,
+}
+
+impl KeyFile {
+    fn aad(&self) -> Vec<u8> {
+        format!("edgeid-keyd/{}\0{}\0{}\0{}", self.format, self.id, self.kind, self.generation).into_bytes()
+    }
+}
+
+impl SoftwareBackend {
+    /// Opens the store in `state_dir/keys`, loading the master key from
+    /// `master_key_file` or creating it (0600, in a 0700 directory) on first start.
+    pub fn open(state_dir: &Path, master_key_file: &Path) -> Result<Self, Error> {
+        let keys_dir = state_dir.join("keys");
+        edgeid_common::fs::ensure_dir(&keys_dir, 0o700)
+            .map_err(|e| Error::Setup(format!("cannot create key directory {}: {e}", keys_dir.display())))?;
+        let rng = SystemRandom::new();
+        let master_bytes = load_or_create_master(master_key_file, &rng)?;
+        let master = aes_key(&master_bytes)
+            .map_err(|_| Error::Setup(format!("master key {} is unusable", master_key_file.display())))?;
+        Ok(Self {
+            keys_dir,
+            master,
+            rng,
+            cache: RwLock::new(HashMap::new()),
+            writes: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    fn path_of(&self, id: &KeyId) -> PathBuf {
+        // base64url keeps '/' in ids from making subdirectories.
+        self.keys_dir.join(format!("{}.key", URL_SAFE_NO_PAD.encode(id.as_str())))
+    }
+
+    fn cached(&self, id: &KeyId) -> Option<Arc<LoadedKey>> {
+        self.cache.read().unwrap_or_else(|p| p.into_inner()).get(id).cloned()
+    }
+
+    fn remember(&self, key: LoadedKey) -> Arc<LoadedKey> {
+        let key = Arc::new(key);
+        self.cache.write().unwrap_or_else(|p| p.into_inner()).insert(key.record.id.clone(), key.clone());
+        key
+    }
+
+    /// The unsealed key, from the cache or from its file.
+    async fn load(&self, id: &KeyId) -> Result<Option<Arc<LoadedKey>>, Error> {
+        if let Some(k) = self.cached(id) {
+            return Ok(Some(k));
+        }
+        let path = self.path_of(id);
+        let bytes = match tokio::fs::read(&path).await {
+            Ok(b) => Zeroizing::new(b),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(Error::Internal(format!("cannot read key file {}: {e}", path.display()))),
+        };
+        let key = self.unseal_file(id, &path, &bytes)?;
+        Ok(Some(self.remember(key)))
+    }
+
+    /// The key a handle names, with its generation checked.
+    async fn resolve(&self, key: &KeyRef) -> Result<Arc<LoadedKey>, Error> {
+        let loaded = self
+            .load(&key.id)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("key '{}' does not exist", key.id)))?;
+        loaded.record.check(key)?;
+        Ok(loaded)
+    }
+
+    fn unseal_file(&self, id: &KeyId, path: &Path, bytes: &[u8]) -> Result<LoadedKey, Error> {
+        let damaged = |why: &str| Error::Internal(format!("key file {} for '{id}' {why}", path.display()));
+        let file: KeyFile = serde_json::from_slice(bytes).map_err(|e| damaged(&format!("is not valid: {e}")))?;
+        if file.format != FILE_FORMAT {
+            return Err(damaged(&format!("has format {}, this keyd reads {FILE_FORMAT}", file.format)));
+        }
+        if file.id != id.as_str() {
+            return Err(damaged(&format!("belongs to key '{}'", file.id)));
+        }
+        let kind = KeyKind::parse(&file.kind).ok_or_else(|| damaged(&format!("has unknown kind '{}'", file.kind)))?;
+        let sealed = STANDARD.decode(&file.sealed).map_err(|_| damaged("has a damaged sealed part"))?;
+        let secret = open(&self.master, &sealed, &file.aad()).map_err(|_| {
+            damaged("cannot be unsealed: the master key is not the one it was sealed with, or the file was altered")
+        })?;
+        let material = material_from(kind, &secret).map_err(|_| damaged("holds key material keyd cannot parse"))?;
+        Ok(LoadedKey { record: KeyRecord { id: id.clone(), kind, generation: file.generation }, material })
+    }
+
+    /// Seals `secret`, writes the key file atomically, caches the key.
+    fn store(&self, id: &KeyId, kind: KeyKind, secret: &[u8]) -> Result<Arc<LoadedKey>, Error> {
+        let mut generation = [0u8; 16];
+        self.rng.fill(&mut generation).map_err(|_| Error::Internal("the random generator failed".into()))?;
+        let mut file = KeyFile {
+            format: FILE_FORMAT,
+            id: id.as_str().to_owned(),
+            kind: kind.to_string(),
+            generation: generation.iter().map(|b| format!("{b:02x}")).collect(),
+            sealed: String::new(),
+        };
+        let sealed = seal(&self.master, &self.rng, secret, &file.aad())?;
+        file.sealed = STANDARD.encode(sealed);
+        let json = serde_json::to_vec_pretty(&file).map_err(|e| Error::Internal(e.to_string()))?;
+        let path = self.path_of(id);
+        edgeid_common::fs::write_atomic(&path, &json, 0o600)
+            .map_err(|e| Error::Internal(format!("cannot write key file {}: {e}", path.display())))?;
+        let material = material_from(kind, secret).map_err(|_| Error::Internal("new key does not load".into()))?;
+        Ok(self.remember(LoadedKey { record: KeyRecord { id: id.clone(), kind, generation: file.generation }, material }))
+    }
+}
+
+#[async_trait]
+impl KeyBackend for SoftwareBackend {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Software
+    }
+
+    async fn create_key_pair(&self, id: &KeyId, spec: KeyPairSpec) -> Result<KeyRecord, Error> {
+        let _writing = self.writes.lock().await;
+        if let Some(existing) = self.load(id).await? {
+            return match existing.record.kind {
+                KeyKind::Pair(s) if s == spec => Ok(existing.record.clone()),
+                other => Err(Error::Conflict(format!("key '{id}' already exists as {other}, not {spec}"))),
+            };
+        }
+        // RSA generation takes up to seconds: keep it off the reactor.
+        let pkcs8 = tokio::task::spawn_blocking(move || generate_pkcs8(spec))
+            .await
+            .map_err(|e| Error::Internal(format!("key generation task failed: {e}")))??;
+        let loaded = self.store(id, KeyKind::Pair(spec), &pkcs8)?;
+        tracing::info!(key = %id, %spec, "created key pair");
+        Ok(loaded.record.clone())
+    }
+
+    async fn create_key(
+        &self,
+        id: &KeyId,
+        key_type: SymmetricKeyType,
+        import: Option<&[u8]>,
+    ) -> Result<KeyRecord, Error> {
+        if let Some(bytes) = import {
+            check_import(key_type, bytes)?;
+        }
+        let _writing = self.writes.lock().await;
+        if let Some(existing) = self.load(id).await? {
+            let same_type = existing.record.kind == KeyKind::Symmetric(key_type);
+            let same_bytes = match (&existing.material, import) {
+                (_, None) => true,
+                (Material::Symmetric(held), Some(given)) => verify_slices_are_equal(held, given).is_ok(),
+                _ => false,
+            };
+            return if same_type && same_bytes {
+                Ok(existing.record.clone())
+            } else {
+                Err(Error::Conflict(format!(
+                    "key '{id}' already exists as {} with other key material; delete it first to replace it",
+                    existing.record.kind
+                )))
+            };
+        }
+        let secret = match import {
+            Some(bytes) => Zeroizing::new(bytes.to_vec()),
+            None => {
+                let mut fresh = Zeroizing::new(vec![0u8; 32]);
+                self.rng.fill(&mut fresh).map_err(|_| Error::Internal("the random generator failed".into()))?;
+                fresh
+            }
+        };
+        let loaded = self.store(id, KeyKind::Symmetric(key_type), &secret)?;
+        tracing::info!(key = %id, %key_type, imported = import.is_some(), "created key");
+        Ok(loaded.record.clone())
+    }
+
+    async fn find(&self, id: &KeyId) -> Result<Option<KeyRecord>, Error> {
+        Ok(self.load(id).await?.map(|k| k.record.clone()))
+    }
+
+    async fn public_key(&self, key: &KeyRef) -> Result<PublicKey, Error> {
+        let loaded = self.resolve(key).await?;
+        let KeyKind::Pair(spec) = loaded.record.kind else {
+            return Err(wrong_kind(&key.id, loaded.record.kind, "a key pair"));
+        };
+        let der = match &loaded.material {
+            Material::Ecdsa(k) => k.public_key().as_der().map(|d| d.as_ref().to_vec()),
+            Material::Rsa(k) => k.public_key().as_der().map(|d| d.as_ref().to_vec()),
+            Material::Ed25519(k) => k.public_key().as_der().map(|d| d.as_ref().to_vec()),
+            Material::Symmetric(_) => return Err(wrong_kind(&key.id, loaded.record.kind, "a key pair")),
+        };
+        let spki_der = der.map_err(|_| Error::Internal(format!("cannot encode the public key of '{}'", key.id)))?;
+        Ok(PublicKey { spec, spki_der })
+    }
+
+    async fn sign(
+        &self,
+        key: &KeyRef,
+        algorithm: SignAlgorithm,
+        data: &[u8],
+        prehashed: bool,
+    ) -> Result<Vec<u8>, Error> {
+        let loaded = self.resolve(key).await?;
+        check_algorithm(&loaded.record, algorithm, prehashed)?;
+        if !key.derivation.is_empty() && !matches!(loaded.material, Material::Symmetric(_)) {
+            return Err(Error::BadRequest("only symmetric keys can be derived".into()));
+        }
+        let failed = || Error::Internal(format!("signing with '{}' failed", key.id));
+        match &loaded.material {
+            Material::Ecdsa(k) => {
+                let sig = if prehashed {
+                    let alg = if algorithm == SignAlgorithm::EcdsaSha256 { &digest::SHA256 } else { &digest::SHA384 };
+                    let d = digest::Digest::import_less_safe(data, alg).map_err(|_| bad_digest_len(alg))?;
+                    k.sign_digest(&d)
+                } else {
+                    k.sign(&self.rng, data)
+                };
+                sig.map(|s| s.as_ref().to_vec()).map_err(|_| failed())
+            }
+            Material::Rsa(_) => {
+                // An RSA-4096 signature takes milliseconds: off the reactor.
+                let data = data.to_vec();
+                let loaded = loaded.clone();
+                tokio::task::spawn_blocking(move || rsa_sign(&loaded, algorithm, &data, prehashed))
+                    .await
+                    .map_err(|e| Error::Internal(format!("signing task failed: {e}")))?
+            }
+            Material::Ed25519(k) => Ok(k.sign(data).as_ref().to_vec()),
+            Material::Symmetric(base) => {
+                let derived = derive(base, &key.derivation);
+                let tag = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, &derived), data);
+                Ok(tag.as_ref().to_vec())
+            }
+        }
+    }
+
+    async fn encrypt(&self, key: &KeyRef, plaintext: &[u8], aad: &[u8]) -> Result<Vec<u8>, Error> {
+        let derived = self.aes_material(key).await?;
+        let aes = aes_key(&derived).map_err(|_| Error::Internal("cannot use the AES key".into()))?;
+        seal(&aes, &self.rng, plaintext, aad)
+    }
+
+    async fn decrypt(&self, key: &KeyRef, ciphertext: &[u8], aad: &[u8]) -> Result<Vec<u8>, Error> {
+        let derived = self.aes_material(key).await?;
+        let aes = aes_key(&derived).map_err(|_| Error::Internal("cannot use the AES key".into()))?;
+        open(&aes, ciphertext, aad).map(|p| p.to_vec()).map_err(|e| match e {
+            OpenError::Format => {
+                Error::BadRequest("ciphertext is too short or was not produced by keyd's encrypt".into())
+            }
+            OpenError::Auth => Error::BadRequest(
+                "decryption failed: the ciphertext or aad was altered, or another key encrypted it".into(),
+            ),
+        })
+    }
+
+    async fn delete(&self, id: &KeyId, pair: bool) -> Result<(), Error> {
+        let _writing = self.writes.lock().await;
+        let wanted = if pair { "key pair" } else { "symmetric key" };
+        let existing = self.load(id).await?.ok_or_else(|| Error::NotFound(format!("no {wanted} named '{id}'")))?;
+        if matches!(existing.record.kind, KeyKind::Pair(_)) != pair {
+            return Err(Error::NotFound(format!("no {wanted} named '{id}' (it is a {} key)", existing.record.kind)));
+        }
+        let path = self.path_of(id);
+        std::fs::remove_file(&path)
+            .and_then(|()| std::fs::File::open(&self.keys_dir)?.sync_all())
+            .map_err(|e| Error::Internal(format!("cannot delete key file {}: {e}", path.display())))?;
+        self.cache.write().unwrap_or_else(|p| p.into_inner()).remove(id);
+        tracing::info!(key = %id, "deleted key");
+        Ok(())
+    }
+
+    async fn health(&self) -> Result<(), String> {
+        match std::fs::metadata(&self.keys_dir) {
+            Ok(m) if m.is_dir() => Ok(()),
+            Ok(_) => Err(format!("{} is not a directory", self.keys_dir.display())),
+            Err(e) => Err(format!("{}: {e}", self.keys_dir.display())),
+        }
+    }
+}
+
+impl SoftwareBackend {
+    /// The AES key a handle names, derivation applied.
+    async fn aes_material(&self, key: &KeyRef) -> Result<Zeroizing<Vec<u8>>, Error> {
+        let loaded = self.resolve(key).await?;
+        match (&loaded.material, loaded.record.kind) {
+            (Material::Symmetric(base), KeyKind::Symmetric(SymmetricKeyType::Aes256Gcm)) => {
+                Ok(derive(base, &key.derivation))
+            }
+            (_, kind) => Err(wrong_kind(&key.id, kind, "an aes-256-gcm key")),
+        }
+    }
+}
+
+fn generate_pkcs8(spec: KeyPairSpec) -> Result<Zeroizing<Vec<u8>>, Error> {
+    let rng = SystemRandom::new();
+    let failed = || Error::Internal(format!("{spec} key generation failed"));
+    let bytes = match spec {
+        KeyPairSpec::EcP256 => EcdsaKeyPair::generate_pkcs8(&signature::ECDSA_P256_SHA256_ASN1_SIGNING, &rng)
+            .map(|d| d.as_ref().to_vec()),
+        KeyPairSpec::EcP384 => EcdsaKeyPair::generate_pkcs8(&signature::ECDSA_P384_SHA384_ASN1_SIGNING, &rng)
+            .map(|d| d.as_ref().to_vec()),
+        KeyPairSpec::Ed25519 => Ed25519KeyPair::generate_pkcs8(&rng).map(|d| d.as_ref().to_vec()),
+        KeyPairSpec::Rsa2048 | KeyPairSpec::Rsa3072 | KeyPairSpec::Rsa4096 => {
+            let size = match spec {
+                KeyPairSpec::Rsa2048 => KeySize::Rsa2048,
+                KeyPairSpec::Rsa3072 => KeySize::Rsa3072,
+                _ => KeySize::Rsa4096,
+            };
+            RsaKeyPair::generate(size).and_then(|k| k.as_der()).map(|d| d.as_ref().to_vec())
+        }
+    };
+    bytes.map(Zeroizing::new).map_err(|_| failed())
+}
+
+fn material_from(kind: KeyKind, secret: &[u8]) -> Result<Material, ()> {
+    Ok(match kind {
+        KeyKind::Pair(KeyPairSpec::EcP256) => Material::Ecdsa(
+            EcdsaKeyPair::from_pkcs8(&signature::ECDSA_P256_SHA256_ASN1_SIGNING, secret).map_err(drop)?,
+        ),
+        KeyKind::Pair(KeyPairSpec::EcP384) => Material::Ecdsa(
+            EcdsaKeyPair::from_pkcs8(&signature::ECDSA_P384_SHA384_ASN1_SIGNING, secret).map_err(drop)?,
+        ),
+        KeyKind::Pair(KeyPairSpec::Ed25519) => Material::Ed25519(Ed25519KeyPair::from_pkcs8(secret).map_err(drop)?),
+        KeyKind::Pair(_) => Material::Rsa(RsaKeyPair::from_pkcs8(secret).map_err(drop)?),
+        KeyKind::Symmetric(_) => Material::Symmetric(Zeroizing::new(secret.to_vec())),
+    })
+}
+
+/// Which algorithms each kind of key signs with.
+fn check_algorithm(record: &KeyRecord, algorithm: SignAlgorithm, prehashed: bool) -> Result<(), Error> {
+    use SignAlgorithm as A;
+    let fits = match record.kind {
+        KeyKind::Pair(KeyPairSpec::EcP256) => algorithm == A::EcdsaSha256,
+        KeyKind::Pair(KeyPairSpec::EcP384) => algorithm == A::EcdsaSha384,
+        KeyKind::Pair(KeyPairSpec::Ed25519) => algorithm == A::Ed25519,
+        KeyKind::Pair(_) => matches!(algorithm, A::RsaPkcs1Sha256 | A::RsaPssSha256),
+        KeyKind::Symmetric(SymmetricKeyType::HmacSha256) => algorithm == A::HmacSha256,
+        KeyKind::Symmetric(SymmetricKeyType::Aes256Gcm) => false,
+    };
+    if !fits {
+        return Err(Error::BadRequest(format!(
+            "key '{}' is a {} key and cannot sign with {algorithm}",
+            record.id, record.kind
+        )));
+    }
+    if prehashed && matches!(algorithm, A::Ed25519 | A::HmacSha256) {
+        return Err(Error::BadRequest(format!("{algorithm} signs whole messages; 'prehashed' is not allowed")));
+    }
+    Ok(())
+}
+
+fn rsa_sign(key: &LoadedKey, algorithm: SignAlgorithm, data: &[u8], prehashed: bool) -> Result<Vec<u8>, Error> {
+    let Material::Rsa(k) = &key.material else {
+        return Err(Error::Internal("not an RSA key".into()));
+    };
+    let padding: &'static dyn signature::RsaEncoding = match algorithm {
+        SignAlgorithm::RsaPssSha256 => &signature::RSA_PSS_SHA256,
+        _ => &signature::RSA_PKCS1_SHA256,
+    };
+    let mut sig = vec![0u8; k.public_modulus_len()];
+    let rng = SystemRandom::new();
+    let result = if prehashed {
+        let d = digest::Digest::import_less_safe(data, &digest::SHA256).map_err(|_| bad_digest_len(&digest::SHA256))?;
+        k.sign_digest(padding, &d, &mut sig)
+    } else {
+        k.sign(padding, &rng, data, &mut sig)
+    };
+    result.map_err(|_| Error::Internal(format!("RSA signing with '{}' failed", key.record.id)))?;
+    Ok(sig)
+}
+
+fn bad_digest_len(alg: &'static digest::Algorithm) -> Error {
+    Error::BadRequest(format!("a prehashed digest for this algorithm must be {} bytes", alg.output_len()))
+}
+
+/// Applies derivation inputs: each step is HMAC-SHA256(previous key, info).
+fn derive(base: &[u8], derivation: &[Vec<u8>]) -> Zeroizing<Vec<u8>> {
+    derivation.iter().fold(Zeroizing::new(base.to_vec()), |key, info| {
+        let tag = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, &key), info);
+        Zeroizing::new(tag.as_ref().to_vec())
+    })
+}
+
+fn check_import(key_type: SymmetricKeyType, bytes: &[u8]) -> Result<(), Error> {
+    match key_type {
+        SymmetricKeyType::Aes256Gcm if bytes.len() != 32 => {
+            Err(Error::BadRequest(format!("an aes-256-gcm key is 32 bytes; {} were given", bytes.len())))
+        }
+        SymmetricKeyType::HmacSha256 if bytes.is_empty() || bytes.len() > MAX_IMPORT_LEN => Err(Error::BadRequest(
+            format!("an imported hmac-sha256 key must be 1 to {MAX_IMPORT_LEN} bytes; {} were given", bytes.len()),
+        )),
+        _ => Ok(()),
+    }
+}
+
+fn aes_key(bytes: &[u8]) -> Result<LessSafeKey, aws_lc_rs::error::Unspecified> {
+    UnboundKey::new(&AES_256_GCM, bytes).map(LessSafeKey::new)
+}
+
+/// `version || nonce || ciphertext || tag`, with a fresh random nonce.
+fn seal(key: &LessSafeKey, rng: &SystemRandom, plaintext: &[u8], aad: &[u8]) -> Result<Vec<u8>, Error> {
+    let mut nonce = [0u8; NONCE_LEN];
+    rng.fill(&mut nonce).map_err(|_| Error::Internal("the random generator failed".into()))?;
+    let mut out = Vec::with_capacity(1 + NONCE_LEN + plaintext.len() + AES_256_GCM.tag_len());
+    out.push(CIPHERTEXT_VERSION);
+    out.extend_from_slice(&nonce);
+    let mut body = plaintext.to_vec();
+    key.seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), Aad::from(aad), &mut body)
+        .map_err(|_| Error::Internal("encryption failed".into()))?;
+    out.extend_from_slice(&body);
+    Ok(out)
+}
+
+enum OpenError {
+    Format,
+    Auth,
+}
+
+fn open(key: &LessSafeKey, sealed: &[u8], aad: &[u8]) -> Result<Zeroizing<Vec<u8>>, OpenError> {
+    if sealed.len() < 1 + NONCE_LEN + AES_256_GCM.tag_len() || sealed[0] != CIPHERTEXT_VERSION {
+        return Err(OpenError::Format);
+    }
+    let nonce = Nonce::try_assume_unique_for_key(&sealed[1..1 + NONCE_LEN]).map_err(|_| OpenError::Format)?;
+    let mut body = Zeroizing::new(sealed[1 + NONCE_LEN..].to_vec());
+    let len = key.open_in_place(nonce, Aad::from(aad), &mut body).map_err(|_| OpenError::Auth)?.len();
+    body.truncate(len);
+    Ok(body)
+}
+
+fn load_or_create_master(path: &Path, rng: &SystemRandom) -> Result<Zeroizing<Vec<u8>>, Error> {
+    match std::fs::read(path) {
+        Ok(bytes) => {
+            let bytes = Zeroizing::new(bytes);
+            edgeid_common::fs::check_private(path).map_err(|e| Error::Setup(e.to_string()))?;
+            if bytes.len() != 32 {
+                return Err(Error::Setup(format!(
+                    "master key {} has {} bytes, expected 32; restore it from backup",
+                    path.display(),
+                    bytes.len()
+                )));
+            }
+            Ok(bytes)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if let Some(dir) = path.parent() {
+                edgeid_common::fs::ensure_dir(dir, 0o700)
+                    .map_err(|e| Error::Setup(format!("cannot create {}: {e}", dir.display())))?;
+            }
+            let mut fresh = Zeroizing::new(vec![0u8; 32]);
+            rng.fill(&mut fresh).map_err(|_| Error::Setup("the system random generator failed".into()))?;
+            edgeid_common::fs::write_atomic(path, &fresh, 0o600)
+                .map_err(|e| Error::Setup(format!("cannot write master key {}: {e}", path.display())))?;
+            tracing::info!(path = %path.display(), "created master key");
+            Ok(fresh)
+        }
+        Err(e) => Err(Error::Setup(format!("cannot read master key {}: {e}", path.display()))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn derivation_is_hmac_chain() {
+        let d = derive(b"base", &[b"a".to_vec(), b"b".to_vec()]);
+        let step1 = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, b"base"), b"a");
+        let step2 = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, step1.as_ref()), b"b");
+        assert_eq!(d.as_slice(), step2.as_ref());
+        assert_eq!(derive(b"base", &[]).as_slice(), b"base");
+    }
+
+    #[test]
+    fn seal_open_round_trip_and_tamper() {
+        let rng = SystemRandom::new();
+        let key = aes_key(&[7u8; 32]).unwrap();
+        let mut c = seal(&key, &rng, b"hello", b"aad").unwrap();
+        assert_eq!(open(&key, &c, b"aad").ok().unwrap().as_slice(), b"hello");
+        assert!(matches!(open(&key, &c, b"other"), Err(OpenError::Auth)));
+        let last = c.len() - 1;
+        c[last] ^= 1;
+        assert!(matches!(open(&key, &c, b"aad"), Err(OpenError::Auth)));
+        assert!(matches!(open(&key, &c[..10], b"aad"), Err(OpenError::Format)));
+    }
+}

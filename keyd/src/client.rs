@@ -1,0 +1,121 @@
+//! The typed client for keyd, used by the other daemons, edgeidctl and tests.
+
+use std::path::Path;
+
+use edgeid_common::client::{ClientError, UdsClient};
+use edgeid_common::encoding::{Base64Bytes, SecretBytes};
+use edgeid_common::server::Health;
+use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
+use zeroize::Zeroizing;
+
+use crate::api::*;
+
+/// A client for keyd's socket. Cheap to clone; clones share connections.
+#[derive(Debug, Clone)]
+pub struct KeydClient {
+    http: UdsClient,
+}
+
+impl KeydClient {
+    /// A client for the keyd listening on `socket`.
+    pub fn new(socket: impl AsRef<Path>) -> Self {
+        Self { http: UdsClient::new(socket) }
+    }
+
+    /// The underlying transport, for raw requests.
+    pub fn transport(&self) -> &UdsClient {
+        &self.http
+    }
+
+    /// Creates a key pair, or loads the existing one with the same spec.
+    pub async fn create_key_pair(&self, id: &str, spec: KeyPairSpec) -> Result<KeyHandle, ClientError> {
+        let req = CreateKeyPairRequest { id: id.to_owned(), spec };
+        Ok(self.http.post::<_, HandleResponse>("/v1/keypair", &req).await?.handle)
+    }
+
+    /// The handle of an existing key pair.
+    pub async fn key_pair(&self, id: &str) -> Result<KeyHandle, ClientError> {
+        Ok(self.http.get::<HandleResponse>(&format!("/v1/keypair/{}", encode(id))).await?.handle)
+    }
+
+    /// The handle of an existing symmetric key.
+    pub async fn key(&self, id: &str) -> Result<KeyHandle, ClientError> {
+        Ok(self.http.get::<HandleResponse>(&format!("/v1/key/{}", encode(id))).await?.handle)
+    }
+
+    /// The public key, SubjectPublicKeyInfo PEM.
+    pub async fn public_key(&self, handle: &KeyHandle) -> Result<PublicKeyResponse, ClientError> {
+        self.http.post("/v1/public-key", &PublicKeyRequest { handle: handle.clone() }).await
+    }
+
+    /// Signs a message (or a digest, if `prehashed`), or computes its MAC.
+    pub async fn sign(
+        &self,
+        handle: &KeyHandle,
+        algorithm: SignAlgorithm,
+        data: &[u8],
+        prehashed: bool,
+    ) -> Result<Vec<u8>, ClientError> {
+        let req = SignRequest { handle: handle.clone(), algorithm, data: Base64Bytes(data.to_vec()), prehashed };
+        Ok(self.http.post::<_, SignResponse>("/v1/sign", &req).await?.signature.0)
+    }
+
+    /// Creates a symmetric key, or imports `import`.
+    pub async fn create_key(
+        &self,
+        id: &str,
+        key_type: SymmetricKeyType,
+        import: Option<&[u8]>,
+    ) -> Result<KeyHandle, ClientError> {
+        let req = CreateKeyRequest {
+            id: id.to_owned(),
+            key_type,
+            import: import.map(|b| SecretBytes(Zeroizing::new(b.to_vec()))),
+        };
+        Ok(self.http.post::<_, HandleResponse>("/v1/key", &req).await?.handle)
+    }
+
+    /// A handle for the key derived from `handle` with `info`.
+    pub async fn derive(&self, handle: &KeyHandle, info: &[u8]) -> Result<KeyHandle, ClientError> {
+        let req = DeriveRequest { handle: handle.clone(), info: Base64Bytes(info.to_vec()) };
+        Ok(self.http.post::<_, HandleResponse>("/v1/derive", &req).await?.handle)
+    }
+
+    /// AES-256-GCM encryption; the result carries its nonce.
+    pub async fn encrypt(&self, handle: &KeyHandle, plaintext: &[u8], aad: Option<&[u8]>) -> Result<Vec<u8>, ClientError> {
+        self.crypt("/v1/encrypt", handle, plaintext, aad).await
+    }
+
+    /// Decrypts what `encrypt` returned.
+    pub async fn decrypt(&self, handle: &KeyHandle, ciphertext: &[u8], aad: Option<&[u8]>) -> Result<Vec<u8>, ClientError> {
+        self.crypt("/v1/decrypt", handle, ciphertext, aad).await
+    }
+
+    async fn crypt(&self, path: &str, handle: &KeyHandle, data: &[u8], aad: Option<&[u8]>) -> Result<Vec<u8>, ClientError> {
+        let req = CryptRequest {
+            handle: handle.clone(),
+            data: Base64Bytes(data.to_vec()),
+            aad: aad.map(|a| Base64Bytes(a.to_vec())),
+        };
+        Ok(self.http.post::<_, CryptResponse>(path, &req).await?.data.0)
+    }
+
+    /// Deletes a key pair.
+    pub async fn delete_key_pair(&self, id: &str) -> Result<(), ClientError> {
+        self.http.delete(&format!("/v1/keypair/{}", encode(id))).await
+    }
+
+    /// Deletes a symmetric key.
+    pub async fn delete_key(&self, id: &str) -> Result<(), ClientError> {
+        self.http.delete(&format!("/v1/key/{}", encode(id))).await
+    }
+
+    /// keyd's version and backend states.
+    pub async fn health(&self) -> Result<Health, ClientError> {
+        self.http.get("/v1/health").await
+    }
+}
+
+fn encode(id: &str) -> String {
+    utf8_percent_encode(id, NON_ALPHANUMERIC).to_string()
+}

@@ -1,0 +1,177 @@
+//! keyd's config file (`--config`), e.g. `/etc/edgeid/keyd.d/config.toml`.
+//!
+//! ```toml
+//! state_dir = "/var/lib/edgeid/keyd"
+//!
+//! [server]
+//! socket = "/run/edgeid/keyd.sock"
+//!
+//! [backend]
+//! default = "software"
+//!
+//! [software]
+//! master_key_file = "/var/secrets/edgeid/keyd/master.key"
+//!
+//! [[principal]]
+//! name = "certd"
+//! uid = 991
+//! keys = ["device-ca", "module/*"]
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use edgeid_common::authz::Grants;
+use edgeid_common::config::{ConfigError, ServerConfig};
+use serde::Deserialize;
+
+use crate::backend::BackendKind;
+
+/// Where keyd listens unless configured otherwise.
+pub const DEFAULT_SOCKET: &str = "/run/edgeid/keyd.sock";
+/// Where the software store's master key lives unless configured otherwise:
+/// outside the state directory, so that a copy of the state reveals nothing.
+pub const DEFAULT_MASTER_KEY: &str = "/var/secrets/edgeid/keyd/master.key";
+
+/// The whole config file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeydConfig {
+    /// Key files, handle secret (0700).
+    pub state_dir: PathBuf,
+    /// Socket and limits.
+    #[serde(default)]
+    pub server: ServerConfig,
+    /// Which store holds which keys.
+    #[serde(default)]
+    pub backend: BackendConfig,
+    /// The software store.
+    #[serde(default)]
+    pub software: SoftwareConfig,
+    /// Who may use which keys (besides root and keyd's own uid).
+    #[serde(default, rename = "principal")]
+    pub principals: Vec<PrincipalConfig>,
+}
+
+/// `[backend]`: the default store and per-key overrides.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendConfig {
+    /// The store for keys no override names.
+    pub default: BackendKind,
+    /// `[[backend.override]] keys = ["device-id"], backend = "..."`; first match wins.
+    #[serde(default, rename = "override")]
+    pub overrides: Vec<BackendOverride>,
+}
+
+impl Default for BackendConfig {
+    fn default() -> Self {
+        Self { default: BackendKind::Software, overrides: Vec::new() }
+    }
+}
+
+/// Keys whose ids match `keys` live in `backend`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendOverride {
+    /// Glob patterns over key ids.
+    pub keys: Grants,
+    /// The store for them.
+    pub backend: BackendKind,
+}
+
+/// `[software]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SoftwareConfig {
+    /// The 32-byte master key (created 0600 on first start).
+    pub master_key_file: PathBuf,
+}
+
+impl Default for SoftwareConfig {
+    fn default() -> Self {
+        Self { master_key_file: PathBuf::from(DEFAULT_MASTER_KEY) }
+    }
+}
+
+/// `[[principal]]`: a uid and the key ids it may use.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrincipalConfig {
+    /// A name for logs and errors.
+    pub name: String,
+    /// The caller's uid.
+    pub uid: u32,
+    /// Glob patterns over key ids.
+    pub keys: Grants,
+}
+
+impl KeydConfig {
+    /// Reads the config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        edgeid_common::config::load(path)
+    }
+
+    /// A config for a state directory with defaults elsewhere (dev mode, tests).
+    pub fn with_dirs(state_dir: &Path, socket: &Path, master_key_file: &Path) -> Self {
+        Self {
+            state_dir: state_dir.to_owned(),
+            server: ServerConfig { socket: socket.to_owned(), socket_mode: 0o600, ..ServerConfig::default() },
+            backend: BackendConfig::default(),
+            software: SoftwareConfig { master_key_file: master_key_file.to_owned() },
+            principals: Vec::new(),
+        }
+    }
+
+    /// The socket path to bind when not socket-activated.
+    pub fn socket(&self) -> PathBuf {
+        if self.server.socket.as_os_str().is_empty() {
+            PathBuf::from(DEFAULT_SOCKET)
+        } else {
+            self.server.socket.clone()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn full_example_parses() {
+        let text = r#"
+            state_dir = "/var/lib/edgeid/keyd"
+            [server]
+            socket = "/run/edgeid/keyd.sock"
+            max_body_bytes = 65536
+            [backend]
+            default = "software"
+            [[backend.override]]
+            keys = ["device-*"]
+            backend = "software"
+            [software]
+            master_key_file = "/m"
+            [[principal]]
+            name = "certd"
+            uid = 991
+            keys = ["device-ca", "module/*"]
+        "#;
+        let c: KeydConfig = edgeid_common::config::parse(Path::new("k.toml"), text).unwrap();
+        assert_eq!(c.principals[0].uid, 991);
+        assert!(c.principals[0].keys.allows("module/x"));
+        assert_eq!(c.server.max_body_bytes, 65536);
+    }
+
+    #[test]
+    fn unknown_backend_is_named() {
+        let text = "state_dir = \"/x\"\n[backend]\ndefault = \"floppy\"\n";
+        let err = edgeid_common::config::parse::<KeydConfig>(Path::new("k.toml"), text).unwrap_err().to_string();
+        assert!(err.contains("backend.default") && err.contains("floppy"), "{err}");
+    }
+
+    #[test]
+    fn bad_grant_glob_is_named() {
+        let text = "state_dir = \"/x\"\n[[principal]]\nname = \"a\"\nuid = 5\nkeys = [\"[\"]\n";
+        let err = edgeid_common::config::parse::<KeydConfig>(Path::new("k.toml"), text).unwrap_err().to_string();
+        assert!(err.contains("principal[0].keys"), "{err}");
+    }
+}

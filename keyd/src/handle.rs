@@ -1,0 +1,170 @@
+//! Key handles: what keyd gives callers instead of keys.
+//!
+//! `ek1.<payload>.<tag>`: the payload (base64url JSON) names the key id, the key's
+//! generation (so a handle dies with its key, even if a new key takes the id)
+//! and any derivation inputs; the tag is HMAC-SHA256 under a per-install secret,
+//! so a handle cannot be forged or altered. A handle never contains key material.
+
+use std::path::Path;
+
+use aws_lc_rs::hmac;
+use aws_lc_rs::rand::{SecureRandom, SystemRandom};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
+
+use crate::api::KeyHandle;
+use crate::error::Error;
+use crate::key_id::KeyId;
+
+const PREFIX: &str = "ek1.";
+/// Derivations nest at most this deep.
+pub const MAX_DERIVATION_DEPTH: usize = 8;
+/// A derivation input is at most this long.
+pub const MAX_INFO_LEN: usize = 1024;
+
+/// What a handle refers to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyRef {
+    /// The key id.
+    pub id: KeyId,
+    /// The key's generation when the handle was issued.
+    pub generation: String,
+    /// Derivation inputs applied in order to the key (empty for the key itself).
+    pub derivation: Vec<Vec<u8>>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Payload {
+    id: String,
+    gen: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    derive: Vec<String>,
+}
+
+/// Issues and checks handles with this install's secret.
+pub struct HandleAuthority {
+    key: hmac::Key,
+}
+
+impl HandleAuthority {
+    /// Loads the handle secret from `path`, creating it (0600) on first start.
+    pub fn load_or_create(path: &Path) -> Result<Self, Error> {
+        let secret = match std::fs::read(path) {
+            Ok(bytes) => {
+                let bytes = Zeroizing::new(bytes);
+                edgeid_common::fs::check_private(path).map_err(|e| Error::Setup(e.to_string()))?;
+                if bytes.len() != 32 {
+                    return Err(Error::Setup(format!(
+                        "handle secret {} has {} bytes, expected 32; it is damaged (delete it to invalidate all handles)",
+                        path.display(),
+                        bytes.len()
+                    )));
+                }
+                bytes
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let mut fresh = Zeroizing::new(vec![0u8; 32]);
+                SystemRandom::new()
+                    .fill(&mut fresh)
+                    .map_err(|_| Error::Setup("the system random generator failed".into()))?;
+                edgeid_common::fs::write_atomic(path, &fresh, 0o600)
+                    .map_err(|e| Error::Setup(format!("cannot write handle secret {}: {e}", path.display())))?;
+                fresh
+            }
+            Err(e) => return Err(Error::Setup(format!("cannot read handle secret {}: {e}", path.display()))),
+        };
+        Ok(Self { key: hmac::Key::new(hmac::HMAC_SHA256, &secret) })
+    }
+
+    /// A handle for `key`.
+    pub fn issue(&self, key: &KeyRef) -> KeyHandle {
+        let payload = Payload {
+            id: key.id.as_str().to_owned(),
+            gen: key.generation.clone(),
+            derive: key.derivation.iter().map(|d| URL_SAFE_NO_PAD.encode(d)).collect(),
+        };
+        // Serializing a struct of strings cannot fail.
+        let json = serde_json::to_vec(&payload).unwrap_or_default();
+        let body = format!("{PREFIX}{}", URL_SAFE_NO_PAD.encode(json));
+        let tag = hmac::sign(&self.key, body.as_bytes());
+        KeyHandle(format!("{body}.{}", URL_SAFE_NO_PAD.encode(tag.as_ref())))
+    }
+
+    /// What a handle refers to, if this keyd issued it unaltered.
+    pub fn open(&self, handle: &KeyHandle) -> Result<KeyRef, Error> {
+        let text = handle.0.as_str();
+        if !text.starts_with(PREFIX) {
+            return Err(Error::MalformedHandle("it does not start with 'ek1.'"));
+        }
+        let (body, tag) = text.rsplit_once('.').ok_or(Error::MalformedHandle("it has no tag"))?;
+        if body.len() <= PREFIX.len() || body[PREFIX.len()..].contains('.') {
+            return Err(Error::MalformedHandle("it is not of the form ek1.<payload>.<tag>"));
+        }
+        let tag = URL_SAFE_NO_PAD.decode(tag).map_err(|_| Error::MalformedHandle("its tag is not base64url"))?;
+        if tag.len() != hmac::HMAC_SHA256.digest_algorithm().output_len() {
+            return Err(Error::MalformedHandle("its tag has the wrong length"));
+        }
+        hmac::verify(&self.key, body.as_bytes(), &tag).map_err(|_| Error::ForeignHandle)?;
+        // Only a verified payload is parsed.
+        let json = URL_SAFE_NO_PAD
+            .decode(&body[PREFIX.len()..])
+            .map_err(|_| Error::MalformedHandle("its payload is not base64url"))?;
+        let payload: Payload =
+            serde_json::from_slice(&json).map_err(|_| Error::MalformedHandle("its payload is not valid"))?;
+        let derivation = payload
+            .derive
+            .iter()
+            .map(|d| URL_SAFE_NO_PAD.decode(d))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|_| Error::MalformedHandle("its derivation is not base64url"))?;
+        Ok(KeyRef { id: KeyId::new(&payload.id)?, generation: payload.gen, derivation })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn authority() -> (tempfile::TempDir, HandleAuthority) {
+        let dir = tempfile::tempdir().unwrap();
+        let a = HandleAuthority::load_or_create(&dir.path().join("handle.key")).unwrap();
+        (dir, a)
+    }
+
+    fn key() -> KeyRef {
+        KeyRef { id: KeyId::new("module/a").unwrap(), generation: "00ff".into(), derivation: vec![b"x".to_vec()] }
+    }
+
+    #[test]
+    fn round_trip() {
+        let (_d, a) = authority();
+        assert_eq!(a.open(&a.issue(&key())).unwrap(), key());
+    }
+
+    #[test]
+    fn altered_or_foreign_handles_refused() {
+        let (_d, a) = authority();
+        let (_d2, b) = authority();
+        let h = a.issue(&key());
+        assert!(matches!(b.open(&h), Err(Error::ForeignHandle)));
+        // Flip one character of the payload.
+        let mut chars: Vec<char> = h.0.chars().collect();
+        chars[6] = if chars[6] == 'A' { 'B' } else { 'A' };
+        let altered = KeyHandle(chars.into_iter().collect());
+        assert!(matches!(a.open(&altered), Err(Error::ForeignHandle)));
+        for junk in ["", "ek1.", "ek1.x", "nope", "ek1.a.b.c", "ek1.!!.??"] {
+            assert!(a.open(&KeyHandle(junk.into())).is_err(), "{junk}");
+        }
+    }
+
+    #[test]
+    fn secret_survives_reload() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("handle.key");
+        let h = HandleAuthority::load_or_create(&path).unwrap().issue(&key());
+        assert_eq!(HandleAuthority::load_or_create(&path).unwrap().open(&h).unwrap(), key());
+    }
+}

@@ -1,0 +1,83 @@
+//! keyd's routes. Each handler parses, calls [`Keyd`], and maps the result.
+
+use std::sync::LazyLock;
+
+use edgeid_common::routes::Routes;
+use edgeid_common::{ApiRequest, ApiResponse, Handler};
+use http::{Method, StatusCode};
+
+use crate::keys::Keyd;
+
+#[derive(Debug, Clone, Copy)]
+enum Route {
+    Health,
+    CreateKeyPair,
+    GetKeyPair,
+    DeleteKeyPair,
+    PublicKey,
+    Sign,
+    CreateKey,
+    GetKey,
+    DeleteKey,
+    Derive,
+    Encrypt,
+    Decrypt,
+}
+
+static ROUTES: LazyLock<Routes<Route>> = LazyLock::new(|| {
+    Routes::new(&[
+        (Method::GET, "/v1/health", Route::Health),
+        (Method::POST, "/v1/keypair", Route::CreateKeyPair),
+        (Method::GET, "/v1/keypair/{*id}", Route::GetKeyPair),
+        (Method::DELETE, "/v1/keypair/{*id}", Route::DeleteKeyPair),
+        (Method::POST, "/v1/public-key", Route::PublicKey),
+        (Method::POST, "/v1/sign", Route::Sign),
+        (Method::POST, "/v1/key", Route::CreateKey),
+        (Method::GET, "/v1/key/{*id}", Route::GetKey),
+        (Method::DELETE, "/v1/key/{*id}", Route::DeleteKey),
+        (Method::POST, "/v1/derive", Route::Derive),
+        (Method::POST, "/v1/encrypt", Route::Encrypt),
+        (Method::POST, "/v1/decrypt", Route::Decrypt),
+    ])
+});
+
+impl Handler for Keyd {
+    async fn handle(&self, req: ApiRequest) -> ApiResponse {
+        let (route, params) = match ROUTES.find(&req.method, &req.path) {
+            Ok(found) => found,
+            Err(answer) => return answer,
+        };
+        let caller = &req.caller;
+        let id = params.get("id").unwrap_or_default();
+        let ok = StatusCode::OK;
+        macro_rules! with_body {
+            ($op:ident) => {
+                match req.json() {
+                    Ok(body) => ApiResponse::from_result(ok, self.$op(caller, body).await),
+                    Err(e) => ApiResponse::error(&e),
+                }
+            };
+        }
+        match route {
+            Route::Health => ApiResponse::json(ok, &self.health().await),
+            Route::CreateKeyPair => with_body!(create_key_pair),
+            Route::PublicKey => with_body!(public_key),
+            Route::Sign => with_body!(sign),
+            Route::CreateKey => with_body!(create_key),
+            Route::Derive => with_body!(derive),
+            Route::Encrypt => with_body!(encrypt),
+            Route::Decrypt => with_body!(decrypt),
+            Route::GetKeyPair => ApiResponse::from_result(ok, self.find(caller, id, true).await),
+            Route::GetKey => ApiResponse::from_result(ok, self.find(caller, id, false).await),
+            Route::DeleteKeyPair => deleted(self.delete(caller, id, true).await),
+            Route::DeleteKey => deleted(self.delete(caller, id, false).await),
+        }
+    }
+}
+
+fn deleted(result: Result<(), crate::Error>) -> ApiResponse {
+    match result {
+        Ok(()) => ApiResponse::no_content(),
+        Err(e) => ApiResponse::error(&e),
+    }
+}

@@ -1,0 +1,172 @@
+//! Fixtures every edgeid test shares, written once:
+//! - [`KeydFixture`]: a keyd in a fresh temp dir, in-process, restartable;
+//! - [`request_as`]: an HTTP request from another uid (needs root);
+//! - [`openssl`]: signatures checked by the `openssl` CLI, an implementation
+//!   independent of the one keyd signs with;
+//! - [`require_tool`]: a missing tool fails the test with the command that installs it.
+
+pub mod openssl;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bytes::Bytes;
+use edgeid_common::authz::Admins;
+use edgeid_keyd::{KeydClient, KeydConfig};
+use http::{Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// Fails the test, with the install command, if `tool` is not on PATH.
+pub fn require_tool(tool: &str, debian_package: &str) -> PathBuf {
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths).map(|p| p.join(tool)).find(|p| p.is_file())
+    });
+    found.unwrap_or_else(|| {
+        panic!("`{tool}` is not installed; this test needs it: sudo apt-get install -y {debian_package}")
+    })
+}
+
+/// A fresh temp dir with a short path (socket paths are limited to 107 bytes).
+pub fn temp_dir() -> tempfile::TempDir {
+    tempfile::Builder::new().prefix("edgeid-").tempdir_in("/tmp").expect("create a temp dir in /tmp")
+}
+
+/// A keyd serving from a temp dir, inside the test process.
+pub struct KeydFixture {
+    /// The config it runs with; tests may change it before [`KeydFixture::restart`].
+    pub config: KeydConfig,
+    admins: Admins,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<Result<(), edgeid_keyd::Error>>>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl KeydFixture {
+    /// keyd on the software store in a new temp dir; root and this process are admins.
+    pub async fn start() -> Self {
+        let dir = temp_dir();
+        let mut fixture = Self::configured(Self::config_in(dir.path()), Admins::root_and_self()).await;
+        fixture._dir = Some(dir);
+        fixture
+    }
+
+    /// The default test config for a directory: state, socket and master key under it.
+    pub fn config_in(dir: &Path) -> KeydConfig {
+        KeydConfig::with_dirs(&dir.join("keyd"), &dir.join("keyd.sock"), &dir.join("secrets/master.key"))
+    }
+
+    /// keyd with the given config and administrators.
+    pub async fn configured(config: KeydConfig, admins: Admins) -> Self {
+        let mut fixture = Self { config, admins, stop: None, task: None, _dir: None };
+        fixture.launch().await;
+        fixture
+    }
+
+    async fn launch(&mut self) {
+        let keyd = edgeid_keyd::Keyd::open(&self.config, self.admins.clone()).await.expect("keyd opens");
+        let listener = edgeid_common::listener::Listener::bind(&self.config.socket(), self.config.server.socket_mode)
+            .expect("keyd binds its socket");
+        let (tx, rx) = oneshot::channel();
+        let limits = self.config.server.limits();
+        self.task = Some(tokio::spawn(async move {
+            edgeid_common::server::serve(listener, std::sync::Arc::new(keyd), limits, async {
+                let _ = rx.await;
+            })
+            .await
+            .map_err(|e| edgeid_keyd::Error::Setup(e.to_string()))
+        }));
+        self.stop = Some(tx);
+    }
+
+    /// The socket path.
+    pub fn socket(&self) -> PathBuf {
+        self.config.socket()
+    }
+
+    /// A new client (with its own connection pool).
+    pub fn client(&self) -> KeydClient {
+        KeydClient::new(self.socket())
+    }
+
+    /// Stops keyd as SIGTERM would, waiting for it to drain.
+    pub async fn stop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.expect("keyd task").expect("keyd stops cleanly");
+        }
+    }
+
+    /// Stops keyd and starts it again on the same state.
+    pub async fn restart(&mut self) {
+        self.stop().await;
+        self.launch().await;
+    }
+}
+
+impl Drop for KeydFixture {
+    fn drop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// Makes `dir` traversable by other uids (temp dirs are 0700), so that a test
+/// can connect to a socket in it as another user.
+pub fn open_to_others(dir: &Path) {
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).expect("chmod test dir");
+}
+
+/// Whether this process can act as other uids.
+pub fn is_root() -> bool {
+    edgeid_common::current_uid() == 0
+}
+
+/// Connects to `socket` as `uid`/`gid`: a helper thread drops to that identity
+/// with the raw per-thread syscalls (glibc's setuid would change every thread)
+/// and connects; the kernel records that identity for `SO_PEERCRED`.
+pub fn connect_as(uid: u32, gid: u32, socket: &Path) -> std::os::unix::net::UnixStream {
+    assert!(is_root(), "connecting as uid {uid} needs root: run the tests as root (CI does)");
+    let target = socket.to_owned();
+    std::thread::spawn(move || {
+        // SAFETY: raw syscalls that only change this thread's credentials; the
+        // thread ends right after connecting and touches nothing shared.
+        unsafe {
+            assert_eq!(libc::syscall(libc::SYS_setgroups, 0, std::ptr::null::<libc::gid_t>()), 0);
+            assert_eq!(libc::syscall(libc::SYS_setresgid, gid, gid, gid), 0, "setresgid");
+            assert_eq!(libc::syscall(libc::SYS_setresuid, uid, uid, uid), 0, "setresuid");
+        }
+        std::os::unix::net::UnixStream::connect(&target)
+    })
+    .join()
+    .expect("connect thread")
+    .unwrap_or_else(|e| panic!("connect to {} as uid {uid}: {e}", socket.display()))
+}
+
+/// Sends one request over a connection made as `uid`, returns status and body.
+pub async fn request_as(uid: u32, socket: &Path, method: Method, path: &str, body: &str) -> (StatusCode, Bytes) {
+    let std_stream = connect_as(uid, uid, socket);
+    std_stream.set_nonblocking(true).expect("nonblocking");
+    let stream = tokio::net::UnixStream::from_std(std_stream).expect("tokio stream");
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.expect("http handshake");
+    tokio::spawn(conn);
+    let req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "localhost")
+        .body(Full::new(Bytes::from(body.to_owned())))
+        .expect("request");
+    let resp = tokio::time::timeout(Duration::from_secs(30), sender.send_request(req))
+        .await
+        .expect("answer in time")
+        .expect("answer");
+    let status = resp.status();
+    (status, resp.into_body().collect().await.expect("body").to_bytes())
+}
