@@ -97,7 +97,9 @@ pub struct UdsClient {
 
 impl std::fmt::Debug for UdsClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("UdsClient").field("socket", &self.socket).finish()
+        f.debug_struct("UdsClient")
+            .field("socket", &self.socket)
+            .finish()
     }
 }
 
@@ -109,8 +111,14 @@ impl UdsClient {
         // would close them, so a request never lands on a closing connection.
         let inner = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(20))
-            .build(UdsConnector { path: socket.clone() });
-        Self { socket, inner, timeout: Duration::from_secs(90) }
+            .build(UdsConnector {
+                path: socket.clone(),
+            });
+        Self {
+            socket,
+            inner,
+            timeout: Duration::from_secs(90),
+        }
     }
 
     /// Changes the per-request timeout (default 90 s).
@@ -131,7 +139,11 @@ impl UdsClient {
     }
 
     /// `POST path` with a JSON body, JSON answer.
-    pub async fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T, ClientError> {
+    pub async fn post<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T, ClientError> {
         let bytes = serde_json::to_vec(body).map_err(|e| ClientError::BadReply {
             socket: self.socket.to_path_buf(),
             reason: format!("cannot encode the request: {e}"),
@@ -142,38 +154,61 @@ impl UdsClient {
 
     /// `DELETE path`, no answer body expected.
     pub async fn delete(&self, path: &str) -> Result<(), ClientError> {
-        self.call(Method::DELETE, path, Bytes::new()).await.map(drop)
+        self.call(Method::DELETE, path, Bytes::new())
+            .await
+            .map(drop)
     }
 
     /// Sends a request and returns the status and body as they are, error statuses
     /// included. For tests and tools that need to see exactly what came back.
-    pub async fn raw(&self, method: Method, path: &str, body: Bytes) -> Result<(StatusCode, Bytes), ClientError> {
-        let uri: Uri = format!("http://localhost{path}").parse().map_err(|e| ClientError::BadReply {
-            socket: self.socket.to_path_buf(),
-            reason: format!("bad request path {path}: {e}"),
-        })?;
+    pub async fn raw(
+        &self,
+        method: Method,
+        path: &str,
+        body: Bytes,
+    ) -> Result<(StatusCode, Bytes), ClientError> {
+        let uri: Uri =
+            format!("http://localhost{path}")
+                .parse()
+                .map_err(|e| ClientError::BadReply {
+                    socket: self.socket.to_path_buf(),
+                    reason: format!("bad request path {path}: {e}"),
+                })?;
         let mut req = Request::new(Full::new(body));
         *req.method_mut() = method;
         *req.uri_mut() = uri;
         if !req.body().size_hint_is_empty() {
-            req.headers_mut()
-                .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+            req.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("application/json"),
+            );
         }
         let exchange = async {
-            let resp = self.inner.request(req).await.map_err(|e| ClientError::Unreachable {
-                socket: self.socket.to_path_buf(),
-                reason: describe_hyper_error(&e),
-            })?;
+            let resp = self
+                .inner
+                .request(req)
+                .await
+                .map_err(|e| ClientError::Unreachable {
+                    socket: self.socket.to_path_buf(),
+                    reason: describe_hyper_error(&e),
+                })?;
             let status = resp.status();
-            let body = resp.into_body().collect().await.map_err(|e| ClientError::BadReply {
-                socket: self.socket.to_path_buf(),
-                reason: format!("cannot read the answer: {e}"),
-            })?;
+            let body = resp
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| ClientError::BadReply {
+                    socket: self.socket.to_path_buf(),
+                    reason: format!("cannot read the answer: {e}"),
+                })?;
             Ok((status, body.to_bytes()))
         };
         tokio::time::timeout(self.timeout, exchange)
             .await
-            .map_err(|_| ClientError::Timeout { socket: self.socket.to_path_buf(), after: self.timeout })?
+            .map_err(|_| ClientError::Timeout {
+                socket: self.socket.to_path_buf(),
+                after: self.timeout,
+            })?
     }
 
     async fn call(&self, method: Method, path: &str, body: Bytes) -> Result<Bytes, ClientError> {

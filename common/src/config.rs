@@ -34,8 +34,10 @@ pub enum ConfigError {
 
 /// Reads and parses a TOML config file.
 pub fn load<T: DeserializeOwned>(path: &Path) -> Result<T, ConfigError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
     parse(path, &text)
 }
 
@@ -57,7 +59,11 @@ pub fn parse<T: DeserializeOwned>(path: &Path, text: &str) -> Result<T, ConfigEr
         ConfigError::Invalid {
             path: path.to_owned(),
             location,
-            key: if key == "." || key.is_empty() { String::new() } else { format!("key '{key}': ") },
+            key: if key == "." || key.is_empty() {
+                String::new()
+            } else {
+                format!("key '{key}': ")
+            },
             message: inner.message().trim().to_owned(),
         }
     })
@@ -130,7 +136,9 @@ mod tests {
     #[test]
     fn errors_name_file_line_and_key() {
         let text = "state_dir = \"/x\"\n[server]\nmax_body_bytes = \"big\"\n";
-        let err = parse::<Sample>(Path::new("/etc/x.toml"), text).unwrap_err().to_string();
+        let err = parse::<Sample>(Path::new("/etc/x.toml"), text)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("/etc/x.toml"), "{err}");
         assert!(err.contains("server.max_body_bytes"), "{err}");
         assert!(err.contains("line 3"), "{err}");
@@ -146,7 +154,11 @@ mod tests {
 
     #[test]
     fn octal_modes_and_defaults() {
-        let s: Sample = parse(Path::new("c"), "state_dir = \"/x\"\n[server]\nsocket_mode = 0o600\n").unwrap();
+        let s: Sample = parse(
+            Path::new("c"),
+            "state_dir = \"/x\"\n[server]\nsocket_mode = 0o600\n",
+        )
+        .unwrap();
         assert_eq!(s.server.socket_mode, 0o600);
         assert_eq!(s.server.max_body_bytes, 1024 * 1024);
     }

@@ -75,7 +75,9 @@ mod tests {
         let v: Base64Bytes = serde_json::from_str("\"aGk=\"").unwrap();
         assert_eq!(v.0, b"hi");
         assert_eq!(serde_json::to_string(&v).unwrap(), "\"aGk=\"");
-        let err = serde_json::from_str::<Base64Bytes>("\"***\"").unwrap_err().to_string();
+        let err = serde_json::from_str::<Base64Bytes>("\"***\"")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("base64"), "{err}");
     }
 

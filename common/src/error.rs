@@ -40,7 +40,10 @@ pub struct ApiError {
 impl ApiError {
     /// An error with the given status and message.
     pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
-        Self { status, message: message.into() }
+        Self {
+            status,
+            message: message.into(),
+        }
     }
 
     /// 400: the request is malformed.

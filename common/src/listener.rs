@@ -44,7 +44,10 @@ impl Listener {
             .ok()
             .and_then(|p| p.parse::<u32>().ok())
             .is_some_and(|p| p == std::process::id());
-        let count = std::env::var("LISTEN_FDS").ok().and_then(|n| n.parse::<i32>().ok()).unwrap_or(0);
+        let count = std::env::var("LISTEN_FDS")
+            .ok()
+            .and_then(|n| n.parse::<i32>().ok())
+            .unwrap_or(0);
         if !for_us || count < 1 {
             return Ok(None);
         }
@@ -66,14 +69,21 @@ impl Listener {
         // SAFETY: systemd hands this descriptor to us alone; we own it from here on.
         let std_listener = unsafe { std::os::unix::net::UnixListener::from_raw_fd(fd) };
         let addr = std_listener.local_addr().map_err(|e| {
-            io::Error::new(e.kind(), format!("descriptor 3 from systemd is not a Unix socket: {e}"))
+            io::Error::new(
+                e.kind(),
+                format!("descriptor 3 from systemd is not a Unix socket: {e}"),
+            )
         })?;
         std_listener.set_nonblocking(true)?;
         let description = match addr.as_pathname() {
             Some(p) => format!("{} (from systemd)", p.display()),
             None => "socket from systemd".to_owned(),
         };
-        Ok(Some(Self { inner: UnixListener::from_std(std_listener)?, owned: None, description }))
+        Ok(Some(Self {
+            inner: UnixListener::from_std(std_listener)?,
+            owned: None,
+            description,
+        }))
     }
 
     /// Binds `path`, replacing a stale socket file left by a crash. The socket gets
@@ -83,32 +93,49 @@ impl Listener {
         if path.as_os_str().len() > MAX_SOCKET_PATH {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
-                format!("socket path {} is longer than {MAX_SOCKET_PATH} bytes; choose a shorter one", path.display()),
+                format!(
+                    "socket path {} is longer than {MAX_SOCKET_PATH} bytes; choose a shorter one",
+                    path.display()
+                ),
             ));
         }
         remove_stale(path)?;
-        let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let dir = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
         if !dir.exists() {
             crate::fs::ensure_dir(dir, 0o755)?;
         }
         let name = path.file_name().ok_or_else(|| {
-            io::Error::new(io::ErrorKind::InvalidInput, format!("socket path {} has no file name", path.display()))
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("socket path {} has no file name", path.display()),
+            )
         })?;
         // A short temporary name so that it fits wherever the final path fits.
         let tmp = dir.join(format!(".{}.{}", std::process::id() % 100_000, name.len()));
         let _ = std::fs::remove_file(&tmp);
-        let listener = UnixListener::bind(&tmp)
-            .map_err(|e| io::Error::new(e.kind(), format!("cannot bind {}: {e}", path.display())))?;
+        let listener = UnixListener::bind(&tmp).map_err(|e| {
+            io::Error::new(e.kind(), format!("cannot bind {}: {e}", path.display()))
+        })?;
         let placed = std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))
             .and_then(|()| std::fs::rename(&tmp, path));
         if let Err(e) = placed {
             let _ = std::fs::remove_file(&tmp);
-            return Err(io::Error::new(e.kind(), format!("cannot create socket {}: {e}", path.display())));
+            return Err(io::Error::new(
+                e.kind(),
+                format!("cannot create socket {}: {e}", path.display()),
+            ));
         }
         let meta = std::fs::symlink_metadata(path)?;
         Ok(Self {
             inner: listener,
-            owned: Some(OwnedPath { path: path.to_owned(), dev: meta.dev(), ino: meta.ino() }),
+            owned: Some(OwnedPath {
+                path: path.to_owned(),
+                dev: meta.dev(),
+                ino: meta.ino(),
+            }),
             description: path.display().to_string(),
         })
     }
@@ -148,13 +175,19 @@ fn remove_stale(path: &Path) -> io::Result<()> {
     if !meta.file_type().is_socket() {
         return Err(io::Error::new(
             io::ErrorKind::AlreadyExists,
-            format!("{} exists and is not a socket; refusing to replace it", path.display()),
+            format!(
+                "{} exists and is not a socket; refusing to replace it",
+                path.display()
+            ),
         ));
     }
     match std::os::unix::net::UnixStream::connect(path) {
         Ok(_) => Err(io::Error::new(
             io::ErrorKind::AddrInUse,
-            format!("another process is already serving {}; stop it first", path.display()),
+            format!(
+                "another process is already serving {}; stop it first",
+                path.display()
+            ),
         )),
         Err(_) => {
             tracing::info!(path = %path.display(), "removing stale socket");

@@ -22,7 +22,10 @@ pub struct Params(Vec<(String, String)>);
 impl Params {
     /// The decoded value of `{name}`.
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.0.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+        self.0
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -32,7 +35,10 @@ impl<R: Copy> Routes<R> {
     pub fn new(entries: &[(Method, &str, R)]) -> Self {
         let mut by_path: BTreeMap<&str, Vec<(Method, R)>> = BTreeMap::new();
         for (method, path, route) in entries {
-            by_path.entry(path).or_default().push((method.clone(), *route));
+            by_path
+                .entry(path)
+                .or_default()
+                .push((method.clone(), *route));
         }
         let mut router = matchit::Router::new();
         for (path, methods) in by_path {
@@ -45,12 +51,16 @@ impl<R: Copy> Routes<R> {
 
     /// Finds the route for a request, or the 404 / 405 / 400 answer.
     pub fn find(&self, method: &Method, path: &str) -> Result<(R, Params), ApiResponse> {
-        let matched = self
-            .router
-            .at(path)
-            .map_err(|_| ApiResponse::error(&ApiError::not_found(format!("no such path: {path}"))))?;
+        let matched = self.router.at(path).map_err(|_| {
+            ApiResponse::error(&ApiError::not_found(format!("no such path: {path}")))
+        })?;
         let Some((_, route)) = matched.value.iter().find(|(m, _)| m == method) else {
-            let allow = matched.value.iter().map(|(m, _)| m.as_str()).collect::<Vec<_>>().join(", ");
+            let allow = matched
+                .value
+                .iter()
+                .map(|(m, _)| m.as_str())
+                .collect::<Vec<_>>()
+                .join(", ");
             let err = ApiError::new(
                 StatusCode::METHOD_NOT_ALLOWED,
                 format!("method {method} is not allowed on {path}; allowed: {allow}"),
@@ -60,7 +70,9 @@ impl<R: Copy> Routes<R> {
         let mut params = Vec::new();
         for (name, raw) in matched.params.iter() {
             let value = percent_decode_str(raw).decode_utf8().map_err(|_| {
-                ApiResponse::error(&ApiError::bad_request(format!("path parameter '{name}' is not valid UTF-8")))
+                ApiResponse::error(&ApiError::bad_request(format!(
+                    "path parameter '{name}' is not valid UTF-8"
+                )))
             })?;
             params.push((name.to_owned(), value.into_owned()));
         }
@@ -92,7 +104,9 @@ mod tests {
         let (r, p) = table().find(&Method::GET, "/v1/things/module%2Fa").unwrap();
         assert_eq!(r, R::Get);
         assert_eq!(p.get("id"), Some("module/a"));
-        let (r, p) = table().find(&Method::DELETE, "/v1/things/module/a").unwrap();
+        let (r, p) = table()
+            .find(&Method::DELETE, "/v1/things/module/a")
+            .unwrap();
         assert_eq!(r, R::Delete);
         assert_eq!(p.get("id"), Some("module/a"));
         assert_eq!(table().find(&Method::GET, "/v1/things").unwrap().0, R::List);

@@ -74,9 +74,12 @@ impl ApiRequest {
     /// Parses the body as JSON; a malformed body is a 400 with serde's message.
     pub fn json<T: DeserializeOwned>(&self) -> Result<T, ApiError> {
         if self.body.is_empty() {
-            return Err(ApiError::bad_request("request body is empty; a JSON object is expected"));
+            return Err(ApiError::bad_request(
+                "request body is empty; a JSON object is expected",
+            ));
         }
-        serde_json::from_slice(&self.body).map_err(|e| ApiError::bad_request(format!("malformed JSON body: {e}")))
+        serde_json::from_slice(&self.body)
+            .map_err(|e| ApiError::bad_request(format!("malformed JSON body: {e}")))
     }
 
     /// The decoded value of a query parameter.
@@ -84,7 +87,11 @@ impl ApiRequest {
         let query = self.query.as_deref()?;
         query.split('&').find_map(|pair| {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            (k == name).then(|| percent_encoding::percent_decode_str(v).decode_utf8_lossy().into_owned())
+            (k == name).then(|| {
+                percent_encoding::percent_decode_str(v)
+                    .decode_utf8_lossy()
+                    .into_owned()
+            })
         })
     }
 }
@@ -101,17 +108,28 @@ impl ApiResponse {
     /// A JSON body with the given status.
     pub fn json<T: Serialize>(status: StatusCode, value: &T) -> Self {
         match serde_json::to_vec(value) {
-            Ok(body) => Self { status, body: body.into(), headers: Vec::new() },
+            Ok(body) => Self {
+                status,
+                body: body.into(),
+                headers: Vec::new(),
+            },
             Err(e) => {
                 tracing::error!(error = %e, "cannot serialize a response");
-                Self::error(&ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "cannot serialize the response"))
+                Self::error(&ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "cannot serialize the response",
+                ))
             }
         }
     }
 
     /// 204 with no body.
     pub fn no_content() -> Self {
-        Self { status: StatusCode::NO_CONTENT, body: Bytes::new(), headers: Vec::new() }
+        Self {
+            status: StatusCode::NO_CONTENT,
+            body: Bytes::new(),
+            headers: Vec::new(),
+        }
     }
 
     /// The `{"message"}` answer for an error; server errors are logged in full here.
@@ -120,9 +138,16 @@ impl ApiResponse {
         if status.is_server_error() {
             tracing::error!(status = status.as_u16(), error = %err, "request failed");
         }
-        let body = ErrorBody { message: err.public_message() };
-        let bytes = serde_json::to_vec(&body).unwrap_or_else(|_| b"{\"message\":\"error\"}".to_vec());
-        Self { status, body: bytes.into(), headers: Vec::new() }
+        let body = ErrorBody {
+            message: err.public_message(),
+        };
+        let bytes =
+            serde_json::to_vec(&body).unwrap_or_else(|_| b"{\"message\":\"error\"}".to_vec());
+        Self {
+            status,
+            body: bytes.into(),
+            headers: Vec::new(),
+        }
     }
 
     /// The answer for a handler's result: `ok` status with the value, or the error.
@@ -155,7 +180,8 @@ impl ApiResponse {
         let mut resp = Response::new(Full::new(self.body));
         *resp.status_mut() = self.status;
         if resp.status() != StatusCode::NO_CONTENT {
-            resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            resp.headers_mut()
+                .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         }
         for (k, v) in self.headers {
             resp.headers_mut().append(k, v);
@@ -226,13 +252,22 @@ pub async fn serve<H: Handler>(
             () = &mut shutdown => break,
         };
         let caller = match stream.peer_cred() {
-            Ok(c) => Caller { uid: c.uid(), gid: c.gid(), pid: c.pid() },
+            Ok(c) => Caller {
+                uid: c.uid(),
+                gid: c.gid(),
+                pid: c.pid(),
+            },
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read the peer's credentials; dropping the connection");
                 continue;
             }
         };
-        let conn = Connection { caller, handler: handler.clone(), limits: limits.clone(), http: http.clone() };
+        let conn = Connection {
+            caller,
+            handler: handler.clone(),
+            limits: limits.clone(),
+            http: http.clone(),
+        };
         let stop = stop_rx.clone();
         tokio::spawn(async move {
             conn.run(stream, stop).await;
@@ -246,7 +281,9 @@ pub async fn serve<H: Handler>(
     let all = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
     match tokio::time::timeout(limits.shutdown_grace, slots.acquire_many(all)).await {
         Ok(_) => tracing::info!("all connections closed"),
-        Err(_) => tracing::warn!(grace = ?limits.shutdown_grace, "connections still open after the grace period"),
+        Err(_) => {
+            tracing::warn!(grace = ?limits.shutdown_grace, "connections still open after the grace period")
+        }
     }
     Ok(())
 }
@@ -262,8 +299,16 @@ struct Connection<H> {
 impl<H: Handler> Connection<H> {
     async fn run(self, stream: UnixStream, mut stop: watch::Receiver<bool>) {
         let activity = Arc::new(Activity::new());
-        let io = TokioIo::new(Tracked { inner: stream, activity: activity.clone() });
-        let Self { caller, handler, limits, http } = self;
+        let io = TokioIo::new(Tracked {
+            inner: stream,
+            activity: activity.clone(),
+        });
+        let Self {
+            caller,
+            handler,
+            limits,
+            http,
+        } = self;
         let service = {
             let activity = activity.clone();
             let limits = limits.clone();
@@ -310,13 +355,21 @@ impl<H: Handler> Connection<H> {
 }
 
 /// Reads the body within the limits, calls the handler, catches its panics.
-async fn respond<H: Handler>(handler: &H, caller: Caller, req: Request<Incoming>, limits: &Limits) -> ApiResponse {
+async fn respond<H: Handler>(
+    handler: &H,
+    caller: Caller,
+    req: Request<Incoming>,
+    limits: &Limits,
+) -> ApiResponse {
     let started = Instant::now();
     let (parts, body) = req.into_parts();
     let too_large = || {
         ApiResponse::error(&ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
-            format!("request body is larger than the limit of {} bytes", limits.max_body_bytes),
+            format!(
+                "request body is larger than the limit of {} bytes",
+                limits.max_body_bytes
+            ),
         ))
     };
     let declared = parts
@@ -327,17 +380,31 @@ async fn respond<H: Handler>(handler: &H, caller: Caller, req: Request<Incoming>
     if declared.is_some_and(|n| n > limits.max_body_bytes as u64) {
         return too_large();
     }
-    let body = match tokio::time::timeout(limits.request_timeout, Limited::new(body, limits.max_body_bytes).collect()).await
+    let body = match tokio::time::timeout(
+        limits.request_timeout,
+        Limited::new(body, limits.max_body_bytes).collect(),
+    )
+    .await
     {
         Ok(Ok(collected)) => collected.to_bytes(),
-        Ok(Err(e)) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => return too_large(),
+        Ok(Err(e))
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            return too_large()
+        }
         Ok(Err(e)) => {
-            return ApiResponse::error(&ApiError::bad_request(format!("cannot read the request body: {e}")));
+            return ApiResponse::error(&ApiError::bad_request(format!(
+                "cannot read the request body: {e}"
+            )));
         }
         Err(_) => {
             return ApiResponse::error(&ApiError::new(
                 StatusCode::REQUEST_TIMEOUT,
-                format!("request body not received within {}s", limits.request_timeout.as_secs()),
+                format!(
+                    "request body not received within {}s",
+                    limits.request_timeout.as_secs()
+                ),
             ));
         }
     };
@@ -355,11 +422,17 @@ async fn respond<H: Handler>(handler: &H, caller: Caller, req: Request<Incoming>
         Ok(Ok(response)) => response,
         Ok(Err(_panic)) => {
             tracing::error!(%method, %path, "handler panicked");
-            ApiResponse::error(&ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error"))
+            ApiResponse::error(&ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal error",
+            ))
         }
         Err(_) => ApiResponse::error(&ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
-            format!("the operation did not finish within {}s", limits.request_timeout.as_secs()),
+            format!(
+                "the operation did not finish within {}s",
+                limits.request_timeout.as_secs()
+            ),
         )),
     };
     tracing::debug!(
@@ -378,11 +451,16 @@ struct Activity {
 
 impl Activity {
     fn new() -> Self {
-        Self { epoch: Instant::now(), last_ms: AtomicU64::new(0), in_flight: AtomicUsize::new(0) }
+        Self {
+            epoch: Instant::now(),
+            last_ms: AtomicU64::new(0),
+            in_flight: AtomicUsize::new(0),
+        }
     }
 
     fn touch(&self) {
-        self.last_ms.store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+        self.last_ms
+            .store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
     }
 
     fn begin_request(self: &Arc<Self>) -> InFlight {
@@ -416,7 +494,11 @@ struct Tracked {
 }
 
 impl AsyncRead for Tracked {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         let poll = Pin::new(&mut self.inner).poll_read(cx, buf);
         if buf.filled().len() > before {
@@ -427,7 +509,11 @@ impl AsyncRead for Tracked {
 }
 
 impl AsyncWrite for Tracked {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
         let poll = Pin::new(&mut self.inner).poll_write(cx, data);
         if matches!(poll, Poll::Ready(Ok(n)) if n > 0) {
             self.activity.touch();

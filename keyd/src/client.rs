@@ -19,7 +19,9 @@ pub struct KeydClient {
 impl KeydClient {
     /// A client for the keyd listening on `socket`.
     pub fn new(socket: impl AsRef<Path>) -> Self {
-        Self { http: UdsClient::new(socket) }
+        Self {
+            http: UdsClient::new(socket),
+        }
     }
 
     /// The underlying transport, for raw requests.
@@ -28,24 +30,50 @@ impl KeydClient {
     }
 
     /// Creates a key pair, or loads the existing one with the same spec.
-    pub async fn create_key_pair(&self, id: &str, spec: KeyPairSpec) -> Result<KeyHandle, ClientError> {
-        let req = CreateKeyPairRequest { id: id.to_owned(), spec };
-        Ok(self.http.post::<_, HandleResponse>("/v1/keypair", &req).await?.handle)
+    pub async fn create_key_pair(
+        &self,
+        id: &str,
+        spec: KeyPairSpec,
+    ) -> Result<KeyHandle, ClientError> {
+        let req = CreateKeyPairRequest {
+            id: id.to_owned(),
+            spec,
+        };
+        Ok(self
+            .http
+            .post::<_, HandleResponse>("/v1/keypair", &req)
+            .await?
+            .handle)
     }
 
     /// The handle of an existing key pair.
     pub async fn key_pair(&self, id: &str) -> Result<KeyHandle, ClientError> {
-        Ok(self.http.get::<HandleResponse>(&format!("/v1/keypair/{}", encode(id))).await?.handle)
+        Ok(self
+            .http
+            .get::<HandleResponse>(&format!("/v1/keypair/{}", encode(id)))
+            .await?
+            .handle)
     }
 
     /// The handle of an existing symmetric key.
     pub async fn key(&self, id: &str) -> Result<KeyHandle, ClientError> {
-        Ok(self.http.get::<HandleResponse>(&format!("/v1/key/{}", encode(id))).await?.handle)
+        Ok(self
+            .http
+            .get::<HandleResponse>(&format!("/v1/key/{}", encode(id)))
+            .await?
+            .handle)
     }
 
     /// The public key, SubjectPublicKeyInfo PEM.
     pub async fn public_key(&self, handle: &KeyHandle) -> Result<PublicKeyResponse, ClientError> {
-        self.http.post("/v1/public-key", &PublicKeyRequest { handle: handle.clone() }).await
+        self.http
+            .post(
+                "/v1/public-key",
+                &PublicKeyRequest {
+                    handle: handle.clone(),
+                },
+            )
+            .await
     }
 
     /// Signs a message (or a digest, if `prehashed`), or computes its MAC.
@@ -56,8 +84,18 @@ impl KeydClient {
         data: &[u8],
         prehashed: bool,
     ) -> Result<Vec<u8>, ClientError> {
-        let req = SignRequest { handle: handle.clone(), algorithm, data: Base64Bytes(data.to_vec()), prehashed };
-        Ok(self.http.post::<_, SignResponse>("/v1/sign", &req).await?.signature.0)
+        let req = SignRequest {
+            handle: handle.clone(),
+            algorithm,
+            data: Base64Bytes(data.to_vec()),
+            prehashed,
+        };
+        Ok(self
+            .http
+            .post::<_, SignResponse>("/v1/sign", &req)
+            .await?
+            .signature
+            .0)
     }
 
     /// Creates a symmetric key, or imports `import`.
@@ -72,26 +110,53 @@ impl KeydClient {
             key_type,
             import: import.map(|b| SecretBytes(Zeroizing::new(b.to_vec()))),
         };
-        Ok(self.http.post::<_, HandleResponse>("/v1/key", &req).await?.handle)
+        Ok(self
+            .http
+            .post::<_, HandleResponse>("/v1/key", &req)
+            .await?
+            .handle)
     }
 
     /// A handle for the key derived from `handle` with `info`.
     pub async fn derive(&self, handle: &KeyHandle, info: &[u8]) -> Result<KeyHandle, ClientError> {
-        let req = DeriveRequest { handle: handle.clone(), info: Base64Bytes(info.to_vec()) };
-        Ok(self.http.post::<_, HandleResponse>("/v1/derive", &req).await?.handle)
+        let req = DeriveRequest {
+            handle: handle.clone(),
+            info: Base64Bytes(info.to_vec()),
+        };
+        Ok(self
+            .http
+            .post::<_, HandleResponse>("/v1/derive", &req)
+            .await?
+            .handle)
     }
 
     /// AES-256-GCM encryption; the result carries its nonce.
-    pub async fn encrypt(&self, handle: &KeyHandle, plaintext: &[u8], aad: Option<&[u8]>) -> Result<Vec<u8>, ClientError> {
+    pub async fn encrypt(
+        &self,
+        handle: &KeyHandle,
+        plaintext: &[u8],
+        aad: Option<&[u8]>,
+    ) -> Result<Vec<u8>, ClientError> {
         self.crypt("/v1/encrypt", handle, plaintext, aad).await
     }
 
     /// Decrypts what `encrypt` returned.
-    pub async fn decrypt(&self, handle: &KeyHandle, ciphertext: &[u8], aad: Option<&[u8]>) -> Result<Vec<u8>, ClientError> {
+    pub async fn decrypt(
+        &self,
+        handle: &KeyHandle,
+        ciphertext: &[u8],
+        aad: Option<&[u8]>,
+    ) -> Result<Vec<u8>, ClientError> {
         self.crypt("/v1/decrypt", handle, ciphertext, aad).await
     }
 
-    async fn crypt(&self, path: &str, handle: &KeyHandle, data: &[u8], aad: Option<&[u8]>) -> Result<Vec<u8>, ClientError> {
+    async fn crypt(
+        &self,
+        path: &str,
+        handle: &KeyHandle,
+        data: &[u8],
+        aad: Option<&[u8]>,
+    ) -> Result<Vec<u8>, ClientError> {
         let req = CryptRequest {
             handle: handle.clone(),
             data: Base64Bytes(data.to_vec()),
@@ -102,7 +167,9 @@ impl KeydClient {
 
     /// Deletes a key pair.
     pub async fn delete_key_pair(&self, id: &str) -> Result<(), ClientError> {
-        self.http.delete(&format!("/v1/keypair/{}", encode(id))).await
+        self.http
+            .delete(&format!("/v1/keypair/{}", encode(id)))
+            .await
     }
 
     /// Deletes a symmetric key.

@@ -65,7 +65,10 @@ pub struct BackendConfig {
 
 impl Default for BackendConfig {
     fn default() -> Self {
-        Self { default: BackendKind::Software, overrides: Vec::new() }
+        Self {
+            default: BackendKind::Software,
+            overrides: Vec::new(),
+        }
     }
 }
 
@@ -89,7 +92,9 @@ pub struct SoftwareConfig {
 
 impl Default for SoftwareConfig {
     fn default() -> Self {
-        Self { master_key_file: PathBuf::from(DEFAULT_MASTER_KEY) }
+        Self {
+            master_key_file: PathBuf::from(DEFAULT_MASTER_KEY),
+        }
     }
 }
 
@@ -115,9 +120,15 @@ impl KeydConfig {
     pub fn with_dirs(state_dir: &Path, socket: &Path, master_key_file: &Path) -> Self {
         Self {
             state_dir: state_dir.to_owned(),
-            server: ServerConfig { socket: socket.to_owned(), socket_mode: 0o600, ..ServerConfig::default() },
+            server: ServerConfig {
+                socket: socket.to_owned(),
+                socket_mode: 0o600,
+                ..ServerConfig::default()
+            },
             backend: BackendConfig::default(),
-            software: SoftwareConfig { master_key_file: master_key_file.to_owned() },
+            software: SoftwareConfig {
+                master_key_file: master_key_file.to_owned(),
+            },
             principals: Vec::new(),
         }
     }
@@ -164,14 +175,21 @@ mod tests {
     #[test]
     fn unknown_backend_is_named() {
         let text = "state_dir = \"/x\"\n[backend]\ndefault = \"floppy\"\n";
-        let err = edgeid_common::config::parse::<KeydConfig>(Path::new("k.toml"), text).unwrap_err().to_string();
-        assert!(err.contains("backend.default") && err.contains("floppy"), "{err}");
+        let err = edgeid_common::config::parse::<KeydConfig>(Path::new("k.toml"), text)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("backend.default") && err.contains("floppy"),
+            "{err}"
+        );
     }
 
     #[test]
     fn bad_grant_glob_is_named() {
         let text = "state_dir = \"/x\"\n[[principal]]\nname = \"a\"\nuid = 5\nkeys = [\"[\"]\n";
-        let err = edgeid_common::config::parse::<KeydConfig>(Path::new("k.toml"), text).unwrap_err().to_string();
+        let err = edgeid_common::config::parse::<KeydConfig>(Path::new("k.toml"), text)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("principal[0].keys"), "{err}");
     }
 }

@@ -51,7 +51,9 @@ pub enum Error {
 impl HttpError for Error {
     fn status(&self) -> StatusCode {
         match self {
-            Self::BadRequest(_) | Self::InvalidKeyId { .. } | Self::MalformedHandle(_) => StatusCode::BAD_REQUEST,
+            Self::BadRequest(_) | Self::InvalidKeyId { .. } | Self::MalformedHandle(_) => {
+                StatusCode::BAD_REQUEST
+            }
             Self::ForeignHandle | Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::Conflict(_) => StatusCode::CONFLICT,

@@ -70,13 +70,24 @@ impl HandleAuthority {
                 SystemRandom::new()
                     .fill(&mut fresh)
                     .map_err(|_| Error::Setup("the system random generator failed".into()))?;
-                edgeid_common::fs::write_atomic(path, &fresh, 0o600)
-                    .map_err(|e| Error::Setup(format!("cannot write handle secret {}: {e}", path.display())))?;
+                edgeid_common::fs::write_atomic(path, &fresh, 0o600).map_err(|e| {
+                    Error::Setup(format!(
+                        "cannot write handle secret {}: {e}",
+                        path.display()
+                    ))
+                })?;
                 fresh
             }
-            Err(e) => return Err(Error::Setup(format!("cannot read handle secret {}: {e}", path.display()))),
+            Err(e) => {
+                return Err(Error::Setup(format!(
+                    "cannot read handle secret {}: {e}",
+                    path.display()
+                )))
+            }
         };
-        Ok(Self { key: hmac::Key::new(hmac::HMAC_SHA256, &secret) })
+        Ok(Self {
+            key: hmac::Key::new(hmac::HMAC_SHA256, &secret),
+        })
     }
 
     /// A handle for `key`.
@@ -84,7 +95,11 @@ impl HandleAuthority {
         let payload = Payload {
             id: key.id.as_str().to_owned(),
             gen: key.generation.clone(),
-            derive: key.derivation.iter().map(|d| URL_SAFE_NO_PAD.encode(d)).collect(),
+            derive: key
+                .derivation
+                .iter()
+                .map(|d| URL_SAFE_NO_PAD.encode(d))
+                .collect(),
         };
         // Serializing a struct of strings cannot fail.
         let json = serde_json::to_vec(&payload).unwrap_or_default();
@@ -99,11 +114,17 @@ impl HandleAuthority {
         if !text.starts_with(PREFIX) {
             return Err(Error::MalformedHandle("it does not start with 'ek1.'"));
         }
-        let (body, tag) = text.rsplit_once('.').ok_or(Error::MalformedHandle("it has no tag"))?;
+        let (body, tag) = text
+            .rsplit_once('.')
+            .ok_or(Error::MalformedHandle("it has no tag"))?;
         if body.len() <= PREFIX.len() || body[PREFIX.len()..].contains('.') {
-            return Err(Error::MalformedHandle("it is not of the form ek1.<payload>.<tag>"));
+            return Err(Error::MalformedHandle(
+                "it is not of the form ek1.<payload>.<tag>",
+            ));
         }
-        let tag = URL_SAFE_NO_PAD.decode(tag).map_err(|_| Error::MalformedHandle("its tag is not base64url"))?;
+        let tag = URL_SAFE_NO_PAD
+            .decode(tag)
+            .map_err(|_| Error::MalformedHandle("its tag is not base64url"))?;
         if tag.len() != hmac::HMAC_SHA256.digest_algorithm().output_len() {
             return Err(Error::MalformedHandle("its tag has the wrong length"));
         }
@@ -112,15 +133,19 @@ impl HandleAuthority {
         let json = URL_SAFE_NO_PAD
             .decode(&body[PREFIX.len()..])
             .map_err(|_| Error::MalformedHandle("its payload is not base64url"))?;
-        let payload: Payload =
-            serde_json::from_slice(&json).map_err(|_| Error::MalformedHandle("its payload is not valid"))?;
+        let payload: Payload = serde_json::from_slice(&json)
+            .map_err(|_| Error::MalformedHandle("its payload is not valid"))?;
         let derivation = payload
             .derive
             .iter()
             .map(|d| URL_SAFE_NO_PAD.decode(d))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|_| Error::MalformedHandle("its derivation is not base64url"))?;
-        Ok(KeyRef { id: KeyId::new(&payload.id)?, generation: payload.gen, derivation })
+        Ok(KeyRef {
+            id: KeyId::new(&payload.id)?,
+            generation: payload.gen,
+            derivation,
+        })
     }
 }
 
@@ -135,7 +160,11 @@ mod tests {
     }
 
     fn key() -> KeyRef {
-        KeyRef { id: KeyId::new("module/a").unwrap(), generation: "00ff".into(), derivation: vec![b"x".to_vec()] }
+        KeyRef {
+            id: KeyId::new("module/a").unwrap(),
+            generation: "00ff".into(),
+            derivation: vec![b"x".to_vec()],
+        }
     }
 
     #[test]
@@ -164,7 +193,15 @@ mod tests {
     fn secret_survives_reload() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("handle.key");
-        let h = HandleAuthority::load_or_create(&path).unwrap().issue(&key());
-        assert_eq!(HandleAuthority::load_or_create(&path).unwrap().open(&h).unwrap(), key());
+        let h = HandleAuthority::load_or_create(&path)
+            .unwrap()
+            .issue(&key());
+        assert_eq!(
+            HandleAuthority::load_or_create(&path)
+                .unwrap()
+                .open(&h)
+                .unwrap(),
+            key()
+        );
     }
 }

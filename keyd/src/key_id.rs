@@ -16,17 +16,28 @@ pub struct KeyId(String);
 impl KeyId {
     /// Validates an id.
     pub fn new(id: &str) -> Result<Self, Error> {
-        let bad = |reason| Err(Error::InvalidKeyId { id: id.chars().take(MAX_LEN + 8).collect(), reason });
+        let bad = |reason| {
+            Err(Error::InvalidKeyId {
+                id: id.chars().take(MAX_LEN + 8).collect(),
+                reason,
+            })
+        };
         if id.is_empty() {
             return bad("it is empty");
         }
         if id.len() > MAX_LEN {
             return bad("it is longer than 128 characters");
         }
-        if !id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'/')) {
+        if !id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'/'))
+        {
             return bad("only letters, digits, '.', '_', '-' and '/' are allowed");
         }
-        if id.split('/').any(|seg| seg.is_empty() || seg == "." || seg == "..") {
+        if id
+            .split('/')
+            .any(|seg| seg.is_empty() || seg == "." || seg == "..")
+        {
             return bad("'/'-separated parts must not be empty, '.' or '..'");
         }
         Ok(Self(id.to_owned()))
@@ -57,7 +68,18 @@ mod tests {
 
     #[test]
     fn refuses_escapes_and_junk() {
-        for id in ["", "../x", "a/../b", "/abs", "a//b", "a/", "sp ace", "ü", "a\0b", &"x".repeat(129)] {
+        for id in [
+            "",
+            "../x",
+            "a/../b",
+            "/abs",
+            "a//b",
+            "a/",
+            "sp ace",
+            "ü",
+            "a\0b",
+            &"x".repeat(129),
+        ] {
             assert!(KeyId::new(id).is_err(), "{id:?} accepted");
         }
     }

@@ -37,7 +37,9 @@ impl Stores {
             .iter()
             .find(|(keys, _)| keys.allows(id.as_str()))
             .map_or(self.default, |(_, kind)| *kind);
-        self.open.get(&kind).ok_or_else(|| Error::Internal(format!("backend {kind} is not open")))
+        self.open
+            .get(&kind)
+            .ok_or_else(|| Error::Internal(format!("backend {kind} is not open")))
     }
 }
 
@@ -52,13 +54,20 @@ impl Access {
         if self.admins.contains(caller) {
             return Ok(());
         }
-        let mine: Vec<_> = self.principals.iter().filter(|(_, uid, _)| *uid == caller.uid).collect();
+        let mine: Vec<_> = self
+            .principals
+            .iter()
+            .filter(|(_, uid, _)| *uid == caller.uid)
+            .collect();
         if mine.iter().any(|(_, _, grants)| grants.allows(id.as_str())) {
             return Ok(());
         }
         tracing::warn!(uid = caller.uid, pid = caller.pid, key = %id, "refused: key not granted");
         Err(Error::Forbidden(match mine.first() {
-            Some((name, _, _)) => format!("principal '{name}' (uid {}) is not granted key '{id}'", caller.uid),
+            Some((name, _, _)) => format!(
+                "principal '{name}' (uid {}) is not granted key '{id}'",
+                caller.uid
+            ),
             None => format!("uid {} is not a principal of keyd", caller.uid),
         }))
     }
@@ -67,32 +76,51 @@ impl Access {
 impl Keyd {
     /// Opens the stores the config names and the handle secret.
     pub async fn open(config: &KeydConfig, admins: Admins) -> Result<Self, Error> {
-        edgeid_common::fs::ensure_dir(&config.state_dir, 0o700)
-            .map_err(|e| Error::Setup(format!("cannot create state directory {}: {e}", config.state_dir.display())))?;
+        edgeid_common::fs::ensure_dir(&config.state_dir, 0o700).map_err(|e| {
+            Error::Setup(format!(
+                "cannot create state directory {}: {e}",
+                config.state_dir.display()
+            ))
+        })?;
         let handles = HandleAuthority::load_or_create(&config.state_dir.join("handle.key"))?;
         let mut open: HashMap<BackendKind, Arc<dyn KeyBackend>> = HashMap::new();
-        let wanted = std::iter::once(config.backend.default).chain(config.backend.overrides.iter().map(|o| o.backend));
+        let wanted = std::iter::once(config.backend.default)
+            .chain(config.backend.overrides.iter().map(|o| o.backend));
         for kind in wanted {
             if open.contains_key(&kind) {
                 continue;
             }
             let store: Arc<dyn KeyBackend> = match kind {
-                BackendKind::Software => {
-                    Arc::new(SoftwareBackend::open(&config.state_dir, &config.software.master_key_file)?)
-                }
+                BackendKind::Software => Arc::new(SoftwareBackend::open(
+                    &config.state_dir,
+                    &config.software.master_key_file,
+                )?),
             };
             open.insert(kind, store);
         }
         let stores = Stores {
             default: config.backend.default,
-            overrides: config.backend.overrides.iter().map(|o| (o.keys.clone(), o.backend)).collect(),
+            overrides: config
+                .backend
+                .overrides
+                .iter()
+                .map(|o| (o.keys.clone(), o.backend))
+                .collect(),
             open,
         };
         let access = Access {
             admins,
-            principals: config.principals.iter().map(|p| (p.name.clone(), p.uid, p.keys.clone())).collect(),
+            principals: config
+                .principals
+                .iter()
+                .map(|p| (p.name.clone(), p.uid, p.keys.clone()))
+                .collect(),
         };
-        Ok(Self { stores, handles, access })
+        Ok(Self {
+            stores,
+            handles,
+            access,
+        })
     }
 
     /// Validates an id and checks the caller may use it.
@@ -103,7 +131,11 @@ impl Keyd {
     }
 
     /// Opens a handle, checks the caller may use its key, finds the store.
-    fn open_handle(&self, caller: &Caller, handle: &KeyHandle) -> Result<(KeyRef, &Arc<dyn KeyBackend>), Error> {
+    fn open_handle(
+        &self,
+        caller: &Caller,
+        handle: &KeyHandle,
+    ) -> Result<(KeyRef, &Arc<dyn KeyBackend>), Error> {
         let key = self.handles.open(handle)?;
         self.access.check(caller, &key.id)?;
         let store = self.stores.for_id(&key.id)?;
@@ -111,58 +143,109 @@ impl Keyd {
     }
 
     fn handle_for(&self, id: KeyId, generation: String) -> HandleResponse {
-        HandleResponse { handle: self.handles.issue(&KeyRef { id, generation, derivation: Vec::new() }) }
+        HandleResponse {
+            handle: self.handles.issue(&KeyRef {
+                id,
+                generation,
+                derivation: Vec::new(),
+            }),
+        }
     }
 
     /// `POST /v1/keypair`
-    pub async fn create_key_pair(&self, caller: &Caller, req: CreateKeyPairRequest) -> Result<HandleResponse, Error> {
+    pub async fn create_key_pair(
+        &self,
+        caller: &Caller,
+        req: CreateKeyPairRequest,
+    ) -> Result<HandleResponse, Error> {
         let id = self.authorize(caller, &req.id)?;
-        let record = self.stores.for_id(&id)?.create_key_pair(&id, req.spec).await?;
+        let record = self
+            .stores
+            .for_id(&id)?
+            .create_key_pair(&id, req.spec)
+            .await?;
         Ok(self.handle_for(id, record.generation))
     }
 
     /// `GET /v1/keypair/{id}` (`pair`) and `GET /v1/key/{id}`.
-    pub async fn find(&self, caller: &Caller, id: &str, pair: bool) -> Result<HandleResponse, Error> {
+    pub async fn find(
+        &self,
+        caller: &Caller,
+        id: &str,
+        pair: bool,
+    ) -> Result<HandleResponse, Error> {
         let id = self.authorize(caller, id)?;
         let wanted = if pair { "key pair" } else { "symmetric key" };
         match self.stores.for_id(&id)?.find(&id).await? {
-            Some(record) if matches!(record.kind, KeyKind::Pair(_)) == pair => Ok(self.handle_for(id, record.generation)),
-            Some(record) => Err(Error::NotFound(format!("no {wanted} named '{id}' (it is a {} key)", record.kind))),
+            Some(record) if matches!(record.kind, KeyKind::Pair(_)) == pair => {
+                Ok(self.handle_for(id, record.generation))
+            }
+            Some(record) => Err(Error::NotFound(format!(
+                "no {wanted} named '{id}' (it is a {} key)",
+                record.kind
+            ))),
             None => Err(Error::NotFound(format!("no {wanted} named '{id}'"))),
         }
     }
 
     /// `POST /v1/public-key`
-    pub async fn public_key(&self, caller: &Caller, req: PublicKeyRequest) -> Result<PublicKeyResponse, Error> {
+    pub async fn public_key(
+        &self,
+        caller: &Caller,
+        req: PublicKeyRequest,
+    ) -> Result<PublicKeyResponse, Error> {
         let (key, store) = self.open_handle(caller, &req.handle)?;
         let public = store.public_key(&key).await?;
-        Ok(PublicKeyResponse { spec: public.spec, pem: pem::encode(&pem::Pem::new("PUBLIC KEY", public.spki_der)) })
+        Ok(PublicKeyResponse {
+            spec: public.spec,
+            pem: pem::encode(&pem::Pem::new("PUBLIC KEY", public.spki_der)),
+        })
     }
 
     /// `POST /v1/sign`
     pub async fn sign(&self, caller: &Caller, req: SignRequest) -> Result<SignResponse, Error> {
         let (key, store) = self.open_handle(caller, &req.handle)?;
-        let signature = store.sign(&key, req.algorithm, &req.data.0, req.prehashed).await?;
-        Ok(SignResponse { signature: Base64Bytes(signature) })
+        let signature = store
+            .sign(&key, req.algorithm, &req.data.0, req.prehashed)
+            .await?;
+        Ok(SignResponse {
+            signature: Base64Bytes(signature),
+        })
     }
 
     /// `POST /v1/key`
-    pub async fn create_key(&self, caller: &Caller, req: CreateKeyRequest) -> Result<HandleResponse, Error> {
+    pub async fn create_key(
+        &self,
+        caller: &Caller,
+        req: CreateKeyRequest,
+    ) -> Result<HandleResponse, Error> {
         let id = self.authorize(caller, &req.id)?;
         let import = req.import.as_ref().map(|s| s.0.as_slice());
-        let record = self.stores.for_id(&id)?.create_key(&id, req.key_type, import).await?;
+        let record = self
+            .stores
+            .for_id(&id)?
+            .create_key(&id, req.key_type, import)
+            .await?;
         Ok(self.handle_for(id, record.generation))
     }
 
     /// `POST /v1/derive`: a handle for HMAC-SHA256(base key, info). Nothing is
     /// stored; the derived key is recomputed from the handle when used.
-    pub async fn derive(&self, caller: &Caller, req: DeriveRequest) -> Result<HandleResponse, Error> {
+    pub async fn derive(
+        &self,
+        caller: &Caller,
+        req: DeriveRequest,
+    ) -> Result<HandleResponse, Error> {
         let (mut key, store) = self.open_handle(caller, &req.handle)?;
         if req.info.0.len() > MAX_INFO_LEN {
-            return Err(Error::BadRequest(format!("derivation info is longer than {MAX_INFO_LEN} bytes")));
+            return Err(Error::BadRequest(format!(
+                "derivation info is longer than {MAX_INFO_LEN} bytes"
+            )));
         }
         if key.derivation.len() >= MAX_DERIVATION_DEPTH {
-            return Err(Error::BadRequest(format!("derivations nest at most {MAX_DERIVATION_DEPTH} deep")));
+            return Err(Error::BadRequest(format!(
+                "derivations nest at most {MAX_DERIVATION_DEPTH} deep"
+            )));
         }
         let record = store
             .find(&key.id)
@@ -170,24 +253,42 @@ impl Keyd {
             .ok_or_else(|| Error::NotFound(format!("key '{}' does not exist", key.id)))?;
         record.check(&key)?;
         if !matches!(record.kind, KeyKind::Symmetric(_)) {
-            return Err(crate::backend::wrong_kind(&key.id, record.kind, "a symmetric key"));
+            return Err(crate::backend::wrong_kind(
+                &key.id,
+                record.kind,
+                "a symmetric key",
+            ));
         }
         key.derivation.push(req.info.0);
-        Ok(HandleResponse { handle: self.handles.issue(&key) })
+        Ok(HandleResponse {
+            handle: self.handles.issue(&key),
+        })
     }
 
     /// `POST /v1/encrypt`
-    pub async fn encrypt(&self, caller: &Caller, req: CryptRequest) -> Result<CryptResponse, Error> {
+    pub async fn encrypt(
+        &self,
+        caller: &Caller,
+        req: CryptRequest,
+    ) -> Result<CryptResponse, Error> {
         let (key, store) = self.open_handle(caller, &req.handle)?;
         let aad = req.aad.as_ref().map_or(&[][..], |a| a.0.as_slice());
-        Ok(CryptResponse { data: Base64Bytes(store.encrypt(&key, &req.data.0, aad).await?) })
+        Ok(CryptResponse {
+            data: Base64Bytes(store.encrypt(&key, &req.data.0, aad).await?),
+        })
     }
 
     /// `POST /v1/decrypt`
-    pub async fn decrypt(&self, caller: &Caller, req: CryptRequest) -> Result<CryptResponse, Error> {
+    pub async fn decrypt(
+        &self,
+        caller: &Caller,
+        req: CryptRequest,
+    ) -> Result<CryptResponse, Error> {
         let (key, store) = self.open_handle(caller, &req.handle)?;
         let aad = req.aad.as_ref().map_or(&[][..], |a| a.0.as_slice());
-        Ok(CryptResponse { data: Base64Bytes(store.decrypt(&key, &req.data.0, aad).await?) })
+        Ok(CryptResponse {
+            data: Base64Bytes(store.decrypt(&key, &req.data.0, aad).await?),
+        })
     }
 
     /// `DELETE /v1/keypair/{id}` (`pair`) and `DELETE /v1/key/{id}`.
@@ -206,7 +307,15 @@ impl Keyd {
             };
             backends.insert(kind.to_string(), state);
         }
-        let status = if backends.values().all(|s| s == "ok") { "ok" } else { "degraded" };
-        Health { status: status.to_owned(), version: edgeid_common::VERSION.to_owned(), backends }
+        let status = if backends.values().all(|s| s == "ok") {
+            "ok"
+        } else {
+            "degraded"
+        };
+        Health {
+            status: status.to_owned(),
+            version: edgeid_common::VERSION.to_owned(),
+            backends,
+        }
     }
 }

@@ -31,7 +31,10 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(edgeid_keyd::run(config, edgeid_common::server::shutdown_signal())) {
+    match runtime.block_on(edgeid_keyd::run(
+        config,
+        edgeid_common::server::shutdown_signal(),
+    )) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "keyd stopped");

@@ -15,7 +15,8 @@ use http::{Method, StatusCode};
 use sha2::{Digest, Sha256, Sha384};
 
 fn status(err: ClientError) -> StatusCode {
-    err.status().unwrap_or_else(|| panic!("expected an HTTP error status, got: {err}"))
+    err.status()
+        .unwrap_or_else(|| panic!("expected an HTTP error status, got: {err}"))
 }
 
 fn hmac_sha256(key: &[u8], data: &[u8]) -> Vec<u8> {
@@ -24,19 +25,56 @@ fn hmac_sha256(key: &[u8], data: &[u8]) -> Vec<u8> {
     mac.finalize().into_bytes().to_vec()
 }
 
-async fn raw(client: &KeydClient, method: Method, path: &str, body: impl Into<Bytes>) -> (StatusCode, String) {
-    let (status, body) = client.transport().raw(method, path, body.into()).await.unwrap();
+async fn raw(
+    client: &KeydClient,
+    method: Method,
+    path: &str,
+    body: impl Into<Bytes>,
+) -> (StatusCode, String) {
+    let (status, body) = client
+        .transport()
+        .raw(method, path, body.into())
+        .await
+        .unwrap();
     (status, String::from_utf8_lossy(&body).into_owned())
 }
 
 const CASES: &[(KeyPairSpec, SignAlgorithm, Scheme)] = &[
-    (KeyPairSpec::EcP256, SignAlgorithm::EcdsaSha256, Scheme::EcdsaSha256),
-    (KeyPairSpec::EcP384, SignAlgorithm::EcdsaSha384, Scheme::EcdsaSha384),
-    (KeyPairSpec::Rsa2048, SignAlgorithm::RsaPkcs1Sha256, Scheme::RsaPkcs1Sha256),
-    (KeyPairSpec::Rsa2048, SignAlgorithm::RsaPssSha256, Scheme::RsaPssSha256),
-    (KeyPairSpec::Rsa3072, SignAlgorithm::RsaPkcs1Sha256, Scheme::RsaPkcs1Sha256),
-    (KeyPairSpec::Rsa4096, SignAlgorithm::RsaPssSha256, Scheme::RsaPssSha256),
-    (KeyPairSpec::Ed25519, SignAlgorithm::Ed25519, Scheme::Ed25519),
+    (
+        KeyPairSpec::EcP256,
+        SignAlgorithm::EcdsaSha256,
+        Scheme::EcdsaSha256,
+    ),
+    (
+        KeyPairSpec::EcP384,
+        SignAlgorithm::EcdsaSha384,
+        Scheme::EcdsaSha384,
+    ),
+    (
+        KeyPairSpec::Rsa2048,
+        SignAlgorithm::RsaPkcs1Sha256,
+        Scheme::RsaPkcs1Sha256,
+    ),
+    (
+        KeyPairSpec::Rsa2048,
+        SignAlgorithm::RsaPssSha256,
+        Scheme::RsaPssSha256,
+    ),
+    (
+        KeyPairSpec::Rsa3072,
+        SignAlgorithm::RsaPkcs1Sha256,
+        Scheme::RsaPkcs1Sha256,
+    ),
+    (
+        KeyPairSpec::Rsa4096,
+        SignAlgorithm::RsaPssSha256,
+        Scheme::RsaPssSha256,
+    ),
+    (
+        KeyPairSpec::Ed25519,
+        SignAlgorithm::Ed25519,
+        Scheme::Ed25519,
+    ),
 ];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -49,21 +87,40 @@ async fn every_key_pair_spec_signs_and_openssl_verifies() {
         let handle = client.create_key_pair(&id, *spec).await.unwrap();
         let public = client.public_key(&handle).await.unwrap();
         assert_eq!(public.spec, *spec);
-        assert!(public.pem.starts_with("-----BEGIN PUBLIC KEY-----"), "{}", public.pem);
+        assert!(
+            public.pem.starts_with("-----BEGIN PUBLIC KEY-----"),
+            "{}",
+            public.pem
+        );
 
-        let sig = client.sign(&handle, *algorithm, &message, false).await.unwrap();
-        assert!(openssl::verify(*scheme, &public.pem, &message, &sig), "{spec} {algorithm}: openssl rejects");
+        let sig = client
+            .sign(&handle, *algorithm, &message, false)
+            .await
+            .unwrap();
+        assert!(
+            openssl::verify(*scheme, &public.pem, &message, &sig),
+            "{spec} {algorithm}: openssl rejects"
+        );
         let mut other = message.clone();
         other[0] ^= 1;
-        assert!(!openssl::verify(*scheme, &public.pem, &other, &sig), "{spec}: openssl accepts a wrong message");
+        assert!(
+            !openssl::verify(*scheme, &public.pem, &other, &sig),
+            "{spec}: openssl accepts a wrong message"
+        );
 
         if *spec != KeyPairSpec::Ed25519 {
             let digest = match scheme {
                 Scheme::EcdsaSha384 => Sha384::digest(&message).to_vec(),
                 _ => Sha256::digest(&message).to_vec(),
             };
-            let sig = client.sign(&handle, *algorithm, &digest, true).await.unwrap();
-            assert!(openssl::verify(*scheme, &public.pem, &message, &sig), "{spec} prehashed: openssl rejects");
+            let sig = client
+                .sign(&handle, *algorithm, &digest, true)
+                .await
+                .unwrap();
+            assert!(
+                openssl::verify(*scheme, &public.pem, &message, &sig),
+                "{spec} prehashed: openssl rejects"
+            );
         }
     }
 }
@@ -74,7 +131,12 @@ async fn hmac_matches_rfc4231_vectors() {
     let client = keyd.client();
     // RFC 4231 test cases 1, 2 and 6 (HMAC-SHA-256).
     let cases: [(&str, Vec<u8>, &[u8], &str); 3] = [
-        ("rfc4231/1", vec![0x0b; 20], b"Hi There", "b0344c61d8db38535ca8afceaf0bf12b881dc200c9833da726e9376c2e32cff7"),
+        (
+            "rfc4231/1",
+            vec![0x0b; 20],
+            b"Hi There",
+            "b0344c61d8db38535ca8afceaf0bf12b881dc200c9833da726e9376c2e32cff7",
+        ),
         (
             "rfc4231/2",
             b"Jefe".to_vec(),
@@ -89,8 +151,14 @@ async fn hmac_matches_rfc4231_vectors() {
         ),
     ];
     for (id, key, data, expected) in cases {
-        let handle = client.create_key(id, SymmetricKeyType::HmacSha256, Some(&key)).await.unwrap();
-        let mac = client.sign(&handle, SignAlgorithm::HmacSha256, data, false).await.unwrap();
+        let handle = client
+            .create_key(id, SymmetricKeyType::HmacSha256, Some(&key))
+            .await
+            .unwrap();
+        let mac = client
+            .sign(&handle, SignAlgorithm::HmacSha256, data, false)
+            .await
+            .unwrap();
         assert_eq!(hex::encode(mac), expected, "{id}");
     }
 }
@@ -100,45 +168,101 @@ async fn derived_keys_are_reproducible_and_distinct() {
     let keyd = KeydFixture::start().await;
     let client = keyd.client();
     let base_bytes = b"a shared access key of the device".to_vec();
-    let base = client.create_key("device-sas", SymmetricKeyType::HmacSha256, Some(&base_bytes)).await.unwrap();
+    let base = client
+        .create_key(
+            "device-sas",
+            SymmetricKeyType::HmacSha256,
+            Some(&base_bytes),
+        )
+        .await
+        .unwrap();
     let a1 = client.derive(&base, b"module-a").await.unwrap();
     let a2 = client.derive(&base, b"module-a").await.unwrap();
     let b = client.derive(&base, b"module-b").await.unwrap();
     let data = b"sr=hub/devices/d/modules/a\n1700000000";
-    let mac_a1 = client.sign(&a1, SignAlgorithm::HmacSha256, data, false).await.unwrap();
-    let mac_a2 = client.sign(&a2, SignAlgorithm::HmacSha256, data, false).await.unwrap();
-    let mac_b = client.sign(&b, SignAlgorithm::HmacSha256, data, false).await.unwrap();
+    let mac_a1 = client
+        .sign(&a1, SignAlgorithm::HmacSha256, data, false)
+        .await
+        .unwrap();
+    let mac_a2 = client
+        .sign(&a2, SignAlgorithm::HmacSha256, data, false)
+        .await
+        .unwrap();
+    let mac_b = client
+        .sign(&b, SignAlgorithm::HmacSha256, data, false)
+        .await
+        .unwrap();
     assert_eq!(mac_a1, mac_a2, "same info, same derived key");
     assert_ne!(mac_a1, mac_b, "different info, different key");
     // Independently: derived key = HMAC-SHA256(base, info).
-    assert_eq!(mac_a1, hmac_sha256(&hmac_sha256(&base_bytes, b"module-a"), data));
+    assert_eq!(
+        mac_a1,
+        hmac_sha256(&hmac_sha256(&base_bytes, b"module-a"), data)
+    );
     // Two levels.
     let ab = client.derive(&a1, b"gen-1").await.unwrap();
-    let mac_ab = client.sign(&ab, SignAlgorithm::HmacSha256, data, false).await.unwrap();
-    assert_eq!(mac_ab, hmac_sha256(&hmac_sha256(&hmac_sha256(&base_bytes, b"module-a"), b"gen-1"), data));
+    let mac_ab = client
+        .sign(&ab, SignAlgorithm::HmacSha256, data, false)
+        .await
+        .unwrap();
+    assert_eq!(
+        mac_ab,
+        hmac_sha256(
+            &hmac_sha256(&hmac_sha256(&base_bytes, b"module-a"), b"gen-1"),
+            data
+        )
+    );
     // Key pairs are not derivable.
-    let pair = client.create_key_pair("pair", KeyPairSpec::EcP256).await.unwrap();
-    assert_eq!(status(client.derive(&pair, b"x").await.unwrap_err()), StatusCode::BAD_REQUEST);
+    let pair = client
+        .create_key_pair("pair", KeyPairSpec::EcP256)
+        .await
+        .unwrap();
+    assert_eq!(
+        status(client.derive(&pair, b"x").await.unwrap_err()),
+        StatusCode::BAD_REQUEST
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn encrypt_decrypt_round_trip_and_tamper() {
     let keyd = KeydFixture::start().await;
     let client = keyd.client();
-    let key = client.create_key("storage", SymmetricKeyType::Aes256Gcm, None).await.unwrap();
+    let key = client
+        .create_key("storage", SymmetricKeyType::Aes256Gcm, None)
+        .await
+        .unwrap();
     let plaintext = b"module secret configuration".to_vec();
-    let c1 = client.encrypt(&key, &plaintext, Some(b"module-a")).await.unwrap();
-    let c2 = client.encrypt(&key, &plaintext, Some(b"module-a")).await.unwrap();
+    let c1 = client
+        .encrypt(&key, &plaintext, Some(b"module-a"))
+        .await
+        .unwrap();
+    let c2 = client
+        .encrypt(&key, &plaintext, Some(b"module-a"))
+        .await
+        .unwrap();
     assert_ne!(c1, c2, "fresh nonce every time");
-    assert!(!c1.windows(plaintext.len()).any(|w| w == plaintext.as_slice()), "plaintext visible in ciphertext");
-    assert_eq!(client.decrypt(&key, &c1, Some(b"module-a")).await.unwrap(), plaintext);
+    assert!(
+        !c1.windows(plaintext.len())
+            .any(|w| w == plaintext.as_slice()),
+        "plaintext visible in ciphertext"
+    );
+    assert_eq!(
+        client.decrypt(&key, &c1, Some(b"module-a")).await.unwrap(),
+        plaintext
+    );
 
     let mut tampered = c1.clone();
     let last = tampered.len() - 1;
     tampered[last] ^= 0x01;
-    let err = client.decrypt(&key, &tampered, Some(b"module-a")).await.unwrap_err();
+    let err = client
+        .decrypt(&key, &tampered, Some(b"module-a"))
+        .await
+        .unwrap_err();
     assert_eq!(status(err), StatusCode::BAD_REQUEST);
-    let err = client.decrypt(&key, &c1, Some(b"module-b")).await.unwrap_err();
+    let err = client
+        .decrypt(&key, &c1, Some(b"module-b"))
+        .await
+        .unwrap_err();
     assert_eq!(status(err), StatusCode::BAD_REQUEST, "other aad");
     let err = client.decrypt(&key, &c1[..5], None).await.unwrap_err();
     assert_eq!(status(err), StatusCode::BAD_REQUEST, "truncated");
@@ -148,13 +272,25 @@ async fn encrypt_decrypt_round_trip_and_tamper() {
     let kb = client.derive(&key, b"module-b").await.unwrap();
     let ca = client.encrypt(&ka, &plaintext, None).await.unwrap();
     assert_eq!(client.decrypt(&ka, &ca, None).await.unwrap(), plaintext);
-    assert_eq!(status(client.decrypt(&kb, &ca, None).await.unwrap_err()), StatusCode::BAD_REQUEST);
+    assert_eq!(
+        status(client.decrypt(&kb, &ca, None).await.unwrap_err()),
+        StatusCode::BAD_REQUEST
+    );
 
     // Import: exactly 32 bytes.
-    let err = client.create_key("short", SymmetricKeyType::Aes256Gcm, Some(&[1u8; 16])).await.unwrap_err();
+    let err = client
+        .create_key("short", SymmetricKeyType::Aes256Gcm, Some(&[1u8; 16]))
+        .await
+        .unwrap_err();
     assert_eq!(status(err), StatusCode::BAD_REQUEST);
-    let hmac = client.create_key("mac", SymmetricKeyType::HmacSha256, None).await.unwrap();
-    assert_eq!(status(client.encrypt(&hmac, b"x", None).await.unwrap_err()), StatusCode::BAD_REQUEST);
+    let hmac = client
+        .create_key("mac", SymmetricKeyType::HmacSha256, None)
+        .await
+        .unwrap();
+    assert_eq!(
+        status(client.encrypt(&hmac, b"x", None).await.unwrap_err()),
+        StatusCode::BAD_REQUEST
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -162,26 +298,54 @@ async fn restart_keeps_keys_and_handles() {
     let mut keyd = KeydFixture::start().await;
     let client = keyd.client();
     let mut pairs = Vec::new();
-    for spec in [KeyPairSpec::EcP256, KeyPairSpec::EcP384, KeyPairSpec::Rsa2048, KeyPairSpec::Ed25519] {
+    for spec in [
+        KeyPairSpec::EcP256,
+        KeyPairSpec::EcP384,
+        KeyPairSpec::Rsa2048,
+        KeyPairSpec::Ed25519,
+    ] {
         let id = format!("restart/{spec}");
         let handle = client.create_key_pair(&id, spec).await.unwrap();
         let pem = client.public_key(&handle).await.unwrap().pem;
         pairs.push((id, spec, handle, pem));
     }
-    let mac_key = client.create_key("restart/mac", SymmetricKeyType::HmacSha256, None).await.unwrap();
-    let mac = client.sign(&mac_key, SignAlgorithm::HmacSha256, b"x", false).await.unwrap();
-    let aes = client.create_key("restart/aes", SymmetricKeyType::Aes256Gcm, None).await.unwrap();
+    let mac_key = client
+        .create_key("restart/mac", SymmetricKeyType::HmacSha256, None)
+        .await
+        .unwrap();
+    let mac = client
+        .sign(&mac_key, SignAlgorithm::HmacSha256, b"x", false)
+        .await
+        .unwrap();
+    let aes = client
+        .create_key("restart/aes", SymmetricKeyType::Aes256Gcm, None)
+        .await
+        .unwrap();
     let sealed = client.encrypt(&aes, b"kept", None).await.unwrap();
 
     keyd.restart().await;
     let client = keyd.client();
     for (id, spec, old_handle, pem) in &pairs {
-        assert_eq!(&client.public_key(old_handle).await.unwrap().pem, pem, "{id}: same public key");
+        assert_eq!(
+            &client.public_key(old_handle).await.unwrap().pem,
+            pem,
+            "{id}: same public key"
+        );
         let handle = client.key_pair(id).await.unwrap();
         assert_eq!(&client.public_key(&handle).await.unwrap().pem, pem);
-        assert_eq!(client.create_key_pair(id, *spec).await.unwrap(), handle, "create loads the existing key");
+        assert_eq!(
+            client.create_key_pair(id, *spec).await.unwrap(),
+            handle,
+            "create loads the existing key"
+        );
     }
-    assert_eq!(client.sign(&mac_key, SignAlgorithm::HmacSha256, b"x", false).await.unwrap(), mac);
+    assert_eq!(
+        client
+            .sign(&mac_key, SignAlgorithm::HmacSha256, b"x", false)
+            .await
+            .unwrap(),
+        mac
+    );
     assert_eq!(client.decrypt(&aes, &sealed, None).await.unwrap(), b"kept");
 }
 
@@ -189,7 +353,10 @@ async fn restart_keeps_keys_and_handles() {
 async fn files_are_private_and_useless_without_the_master_key() {
     let mut keyd = KeydFixture::start().await;
     let client = keyd.client();
-    let handle = client.create_key_pair("device-id", KeyPairSpec::EcP256).await.unwrap();
+    let handle = client
+        .create_key_pair("device-id", KeyPairSpec::EcP256)
+        .await
+        .unwrap();
     keyd.stop().await;
 
     let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
@@ -200,7 +367,10 @@ async fn files_are_private_and_useless_without_the_master_key() {
     assert_eq!(mode(&state), 0o700);
     assert_eq!(mode(&state.join("keys")), 0o700);
     assert_eq!(mode(&state.join("handle.key")), 0o600);
-    let files: Vec<_> = std::fs::read_dir(state.join("keys")).unwrap().map(|e| e.unwrap().path()).collect();
+    let files: Vec<_> = std::fs::read_dir(state.join("keys"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
     assert_eq!(files.len(), 1);
     assert_eq!(mode(&files[0]), 0o600);
 
@@ -209,11 +379,24 @@ async fn files_are_private_and_useless_without_the_master_key() {
     let other_master = state.parent().unwrap().join("other-secrets/master.key");
     keyd.config.software.master_key_file = other_master;
     keyd.restart().await;
-    let err = keyd.client().sign(&handle, SignAlgorithm::EcdsaSha256, b"x", false).await.unwrap_err();
+    let err = keyd
+        .client()
+        .sign(&handle, SignAlgorithm::EcdsaSha256, b"x", false)
+        .await
+        .unwrap_err();
     assert_eq!(status(err), StatusCode::INTERNAL_SERVER_ERROR);
-    let (code, body) = raw(&keyd.client(), Method::POST, "/v1/public-key", format!("{{\"handle\":\"{}\"}}", handle.0)).await;
+    let (code, body) = raw(
+        &keyd.client(),
+        Method::POST,
+        "/v1/public-key",
+        format!("{{\"handle\":\"{}\"}}", handle.0),
+    )
+    .await;
     assert_eq!(code, StatusCode::INTERNAL_SERVER_ERROR);
-    assert!(!body.contains("/tmp") && !body.contains("master"), "500 leaks internals: {body}");
+    assert!(
+        !body.contains("/tmp") && !body.contains("master"),
+        "500 leaks internals: {body}"
+    );
 
     // A world-readable master key is refused at start.
     keyd.stop().await;
@@ -231,10 +414,17 @@ async fn handles_cannot_be_forged_or_outlive_their_key() {
     let keyd = KeydFixture::start().await;
     let other = KeydFixture::start().await;
     let client = keyd.client();
-    let handle = client.create_key_pair("device-id", KeyPairSpec::EcP256).await.unwrap();
+    let handle = client
+        .create_key_pair("device-id", KeyPairSpec::EcP256)
+        .await
+        .unwrap();
     let sign = |h: KeyHandle| {
         let client = client.clone();
-        async move { client.sign(&h, SignAlgorithm::EcdsaSha256, b"x", false).await }
+        async move {
+            client
+                .sign(&h, SignAlgorithm::EcdsaSha256, b"x", false)
+                .await
+        }
     };
 
     // Altered: another key id in the payload, the original tag.
@@ -242,19 +432,42 @@ async fn handles_cannot_be_forged_or_outlive_their_key() {
     let forged_payload = base64_url(r#"{"id":"device-ca","gen":"00"}"#);
     let forged = KeyHandle(format!("ek1.{forged_payload}.{tag}"));
     assert_ne!(body, format!("ek1.{forged_payload}"));
-    assert_eq!(status(sign(forged).await.unwrap_err()), StatusCode::FORBIDDEN);
+    assert_eq!(
+        status(sign(forged).await.unwrap_err()),
+        StatusCode::FORBIDDEN
+    );
     // Issued by another keyd.
-    let foreign = other.client().create_key_pair("device-id", KeyPairSpec::EcP256).await.unwrap();
-    assert_eq!(status(sign(foreign).await.unwrap_err()), StatusCode::FORBIDDEN);
+    let foreign = other
+        .client()
+        .create_key_pair("device-id", KeyPairSpec::EcP256)
+        .await
+        .unwrap();
+    assert_eq!(
+        status(sign(foreign).await.unwrap_err()),
+        StatusCode::FORBIDDEN
+    );
     // Garbage.
     for junk in ["", "ek1.", "hello", "ek1.@@.##"] {
-        assert_eq!(status(sign(KeyHandle(junk.into())).await.unwrap_err()), StatusCode::BAD_REQUEST, "{junk:?}");
+        assert_eq!(
+            status(sign(KeyHandle(junk.into())).await.unwrap_err()),
+            StatusCode::BAD_REQUEST,
+            "{junk:?}"
+        );
     }
     // Deleted, then re-created under the same id: the old handle is dead.
     client.delete_key_pair("device-id").await.unwrap();
-    assert_eq!(status(sign(handle.clone()).await.unwrap_err()), StatusCode::NOT_FOUND);
-    client.create_key_pair("device-id", KeyPairSpec::EcP256).await.unwrap();
-    assert_eq!(status(sign(handle).await.unwrap_err()), StatusCode::NOT_FOUND);
+    assert_eq!(
+        status(sign(handle.clone()).await.unwrap_err()),
+        StatusCode::NOT_FOUND
+    );
+    client
+        .create_key_pair("device-id", KeyPairSpec::EcP256)
+        .await
+        .unwrap();
+    assert_eq!(
+        status(sign(handle).await.unwrap_err()),
+        StatusCode::NOT_FOUND
+    );
 }
 
 fn base64_url(text: &str) -> String {
@@ -275,12 +488,24 @@ async fn principals_get_only_their_keys() {
     // No administrators: this process is just a principal here.
     let keyd = KeydFixture::configured(config.clone(), Admins::only(vec![])).await;
     let client = keyd.client();
-    let h = client.create_key("module/a", SymmetricKeyType::HmacSha256, None).await.unwrap();
-    client.sign(&h, SignAlgorithm::HmacSha256, b"x", false).await.unwrap();
-    let err = client.create_key_pair("device-id", KeyPairSpec::EcP256).await.unwrap_err();
+    let h = client
+        .create_key("module/a", SymmetricKeyType::HmacSha256, None)
+        .await
+        .unwrap();
+    client
+        .sign(&h, SignAlgorithm::HmacSha256, b"x", false)
+        .await
+        .unwrap();
+    let err = client
+        .create_key_pair("device-id", KeyPairSpec::EcP256)
+        .await
+        .unwrap_err();
     assert_eq!(status(err), StatusCode::FORBIDDEN);
     let (_, body) = raw(&client, Method::GET, "/v1/keypair/device-id", "").await;
-    assert!(body.contains("principal 'workloadd'") && body.contains("device-id"), "{body}");
+    assert!(
+        body.contains("principal 'workloadd'") && body.contains("device-id"),
+        "{body}"
+    );
     drop(keyd);
 
     config.principals.clear();
@@ -288,9 +513,15 @@ async fn principals_get_only_their_keys() {
     let keyd = KeydFixture::configured(config, Admins::only(vec![])).await;
     let (code, body) = raw(&keyd.client(), Method::GET, "/v1/key/module/a", "").await;
     assert_eq!(code, StatusCode::FORBIDDEN);
-    assert!(body.contains(&format!("uid {me} is not a principal")), "{body}");
+    assert!(
+        body.contains(&format!("uid {me} is not a principal")),
+        "{body}"
+    );
     // Health is open to any caller.
-    assert_eq!(raw(&keyd.client(), Method::GET, "/v1/health", "").await.0, StatusCode::OK);
+    assert_eq!(
+        raw(&keyd.client(), Method::GET, "/v1/health", "").await.0,
+        StatusCode::OK
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -308,19 +539,35 @@ async fn callers_with_other_uids_are_refused() {
     let socket = keyd.socket();
     let create = |id: &str| format!(r#"{{"id":"{id}","type":"hmac-sha256"}}"#);
 
-    let (code, _) = edgeid_testkit::request_as(65534, &socket, Method::POST, "/v1/key", &create("module/a")).await;
+    let (code, _) =
+        edgeid_testkit::request_as(65534, &socket, Method::POST, "/v1/key", &create("module/a"))
+            .await;
     assert_eq!(code, StatusCode::OK, "a granted key");
-    let (code, body) = edgeid_testkit::request_as(65534, &socket, Method::POST, "/v1/key", &create("device-id")).await;
+    let (code, body) = edgeid_testkit::request_as(
+        65534,
+        &socket,
+        Method::POST,
+        "/v1/key",
+        &create("device-id"),
+    )
+    .await;
     assert_eq!(code, StatusCode::FORBIDDEN, "{body:?}");
-    let (code, body) = edgeid_testkit::request_as(4242, &socket, Method::POST, "/v1/key", &create("module/a")).await;
+    let (code, body) =
+        edgeid_testkit::request_as(4242, &socket, Method::POST, "/v1/key", &create("module/a"))
+            .await;
     assert_eq!(code, StatusCode::FORBIDDEN, "an unlisted uid");
     assert!(String::from_utf8_lossy(&body).contains("uid 4242 is not a principal"));
     // A handle obtained by an administrator does not let an unlisted uid in.
     let handle = keyd.client().key("module/a").await.unwrap();
-    let sign = format!(r#"{{"handle":"{}","algorithm":"hmac-sha256","data":"eA=="}}"#, handle.0);
-    let (code, _) = edgeid_testkit::request_as(4242, &socket, Method::POST, "/v1/sign", &sign).await;
+    let sign = format!(
+        r#"{{"handle":"{}","algorithm":"hmac-sha256","data":"eA=="}}"#,
+        handle.0
+    );
+    let (code, _) =
+        edgeid_testkit::request_as(4242, &socket, Method::POST, "/v1/sign", &sign).await;
     assert_eq!(code, StatusCode::FORBIDDEN);
-    let (code, _) = edgeid_testkit::request_as(65534, &socket, Method::POST, "/v1/sign", &sign).await;
+    let (code, _) =
+        edgeid_testkit::request_as(65534, &socket, Method::POST, "/v1/sign", &sign).await;
     assert_eq!(code, StatusCode::OK);
 }
 
@@ -328,46 +575,139 @@ async fn callers_with_other_uids_are_refused() {
 async fn bad_input_gets_clear_4xx() {
     let keyd = KeydFixture::start().await;
     let client = keyd.client();
-    let pair = client.create_key_pair("pair", KeyPairSpec::EcP256).await.unwrap();
+    let pair = client
+        .create_key_pair("pair", KeyPairSpec::EcP256)
+        .await
+        .unwrap();
     let cases: Vec<(Method, &str, String, StatusCode, &str)> = vec![
-        (Method::POST, "/v1/keypair", "{not json".into(), StatusCode::BAD_REQUEST, "malformed JSON"),
-        (Method::POST, "/v1/keypair", "".into(), StatusCode::BAD_REQUEST, "empty"),
-        (Method::POST, "/v1/keypair", r#"{"id":"a","spec":"ec-p521"}"#.into(), StatusCode::BAD_REQUEST, "unknown variant `ec-p521`"),
-        (Method::POST, "/v1/keypair", r#"{"id":"a"}"#.into(), StatusCode::BAD_REQUEST, "missing field `spec`"),
-        (Method::POST, "/v1/keypair", r#"{"id":"a","spec":"ec-p256","x":1}"#.into(), StatusCode::BAD_REQUEST, "unknown field `x`"),
-        (Method::POST, "/v1/keypair", r#"{"id":"../etc","spec":"ec-p256"}"#.into(), StatusCode::BAD_REQUEST, "invalid key id"),
-        (Method::POST, "/v1/keypair", r#"{"id":"pair","spec":"rsa-2048"}"#.into(), StatusCode::CONFLICT, "already exists"),
-        (Method::POST, "/v1/key", r#"{"id":"pair","type":"hmac-sha256"}"#.into(), StatusCode::CONFLICT, "already exists"),
-        (Method::GET, "/v1/keypair/nope", "".into(), StatusCode::NOT_FOUND, "no key pair named 'nope'"),
-        (Method::GET, "/v1/key/pair", "".into(), StatusCode::NOT_FOUND, "it is a ec-p256 key"),
-        (Method::DELETE, "/v1/key/nope", "".into(), StatusCode::NOT_FOUND, "nope"),
-        (Method::PUT, "/v1/sign", "{}".into(), StatusCode::METHOD_NOT_ALLOWED, "allowed: POST"),
-        (Method::GET, "/v2/sign", "".into(), StatusCode::NOT_FOUND, "no such path"),
+        (
+            Method::POST,
+            "/v1/keypair",
+            "{not json".into(),
+            StatusCode::BAD_REQUEST,
+            "malformed JSON",
+        ),
+        (
+            Method::POST,
+            "/v1/keypair",
+            "".into(),
+            StatusCode::BAD_REQUEST,
+            "empty",
+        ),
+        (
+            Method::POST,
+            "/v1/keypair",
+            r#"{"id":"a","spec":"ec-p521"}"#.into(),
+            StatusCode::BAD_REQUEST,
+            "unknown variant `ec-p521`",
+        ),
+        (
+            Method::POST,
+            "/v1/keypair",
+            r#"{"id":"a"}"#.into(),
+            StatusCode::BAD_REQUEST,
+            "missing field `spec`",
+        ),
+        (
+            Method::POST,
+            "/v1/keypair",
+            r#"{"id":"a","spec":"ec-p256","x":1}"#.into(),
+            StatusCode::BAD_REQUEST,
+            "unknown field `x`",
+        ),
+        (
+            Method::POST,
+            "/v1/keypair",
+            r#"{"id":"../etc","spec":"ec-p256"}"#.into(),
+            StatusCode::BAD_REQUEST,
+            "invalid key id",
+        ),
+        (
+            Method::POST,
+            "/v1/keypair",
+            r#"{"id":"pair","spec":"rsa-2048"}"#.into(),
+            StatusCode::CONFLICT,
+            "already exists",
+        ),
+        (
+            Method::POST,
+            "/v1/key",
+            r#"{"id":"pair","type":"hmac-sha256"}"#.into(),
+            StatusCode::CONFLICT,
+            "already exists",
+        ),
+        (
+            Method::GET,
+            "/v1/keypair/nope",
+            "".into(),
+            StatusCode::NOT_FOUND,
+            "no key pair named 'nope'",
+        ),
+        (
+            Method::GET,
+            "/v1/key/pair",
+            "".into(),
+            StatusCode::NOT_FOUND,
+            "it is a ec-p256 key",
+        ),
+        (
+            Method::DELETE,
+            "/v1/key/nope",
+            "".into(),
+            StatusCode::NOT_FOUND,
+            "nope",
+        ),
+        (
+            Method::PUT,
+            "/v1/sign",
+            "{}".into(),
+            StatusCode::METHOD_NOT_ALLOWED,
+            "allowed: POST",
+        ),
+        (
+            Method::GET,
+            "/v2/sign",
+            "".into(),
+            StatusCode::NOT_FOUND,
+            "no such path",
+        ),
         (
             Method::POST,
             "/v1/sign",
-            format!(r#"{{"handle":"{}","algorithm":"ecdsa-sha256","data":"%%%"}}"#, pair.0),
+            format!(
+                r#"{{"handle":"{}","algorithm":"ecdsa-sha256","data":"%%%"}}"#,
+                pair.0
+            ),
             StatusCode::BAD_REQUEST,
             "base64",
         ),
         (
             Method::POST,
             "/v1/sign",
-            format!(r#"{{"handle":"{}","algorithm":"rsa-pss-sha256","data":"eA=="}}"#, pair.0),
+            format!(
+                r#"{{"handle":"{}","algorithm":"rsa-pss-sha256","data":"eA=="}}"#,
+                pair.0
+            ),
             StatusCode::BAD_REQUEST,
             "cannot sign with rsa-pss-sha256",
         ),
         (
             Method::POST,
             "/v1/sign",
-            format!(r#"{{"handle":"{}","algorithm":"ecdsa-sha256","data":"eA==","prehashed":true}}"#, pair.0),
+            format!(
+                r#"{{"handle":"{}","algorithm":"ecdsa-sha256","data":"eA==","prehashed":true}}"#,
+                pair.0
+            ),
             StatusCode::BAD_REQUEST,
             "must be 32 bytes",
         ),
         (
             Method::POST,
             "/v1/sign",
-            format!(r#"{{"handle":"{}","algorithm":"md5","data":"eA=="}}"#, pair.0),
+            format!(
+                r#"{{"handle":"{}","algorithm":"md5","data":"eA=="}}"#,
+                pair.0
+            ),
             StatusCode::BAD_REQUEST,
             "unknown variant `md5`",
         ),
@@ -375,19 +715,34 @@ async fn bad_input_gets_clear_4xx() {
     for (method, path, body, want, text) in cases {
         let (code, answer) = raw(&client, method.clone(), path, body.clone()).await;
         assert_eq!(code, want, "{method} {path} {body}: {answer}");
-        let message: serde_json::Value = serde_json::from_str(&answer).unwrap_or_else(|_| panic!("not JSON: {answer}"));
+        let message: serde_json::Value =
+            serde_json::from_str(&answer).unwrap_or_else(|_| panic!("not JSON: {answer}"));
         let message = message["message"].as_str().unwrap_or_default();
-        assert!(message.contains(text), "{method} {path}: {message:?} lacks {text:?}");
+        assert!(
+            message.contains(text),
+            "{method} {path}: {message:?} lacks {text:?}"
+        );
     }
     // 405 says what is allowed.
-    let (status, _) = client.transport().raw(Method::PUT, "/v1/sign", Bytes::new()).await.unwrap();
+    let (status, _) = client
+        .transport()
+        .raw(Method::PUT, "/v1/sign", Bytes::new())
+        .await
+        .unwrap();
     assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
 
     // Over the 1 MiB cap: 413, and keyd keeps serving.
-    let huge = format!(r#"{{"handle":"{}","algorithm":"ecdsa-sha256","data":"{}"}}"#, pair.0, "A".repeat(1024 * 1024));
+    let huge = format!(
+        r#"{{"handle":"{}","algorithm":"ecdsa-sha256","data":"{}"}}"#,
+        pair.0,
+        "A".repeat(1024 * 1024)
+    );
     let (code, answer) = raw(&client, Method::POST, "/v1/sign", huge).await;
     assert_eq!(code, StatusCode::PAYLOAD_TOO_LARGE, "{answer}");
-    client.sign(&pair, SignAlgorithm::EcdsaSha256, b"still here", false).await.unwrap();
+    client
+        .sign(&pair, SignAlgorithm::EcdsaSha256, b"still here", false)
+        .await
+        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -398,28 +753,45 @@ async fn silent_client_is_dropped_and_others_are_served() {
     config.server.idle_timeout_secs = 1;
     config.server.header_read_timeout_secs = 1;
     let keyd = KeydFixture::configured(config, Admins::root_and_self()).await;
-    let mut silent = tokio::net::UnixStream::connect(keyd.socket()).await.unwrap();
+    let mut silent = tokio::net::UnixStream::connect(keyd.socket())
+        .await
+        .unwrap();
     let client = keyd.client();
-    let handle = client.create_key("mac", SymmetricKeyType::HmacSha256, None).await.unwrap();
+    let handle = client
+        .create_key("mac", SymmetricKeyType::HmacSha256, None)
+        .await
+        .unwrap();
     let started = std::time::Instant::now();
     let reader = tokio::spawn(async move {
         let mut buf = [0u8; 64];
         silent.read(&mut buf).await
     });
     while !reader.is_finished() {
-        client.sign(&handle, SignAlgorithm::HmacSha256, b"busy", false).await.unwrap();
+        client
+            .sign(&handle, SignAlgorithm::HmacSha256, b"busy", false)
+            .await
+            .unwrap();
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        assert!(started.elapsed().as_secs() < 10, "silent connection still open after 10 s");
+        assert!(
+            started.elapsed().as_secs() < 10,
+            "silent connection still open after 10 s"
+        );
     }
     let n = reader.await.unwrap().unwrap_or(0);
-    assert_eq!(n, 0, "the silent connection is closed without a response body");
+    assert_eq!(
+        n, 0,
+        "the silent connection is closed without a response body"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_signs_all_verify() {
     let keyd = KeydFixture::start().await;
     let client = keyd.client();
-    let handle = client.create_key_pair("busy", KeyPairSpec::EcP256).await.unwrap();
+    let handle = client
+        .create_key_pair("busy", KeyPairSpec::EcP256)
+        .await
+        .unwrap();
     let pem = client.public_key(&handle).await.unwrap().pem;
     let tasks: Vec<_> = (0..32)
         .map(|i| {
@@ -427,7 +799,10 @@ async fn concurrent_signs_all_verify() {
             let handle = handle.clone();
             tokio::spawn(async move {
                 let msg = format!("message {i}").into_bytes();
-                let sig = client.sign(&handle, SignAlgorithm::EcdsaSha256, &msg, false).await.unwrap();
+                let sig = client
+                    .sign(&handle, SignAlgorithm::EcdsaSha256, &msg, false)
+                    .await
+                    .unwrap();
                 (msg, sig)
             })
         })

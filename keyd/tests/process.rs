@@ -33,7 +33,10 @@ async fn wait_for_health(client: &KeydClient, child: &mut Child) {
         if let Some(status) = child.try_wait().unwrap() {
             panic!("keyd exited early: {status}");
         }
-        assert!(Instant::now() < deadline, "keyd did not answer health within 20 s");
+        assert!(
+            Instant::now() < deadline,
+            "keyd did not answer health within 20 s"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -50,7 +53,10 @@ async fn wait_exit(child: &mut Child) -> std::process::ExitStatus {
         if let Some(status) = child.try_wait().unwrap() {
             return status;
         }
-        assert!(Instant::now() < deadline, "keyd did not exit within 30 s of SIGTERM");
+        assert!(
+            Instant::now() < deadline,
+            "keyd did not exit within 30 s of SIGTERM"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -60,7 +66,12 @@ async fn sigterm_finishes_in_flight_requests_then_exits_0() {
     let dir = edgeid_testkit::temp_dir();
     let socket = dir.path().join("keyd.sock");
     let config = write_config(dir.path(), &socket);
-    let mut child = Command::new(BIN).arg("--config").arg(&config).stderr(Stdio::null()).spawn().unwrap();
+    let mut child = Command::new(BIN)
+        .arg("--config")
+        .arg(&config)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
     let client = KeydClient::new(&socket);
     wait_for_health(&client, &mut child).await;
 
@@ -70,7 +81,9 @@ async fn sigterm_finishes_in_flight_requests_then_exits_0() {
         .map(|i| {
             let client = client.clone();
             tokio::spawn(async move {
-                let handle = client.create_key_pair(&format!("slow-{i}"), KeyPairSpec::Rsa4096).await;
+                let handle = client
+                    .create_key_pair(&format!("slow-{i}"), KeyPairSpec::Rsa4096)
+                    .await;
                 (handle, Instant::now())
             })
         })
@@ -87,17 +100,28 @@ async fn sigterm_finishes_in_flight_requests_then_exits_0() {
             finished_after_signal += 1;
         }
     }
-    assert!(finished_after_signal > 0, "no request was still in flight at SIGTERM; the test proves nothing");
+    assert!(
+        finished_after_signal > 0,
+        "no request was still in flight at SIGTERM; the test proves nothing"
+    );
     let status = wait_exit(&mut child).await;
     assert_eq!(status.code(), Some(0), "exit status after SIGTERM");
     assert!(!socket.exists(), "socket file removed on shutdown");
 
     // Everything it created survives for the next start.
-    let mut child = Command::new(BIN).arg("--config").arg(&config).stderr(Stdio::null()).spawn().unwrap();
+    let mut child = Command::new(BIN)
+        .arg("--config")
+        .arg(&config)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
     wait_for_health(&client, &mut child).await;
     for i in 0..4 {
         let handle = client.key_pair(&format!("slow-{i}")).await.unwrap();
-        client.sign(&handle, SignAlgorithm::RsaPssSha256, b"x", false).await.unwrap();
+        client
+            .sign(&handle, SignAlgorithm::RsaPssSha256, b"x", false)
+            .await
+            .unwrap();
     }
     sigterm(&child);
     assert_eq!(wait_exit(&mut child).await.code(), Some(0));
@@ -107,14 +131,29 @@ async fn sigterm_finishes_in_flight_requests_then_exits_0() {
 fn config_errors_name_the_file_and_key() {
     let dir = edgeid_testkit::temp_dir();
     let config = dir.path().join("bad.toml");
-    std::fs::write(&config, "state_dir = \"/tmp/x\"\n[server]\nmax_body_bytes = -1\n").unwrap();
-    let out = Command::new(BIN).arg("--config").arg(&config).output().unwrap();
+    std::fs::write(
+        &config,
+        "state_dir = \"/tmp/x\"\n[server]\nmax_body_bytes = -1\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains(&config.display().to_string()), "{stderr}");
-    assert!(stderr.contains("server.max_body_bytes") && stderr.contains("line 3"), "{stderr}");
+    assert!(
+        stderr.contains("server.max_body_bytes") && stderr.contains("line 3"),
+        "{stderr}"
+    );
 
-    let out = Command::new(BIN).arg("--config").arg(dir.path().join("missing.toml")).output().unwrap();
+    let out = Command::new(BIN)
+        .arg("--config")
+        .arg(dir.path().join("missing.toml"))
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("missing.toml"));
 }
@@ -130,7 +169,12 @@ async fn takes_over_a_socket_from_systemd() {
     // As systemd does: the socket on descriptor 3, LISTEN_FDS=1, LISTEN_PID = the
     // daemon's pid ($$ of the shell that execs it).
     let mut cmd = Command::new("/bin/sh");
-    cmd.args(["-c", "LISTEN_PID=$$ LISTEN_FDS=1 exec \"$0\" --config \"$1\""]).arg(BIN).arg(&config);
+    cmd.args([
+        "-c",
+        "LISTEN_PID=$$ LISTEN_FDS=1 exec \"$0\" --config \"$1\"",
+    ])
+    .arg(BIN)
+    .arg(&config);
     cmd.stderr(Stdio::null());
     // SAFETY: dup2 is async-signal-safe; it runs in the forked child before exec.
     unsafe {
@@ -145,10 +189,22 @@ async fn takes_over_a_socket_from_systemd() {
     drop(listener);
     let client = KeydClient::new(&activated);
     wait_for_health(&client, &mut child).await;
-    let handle = client.create_key_pair("device-id", KeyPairSpec::EcP256).await.unwrap();
-    client.sign(&handle, SignAlgorithm::EcdsaSha256, b"x", false).await.unwrap();
-    assert!(!dir.path().join("unused.sock").exists(), "the configured path was bound too");
+    let handle = client
+        .create_key_pair("device-id", KeyPairSpec::EcP256)
+        .await
+        .unwrap();
+    client
+        .sign(&handle, SignAlgorithm::EcdsaSha256, b"x", false)
+        .await
+        .unwrap();
+    assert!(
+        !dir.path().join("unused.sock").exists(),
+        "the configured path was bound too"
+    );
     sigterm(&child);
     assert_eq!(wait_exit(&mut child).await.code(), Some(0));
-    assert!(activated.exists(), "systemd's socket file is systemd's to remove");
+    assert!(
+        activated.exists(),
+        "systemd's socket file is systemd's to remove"
+    );
 }

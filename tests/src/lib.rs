@@ -23,7 +23,9 @@ use tokio::task::JoinHandle;
 /// Fails the test, with the install command, if `tool` is not on PATH.
 pub fn require_tool(tool: &str, debian_package: &str) -> PathBuf {
     let found = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths).map(|p| p.join(tool)).find(|p| p.is_file())
+        std::env::split_paths(&paths)
+            .map(|p| p.join(tool))
+            .find(|p| p.is_file())
     });
     found.unwrap_or_else(|| {
         panic!("`{tool}` is not installed; this test needs it: sudo apt-get install -y {debian_package}")
@@ -32,7 +34,10 @@ pub fn require_tool(tool: &str, debian_package: &str) -> PathBuf {
 
 /// A fresh temp dir with a short path (socket paths are limited to 107 bytes).
 pub fn temp_dir() -> tempfile::TempDir {
-    tempfile::Builder::new().prefix("edgeid-").tempdir_in("/tmp").expect("create a temp dir in /tmp")
+    tempfile::Builder::new()
+        .prefix("edgeid-")
+        .tempdir_in("/tmp")
+        .expect("create a temp dir in /tmp")
 }
 
 /// A keyd serving from a temp dir, inside the test process.
@@ -49,27 +54,43 @@ impl KeydFixture {
     /// keyd on the software store in a new temp dir; root and this process are admins.
     pub async fn start() -> Self {
         let dir = temp_dir();
-        let mut fixture = Self::configured(Self::config_in(dir.path()), Admins::root_and_self()).await;
+        let mut fixture =
+            Self::configured(Self::config_in(dir.path()), Admins::root_and_self()).await;
         fixture._dir = Some(dir);
         fixture
     }
 
     /// The default test config for a directory: state, socket and master key under it.
     pub fn config_in(dir: &Path) -> KeydConfig {
-        KeydConfig::with_dirs(&dir.join("keyd"), &dir.join("keyd.sock"), &dir.join("secrets/master.key"))
+        KeydConfig::with_dirs(
+            &dir.join("keyd"),
+            &dir.join("keyd.sock"),
+            &dir.join("secrets/master.key"),
+        )
     }
 
     /// keyd with the given config and administrators.
     pub async fn configured(config: KeydConfig, admins: Admins) -> Self {
-        let mut fixture = Self { config, admins, stop: None, task: None, _dir: None };
+        let mut fixture = Self {
+            config,
+            admins,
+            stop: None,
+            task: None,
+            _dir: None,
+        };
         fixture.launch().await;
         fixture
     }
 
     async fn launch(&mut self) {
-        let keyd = edgeid_keyd::Keyd::open(&self.config, self.admins.clone()).await.expect("keyd opens");
-        let listener = edgeid_common::listener::Listener::bind(&self.config.socket(), self.config.server.socket_mode)
-            .expect("keyd binds its socket");
+        let keyd = edgeid_keyd::Keyd::open(&self.config, self.admins.clone())
+            .await
+            .expect("keyd opens");
+        let listener = edgeid_common::listener::Listener::bind(
+            &self.config.socket(),
+            self.config.server.socket_mode,
+        )
+        .expect("keyd binds its socket");
         let (tx, rx) = oneshot::channel();
         let limits = self.config.server.limits();
         self.task = Some(tokio::spawn(async move {
@@ -132,15 +153,29 @@ pub fn is_root() -> bool {
 /// with the raw per-thread syscalls (glibc's setuid would change every thread)
 /// and connects; the kernel records that identity for `SO_PEERCRED`.
 pub fn connect_as(uid: u32, gid: u32, socket: &Path) -> std::os::unix::net::UnixStream {
-    assert!(is_root(), "connecting as uid {uid} needs root: run the tests as root (CI does)");
+    assert!(
+        is_root(),
+        "connecting as uid {uid} needs root: run the tests as root (CI does)"
+    );
     let target = socket.to_owned();
     std::thread::spawn(move || {
         // SAFETY: raw syscalls that only change this thread's credentials; the
         // thread ends right after connecting and touches nothing shared.
         unsafe {
-            assert_eq!(libc::syscall(libc::SYS_setgroups, 0, std::ptr::null::<libc::gid_t>()), 0);
-            assert_eq!(libc::syscall(libc::SYS_setresgid, gid, gid, gid), 0, "setresgid");
-            assert_eq!(libc::syscall(libc::SYS_setresuid, uid, uid, uid), 0, "setresuid");
+            assert_eq!(
+                libc::syscall(libc::SYS_setgroups, 0, std::ptr::null::<libc::gid_t>()),
+                0
+            );
+            assert_eq!(
+                libc::syscall(libc::SYS_setresgid, gid, gid, gid),
+                0,
+                "setresgid"
+            );
+            assert_eq!(
+                libc::syscall(libc::SYS_setresuid, uid, uid, uid),
+                0,
+                "setresuid"
+            );
         }
         std::os::unix::net::UnixStream::connect(&target)
     })
@@ -150,12 +185,19 @@ pub fn connect_as(uid: u32, gid: u32, socket: &Path) -> std::os::unix::net::Unix
 }
 
 /// Sends one request over a connection made as `uid`, returns status and body.
-pub async fn request_as(uid: u32, socket: &Path, method: Method, path: &str, body: &str) -> (StatusCode, Bytes) {
+pub async fn request_as(
+    uid: u32,
+    socket: &Path,
+    method: Method,
+    path: &str,
+    body: &str,
+) -> (StatusCode, Bytes) {
     let std_stream = connect_as(uid, uid, socket);
     std_stream.set_nonblocking(true).expect("nonblocking");
     let stream = tokio::net::UnixStream::from_std(std_stream).expect("tokio stream");
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.expect("http handshake");
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .expect("http handshake");
     tokio::spawn(conn);
     let req = Request::builder()
         .method(method)
@@ -168,5 +210,8 @@ pub async fn request_as(uid: u32, socket: &Path, method: Method, path: &str, bod
         .expect("answer in time")
         .expect("answer");
     let status = resp.status();
-    (status, resp.into_body().collect().await.expect("body").to_bytes())
+    (
+        status,
+        resp.into_body().collect().await.expect("body").to_bytes(),
+    )
 }

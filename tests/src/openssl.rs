@@ -39,10 +39,26 @@ pub fn verify(scheme: Scheme, public_pem: &str, message: &[u8], signature: &[u8]
                 .args(["-in", &arg(&data), "-sigfile", &arg(&sig)]);
         }
         _ => {
-            let digest = if matches!(scheme, Scheme::EcdsaSha384) { "-sha384" } else { "-sha256" };
-            cmd.args(["dgst", digest, "-verify", &arg(&key), "-signature", &arg(&sig)]);
+            let digest = if matches!(scheme, Scheme::EcdsaSha384) {
+                "-sha384"
+            } else {
+                "-sha256"
+            };
+            cmd.args([
+                "dgst",
+                digest,
+                "-verify",
+                &arg(&key),
+                "-signature",
+                &arg(&sig),
+            ]);
             if matches!(scheme, Scheme::RsaPssSha256) {
-                cmd.args(["-sigopt", "rsa_padding_mode:pss", "-sigopt", "rsa_pss_saltlen:32"]);
+                cmd.args([
+                    "-sigopt",
+                    "rsa_padding_mode:pss",
+                    "-sigopt",
+                    "rsa_pss_saltlen:32",
+                ]);
             }
             cmd.arg(arg(&data));
         }

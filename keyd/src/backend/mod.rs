@@ -77,7 +77,10 @@ impl KeyRecord {
         if self.generation == key.generation {
             Ok(())
         } else {
-            Err(Error::NotFound(format!("key '{}' was deleted or replaced since this handle was issued", self.id)))
+            Err(Error::NotFound(format!(
+                "key '{}' was deleted or replaced since this handle was issued",
+                self.id
+            )))
         }
     }
 }
@@ -118,8 +121,13 @@ pub trait KeyBackend: Send + Sync + 'static {
     async fn public_key(&self, key: &KeyRef) -> Result<PublicKey, Error>;
 
     /// Signs `data` (a digest, if `prehashed`) or computes its MAC.
-    async fn sign(&self, key: &KeyRef, algorithm: SignAlgorithm, data: &[u8], prehashed: bool)
-        -> Result<Vec<u8>, Error>;
+    async fn sign(
+        &self,
+        key: &KeyRef,
+        algorithm: SignAlgorithm,
+        data: &[u8],
+        prehashed: bool,
+    ) -> Result<Vec<u8>, Error>;
 
     /// AES-256-GCM with a fresh random nonce; the output carries the nonce.
     async fn encrypt(&self, key: &KeyRef, plaintext: &[u8], aad: &[u8]) -> Result<Vec<u8>, Error>;
@@ -137,5 +145,7 @@ pub trait KeyBackend: Send + Sync + 'static {
 
 /// The error for a key of the wrong kind for an operation.
 pub(crate) fn wrong_kind(id: &KeyId, kind: KeyKind, wanted: &str) -> Error {
-    Error::BadRequest(format!("key '{id}' is a {kind} key; this operation needs {wanted}"))
+    Error::BadRequest(format!(
+        "key '{id}' is a {kind} key; this operation needs {wanted}"
+    ))
 }

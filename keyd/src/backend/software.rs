@@ -75,7 +75,11 @@ struct KeyFile {
 
 impl KeyFile {
     fn aad(&self) -> Vec<u8> {
-        format!("edgeid-keyd/{}\0{}\0{}\0{}", self.format, self.id, self.kind, self.generation).into_bytes()
+        format!(
+            "edgeid-keyd/{}\0{}\0{}\0{}",
+            self.format, self.id, self.kind, self.generation
+        )
+        .into_bytes()
     }
 }
 
@@ -84,12 +88,20 @@ impl SoftwareBackend {
     /// `master_key_file` or creating it (0600, in a 0700 directory) on first start.
     pub fn open(state_dir: &Path, master_key_file: &Path) -> Result<Self, Error> {
         let keys_dir = state_dir.join("keys");
-        edgeid_common::fs::ensure_dir(&keys_dir, 0o700)
-            .map_err(|e| Error::Setup(format!("cannot create key directory {}: {e}", keys_dir.display())))?;
+        edgeid_common::fs::ensure_dir(&keys_dir, 0o700).map_err(|e| {
+            Error::Setup(format!(
+                "cannot create key directory {}: {e}",
+                keys_dir.display()
+            ))
+        })?;
         let rng = SystemRandom::new();
         let master_bytes = load_or_create_master(master_key_file, &rng)?;
-        let master = aes_key(&master_bytes)
-            .map_err(|_| Error::Setup(format!("master key {} is unusable", master_key_file.display())))?;
+        let master = aes_key(&master_bytes).map_err(|_| {
+            Error::Setup(format!(
+                "master key {} is unusable",
+                master_key_file.display()
+            ))
+        })?;
         Ok(Self {
             keys_dir,
             master,
@@ -101,16 +113,24 @@ impl SoftwareBackend {
 
     fn path_of(&self, id: &KeyId) -> PathBuf {
         // base64url keeps '/' in ids from making subdirectories.
-        self.keys_dir.join(format!("{}.key", URL_SAFE_NO_PAD.encode(id.as_str())))
+        self.keys_dir
+            .join(format!("{}.key", URL_SAFE_NO_PAD.encode(id.as_str())))
     }
 
     fn cached(&self, id: &KeyId) -> Option<Arc<LoadedKey>> {
-        self.cache.read().unwrap_or_else(|p| p.into_inner()).get(id).cloned()
+        self.cache
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .cloned()
     }
 
     fn remember(&self, key: LoadedKey) -> Arc<LoadedKey> {
         let key = Arc::new(key);
-        self.cache.write().unwrap_or_else(|p| p.into_inner()).insert(key.record.id.clone(), key.clone());
+        self.cache
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key.record.id.clone(), key.clone());
         key
     }
 
@@ -123,7 +143,12 @@ impl SoftwareBackend {
         let bytes = match tokio::fs::read(&path).await {
             Ok(b) => Zeroizing::new(b),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(Error::Internal(format!("cannot read key file {}: {e}", path.display()))),
+            Err(e) => {
+                return Err(Error::Internal(format!(
+                    "cannot read key file {}: {e}",
+                    path.display()
+                )))
+            }
         };
         let key = self.unseal_file(id, &path, &bytes)?;
         Ok(Some(self.remember(key)))
@@ -140,27 +165,45 @@ impl SoftwareBackend {
     }
 
     fn unseal_file(&self, id: &KeyId, path: &Path, bytes: &[u8]) -> Result<LoadedKey, Error> {
-        let damaged = |why: &str| Error::Internal(format!("key file {} for '{id}' {why}", path.display()));
-        let file: KeyFile = serde_json::from_slice(bytes).map_err(|e| damaged(&format!("is not valid: {e}")))?;
+        let damaged =
+            |why: &str| Error::Internal(format!("key file {} for '{id}' {why}", path.display()));
+        let file: KeyFile =
+            serde_json::from_slice(bytes).map_err(|e| damaged(&format!("is not valid: {e}")))?;
         if file.format != FILE_FORMAT {
-            return Err(damaged(&format!("has format {}, this keyd reads {FILE_FORMAT}", file.format)));
+            return Err(damaged(&format!(
+                "has format {}, this keyd reads {FILE_FORMAT}",
+                file.format
+            )));
         }
         if file.id != id.as_str() {
             return Err(damaged(&format!("belongs to key '{}'", file.id)));
         }
-        let kind = KeyKind::parse(&file.kind).ok_or_else(|| damaged(&format!("has unknown kind '{}'", file.kind)))?;
-        let sealed = STANDARD.decode(&file.sealed).map_err(|_| damaged("has a damaged sealed part"))?;
+        let kind = KeyKind::parse(&file.kind)
+            .ok_or_else(|| damaged(&format!("has unknown kind '{}'", file.kind)))?;
+        let sealed = STANDARD
+            .decode(&file.sealed)
+            .map_err(|_| damaged("has a damaged sealed part"))?;
         let secret = open(&self.master, &sealed, &file.aad()).map_err(|_| {
             damaged("cannot be unsealed: the master key is not the one it was sealed with, or the file was altered")
         })?;
-        let material = material_from(kind, &secret).map_err(|_| damaged("holds key material keyd cannot parse"))?;
-        Ok(LoadedKey { record: KeyRecord { id: id.clone(), kind, generation: file.generation }, material })
+        let material = material_from(kind, &secret)
+            .map_err(|_| damaged("holds key material keyd cannot parse"))?;
+        Ok(LoadedKey {
+            record: KeyRecord {
+                id: id.clone(),
+                kind,
+                generation: file.generation,
+            },
+            material,
+        })
     }
 
     /// Seals `secret`, writes the key file atomically, caches the key.
     fn store(&self, id: &KeyId, kind: KeyKind, secret: &[u8]) -> Result<Arc<LoadedKey>, Error> {
         let mut generation = [0u8; 16];
-        self.rng.fill(&mut generation).map_err(|_| Error::Internal("the random generator failed".into()))?;
+        self.rng
+            .fill(&mut generation)
+            .map_err(|_| Error::Internal("the random generator failed".into()))?;
         let mut file = KeyFile {
             format: FILE_FORMAT,
             id: id.as_str().to_owned(),
@@ -172,10 +215,19 @@ impl SoftwareBackend {
         file.sealed = STANDARD.encode(sealed);
         let json = serde_json::to_vec_pretty(&file).map_err(|e| Error::Internal(e.to_string()))?;
         let path = self.path_of(id);
-        edgeid_common::fs::write_atomic(&path, &json, 0o600)
-            .map_err(|e| Error::Internal(format!("cannot write key file {}: {e}", path.display())))?;
-        let material = material_from(kind, secret).map_err(|_| Error::Internal("new key does not load".into()))?;
-        Ok(self.remember(LoadedKey { record: KeyRecord { id: id.clone(), kind, generation: file.generation }, material }))
+        edgeid_common::fs::write_atomic(&path, &json, 0o600).map_err(|e| {
+            Error::Internal(format!("cannot write key file {}: {e}", path.display()))
+        })?;
+        let material = material_from(kind, secret)
+            .map_err(|_| Error::Internal("new key does not load".into()))?;
+        Ok(self.remember(LoadedKey {
+            record: KeyRecord {
+                id: id.clone(),
+                kind,
+                generation: file.generation,
+            },
+            material,
+        }))
     }
 }
 
@@ -190,7 +242,9 @@ impl KeyBackend for SoftwareBackend {
         if let Some(existing) = self.load(id).await? {
             return match existing.record.kind {
                 KeyKind::Pair(s) if s == spec => Ok(existing.record.clone()),
-                other => Err(Error::Conflict(format!("key '{id}' already exists as {other}, not {spec}"))),
+                other => Err(Error::Conflict(format!(
+                    "key '{id}' already exists as {other}, not {spec}"
+                ))),
             };
         }
         // RSA generation takes up to seconds: keep it off the reactor.
@@ -216,7 +270,9 @@ impl KeyBackend for SoftwareBackend {
             let same_type = existing.record.kind == KeyKind::Symmetric(key_type);
             let same_bytes = match (&existing.material, import) {
                 (_, None) => true,
-                (Material::Symmetric(held), Some(given)) => verify_slices_are_equal(held, given).is_ok(),
+                (Material::Symmetric(held), Some(given)) => {
+                    verify_slices_are_equal(held, given).is_ok()
+                }
                 _ => false,
             };
             return if same_type && same_bytes {
@@ -232,7 +288,9 @@ impl KeyBackend for SoftwareBackend {
             Some(bytes) => Zeroizing::new(bytes.to_vec()),
             None => {
                 let mut fresh = Zeroizing::new(vec![0u8; 32]);
-                self.rng.fill(&mut fresh).map_err(|_| Error::Internal("the random generator failed".into()))?;
+                self.rng
+                    .fill(&mut fresh)
+                    .map_err(|_| Error::Internal("the random generator failed".into()))?;
                 fresh
             }
         };
@@ -254,9 +312,13 @@ impl KeyBackend for SoftwareBackend {
             Material::Ecdsa(k) => k.public_key().as_der().map(|d| d.as_ref().to_vec()),
             Material::Rsa(k) => k.public_key().as_der().map(|d| d.as_ref().to_vec()),
             Material::Ed25519(k) => k.public_key().as_der().map(|d| d.as_ref().to_vec()),
-            Material::Symmetric(_) => return Err(wrong_kind(&key.id, loaded.record.kind, "a key pair")),
+            Material::Symmetric(_) => {
+                return Err(wrong_kind(&key.id, loaded.record.kind, "a key pair"))
+            }
         };
-        let spki_der = der.map_err(|_| Error::Internal(format!("cannot encode the public key of '{}'", key.id)))?;
+        let spki_der = der.map_err(|_| {
+            Error::Internal(format!("cannot encode the public key of '{}'", key.id))
+        })?;
         Ok(PublicKey { spec, spki_der })
     }
 
@@ -270,14 +332,21 @@ impl KeyBackend for SoftwareBackend {
         let loaded = self.resolve(key).await?;
         check_algorithm(&loaded.record, algorithm, prehashed)?;
         if !key.derivation.is_empty() && !matches!(loaded.material, Material::Symmetric(_)) {
-            return Err(Error::BadRequest("only symmetric keys can be derived".into()));
+            return Err(Error::BadRequest(
+                "only symmetric keys can be derived".into(),
+            ));
         }
         let failed = || Error::Internal(format!("signing with '{}' failed", key.id));
         match &loaded.material {
             Material::Ecdsa(k) => {
                 let sig = if prehashed {
-                    let alg = if algorithm == SignAlgorithm::EcdsaSha256 { &digest::SHA256 } else { &digest::SHA384 };
-                    let d = digest::Digest::import_less_safe(data, alg).map_err(|_| bad_digest_len(alg))?;
+                    let alg = if algorithm == SignAlgorithm::EcdsaSha256 {
+                        &digest::SHA256
+                    } else {
+                        &digest::SHA384
+                    };
+                    let d = digest::Digest::import_less_safe(data, alg)
+                        .map_err(|_| bad_digest_len(alg))?;
                     k.sign_digest(&d)
                 } else {
                     k.sign(&self.rng, data)
@@ -303,13 +372,15 @@ impl KeyBackend for SoftwareBackend {
 
     async fn encrypt(&self, key: &KeyRef, plaintext: &[u8], aad: &[u8]) -> Result<Vec<u8>, Error> {
         let derived = self.aes_material(key).await?;
-        let aes = aes_key(&derived).map_err(|_| Error::Internal("cannot use the AES key".into()))?;
+        let aes =
+            aes_key(&derived).map_err(|_| Error::Internal("cannot use the AES key".into()))?;
         seal(&aes, &self.rng, plaintext, aad)
     }
 
     async fn decrypt(&self, key: &KeyRef, ciphertext: &[u8], aad: &[u8]) -> Result<Vec<u8>, Error> {
         let derived = self.aes_material(key).await?;
-        let aes = aes_key(&derived).map_err(|_| Error::Internal("cannot use the AES key".into()))?;
+        let aes =
+            aes_key(&derived).map_err(|_| Error::Internal("cannot use the AES key".into()))?;
         open(&aes, ciphertext, aad).map(|p| p.to_vec()).map_err(|e| match e {
             OpenError::Format => {
                 Error::BadRequest("ciphertext is too short or was not produced by keyd's encrypt".into())
@@ -323,15 +394,26 @@ impl KeyBackend for SoftwareBackend {
     async fn delete(&self, id: &KeyId, pair: bool) -> Result<(), Error> {
         let _writing = self.writes.lock().await;
         let wanted = if pair { "key pair" } else { "symmetric key" };
-        let existing = self.load(id).await?.ok_or_else(|| Error::NotFound(format!("no {wanted} named '{id}'")))?;
+        let existing = self
+            .load(id)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("no {wanted} named '{id}'")))?;
         if matches!(existing.record.kind, KeyKind::Pair(_)) != pair {
-            return Err(Error::NotFound(format!("no {wanted} named '{id}' (it is a {} key)", existing.record.kind)));
+            return Err(Error::NotFound(format!(
+                "no {wanted} named '{id}' (it is a {} key)",
+                existing.record.kind
+            )));
         }
         let path = self.path_of(id);
         std::fs::remove_file(&path)
             .and_then(|()| std::fs::File::open(&self.keys_dir)?.sync_all())
-            .map_err(|e| Error::Internal(format!("cannot delete key file {}: {e}", path.display())))?;
-        self.cache.write().unwrap_or_else(|p| p.into_inner()).remove(id);
+            .map_err(|e| {
+                Error::Internal(format!("cannot delete key file {}: {e}", path.display()))
+            })?;
+        self.cache
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
         tracing::info!(key = %id, "deleted key");
         Ok(())
     }
@@ -362,10 +444,14 @@ fn generate_pkcs8(spec: KeyPairSpec) -> Result<Zeroizing<Vec<u8>>, Error> {
     let rng = SystemRandom::new();
     let failed = || Error::Internal(format!("{spec} key generation failed"));
     let bytes = match spec {
-        KeyPairSpec::EcP256 => EcdsaKeyPair::generate_pkcs8(&signature::ECDSA_P256_SHA256_ASN1_SIGNING, &rng)
-            .map(|d| d.as_ref().to_vec()),
-        KeyPairSpec::EcP384 => EcdsaKeyPair::generate_pkcs8(&signature::ECDSA_P384_SHA384_ASN1_SIGNING, &rng)
-            .map(|d| d.as_ref().to_vec()),
+        KeyPairSpec::EcP256 => {
+            EcdsaKeyPair::generate_pkcs8(&signature::ECDSA_P256_SHA256_ASN1_SIGNING, &rng)
+                .map(|d| d.as_ref().to_vec())
+        }
+        KeyPairSpec::EcP384 => {
+            EcdsaKeyPair::generate_pkcs8(&signature::ECDSA_P384_SHA384_ASN1_SIGNING, &rng)
+                .map(|d| d.as_ref().to_vec())
+        }
         KeyPairSpec::Ed25519 => Ed25519KeyPair::generate_pkcs8(&rng).map(|d| d.as_ref().to_vec()),
         KeyPairSpec::Rsa2048 | KeyPairSpec::Rsa3072 | KeyPairSpec::Rsa4096 => {
             let size = match spec {
@@ -373,7 +459,9 @@ fn generate_pkcs8(spec: KeyPairSpec) -> Result<Zeroizing<Vec<u8>>, Error> {
                 KeyPairSpec::Rsa3072 => KeySize::Rsa3072,
                 _ => KeySize::Rsa4096,
             };
-            RsaKeyPair::generate(size).and_then(|k| k.as_der()).map(|d| d.as_ref().to_vec())
+            RsaKeyPair::generate(size)
+                .and_then(|k| k.as_der())
+                .map(|d| d.as_ref().to_vec())
         }
     };
     bytes.map(Zeroizing::new).map_err(|_| failed())
@@ -382,19 +470,27 @@ fn generate_pkcs8(spec: KeyPairSpec) -> Result<Zeroizing<Vec<u8>>, Error> {
 fn material_from(kind: KeyKind, secret: &[u8]) -> Result<Material, ()> {
     Ok(match kind {
         KeyKind::Pair(KeyPairSpec::EcP256) => Material::Ecdsa(
-            EcdsaKeyPair::from_pkcs8(&signature::ECDSA_P256_SHA256_ASN1_SIGNING, secret).map_err(drop)?,
+            EcdsaKeyPair::from_pkcs8(&signature::ECDSA_P256_SHA256_ASN1_SIGNING, secret)
+                .map_err(drop)?,
         ),
         KeyKind::Pair(KeyPairSpec::EcP384) => Material::Ecdsa(
-            EcdsaKeyPair::from_pkcs8(&signature::ECDSA_P384_SHA384_ASN1_SIGNING, secret).map_err(drop)?,
+            EcdsaKeyPair::from_pkcs8(&signature::ECDSA_P384_SHA384_ASN1_SIGNING, secret)
+                .map_err(drop)?,
         ),
-        KeyKind::Pair(KeyPairSpec::Ed25519) => Material::Ed25519(Ed25519KeyPair::from_pkcs8(secret).map_err(drop)?),
+        KeyKind::Pair(KeyPairSpec::Ed25519) => {
+            Material::Ed25519(Ed25519KeyPair::from_pkcs8(secret).map_err(drop)?)
+        }
         KeyKind::Pair(_) => Material::Rsa(RsaKeyPair::from_pkcs8(secret).map_err(drop)?),
         KeyKind::Symmetric(_) => Material::Symmetric(Zeroizing::new(secret.to_vec())),
     })
 }
 
 /// Which algorithms each kind of key signs with.
-fn check_algorithm(record: &KeyRecord, algorithm: SignAlgorithm, prehashed: bool) -> Result<(), Error> {
+fn check_algorithm(
+    record: &KeyRecord,
+    algorithm: SignAlgorithm,
+    prehashed: bool,
+) -> Result<(), Error> {
     use SignAlgorithm as A;
     let fits = match record.kind {
         KeyKind::Pair(KeyPairSpec::EcP256) => algorithm == A::EcdsaSha256,
@@ -411,12 +507,19 @@ fn check_algorithm(record: &KeyRecord, algorithm: SignAlgorithm, prehashed: bool
         )));
     }
     if prehashed && matches!(algorithm, A::Ed25519 | A::HmacSha256) {
-        return Err(Error::BadRequest(format!("{algorithm} signs whole messages; 'prehashed' is not allowed")));
+        return Err(Error::BadRequest(format!(
+            "{algorithm} signs whole messages; 'prehashed' is not allowed"
+        )));
     }
     Ok(())
 }
 
-fn rsa_sign(key: &LoadedKey, algorithm: SignAlgorithm, data: &[u8], prehashed: bool) -> Result<Vec<u8>, Error> {
+fn rsa_sign(
+    key: &LoadedKey,
+    algorithm: SignAlgorithm,
+    data: &[u8],
+    prehashed: bool,
+) -> Result<Vec<u8>, Error> {
     let Material::Rsa(k) = &key.material else {
         return Err(Error::Internal("not an RSA key".into()));
     };
@@ -427,7 +530,8 @@ fn rsa_sign(key: &LoadedKey, algorithm: SignAlgorithm, data: &[u8], prehashed: b
     let mut sig = vec![0u8; k.public_modulus_len()];
     let rng = SystemRandom::new();
     let result = if prehashed {
-        let d = digest::Digest::import_less_safe(data, &digest::SHA256).map_err(|_| bad_digest_len(&digest::SHA256))?;
+        let d = digest::Digest::import_less_safe(data, &digest::SHA256)
+            .map_err(|_| bad_digest_len(&digest::SHA256))?;
         k.sign_digest(padding, &d, &mut sig)
     } else {
         k.sign(padding, &rng, data, &mut sig)
@@ -437,25 +541,34 @@ fn rsa_sign(key: &LoadedKey, algorithm: SignAlgorithm, data: &[u8], prehashed: b
 }
 
 fn bad_digest_len(alg: &'static digest::Algorithm) -> Error {
-    Error::BadRequest(format!("a prehashed digest for this algorithm must be {} bytes", alg.output_len()))
+    Error::BadRequest(format!(
+        "a prehashed digest for this algorithm must be {} bytes",
+        alg.output_len()
+    ))
 }
 
 /// Applies derivation inputs: each step is HMAC-SHA256(previous key, info).
 fn derive(base: &[u8], derivation: &[Vec<u8>]) -> Zeroizing<Vec<u8>> {
-    derivation.iter().fold(Zeroizing::new(base.to_vec()), |key, info| {
-        let tag = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, &key), info);
-        Zeroizing::new(tag.as_ref().to_vec())
-    })
+    derivation
+        .iter()
+        .fold(Zeroizing::new(base.to_vec()), |key, info| {
+            let tag = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, &key), info);
+            Zeroizing::new(tag.as_ref().to_vec())
+        })
 }
 
 fn check_import(key_type: SymmetricKeyType, bytes: &[u8]) -> Result<(), Error> {
     match key_type {
-        SymmetricKeyType::Aes256Gcm if bytes.len() != 32 => {
-            Err(Error::BadRequest(format!("an aes-256-gcm key is 32 bytes; {} were given", bytes.len())))
+        SymmetricKeyType::Aes256Gcm if bytes.len() != 32 => Err(Error::BadRequest(format!(
+            "an aes-256-gcm key is 32 bytes; {} were given",
+            bytes.len()
+        ))),
+        SymmetricKeyType::HmacSha256 if bytes.is_empty() || bytes.len() > MAX_IMPORT_LEN => {
+            Err(Error::BadRequest(format!(
+                "an imported hmac-sha256 key must be 1 to {MAX_IMPORT_LEN} bytes; {} were given",
+                bytes.len()
+            )))
         }
-        SymmetricKeyType::HmacSha256 if bytes.is_empty() || bytes.len() > MAX_IMPORT_LEN => Err(Error::BadRequest(
-            format!("an imported hmac-sha256 key must be 1 to {MAX_IMPORT_LEN} bytes; {} were given", bytes.len()),
-        )),
         _ => Ok(()),
     }
 }
@@ -465,15 +578,25 @@ fn aes_key(bytes: &[u8]) -> Result<LessSafeKey, aws_lc_rs::error::Unspecified> {
 }
 
 /// `version || nonce || ciphertext || tag`, with a fresh random nonce.
-fn seal(key: &LessSafeKey, rng: &SystemRandom, plaintext: &[u8], aad: &[u8]) -> Result<Vec<u8>, Error> {
+fn seal(
+    key: &LessSafeKey,
+    rng: &SystemRandom,
+    plaintext: &[u8],
+    aad: &[u8],
+) -> Result<Vec<u8>, Error> {
     let mut nonce = [0u8; NONCE_LEN];
-    rng.fill(&mut nonce).map_err(|_| Error::Internal("the random generator failed".into()))?;
+    rng.fill(&mut nonce)
+        .map_err(|_| Error::Internal("the random generator failed".into()))?;
     let mut out = Vec::with_capacity(1 + NONCE_LEN + plaintext.len() + AES_256_GCM.tag_len());
     out.push(CIPHERTEXT_VERSION);
     out.extend_from_slice(&nonce);
     let mut body = plaintext.to_vec();
-    key.seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), Aad::from(aad), &mut body)
-        .map_err(|_| Error::Internal("encryption failed".into()))?;
+    key.seal_in_place_append_tag(
+        Nonce::assume_unique_for_key(nonce),
+        Aad::from(aad),
+        &mut body,
+    )
+    .map_err(|_| Error::Internal("encryption failed".into()))?;
     out.extend_from_slice(&body);
     Ok(out)
 }
@@ -487,9 +610,13 @@ fn open(key: &LessSafeKey, sealed: &[u8], aad: &[u8]) -> Result<Zeroizing<Vec<u8
     if sealed.len() < 1 + NONCE_LEN + AES_256_GCM.tag_len() || sealed[0] != CIPHERTEXT_VERSION {
         return Err(OpenError::Format);
     }
-    let nonce = Nonce::try_assume_unique_for_key(&sealed[1..1 + NONCE_LEN]).map_err(|_| OpenError::Format)?;
+    let nonce = Nonce::try_assume_unique_for_key(&sealed[1..1 + NONCE_LEN])
+        .map_err(|_| OpenError::Format)?;
     let mut body = Zeroizing::new(sealed[1 + NONCE_LEN..].to_vec());
-    let len = key.open_in_place(nonce, Aad::from(aad), &mut body).map_err(|_| OpenError::Auth)?.len();
+    let len = key
+        .open_in_place(nonce, Aad::from(aad), &mut body)
+        .map_err(|_| OpenError::Auth)?
+        .len();
     body.truncate(len);
     Ok(body)
 }
@@ -514,13 +641,18 @@ fn load_or_create_master(path: &Path, rng: &SystemRandom) -> Result<Zeroizing<Ve
                     .map_err(|e| Error::Setup(format!("cannot create {}: {e}", dir.display())))?;
             }
             let mut fresh = Zeroizing::new(vec![0u8; 32]);
-            rng.fill(&mut fresh).map_err(|_| Error::Setup("the system random generator failed".into()))?;
-            edgeid_common::fs::write_atomic(path, &fresh, 0o600)
-                .map_err(|e| Error::Setup(format!("cannot write master key {}: {e}", path.display())))?;
+            rng.fill(&mut fresh)
+                .map_err(|_| Error::Setup("the system random generator failed".into()))?;
+            edgeid_common::fs::write_atomic(path, &fresh, 0o600).map_err(|e| {
+                Error::Setup(format!("cannot write master key {}: {e}", path.display()))
+            })?;
             tracing::info!(path = %path.display(), "created master key");
             Ok(fresh)
         }
-        Err(e) => Err(Error::Setup(format!("cannot read master key {}: {e}", path.display()))),
+        Err(e) => Err(Error::Setup(format!(
+            "cannot read master key {}: {e}",
+            path.display()
+        ))),
     }
 }
 
@@ -547,6 +679,9 @@ mod tests {
         let last = c.len() - 1;
         c[last] ^= 1;
         assert!(matches!(open(&key, &c, b"aad"), Err(OpenError::Auth)));
-        assert!(matches!(open(&key, &c[..10], b"aad"), Err(OpenError::Format)));
+        assert!(matches!(
+            open(&key, &c[..10], b"aad"),
+            Err(OpenError::Format)
+        ));
     }
 }

@@ -1,0 +1,102 @@
+//! `edgeidctl dev --dir DIR`: every daemon in this process, on software keys,
+//! with sockets and state under DIR, until Ctrl-C.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use edgeid_keyd::{KeydClient, KeydConfig};
+
+/// Starts the suite under `dir` and runs it until SIGINT / SIGTERM.
+pub async fn run(dir: &Path, modules: &[String]) -> Result<(), String> {
+    let dir = absolute(dir)?;
+    edgeid_common::fs::ensure_dir(&dir, 0o700)
+        .map_err(|e| format!("cannot use {}: {e}", dir.display()))?;
+    let started = Instant::now();
+
+    let keyd_socket = dir.join("keyd.sock");
+    let keyd_config = KeydConfig::with_dirs(
+        &dir.join("keyd"),
+        &keyd_socket,
+        &dir.join("secrets").join("keyd-master.key"),
+    );
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let keyd = tokio::spawn(edgeid_keyd::run(keyd_config, wait_for(stop_rx.clone())));
+
+    // Ready means answering: wait for health on every socket.
+    let keyd_client = KeydClient::new(&keyd_socket);
+    let health = loop {
+        if keyd.is_finished() {
+            return match keyd.await {
+                Ok(Err(e)) => Err(format!("keyd failed to start: {e}")),
+                _ => Err("keyd stopped during start-up".into()),
+            };
+        }
+        match keyd_client.health().await {
+            Ok(h) => break h,
+            Err(_) if started.elapsed() < Duration::from_secs(10) => {
+                tokio::time::sleep(Duration::from_millis(10)).await
+            }
+            Err(e) => return Err(format!("keyd does not answer: {e}")),
+        }
+    };
+
+    println!(
+        "edgeid {} dev mode in {} (ready in {} ms)",
+        health.version,
+        dir.display(),
+        started.elapsed().as_millis()
+    );
+    println!(
+        "  keyd       {}   backends: software ({})",
+        keyd_socket.display(),
+        health.status
+    );
+    println!("  certd      not built yet (issue 4)");
+    println!("  identityd  not built yet (issue 5)");
+    println!("  workload   not built yet (issue 6)");
+    let mut declared = vec!["dev-module".to_owned()];
+    declared.extend(modules.iter().cloned());
+    println!(
+        "  modules    {} (served once the workload API lands)",
+        declared.join(", ")
+    );
+    println!();
+    println!("Try it:");
+    println!(
+        "  curl -s --unix-socket {} http://localhost/v1/health",
+        keyd_socket.display()
+    );
+    println!("  curl -s --unix-socket {} -d '{{\"id\":\"device-id\",\"spec\":\"ec-p256\"}}' http://localhost/v1/keypair", keyd_socket.display());
+    println!();
+    println!("export EDGEID_KEYD_SOCKET={}", keyd_socket.display());
+    println!();
+    println!("Running; Ctrl-C stops everything.");
+
+    edgeid_common::server::shutdown_signal().await;
+    let _ = stop_tx.send(true);
+    match keyd.await {
+        Ok(Ok(())) => {
+            println!("stopped; state kept in {}", dir.display());
+            Ok(())
+        }
+        Ok(Err(e)) => Err(format!("keyd: {e}")),
+        Err(e) => Err(format!("keyd task: {e}")),
+    }
+}
+
+async fn wait_for(mut stop: tokio::sync::watch::Receiver<bool>) {
+    while !*stop.borrow() {
+        if stop.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+fn absolute(dir: &Path) -> Result<PathBuf, String> {
+    if dir.is_absolute() {
+        return Ok(dir.to_owned());
+    }
+    std::env::current_dir()
+        .map(|cwd| cwd.join(dir))
+        .map_err(|e| format!("cannot resolve {}: {e}", dir.display()))
+}
