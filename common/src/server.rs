@@ -135,7 +135,9 @@ impl ApiResponse {
     /// The `{"message"}` answer for an error; server errors are logged in full here.
     pub fn error<E: HttpError + ?Sized>(err: &E) -> Self {
         let status = err.status();
-        if status.is_server_error() {
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            tracing::warn!(error = %err, "backend unavailable");
+        } else if status.is_server_error() {
             tracing::error!(status = status.as_u16(), error = %err, "request failed");
         }
         let body = ErrorBody {

@@ -4,21 +4,66 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use edgeid_keyd::backend::BackendKind;
+use edgeid_keyd::config::Pkcs11Config;
 use edgeid_keyd::{KeydClient, KeydConfig};
 
+/// Where dev mode keeps every key.
+#[derive(clap::Args)]
+pub struct BackendArgs {
+    /// The key store for every key.
+    #[arg(long, value_enum, default_value = "software")]
+    backend: DevBackend,
+    /// PKCS#11 module (with --backend pkcs11), e.g. /usr/lib/softhsm/libsofthsm2.so.
+    #[arg(long, value_name = "PATH", required_if_eq("backend", "pkcs11"))]
+    pkcs11_lib: Option<PathBuf>,
+    /// Token label (with --backend pkcs11).
+    #[arg(long, value_name = "LABEL", required_if_eq("backend", "pkcs11"))]
+    token: Option<String>,
+    /// File holding the token's user PIN, mode 0600 (with --backend pkcs11).
+    #[arg(long, value_name = "FILE", required_if_eq("backend", "pkcs11"))]
+    pin_file: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, PartialEq, clap::ValueEnum)]
+enum DevBackend {
+    Software,
+    Pkcs11,
+}
+
+impl BackendArgs {
+    fn apply(&self, config: &mut KeydConfig) -> &'static str {
+        match self.backend {
+            DevBackend::Software => "software",
+            DevBackend::Pkcs11 => {
+                config.backend.default = BackendKind::Pkcs11;
+                config.pkcs11 = Some(Pkcs11Config {
+                    library: self.pkcs11_lib.clone().unwrap_or_default(),
+                    token_label: self.token.clone(),
+                    slot: None,
+                    pin_file: self.pin_file.clone().unwrap_or_default(),
+                    sessions: 8,
+                });
+                "pkcs11"
+            }
+        }
+    }
+}
+
 /// Starts the suite under `dir` and runs it until SIGINT / SIGTERM.
-pub async fn run(dir: &Path, modules: &[String]) -> Result<(), String> {
+pub async fn run(dir: &Path, modules: &[String], backend: &BackendArgs) -> Result<(), String> {
     let dir = absolute(dir)?;
     edgeid_common::fs::ensure_dir(&dir, 0o700)
         .map_err(|e| format!("cannot use {}: {e}", dir.display()))?;
     let started = Instant::now();
 
     let keyd_socket = dir.join("keyd.sock");
-    let keyd_config = KeydConfig::with_dirs(
+    let mut keyd_config = KeydConfig::with_dirs(
         &dir.join("keyd"),
         &keyd_socket,
         &dir.join("secrets").join("keyd-master.key"),
     );
+    let backend_name = backend.apply(&mut keyd_config);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let keyd = tokio::spawn(edgeid_keyd::run(keyd_config, wait_for(stop_rx.clone())));
 
@@ -47,10 +92,13 @@ pub async fn run(dir: &Path, modules: &[String]) -> Result<(), String> {
         started.elapsed().as_millis()
     );
     println!(
-        "  keyd       {}   backends: software ({})",
+        "  keyd       {}   every key in: {backend_name} ({})",
         keyd_socket.display(),
         health.status
     );
+    for (name, state) in health.backends.iter().filter(|(_, s)| s.as_str() != "ok") {
+        println!("             {name}: {state}");
+    }
     println!("  certd      not built yet (issue 4)");
     println!("  identityd  not built yet (issue 5)");
     println!("  workload   not built yet (issue 6)");

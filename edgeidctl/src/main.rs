@@ -26,6 +26,8 @@ enum Command {
         /// Modules to declare besides `dev-module` (used once the workload API lands).
         #[arg(long = "module", value_name = "NAME")]
         modules: Vec<String>,
+        #[command(flatten)]
+        backend: dev::BackendArgs,
     },
 }
 
@@ -40,7 +42,11 @@ fn main() -> ExitCode {
         }
     };
     let result = match cli.command {
-        Command::Dev { dir, modules } => runtime.block_on(dev::run(&dir, &modules)),
+        Command::Dev {
+            dir,
+            modules,
+            backend,
+        } => runtime.block_on(dev::run(&dir, &modules, &backend)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -12,6 +12,11 @@
 //! [software]
 //! master_key_file = "/var/secrets/edgeid/keyd/master.key"
 //!
+//! # [pkcs11]
+//! # library = "/usr/lib/softhsm/libsofthsm2.so"
+//! # token_label = "edgeid"
+//! # pin_file = "/etc/edgeid/keyd.d/pkcs11.pin"
+//!
 //! [[principal]]
 //! name = "certd"
 //! uid = 991
@@ -24,6 +29,7 @@ use edgeid_common::authz::Grants;
 use edgeid_common::config::{ConfigError, ServerConfig};
 use serde::Deserialize;
 
+pub use crate::backend::pkcs11::Pkcs11Config;
 use crate::backend::BackendKind;
 
 /// Where keyd listens unless configured otherwise.
@@ -47,6 +53,9 @@ pub struct KeydConfig {
     /// The software store.
     #[serde(default)]
     pub software: SoftwareConfig,
+    /// The PKCS#11 store, required when a backend setting names `pkcs11`.
+    #[serde(default)]
+    pub pkcs11: Option<Pkcs11Config>,
     /// Who may use which keys (besides root and keyd's own uid).
     #[serde(default, rename = "principal")]
     pub principals: Vec<PrincipalConfig>,
@@ -129,6 +138,7 @@ impl KeydConfig {
             software: SoftwareConfig {
                 master_key_file: master_key_file.to_owned(),
             },
+            pkcs11: None,
             principals: Vec::new(),
         }
     }

@@ -9,6 +9,7 @@ use edgeid_common::encoding::Base64Bytes;
 use edgeid_common::server::Health;
 
 use crate::api::*;
+use crate::backend::pkcs11::Pkcs11Backend;
 use crate::backend::software::SoftwareBackend;
 use crate::backend::{BackendKind, KeyBackend, KeyKind};
 use crate::config::KeydConfig;
@@ -95,6 +96,14 @@ impl Keyd {
                     &config.state_dir,
                     &config.software.master_key_file,
                 )?),
+                BackendKind::Pkcs11 => {
+                    let pkcs11 = config.pkcs11.as_ref().ok_or_else(|| {
+                        Error::Setup(
+                            "the config names backend \"pkcs11\" but has no [pkcs11] table".into(),
+                        )
+                    })?;
+                    Arc::new(Pkcs11Backend::open(pkcs11)?)
+                }
             };
             open.insert(kind, store);
         }

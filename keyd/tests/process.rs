@@ -4,7 +4,7 @@
 use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use edgeid_keyd::api::{KeyPairSpec, SignAlgorithm};
@@ -24,42 +24,7 @@ fn write_config(dir: &Path, socket: &Path) -> PathBuf {
     config
 }
 
-async fn wait_for_health(client: &KeydClient, child: &mut Child) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if client.health().await.is_ok() {
-            return;
-        }
-        if let Some(status) = child.try_wait().unwrap() {
-            panic!("keyd exited early: {status}");
-        }
-        assert!(
-            Instant::now() < deadline,
-            "keyd did not answer health within 20 s"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-fn sigterm(child: &Child) {
-    // SAFETY: kill(2) on our own child's pid.
-    let rc = unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
-    assert_eq!(rc, 0);
-}
-
-async fn wait_exit(child: &mut Child) -> std::process::ExitStatus {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "keyd did not exit within 30 s of SIGTERM"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
+use edgeid_testkit::process::{sigterm, wait_exit, wait_for_health};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_finishes_in_flight_requests_then_exits_0() {

@@ -3,9 +3,16 @@
 //! - [`request_as`]: an HTTP request from another uid (needs root);
 //! - [`openssl`]: signatures checked by the `openssl` CLI, an implementation
 //!   independent of the one keyd signs with;
+//! - [`KeydProcess`]: the keyd binary as its own process (SIGTERM, restarts, PKCS#11);
+//! - [`SoftHsm`]: a private SoftHSMv2 token directory;
 //! - [`require_tool`]: a missing tool fails the test with the command that installs it.
 
 pub mod openssl;
+pub mod process;
+pub mod softhsm;
+
+pub use process::KeydProcess;
+pub use softhsm::SoftHsm;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};

@@ -2,12 +2,16 @@
 //! knows which one serves a key. Hardware stores do their blocking calls off
 //! the async reactor (a worker thread or `spawn_blocking`), inside the trait.
 
+pub mod pkcs11;
 pub mod software;
 
 use std::fmt;
 
 use async_trait::async_trait;
 use serde::Deserialize;
+
+use aws_lc_rs::{digest, hmac};
+use zeroize::Zeroizing;
 
 use crate::api::{KeyPairSpec, SignAlgorithm, SymmetricKeyType};
 use crate::error::Error;
@@ -20,12 +24,15 @@ use crate::key_id::KeyId;
 pub enum BackendKind {
     /// Encrypted files under a master key.
     Software,
+    /// A PKCS#11 token (HSM).
+    Pkcs11,
 }
 
 impl fmt::Display for BackendKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             Self::Software => "software",
+            Self::Pkcs11 => "pkcs11",
         })
     }
 }
@@ -135,8 +142,8 @@ pub trait KeyBackend: Send + Sync + 'static {
     /// The inverse of `encrypt`; altered ciphertext or aad is refused.
     async fn decrypt(&self, key: &KeyRef, ciphertext: &[u8], aad: &[u8]) -> Result<Vec<u8>, Error>;
 
-    /// Deletes the key; `kind_wanted` guards against deleting a pair via the
-    /// symmetric-key path and vice versa.
+    /// Deletes the key. `pair` says which API path asked (key pair or symmetric
+    /// key), so neither path deletes the other kind of key.
     async fn delete(&self, id: &KeyId, pair: bool) -> Result<(), Error>;
 
     /// `Ok` when the store is usable, else why not.
@@ -148,4 +155,64 @@ pub(crate) fn wrong_kind(id: &KeyId, kind: KeyKind, wanted: &str) -> Error {
     Error::BadRequest(format!(
         "key '{id}' is a {kind} key; this operation needs {wanted}"
     ))
+}
+
+/// Which algorithms each kind of key signs with.
+pub(crate) fn check_algorithm(
+    record: &KeyRecord,
+    algorithm: SignAlgorithm,
+    prehashed: bool,
+) -> Result<(), Error> {
+    use SignAlgorithm as A;
+    let fits = match record.kind {
+        KeyKind::Pair(KeyPairSpec::EcP256) => algorithm == A::EcdsaSha256,
+        KeyKind::Pair(KeyPairSpec::EcP384) => algorithm == A::EcdsaSha384,
+        KeyKind::Pair(KeyPairSpec::Ed25519) => algorithm == A::Ed25519,
+        KeyKind::Pair(_) => matches!(algorithm, A::RsaPkcs1Sha256 | A::RsaPssSha256),
+        KeyKind::Symmetric(SymmetricKeyType::HmacSha256) => algorithm == A::HmacSha256,
+        KeyKind::Symmetric(SymmetricKeyType::Aes256Gcm) => false,
+    };
+    if !fits {
+        return Err(Error::BadRequest(format!(
+            "key '{}' is a {} key and cannot sign with {algorithm}",
+            record.id, record.kind
+        )));
+    }
+    if prehashed && matches!(algorithm, A::Ed25519 | A::HmacSha256) {
+        return Err(Error::BadRequest(format!(
+            "{algorithm} signs whole messages; 'prehashed' is not allowed"
+        )));
+    }
+    Ok(())
+}
+
+pub(crate) fn bad_digest_len(alg: &'static digest::Algorithm) -> Error {
+    Error::BadRequest(format!(
+        "a prehashed digest for this algorithm must be {} bytes",
+        alg.output_len()
+    ))
+}
+
+/// Applies derivation inputs: each step is HMAC-SHA256(previous key, info).
+pub(crate) fn derive(base: &[u8], derivation: &[Vec<u8>]) -> Zeroizing<Vec<u8>> {
+    derivation
+        .iter()
+        .fold(Zeroizing::new(base.to_vec()), |key, info| {
+            let tag = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, &key), info);
+            Zeroizing::new(tag.as_ref().to_vec())
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn derivation_is_hmac_chain() {
+        let d = derive(b"base", &[b"a".to_vec(), b"b".to_vec()]);
+        let step1 = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, b"base"), b"a");
+        let step2 = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, step1.as_ref()), b"b");
+        assert_eq!(d.as_slice(), step2.as_ref());
+        assert_eq!(derive(b"base", &[]).as_slice(), b"base");
+    }
 }

@@ -21,7 +21,10 @@ use base64::Engine;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-use super::{wrong_kind, BackendKind, KeyBackend, KeyKind, KeyRecord, PublicKey};
+use super::{
+    bad_digest_len, check_algorithm, derive, wrong_kind, BackendKind, KeyBackend, KeyKind,
+    KeyRecord, PublicKey,
+};
 use crate::api::{KeyPairSpec, SignAlgorithm, SymmetricKeyType};
 use crate::error::Error;
 use crate::handle::KeyRef;
@@ -485,35 +488,6 @@ fn material_from(kind: KeyKind, secret: &[u8]) -> Result<Material, ()> {
     })
 }
 
-/// Which algorithms each kind of key signs with.
-fn check_algorithm(
-    record: &KeyRecord,
-    algorithm: SignAlgorithm,
-    prehashed: bool,
-) -> Result<(), Error> {
-    use SignAlgorithm as A;
-    let fits = match record.kind {
-        KeyKind::Pair(KeyPairSpec::EcP256) => algorithm == A::EcdsaSha256,
-        KeyKind::Pair(KeyPairSpec::EcP384) => algorithm == A::EcdsaSha384,
-        KeyKind::Pair(KeyPairSpec::Ed25519) => algorithm == A::Ed25519,
-        KeyKind::Pair(_) => matches!(algorithm, A::RsaPkcs1Sha256 | A::RsaPssSha256),
-        KeyKind::Symmetric(SymmetricKeyType::HmacSha256) => algorithm == A::HmacSha256,
-        KeyKind::Symmetric(SymmetricKeyType::Aes256Gcm) => false,
-    };
-    if !fits {
-        return Err(Error::BadRequest(format!(
-            "key '{}' is a {} key and cannot sign with {algorithm}",
-            record.id, record.kind
-        )));
-    }
-    if prehashed && matches!(algorithm, A::Ed25519 | A::HmacSha256) {
-        return Err(Error::BadRequest(format!(
-            "{algorithm} signs whole messages; 'prehashed' is not allowed"
-        )));
-    }
-    Ok(())
-}
-
 fn rsa_sign(
     key: &LoadedKey,
     algorithm: SignAlgorithm,
@@ -538,23 +512,6 @@ fn rsa_sign(
     };
     result.map_err(|_| Error::Internal(format!("RSA signing with '{}' failed", key.record.id)))?;
     Ok(sig)
-}
-
-fn bad_digest_len(alg: &'static digest::Algorithm) -> Error {
-    Error::BadRequest(format!(
-        "a prehashed digest for this algorithm must be {} bytes",
-        alg.output_len()
-    ))
-}
-
-/// Applies derivation inputs: each step is HMAC-SHA256(previous key, info).
-fn derive(base: &[u8], derivation: &[Vec<u8>]) -> Zeroizing<Vec<u8>> {
-    derivation
-        .iter()
-        .fold(Zeroizing::new(base.to_vec()), |key, info| {
-            let tag = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, &key), info);
-            Zeroizing::new(tag.as_ref().to_vec())
-        })
 }
 
 fn check_import(key_type: SymmetricKeyType, bytes: &[u8]) -> Result<(), Error> {
@@ -659,15 +616,6 @@ fn load_or_create_master(path: &Path, rng: &SystemRandom) -> Result<Zeroizing<Ve
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn derivation_is_hmac_chain() {
-        let d = derive(b"base", &[b"a".to_vec(), b"b".to_vec()]);
-        let step1 = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, b"base"), b"a");
-        let step2 = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, step1.as_ref()), b"b");
-        assert_eq!(d.as_slice(), step2.as_ref());
-        assert_eq!(derive(b"base", &[]).as_slice(), b"base");
-    }
 
     #[test]
     fn seal_open_round_trip_and_tamper() {

@@ -1,0 +1,310 @@
+//! keyd on a PKCS#11 token (SoftHSMv2, started fresh by each test), through its
+//! API, each result checked by a second party: openssl for signatures, RFC 4231
+//! for HMAC, OpenSC's pkcs11-tool for what is on the token.
+
+use edgeid_common::client::ClientError;
+use edgeid_keyd::api::{KeyPairSpec, SignAlgorithm, SymmetricKeyType};
+use edgeid_testkit::openssl::{self, Scheme};
+use edgeid_testkit::{KeydProcess, SoftHsm};
+use http::StatusCode;
+use sha2::{Digest, Sha256, Sha384};
+
+const BIN: &str = env!("CARGO_BIN_EXE_edgeid-keyd");
+
+fn status(err: ClientError) -> StatusCode {
+    err.status()
+        .unwrap_or_else(|| panic!("expected an HTTP error status, got: {err}"))
+}
+
+/// keyd with every key on the token `label`.
+async fn keyd_on_token(hsm: &SoftHsm, label: &str) -> (tempfile::TempDir, KeydProcess) {
+    let dir = edgeid_testkit::temp_dir();
+    let extra = format!("[backend]\ndefault = \"pkcs11\"\n{}", hsm.keyd_table(label));
+    let keyd = KeydProcess::start(std::path::Path::new(BIN), dir.path(), &extra, hsm.env()).await;
+    (dir, keyd)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_spec_on_the_token_signs_verifiably_and_survives_restart() {
+    let hsm = SoftHsm::new();
+    hsm.init_token("edge");
+    let (_dir, mut keyd) = keyd_on_token(&hsm, "edge").await;
+    let client = keyd.client();
+    let message = b"signed inside the HSM".to_vec();
+    let cases = [
+        (
+            KeyPairSpec::EcP256,
+            SignAlgorithm::EcdsaSha256,
+            Scheme::EcdsaSha256,
+        ),
+        (
+            KeyPairSpec::EcP384,
+            SignAlgorithm::EcdsaSha384,
+            Scheme::EcdsaSha384,
+        ),
+        (
+            KeyPairSpec::Rsa2048,
+            SignAlgorithm::RsaPkcs1Sha256,
+            Scheme::RsaPkcs1Sha256,
+        ),
+        (
+            KeyPairSpec::Rsa3072,
+            SignAlgorithm::RsaPssSha256,
+            Scheme::RsaPssSha256,
+        ),
+        (
+            KeyPairSpec::Rsa4096,
+            SignAlgorithm::RsaPkcs1Sha256,
+            Scheme::RsaPkcs1Sha256,
+        ),
+    ];
+    let mut made = Vec::new();
+    for (spec, algorithm, scheme) in cases {
+        let id = format!("hsm/{spec}");
+        let handle = client.create_key_pair(&id, spec).await.unwrap();
+        let public = client.public_key(&handle).await.unwrap();
+        let sig = client
+            .sign(&handle, algorithm, &message, false)
+            .await
+            .unwrap();
+        assert!(
+            openssl::verify(scheme, &public.pem, &message, &sig),
+            "{spec}: openssl rejects"
+        );
+        let digest = match scheme {
+            Scheme::EcdsaSha384 => Sha384::digest(&message).to_vec(),
+            _ => Sha256::digest(&message).to_vec(),
+        };
+        let sig = client
+            .sign(&handle, algorithm, &digest, true)
+            .await
+            .unwrap();
+        assert!(
+            openssl::verify(scheme, &public.pem, &message, &sig),
+            "{spec} prehashed: openssl rejects"
+        );
+        made.push((id, spec, algorithm, scheme, handle, public.pem));
+    }
+    let err = client
+        .create_key_pair("hsm/ed", KeyPairSpec::Ed25519)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        status(err),
+        StatusCode::BAD_REQUEST,
+        "ed25519 is software only"
+    );
+
+    // HMAC on the token: RFC 4231 test case 6 (SoftHSM refuses keys under 32
+    // bytes, as test case 2's "Jefe" shows: a clear 400), and derivation.
+    let err = client
+        .create_key("hsm/short", SymmetricKeyType::HmacSha256, Some(b"Jefe"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.status(), Some(StatusCode::BAD_REQUEST), "{err}");
+    assert!(err.to_string().contains("4 were given"), "{err}");
+    let mac = client
+        .create_key("hsm/mac", SymmetricKeyType::HmacSha256, Some(&[0xaa; 131]))
+        .await
+        .unwrap();
+    let data = b"Test Using Larger Than Block-Size Key - Hash Key First";
+    let tag = client
+        .sign(&mac, SignAlgorithm::HmacSha256, data, false)
+        .await
+        .unwrap();
+    assert_eq!(
+        hex::encode(&tag),
+        "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54"
+    );
+    let derived = client.derive(&mac, b"module-a").await.unwrap();
+    let d1 = client
+        .sign(&derived, SignAlgorithm::HmacSha256, b"x", false)
+        .await
+        .unwrap();
+    let other = client.derive(&mac, b"module-b").await.unwrap();
+    assert_ne!(
+        d1,
+        client
+            .sign(&other, SignAlgorithm::HmacSha256, b"x", false)
+            .await
+            .unwrap()
+    );
+
+    // AES-GCM on the token.
+    let aes = client
+        .create_key("hsm/aes", SymmetricKeyType::Aes256Gcm, None)
+        .await
+        .unwrap();
+    let sealed = client
+        .encrypt(&aes, b"in the token", Some(b"aad"))
+        .await
+        .unwrap();
+    assert_eq!(
+        client.decrypt(&aes, &sealed, Some(b"aad")).await.unwrap(),
+        b"in the token"
+    );
+    let mut tampered = sealed.clone();
+    tampered[20] ^= 1;
+    assert_eq!(
+        status(
+            client
+                .decrypt(&aes, &tampered, Some(b"aad"))
+                .await
+                .unwrap_err()
+        ),
+        StatusCode::BAD_REQUEST
+    );
+
+    // The token, seen by an independent client: keys by label, not extractable.
+    let listing = hsm.list_objects("edge");
+    for (id, ..) in &made {
+        assert!(
+            listing.contains(&format!("label:      {id}")),
+            "{id} not on the token:\n{listing}"
+        );
+    }
+    // Generated keys (five pairs, the AES key) are never extractable; the
+    // imported HMAC key is sensitive (it existed outside the token, so PKCS#11
+    // cannot call it "never extractable"); no object may be extractable.
+    assert_eq!(
+        listing.matches("never extractable").count(),
+        made.len() + 1,
+        "{listing}"
+    );
+    for access in listing
+        .lines()
+        .filter(|l| l.trim_start().starts_with("Access:"))
+    {
+        let extractable = access.replace("never extractable", "");
+        assert!(
+            !extractable.contains("extractable"),
+            "an extractable key on the token: {access}"
+        );
+    }
+
+    // Restart: found again by label, same public keys, old handles still good.
+    keyd.restart().await;
+    let client = keyd.client();
+    for (id, spec, algorithm, scheme, old, pem) in &made {
+        let handle = client.key_pair(id).await.unwrap();
+        assert_eq!(&client.public_key(&handle).await.unwrap().pem, pem, "{id}");
+        assert_eq!(&client.create_key_pair(id, *spec).await.unwrap(), &handle);
+        let sig = client.sign(old, *algorithm, &message, false).await.unwrap();
+        assert!(
+            openssl::verify(*scheme, pem, &message, &sig),
+            "{id} after restart"
+        );
+    }
+    assert_eq!(
+        client
+            .sign(&derived, SignAlgorithm::HmacSha256, b"x", false)
+            .await
+            .unwrap(),
+        d1
+    );
+    assert_eq!(
+        client.decrypt(&aes, &sealed, Some(b"aad")).await.unwrap(),
+        b"in the token"
+    );
+
+    // Delete removes it from the token.
+    client.delete_key_pair("hsm/ec-p256").await.unwrap();
+    assert!(!hsm
+        .list_objects("edge")
+        .contains("label:      hsm/ec-p256\n"));
+    assert_eq!(
+        status(client.key_pair("hsm/ec-p256").await.unwrap_err()),
+        StatusCode::NOT_FOUND
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_signs_on_the_token_all_verify() {
+    let hsm = SoftHsm::new();
+    hsm.init_token("edge");
+    let (_dir, keyd) = keyd_on_token(&hsm, "edge").await;
+    let client = keyd.client();
+    let handle = client
+        .create_key_pair("busy", KeyPairSpec::EcP256)
+        .await
+        .unwrap();
+    let pem = client.public_key(&handle).await.unwrap().pem;
+    let tasks: Vec<_> = (0..32)
+        .map(|i| {
+            let (client, handle) = (client.clone(), handle.clone());
+            tokio::spawn(async move {
+                let msg = format!("message {i}").into_bytes();
+                let sig = client
+                    .sign(&handle, SignAlgorithm::EcdsaSha256, &msg, false)
+                    .await
+                    .unwrap();
+                (msg, sig)
+            })
+        })
+        .collect();
+    for t in tasks {
+        let (msg, sig) = t.await.unwrap();
+        assert!(openssl::verify(Scheme::EcdsaSha256, &pem, &msg, &sig));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_token_is_503_until_it_appears() {
+    let hsm = SoftHsm::new();
+    let (_dir, keyd) = keyd_on_token(&hsm, "late").await;
+    let client = keyd.client();
+    let err = client
+        .create_key_pair("device-id", KeyPairSpec::EcP256)
+        .await
+        .unwrap_err();
+    assert_eq!(err.status(), Some(StatusCode::SERVICE_UNAVAILABLE), "{err}");
+    assert!(
+        err.to_string().contains("token 'late' not found")
+            && err.to_string().contains("pkcs11.token_label"),
+        "{err}"
+    );
+    let health = client.health().await.unwrap();
+    assert_eq!(health.status, "degraded");
+
+    // The token appears: keyd picks it up without a restart.
+    hsm.init_token("late");
+    let handle = client
+        .create_key_pair("device-id", KeyPairSpec::EcP256)
+        .await
+        .unwrap();
+    let pem = client.public_key(&handle).await.unwrap().pem;
+    let sig = client
+        .sign(&handle, SignAlgorithm::EcdsaSha256, b"back", false)
+        .await
+        .unwrap();
+    assert!(openssl::verify(Scheme::EcdsaSha256, &pem, b"back", &sig));
+    assert_eq!(client.health().await.unwrap().status, "ok");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_key_backend_choice() {
+    let hsm = SoftHsm::new();
+    hsm.init_token("edge");
+    let dir = edgeid_testkit::temp_dir();
+    let extra = format!(
+        "[backend]\ndefault = \"software\"\n[[backend.override]]\nkeys = [\"device-*\"]\nbackend = \"pkcs11\"\n{}",
+        hsm.keyd_table("edge")
+    );
+    let keyd = KeydProcess::start(std::path::Path::new(BIN), dir.path(), &extra, hsm.env()).await;
+    let client = keyd.client();
+    client
+        .create_key_pair("device-id", KeyPairSpec::EcP256)
+        .await
+        .unwrap();
+    client
+        .create_key_pair("module/a", KeyPairSpec::Ed25519)
+        .await
+        .unwrap();
+    let listing = hsm.list_objects("edge");
+    assert!(listing.contains("device-id"), "{listing}");
+    assert!(!listing.contains("module/a"), "{listing}");
+    let files = std::fs::read_dir(dir.path().join("state/keys"))
+        .unwrap()
+        .count();
+    assert_eq!(files, 1, "only module/a in the software store");
+}
