@@ -1,9 +1,13 @@
-//! `edgeid-bench keyd`: sign requests through keyd's socket from N concurrent
-//! connections, next to the same operation done in-process with the same crypto
-//! crate, so the cost of the daemon boundary is visible.
+//! `edgeid-bench keyd|pkcs11`: sign requests through keyd's socket from N
+//! concurrent connections, next to the same operation done in-process with the
+//! same library, so the cost of the daemon boundary is visible.
+//!
+//! - `keyd`: the software store, against aws-lc-rs in-process.
+//! - `pkcs11`: a fresh SoftHSMv2 token (needs `softhsm2-util`), against raw
+//!   cryptoki calls on the same token, one logged-in session per thread.
 //!
 //! Without `--socket`, it starts `edgeid-keyd` (from the same build directory)
-//! on a temp dir as a separate process, and also reports keyd's idle RSS.
+//! on a temp dir as a separate process, and also reports keyd's RSS.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -40,9 +44,12 @@ struct Args {
     ops: Vec<Op>,
 }
 
-#[derive(Clone, Copy, ValueEnum)]
+#[derive(Clone, Copy, PartialEq, ValueEnum)]
 enum Target {
+    /// keyd on its software store.
     Keyd,
+    /// keyd on a SoftHSMv2 token.
+    Pkcs11,
 }
 
 #[derive(Clone, Copy, PartialEq, ValueEnum)]
@@ -71,24 +78,27 @@ struct Measured {
 
 fn main() -> Result<(), String> {
     let args = Args::parse();
-    let Target::Keyd = args.target;
+    let dir = tempfile::Builder::new()
+        .prefix("edgeid-bench-")
+        .tempdir_in("/tmp")
+        .map_err(|e| e.to_string())?;
+    // The token must exist, and SOFTHSM2_CONF be set, before any thread starts.
+    let token = match args.target {
+        Target::Pkcs11 => Some(SoftHsmToken::create(dir.path())?),
+        Target::Keyd => None,
+    };
     let runtime = edgeid_common::runtime::build().map_err(|e| e.to_string())?;
-    runtime.block_on(bench_keyd(&args))
+    runtime.block_on(bench_keyd(&args, dir.path(), token.as_ref()))
 }
 
-async fn bench_keyd(args: &Args) -> Result<(), String> {
-    let _dir;
+async fn bench_keyd(args: &Args, dir: &Path, token: Option<&SoftHsmToken>) -> Result<(), String> {
     let mut child = None;
     let socket = match &args.socket {
         Some(s) => s.clone(),
         None => {
-            let dir = tempfile::Builder::new()
-                .prefix("edgeid-bench-")
-                .tempdir_in("/tmp")
-                .map_err(|e| e.to_string())?;
-            let socket = dir.path().join("keyd.sock");
-            child = Some(KeydProcess::start(dir.path(), &socket)?);
-            _dir = dir;
+            let socket = dir.join("keyd.sock");
+            let extra = token.map(SoftHsmToken::keyd_config).unwrap_or_default();
+            child = Some(KeydProcess::start(dir, &socket, &extra)?);
             socket
         }
     };
@@ -111,8 +121,15 @@ async fn bench_keyd(args: &Args) -> Result<(), String> {
         .await
         .map_err(|e| e.to_string())?;
     let message = [7u8; 32];
+    let baseline = match token {
+        Some(t) => {
+            println!("every key on a SoftHSMv2 token ({})", t.library.display());
+            "raw cryptoki on the same token"
+        }
+        None => "aws-lc-rs in this process",
+    };
     println!(
-        "{} s per run; through = over keyd's socket, in-process = aws-lc-rs in this process",
+        "{} s per run; through = over keyd's socket, in-process = {baseline}",
         args.seconds
     );
     println!("| operation | concurrency | through keyd req/s | p50 | p99 | in-process ops/s | p50 | p99 | ratio |");
@@ -131,7 +148,10 @@ async fn bench_keyd(args: &Args) -> Result<(), String> {
         for &n in &args.concurrency {
             let through =
                 through_socket(&socket, Bytes::from(body.clone()), n, args.seconds).await?;
-            let local = in_process(*op, n, args.seconds);
+            let local = match token {
+                Some(t) => t.in_process(*op, n, args.seconds)?,
+                None => in_process(*op, n, args.seconds),
+            };
             println!(
                 "| {op} | {n} | {:.0} | {:.0} µs | {:.0} µs | {:.0} | {:.1} µs | {:.1} µs | {:.2} |",
                 through.rate,
@@ -280,7 +300,7 @@ struct KeydProcess {
 }
 
 impl KeydProcess {
-    fn start(dir: &Path, socket: &Path) -> Result<Self, String> {
+    fn start(dir: &Path, socket: &Path, extra_config: &str) -> Result<Self, String> {
         let exe = std::env::current_exe().map_err(|e| e.to_string())?;
         let keyd = exe.with_file_name("edgeid-keyd");
         if !keyd.exists() {
@@ -291,7 +311,7 @@ impl KeydProcess {
         }
         let config = dir.join("keyd.toml");
         let text = format!(
-            "state_dir = \"{}\"\n[server]\nsocket = \"{}\"\n[software]\nmaster_key_file = \"{}\"\n",
+            "state_dir = \"{}\"\n{extra_config}\n[server]\nsocket = \"{}\"\n[software]\nmaster_key_file = \"{}\"\n",
             dir.join("state").display(),
             socket.display(),
             dir.join("master.key").display()
@@ -318,5 +338,179 @@ impl Drop for KeydProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// A SoftHSMv2 token created for the benchmark, and raw cryptoki access to it.
+struct SoftHsmToken {
+    library: PathBuf,
+    pin_file: PathBuf,
+}
+
+const BENCH_TOKEN: &str = "edgeid-bench";
+const BENCH_PIN: &str = "1234";
+
+impl SoftHsmToken {
+    fn create(dir: &Path) -> Result<Self, String> {
+        let library = [
+            "/usr/lib/softhsm/libsofthsm2.so",
+            "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so",
+        ]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+        .ok_or("libsofthsm2.so not found: sudo apt-get install -y softhsm2")?;
+        let tokens = dir.join("tokens");
+        std::fs::create_dir_all(&tokens).map_err(|e| e.to_string())?;
+        let conf = dir.join("softhsm2.conf");
+        let text = format!(
+            "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
+            tokens.display()
+        );
+        std::fs::write(&conf, text).map_err(|e| e.to_string())?;
+        // Set before any other thread exists; keyd inherits it.
+        std::env::set_var("SOFTHSM2_CONF", &conf);
+        let status = Command::new("softhsm2-util")
+            .args([
+                "--init-token",
+                "--free",
+                "--label",
+                BENCH_TOKEN,
+                "--pin",
+                BENCH_PIN,
+                "--so-pin",
+                "5678",
+            ])
+            .stdout(Stdio::null())
+            .status()
+            .map_err(|e| format!("softhsm2-util: {e} (sudo apt-get install -y softhsm2)"))?;
+        if !status.success() {
+            return Err("softhsm2-util --init-token failed".into());
+        }
+        let pin_file = dir.join("pin");
+        std::fs::write(&pin_file, BENCH_PIN).map_err(|e| e.to_string())?;
+        std::fs::set_permissions(
+            &pin_file,
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )
+        .map_err(|e| e.to_string())?;
+        Ok(Self { library, pin_file })
+    }
+
+    fn keyd_config(&self) -> String {
+        format!(
+            "[backend]\ndefault = \"pkcs11\"\n[pkcs11]\nlibrary = \"{}\"\ntoken_label = \"{BENCH_TOKEN}\"\npin_file = \"{}\"\n",
+            self.library.display(),
+            self.pin_file.display()
+        )
+    }
+
+    /// `n` threads, each with its own logged-in session, doing what keyd does
+    /// per request: hash with aws-lc, sign the digest with CKM_ECDSA (or HMAC
+    /// with CKM_SHA256_HMAC), on a key made as keyd makes its keys (a token
+    /// object, sensitive, not extractable) on the same token.
+    fn in_process(&self, op: Op, n: usize, seconds: u64) -> Result<Measured, String> {
+        use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+        use cryptoki::mechanism::Mechanism;
+        use cryptoki::object::Attribute;
+        use cryptoki::session::UserType;
+        use cryptoki::types::AuthPin;
+
+        let err = |e: cryptoki::error::Error| e.to_string();
+        let ctx = Pkcs11::new(&self.library).map_err(err)?;
+        match ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
+            Ok(())
+            | Err(cryptoki::error::Error::Pkcs11(
+                cryptoki::error::RvError::CryptokiAlreadyInitialized,
+                _,
+            )) => {}
+            Err(e) => return Err(e.to_string()),
+        }
+        let slot = ctx
+            .get_slots_with_initialized_token()
+            .map_err(err)?
+            .into_iter()
+            .find(|s| {
+                ctx.get_token_info(*s)
+                    .is_ok_and(|i| i.label().trim_end() == BENCH_TOKEN)
+            })
+            .ok_or("bench token not found")?;
+        let session = ctx.open_rw_session(slot).map_err(err)?;
+        match session.login(UserType::User, Some(&AuthPin::from(BENCH_PIN.to_owned()))) {
+            Ok(())
+            | Err(cryptoki::error::Error::Pkcs11(
+                cryptoki::error::RvError::UserAlreadyLoggedIn,
+                _,
+            )) => {}
+            Err(e) => return Err(e.to_string()),
+        }
+        let label = Attribute::Label(b"raw-bench".to_vec());
+        let key = match op {
+            Op::Ecdsa => {
+                let p256_oid = vec![0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
+                let public = [
+                    Attribute::Token(false),
+                    Attribute::EcParams(p256_oid),
+                    label.clone(),
+                ];
+                let private = [
+                    Attribute::Token(true),
+                    Attribute::Private(true),
+                    Attribute::Sign(true),
+                    Attribute::Sensitive(true),
+                    Attribute::Extractable(false),
+                    label,
+                ];
+                session
+                    .generate_key_pair(&Mechanism::EccKeyPairGen, &public, &private)
+                    .map_err(err)?
+                    .1
+            }
+            Op::Hmac => {
+                let template = [
+                    Attribute::Token(true),
+                    Attribute::Private(true),
+                    Attribute::Sign(true),
+                    Attribute::Sensitive(true),
+                    Attribute::Extractable(false),
+                    Attribute::ValueLen(32u64.into()),
+                    label,
+                ];
+                session
+                    .generate_key(&Mechanism::GenericSecretKeyGen, &template)
+                    .map_err(err)?
+            }
+        };
+        let deadline = Instant::now() + Duration::from_secs(seconds);
+        let threads: Vec<_> = (0..n)
+            .map(|_| {
+                let ctx = ctx.clone();
+                std::thread::spawn(move || -> Result<Vec<Duration>, String> {
+                    let session = ctx.open_rw_session(slot).map_err(|e| e.to_string())?;
+                    let message = [7u8; 32];
+                    let mut latencies = Vec::with_capacity(100_000);
+                    while Instant::now() < deadline {
+                        let started = Instant::now();
+                        let result = match op {
+                            Op::Ecdsa => {
+                                let digest =
+                                    aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &message);
+                                session.sign(&Mechanism::Ecdsa, key, digest.as_ref())
+                            }
+                            Op::Hmac => session.sign(&Mechanism::Sha256Hmac, key, &message),
+                        };
+                        std::hint::black_box(result.map_err(|e| e.to_string())?);
+                        latencies.push(started.elapsed());
+                    }
+                    Ok(latencies)
+                })
+            })
+            .collect();
+        let mut all = Vec::new();
+        for t in threads {
+            all.extend(t.join().map_err(|_| "bench thread panicked".to_owned())??);
+        }
+        drop(session);
+        Ok(summarize(all, seconds))
     }
 }
