@@ -2,6 +2,7 @@
 //! knows which one serves a key. Hardware stores do their blocking calls off
 //! the async reactor (a worker thread or `spawn_blocking`), inside the trait.
 
+pub(crate) mod encoding;
 pub mod pkcs11;
 pub mod software;
 
@@ -148,6 +149,27 @@ pub trait KeyBackend: Send + Sync + 'static {
 
     /// `Ok` when the store is usable, else why not.
     async fn health(&self) -> Result<(), String>;
+}
+
+/// How a call into a hardware store failed: the device is gone (the store
+/// reopens it and retries once), or the request itself was refused.
+pub(crate) enum Failure {
+    /// The device or library stopped answering; the text says how.
+    Device(String),
+    /// The device answered and refused, or keyd refused; answered as it is.
+    Request(Error),
+}
+
+impl Failure {
+    pub(crate) fn internal(what: &str) -> Self {
+        Failure::Request(Error::Internal(what.to_owned()))
+    }
+}
+
+impl From<Error> for Failure {
+    fn from(e: Error) -> Self {
+        Failure::Request(e)
+    }
 }
 
 /// The error for a key of the wrong kind for an operation.

@@ -25,14 +25,14 @@ use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHan
 use cryptoki::session::{Session, UserType};
 use cryptoki::slot::Slot;
 use cryptoki::types::AuthPin;
-use p256::elliptic_curve::sec1::ToEncodedPoint;
-use p256::pkcs8::der::{Decode, Encode};
-use p256::pkcs8::{AssociatedOid, EncodePublicKey};
+use p256::pkcs8::der::Encode;
+use p256::pkcs8::AssociatedOid;
 use serde::Deserialize;
 use tokio::sync::Semaphore;
 use zeroize::Zeroizing;
 
-use super::{wrong_kind, BackendKind, KeyBackend, KeyKind, KeyRecord, PublicKey};
+use super::encoding::{ec_spki, ecdsa_der, rsa_spki};
+use super::{wrong_kind, BackendKind, Failure, KeyBackend, KeyKind, KeyRecord, PublicKey};
 use crate::api::{KeyPairSpec, SignAlgorithm, SymmetricKeyType};
 use crate::error::Error;
 use crate::handle::KeyRef;
@@ -455,7 +455,7 @@ impl KeyBackend for Pkcs11Backend {
                     let raw = session
                         .sign(&Mechanism::Ecdsa, object.key, &digest_of(alg)?)
                         .map_err(Failure::from)?;
-                    ecdsa_der(object.record.kind, &raw)
+                    Ok(ecdsa_der(object.record.kind, &raw)?)
                 }
                 SignAlgorithm::RsaPkcs1Sha256 => {
                     let mut info = SHA256_DIGEST_INFO.to_vec();
@@ -620,11 +620,12 @@ impl Shared {
             let token = self.token()?;
             let session = match token.take_session() {
                 Ok(s) => s,
-                Err(e) => {
+                Err(Failure::Device(e)) => {
                     self.reset(&token);
                     last = Some(e);
                     continue;
                 }
+                Err(Failure::Request(e)) => return Err(e),
             };
             match op(&token, &session) {
                 Ok(v) => {
@@ -644,7 +645,7 @@ impl Shared {
         }
         Err(Error::Unavailable {
             backend: "pkcs11",
-            reason: last.map_or_else(|| "token unavailable".into(), |e| e.to_string()),
+            reason: last.unwrap_or_else(|| "token unavailable".into()),
         })
     }
 
@@ -747,7 +748,7 @@ impl Shared {
 }
 
 impl Token {
-    fn take_session(&self) -> Result<Session, CkError> {
+    fn take_session(&self) -> Result<Session, Failure> {
         if let Some(s) = self
             .sessions
             .lock()
@@ -757,7 +758,9 @@ impl Token {
             return Ok(s);
         }
         // Login is per token: a new session of a logged-in application is logged in.
-        self.ctx.open_rw_session(self.slot)
+        self.ctx
+            .open_rw_session(self.slot)
+            .map_err(|e| Failure::Device(e.to_string()))
     }
 
     fn give_back(&self, session: Session) {
@@ -788,19 +791,6 @@ impl Token {
     }
 }
 
-/// How a token call failed: the device is gone (reset and retry), or the
-/// request itself was refused.
-enum Failure {
-    Device(CkError),
-    Request(Error),
-}
-
-impl Failure {
-    fn internal(what: &str) -> Self {
-        Failure::Request(Error::Internal(what.to_owned()))
-    }
-}
-
 impl From<CkError> for Failure {
     fn from(e: CkError) -> Self {
         match &e {
@@ -814,7 +804,7 @@ impl From<CkError> for Failure {
                 | RvError::UserNotLoggedIn
                 | RvError::CryptokiNotInitialized,
                 _,
-            ) => Failure::Device(e),
+            ) => Failure::Device(e.to_string()),
             CkError::Pkcs11(RvError::EncryptedDataInvalid | RvError::EncryptedDataLenRange, _) => {
                 Failure::Request(Error::BadRequest(e.to_string()))
             }
@@ -912,61 +902,5 @@ fn object_kind(session: &Session, key: ObjectHandle, id: &KeyId) -> Result<KeyKi
         Some(t) if t == KeyType::GENERIC_SECRET => KeyKind::Symmetric(SymmetricKeyType::HmacSha256),
         Some(t) if t == KeyType::AES => KeyKind::Symmetric(SymmetricKeyType::Aes256Gcm),
         _ => return Err(unknown()),
-    })
-}
-
-/// SubjectPublicKeyInfo for an EC point as the token returns it (a DER OCTET
-/// STRING around the SEC1 point, or the bare point from some tokens).
-fn ec_spki(spec: KeyPairSpec, point: &[u8]) -> Result<Vec<u8>, Failure> {
-    let sec1 = match p256::pkcs8::der::asn1::OctetString::from_der(point) {
-        Ok(inner) => inner.as_bytes().to_vec(),
-        Err(_) => point.to_vec(),
-    };
-    let bad = |_| Failure::internal("the token returned an EC point keyd cannot parse");
-    let doc = if spec == KeyPairSpec::EcP256 {
-        let key = p256::PublicKey::from_sec1_bytes(&sec1).map_err(bad)?;
-        // Uncompressed, as the software store exports it.
-        let key = p256::PublicKey::from_sec1_bytes(key.to_encoded_point(false).as_bytes())
-            .map_err(bad)?;
-        key.to_public_key_der()
-    } else {
-        p384::PublicKey::from_sec1_bytes(&sec1)
-            .map_err(bad)?
-            .to_public_key_der()
-    };
-    doc.map(|d| d.as_bytes().to_vec())
-        .map_err(|_| Failure::internal("cannot encode the EC public key"))
-}
-
-/// SubjectPublicKeyInfo (rsaEncryption) for a modulus and exponent.
-fn rsa_spki(n: &[u8], e: &[u8]) -> Result<Vec<u8>, Failure> {
-    let bad = || Failure::internal("cannot encode the RSA public key");
-    let key = pkcs1::RsaPublicKey {
-        modulus: pkcs1::UintRef::new(n).map_err(|_| bad())?,
-        public_exponent: pkcs1::UintRef::new(e).map_err(|_| bad())?,
-    };
-    let pkcs1_der = key.to_der().map_err(|_| bad())?;
-    let spki = spki::SubjectPublicKeyInfoRef {
-        algorithm: pkcs1::ALGORITHM_ID,
-        subject_public_key: spki::der::asn1::BitStringRef::from_bytes(&pkcs1_der)
-            .map_err(|_| bad())?,
-    };
-    spki.to_der().map_err(|_| bad())
-}
-
-/// ECDSA signature as DER, from the token's raw `r || s`.
-fn ecdsa_der(kind: KeyKind, raw: &[u8]) -> Result<Vec<u8>, Failure> {
-    let bad = |_| Failure::internal("the token returned an ECDSA signature of the wrong size");
-    Ok(match kind {
-        KeyKind::Pair(KeyPairSpec::EcP256) => p256::ecdsa::Signature::from_slice(raw)
-            .map_err(bad)?
-            .to_der()
-            .as_bytes()
-            .to_vec(),
-        _ => p384::ecdsa::Signature::from_slice(raw)
-            .map_err(bad)?
-            .to_der()
-            .as_bytes()
-            .to_vec(),
     })
 }
