@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use edgeid_keyd::backend::BackendKind;
-use edgeid_keyd::config::Pkcs11Config;
+use edgeid_keyd::config::{Pkcs11Config, TpmConfig};
 use edgeid_keyd::{KeydClient, KeydConfig};
 
 /// Where dev mode keeps every key.
@@ -23,12 +23,17 @@ pub struct BackendArgs {
     /// File holding the token's user PIN, mode 0600 (with --backend pkcs11).
     #[arg(long, value_name = "FILE", required_if_eq("backend", "pkcs11"))]
     pin_file: Option<PathBuf>,
+    /// How to reach the TPM (with --backend tpm), e.g. device:/dev/tpmrm0 or
+    /// swtpm:host=127.0.0.1,port=2321.
+    #[arg(long, value_name = "TCTI", required_if_eq("backend", "tpm"))]
+    tcti: Option<String>,
 }
 
 #[derive(Clone, Copy, PartialEq, clap::ValueEnum)]
 enum DevBackend {
     Software,
     Pkcs11,
+    Tpm,
 }
 
 impl BackendArgs {
@@ -45,6 +50,16 @@ impl BackendArgs {
                     sessions: 8,
                 });
                 "pkcs11"
+            }
+            DevBackend::Tpm => {
+                config.backend.default = BackendKind::Tpm;
+                config.tpm = Some(TpmConfig {
+                    tcti: self.tcti.clone().unwrap_or_default(),
+                    primary_handle: 0x8100_0001,
+                    owner_auth_file: None,
+                    loaded_keys: 2,
+                });
+                "tpm"
             }
         }
     }

@@ -30,6 +30,7 @@ use edgeid_common::config::{ConfigError, ServerConfig};
 use serde::Deserialize;
 
 pub use crate::backend::pkcs11::Pkcs11Config;
+pub use crate::backend::tpm::TpmConfig;
 use crate::backend::BackendKind;
 
 /// Where keyd listens unless configured otherwise.
@@ -56,6 +57,9 @@ pub struct KeydConfig {
     /// The PKCS#11 store, required when a backend setting names `pkcs11`.
     #[serde(default)]
     pub pkcs11: Option<Pkcs11Config>,
+    /// The TPM store, required when a backend setting names `tpm`.
+    #[serde(default)]
+    pub tpm: Option<TpmConfig>,
     /// Who may use which keys (besides root and keyd's own uid).
     #[serde(default, rename = "principal")]
     pub principals: Vec<PrincipalConfig>,
@@ -139,6 +143,7 @@ impl KeydConfig {
                 master_key_file: master_key_file.to_owned(),
             },
             pkcs11: None,
+            tpm: None,
             principals: Vec::new(),
         }
     }

@@ -11,6 +11,7 @@ use edgeid_common::server::Health;
 use crate::api::*;
 use crate::backend::pkcs11::Pkcs11Backend;
 use crate::backend::software::SoftwareBackend;
+use crate::backend::tpm::TpmBackend;
 use crate::backend::{BackendKind, KeyBackend, KeyKind};
 use crate::config::KeydConfig;
 use crate::error::Error;
@@ -103,6 +104,14 @@ impl Keyd {
                         )
                     })?;
                     Arc::new(Pkcs11Backend::open(pkcs11)?)
+                }
+                BackendKind::Tpm => {
+                    let tpm = config.tpm.as_ref().ok_or_else(|| {
+                        Error::Setup(
+                            "the config names backend \"tpm\" but has no [tpm] table".into(),
+                        )
+                    })?;
+                    Arc::new(TpmBackend::open(&config.state_dir, tpm)?)
                 }
             };
             open.insert(kind, store);

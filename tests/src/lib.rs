@@ -5,14 +5,17 @@
 //!   independent of the one keyd signs with;
 //! - [`KeydProcess`]: the keyd binary as its own process (SIGTERM, restarts, PKCS#11);
 //! - [`SoftHsm`]: a private SoftHSMv2 token directory;
+//! - [`Swtpm`]: a fresh software TPM on loopback, restartable with its state;
 //! - [`require_tool`]: a missing tool fails the test with the command that installs it.
 
 pub mod openssl;
 pub mod process;
 pub mod softhsm;
+pub mod swtpm;
 
 pub use process::KeydProcess;
 pub use softhsm::SoftHsm;
+pub use swtpm::Swtpm;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};

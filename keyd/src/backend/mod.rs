@@ -5,6 +5,7 @@
 pub(crate) mod encoding;
 pub mod pkcs11;
 pub mod software;
+pub mod tpm;
 
 use std::fmt;
 
@@ -27,6 +28,8 @@ pub enum BackendKind {
     Software,
     /// A PKCS#11 token (HSM).
     Pkcs11,
+    /// A TPM 2.0.
+    Tpm,
 }
 
 impl fmt::Display for BackendKind {
@@ -34,6 +37,7 @@ impl fmt::Display for BackendKind {
         f.write_str(match self {
             Self::Software => "software",
             Self::Pkcs11 => "pkcs11",
+            Self::Tpm => "tpm",
         })
     }
 }

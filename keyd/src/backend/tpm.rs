@@ -1,0 +1,895 @@
+//! The TPM 2.0 store: keys created under a storage primary key persisted in the
+//! owner hierarchy, non-duplicable (fixedTPM, fixedParent); their TPM-wrapped
+//! blobs kept in keyd's state dir; loaded on demand into a small bounded cache.
+//!
+//! The TPM is a single, slow, shared device: one worker thread owns the
+//! connection and runs every command, so the async reactor never waits on it.
+//! When a command fails, a one-byte `GetRandom` tells "the TPM refused" from "the
+//! TPM is gone"; when gone, the connection is dropped and reopened once, else the
+//! caller gets 503 and the next request tries again.
+
+use std::collections::{HashMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::{mpsc, Arc, RwLock};
+
+use async_trait::async_trait;
+use aws_lc_rs::digest;
+use aws_lc_rs::hmac;
+use aws_lc_rs::rand::{SecureRandom, SystemRandom};
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::Engine;
+use serde::{Deserialize, Serialize};
+use tss_esapi::attributes::ObjectAttributesBuilder;
+use tss_esapi::constants::response_code::Tss2ResponseCodeKind;
+use tss_esapi::constants::tss::{TPM2_RH_NULL, TPM2_ST_HASHCHECK};
+use tss_esapi::handles::{KeyHandle, ObjectHandle, PersistentTpmHandle, TpmHandle};
+use tss_esapi::interface_types::algorithm::{HashingAlgorithm, PublicAlgorithm};
+use tss_esapi::interface_types::dynamic_handles::Persistent;
+use tss_esapi::interface_types::ecc::EccCurve;
+use tss_esapi::interface_types::key_bits::RsaKeyBits;
+use tss_esapi::interface_types::resource_handles::{Hierarchy, Provision};
+use tss_esapi::interface_types::session_handles::AuthSession;
+use tss_esapi::structures::{
+    Auth, Digest, EccPoint, EccScheme, HashScheme, HashcheckTicket, KeyedHashScheme, MaxBuffer,
+    Private, Public, PublicBuilder, PublicEccParametersBuilder, PublicKeyedHashParameters,
+    RsaExponent, RsaScheme, SensitiveData, Signature, SignatureScheme, SymmetricDefinitionObject,
+};
+use tss_esapi::tcti_ldr::TctiNameConf;
+use tss_esapi::traits::{Marshall, UnMarshall};
+use tss_esapi::tss2_esys::TPMT_TK_HASHCHECK;
+use tss_esapi::Context;
+use zeroize::Zeroizing;
+
+use super::encoding::{ec_spki, ecdsa_der, rsa_spki};
+use super::{
+    bad_digest_len, check_algorithm, derive, wrong_kind, BackendKind, Failure, KeyBackend, KeyKind,
+    KeyRecord, PublicKey,
+};
+use crate::api::{KeyPairSpec, SignAlgorithm, SymmetricKeyType};
+use crate::error::Error;
+use crate::handle::KeyRef;
+use crate::key_id::KeyId;
+
+/// `[tpm]` in keyd's config.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TpmConfig {
+    /// How to reach the TPM: `device:/dev/tpmrm0`, `swtpm:host=127.0.0.1,port=2321`, `tabrmd`.
+    pub tcti: String,
+    /// Persistent handle of the storage primary key (created there on first use).
+    #[serde(default = "default_primary_handle")]
+    pub primary_handle: u32,
+    /// A file holding the owner hierarchy's auth value, if it has one.
+    #[serde(default)]
+    pub owner_auth_file: Option<PathBuf>,
+    /// Keys kept loaded at once (a TPM without a resource manager holds ~3 objects).
+    #[serde(default = "default_loaded")]
+    pub loaded_keys: usize,
+}
+
+fn default_primary_handle() -> u32 {
+    0x8100_0001
+}
+
+fn default_loaded() -> usize {
+    2
+}
+
+/// Format of key blob files; bump when the layout changes.
+const FILE_FORMAT: u32 = 1;
+/// The largest HMAC key the TPM can import (TPM2B_SENSITIVE_DATA).
+const MAX_TPM_HMAC_IMPORT: usize = 128;
+/// TPM2_HMAC takes at most this much data in one command.
+const MAX_HMAC_DATA: usize = 1024;
+
+/// A key's TPM-wrapped blobs, as stored in the state dir. The private part is
+/// encrypted by the TPM under the storage key: useless anywhere else.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BlobFile {
+    format: u32,
+    id: String,
+    kind: String,
+    generation: String,
+    /// TPM2B_PUBLIC, marshalled, base64.
+    public: String,
+    /// TPM2B_PRIVATE contents, base64.
+    private: String,
+}
+
+/// A key known from its blob file.
+struct StoredKey {
+    record: KeyRecord,
+    public: Public,
+    private: Private,
+}
+
+type Job = Box<dyn FnOnce(&mut Worker) + Send>;
+
+/// The TPM store.
+pub struct TpmBackend {
+    dir: PathBuf,
+    jobs: mpsc::Sender<Job>,
+    /// Blob files already read; metadata and public keys need no TPM command.
+    keys: RwLock<HashMap<KeyId, Arc<StoredKey>>>,
+    /// Serializes creation and deletion.
+    writes: tokio::sync::Mutex<()>,
+}
+
+impl TpmBackend {
+    /// Starts the worker thread and tries the TPM once. A TPM that cannot be
+    /// reached now does not stop keyd: its keys answer 503 until it can.
+    pub fn open(state_dir: &Path, config: &TpmConfig) -> Result<Self, Error> {
+        let dir = state_dir.join("tpm");
+        edgeid_common::fs::ensure_dir(&dir, 0o700)
+            .map_err(|e| Error::Setup(format!("cannot create {}: {e}", dir.display())))?;
+        let owner_auth = match &config.owner_auth_file {
+            Some(path) => {
+                edgeid_common::fs::check_private(path).map_err(|e| Error::Setup(e.to_string()))?;
+                let bytes = std::fs::read(path).map_err(|e| {
+                    Error::Setup(format!(
+                        "cannot read TPM owner auth {}: {e}",
+                        path.display()
+                    ))
+                })?;
+                Some(Zeroizing::new(bytes))
+            }
+            None => None,
+        };
+        TctiNameConf::from_str(&config.tcti).map_err(|e| {
+            Error::Setup(format!(
+                "tpm.tcti '{}' is not a TCTI string: {e}",
+                config.tcti
+            ))
+        })?;
+        let (jobs, inbox) = mpsc::channel::<Job>();
+        let mut worker = Worker {
+            config: config.clone(),
+            owner_auth,
+            tpm: None,
+        };
+        std::thread::Builder::new()
+            .name("edgeid-tpm".into())
+            .spawn(move || {
+                while let Ok(job) = inbox.recv() {
+                    job(&mut worker);
+                }
+            })
+            .map_err(|e| Error::Setup(format!("cannot start the TPM worker thread: {e}")))?;
+        let backend = Self {
+            dir,
+            jobs,
+            keys: RwLock::new(HashMap::new()),
+            writes: tokio::sync::Mutex::new(()),
+        };
+        Ok(backend)
+    }
+
+    /// Runs `op` on the worker thread with a connected TPM.
+    async fn run<T, F>(&self, op: F) -> Result<T, Error>
+    where
+        T: Send + 'static,
+        F: Fn(&mut Tpm) -> Result<T, Failure> + Send + 'static,
+    {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let job: Job = Box::new(move |worker| {
+            let _ = tx.send(worker.call(&op));
+        });
+        self.jobs
+            .send(job)
+            .map_err(|_| Error::Internal("the TPM worker thread stopped".into()))?;
+        rx.await
+            .map_err(|_| Error::Internal("the TPM worker thread stopped".into()))?
+    }
+
+    fn path_of(&self, id: &KeyId) -> PathBuf {
+        self.dir
+            .join(format!("{}.blob", URL_SAFE_NO_PAD.encode(id.as_str())))
+    }
+
+    /// The stored key, from the cache or its blob file.
+    async fn stored(&self, id: &KeyId) -> Result<Option<Arc<StoredKey>>, Error> {
+        if let Some(k) = self.keys.read().unwrap_or_else(|p| p.into_inner()).get(id) {
+            return Ok(Some(k.clone()));
+        }
+        let path = self.path_of(id);
+        let bytes = match tokio::fs::read(&path).await {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => {
+                return Err(Error::Internal(format!(
+                    "cannot read {}: {e}",
+                    path.display()
+                )))
+            }
+        };
+        let damaged = |why: String| {
+            Error::Internal(format!("TPM key file {} for '{id}' {why}", path.display()))
+        };
+        let file: BlobFile =
+            serde_json::from_slice(&bytes).map_err(|e| damaged(format!("is not valid: {e}")))?;
+        if file.format != FILE_FORMAT || file.id != id.as_str() {
+            return Err(damaged(
+                "has another format or belongs to another key".into(),
+            ));
+        }
+        let kind = KeyKind::parse(&file.kind)
+            .ok_or_else(|| damaged(format!("has unknown kind '{}'", file.kind)))?;
+        let public = STANDARD
+            .decode(&file.public)
+            .ok()
+            .and_then(|b| Public::unmarshall(&b).ok())
+            .ok_or_else(|| damaged("has a damaged public part".into()))?;
+        let private = STANDARD
+            .decode(&file.private)
+            .ok()
+            .and_then(|b| Private::try_from(b).ok())
+            .ok_or_else(|| damaged("has a damaged private part".into()))?;
+        let key = Arc::new(StoredKey {
+            record: KeyRecord {
+                id: id.clone(),
+                kind,
+                generation: file.generation,
+            },
+            public,
+            private,
+        });
+        self.keys
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.clone(), key.clone());
+        Ok(Some(key))
+    }
+
+    async fn resolve(&self, key: &KeyRef) -> Result<Arc<StoredKey>, Error> {
+        let stored = self
+            .stored(&key.id)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("key '{}' does not exist", key.id)))?;
+        stored.record.check(key)?;
+        Ok(stored)
+    }
+
+    /// Creates a key under the storage key and writes its blobs atomically.
+    async fn create(
+        &self,
+        id: &KeyId,
+        kind: KeyKind,
+        template: Public,
+        import: Option<&[u8]>,
+    ) -> Result<KeyRecord, Error> {
+        let sensitive = match import {
+            Some(bytes) => Some(SensitiveData::try_from(bytes.to_vec()).map_err(|_| {
+                Error::BadRequest("the TPM cannot import a key of that size".into())
+            })?),
+            None => None,
+        };
+        let what = kind.to_string();
+        let (public, private) = self
+            .run(move |tpm| {
+                let primary = tpm.primary;
+                let created = tpm
+                    .with_room(|ctx| {
+                        ctx.create(
+                            primary,
+                            template.clone(),
+                            None,
+                            sensitive.clone(),
+                            None,
+                            None,
+                        )
+                    })
+                    .map_err(|e| {
+                        tpm.classify(e, &format!("the TPM refused to create a {what} key"))
+                    })?;
+                Ok((created.out_public, created.out_private))
+            })
+            .await?;
+        let mut generation = [0u8; 16];
+        SystemRandom::new()
+            .fill(&mut generation)
+            .map_err(|_| Error::Internal("the random generator failed".into()))?;
+        let public_bytes = public
+            .marshall()
+            .map_err(|e| Error::Internal(format!("cannot marshal a TPM public: {e}")))?;
+        let file = BlobFile {
+            format: FILE_FORMAT,
+            id: id.as_str().to_owned(),
+            kind: kind.to_string(),
+            generation: generation.iter().map(|b| format!("{b:02x}")).collect(),
+            public: STANDARD.encode(public_bytes),
+            private: STANDARD.encode(private.value()),
+        };
+        let json = serde_json::to_vec_pretty(&file).map_err(|e| Error::Internal(e.to_string()))?;
+        let path = self.path_of(id);
+        edgeid_common::fs::write_atomic(&path, &json, 0o600)
+            .map_err(|e| Error::Internal(format!("cannot write {}: {e}", path.display())))?;
+        let record = KeyRecord {
+            id: id.clone(),
+            kind,
+            generation: file.generation,
+        };
+        let stored = Arc::new(StoredKey {
+            record: record.clone(),
+            public,
+            private,
+        });
+        self.keys
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.clone(), stored);
+        tracing::info!(key = %id, kind = %kind, "created key in the TPM");
+        Ok(record)
+    }
+}
+
+#[async_trait]
+impl KeyBackend for TpmBackend {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Tpm
+    }
+
+    async fn create_key_pair(&self, id: &KeyId, spec: KeyPairSpec) -> Result<KeyRecord, Error> {
+        let _writing = self.writes.lock().await;
+        if let Some(existing) = self.stored(id).await? {
+            return match existing.record.kind {
+                KeyKind::Pair(s) if s == spec => Ok(existing.record.clone()),
+                other => Err(Error::Conflict(format!(
+                    "key '{id}' already exists as {other}, not {spec}"
+                ))),
+            };
+        }
+        let template = signing_template(spec)?;
+        self.create(id, KeyKind::Pair(spec), template, None).await
+    }
+
+    async fn create_key(
+        &self,
+        id: &KeyId,
+        key_type: SymmetricKeyType,
+        import: Option<&[u8]>,
+    ) -> Result<KeyRecord, Error> {
+        if key_type == SymmetricKeyType::Aes256Gcm {
+            return Err(Error::BadRequest(
+                "a TPM has no AES-GCM; keep aes-256-gcm keys in the software store ([[backend.override]])".into(),
+            ));
+        }
+        if let Some(bytes) = import {
+            if bytes.is_empty() || bytes.len() > MAX_TPM_HMAC_IMPORT {
+                return Err(Error::BadRequest(format!(
+                    "the TPM imports hmac-sha256 keys of 1 to {MAX_TPM_HMAC_IMPORT} bytes; {} were given",
+                    bytes.len()
+                )));
+            }
+        }
+        let _writing = self.writes.lock().await;
+        if let Some(existing) = self.stored(id).await? {
+            // The TPM will not show the key bytes, so an import cannot be compared.
+            return if existing.record.kind == KeyKind::Symmetric(key_type) && import.is_none() {
+                Ok(existing.record.clone())
+            } else {
+                Err(Error::Conflict(format!(
+                    "key '{id}' already exists as {}; delete it first to replace it",
+                    existing.record.kind
+                )))
+            };
+        }
+        let template = hmac_template(import.is_none())?;
+        self.create(id, KeyKind::Symmetric(key_type), template, import)
+            .await
+    }
+
+    async fn find(&self, id: &KeyId) -> Result<Option<KeyRecord>, Error> {
+        Ok(self.stored(id).await?.map(|k| k.record.clone()))
+    }
+
+    async fn public_key(&self, key: &KeyRef) -> Result<PublicKey, Error> {
+        let stored = self.resolve(key).await?;
+        let KeyKind::Pair(spec) = stored.record.kind else {
+            return Err(wrong_kind(&key.id, stored.record.kind, "a key pair"));
+        };
+        let spki_der = match &stored.public {
+            Public::Ecc { unique, .. } => {
+                let size = if spec == KeyPairSpec::EcP256 { 32 } else { 48 };
+                let mut point = vec![0x04];
+                point.extend(left_pad(unique.x().value(), size)?);
+                point.extend(left_pad(unique.y().value(), size)?);
+                ec_spki(spec, &point)?
+            }
+            Public::Rsa {
+                unique, parameters, ..
+            } => {
+                let e = match parameters.exponent().value() {
+                    0 => 65537u32,
+                    e => e,
+                };
+                rsa_spki(unique.value(), &e.to_be_bytes())?
+            }
+            _ => {
+                return Err(Error::Internal(format!(
+                    "key '{}' has an unexpected TPM public area",
+                    key.id
+                )))
+            }
+        };
+        Ok(PublicKey { spec, spki_der })
+    }
+
+    async fn sign(
+        &self,
+        key: &KeyRef,
+        algorithm: SignAlgorithm,
+        data: &[u8],
+        prehashed: bool,
+    ) -> Result<Vec<u8>, Error> {
+        let stored = self.resolve(key).await?;
+        check_algorithm(&stored.record, algorithm, prehashed)?;
+        if !key.derivation.is_empty() && algorithm != SignAlgorithm::HmacSha256 {
+            return Err(Error::BadRequest(
+                "only symmetric keys can be derived".into(),
+            ));
+        }
+        if algorithm == SignAlgorithm::HmacSha256 {
+            return self.hmac(stored, &key.derivation, data).await;
+        }
+        let hash = match algorithm {
+            SignAlgorithm::EcdsaSha384 => &digest::SHA384,
+            _ => &digest::SHA256,
+        };
+        let digest = if prehashed {
+            if data.len() != hash.output_len() {
+                return Err(bad_digest_len(hash));
+            }
+            data.to_vec()
+        } else {
+            digest::digest(hash, data).as_ref().to_vec()
+        };
+        let scheme = match algorithm {
+            SignAlgorithm::EcdsaSha256 => SignatureScheme::EcDsa {
+                hash_scheme: HashScheme::new(HashingAlgorithm::Sha256),
+            },
+            SignAlgorithm::EcdsaSha384 => SignatureScheme::EcDsa {
+                hash_scheme: HashScheme::new(HashingAlgorithm::Sha384),
+            },
+            SignAlgorithm::RsaPssSha256 => SignatureScheme::RsaPss {
+                hash_scheme: HashScheme::new(HashingAlgorithm::Sha256),
+            },
+            _ => SignatureScheme::RsaSsa {
+                hash_scheme: HashScheme::new(HashingAlgorithm::Sha256),
+            },
+        };
+        let kind = stored.record.kind;
+        let signature = self
+            .run(move |tpm| {
+                let handle = tpm.load(&stored)?;
+                let digest = Digest::try_from(digest.clone())
+                    .map_err(|_| Failure::internal("digest too long"))?;
+                tpm.ctx
+                    .sign(handle, digest, scheme, null_ticket()?)
+                    .map_err(|e| tpm.classify(e, "the TPM refused to sign"))
+            })
+            .await?;
+        match signature {
+            Signature::EcDsa(sig) => {
+                let size = if kind == KeyKind::Pair(KeyPairSpec::EcP256) {
+                    32
+                } else {
+                    48
+                };
+                let mut raw = left_pad(sig.signature_r().value(), size)?;
+                raw.extend(left_pad(sig.signature_s().value(), size)?);
+                ecdsa_der(kind, &raw)
+            }
+            Signature::RsaSsa(sig) | Signature::RsaPss(sig) => Ok(sig.signature().value().to_vec()),
+            _ => Err(Error::Internal(
+                "the TPM returned an unexpected signature type".into(),
+            )),
+        }
+    }
+
+    async fn encrypt(&self, key: &KeyRef, _: &[u8], _: &[u8]) -> Result<Vec<u8>, Error> {
+        let stored = self.resolve(key).await?;
+        Err(wrong_kind(
+            &key.id,
+            stored.record.kind,
+            "an aes-256-gcm key (never in the TPM)",
+        ))
+    }
+
+    async fn decrypt(&self, key: &KeyRef, _: &[u8], _: &[u8]) -> Result<Vec<u8>, Error> {
+        let stored = self.resolve(key).await?;
+        Err(wrong_kind(
+            &key.id,
+            stored.record.kind,
+            "an aes-256-gcm key (never in the TPM)",
+        ))
+    }
+
+    async fn delete(&self, id: &KeyId, pair: bool) -> Result<(), Error> {
+        let _writing = self.writes.lock().await;
+        let wanted = if pair { "key pair" } else { "symmetric key" };
+        let stored = self
+            .stored(id)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("no {wanted} named '{id}'")))?;
+        if matches!(stored.record.kind, KeyKind::Pair(_)) != pair {
+            return Err(Error::NotFound(format!(
+                "no {wanted} named '{id}' (it is a {} key)",
+                stored.record.kind
+            )));
+        }
+        // Unload it if loaded; a TPM that is down now loses nothing by this.
+        let gone = id.clone();
+        let _ = self
+            .run(move |tpm| {
+                tpm.unload(&gone);
+                Ok(())
+            })
+            .await;
+        let path = self.path_of(id);
+        std::fs::remove_file(&path)
+            .and_then(|()| std::fs::File::open(&self.dir)?.sync_all())
+            .map_err(|e| Error::Internal(format!("cannot delete {}: {e}", path.display())))?;
+        self.keys
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
+        tracing::info!(key = %id, "deleted TPM key");
+        Ok(())
+    }
+
+    async fn health(&self) -> Result<(), String> {
+        self.run(|tpm| {
+            if tpm.alive() {
+                Ok(())
+            } else {
+                Err(Failure::Device("the TPM does not answer".into()))
+            }
+        })
+        .await
+        .map_err(|e| e.to_string())
+    }
+}
+
+impl TpmBackend {
+    /// HMAC-SHA256 in the TPM. With derivation inputs, the first step runs in
+    /// the TPM and the rest in keyd's memory (zeroized after use).
+    async fn hmac(
+        &self,
+        stored: Arc<StoredKey>,
+        derivation: &[Vec<u8>],
+        data: &[u8],
+    ) -> Result<Vec<u8>, Error> {
+        let input = match derivation.first() {
+            Some(info) => info.clone(),
+            None => data.to_vec(),
+        };
+        if input.len() > MAX_HMAC_DATA {
+            return Err(Error::BadRequest(format!(
+                "the TPM MACs at most {MAX_HMAC_DATA} bytes at a time"
+            )));
+        }
+        let mac = self
+            .run(move |tpm| {
+                let handle = tpm.load(&stored)?;
+                let buffer = MaxBuffer::try_from(input.clone())
+                    .map_err(|_| Failure::internal("data too long"))?;
+                let mac = tpm
+                    .ctx
+                    .hmac(handle.into(), buffer, HashingAlgorithm::Sha256)
+                    .map_err(|e| tpm.classify(e, "the TPM refused to compute an HMAC"))?;
+                Ok(Zeroizing::new(mac.value().to_vec()))
+            })
+            .await?;
+        let Some((_, rest)) = derivation.split_first() else {
+            return Ok(mac.to_vec());
+        };
+        let derived = derive(&mac, rest);
+        Ok(
+            hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, &derived), data)
+                .as_ref()
+                .to_vec(),
+        )
+    }
+}
+
+/// The worker thread's state: the connection, when there is one.
+struct Worker {
+    config: TpmConfig,
+    owner_auth: Option<Zeroizing<Vec<u8>>>,
+    tpm: Option<Tpm>,
+}
+
+impl Worker {
+    /// Runs `op`; if the TPM turns out to be gone, reconnects and retries once.
+    fn call<T>(&mut self, op: &dyn Fn(&mut Tpm) -> Result<T, Failure>) -> Result<T, Error> {
+        let mut last = String::new();
+        for _attempt in 0..2 {
+            if self.tpm.is_none() {
+                match Tpm::connect(
+                    &self.config,
+                    self.owner_auth.as_deref().map(|v| v.as_slice()),
+                ) {
+                    Ok(tpm) => self.tpm = Some(tpm),
+                    Err(why) => {
+                        last = why;
+                        continue;
+                    }
+                }
+            }
+            let Some(tpm) = self.tpm.as_mut() else {
+                continue;
+            };
+            match op(tpm) {
+                Ok(v) => return Ok(v),
+                Err(Failure::Request(e)) => return Err(e),
+                Err(Failure::Device(why)) => {
+                    tracing::warn!(error = %why, "TPM connection lost; reconnecting");
+                    self.tpm = None;
+                    last = why;
+                }
+            }
+        }
+        Err(Error::Unavailable {
+            backend: "tpm",
+            reason: last,
+        })
+    }
+}
+
+/// A connected TPM with the storage key ready.
+struct Tpm {
+    ctx: Context,
+    primary: KeyHandle,
+    /// Loaded keys, least recently used first.
+    loaded: VecDeque<(KeyId, String, KeyHandle)>,
+    max_loaded: usize,
+}
+
+impl Tpm {
+    fn connect(config: &TpmConfig, owner_auth: Option<&[u8]>) -> Result<Self, String> {
+        let tcti = TctiNameConf::from_str(&config.tcti)
+            .map_err(|e| format!("tpm.tcti '{}': {e}", config.tcti))?;
+        let mut ctx = Context::new(tcti)
+            .map_err(|e| format!("cannot reach the TPM at '{}': {e}", config.tcti))?;
+        if let Some(auth) = owner_auth {
+            let auth = Auth::try_from(auth.to_vec())
+                .map_err(|e| format!("TPM owner auth is unusable: {e}"))?;
+            ctx.tr_set_auth(Hierarchy::Owner.into(), auth)
+                .map_err(|e| format!("cannot set TPM owner auth: {e}"))?;
+        }
+        let persistent = PersistentTpmHandle::new(config.primary_handle).map_err(|e| {
+            format!(
+                "tpm.primary_handle {:#x} is not a persistent handle: {e}",
+                config.primary_handle
+            )
+        })?;
+        // TR_FromTPMPublic takes no authorization: with a password session set,
+        // libtss2-esys 3.2 crashes on its error path (no key at the handle yet).
+        let existing = ctx.execute_without_session(|ctx| {
+            ctx.tr_from_tpm_public(TpmHandle::Persistent(persistent))
+        });
+        ctx.set_sessions((Some(AuthSession::Password), None, None));
+        let primary = match existing {
+            Ok(handle) => KeyHandle::from(handle),
+            Err(_) => create_storage_key(&mut ctx, persistent)?,
+        };
+        tracing::info!(tcti = %config.tcti, primary = format!("{:#x}", config.primary_handle), "TPM connected");
+        Ok(Self {
+            ctx,
+            primary,
+            loaded: VecDeque::new(),
+            max_loaded: config.loaded_keys.max(1),
+        })
+    }
+
+    /// A failed command: the TPM refused it (request error) or is gone (device).
+    fn classify(&mut self, e: tss_esapi::Error, refused: &str) -> Failure {
+        if self.alive() {
+            Failure::Request(Error::BadRequest(format!("{refused}: {e}")))
+        } else {
+            Failure::Device(e.to_string())
+        }
+    }
+
+    /// Whether the TPM answers: a one-byte GetRandom, which takes no
+    /// authorization session (with one set, the TPM refuses it).
+    fn alive(&mut self) -> bool {
+        self.ctx
+            .execute_without_session(|ctx| ctx.get_random(1))
+            .is_ok()
+    }
+
+    /// The key's TPM handle, loading it (and unloading the least recently used
+    /// key when the cache is full).
+    fn load(&mut self, key: &StoredKey) -> Result<KeyHandle, Failure> {
+        let id = &key.record.id;
+        if let Some(pos) = self
+            .loaded
+            .iter()
+            .position(|(i, g, _)| i == id && *g == key.record.generation)
+        {
+            let entry = self
+                .loaded
+                .remove(pos)
+                .ok_or_else(|| Failure::internal("cache index"))?;
+            let handle = entry.2;
+            self.loaded.push_back(entry);
+            return Ok(handle);
+        }
+        self.unload(id);
+        while self.loaded.len() >= self.max_loaded {
+            if let Some((_, _, old)) = self.loaded.pop_front() {
+                let _ = self.ctx.flush_context(old.into());
+            }
+        }
+        let primary = self.primary;
+        let handle = self
+            .with_room(|ctx| ctx.load(primary, key.private.clone(), key.public.clone()))
+            .map_err(|e| {
+                self.classify(
+                    e,
+                    &format!("the TPM cannot load key '{id}' (was it made by another TPM?)"),
+                )
+            })?;
+        self.loaded
+            .push_back((id.clone(), key.record.generation.clone(), handle));
+        Ok(handle)
+    }
+
+    /// Runs a command that needs a free object slot; if the TPM is out of
+    /// object memory (a TPM without a resource manager holds ~3 objects),
+    /// unloads every cached key and tries once more.
+    fn with_room<T>(
+        &mut self,
+        command: impl Fn(&mut Context) -> Result<T, tss_esapi::Error>,
+    ) -> Result<T, tss_esapi::Error> {
+        match command(&mut self.ctx) {
+            Err(tss_esapi::Error::Tss2Error(rc))
+                if rc.kind() == Some(Tss2ResponseCodeKind::ObjectMemory) =>
+            {
+                while let Some((_, _, handle)) = self.loaded.pop_front() {
+                    let _ = self.ctx.flush_context(handle.into());
+                }
+                command(&mut self.ctx)
+            }
+            other => other,
+        }
+    }
+
+    fn unload(&mut self, id: &KeyId) {
+        if let Some(pos) = self.loaded.iter().position(|(i, _, _)| i == id) {
+            if let Some((_, _, handle)) = self.loaded.remove(pos) {
+                let _ = self.ctx.flush_context(handle.into());
+            }
+        }
+    }
+}
+
+/// Creates the storage primary key (ECC P-256, restricted decrypt, AES-128-CFB:
+/// the TCG's standard SRK template) and persists it at `persistent`.
+fn create_storage_key(
+    ctx: &mut Context,
+    persistent: PersistentTpmHandle,
+) -> Result<KeyHandle, String> {
+    let attributes = ObjectAttributesBuilder::new()
+        .with_fixed_tpm(true)
+        .with_fixed_parent(true)
+        .with_sensitive_data_origin(true)
+        .with_user_with_auth(true)
+        .with_no_da(true)
+        .with_restricted(true)
+        .with_decrypt(true)
+        .build()
+        .map_err(|e| e.to_string())?;
+    let template = PublicBuilder::new()
+        .with_public_algorithm(PublicAlgorithm::Ecc)
+        .with_name_hashing_algorithm(HashingAlgorithm::Sha256)
+        .with_object_attributes(attributes)
+        .with_ecc_parameters(
+            PublicEccParametersBuilder::new_restricted_decryption_key(
+                SymmetricDefinitionObject::AES_128_CFB,
+                EccCurve::NistP256,
+            )
+            .build()
+            .map_err(|e| e.to_string())?,
+        )
+        .with_ecc_unique_identifier(EccPoint::default())
+        .build()
+        .map_err(|e| e.to_string())?;
+    let created = ctx
+        .create_primary(Hierarchy::Owner, template, None, None, None, None)
+        .map_err(|e| format!("cannot create the TPM storage key (is owner auth needed? tpm.owner_auth_file): {e}"))?;
+    let stored = ctx.evict_control(
+        Provision::Owner,
+        created.key_handle.into(),
+        Persistent::Persistent(persistent),
+    );
+    let _ = ctx.flush_context(created.key_handle.into());
+    let handle: ObjectHandle =
+        stored.map_err(|e| format!("cannot persist the TPM storage key: {e}"))?;
+    tracing::info!(
+        handle = format!("{:#x}", u32::from(persistent)),
+        "created and persisted the TPM storage key"
+    );
+    Ok(KeyHandle::from(handle))
+}
+
+/// Signing key templates: ECDSA keys fixed to their curve's hash; RSA keys with
+/// no scheme, so one key signs PKCS#1 v1.5 and PSS.
+fn signing_template(spec: KeyPairSpec) -> Result<Public, Error> {
+    let bad = |e: tss_esapi::Error| Error::Internal(format!("cannot build a TPM template: {e}"));
+    match spec {
+        KeyPairSpec::EcP256 => tss_esapi::utils::create_unrestricted_signing_ecc_public(
+            EccScheme::EcDsa(HashScheme::new(HashingAlgorithm::Sha256)),
+            EccCurve::NistP256,
+        )
+        .map_err(bad),
+        KeyPairSpec::EcP384 => tss_esapi::utils::create_unrestricted_signing_ecc_public(
+            EccScheme::EcDsa(HashScheme::new(HashingAlgorithm::Sha384)),
+            EccCurve::NistP384,
+        )
+        .map_err(bad),
+        KeyPairSpec::Rsa2048 | KeyPairSpec::Rsa3072 => {
+            tss_esapi::utils::create_unrestricted_signing_rsa_public(
+                RsaScheme::Null,
+                if spec == KeyPairSpec::Rsa2048 {
+                    RsaKeyBits::Rsa2048
+                } else {
+                    RsaKeyBits::Rsa3072
+                },
+                RsaExponent::default(),
+            )
+            .map_err(bad)
+        }
+        KeyPairSpec::Rsa4096 | KeyPairSpec::Ed25519 => Err(Error::BadRequest(format!(
+            "TPMs do not make {spec} keys; keep them in another backend ([[backend.override]])"
+        ))),
+    }
+}
+
+/// An HMAC-SHA256 key; `generated` when the TPM makes the key bytes itself.
+fn hmac_template(generated: bool) -> Result<Public, Error> {
+    let bad = |e: tss_esapi::Error| Error::Internal(format!("cannot build a TPM template: {e}"));
+    let attributes = ObjectAttributesBuilder::new()
+        .with_fixed_tpm(true)
+        .with_fixed_parent(true)
+        .with_sensitive_data_origin(generated)
+        .with_user_with_auth(true)
+        .with_sign_encrypt(true)
+        .build()
+        .map_err(bad)?;
+    PublicBuilder::new()
+        .with_public_algorithm(PublicAlgorithm::KeyedHash)
+        .with_name_hashing_algorithm(HashingAlgorithm::Sha256)
+        .with_object_attributes(attributes)
+        .with_keyed_hash_parameters(PublicKeyedHashParameters::new(
+            KeyedHashScheme::HMAC_SHA_256,
+        ))
+        .with_keyed_hash_unique_identifier(Digest::default())
+        .build()
+        .map_err(bad)
+}
+
+/// "No ticket": an unrestricted key signs any digest.
+fn null_ticket() -> Result<HashcheckTicket, Failure> {
+    HashcheckTicket::try_from(TPMT_TK_HASHCHECK {
+        tag: TPM2_ST_HASHCHECK,
+        hierarchy: TPM2_RH_NULL,
+        digest: Default::default(),
+    })
+    .map_err(|_| Failure::internal("cannot build the null hashcheck ticket"))
+}
+
+/// Big-endian integer bytes left-padded with zeros to `size` (TPMs drop leading zeros).
+fn left_pad(bytes: &[u8], size: usize) -> Result<Vec<u8>, Error> {
+    if bytes.len() > size {
+        return Err(Error::Internal(
+            "the TPM returned a value longer than its curve".into(),
+        ));
+    }
+    let mut out = vec![0u8; size - bytes.len()];
+    out.extend_from_slice(bytes);
+    Ok(out)
+}

@@ -1,0 +1,317 @@
+//! keyd on a TPM 2.0 (swtpm, started fresh by each test), through its API,
+//! each result checked by a second party: openssl for signatures, RFC 4231 for
+//! HMAC, tpm2-tools for what is in the TPM.
+
+use edgeid_common::authz::Admins;
+use edgeid_common::client::ClientError;
+use edgeid_keyd::api::{KeyPairSpec, SignAlgorithm, SymmetricKeyType};
+use edgeid_keyd::backend::BackendKind;
+use edgeid_keyd::config::TpmConfig;
+use edgeid_testkit::openssl::{self, Scheme};
+use edgeid_testkit::{KeydFixture, Swtpm};
+use http::StatusCode;
+use sha2::{Digest, Sha256, Sha384};
+
+fn status(err: ClientError) -> StatusCode {
+    err.status()
+        .unwrap_or_else(|| panic!("expected an HTTP error status, got: {err}"))
+}
+
+/// keyd (in this process) with every key in `tpm`.
+async fn keyd_on(tpm: &Swtpm, dir: &std::path::Path) -> KeydFixture {
+    let mut config = KeydFixture::config_in(dir);
+    config.backend.default = BackendKind::Tpm;
+    config.tpm = Some(TpmConfig {
+        tcti: tpm.tcti(),
+        primary_handle: 0x8100_0001,
+        owner_auth_file: None,
+        loaded_keys: 2,
+    });
+    KeydFixture::configured(config, Admins::root_and_self()).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_spec_in_the_tpm_signs_verifiably_and_survives_restarts() {
+    let mut tpm = Swtpm::start();
+    let dir = edgeid_testkit::temp_dir();
+    let mut keyd = keyd_on(&tpm, dir.path()).await;
+    let client = keyd.client();
+    let message = b"signed inside the TPM".to_vec();
+    let cases = [
+        (
+            KeyPairSpec::EcP256,
+            SignAlgorithm::EcdsaSha256,
+            Scheme::EcdsaSha256,
+        ),
+        (
+            KeyPairSpec::EcP384,
+            SignAlgorithm::EcdsaSha384,
+            Scheme::EcdsaSha384,
+        ),
+        (
+            KeyPairSpec::Rsa2048,
+            SignAlgorithm::RsaPkcs1Sha256,
+            Scheme::RsaPkcs1Sha256,
+        ),
+        (
+            KeyPairSpec::Rsa2048,
+            SignAlgorithm::RsaPssSha256,
+            Scheme::RsaPssSha256,
+        ),
+    ];
+    let mut made = Vec::new();
+    for (i, (spec, algorithm, scheme)) in cases.into_iter().enumerate() {
+        let id = format!("tpm/{spec}-{i}");
+        let handle = client.create_key_pair(&id, spec).await.unwrap();
+        let public = client.public_key(&handle).await.unwrap();
+        let sig = client
+            .sign(&handle, algorithm, &message, false)
+            .await
+            .unwrap();
+        assert!(
+            openssl::verify(scheme, &public.pem, &message, &sig),
+            "{spec} {algorithm}: openssl rejects"
+        );
+        let digest = match scheme {
+            Scheme::EcdsaSha384 => Sha384::digest(&message).to_vec(),
+            _ => Sha256::digest(&message).to_vec(),
+        };
+        let sig = client
+            .sign(&handle, algorithm, &digest, true)
+            .await
+            .unwrap();
+        assert!(
+            openssl::verify(scheme, &public.pem, &message, &sig),
+            "{spec} prehashed: openssl rejects"
+        );
+        made.push((id, algorithm, scheme, handle, public.pem));
+    }
+    for spec in [KeyPairSpec::Rsa4096, KeyPairSpec::Ed25519] {
+        let err = client.create_key_pair("tpm/no", spec).await.unwrap_err();
+        assert_eq!(status(err), StatusCode::BAD_REQUEST, "{spec}");
+    }
+    let err = client
+        .create_key("tpm/aes", SymmetricKeyType::Aes256Gcm, None)
+        .await
+        .unwrap_err();
+    assert_eq!(status(err), StatusCode::BAD_REQUEST);
+
+    // HMAC in the TPM: RFC 4231 test case 2, and derivation (first step in the TPM).
+    let mac = client
+        .create_key("tpm/mac", SymmetricKeyType::HmacSha256, Some(b"Jefe"))
+        .await
+        .unwrap();
+    let tag = client
+        .sign(
+            &mac,
+            SignAlgorithm::HmacSha256,
+            b"what do ya want for nothing?",
+            false,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        hex::encode(&tag),
+        "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+    );
+    let derived = client.derive(&mac, b"module-a").await.unwrap();
+    let d1 = client
+        .sign(&derived, SignAlgorithm::HmacSha256, b"x", false)
+        .await
+        .unwrap();
+    let generated = client
+        .create_key("tpm/mac2", SymmetricKeyType::HmacSha256, None)
+        .await
+        .unwrap();
+    let g1 = client
+        .sign(&generated, SignAlgorithm::HmacSha256, b"x", false)
+        .await
+        .unwrap();
+
+    // More keys than the TPM holds at once: the cache loads and unloads.
+    for (id, algorithm, scheme, handle, pem) in made.iter().chain(made.iter()) {
+        let sig = client
+            .sign(handle, *algorithm, &message, false)
+            .await
+            .unwrap();
+        assert!(openssl::verify(*scheme, pem, &message, &sig), "{id} again");
+    }
+
+    // keyd and the TPM both restart (the TPM keeps its state): same keys.
+    keyd.stop().await;
+    let listing = tpm.readpublic("0x81000001");
+    assert!(
+        listing.contains("ecc") || listing.contains("ECC"),
+        "storage key not persisted:\n{listing}"
+    );
+    tpm.restart();
+    keyd.restart().await;
+    let client = keyd.client();
+    for (id, algorithm, scheme, old, pem) in &made {
+        let handle = client.key_pair(id).await.unwrap();
+        assert_eq!(&client.public_key(&handle).await.unwrap().pem, pem, "{id}");
+        let sig = client.sign(old, *algorithm, &message, false).await.unwrap();
+        assert!(
+            openssl::verify(*scheme, pem, &message, &sig),
+            "{id} after restart"
+        );
+    }
+    assert_eq!(
+        client
+            .sign(&derived, SignAlgorithm::HmacSha256, b"x", false)
+            .await
+            .unwrap(),
+        d1
+    );
+    assert_eq!(
+        client
+            .sign(&generated, SignAlgorithm::HmacSha256, b"x", false)
+            .await
+            .unwrap(),
+        g1
+    );
+
+    // Key files hold only TPM-wrapped blobs, 0600.
+    let blobs: Vec<_> = std::fs::read_dir(keyd.config.state_dir.join("tpm"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(blobs.len(), made.len() + 2);
+    for b in &blobs {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(b).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+    }
+
+    // Delete: the blob goes, the handle dies, the id is free again.
+    let (id, algorithm, _, old, _) = &made[0];
+    client.delete_key_pair(id).await.unwrap();
+    assert_eq!(
+        status(
+            client
+                .sign(old, *algorithm, &message, false)
+                .await
+                .unwrap_err()
+        ),
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        status(client.key_pair(id).await.unwrap_err()),
+        StatusCode::NOT_FOUND
+    );
+    let left = std::fs::read_dir(keyd.config.state_dir.join("tpm"))
+        .unwrap()
+        .count();
+    assert_eq!(left, blobs.len() - 1);
+    assert_eq!(
+        status(client.delete_key(id).await.unwrap_err()),
+        StatusCode::NOT_FOUND
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_tpm_is_503_then_recovers() {
+    let mut tpm = Swtpm::start();
+    let dir = edgeid_testkit::temp_dir();
+    let keyd = keyd_on(&tpm, dir.path()).await;
+    let client = keyd.client();
+    let handle = client
+        .create_key_pair("device-id", KeyPairSpec::EcP256)
+        .await
+        .unwrap();
+    let pem = client.public_key(&handle).await.unwrap().pem;
+
+    tpm.stop();
+    let err = client
+        .sign(&handle, SignAlgorithm::EcdsaSha256, b"x", false)
+        .await
+        .unwrap_err();
+    assert_eq!(err.status(), Some(StatusCode::SERVICE_UNAVAILABLE), "{err}");
+    assert!(err.to_string().contains("tpm"), "{err}");
+    assert_eq!(client.health().await.unwrap().status, "degraded");
+    // The public key needs no TPM command: still served.
+    assert_eq!(client.public_key(&handle).await.unwrap().pem, pem);
+
+    tpm.restart();
+    let sig = client
+        .sign(&handle, SignAlgorithm::EcdsaSha256, b"back", false)
+        .await
+        .unwrap();
+    assert!(openssl::verify(Scheme::EcdsaSha256, &pem, b"back", &sig));
+    assert_eq!(client.health().await.unwrap().status, "ok");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_signs_in_the_tpm_all_verify() {
+    let tpm = Swtpm::start();
+    let dir = edgeid_testkit::temp_dir();
+    let keyd = keyd_on(&tpm, dir.path()).await;
+    let client = keyd.client();
+    let a = client
+        .create_key_pair("a", KeyPairSpec::EcP256)
+        .await
+        .unwrap();
+    let b = client
+        .create_key_pair("b", KeyPairSpec::EcP256)
+        .await
+        .unwrap();
+    let c = client
+        .create_key_pair("c", KeyPairSpec::EcP256)
+        .await
+        .unwrap();
+    let mut pems = Vec::new();
+    for h in [&a, &b, &c] {
+        pems.push(client.public_key(h).await.unwrap().pem);
+    }
+    let handles = [a, b, c];
+    let tasks: Vec<_> = (0..32)
+        .map(|i| {
+            let client = client.clone();
+            let handle = handles[i % 3].clone();
+            tokio::spawn(async move {
+                let msg = format!("message {i}").into_bytes();
+                (
+                    i,
+                    msg.clone(),
+                    client
+                        .sign(&handle, SignAlgorithm::EcdsaSha256, &msg, false)
+                        .await
+                        .unwrap(),
+                )
+            })
+        })
+        .collect();
+    for t in tasks {
+        let (i, msg, sig) = t.await.unwrap();
+        assert!(
+            openssl::verify(Scheme::EcdsaSha256, &pems[i % 3], &msg, &sig),
+            "request {i}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blobs_are_useless_in_another_tpm() {
+    let tpm = Swtpm::start();
+    let other = Swtpm::start();
+    let dir = edgeid_testkit::temp_dir();
+    let mut keyd = keyd_on(&tpm, dir.path()).await;
+    let handle = keyd
+        .client()
+        .create_key_pair("device-id", KeyPairSpec::EcP256)
+        .await
+        .unwrap();
+    keyd.stop().await;
+    // Same state dir (blobs, handle secret), another TPM.
+    keyd.config.tpm.as_mut().unwrap().tcti = other.tcti();
+    keyd.restart().await;
+    let err = keyd
+        .client()
+        .sign(&handle, SignAlgorithm::EcdsaSha256, b"x", false)
+        .await
+        .unwrap_err();
+    assert_eq!(err.status(), Some(StatusCode::BAD_REQUEST), "{err}");
+    assert!(err.to_string().contains("another TPM"), "{err}");
+}

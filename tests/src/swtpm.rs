@@ -1,0 +1,156 @@
+//! A fresh software TPM (swtpm) per test, on free loopback ports, with its
+//! state in a temp dir; restartable with the same state.
+
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::time::{Duration, Instant};
+
+/// A running swtpm.
+pub struct Swtpm {
+    dir: tempfile::TempDir,
+    port: u16,
+    child: Option<Child>,
+}
+
+impl Swtpm {
+    /// Starts swtpm with fresh state on a free port pair (P for commands,
+    /// P+1 for control), trying other pairs if another process takes one first.
+    pub fn start() -> Self {
+        crate::require_tool("swtpm", "swtpm swtpm-tools");
+        let mut tpm = Self {
+            dir: crate::temp_dir(),
+            port: 0,
+            child: None,
+        };
+        for _ in 0..50 {
+            let Some(port) = free_port_pair() else {
+                continue;
+            };
+            tpm.port = port;
+            if tpm.launch() {
+                return tpm;
+            }
+        }
+        panic!("swtpm did not start on any of 50 free port pairs");
+    }
+
+    /// Spawns swtpm on this port and state; false if it did not come up.
+    fn launch(&mut self) -> bool {
+        let child = Command::new("swtpm")
+            .args(["socket", "--tpm2", "--server"])
+            .arg(format!("type=tcp,port={},bindaddr=127.0.0.1", self.port))
+            .arg("--ctrl")
+            .arg(format!(
+                "type=tcp,port={},bindaddr=127.0.0.1",
+                self.port + 1
+            ))
+            .arg("--tpmstate")
+            .arg(format!("dir={}", self.dir.path().display()))
+            .args(["--flags", "not-need-init,startup-clear"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start swtpm");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Some(c) = self.child.as_mut() {
+                if c.try_wait().ok().flatten().is_some() {
+                    self.child = None;
+                    return false;
+                }
+            }
+            // Only our own swtpm counts: it must still be running once the port answers.
+            if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                std::thread::sleep(Duration::from_millis(20));
+                return self
+                    .child
+                    .as_mut()
+                    .is_some_and(|c| c.try_wait().ok().flatten().is_none());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    /// The TCTI string keyd and tpm2-tools use to reach it.
+    pub fn tcti(&self) -> String {
+        format!("swtpm:host=127.0.0.1,port={}", self.port)
+    }
+
+    /// Stops it (SIGTERM, so it saves its state).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // SAFETY: kill(2) on our own child's pid.
+            unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again with the same state on the same port.
+    pub fn restart(&mut self) {
+        self.stop();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self.launch() {
+            assert!(
+                Instant::now() < deadline,
+                "swtpm did not restart on port {}",
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// `tpm2_readpublic -c HANDLE` (tpm2-tools, an independent TPM client).
+    /// swtpm serves one client at a time, so this restarts it first (state
+    /// kept) for a clean server; stop keyd before calling it. Bounded at 30 s.
+    pub fn readpublic(&mut self, handle: &str) -> String {
+        crate::require_tool("tpm2_readpublic", "tpm2-tools");
+        self.restart();
+        let out = Command::new("timeout")
+            .args(["30", "tpm2_readpublic"])
+            .env("TPM2TOOLS_TCTI", self.tcti())
+            .args(["-c", handle])
+            .output()
+            .expect("run tpm2_readpublic");
+        assert!(
+            out.status.success(),
+            "tpm2_readpublic -c {handle}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Its state directory.
+    pub fn state(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for Swtpm {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Port pairs handed out by this process so far (tests run in parallel threads;
+/// cargo runs test binaries one after another).
+static HANDED_OUT: AtomicU16 = AtomicU16::new(0);
+
+/// A port P, never handed out before in this process, such that P and P+1 are
+/// both free on loopback right now.
+fn free_port_pair() -> Option<u16> {
+    // Spread processes apart, so a leftover swtpm of an earlier run is unlikely
+    // to sit where this one looks.
+    let base = 20_000 + (std::process::id() % 500) as u16 * 40;
+    let port = base.checked_add(HANDED_OUT.fetch_add(2, Ordering::SeqCst))?;
+    let first = TcpListener::bind(("127.0.0.1", port)).ok()?;
+    let second = TcpListener::bind(("127.0.0.1", port.checked_add(1)?)).ok()?;
+    drop((first, second));
+    Some(port)
+}
