@@ -13,11 +13,11 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures_util::FutureExt;
 use http::header::{HeaderName, HeaderValue, CONTENT_LENGTH, CONTENT_TYPE};
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -379,23 +379,20 @@ async fn respond<H: Handler>(
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limits.max_body_bytes as u64) {
+    let drain_cap = limits.max_body_bytes.saturating_mul(DRAIN_FACTOR);
+    if declared.is_some_and(|n| n > drain_cap as u64) {
+        // Far too large: not worth reading; the client may see the connection close.
         return too_large();
     }
     let body = match tokio::time::timeout(
         limits.request_timeout,
-        Limited::new(body, limits.max_body_bytes).collect(),
+        read_body(body, limits.max_body_bytes, drain_cap),
     )
     .await
     {
-        Ok(Ok(collected)) => collected.to_bytes(),
-        Ok(Err(e))
-            if e.downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some() =>
-        {
-            return too_large()
-        }
-        Ok(Err(e)) => {
+        Ok(Ok(bytes)) => bytes,
+        Ok(Err(BodyError::TooLarge)) => return too_large(),
+        Ok(Err(BodyError::Broken(e))) => {
             return ApiResponse::error(&ApiError::bad_request(format!(
                 "cannot read the request body: {e}"
             )));
@@ -442,6 +439,40 @@ async fn respond<H: Handler>(
         micros = started.elapsed().as_micros() as u64, "request"
     );
     response
+}
+
+/// A body over the limit but under this many times the limit is read and
+/// thrown away before the 413 goes out, so a client that writes its whole body
+/// before reading sees the 413 instead of a broken pipe.
+const DRAIN_FACTOR: usize = 4;
+
+enum BodyError {
+    TooLarge,
+    Broken(String),
+}
+
+/// Reads a body of at most `max` bytes; a larger one is read on (and discarded)
+/// up to `drain_cap` bytes, then refused.
+async fn read_body(mut body: Incoming, max: usize, drain_cap: usize) -> Result<Bytes, BodyError> {
+    let mut kept = BytesMut::new();
+    let mut seen = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| BodyError::Broken(e.to_string()))?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        seen = seen.saturating_add(data.len());
+        if seen <= max {
+            kept.extend_from_slice(&data);
+        } else if seen > drain_cap {
+            return Err(BodyError::TooLarge);
+        }
+    }
+    if seen > max {
+        Err(BodyError::TooLarge)
+    } else {
+        Ok(kept.freeze())
+    }
 }
 
 /// When a connection last moved bytes, and how many requests it has in flight.

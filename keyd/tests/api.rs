@@ -812,3 +812,23 @@ async fn concurrent_signs_all_verify() {
         assert!(openssl::verify(Scheme::EcdsaSha256, &pem, &msg, &sig));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversize_bodies_always_get_a_readable_413() {
+    // The client writes its whole body before reading: keyd must read (and
+    // discard) it before answering, or the client sees a broken pipe.
+    let keyd = KeydFixture::start().await;
+    let body = Bytes::from(vec![b'A'; 1024 * 1024 + 1]);
+    for i in 0..50 {
+        // A fresh client each time: a new connection, no pooled state.
+        let client = keyd.client();
+        let (status, _) = client
+            .transport()
+            .raw(Method::POST, "/v1/sign", body.clone())
+            .await
+            .unwrap_or_else(|e| panic!("attempt {i}: {e}"));
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "attempt {i}");
+    }
+    let h = keyd.client().create_key("after", SymmetricKeyType::HmacSha256, None).await.unwrap();
+    keyd.client().sign(&h, SignAlgorithm::HmacSha256, b"still serving", false).await.unwrap();
+}
