@@ -50,6 +50,8 @@ enum Target {
     Keyd,
     /// keyd on a SoftHSMv2 token.
     Pkcs11,
+    /// keyd on a swtpm.
+    Tpm,
 }
 
 #[derive(Clone, Copy, PartialEq, ValueEnum)]
@@ -83,22 +85,64 @@ fn main() -> Result<(), String> {
         .tempdir_in("/tmp")
         .map_err(|e| e.to_string())?;
     // The token must exist, and SOFTHSM2_CONF be set, before any thread starts.
-    let token = match args.target {
-        Target::Pkcs11 => Some(SoftHsmToken::create(dir.path())?),
-        Target::Keyd => None,
+    let store = match args.target {
+        Target::Keyd => Store::Software,
+        Target::Pkcs11 => Store::Pkcs11(SoftHsmToken::create(dir.path())?),
+        Target::Tpm => Store::Tpm(SwtpmProcess::start(dir.path())?),
     };
     let runtime = edgeid_common::runtime::build().map_err(|e| e.to_string())?;
-    runtime.block_on(bench_keyd(&args, dir.path(), token.as_ref()))
+    runtime.block_on(bench_keyd(&args, dir.path(), &store))
 }
 
-async fn bench_keyd(args: &Args, dir: &Path, token: Option<&SoftHsmToken>) -> Result<(), String> {
+/// Where keyd keeps the keys in this run, and the in-process baseline for it.
+enum Store {
+    Software,
+    Pkcs11(SoftHsmToken),
+    Tpm(SwtpmProcess),
+}
+
+impl Store {
+    fn keyd_config(&self) -> String {
+        match self {
+            Store::Software => String::new(),
+            Store::Pkcs11(t) => t.keyd_config(),
+            Store::Tpm(t) => t.keyd_config(),
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Store::Software => {
+                "every key in the software store; in-process = aws-lc-rs in this process".into()
+            }
+            Store::Pkcs11(t) => format!(
+                "every key on a SoftHSMv2 token ({}); in-process = raw cryptoki on the same token",
+                t.library.display()
+            ),
+            Store::Tpm(t) => format!(
+                "every key in a swtpm ({}); in-process = raw tss-esapi on the same swtpm, \
+                 at concurrency 1 (the TPM is one device that serves one client)",
+                t.tcti()
+            ),
+        }
+    }
+
+    fn in_process(&self, op: Op, n: usize, seconds: u64) -> Result<Measured, String> {
+        match self {
+            Store::Software => Ok(in_process(op, n, seconds)),
+            Store::Pkcs11(t) => t.in_process(op, n, seconds),
+            Store::Tpm(t) => t.in_process(op, seconds),
+        }
+    }
+}
+
+async fn bench_keyd(args: &Args, dir: &Path, store: &Store) -> Result<(), String> {
     let mut child = None;
     let socket = match &args.socket {
         Some(s) => s.clone(),
         None => {
             let socket = dir.join("keyd.sock");
-            let extra = token.map(SoftHsmToken::keyd_config).unwrap_or_default();
-            child = Some(KeydProcess::start(dir, &socket, &extra)?);
+            child = Some(KeydProcess::start(dir, &socket, &store.keyd_config())?);
             socket
         }
     };
@@ -121,19 +165,12 @@ async fn bench_keyd(args: &Args, dir: &Path, token: Option<&SoftHsmToken>) -> Re
         .await
         .map_err(|e| e.to_string())?;
     let message = [7u8; 32];
-    let baseline = match token {
-        Some(t) => {
-            println!("every key on a SoftHSMv2 token ({})", t.library.display());
-            "raw cryptoki on the same token"
-        }
-        None => "aws-lc-rs in this process",
-    };
-    println!(
-        "{} s per run; through = over keyd's socket, in-process = {baseline}",
-        args.seconds
-    );
-    println!("| operation | concurrency | through keyd req/s | p50 | p99 | in-process ops/s | p50 | p99 | ratio |");
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("{}", store.describe());
+    println!("{} s per run", args.seconds);
+
+    // Everything through keyd first; then keyd stops (a swtpm serves one client
+    // at a time) and the in-process baselines run on a quiet machine.
+    let mut through = Vec::new();
     for op in &args.ops {
         let (handle, algorithm) = match op {
             Op::Ecdsa => (&ec, SignAlgorithm::EcdsaSha256),
@@ -146,26 +183,32 @@ async fn bench_keyd(args: &Args, dir: &Path, token: Option<&SoftHsmToken>) -> Re
         })
         .to_string();
         for &n in &args.concurrency {
-            let through =
-                through_socket(&socket, Bytes::from(body.clone()), n, args.seconds).await?;
-            let local = match token {
-                Some(t) => t.in_process(*op, n, args.seconds)?,
-                None => in_process(*op, n, args.seconds),
-            };
-            println!(
-                "| {op} | {n} | {:.0} | {:.0} µs | {:.0} µs | {:.0} | {:.1} µs | {:.1} µs | {:.2} |",
-                through.rate,
-                micros(through.p50),
-                micros(through.p99),
-                local.rate,
-                micros(local.p50),
-                micros(local.p99),
-                through.rate / local.rate
-            );
+            through.push((
+                *op,
+                n,
+                through_socket(&socket, Bytes::from(body.clone()), n, args.seconds).await?,
+            ));
         }
     }
     if let Some(c) = &child {
         println!("keyd RSS after load: {} KiB", c.rss_kib().unwrap_or(0));
+    }
+    drop(child);
+
+    println!("| operation | concurrency | through keyd req/s | p50 | p99 | in-process ops/s | p50 | p99 | ratio |");
+    println!("|---|---|---|---|---|---|---|---|---|");
+    for (op, n, through) in through {
+        let local = store.in_process(op, n, args.seconds)?;
+        println!(
+            "| {op} | {n} | {:.0} | {:.0} µs | {:.0} µs | {:.0} | {:.1} µs | {:.1} µs | {:.2} |",
+            through.rate,
+            micros(through.p50),
+            micros(through.p99),
+            local.rate,
+            micros(local.p50),
+            micros(local.p99),
+            through.rate / local.rate
+        );
     }
     Ok(())
 }
@@ -512,5 +555,164 @@ impl SoftHsmToken {
         }
         drop(session);
         Ok(summarize(all, seconds))
+    }
+}
+
+/// A swtpm started for the benchmark.
+struct SwtpmProcess {
+    port: u16,
+    child: Child,
+}
+
+impl SwtpmProcess {
+    fn start(dir: &Path) -> Result<Self, String> {
+        let state = dir.join("tpm-state");
+        std::fs::create_dir_all(&state).map_err(|e| e.to_string())?;
+        for _ in 0..20 {
+            let first = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+            let port = first.local_addr().map_err(|e| e.to_string())?.port();
+            let Ok(second) = std::net::TcpListener::bind(("127.0.0.1", port.saturating_add(1)))
+            else {
+                continue;
+            };
+            drop((first, second));
+            let mut child = Command::new("swtpm")
+                .args(["socket", "--tpm2", "--server"])
+                .arg(format!("type=tcp,port={port},bindaddr=127.0.0.1"))
+                .arg("--ctrl")
+                .arg(format!("type=tcp,port={},bindaddr=127.0.0.1", port + 1))
+                .arg("--tpmstate")
+                .arg(format!("dir={}", state.display()))
+                .args(["--flags", "not-need-init,startup-clear"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .map_err(|e| format!("swtpm: {e} (sudo apt-get install -y swtpm swtpm-tools)"))?;
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if child.try_wait().ok().flatten().is_some() {
+                    break;
+                }
+                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    return Ok(Self { port, child });
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        Err("swtpm did not start".into())
+    }
+
+    fn tcti(&self) -> String {
+        format!("swtpm:host=127.0.0.1,port={}", self.port)
+    }
+
+    fn keyd_config(&self) -> String {
+        format!(
+            "[backend]\ndefault = \"tpm\"\n[tpm]\ntcti = \"{}\"\n",
+            self.tcti()
+        )
+    }
+
+    /// One thread doing what keyd does per request, straight on tss-esapi: hash
+    /// with aws-lc and TPM2_Sign the digest with a loaded P-256 key, or
+    /// TPM2_HMAC with a loaded HMAC key, both under keyd's storage key.
+    fn in_process(&self, op: Op, seconds: u64) -> Result<Measured, String> {
+        use std::str::FromStr;
+        use tss_esapi::constants::tss::{TPM2_RH_NULL, TPM2_ST_HASHCHECK};
+        use tss_esapi::handles::{KeyHandle, PersistentTpmHandle, TpmHandle};
+        use tss_esapi::interface_types::algorithm::HashingAlgorithm;
+        use tss_esapi::interface_types::ecc::EccCurve;
+        use tss_esapi::interface_types::session_handles::AuthSession;
+        use tss_esapi::structures::{
+            Digest, EccScheme, HashScheme, HashcheckTicket, KeyedHashScheme, MaxBuffer,
+            PublicBuilder, PublicKeyedHashParameters, SignatureScheme,
+        };
+
+        let err = |e: tss_esapi::Error| e.to_string();
+        let tcti = tss_esapi::tcti_ldr::TctiNameConf::from_str(&self.tcti()).map_err(err)?;
+        let mut ctx = tss_esapi::Context::new(tcti).map_err(err)?;
+        let srk = PersistentTpmHandle::new(0x8100_0001).map_err(err)?;
+        let primary: KeyHandle = ctx
+            .execute_without_session(|c| c.tr_from_tpm_public(TpmHandle::Persistent(srk)))
+            .map_err(err)?
+            .into();
+        ctx.set_sessions((Some(AuthSession::Password), None, None));
+        let template = match op {
+            Op::Ecdsa => tss_esapi::utils::create_unrestricted_signing_ecc_public(
+                EccScheme::EcDsa(HashScheme::new(HashingAlgorithm::Sha256)),
+                EccCurve::NistP256,
+            )
+            .map_err(err)?,
+            Op::Hmac => {
+                let attributes = tss_esapi::attributes::ObjectAttributesBuilder::new()
+                    .with_fixed_tpm(true)
+                    .with_fixed_parent(true)
+                    .with_sensitive_data_origin(true)
+                    .with_user_with_auth(true)
+                    .with_sign_encrypt(true)
+                    .build()
+                    .map_err(err)?;
+                PublicBuilder::new()
+                    .with_public_algorithm(
+                        tss_esapi::interface_types::algorithm::PublicAlgorithm::KeyedHash,
+                    )
+                    .with_name_hashing_algorithm(HashingAlgorithm::Sha256)
+                    .with_object_attributes(attributes)
+                    .with_keyed_hash_parameters(PublicKeyedHashParameters::new(
+                        KeyedHashScheme::HMAC_SHA_256,
+                    ))
+                    .with_keyed_hash_unique_identifier(Digest::default())
+                    .build()
+                    .map_err(err)?
+            }
+        };
+        let created = ctx
+            .create(primary, template, None, None, None, None)
+            .map_err(err)?;
+        let key = ctx
+            .load(primary, created.out_private, created.out_public)
+            .map_err(err)?;
+        let message = [7u8; 32];
+        let deadline = Instant::now() + Duration::from_secs(seconds);
+        let mut latencies = Vec::new();
+        while Instant::now() < deadline {
+            let started = Instant::now();
+            match op {
+                Op::Ecdsa => {
+                    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &message);
+                    let digest = Digest::try_from(digest.as_ref().to_vec()).map_err(err)?;
+                    let ticket =
+                        HashcheckTicket::try_from(tss_esapi::tss2_esys::TPMT_TK_HASHCHECK {
+                            tag: TPM2_ST_HASHCHECK,
+                            hierarchy: TPM2_RH_NULL,
+                            digest: Default::default(),
+                        })
+                        .map_err(err)?;
+                    let scheme = SignatureScheme::EcDsa {
+                        hash_scheme: HashScheme::new(HashingAlgorithm::Sha256),
+                    };
+                    std::hint::black_box(ctx.sign(key, digest, scheme, ticket).map_err(err)?);
+                }
+                Op::Hmac => {
+                    let data = MaxBuffer::try_from(message.to_vec()).map_err(err)?;
+                    std::hint::black_box(
+                        ctx.hmac(key.into(), data, HashingAlgorithm::Sha256)
+                            .map_err(err)?,
+                    );
+                }
+            }
+            latencies.push(started.elapsed());
+        }
+        let _ = ctx.flush_context(key.into());
+        Ok(summarize(latencies, seconds))
+    }
+}
+
+impl Drop for SwtpmProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }

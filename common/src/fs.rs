@@ -5,6 +5,8 @@ use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use zeroize::Zeroizing;
+
 /// Writes `bytes` to `path` atomically with `mode`: a temp file in the same
 /// directory, fsync, rename over the target, fsync the directory. A reader sees
 /// the old content or the new one, never a mix; a crash leaves at most a stray
@@ -79,6 +81,45 @@ pub fn check_private(path: &Path) -> io::Result<()> {
     Ok(())
 }
 
+/// A secret kept in a file: exactly `len` bytes, readable by its owner only.
+/// Loads it, refusing a file that others can read or of the wrong length; or,
+/// if there is none, makes one with `generate` and writes it (0600, atomically,
+/// in a 0700 directory). The returned bytes are wiped when dropped.
+pub fn load_or_create_secret(
+    path: &Path,
+    len: usize,
+    generate: impl FnOnce(&mut [u8]) -> io::Result<()>,
+) -> io::Result<Zeroizing<Vec<u8>>> {
+    match fs::read(path) {
+        Ok(bytes) => {
+            let bytes = Zeroizing::new(bytes);
+            check_private(path)?;
+            if bytes.len() != len {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "{} has {} bytes, expected {len}",
+                        path.display(),
+                        bytes.len()
+                    ),
+                ));
+            }
+            Ok(bytes)
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            let dir = parent_dir(path)?;
+            if !dir.exists() {
+                ensure_dir(&dir, 0o700)?;
+            }
+            let mut fresh = Zeroizing::new(vec![0u8; len]);
+            generate(&mut fresh)?;
+            write_atomic(path, &fresh, 0o600)?;
+            Ok(fresh)
+        }
+        Err(e) => Err(e),
+    }
+}
+
 fn parent_dir(path: &Path) -> io::Result<PathBuf> {
     match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => Ok(p.to_path_buf()),
@@ -117,6 +158,36 @@ mod tests {
         assert!(err.to_string().contains("chmod 600"), "{err}");
         write_atomic(&p, b"x", 0o600).unwrap();
         check_private(&p).unwrap();
+    }
+
+    #[test]
+    fn secrets_are_created_once_then_loaded_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("secrets/master.key");
+        let made = load_or_create_secret(&p, 4, |b| {
+            b.copy_from_slice(b"abcd");
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(made.as_slice(), b"abcd");
+        assert_eq!(
+            fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        assert_eq!(
+            fs::metadata(p.parent().unwrap())
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777,
+            0o700
+        );
+        let again = load_or_create_secret(&p, 4, |_| panic!("must not regenerate")).unwrap();
+        assert_eq!(again.as_slice(), b"abcd");
+        let err = load_or_create_secret(&p, 8, |_| Ok(())).unwrap_err();
+        assert!(err.to_string().contains("expected 8"), "{err}");
+        fs::set_permissions(&p, Permissions::from_mode(0o644)).unwrap();
+        assert!(load_or_create_secret(&p, 4, |_| Ok(())).is_err());
     }
 
     #[test]

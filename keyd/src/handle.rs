@@ -12,7 +12,6 @@ use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use serde::{Deserialize, Serialize};
-use zeroize::Zeroizing;
 
 use crate::api::KeyHandle;
 use crate::error::Error;
@@ -52,39 +51,17 @@ pub struct HandleAuthority {
 impl HandleAuthority {
     /// Loads the handle secret from `path`, creating it (0600) on first start.
     pub fn load_or_create(path: &Path) -> Result<Self, Error> {
-        let secret = match std::fs::read(path) {
-            Ok(bytes) => {
-                let bytes = Zeroizing::new(bytes);
-                edgeid_common::fs::check_private(path).map_err(|e| Error::Setup(e.to_string()))?;
-                if bytes.len() != 32 {
-                    return Err(Error::Setup(format!(
-                        "handle secret {} has {} bytes, expected 32; it is damaged (delete it to invalidate all handles)",
-                        path.display(),
-                        bytes.len()
-                    )));
-                }
-                bytes
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let mut fresh = Zeroizing::new(vec![0u8; 32]);
-                SystemRandom::new()
-                    .fill(&mut fresh)
-                    .map_err(|_| Error::Setup("the system random generator failed".into()))?;
-                edgeid_common::fs::write_atomic(path, &fresh, 0o600).map_err(|e| {
-                    Error::Setup(format!(
-                        "cannot write handle secret {}: {e}",
-                        path.display()
-                    ))
-                })?;
-                fresh
-            }
-            Err(e) => {
-                return Err(Error::Setup(format!(
-                    "cannot read handle secret {}: {e}",
-                    path.display()
-                )))
-            }
-        };
+        let secret = edgeid_common::fs::load_or_create_secret(path, 32, |bytes| {
+            SystemRandom::new()
+                .fill(bytes)
+                .map_err(|_| std::io::Error::other("the system random generator failed"))
+        })
+        .map_err(|e| {
+            Error::Setup(format!(
+                "handle secret {}: {e} (if it is damaged, delete it: every issued handle becomes invalid)",
+                path.display()
+            ))
+        })?;
         Ok(Self {
             key: hmac::Key::new(hmac::HMAC_SHA256, &secret),
         })

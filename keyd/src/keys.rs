@@ -12,7 +12,7 @@ use crate::api::*;
 use crate::backend::pkcs11::Pkcs11Backend;
 use crate::backend::software::SoftwareBackend;
 use crate::backend::tpm::TpmBackend;
-use crate::backend::{BackendKind, KeyBackend, KeyKind};
+use crate::backend::{no_such_key, BackendKind, KeyBackend, KeyKind};
 use crate::config::KeydConfig;
 use crate::error::Error;
 use crate::handle::{HandleAuthority, KeyRef, MAX_DERIVATION_DEPTH, MAX_INFO_LEN};
@@ -193,17 +193,14 @@ impl Keyd {
         pair: bool,
     ) -> Result<HandleResponse, Error> {
         let id = self.authorize(caller, id)?;
-        let wanted = if pair { "key pair" } else { "symmetric key" };
-        match self.stores.for_id(&id)?.find(&id).await? {
-            Some(record) if matches!(record.kind, KeyKind::Pair(_)) == pair => {
-                Ok(self.handle_for(id, record.generation))
-            }
-            Some(record) => Err(Error::NotFound(format!(
-                "no {wanted} named '{id}' (it is a {} key)",
-                record.kind
-            ))),
-            None => Err(Error::NotFound(format!("no {wanted} named '{id}'"))),
-        }
+        let record = self
+            .stores
+            .for_id(&id)?
+            .find(&id)
+            .await?
+            .ok_or_else(|| no_such_key(&id, pair))?;
+        record.check_class(pair)?;
+        Ok(self.handle_for(id, record.generation))
     }
 
     /// `POST /v1/public-key`
@@ -289,11 +286,7 @@ impl Keyd {
         caller: &Caller,
         req: CryptRequest,
     ) -> Result<CryptResponse, Error> {
-        let (key, store) = self.open_handle(caller, &req.handle)?;
-        let aad = req.aad.as_ref().map_or(&[][..], |a| a.0.as_slice());
-        Ok(CryptResponse {
-            data: Base64Bytes(store.encrypt(&key, &req.data.0, aad).await?),
-        })
+        self.crypt(caller, req, true).await
     }
 
     /// `POST /v1/decrypt`
@@ -302,10 +295,24 @@ impl Keyd {
         caller: &Caller,
         req: CryptRequest,
     ) -> Result<CryptResponse, Error> {
+        self.crypt(caller, req, false).await
+    }
+
+    async fn crypt(
+        &self,
+        caller: &Caller,
+        req: CryptRequest,
+        encrypt: bool,
+    ) -> Result<CryptResponse, Error> {
         let (key, store) = self.open_handle(caller, &req.handle)?;
         let aad = req.aad.as_ref().map_or(&[][..], |a| a.0.as_slice());
+        let data = if encrypt {
+            store.encrypt(&key, &req.data.0, aad).await?
+        } else {
+            store.decrypt(&key, &req.data.0, aad).await?
+        };
         Ok(CryptResponse {
-            data: Base64Bytes(store.decrypt(&key, &req.data.0, aad).await?),
+            data: Base64Bytes(data),
         })
     }
 

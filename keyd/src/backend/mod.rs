@@ -97,6 +97,61 @@ impl KeyRecord {
     }
 }
 
+impl KeyRecord {
+    /// What creating a key pair answers when the id is taken: the same key pair
+    /// is loaded; anything else is a conflict.
+    pub fn reuse_as_pair(&self, spec: KeyPairSpec) -> Result<KeyRecord, Error> {
+        match self.kind {
+            KeyKind::Pair(s) if s == spec => Ok(self.clone()),
+            other => Err(Error::Conflict(format!(
+                "key '{}' already exists as {other}, not {spec}",
+                self.id
+            ))),
+        }
+    }
+
+    /// 404 unless this key is of the class the API path names (`pair`: key
+    /// pair, else symmetric key), so no path reaches the other kind of key.
+    pub fn check_class(&self, pair: bool) -> Result<(), Error> {
+        if matches!(self.kind, KeyKind::Pair(_)) == pair {
+            Ok(())
+        } else {
+            Err(Error::NotFound(format!(
+                "no {} named '{}' (it is a {} key)",
+                class_name(pair),
+                self.id,
+                self.kind
+            )))
+        }
+    }
+}
+
+/// "key pair" or "symmetric key", for messages.
+pub(crate) fn class_name(pair: bool) -> &'static str {
+    if pair {
+        "key pair"
+    } else {
+        "symmetric key"
+    }
+}
+
+/// 404 for an id with no key of the class the API path names.
+pub(crate) fn no_such_key(id: &KeyId, pair: bool) -> Error {
+    Error::NotFound(format!("no {} named '{id}'", class_name(pair)))
+}
+
+/// 400 for bytes that are not a keyd ciphertext at all.
+pub(crate) fn not_a_ciphertext() -> Error {
+    Error::BadRequest("ciphertext is too short or was not produced by keyd's encrypt".into())
+}
+
+/// 400 for a ciphertext that fails authentication.
+pub(crate) fn decryption_failed() -> Error {
+    Error::BadRequest(
+        "decryption failed: the ciphertext or aad was altered, or another key encrypted it".into(),
+    )
+}
+
 /// A public key as DER SubjectPublicKeyInfo.
 #[derive(Debug, Clone)]
 pub struct PublicKey {

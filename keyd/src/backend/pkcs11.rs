@@ -32,7 +32,10 @@ use tokio::sync::Semaphore;
 use zeroize::Zeroizing;
 
 use super::encoding::{ec_spki, ecdsa_der, rsa_spki};
-use super::{wrong_kind, BackendKind, Failure, KeyBackend, KeyKind, KeyRecord, PublicKey};
+use super::{
+    decryption_failed, no_such_key, not_a_ciphertext, wrong_kind, BackendKind, Failure, KeyBackend,
+    KeyKind, KeyRecord, PublicKey,
+};
 use crate::api::{KeyPairSpec, SignAlgorithm, SymmetricKeyType};
 use crate::error::Error;
 use crate::handle::KeyRef;
@@ -222,12 +225,7 @@ impl KeyBackend for Pkcs11Backend {
         let id = id.clone();
         self.run(move |token, session| {
             if let Some(existing) = Self::find_object(token, session, &id)? {
-                return match existing.record.kind {
-                    KeyKind::Pair(s) if s == spec => Ok(existing.record.clone()),
-                    other => Err(Failure::Request(Error::Conflict(format!(
-                        "key '{id}' already exists as {other}, not {spec}"
-                    )))),
-                };
+                return Ok(existing.record.reuse_as_pair(spec)?);
             }
             let generation = random_id()?;
             let label = Attribute::Label(id.as_str().as_bytes().to_vec());
@@ -528,20 +526,23 @@ impl KeyBackend for Pkcs11Backend {
         let (key, ciphertext, aad) = (key.clone(), ciphertext.to_vec(), aad.to_vec());
         self.run(move |token, session| {
             let object = Self::aes_object(token, session, &key)?;
-            if ciphertext.len() < 1 + GCM_NONCE_LEN + GCM_TAG_LEN || ciphertext[0] != CIPHERTEXT_VERSION {
-                return Err(Failure::Request(Error::BadRequest(
-                    "ciphertext is too short or was not produced by keyd's encrypt".into(),
-                )));
+            if ciphertext.len() < 1 + GCM_NONCE_LEN + GCM_TAG_LEN
+                || ciphertext[0] != CIPHERTEXT_VERSION
+            {
+                return Err(not_a_ciphertext().into());
             }
             let mut iv = [0u8; GCM_NONCE_LEN];
             iv.copy_from_slice(&ciphertext[1..1 + GCM_NONCE_LEN]);
-            let params = GcmParams::new(&mut iv, &aad, ((GCM_TAG_LEN * 8) as u64).into()).map_err(Failure::from)?;
+            let params = GcmParams::new(&mut iv, &aad, ((GCM_TAG_LEN * 8) as u64).into())
+                .map_err(Failure::from)?;
             session
-                .decrypt(&Mechanism::AesGcm(params), object.key, &ciphertext[1 + GCM_NONCE_LEN..])
+                .decrypt(
+                    &Mechanism::AesGcm(params),
+                    object.key,
+                    &ciphertext[1 + GCM_NONCE_LEN..],
+                )
                 .map_err(|e| match Failure::from(e) {
-                    Failure::Request(_) => Failure::Request(Error::BadRequest(
-                        "decryption failed: the ciphertext or aad was altered, or another key encrypted it".into(),
-                    )),
+                    Failure::Request(_) => decryption_failed().into(),
                     device => device,
                 })
         })
@@ -551,16 +552,9 @@ impl KeyBackend for Pkcs11Backend {
     async fn delete(&self, id: &KeyId, pair: bool) -> Result<(), Error> {
         let id = id.clone();
         self.run(move |token, session| {
-            let wanted = if pair { "key pair" } else { "symmetric key" };
-            let object = Self::find_object(token, session, &id)?.ok_or_else(|| {
-                Failure::Request(Error::NotFound(format!("no {wanted} named '{id}'")))
-            })?;
-            if matches!(object.record.kind, KeyKind::Pair(_)) != pair {
-                return Err(Failure::Request(Error::NotFound(format!(
-                    "no {wanted} named '{id}' (it is a {} key)",
-                    object.record.kind
-                ))));
-            }
+            let object =
+                Self::find_object(token, session, &id)?.ok_or_else(|| no_such_key(&id, pair))?;
+            object.record.check_class(pair)?;
             session.destroy_object(object.key).map_err(Failure::from)?;
             if let Some(public) = object.public {
                 session.destroy_object(public).map_err(Failure::from)?;

@@ -22,8 +22,8 @@ use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
 use super::{
-    bad_digest_len, check_algorithm, derive, wrong_kind, BackendKind, KeyBackend, KeyKind,
-    KeyRecord, PublicKey,
+    bad_digest_len, check_algorithm, decryption_failed, derive, no_such_key, not_a_ciphertext,
+    wrong_kind, BackendKind, KeyBackend, KeyKind, KeyRecord, PublicKey,
 };
 use crate::api::{KeyPairSpec, SignAlgorithm, SymmetricKeyType};
 use crate::error::Error;
@@ -243,12 +243,7 @@ impl KeyBackend for SoftwareBackend {
     async fn create_key_pair(&self, id: &KeyId, spec: KeyPairSpec) -> Result<KeyRecord, Error> {
         let _writing = self.writes.lock().await;
         if let Some(existing) = self.load(id).await? {
-            return match existing.record.kind {
-                KeyKind::Pair(s) if s == spec => Ok(existing.record.clone()),
-                other => Err(Error::Conflict(format!(
-                    "key '{id}' already exists as {other}, not {spec}"
-                ))),
-            };
+            return existing.record.reuse_as_pair(spec);
         }
         // RSA generation takes up to seconds: keep it off the reactor.
         let pkcs8 = tokio::task::spawn_blocking(move || generate_pkcs8(spec))
@@ -384,29 +379,18 @@ impl KeyBackend for SoftwareBackend {
         let derived = self.aes_material(key).await?;
         let aes =
             aes_key(&derived).map_err(|_| Error::Internal("cannot use the AES key".into()))?;
-        open(&aes, ciphertext, aad).map(|p| p.to_vec()).map_err(|e| match e {
-            OpenError::Format => {
-                Error::BadRequest("ciphertext is too short or was not produced by keyd's encrypt".into())
-            }
-            OpenError::Auth => Error::BadRequest(
-                "decryption failed: the ciphertext or aad was altered, or another key encrypted it".into(),
-            ),
-        })
+        open(&aes, ciphertext, aad)
+            .map(|p| p.to_vec())
+            .map_err(|e| match e {
+                OpenError::Format => not_a_ciphertext(),
+                OpenError::Auth => decryption_failed(),
+            })
     }
 
     async fn delete(&self, id: &KeyId, pair: bool) -> Result<(), Error> {
         let _writing = self.writes.lock().await;
-        let wanted = if pair { "key pair" } else { "symmetric key" };
-        let existing = self
-            .load(id)
-            .await?
-            .ok_or_else(|| Error::NotFound(format!("no {wanted} named '{id}'")))?;
-        if matches!(existing.record.kind, KeyKind::Pair(_)) != pair {
-            return Err(Error::NotFound(format!(
-                "no {wanted} named '{id}' (it is a {} key)",
-                existing.record.kind
-            )));
-        }
+        let existing = self.load(id).await?.ok_or_else(|| no_such_key(id, pair))?;
+        existing.record.check_class(pair)?;
         let path = self.path_of(id);
         std::fs::remove_file(&path)
             .and_then(|()| std::fs::File::open(&self.keys_dir)?.sync_all())
@@ -579,38 +563,21 @@ fn open(key: &LessSafeKey, sealed: &[u8], aad: &[u8]) -> Result<Zeroizing<Vec<u8
 }
 
 fn load_or_create_master(path: &Path, rng: &SystemRandom) -> Result<Zeroizing<Vec<u8>>, Error> {
-    match std::fs::read(path) {
-        Ok(bytes) => {
-            let bytes = Zeroizing::new(bytes);
-            edgeid_common::fs::check_private(path).map_err(|e| Error::Setup(e.to_string()))?;
-            if bytes.len() != 32 {
-                return Err(Error::Setup(format!(
-                    "master key {} has {} bytes, expected 32; restore it from backup",
-                    path.display(),
-                    bytes.len()
-                )));
-            }
-            Ok(bytes)
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            if let Some(dir) = path.parent() {
-                edgeid_common::fs::ensure_dir(dir, 0o700)
-                    .map_err(|e| Error::Setup(format!("cannot create {}: {e}", dir.display())))?;
-            }
-            let mut fresh = Zeroizing::new(vec![0u8; 32]);
-            rng.fill(&mut fresh)
-                .map_err(|_| Error::Setup("the system random generator failed".into()))?;
-            edgeid_common::fs::write_atomic(path, &fresh, 0o600).map_err(|e| {
-                Error::Setup(format!("cannot write master key {}: {e}", path.display()))
-            })?;
-            tracing::info!(path = %path.display(), "created master key");
-            Ok(fresh)
-        }
-        Err(e) => Err(Error::Setup(format!(
-            "cannot read master key {}: {e}",
+    let existed = path.exists();
+    let key = edgeid_common::fs::load_or_create_secret(path, 32, |bytes| {
+        rng.fill(bytes)
+            .map_err(|_| std::io::Error::other("the system random generator failed"))
+    })
+    .map_err(|e| {
+        Error::Setup(format!(
+            "master key {}: {e} (restore it from backup)",
             path.display()
-        ))),
+        ))
+    })?;
+    if !existed {
+        tracing::info!(path = %path.display(), "created master key");
     }
+    Ok(key)
 }
 
 #[cfg(test)]

@@ -43,8 +43,8 @@ use zeroize::Zeroizing;
 
 use super::encoding::{ec_spki, ecdsa_der, rsa_spki};
 use super::{
-    bad_digest_len, check_algorithm, derive, wrong_kind, BackendKind, Failure, KeyBackend, KeyKind,
-    KeyRecord, PublicKey,
+    bad_digest_len, check_algorithm, derive, no_such_key, wrong_kind, BackendKind, Failure,
+    KeyBackend, KeyKind, KeyRecord, PublicKey,
 };
 use crate::api::{KeyPairSpec, SignAlgorithm, SymmetricKeyType};
 use crate::error::Error;
@@ -333,12 +333,7 @@ impl KeyBackend for TpmBackend {
     async fn create_key_pair(&self, id: &KeyId, spec: KeyPairSpec) -> Result<KeyRecord, Error> {
         let _writing = self.writes.lock().await;
         if let Some(existing) = self.stored(id).await? {
-            return match existing.record.kind {
-                KeyKind::Pair(s) if s == spec => Ok(existing.record.clone()),
-                other => Err(Error::Conflict(format!(
-                    "key '{id}' already exists as {other}, not {spec}"
-                ))),
-            };
+            return existing.record.reuse_as_pair(spec);
         }
         let template = signing_template(spec)?;
         self.create(id, KeyKind::Pair(spec), template, None).await
@@ -508,17 +503,11 @@ impl KeyBackend for TpmBackend {
 
     async fn delete(&self, id: &KeyId, pair: bool) -> Result<(), Error> {
         let _writing = self.writes.lock().await;
-        let wanted = if pair { "key pair" } else { "symmetric key" };
         let stored = self
             .stored(id)
             .await?
-            .ok_or_else(|| Error::NotFound(format!("no {wanted} named '{id}'")))?;
-        if matches!(stored.record.kind, KeyKind::Pair(_)) != pair {
-            return Err(Error::NotFound(format!(
-                "no {wanted} named '{id}' (it is a {} key)",
-                stored.record.kind
-            )));
-        }
+            .ok_or_else(|| no_such_key(id, pair))?;
+        stored.record.check_class(pair)?;
         // Unload it if loaded; a TPM that is down now loses nothing by this.
         let gone = id.clone();
         let _ = self
