@@ -623,11 +623,9 @@ impl SwtpmProcess {
         use tss_esapi::constants::tss::{TPM2_RH_NULL, TPM2_ST_HASHCHECK};
         use tss_esapi::handles::{KeyHandle, PersistentTpmHandle, TpmHandle};
         use tss_esapi::interface_types::algorithm::HashingAlgorithm;
-        use tss_esapi::interface_types::ecc::EccCurve;
         use tss_esapi::interface_types::session_handles::AuthSession;
         use tss_esapi::structures::{
-            Digest, EccScheme, HashScheme, HashcheckTicket, KeyedHashScheme, MaxBuffer,
-            PublicBuilder, PublicKeyedHashParameters, SignatureScheme,
+            Digest, HashScheme, HashcheckTicket, MaxBuffer, SignatureScheme,
         };
 
         let err = |e: tss_esapi::Error| e.to_string();
@@ -639,35 +637,12 @@ impl SwtpmProcess {
             .map_err(err)?
             .into();
         ctx.set_sessions((Some(AuthSession::Password), None, None));
+        // The very templates keyd uses, so both sides sign with the same kind of key.
         let template = match op {
-            Op::Ecdsa => tss_esapi::utils::create_unrestricted_signing_ecc_public(
-                EccScheme::EcDsa(HashScheme::new(HashingAlgorithm::Sha256)),
-                EccCurve::NistP256,
-            )
-            .map_err(err)?,
-            Op::Hmac => {
-                let attributes = tss_esapi::attributes::ObjectAttributesBuilder::new()
-                    .with_fixed_tpm(true)
-                    .with_fixed_parent(true)
-                    .with_sensitive_data_origin(true)
-                    .with_user_with_auth(true)
-                    .with_sign_encrypt(true)
-                    .build()
-                    .map_err(err)?;
-                PublicBuilder::new()
-                    .with_public_algorithm(
-                        tss_esapi::interface_types::algorithm::PublicAlgorithm::KeyedHash,
-                    )
-                    .with_name_hashing_algorithm(HashingAlgorithm::Sha256)
-                    .with_object_attributes(attributes)
-                    .with_keyed_hash_parameters(PublicKeyedHashParameters::new(
-                        KeyedHashScheme::HMAC_SHA_256,
-                    ))
-                    .with_keyed_hash_unique_identifier(Digest::default())
-                    .build()
-                    .map_err(err)?
-            }
-        };
+            Op::Ecdsa => edgeid_keyd::backend::tpm::signing_template(KeyPairSpec::EcP256),
+            Op::Hmac => edgeid_keyd::backend::tpm::hmac_template(true),
+        }
+        .map_err(|e| e.to_string())?;
         let created = ctx
             .create(primary, template, None, None, None, None)
             .map_err(err)?;

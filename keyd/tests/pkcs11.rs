@@ -4,10 +4,9 @@
 
 use edgeid_common::client::ClientError;
 use edgeid_keyd::api::{KeyPairSpec, SignAlgorithm, SymmetricKeyType};
-use edgeid_testkit::openssl::{self, Scheme};
+use edgeid_testkit::openssl;
 use edgeid_testkit::{KeydProcess, SoftHsm};
 use http::StatusCode;
-use sha2::{Digest, Sha256, Sha384};
 
 const BIN: &str = env!("CARGO_BIN_EXE_edgeid-keyd");
 
@@ -32,58 +31,18 @@ async fn every_spec_on_the_token_signs_verifiably_and_survives_restart() {
     let client = keyd.client();
     let message = b"signed inside the HSM".to_vec();
     let cases = [
-        (
-            KeyPairSpec::EcP256,
-            SignAlgorithm::EcdsaSha256,
-            Scheme::EcdsaSha256,
-        ),
-        (
-            KeyPairSpec::EcP384,
-            SignAlgorithm::EcdsaSha384,
-            Scheme::EcdsaSha384,
-        ),
-        (
-            KeyPairSpec::Rsa2048,
-            SignAlgorithm::RsaPkcs1Sha256,
-            Scheme::RsaPkcs1Sha256,
-        ),
-        (
-            KeyPairSpec::Rsa3072,
-            SignAlgorithm::RsaPssSha256,
-            Scheme::RsaPssSha256,
-        ),
-        (
-            KeyPairSpec::Rsa4096,
-            SignAlgorithm::RsaPkcs1Sha256,
-            Scheme::RsaPkcs1Sha256,
-        ),
+        (KeyPairSpec::EcP256, SignAlgorithm::EcdsaSha256),
+        (KeyPairSpec::EcP384, SignAlgorithm::EcdsaSha384),
+        (KeyPairSpec::Rsa2048, SignAlgorithm::RsaPkcs1Sha256),
+        (KeyPairSpec::Rsa3072, SignAlgorithm::RsaPssSha256),
+        (KeyPairSpec::Rsa4096, SignAlgorithm::RsaPkcs1Sha256),
     ];
     let mut made = Vec::new();
-    for (spec, algorithm, scheme) in cases {
+    for (spec, algorithm) in cases {
         let id = format!("hsm/{spec}");
         let handle = client.create_key_pair(&id, spec).await.unwrap();
-        let public = client.public_key(&handle).await.unwrap();
-        let sig = client
-            .sign(&handle, algorithm, &message, false)
-            .await
-            .unwrap();
-        assert!(
-            openssl::verify(scheme, &public.pem, &message, &sig),
-            "{spec}: openssl rejects"
-        );
-        let digest = match scheme {
-            Scheme::EcdsaSha384 => Sha384::digest(&message).to_vec(),
-            _ => Sha256::digest(&message).to_vec(),
-        };
-        let sig = client
-            .sign(&handle, algorithm, &digest, true)
-            .await
-            .unwrap();
-        assert!(
-            openssl::verify(scheme, &public.pem, &message, &sig),
-            "{spec} prehashed: openssl rejects"
-        );
-        made.push((id, spec, algorithm, scheme, handle, public.pem));
+        let pem = openssl::check_signing(&client, &handle, algorithm, &message).await;
+        made.push((id, spec, algorithm, handle, pem));
     }
     let err = client
         .create_key_pair("hsm/ed", KeyPairSpec::Ed25519)
@@ -185,13 +144,13 @@ async fn every_spec_on_the_token_signs_verifiably_and_survives_restart() {
     // Restart: found again by label, same public keys, old handles still good.
     keyd.restart().await;
     let client = keyd.client();
-    for (id, spec, algorithm, scheme, old, pem) in &made {
+    for (id, spec, algorithm, old, pem) in &made {
         let handle = client.key_pair(id).await.unwrap();
         assert_eq!(&client.public_key(&handle).await.unwrap().pem, pem, "{id}");
         assert_eq!(&client.create_key_pair(id, *spec).await.unwrap(), &handle);
         let sig = client.sign(old, *algorithm, &message, false).await.unwrap();
         assert!(
-            openssl::verify(*scheme, pem, &message, &sig),
+            openssl::verify(*algorithm, pem, &message, &sig),
             "{id} after restart"
         );
     }
@@ -244,7 +203,12 @@ async fn concurrent_signs_on_the_token_all_verify() {
         .collect();
     for t in tasks {
         let (msg, sig) = t.await.unwrap();
-        assert!(openssl::verify(Scheme::EcdsaSha256, &pem, &msg, &sig));
+        assert!(openssl::verify(
+            SignAlgorithm::EcdsaSha256,
+            &pem,
+            &msg,
+            &sig
+        ));
     }
 }
 
@@ -277,7 +241,12 @@ async fn missing_token_is_503_until_it_appears() {
         .sign(&handle, SignAlgorithm::EcdsaSha256, b"back", false)
         .await
         .unwrap();
-    assert!(openssl::verify(Scheme::EcdsaSha256, &pem, b"back", &sig));
+    assert!(openssl::verify(
+        SignAlgorithm::EcdsaSha256,
+        &pem,
+        b"back",
+        &sig
+    ));
     assert_eq!(client.health().await.unwrap().status, "ok");
 }
 

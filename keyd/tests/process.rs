@@ -26,17 +26,21 @@ fn write_config(dir: &Path, socket: &Path) -> PathBuf {
 
 use edgeid_testkit::process::{sigterm, wait_exit, wait_for_health};
 
+fn spawn_keyd(config: &Path) -> std::process::Child {
+    Command::new(BIN)
+        .arg("--config")
+        .arg(config)
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start edgeid-keyd")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_finishes_in_flight_requests_then_exits_0() {
     let dir = edgeid_testkit::temp_dir();
     let socket = dir.path().join("keyd.sock");
     let config = write_config(dir.path(), &socket);
-    let mut child = Command::new(BIN)
-        .arg("--config")
-        .arg(&config)
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_keyd(&config);
     let client = KeydClient::new(&socket);
     wait_for_health(&client, &mut child).await;
 
@@ -74,12 +78,7 @@ async fn sigterm_finishes_in_flight_requests_then_exits_0() {
     assert!(!socket.exists(), "socket file removed on shutdown");
 
     // Everything it created survives for the next start.
-    let mut child = Command::new(BIN)
-        .arg("--config")
-        .arg(&config)
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_keyd(&config);
     wait_for_health(&client, &mut child).await;
     for i in 0..4 {
         let handle = client.key_pair(&format!("slow-{i}")).await.unwrap();

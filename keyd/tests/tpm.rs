@@ -7,10 +7,9 @@ use edgeid_common::client::ClientError;
 use edgeid_keyd::api::{KeyPairSpec, SignAlgorithm, SymmetricKeyType};
 use edgeid_keyd::backend::BackendKind;
 use edgeid_keyd::config::TpmConfig;
-use edgeid_testkit::openssl::{self, Scheme};
+use edgeid_testkit::openssl;
 use edgeid_testkit::{KeydFixture, Swtpm};
 use http::StatusCode;
-use sha2::{Digest, Sha256, Sha384};
 
 fn status(err: ClientError) -> StatusCode {
     err.status()
@@ -38,53 +37,17 @@ async fn every_spec_in_the_tpm_signs_verifiably_and_survives_restarts() {
     let client = keyd.client();
     let message = b"signed inside the TPM".to_vec();
     let cases = [
-        (
-            KeyPairSpec::EcP256,
-            SignAlgorithm::EcdsaSha256,
-            Scheme::EcdsaSha256,
-        ),
-        (
-            KeyPairSpec::EcP384,
-            SignAlgorithm::EcdsaSha384,
-            Scheme::EcdsaSha384,
-        ),
-        (
-            KeyPairSpec::Rsa2048,
-            SignAlgorithm::RsaPkcs1Sha256,
-            Scheme::RsaPkcs1Sha256,
-        ),
-        (
-            KeyPairSpec::Rsa2048,
-            SignAlgorithm::RsaPssSha256,
-            Scheme::RsaPssSha256,
-        ),
+        (KeyPairSpec::EcP256, SignAlgorithm::EcdsaSha256),
+        (KeyPairSpec::EcP384, SignAlgorithm::EcdsaSha384),
+        (KeyPairSpec::Rsa2048, SignAlgorithm::RsaPkcs1Sha256),
+        (KeyPairSpec::Rsa2048, SignAlgorithm::RsaPssSha256),
     ];
     let mut made = Vec::new();
-    for (i, (spec, algorithm, scheme)) in cases.into_iter().enumerate() {
+    for (i, (spec, algorithm)) in cases.into_iter().enumerate() {
         let id = format!("tpm/{spec}-{i}");
         let handle = client.create_key_pair(&id, spec).await.unwrap();
-        let public = client.public_key(&handle).await.unwrap();
-        let sig = client
-            .sign(&handle, algorithm, &message, false)
-            .await
-            .unwrap();
-        assert!(
-            openssl::verify(scheme, &public.pem, &message, &sig),
-            "{spec} {algorithm}: openssl rejects"
-        );
-        let digest = match scheme {
-            Scheme::EcdsaSha384 => Sha384::digest(&message).to_vec(),
-            _ => Sha256::digest(&message).to_vec(),
-        };
-        let sig = client
-            .sign(&handle, algorithm, &digest, true)
-            .await
-            .unwrap();
-        assert!(
-            openssl::verify(scheme, &public.pem, &message, &sig),
-            "{spec} prehashed: openssl rejects"
-        );
-        made.push((id, algorithm, scheme, handle, public.pem));
+        let pem = openssl::check_signing(&client, &handle, algorithm, &message).await;
+        made.push((id, algorithm, handle, pem));
     }
     for spec in [KeyPairSpec::Rsa4096, KeyPairSpec::Ed25519] {
         let err = client.create_key_pair("tpm/no", spec).await.unwrap_err();
@@ -129,12 +92,15 @@ async fn every_spec_in_the_tpm_signs_verifiably_and_survives_restarts() {
         .unwrap();
 
     // More keys than the TPM holds at once: the cache loads and unloads.
-    for (id, algorithm, scheme, handle, pem) in made.iter().chain(made.iter()) {
+    for (id, algorithm, handle, pem) in made.iter().chain(made.iter()) {
         let sig = client
             .sign(handle, *algorithm, &message, false)
             .await
             .unwrap();
-        assert!(openssl::verify(*scheme, pem, &message, &sig), "{id} again");
+        assert!(
+            openssl::verify(*algorithm, pem, &message, &sig),
+            "{id} again"
+        );
     }
 
     // keyd and the TPM both restart (the TPM keeps its state): same keys.
@@ -147,12 +113,12 @@ async fn every_spec_in_the_tpm_signs_verifiably_and_survives_restarts() {
     tpm.restart();
     keyd.restart().await;
     let client = keyd.client();
-    for (id, algorithm, scheme, old, pem) in &made {
+    for (id, algorithm, old, pem) in &made {
         let handle = client.key_pair(id).await.unwrap();
         assert_eq!(&client.public_key(&handle).await.unwrap().pem, pem, "{id}");
         let sig = client.sign(old, *algorithm, &message, false).await.unwrap();
         assert!(
-            openssl::verify(*scheme, pem, &message, &sig),
+            openssl::verify(*algorithm, pem, &message, &sig),
             "{id} after restart"
         );
     }
@@ -186,7 +152,7 @@ async fn every_spec_in_the_tpm_signs_verifiably_and_survives_restarts() {
     }
 
     // Delete: the blob goes, the handle dies, the id is free again.
-    let (id, algorithm, _, old, _) = &made[0];
+    let (id, algorithm, old, _) = &made[0];
     client.delete_key_pair(id).await.unwrap();
     assert_eq!(
         status(
@@ -239,7 +205,12 @@ async fn unreachable_tpm_is_503_then_recovers() {
         .sign(&handle, SignAlgorithm::EcdsaSha256, b"back", false)
         .await
         .unwrap();
-    assert!(openssl::verify(Scheme::EcdsaSha256, &pem, b"back", &sig));
+    assert!(openssl::verify(
+        SignAlgorithm::EcdsaSha256,
+        &pem,
+        b"back",
+        &sig
+    ));
     assert_eq!(client.health().await.unwrap().status, "ok");
 }
 
@@ -286,7 +257,7 @@ async fn concurrent_signs_in_the_tpm_all_verify() {
     for t in tasks {
         let (i, msg, sig) = t.await.unwrap();
         assert!(
-            openssl::verify(Scheme::EcdsaSha256, &pems[i % 3], &msg, &sig),
+            openssl::verify(SignAlgorithm::EcdsaSha256, &pems[i % 3], &msg, &sig),
             "request {i}"
         );
     }

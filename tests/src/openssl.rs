@@ -1,25 +1,20 @@
-//! Signatures verified by the `openssl` command, independently of aws-lc.
+//! Signatures verified by the `openssl` command, independently of aws-lc (and of
+//! whatever HSM or TPM made them).
 
 use std::path::Path;
 use std::process::Command;
 
-/// How a signature was made, in openssl's terms.
-#[derive(Debug, Clone, Copy)]
-pub enum Scheme {
-    /// ECDSA, DER signature, over SHA-256.
-    EcdsaSha256,
-    /// ECDSA, DER signature, over SHA-384.
-    EcdsaSha384,
-    /// RSASSA-PKCS1-v1_5 with SHA-256.
-    RsaPkcs1Sha256,
-    /// RSASSA-PSS with SHA-256 and a 32-byte salt.
-    RsaPssSha256,
-    /// Ed25519 over the message.
-    Ed25519,
-}
+use edgeid_keyd::api::{KeyHandle, SignAlgorithm};
+use edgeid_keyd::KeydClient;
+use sha2::{Digest, Sha256, Sha384};
 
 /// Whether `openssl` accepts `signature` over `message` for `public_pem`.
-pub fn verify(scheme: Scheme, public_pem: &str, message: &[u8], signature: &[u8]) -> bool {
+pub fn verify(
+    algorithm: SignAlgorithm,
+    public_pem: &str,
+    message: &[u8],
+    signature: &[u8],
+) -> bool {
     let openssl = crate::require_tool("openssl", "openssl");
     let dir = crate::temp_dir();
     let write = |name: &str, bytes: &[u8]| {
@@ -30,16 +25,17 @@ pub fn verify(scheme: Scheme, public_pem: &str, message: &[u8], signature: &[u8]
     let key = write("pub.pem", public_pem.as_bytes());
     let data = write("data", message);
     let sig = write("sig", signature);
-    let mut cmd = Command::new(openssl);
     let arg = |p: &Path| p.to_str().expect("utf-8 temp path").to_owned();
-    match scheme {
-        Scheme::Ed25519 => {
+    let mut cmd = Command::new(openssl);
+    match algorithm {
+        SignAlgorithm::Ed25519 => {
             cmd.args(["pkeyutl", "-verify", "-pubin", "-rawin", "-inkey"])
                 .arg(arg(&key))
                 .args(["-in", &arg(&data), "-sigfile", &arg(&sig)]);
         }
+        SignAlgorithm::HmacSha256 => panic!("openssl::verify checks signatures, not MACs"),
         _ => {
-            let digest = if matches!(scheme, Scheme::EcdsaSha384) {
+            let digest = if algorithm == SignAlgorithm::EcdsaSha384 {
                 "-sha384"
             } else {
                 "-sha256"
@@ -52,7 +48,7 @@ pub fn verify(scheme: Scheme, public_pem: &str, message: &[u8], signature: &[u8]
                 "-signature",
                 &arg(&sig),
             ]);
-            if matches!(scheme, Scheme::RsaPssSha256) {
+            if algorithm == SignAlgorithm::RsaPssSha256 {
                 cmd.args([
                     "-sigopt",
                     "rsa_padding_mode:pss",
@@ -63,6 +59,46 @@ pub fn verify(scheme: Scheme, public_pem: &str, message: &[u8], signature: &[u8]
             cmd.arg(arg(&data));
         }
     }
-    let out = cmd.output().expect("run openssl");
-    out.status.success()
+    cmd.output().expect("run openssl").status.success()
+}
+
+/// Checks a key pair end to end through keyd: a signature over `message`, and
+/// (but for Ed25519) one over its digest sent prehashed, each accepted by
+/// openssl; a signature is refused for another message. Returns the public key PEM.
+pub async fn check_signing(
+    client: &KeydClient,
+    handle: &KeyHandle,
+    algorithm: SignAlgorithm,
+    message: &[u8],
+) -> String {
+    let pem = client.public_key(handle).await.expect("public key").pem;
+    let sig = client
+        .sign(handle, algorithm, message, false)
+        .await
+        .expect("sign");
+    assert!(
+        verify(algorithm, &pem, message, &sig),
+        "{algorithm}: openssl rejects the signature"
+    );
+    let mut other = message.to_vec();
+    other[0] ^= 1;
+    assert!(
+        !verify(algorithm, &pem, &other, &sig),
+        "{algorithm}: openssl accepts it for another message"
+    );
+    if algorithm != SignAlgorithm::Ed25519 {
+        let digest = match algorithm {
+            SignAlgorithm::EcdsaSha384 => Sha384::digest(message).to_vec(),
+            _ => Sha256::digest(message).to_vec(),
+        };
+        let sig = client
+            .sign(handle, algorithm, &digest, true)
+            .await
+            .expect("sign prehashed");
+        assert!(
+            verify(algorithm, &pem, message, &sig),
+            "{algorithm} prehashed: openssl rejects the signature"
+        );
+    }
+    pem
 }

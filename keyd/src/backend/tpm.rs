@@ -807,7 +807,7 @@ fn create_storage_key(
 
 /// Signing key templates: ECDSA keys fixed to their curve's hash; RSA keys with
 /// no scheme, so one key signs PKCS#1 v1.5 and PSS.
-fn signing_template(spec: KeyPairSpec) -> Result<Public, Error> {
+pub fn signing_template(spec: KeyPairSpec) -> Result<Public, Error> {
     let bad = |e: tss_esapi::Error| Error::Internal(format!("cannot build a TPM template: {e}"));
     match spec {
         KeyPairSpec::EcP256 => tss_esapi::utils::create_unrestricted_signing_ecc_public(
@@ -839,7 +839,7 @@ fn signing_template(spec: KeyPairSpec) -> Result<Public, Error> {
 }
 
 /// An HMAC-SHA256 key; `generated` when the TPM makes the key bytes itself.
-fn hmac_template(generated: bool) -> Result<Public, Error> {
+pub fn hmac_template(generated: bool) -> Result<Public, Error> {
     let bad = |e: tss_esapi::Error| Error::Internal(format!("cannot build a TPM template: {e}"));
     let attributes = ObjectAttributesBuilder::new()
         .with_fixed_tpm(true)
