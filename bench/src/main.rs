@@ -363,7 +363,7 @@ impl KeydProcess {
         let child = Command::new(keyd)
             .arg("--config")
             .arg(&config)
-            .env("EDGEID_LOG", "warn")
+            .env("EDGEID_LOG", "warn,tss_esapi=off,cryptoki=off")
             .stderr(Stdio::inherit())
             .spawn()
             .map_err(|e| e.to_string())?;

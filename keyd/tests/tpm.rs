@@ -286,3 +286,51 @@ async fn blobs_are_useless_in_another_tpm() {
     assert_eq!(err.status(), Some(StatusCode::BAD_REQUEST), "{err}");
     assert!(err.to_string().contains("another TPM"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_keyd_leaves_the_tpm_usable() {
+    // swtpm has no resource manager: objects a killed keyd had loaded stay in
+    // the TPM. The next keyd must clean them up, or it runs out of object slots.
+    let tpm = Swtpm::start();
+    let dir = edgeid_testkit::temp_dir();
+    let binary = std::path::Path::new(env!("CARGO_BIN_EXE_edgeid-keyd"));
+    let extra = format!(
+        "[backend]\ndefault = \"tpm\"\n[tpm]\ntcti = \"{}\"\n",
+        tpm.tcti()
+    );
+    let first = edgeid_testkit::KeydProcess::start(binary, dir.path(), &extra, vec![]).await;
+    let client = first.client();
+    let mut keys = Vec::new();
+    for id in ["a", "b"] {
+        let handle = client
+            .create_key_pair(id, KeyPairSpec::EcP256)
+            .await
+            .unwrap();
+        client
+            .sign(&handle, SignAlgorithm::EcdsaSha256, b"x", false)
+            .await
+            .unwrap();
+        keys.push(handle);
+    }
+    drop(first); // SIGKILL: no chance to unload anything.
+
+    let second = edgeid_testkit::KeydProcess::start(binary, dir.path(), &extra, vec![]).await;
+    let client = second.client();
+    for handle in &keys {
+        let pem = client.public_key(handle).await.unwrap().pem;
+        let sig = client
+            .sign(handle, SignAlgorithm::EcdsaSha256, b"after", false)
+            .await
+            .unwrap();
+        assert!(openssl::verify(
+            SignAlgorithm::EcdsaSha256,
+            &pem,
+            b"after",
+            &sig
+        ));
+    }
+    client
+        .create_key_pair("c", KeyPairSpec::EcP384)
+        .await
+        .unwrap();
+}

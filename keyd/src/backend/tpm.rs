@@ -22,7 +22,8 @@ use base64::Engine;
 use serde::{Deserialize, Serialize};
 use tss_esapi::attributes::ObjectAttributesBuilder;
 use tss_esapi::constants::response_code::Tss2ResponseCodeKind;
-use tss_esapi::constants::tss::{TPM2_RH_NULL, TPM2_ST_HASHCHECK};
+use tss_esapi::constants::tss::{TPM2_RH_NULL, TPM2_ST_HASHCHECK, TPM2_TRANSIENT_FIRST};
+use tss_esapi::constants::CapabilityType;
 use tss_esapi::handles::{KeyHandle, ObjectHandle, PersistentTpmHandle, TpmHandle};
 use tss_esapi::interface_types::algorithm::{HashingAlgorithm, PublicAlgorithm};
 use tss_esapi::interface_types::dynamic_handles::Persistent;
@@ -31,9 +32,10 @@ use tss_esapi::interface_types::key_bits::RsaKeyBits;
 use tss_esapi::interface_types::resource_handles::{Hierarchy, Provision};
 use tss_esapi::interface_types::session_handles::AuthSession;
 use tss_esapi::structures::{
-    Auth, Digest, EccPoint, EccScheme, HashScheme, HashcheckTicket, KeyedHashScheme, MaxBuffer,
-    Private, Public, PublicBuilder, PublicEccParametersBuilder, PublicKeyedHashParameters,
-    RsaExponent, RsaScheme, SensitiveData, Signature, SignatureScheme, SymmetricDefinitionObject,
+    Auth, CapabilityData, Digest, EccPoint, EccScheme, HashScheme, HashcheckTicket,
+    KeyedHashScheme, MaxBuffer, Private, Public, PublicBuilder, PublicEccParametersBuilder,
+    PublicKeyedHashParameters, RsaExponent, RsaScheme, SensitiveData, Signature, SignatureScheme,
+    SymmetricDefinitionObject,
 };
 use tss_esapi::tcti_ldr::TctiNameConf;
 use tss_esapi::traits::{Marshall, UnMarshall};
@@ -660,6 +662,7 @@ impl Tpm {
             ctx.tr_from_tpm_public(TpmHandle::Persistent(persistent))
         });
         ctx.set_sessions((Some(AuthSession::Password), None, None));
+        flush_leftover_objects(&mut ctx);
         let primary = match existing {
             Ok(handle) => KeyHandle::from(handle),
             Err(_) => create_storage_key(&mut ctx, persistent)?,
@@ -675,6 +678,16 @@ impl Tpm {
 
     /// A failed command: the TPM refused it (request error) or is gone (device).
     fn classify(&mut self, e: tss_esapi::Error, refused: &str) -> Failure {
+        if matches!(e, tss_esapi::Error::Tss2Error(rc) if rc.kind() == Some(Tss2ResponseCodeKind::ObjectMemory))
+        {
+            // keyd has already unloaded all of its own keys (with_room).
+            return Failure::Request(Error::Unavailable {
+                backend: "tpm",
+                reason:
+                    "the TPM has no free object slots: another program keeps objects loaded in it"
+                        .into(),
+            });
+        }
         if self.alive() {
             Failure::Request(Error::BadRequest(format!("{refused}: {e}")))
         } else {
@@ -753,6 +766,43 @@ impl Tpm {
                 let _ = self.ctx.flush_context(handle.into());
             }
         }
+    }
+}
+
+impl Drop for Tpm {
+    /// Unloads this connection's keys: without a resource manager (swtpm,
+    /// /dev/tpm0) they would outlive the connection and fill the TPM.
+    fn drop(&mut self) {
+        while let Some((_, _, handle)) = self.loaded.pop_front() {
+            let _ = self.ctx.flush_context(handle.into());
+        }
+    }
+}
+
+/// Unloads transient objects a previous keyd left loaded (it was killed, or
+/// the TPM has no resource manager to clean up after it). With a resource
+/// manager this connection sees none of anyone else's, so this touches nothing
+/// but keyd's own leftovers.
+fn flush_leftover_objects(ctx: &mut Context) {
+    let listed = ctx.execute_without_session(|c| {
+        c.get_capability(CapabilityType::Handles, TPM2_TRANSIENT_FIRST, 64)
+    });
+    let Ok((CapabilityData::Handles(handles), _)) = listed else {
+        return;
+    };
+    let mut flushed = 0;
+    for handle in handles.into_inner() {
+        if let Ok(object) = ctx.execute_without_session(|c| c.tr_from_tpm_public(handle)) {
+            if ctx.flush_context(object).is_ok() {
+                flushed += 1;
+            }
+        }
+    }
+    if flushed > 0 {
+        tracing::info!(
+            flushed,
+            "unloaded transient objects left in the TPM by an earlier connection"
+        );
     }
 }
 
