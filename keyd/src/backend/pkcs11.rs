@@ -25,13 +25,13 @@ use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHan
 use cryptoki::session::{Session, UserType};
 use cryptoki::slot::Slot;
 use cryptoki::types::AuthPin;
-use p256::pkcs8::der::Encode;
+use p256::pkcs8::der::{Decode, Encode};
 use p256::pkcs8::AssociatedOid;
 use serde::Deserialize;
 use tokio::sync::Semaphore;
 use zeroize::Zeroizing;
 
-use super::encoding::{ec_spki, ecdsa_der, rsa_spki};
+use super::encoding::{ec_spki, ecdsa_der, rsa_spki, sec1_len};
 use super::{
     decryption_failed, no_such_key, not_a_ciphertext, wrong_kind, BackendKind, Failure, KeyBackend,
     KeyKind, KeyRecord, PublicKey,
@@ -385,7 +385,7 @@ impl KeyBackend for Pkcs11Backend {
                             return Err(Failure::internal("the token did not return CKA_EC_POINT"))
                         }
                     };
-                    ec_spki(spec, &point)?
+                    ec_spki(spec, &token_point_to_sec1(spec, &point)?)?
                 }
                 _ => {
                     let attrs = session
@@ -807,6 +807,23 @@ impl From<CkError> for Failure {
     }
 }
 
+/// CKA_EC_POINT as a SEC1 point. PKCS#11 says it is a DER OCTET STRING around
+/// the point; some tokens return the bare point. The two are told apart by
+/// length, never by trying to parse: a bare point starts with 0x04, the OCTET
+/// STRING tag, and can look like DER by chance.
+fn token_point_to_sec1(spec: KeyPairSpec, ec_point: &[u8]) -> Result<Vec<u8>, Failure> {
+    let raw = sec1_len(spec);
+    if ec_point.len() == raw {
+        return Ok(ec_point.to_vec());
+    }
+    match p256::pkcs8::der::asn1::OctetString::from_der(ec_point) {
+        Ok(inner) if inner.as_bytes().len() == raw => Ok(inner.as_bytes().to_vec()),
+        _ => Err(Failure::internal(
+            "the token returned a CKA_EC_POINT keyd cannot parse",
+        )),
+    }
+}
+
 fn read_pin(path: &Path) -> Result<Zeroizing<String>, Error> {
     let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|e| {
         Error::Setup(format!(
@@ -897,4 +914,27 @@ fn object_kind(session: &Session, key: ObjectHandle, id: &KeyId) -> Result<KeyKi
         Some(t) if t == KeyType::AES => KeyKind::Symmetric(SymmetricKeyType::Aes256Gcm),
         _ => return Err(unknown()),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ec_points_from_tokens_bare_or_wrapped() {
+        let point = crate::backend::encoding::tests::point_starting_with(0x3f);
+        let wrapped = p256::pkcs8::der::asn1::OctetString::new(point.clone())
+            .unwrap()
+            .to_der()
+            .unwrap();
+        assert_eq!(
+            token_point_to_sec1(KeyPairSpec::EcP256, &point).ok(),
+            Some(point.clone())
+        );
+        assert_eq!(
+            token_point_to_sec1(KeyPairSpec::EcP256, &wrapped).ok(),
+            Some(point.clone())
+        );
+        assert!(token_point_to_sec1(KeyPairSpec::EcP256, &point[..40]).is_err());
+    }
 }
