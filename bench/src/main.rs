@@ -378,7 +378,20 @@ impl KeydProcess {
 }
 
 impl Drop for KeydProcess {
+    /// SIGTERM, as systemd stops it (keyd then releases the TPM cleanly);
+    /// SIGKILL if it has not exited within 10 s.
     fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

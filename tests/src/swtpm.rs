@@ -145,9 +145,11 @@ static HANDED_OUT: AtomicU16 = AtomicU16::new(0);
 /// A port P, never handed out before in this process, such that P and P+1 are
 /// both free on loopback right now.
 fn free_port_pair() -> Option<u16> {
-    // Spread processes apart, so a leftover swtpm of an earlier run is unlikely
-    // to sit where this one looks.
-    let base = 20_000 + (std::process::id() % 500) as u16 * 40;
+    // Below the kernel's ephemeral range (32768 and up): libtss2's swtpm TCTI
+    // opens a TCP connection per command, and the thousands of TIME-WAIT
+    // sockets that leaves behind hold ephemeral ports. Spread processes apart,
+    // so a leftover swtpm of an earlier run is unlikely to sit where this one looks.
+    let base = 10_000 + (std::process::id() % 400) as u16 * 50;
     let port = base.checked_add(HANDED_OUT.fetch_add(2, Ordering::SeqCst))?;
     let first = TcpListener::bind(("127.0.0.1", port)).ok()?;
     let second = TcpListener::bind(("127.0.0.1", port.checked_add(1)?)).ok()?;
