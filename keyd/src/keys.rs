@@ -220,6 +220,14 @@ impl Keyd {
     /// `POST /v1/sign`
     pub async fn sign(&self, caller: &Caller, req: SignRequest) -> Result<SignResponse, Error> {
         let (key, store) = self.open_handle(caller, &req.handle)?;
+        // Only symmetric keys are derived (see `derive`), and of those only
+        // HMAC keys sign; so a derived handle signs with hmac-sha256 alone.
+        if !key.derivation.is_empty() && req.algorithm != SignAlgorithm::HmacSha256 {
+            return Err(Error::BadRequest(format!(
+                "a derived key is a symmetric key; it cannot sign with {}",
+                req.algorithm
+            )));
+        }
         let signature = store
             .sign(&key, req.algorithm, &req.data.0, req.prehashed)
             .await?;

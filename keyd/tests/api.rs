@@ -152,6 +152,12 @@ async fn derived_keys_are_reproducible_and_distinct() {
             data
         )
     );
+    // A derived key signs with hmac-sha256 only.
+    let err = client
+        .sign(&a1, SignAlgorithm::EcdsaSha256, data, false)
+        .await
+        .unwrap_err();
+    assert_eq!(status(err), StatusCode::BAD_REQUEST);
     // Key pairs are not derivable.
     let pair = client
         .create_key_pair("pair", KeyPairSpec::EcP256)
@@ -749,12 +755,7 @@ async fn concurrent_signs_all_verify() {
         .collect();
     for t in tasks {
         let (msg, sig) = t.await.unwrap();
-        assert!(openssl::verify(
-            SignAlgorithm::EcdsaSha256,
-            &pem,
-            &msg,
-            &sig
-        ));
+        openssl::assert_verifies(SignAlgorithm::EcdsaSha256, &pem, &msg, &sig);
     }
 }
 

@@ -205,12 +205,7 @@ async fn unreachable_tpm_is_503_then_recovers() {
         .sign(&handle, SignAlgorithm::EcdsaSha256, b"back", false)
         .await
         .unwrap();
-    assert!(openssl::verify(
-        SignAlgorithm::EcdsaSha256,
-        &pem,
-        b"back",
-        &sig
-    ));
+    openssl::assert_verifies(SignAlgorithm::EcdsaSha256, &pem, b"back", &sig);
     assert_eq!(client.health().await.unwrap().status, "ok");
 }
 
@@ -322,12 +317,7 @@ async fn a_killed_keyd_leaves_the_tpm_usable() {
             .sign(handle, SignAlgorithm::EcdsaSha256, b"after", false)
             .await
             .unwrap();
-        assert!(openssl::verify(
-            SignAlgorithm::EcdsaSha256,
-            &pem,
-            b"after",
-            &sig
-        ));
+        openssl::assert_verifies(SignAlgorithm::EcdsaSha256, &pem, b"after", &sig);
     }
     client
         .create_key_pair("c", KeyPairSpec::EcP384)

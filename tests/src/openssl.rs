@@ -62,6 +62,20 @@ pub fn verify(
     cmd.output().expect("run openssl").status.success()
 }
 
+/// Fails the test unless `openssl` accepts the signature.
+pub fn assert_verifies(
+    algorithm: SignAlgorithm,
+    public_pem: &str,
+    message: &[u8],
+    signature: &[u8],
+) {
+    assert!(
+        verify(algorithm, public_pem, message, signature),
+        "openssl rejects the {algorithm} signature over {:?}",
+        String::from_utf8_lossy(message)
+    );
+}
+
 /// Checks a key pair end to end through keyd: a signature over `message`, and
 /// (but for Ed25519) one over its digest sent prehashed, each accepted by
 /// openssl; a signature is refused for another message. Returns the public key PEM.

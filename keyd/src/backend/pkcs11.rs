@@ -428,11 +428,6 @@ impl KeyBackend for Pkcs11Backend {
             let object = Self::resolve(token, session, &key)?;
             super::check_algorithm(&object.record, algorithm, prehashed)
                 .map_err(Failure::Request)?;
-            if !key.derivation.is_empty() && algorithm != SignAlgorithm::HmacSha256 {
-                return Err(Failure::Request(Error::BadRequest(
-                    "only symmetric keys can be derived".into(),
-                )));
-            }
             let digest_of = |alg: &'static digest::Algorithm| -> Result<Vec<u8>, Failure> {
                 if prehashed {
                     if data.len() != alg.output_len() {

@@ -329,11 +329,6 @@ impl KeyBackend for SoftwareBackend {
     ) -> Result<Vec<u8>, Error> {
         let loaded = self.resolve(key).await?;
         check_algorithm(&loaded.record, algorithm, prehashed)?;
-        if !key.derivation.is_empty() && !matches!(loaded.material, Material::Symmetric(_)) {
-            return Err(Error::BadRequest(
-                "only symmetric keys can be derived".into(),
-            ));
-        }
         let failed = || Error::Internal(format!("signing with '{}' failed", key.id));
         match &loaded.material {
             Material::Ecdsa(k) => {

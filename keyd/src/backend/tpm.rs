@@ -426,11 +426,6 @@ impl KeyBackend for TpmBackend {
     ) -> Result<Vec<u8>, Error> {
         let stored = self.resolve(key).await?;
         check_algorithm(&stored.record, algorithm, prehashed)?;
-        if !key.derivation.is_empty() && algorithm != SignAlgorithm::HmacSha256 {
-            return Err(Error::BadRequest(
-                "only symmetric keys can be derived".into(),
-            ));
-        }
         if algorithm == SignAlgorithm::HmacSha256 {
             return self.hmac(stored, &key.derivation, data).await;
         }
