@@ -41,6 +41,7 @@ async fn every_spec_in_the_tpm_signs_verifiably_and_survives_restarts() {
         (KeyPairSpec::EcP384, SignAlgorithm::EcdsaSha384),
         (KeyPairSpec::Rsa2048, SignAlgorithm::RsaPkcs1Sha256),
         (KeyPairSpec::Rsa2048, SignAlgorithm::RsaPssSha256),
+        (KeyPairSpec::Rsa3072, SignAlgorithm::RsaPkcs1Sha256),
     ];
     let mut made = Vec::new();
     for (i, (spec, algorithm)) in cases.into_iter().enumerate() {
