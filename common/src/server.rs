@@ -331,7 +331,14 @@ impl<H: Handler> Connection<H> {
             conn.as_mut().graceful_shutdown();
         }
         loop {
-            let idle_at = activity.idle_deadline(limits.idle_timeout);
+            // While a request runs past the idle deadline, the connection is not
+            // idle: look again an idle period later instead of at a deadline
+            // that has already passed (which would wake this loop at once, forever).
+            let now = Instant::now();
+            let idle_at = match activity.idle_deadline(limits.idle_timeout) {
+                at if at > now => at,
+                _ => now + limits.idle_timeout,
+            };
             tokio::select! {
                 result = conn.as_mut() => {
                     if let Err(e) = result {
@@ -595,5 +602,68 @@ pub async fn shutdown_signal() {
             tracing::warn!("cannot install signal handlers; only Ctrl-C will stop this process");
             let _ = tokio::signal::ctrl_c().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::client::UdsClient;
+
+    /// Answers after `delay`, doing nothing meanwhile.
+    struct Slow(Duration);
+
+    impl Handler for Slow {
+        async fn handle(&self, _: ApiRequest) -> ApiResponse {
+            tokio::time::sleep(self.0).await;
+            ApiResponse::no_content()
+        }
+    }
+
+    fn cpu_time() -> Duration {
+        // SAFETY: getrusage only writes the struct we pass.
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
+        let tv = |t: libc::timeval| {
+            Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64)
+        };
+        tv(usage.ru_utime) + tv(usage.ru_stime)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_request_outlasting_the_idle_timeout_completes_without_spinning() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("s.sock");
+        let listener = Listener::bind(&socket, 0o600).unwrap();
+        let limits = Limits {
+            idle_timeout: Duration::from_millis(200),
+            ..Limits::default()
+        };
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(
+            listener,
+            Arc::new(Slow(Duration::from_millis(1500))),
+            limits,
+            async {
+                let _ = stopped.await;
+            },
+        ));
+        let before = cpu_time();
+        let (status, _) = UdsClient::new(&socket)
+            .raw(Method::GET, "/", Bytes::new())
+            .await
+            .unwrap();
+        let used = cpu_time() - before;
+        assert_eq!(
+            status,
+            StatusCode::NO_CONTENT,
+            "the idle watchdog must not cut a request in flight"
+        );
+        assert!(
+            used < Duration::from_millis(700),
+            "{used:?} of CPU while waiting 1.5 s: the idle loop spins"
+        );
+        let _ = stop.send(());
+        server.await.unwrap().unwrap();
     }
 }
