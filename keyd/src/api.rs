@@ -188,3 +188,24 @@ pub struct CryptResponse {
     /// Ciphertext (version byte, nonce, sealed data and tag) or plaintext.
     pub data: Base64Bytes,
 }
+
+/// A TPM public key in the two forms provisioning services use.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TpmPublicKey {
+    /// TPM2B_PUBLIC, marshalled (what DPS calls the key).
+    pub public: Base64Bytes,
+    /// SubjectPublicKeyInfo, PEM.
+    pub pem: String,
+}
+
+/// `GET /v1/tpm/attestation-keys`: what TPM attestation with a provisioning
+/// service starts from.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TpmAttestationKeys {
+    /// The endorsement key (RSA-2048, TCG default template).
+    pub endorsement_key: TpmPublicKey,
+    /// The EK certificate (DER) from the TPM's NV storage, where its maker put one.
+    pub endorsement_certificate: Option<Base64Bytes>,
+    /// keyd's storage primary key (the parent of every TPM key keyd makes).
+    pub storage_key: TpmPublicKey,
+}

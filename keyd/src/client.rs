@@ -177,6 +177,11 @@ impl KeydClient {
         self.http.delete(&format!("/v1/key/{}", encode(id))).await
     }
 
+    /// The TPM's endorsement key (and certificate) and keyd's storage key.
+    pub async fn tpm_attestation_keys(&self) -> Result<TpmAttestationKeys, ClientError> {
+        self.http.get("/v1/tpm/attestation-keys").await
+    }
+
     /// keyd's version and backend states.
     pub async fn health(&self) -> Result<Health, ClientError> {
         self.http.get("/v1/health").await

@@ -18,6 +18,9 @@ use crate::error::Error;
 use crate::handle::{HandleAuthority, KeyRef, MAX_DERIVATION_DEPTH, MAX_INFO_LEN};
 use crate::key_id::KeyId;
 
+/// The id a caller must be granted to read the TPM's attestation keys.
+pub const ATTESTATION_KEYS_ID: &str = "tpm/attestation-keys";
+
 /// keyd's domain: every API operation, authorized.
 pub struct Keyd {
     stores: Stores,
@@ -30,6 +33,8 @@ struct Stores {
     default: BackendKind,
     overrides: Vec<(Grants, BackendKind)>,
     open: HashMap<BackendKind, Arc<dyn KeyBackend>>,
+    /// The TPM store again, for what only a TPM does (attestation keys).
+    tpm: Option<Arc<TpmBackend>>,
 }
 
 impl Stores {
@@ -86,6 +91,7 @@ impl Keyd {
         })?;
         let handles = HandleAuthority::load_or_create(&config.state_dir.join("handle.key"))?;
         let mut open: HashMap<BackendKind, Arc<dyn KeyBackend>> = HashMap::new();
+        let mut tpm_store = None;
         let wanted = std::iter::once(config.backend.default)
             .chain(config.backend.overrides.iter().map(|o| o.backend));
         for kind in wanted {
@@ -111,7 +117,9 @@ impl Keyd {
                             "the config names backend \"tpm\" but has no [tpm] table".into(),
                         )
                     })?;
-                    Arc::new(TpmBackend::open(&config.state_dir, tpm)?)
+                    let store = Arc::new(TpmBackend::open(&config.state_dir, tpm)?);
+                    tpm_store = Some(store.clone());
+                    store
                 }
             };
             open.insert(kind, store);
@@ -125,6 +133,7 @@ impl Keyd {
                 .map(|o| (o.keys.clone(), o.backend))
                 .collect(),
             open,
+            tpm: tpm_store,
         };
         let access = Access {
             admins,
@@ -321,6 +330,30 @@ impl Keyd {
         };
         Ok(CryptResponse {
             data: Base64Bytes(data),
+        })
+    }
+
+    /// `GET /v1/tpm/attestation-keys`: the EK (and its certificate) and the
+    /// storage key. Granted like a key, as the id `tpm/attestation-keys`.
+    pub async fn tpm_attestation_keys(&self, caller: &Caller) -> Result<TpmAttestationKeys, Error> {
+        self.authorize(caller, ATTESTATION_KEYS_ID)?;
+        let tpm = self.stores.tpm.as_ref().ok_or_else(|| {
+            Error::NotFound(
+                "keyd has no TPM configured ([tpm] and a backend setting naming it)".into(),
+            )
+        })?;
+        let keys = tpm.attestation_keys().await?;
+        let pem = |der: Vec<u8>| pem::encode(&pem::Pem::new("PUBLIC KEY", der));
+        Ok(TpmAttestationKeys {
+            endorsement_key: TpmPublicKey {
+                public: Base64Bytes(keys.endorsement_public),
+                pem: pem(keys.endorsement_spki),
+            },
+            endorsement_certificate: keys.endorsement_certificate.map(Base64Bytes),
+            storage_key: TpmPublicKey {
+                public: Base64Bytes(keys.storage_public),
+                pem: pem(keys.storage_spki),
+            },
         })
     }
 

@@ -22,6 +22,7 @@ enum Route {
     Derive,
     Encrypt,
     Decrypt,
+    TpmAttestationKeys,
 }
 
 static ROUTES: LazyLock<Routes<Route>> = LazyLock::new(|| {
@@ -38,6 +39,11 @@ static ROUTES: LazyLock<Routes<Route>> = LazyLock::new(|| {
         (Method::POST, "/v1/derive", Route::Derive),
         (Method::POST, "/v1/encrypt", Route::Encrypt),
         (Method::POST, "/v1/decrypt", Route::Decrypt),
+        (
+            Method::GET,
+            "/v1/tpm/attestation-keys",
+            Route::TpmAttestationKeys,
+        ),
     ])
 });
 
@@ -69,6 +75,9 @@ impl Handler for Keyd {
             Route::Decrypt => with_body!(decrypt),
             Route::GetKeyPair => ApiResponse::from_result(ok, self.find(caller, id, true).await),
             Route::GetKey => ApiResponse::from_result(ok, self.find(caller, id, false).await),
+            Route::TpmAttestationKeys => {
+                ApiResponse::from_result(ok, self.tpm_attestation_keys(caller).await)
+            }
             Route::DeleteKeyPair => deleted(self.delete(caller, id, true).await),
             Route::DeleteKey => deleted(self.delete(caller, id, false).await),
         }

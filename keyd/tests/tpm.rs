@@ -325,3 +325,100 @@ async fn a_killed_keyd_leaves_the_tpm_usable() {
         .await
         .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attestation_keys_match_what_tpm2_tools_read() {
+    let mut tpm = Swtpm::start();
+    let dir = edgeid_testkit::temp_dir();
+    let mut keyd = keyd_on(&tpm, dir.path()).await;
+    let keys = keyd.client().tpm_attestation_keys().await.unwrap();
+    assert!(keys
+        .endorsement_key
+        .pem
+        .starts_with("-----BEGIN PUBLIC KEY-----"));
+    assert!(
+        keys.endorsement_certificate.is_none(),
+        "swtpm without swtpm_setup has no EK certificate"
+    );
+    // Asking again gives the same EK (it is derived from the TPM's endorsement seed).
+    let again = keyd.client().tpm_attestation_keys().await.unwrap();
+    assert_eq!(
+        again.endorsement_key.public.0,
+        keys.endorsement_key.public.0
+    );
+    // Signing still works after the EK commands (they change the session setup).
+    let handle = keyd
+        .client()
+        .create_key_pair("after-ek", KeyPairSpec::EcP256)
+        .await
+        .unwrap();
+    openssl::check_signing(
+        &keyd.client(),
+        &handle,
+        SignAlgorithm::EcdsaSha256,
+        b"after the EK",
+    )
+    .await;
+    keyd.stop().await;
+
+    // tpm2-tools, reading the same TPM, see byte-identical public areas.
+    let out = dir.path().join("tools");
+    std::fs::create_dir(&out).unwrap();
+    let path = |name: &str| out.join(name).display().to_string();
+    tpm.tpm2_tool(
+        "tpm2_createek",
+        &[
+            "-c",
+            &path("ek.ctx"),
+            "-G",
+            "rsa",
+            "-u",
+            &path("ek.pub"),
+            "-f",
+            "tss",
+        ],
+    );
+    assert_eq!(
+        std::fs::read(path("ek.pub")).unwrap(),
+        keys.endorsement_key.public.0,
+        "EK public"
+    );
+    tpm.tpm2_tool(
+        "tpm2_readpublic",
+        &["-c", "0x81000001", "-o", &path("srk.pub"), "-f", "tss"],
+    );
+    assert_eq!(
+        std::fs::read(path("srk.pub")).unwrap(),
+        keys.storage_key.public.0,
+        "storage key public"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attestation_keys_need_a_grant_and_a_tpm() {
+    use edgeid_common::authz::Grants;
+    use edgeid_keyd::config::PrincipalConfig;
+    // No TPM configured: 404 naming the config.
+    let keyd = KeydFixture::start().await;
+    let err = keyd.client().tpm_attestation_keys().await.unwrap_err();
+    assert_eq!(status(err), StatusCode::NOT_FOUND);
+    // A principal without the grant: 403.
+    let tpm = Swtpm::start();
+    let dir = edgeid_testkit::temp_dir();
+    let mut config = KeydFixture::config_in(dir.path());
+    config.backend.default = BackendKind::Tpm;
+    config.tpm = Some(TpmConfig {
+        tcti: tpm.tcti(),
+        primary_handle: 0x8100_0001,
+        owner_auth_file: None,
+        loaded_keys: 2,
+    });
+    config.principals = vec![PrincipalConfig {
+        name: "identityd".into(),
+        uid: edgeid_common::current_uid(),
+        keys: Grants::parse(&["device-*"]).unwrap(),
+    }];
+    let keyd = KeydFixture::configured(config, Admins::only(vec![])).await;
+    let err = keyd.client().tpm_attestation_keys().await.unwrap_err();
+    assert_eq!(status(err), StatusCode::FORBIDDEN);
+}

@@ -103,24 +103,31 @@ impl Swtpm {
         }
     }
 
-    /// `tpm2_readpublic -c HANDLE` (tpm2-tools, an independent TPM client).
-    /// swtpm serves one client at a time, so this restarts it first (state
-    /// kept) for a clean server; stop keyd before calling it. Bounded at 30 s.
-    pub fn readpublic(&mut self, handle: &str) -> String {
-        crate::require_tool("tpm2_readpublic", "tpm2-tools");
+    /// Runs a tpm2-tools command (an independent TPM client) against this TPM
+    /// and returns its stdout. swtpm serves one client at a time, so this
+    /// restarts it first (state kept) for a clean server; stop keyd before
+    /// calling it. Bounded at 30 s.
+    pub fn tpm2_tool(&mut self, tool: &str, args: &[&str]) -> Vec<u8> {
+        crate::require_tool(tool, "tpm2-tools");
         self.restart();
         let out = Command::new("timeout")
-            .args(["30", "tpm2_readpublic"])
+            .arg("30")
+            .arg(tool)
+            .args(args)
             .env("TPM2TOOLS_TCTI", self.tcti())
-            .args(["-c", handle])
             .output()
-            .expect("run tpm2_readpublic");
+            .expect("run tpm2-tools");
         assert!(
             out.status.success(),
-            "tpm2_readpublic -c {handle}: {}",
+            "{tool} {args:?}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        out.stdout
+    }
+
+    /// `tpm2_readpublic -c HANDLE`, as text.
+    pub fn readpublic(&mut self, handle: &str) -> String {
+        String::from_utf8_lossy(&self.tpm2_tool("tpm2_readpublic", &["-c", handle])).into_owned()
     }
 
     /// Its state directory.

@@ -20,11 +20,14 @@ use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine;
 use serde::{Deserialize, Serialize};
+use tss_esapi::abstraction::ek::{create_ek_object, retrieve_ek_pubcert};
+use tss_esapi::abstraction::{AsymmetricAlgorithmSelection, DefaultKey};
 use tss_esapi::attributes::ObjectAttributesBuilder;
 use tss_esapi::constants::response_code::Tss2ResponseCodeKind;
 use tss_esapi::constants::tss::{TPM2_RH_NULL, TPM2_ST_HASHCHECK, TPM2_TRANSIENT_FIRST};
 use tss_esapi::constants::CapabilityType;
 use tss_esapi::handles::{KeyHandle, ObjectHandle, PersistentTpmHandle, TpmHandle};
+use tss_esapi::interface_types::algorithm::AsymmetricAlgorithm;
 use tss_esapi::interface_types::algorithm::{HashingAlgorithm, PublicAlgorithm};
 use tss_esapi::interface_types::dynamic_handles::Persistent;
 use tss_esapi::interface_types::ecc::EccCurve;
@@ -390,30 +393,7 @@ impl KeyBackend for TpmBackend {
         let KeyKind::Pair(spec) = stored.record.kind else {
             return Err(wrong_kind(&key.id, stored.record.kind, "a key pair"));
         };
-        let spki_der = match &stored.public {
-            Public::Ecc { unique, .. } => {
-                let size = if spec == KeyPairSpec::EcP256 { 32 } else { 48 };
-                let mut point = vec![0x04];
-                point.extend(left_pad(unique.x().value(), size)?);
-                point.extend(left_pad(unique.y().value(), size)?);
-                ec_spki(spec, &point)?
-            }
-            Public::Rsa {
-                unique, parameters, ..
-            } => {
-                let e = match parameters.exponent().value() {
-                    0 => 65537u32,
-                    e => e,
-                };
-                rsa_spki(unique.value(), &e.to_be_bytes())?
-            }
-            _ => {
-                return Err(Error::Internal(format!(
-                    "key '{}' has an unexpected TPM public area",
-                    key.id
-                )))
-            }
-        };
+        let spki_der = spki_of(&stored.public)?;
         Ok(PublicKey { spec, spki_der })
     }
 
@@ -908,6 +888,113 @@ pub fn hmac_template(generated: bool) -> Result<Public, Error> {
         .with_keyed_hash_unique_identifier(Digest::default())
         .build()
         .map_err(bad)
+}
+
+/// SubjectPublicKeyInfo (DER) for a TPM public area.
+fn spki_of(public: &Public) -> Result<Vec<u8>, Error> {
+    match public {
+        Public::Ecc {
+            parameters, unique, ..
+        } => {
+            let spec = match parameters.ecc_curve() {
+                EccCurve::NistP256 => KeyPairSpec::EcP256,
+                EccCurve::NistP384 => KeyPairSpec::EcP384,
+                other => {
+                    return Err(Error::Internal(format!(
+                        "a TPM key on curve {other:?}, which keyd does not use"
+                    )))
+                }
+            };
+            let size = if spec == KeyPairSpec::EcP256 { 32 } else { 48 };
+            let mut point = vec![0x04];
+            point.extend(left_pad(unique.x().value(), size)?);
+            point.extend(left_pad(unique.y().value(), size)?);
+            ec_spki(spec, &point)
+        }
+        Public::Rsa {
+            unique, parameters, ..
+        } => {
+            let e = match parameters.exponent().value() {
+                0 => 65537u32,
+                e => e,
+            };
+            rsa_spki(unique.value(), &e.to_be_bytes())
+        }
+        _ => Err(Error::Internal(
+            "a TPM public area of a kind keyd does not use".into(),
+        )),
+    }
+}
+
+/// The TPM's endorsement key and storage key, as a provisioning service asks
+/// for them (TPM attestation), and the EK certificate if the maker stored one.
+#[derive(Debug, Clone)]
+pub struct AttestationKeys {
+    /// The RSA-2048 EK (TCG default template), as TPM2B_PUBLIC.
+    pub endorsement_public: Vec<u8>,
+    /// The same key as SubjectPublicKeyInfo DER.
+    pub endorsement_spki: Vec<u8>,
+    /// The EK certificate (DER) from its NV index, if present.
+    pub endorsement_certificate: Option<Vec<u8>>,
+    /// keyd's storage key, as TPM2B_PUBLIC.
+    pub storage_public: Vec<u8>,
+    /// The same key as SubjectPublicKeyInfo DER.
+    pub storage_spki: Vec<u8>,
+}
+
+impl TpmBackend {
+    /// The endorsement and storage keys' public parts.
+    pub async fn attestation_keys(&self) -> Result<AttestationKeys, Error> {
+        let (ek, certificate, srk) = self.run(|tpm| tpm.attestation_keys()).await?;
+        // TPM2B_PUBLIC: the TPMT_PUBLIC that tss-esapi marshals, after its size.
+        let marshal = |p: &Public| -> Result<Vec<u8>, Error> {
+            let body = p
+                .marshall()
+                .map_err(|e| Error::Internal(format!("cannot marshal a TPM public: {e}")))?;
+            let size = u16::try_from(body.len())
+                .map_err(|_| Error::Internal("TPM public too large".into()))?;
+            Ok([size.to_be_bytes().as_slice(), &body].concat())
+        };
+        Ok(AttestationKeys {
+            endorsement_public: marshal(&ek)?,
+            endorsement_spki: spki_of(&ek)?,
+            endorsement_certificate: certificate,
+            storage_public: marshal(&srk)?,
+            storage_spki: spki_of(&srk)?,
+        })
+    }
+}
+
+impl Tpm {
+    fn attestation_keys(&mut self) -> Result<(Public, Option<Vec<u8>>, Public), Failure> {
+        // The EK helpers start sessions of their own (StartAuthSession refuses
+        // our password session) and leave none set: clear ours, restore it after.
+        self.ctx.clear_sessions();
+        let ek = create_ek_object(&mut self.ctx, AsymmetricAlgorithm::Rsa, None::<DefaultKey>);
+        self.ctx
+            .set_sessions((Some(AuthSession::Password), None, None));
+        let ek =
+            ek.map_err(|e| self.classify(e, "the TPM refused to create its endorsement key"))?;
+        let ek_public = self.ctx.execute_without_session(|c| c.read_public(ek));
+        let _ = self.ctx.flush_context(ek.into());
+        let (ek_public, _, _) = ek_public
+            .map_err(|e| self.classify(e, "the TPM refused to read its endorsement key"))?;
+        // No certificate is normal on a TPM whose maker stored none (swtpm).
+        self.ctx.clear_sessions();
+        let certificate = retrieve_ek_pubcert(
+            &mut self.ctx,
+            AsymmetricAlgorithmSelection::Rsa(RsaKeyBits::Rsa2048),
+        )
+        .ok();
+        self.ctx
+            .set_sessions((Some(AuthSession::Password), None, None));
+        let primary = self.primary;
+        let (srk_public, _, _) = self
+            .ctx
+            .execute_without_session(|c| c.read_public(primary))
+            .map_err(|e| self.classify(e, "the TPM refused to read its storage key"))?;
+        Ok((ek_public, certificate, srk_public))
+    }
 }
 
 /// "No ticket": an unrestricted key signs any digest.
