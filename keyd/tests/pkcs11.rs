@@ -187,24 +187,7 @@ async fn concurrent_signs_on_the_token_all_verify() {
         .create_key_pair("busy", KeyPairSpec::EcP256)
         .await
         .unwrap();
-    let pem = client.public_key(&handle).await.unwrap().pem;
-    let tasks: Vec<_> = (0..32)
-        .map(|i| {
-            let (client, handle) = (client.clone(), handle.clone());
-            tokio::spawn(async move {
-                let msg = format!("message {i}").into_bytes();
-                let sig = client
-                    .sign(&handle, SignAlgorithm::EcdsaSha256, &msg, false)
-                    .await
-                    .unwrap();
-                (msg, sig)
-            })
-        })
-        .collect();
-    for t in tasks {
-        let (msg, sig) = t.await.unwrap();
-        openssl::assert_verifies(SignAlgorithm::EcdsaSha256, &pem, &msg, &sig);
-    }
+    openssl::check_concurrent_signing(&client, &[handle], 32).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -116,3 +116,35 @@ pub async fn check_signing(
     }
     pem
 }
+
+/// Sends `n` sign requests at once over `handles` (round robin, ECDSA-SHA256
+/// keys) and checks every signature with openssl.
+pub async fn check_concurrent_signing(client: &KeydClient, handles: &[KeyHandle], n: usize) {
+    let mut pems = Vec::new();
+    for h in handles {
+        pems.push(client.public_key(h).await.expect("public key").pem);
+    }
+    let tasks: Vec<_> = (0..n)
+        .map(|i| {
+            let client = client.clone();
+            let handle = handles[i % handles.len()].clone();
+            tokio::spawn(async move {
+                let msg = format!("message {i}").into_bytes();
+                let sig = client
+                    .sign(&handle, SignAlgorithm::EcdsaSha256, &msg, false)
+                    .await;
+                (i, msg, sig)
+            })
+        })
+        .collect();
+    for t in tasks {
+        let (i, msg, sig) = t.await.expect("sign task");
+        let sig = sig.unwrap_or_else(|e| panic!("concurrent request {i}: {e}"));
+        assert_verifies(
+            SignAlgorithm::EcdsaSha256,
+            &pems[i % handles.len()],
+            &msg,
+            &sig,
+        );
+    }
+}
