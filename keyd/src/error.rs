@@ -62,14 +62,3 @@ impl HttpError for Error {
         }
     }
 }
-
-impl From<edgeid_common::error::ApiError> for Error {
-    fn from(e: edgeid_common::error::ApiError) -> Self {
-        match e.status {
-            StatusCode::FORBIDDEN => Self::Forbidden(e.message),
-            StatusCode::NOT_FOUND => Self::NotFound(e.message),
-            s if s.is_client_error() => Self::BadRequest(e.message),
-            _ => Self::Internal(e.message),
-        }
-    }
-}

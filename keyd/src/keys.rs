@@ -61,16 +61,16 @@ impl Access {
         if self.admins.contains(caller) {
             return Ok(());
         }
-        let mine: Vec<_> = self
-            .principals
-            .iter()
-            .filter(|(_, uid, _)| *uid == caller.uid)
-            .collect();
-        if mine.iter().any(|(_, _, grants)| grants.allows(id.as_str())) {
+        let mine = || {
+            self.principals
+                .iter()
+                .filter(|(_, uid, _)| *uid == caller.uid)
+        };
+        if mine().any(|(_, _, grants)| grants.allows(id.as_str())) {
             return Ok(());
         }
         tracing::warn!(uid = caller.uid, pid = caller.pid, key = %id, "refused: key not granted");
-        Err(Error::Forbidden(match mine.first() {
+        Err(Error::Forbidden(match mine().next() {
             Some((name, _, _)) => format!(
                 "principal '{name}' (uid {}) is not granted key '{id}'",
                 caller.uid

@@ -165,9 +165,6 @@ pub struct PublicKey {
 /// they hold ([`KeyRecord::check`]) and apply its derivation inputs.
 #[async_trait]
 pub trait KeyBackend: Send + Sync + 'static {
-    /// Which store this is.
-    fn kind(&self) -> BackendKind;
-
     /// Creates a key pair, or loads the existing one with the same spec
     /// (a different spec is a conflict).
     async fn create_key_pair(&self, id: &KeyId, spec: KeyPairSpec) -> Result<KeyRecord, Error>;

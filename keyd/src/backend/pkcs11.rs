@@ -33,8 +33,8 @@ use zeroize::Zeroizing;
 
 use super::encoding::{ec_spki, ecdsa_der, rsa_spki, sec1_len};
 use super::{
-    decryption_failed, no_such_key, not_a_ciphertext, wrong_kind, BackendKind, Failure, KeyBackend,
-    KeyKind, KeyRecord, PublicKey,
+    decryption_failed, no_such_key, not_a_ciphertext, wrong_kind, Failure, KeyBackend, KeyKind,
+    KeyRecord, PublicKey,
 };
 use crate::api::{KeyPairSpec, SignAlgorithm, SymmetricKeyType};
 use crate::error::Error;
@@ -217,10 +217,6 @@ impl Pkcs11Backend {
 
 #[async_trait]
 impl KeyBackend for Pkcs11Backend {
-    fn kind(&self) -> BackendKind {
-        BackendKind::Pkcs11
-    }
-
     async fn create_key_pair(&self, id: &KeyId, spec: KeyPairSpec) -> Result<KeyRecord, Error> {
         let id = id.clone();
         self.run(move |token, session| {

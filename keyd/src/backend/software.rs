@@ -23,7 +23,7 @@ use zeroize::Zeroizing;
 
 use super::{
     bad_digest_len, check_algorithm, decryption_failed, derive, no_such_key, not_a_ciphertext,
-    wrong_kind, BackendKind, KeyBackend, KeyKind, KeyRecord, PublicKey,
+    wrong_kind, KeyBackend, KeyKind, KeyRecord, PublicKey,
 };
 use crate::api::{KeyPairSpec, SignAlgorithm, SymmetricKeyType};
 use crate::error::Error;
@@ -236,10 +236,6 @@ impl SoftwareBackend {
 
 #[async_trait]
 impl KeyBackend for SoftwareBackend {
-    fn kind(&self) -> BackendKind {
-        BackendKind::Software
-    }
-
     async fn create_key_pair(&self, id: &KeyId, spec: KeyPairSpec) -> Result<KeyRecord, Error> {
         let _writing = self.writes.lock().await;
         if let Some(existing) = self.load(id).await? {

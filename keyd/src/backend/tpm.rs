@@ -48,8 +48,8 @@ use zeroize::Zeroizing;
 
 use super::encoding::{ec_spki, ecdsa_der, rsa_spki};
 use super::{
-    bad_digest_len, check_algorithm, derive, no_such_key, wrong_kind, BackendKind, Failure,
-    KeyBackend, KeyKind, KeyRecord, PublicKey,
+    bad_digest_len, check_algorithm, derive, no_such_key, wrong_kind, Failure, KeyBackend, KeyKind,
+    KeyRecord, PublicKey,
 };
 use crate::api::{KeyPairSpec, SignAlgorithm, SymmetricKeyType};
 use crate::error::Error;
@@ -335,10 +335,6 @@ impl TpmBackend {
 
 #[async_trait]
 impl KeyBackend for TpmBackend {
-    fn kind(&self) -> BackendKind {
-        BackendKind::Tpm
-    }
-
     async fn create_key_pair(&self, id: &KeyId, spec: KeyPairSpec) -> Result<KeyRecord, Error> {
         let _writing = self.writes.lock().await;
         if let Some(existing) = self.stored(id).await? {
