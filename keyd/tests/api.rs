@@ -669,6 +669,50 @@ async fn bad_input_gets_clear_4xx() {
             "{method} {path}: {message:?} lacks {text:?}"
         );
     }
+    // Every POST path: malformed JSON is a 400 naming the problem.
+    for path in [
+        "/v1/keypair",
+        "/v1/public-key",
+        "/v1/sign",
+        "/v1/key",
+        "/v1/derive",
+        "/v1/encrypt",
+        "/v1/decrypt",
+    ] {
+        let (code, answer) = raw(&client, Method::POST, path, "{\"handle\": ").await;
+        assert_eq!(code, StatusCode::BAD_REQUEST, "{path}: {answer}");
+        assert!(answer.contains("malformed JSON"), "{path}: {answer}");
+    }
+    // Every path that takes a handle: one from another keyd is a 403.
+    let other = KeydFixture::start().await;
+    let foreign = other
+        .client()
+        .create_key("k", SymmetricKeyType::Aes256Gcm, None)
+        .await
+        .unwrap();
+    for (path, extra) in [
+        ("/v1/public-key", ""),
+        ("/v1/sign", r#","algorithm":"hmac-sha256","data":"eA==""#),
+        ("/v1/derive", r#","info":"eA==""#),
+        ("/v1/encrypt", r#","data":"eA==""#),
+        ("/v1/decrypt", r#","data":"eA==""#),
+    ] {
+        let body = format!(r#"{{"handle":"{}"{extra}}}"#, foreign.0);
+        let (code, answer) = raw(&client, Method::POST, path, body).await;
+        assert_eq!(code, StatusCode::FORBIDDEN, "{path}: {answer}");
+    }
+    // Unknown ids on the id paths.
+    for (method, path) in [
+        (Method::DELETE, "/v1/keypair/nope"),
+        (Method::GET, "/v1/key/nope"),
+    ] {
+        assert_eq!(
+            raw(&client, method, path, "").await.0,
+            StatusCode::NOT_FOUND,
+            "{path}"
+        );
+    }
+
     // 405 says what is allowed.
     let (status, _) = client
         .transport()
