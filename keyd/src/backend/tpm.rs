@@ -25,20 +25,22 @@ use tss_esapi::abstraction::{AsymmetricAlgorithmSelection, DefaultKey};
 use tss_esapi::attributes::ObjectAttributesBuilder;
 use tss_esapi::constants::response_code::Tss2ResponseCodeKind;
 use tss_esapi::constants::tss::{TPM2_RH_NULL, TPM2_ST_HASHCHECK, TPM2_TRANSIENT_FIRST};
-use tss_esapi::constants::CapabilityType;
-use tss_esapi::handles::{KeyHandle, ObjectHandle, PersistentTpmHandle, TpmHandle};
+use tss_esapi::constants::{CapabilityType, SessionType};
+use tss_esapi::handles::{
+    AuthHandle, KeyHandle, ObjectHandle, PersistentTpmHandle, SessionHandle, TpmHandle,
+};
 use tss_esapi::interface_types::algorithm::AsymmetricAlgorithm;
 use tss_esapi::interface_types::algorithm::{HashingAlgorithm, PublicAlgorithm};
 use tss_esapi::interface_types::dynamic_handles::Persistent;
 use tss_esapi::interface_types::ecc::EccCurve;
 use tss_esapi::interface_types::key_bits::RsaKeyBits;
 use tss_esapi::interface_types::resource_handles::{Hierarchy, Provision};
-use tss_esapi::interface_types::session_handles::AuthSession;
+use tss_esapi::interface_types::session_handles::{AuthSession, PolicySession};
 use tss_esapi::structures::{
-    Auth, CapabilityData, Digest, EccPoint, EccScheme, HashScheme, HashcheckTicket,
-    KeyedHashScheme, MaxBuffer, Private, Public, PublicBuilder, PublicEccParametersBuilder,
-    PublicKeyedHashParameters, RsaExponent, RsaScheme, SensitiveData, Signature, SignatureScheme,
-    SymmetricDefinitionObject,
+    Auth, CapabilityData, Data, Digest, EccScheme, EncryptedSecret, HashScheme, HashcheckTicket,
+    IdObject, KeyedHashScheme, MaxBuffer, Private, Public, PublicBuilder, PublicKeyRsa,
+    PublicKeyedHashParameters, PublicRsaParametersBuilder, RsaExponent, RsaScheme, SensitiveData,
+    Signature, SignatureScheme, SymmetricDefinition, SymmetricDefinitionObject,
 };
 use tss_esapi::tcti_ldr::TctiNameConf;
 use tss_esapi::traits::{Marshall, UnMarshall};
@@ -295,6 +297,19 @@ impl TpmBackend {
                 Ok((created.out_public, created.out_private))
             })
             .await?;
+        let record = self.save(id, kind, public, private).await?;
+        tracing::info!(key = %id, kind = %kind, "created key in the TPM");
+        Ok(record)
+    }
+
+    /// Writes a key's blobs atomically under a new generation and caches them.
+    async fn save(
+        &self,
+        id: &KeyId,
+        kind: KeyKind,
+        public: Public,
+        private: Private,
+    ) -> Result<KeyRecord, Error> {
         let mut generation = [0u8; 16];
         SystemRandom::new()
             .fill(&mut generation)
@@ -328,7 +343,6 @@ impl TpmBackend {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .insert(id.clone(), stored);
-        tracing::info!(key = %id, kind = %kind, "created key in the TPM");
         Ok(record)
     }
 }
@@ -781,37 +795,16 @@ fn flush_leftover_objects(ctx: &mut Context) {
     }
 }
 
-/// Creates the storage primary key (ECC P-256, restricted decrypt, AES-128-CFB:
-/// the TCG's standard SRK template) and persists it at `persistent`.
+/// Creates the storage primary key and persists it at `persistent`. The
+/// template is the TCG's RSA-2048 SRK (AES-128-CFB, restricted decrypt), the one
+/// Azure's device SDK and tpm2-tools make: a provisioning service that wraps a
+/// key to "the SRK" (DPS TPM attestation) expects exactly this key, and a
+/// device that ran that SDK before already has it at 0x81000001.
 fn create_storage_key(
     ctx: &mut Context,
     persistent: PersistentTpmHandle,
 ) -> Result<KeyHandle, String> {
-    let attributes = ObjectAttributesBuilder::new()
-        .with_fixed_tpm(true)
-        .with_fixed_parent(true)
-        .with_sensitive_data_origin(true)
-        .with_user_with_auth(true)
-        .with_no_da(true)
-        .with_restricted(true)
-        .with_decrypt(true)
-        .build()
-        .map_err(|e| e.to_string())?;
-    let template = PublicBuilder::new()
-        .with_public_algorithm(PublicAlgorithm::Ecc)
-        .with_name_hashing_algorithm(HashingAlgorithm::Sha256)
-        .with_object_attributes(attributes)
-        .with_ecc_parameters(
-            PublicEccParametersBuilder::new_restricted_decryption_key(
-                SymmetricDefinitionObject::AES_128_CFB,
-                EccCurve::NistP256,
-            )
-            .build()
-            .map_err(|e| e.to_string())?,
-        )
-        .with_ecc_unique_identifier(EccPoint::default())
-        .build()
-        .map_err(|e| e.to_string())?;
+    let template = storage_key_template().map_err(|e| e.to_string())?;
     let created = ctx
         .create_primary(Hierarchy::Owner, template, None, None, None, None)
         .map_err(|e| format!("cannot create the TPM storage key (is owner auth needed? tpm.owner_auth_file): {e}"))?;
@@ -828,6 +821,33 @@ fn create_storage_key(
         "created and persisted the TPM storage key"
     );
     Ok(KeyHandle::from(handle))
+}
+
+/// The TCG RSA-2048 storage key template (what `tpm2_createprimary -C o` makes).
+pub fn storage_key_template() -> Result<Public, tss_esapi::Error> {
+    let attributes = ObjectAttributesBuilder::new()
+        .with_fixed_tpm(true)
+        .with_fixed_parent(true)
+        .with_sensitive_data_origin(true)
+        .with_user_with_auth(true)
+        .with_no_da(true)
+        .with_restricted(true)
+        .with_decrypt(true)
+        .build()?;
+    PublicBuilder::new()
+        .with_public_algorithm(PublicAlgorithm::Rsa)
+        .with_name_hashing_algorithm(HashingAlgorithm::Sha256)
+        .with_object_attributes(attributes)
+        .with_rsa_parameters(
+            PublicRsaParametersBuilder::new_restricted_decryption_key(
+                SymmetricDefinitionObject::AES_128_CFB,
+                RsaKeyBits::Rsa2048,
+                RsaExponent::default(),
+            )
+            .build()?,
+        )
+        .with_rsa_unique_identifier(PublicKeyRsa::default())
+        .build()
 }
 
 /// Signing key templates: ECDSA keys fixed to their curve's hash; RSA keys with
@@ -1013,4 +1033,189 @@ fn left_pad(bytes: &[u8], size: usize) -> Result<Vec<u8>, Error> {
     let mut out = vec![0u8; size - bytes.len()];
     out.extend_from_slice(bytes);
     Ok(out)
+}
+
+/// What a provisioning service sends to finish TPM attestation (Azure DPS's
+/// `authenticationKey`): a credential made with `TPM2_MakeCredential` for this
+/// TPM's EK and bound to its storage key, whose secret is the inner wrapping
+/// key of an HMAC key duplicated to the storage key. Only this TPM can take the
+/// credential and so unwrap the key: its bytes never exist outside the TPM.
+struct ActivationBlob {
+    credential: IdObject,
+    secret: EncryptedSecret,
+    duplicate: Private,
+    seed: EncryptedSecret,
+    public: Public,
+}
+
+/// The layout of the blob: five TPM2B structures, one after another,
+/// `TPM2B_ID_OBJECT ‖ TPM2B_ENCRYPTED_SECRET ‖ TPM2B_PRIVATE ‖
+/// TPM2B_ENCRYPTED_SECRET ‖ TPM2B_PUBLIC`; DPS appends a 2-byte length of
+/// encrypted data it does not use, which is ignored.
+fn parse_activation(blob: &[u8]) -> Result<ActivationBlob, Error> {
+    let mut rest = blob;
+    let mut next = |what: &str| -> Result<Vec<u8>, Error> {
+        let bad = || {
+            Error::BadRequest(format!(
+                "the activation blob is truncated or malformed at its {what}"
+            ))
+        };
+        let (size, tail) = rest.split_first_chunk::<2>().ok_or_else(bad)?;
+        let size = usize::from(u16::from_be_bytes(*size));
+        if size == 0 || tail.len() < size {
+            return Err(bad());
+        }
+        let (field, tail) = tail.split_at(size);
+        rest = tail;
+        Ok(field.to_vec())
+    };
+    let malformed =
+        |what: &str| Error::BadRequest(format!("the activation blob's {what} is malformed"));
+    let credential =
+        IdObject::try_from(next("credential")?).map_err(|_| malformed("credential"))?;
+    let secret = EncryptedSecret::try_from(next("credential secret")?)
+        .map_err(|_| malformed("credential secret"))?;
+    let duplicate =
+        Private::try_from(next("wrapped key")?).map_err(|_| malformed("wrapped key"))?;
+    let seed = EncryptedSecret::try_from(next("wrapping seed")?)
+        .map_err(|_| malformed("wrapping seed"))?;
+    let public = Public::unmarshall(&next("key's public area")?)
+        .map_err(|_| malformed("key's public area"))?;
+    // keyd stores it as an hmac-sha256 key: it must be one.
+    let hmac = match &public {
+        Public::KeyedHash {
+            object_attributes,
+            parameters,
+            ..
+        } => {
+            object_attributes.sign_encrypt()
+                && !object_attributes.decrypt()
+                && [KeyedHashScheme::Null, KeyedHashScheme::HMAC_SHA_256]
+                    .iter()
+                    .any(|s| *parameters == PublicKeyedHashParameters::new(*s))
+        }
+        _ => false,
+    };
+    if !hmac {
+        return Err(Error::BadRequest(
+            "the wrapped key is not an HMAC-SHA256 signing key".into(),
+        ));
+    }
+    Ok(ActivationBlob {
+        credential,
+        secret,
+        duplicate,
+        seed,
+        public,
+    })
+}
+
+impl TpmBackend {
+    /// Activates the credential in `blob` with the EK and imports the HMAC key
+    /// it unwraps under the storage key, as `id` (replacing a key of that id:
+    /// reprovisioning brings a new one). Old handles to `id` stop working.
+    pub async fn activate_and_import(&self, id: &KeyId, blob: &[u8]) -> Result<KeyRecord, Error> {
+        let blob = Arc::new(parse_activation(blob)?);
+        let _writing = self.writes.lock().await;
+        let public = blob.public.clone();
+        let private = self.run(move |tpm| tpm.activate_and_import(&blob)).await?;
+        let record = self
+            .save(
+                id,
+                KeyKind::Symmetric(SymmetricKeyType::HmacSha256),
+                public,
+                private,
+            )
+            .await?;
+        tracing::info!(key = %id, "imported a key wrapped to this TPM (credential activated)");
+        Ok(record)
+    }
+}
+
+impl Tpm {
+    fn activate_and_import(&mut self, blob: &ActivationBlob) -> Result<Private, Failure> {
+        // The EK helper and StartAuthSession refuse our password session.
+        self.ctx.clear_sessions();
+        let inner = self.activate_credential(blob);
+        self.ctx
+            .set_sessions((Some(AuthSession::Password), None, None));
+        let inner = inner.map_err(|e| {
+            self.classify(
+                e,
+                "the TPM refused the credential (was it made for this TPM's endorsement and storage keys?)",
+            )
+        })?;
+        let inner = Data::try_from(inner.value().to_vec())
+            .map_err(|_| Failure::internal("the credential is not a wrapping key"))?;
+        let primary = self.primary;
+        self.ctx
+            .import(
+                primary.into(),
+                Some(inner),
+                blob.public.clone(),
+                blob.duplicate.clone(),
+                blob.seed.clone(),
+                SymmetricDefinitionObject::AES_128_CFB,
+            )
+            .map_err(|e| {
+                self.classify(
+                    e,
+                    "the TPM refused to import the wrapped key (was it wrapped to this TPM's storage key?)",
+                )
+            })
+    }
+
+    /// TPM2_ActivateCredential: the EK (authorized by the TCG default EK
+    /// policy, PolicySecret(endorsement)) decrypts the credential, and the TPM
+    /// checks it names our storage key. Needs no sessions set on entry.
+    fn activate_credential(&mut self, blob: &ActivationBlob) -> Result<Digest, tss_esapi::Error> {
+        let ek = create_ek_object(&mut self.ctx, AsymmetricAlgorithm::Rsa, None::<DefaultKey>)?;
+        let session = self.ctx.start_auth_session(
+            None,
+            None,
+            None,
+            SessionType::Policy,
+            SymmetricDefinition::AES_128_CFB,
+            HashingAlgorithm::Sha256,
+        );
+        let result = match session {
+            Ok(Some(session)) => {
+                let activated = self.activate_with(session, ek, blob);
+                // Ended by the TPM after ActivateCredential unless that failed.
+                let _ = self.ctx.flush_context(SessionHandle::from(session).into());
+                activated
+            }
+            Ok(None) => Err(tss_esapi::Error::WrapperError(
+                tss_esapi::WrapperErrorKind::WrongValueFromTpm,
+            )),
+            Err(e) => Err(e),
+        };
+        let _ = self.ctx.flush_context(ek.into());
+        result
+    }
+
+    fn activate_with(
+        &mut self,
+        session: AuthSession,
+        ek: KeyHandle,
+        blob: &ActivationBlob,
+    ) -> Result<Digest, tss_esapi::Error> {
+        let policy = PolicySession::try_from(session)?;
+        self.ctx
+            .execute_with_session(Some(AuthSession::Password), |c| {
+                c.policy_secret(
+                    policy,
+                    AuthHandle::Endorsement,
+                    Default::default(),
+                    Default::default(),
+                    Default::default(),
+                    None,
+                )
+            })?;
+        let primary = self.primary;
+        self.ctx
+            .execute_with_sessions((Some(AuthSession::Password), Some(session), None), |c| {
+                c.activate_credential(primary, ek, blob.credential.clone(), blob.secret.clone())
+            })
+    }
 }
