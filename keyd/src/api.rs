@@ -209,3 +209,14 @@ pub struct TpmAttestationKeys {
     /// keyd's storage primary key (the parent of every TPM key keyd makes).
     pub storage_key: TpmPublicKey,
 }
+
+/// `POST /v1/tpm/activate`: the last step of TPM attestation.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TpmActivateRequest {
+    /// The id to keep the imported HMAC key under.
+    pub id: String,
+    /// What the provisioning service sent (DPS: `authenticationKey`): a
+    /// credential for this TPM's EK and an HMAC key wrapped to its storage key.
+    pub blob: Base64Bytes,
+}

@@ -182,6 +182,20 @@ impl KeydClient {
         self.http.get("/v1/tpm/attestation-keys").await
     }
 
+    /// Activates a provisioning service's credential and imports the HMAC key
+    /// it wraps into the TPM as `id`.
+    pub async fn tpm_activate(&self, id: &str, blob: &[u8]) -> Result<KeyHandle, ClientError> {
+        let req = TpmActivateRequest {
+            id: id.to_owned(),
+            blob: Base64Bytes(blob.to_vec()),
+        };
+        Ok(self
+            .http
+            .post::<_, HandleResponse>("/v1/tpm/activate", &req)
+            .await?
+            .handle)
+    }
+
     /// keyd's version and backend states.
     pub async fn health(&self) -> Result<Health, ClientError> {
         self.http.get("/v1/health").await

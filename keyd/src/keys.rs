@@ -38,12 +38,15 @@ struct Stores {
 }
 
 impl Stores {
-    fn for_id(&self, id: &KeyId) -> Result<&Arc<dyn KeyBackend>, Error> {
-        let kind = self
-            .overrides
+    fn kind_for(&self, id: &KeyId) -> BackendKind {
+        self.overrides
             .iter()
             .find(|(keys, _)| keys.allows(id.as_str()))
-            .map_or(self.default, |(_, kind)| *kind);
+            .map_or(self.default, |(_, kind)| *kind)
+    }
+
+    fn for_id(&self, id: &KeyId) -> Result<&Arc<dyn KeyBackend>, Error> {
+        let kind = self.kind_for(id);
         self.open
             .get(&kind)
             .ok_or_else(|| Error::Internal(format!("backend {kind} is not open")))
@@ -337,12 +340,7 @@ impl Keyd {
     /// storage key. Granted like a key, as the id `tpm/attestation-keys`.
     pub async fn tpm_attestation_keys(&self, caller: &Caller) -> Result<TpmAttestationKeys, Error> {
         self.authorize(caller, ATTESTATION_KEYS_ID)?;
-        let tpm = self.stores.tpm.as_ref().ok_or_else(|| {
-            Error::NotFound(
-                "keyd has no TPM configured ([tpm] and a backend setting naming it)".into(),
-            )
-        })?;
-        let keys = tpm.attestation_keys().await?;
+        let keys = self.tpm()?.attestation_keys().await?;
         let pem = |der: Vec<u8>| pem::encode(&pem::Pem::new("PUBLIC KEY", der));
         Ok(TpmAttestationKeys {
             endorsement_key: TpmPublicKey {
@@ -354,6 +352,34 @@ impl Keyd {
                 public: Base64Bytes(keys.storage_public),
                 pem: pem(keys.storage_spki),
             },
+        })
+    }
+
+    /// `POST /v1/tpm/activate`: completes TPM attestation with a provisioning
+    /// service: activates the credential it sent and imports the HMAC key it
+    /// wraps, as `id` (which must be kept in the TPM store).
+    pub async fn tpm_activate(
+        &self,
+        caller: &Caller,
+        req: TpmActivateRequest,
+    ) -> Result<HandleResponse, Error> {
+        let id = self.authorize(caller, &req.id)?;
+        let tpm = self.tpm()?;
+        let kind = self.stores.kind_for(&id);
+        if kind != BackendKind::Tpm {
+            return Err(Error::BadRequest(format!(
+                "key '{id}' is kept in the {kind} store; a key imported into the TPM needs an id the TPM store serves ([[backend.override]])"
+            )));
+        }
+        let record = tpm.activate_and_import(&id, &req.blob.0).await?;
+        Ok(self.handle_for(id, record.generation))
+    }
+
+    fn tpm(&self) -> Result<&Arc<TpmBackend>, Error> {
+        self.stores.tpm.as_ref().ok_or_else(|| {
+            Error::NotFound(
+                "keyd has no TPM configured ([tpm] and a backend setting naming it)".into(),
+            )
         })
     }
 

@@ -23,6 +23,7 @@ enum Route {
     Encrypt,
     Decrypt,
     TpmAttestationKeys,
+    TpmActivate,
 }
 
 static ROUTES: LazyLock<Routes<Route>> = LazyLock::new(|| {
@@ -44,6 +45,7 @@ static ROUTES: LazyLock<Routes<Route>> = LazyLock::new(|| {
             "/v1/tpm/attestation-keys",
             Route::TpmAttestationKeys,
         ),
+        (Method::POST, "/v1/tpm/activate", Route::TpmActivate),
     ])
 });
 
@@ -73,6 +75,7 @@ impl Handler for Keyd {
             Route::Derive => with_body!(derive),
             Route::Encrypt => with_body!(encrypt),
             Route::Decrypt => with_body!(decrypt),
+            Route::TpmActivate => with_body!(tpm_activate),
             Route::GetKeyPair => ApiResponse::from_result(ok, self.find(caller, id, true).await),
             Route::GetKey => ApiResponse::from_result(ok, self.find(caller, id, false).await),
             Route::TpmAttestationKeys => {

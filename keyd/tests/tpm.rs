@@ -108,8 +108,8 @@ async fn every_spec_in_the_tpm_signs_verifiably_and_survives_restarts() {
     keyd.stop().await;
     let listing = tpm.readpublic("0x81000001");
     assert!(
-        listing.contains("ecc") || listing.contains("ECC"),
-        "storage key not persisted:\n{listing}"
+        listing.contains("rsa") && listing.contains("2048"),
+        "RSA-2048 storage key not persisted:\n{listing}"
     );
     tpm.restart();
     keyd.restart().await;
@@ -393,4 +393,117 @@ async fn attestation_keys_need_a_grant_and_a_tpm() {
     let keyd = KeydFixture::configured(config, Admins::only(vec![])).await;
     let err = keyd.client().tpm_attestation_keys().await.unwrap_err();
     assert_eq!(status(err), StatusCode::FORBIDDEN);
+}
+
+/// TPM attestation's last step: a provisioning service (a second swtpm here)
+/// sends a credential for this TPM's EK with an HMAC key wrapped to its storage
+/// key; keyd activates and imports it, and it MACs like the key the service holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_wrapped_to_this_tpm_is_activated_imported_and_kept() {
+    use edgeid_keyd::config::BackendOverride;
+    use edgeid_testkit::tpm_peer::{wrap_hmac_key, Wrapping};
+    use hmac::Mac;
+
+    let mut tpm = Swtpm::start();
+    let service = Swtpm::start();
+    let dir = edgeid_testkit::temp_dir();
+    let mut config = KeydFixture::config_in(dir.path());
+    config.backend.default = BackendKind::Tpm;
+    config.backend.overrides = vec![BackendOverride {
+        keys: edgeid_common::authz::Grants::parse(&["soft/*"]).unwrap(),
+        backend: BackendKind::Software,
+    }];
+    config.tpm = Some(TpmConfig {
+        tcti: tpm.tcti(),
+        primary_handle: 0x8100_0001,
+        owner_auth_file: None,
+        loaded_keys: 2,
+    });
+    let mut keyd = KeydFixture::configured(config, Admins::root_and_self()).await;
+    let client = keyd.client();
+    let keys = client.tpm_attestation_keys().await.unwrap();
+    let secret = b"the service's device key, 32 byt";
+    let blob = wrap_hmac_key(
+        &service,
+        &keys.endorsement_key.public.0,
+        &keys.storage_key.public.0,
+        secret,
+        Wrapping::Honest,
+    );
+    let expected = |data: &[u8]| {
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret).unwrap();
+        mac.update(data);
+        mac.finalize().into_bytes().to_vec()
+    };
+    let sas = b"myhub.azure-devices.net/devices/dev1\n1700000000";
+
+    let handle = client.tpm_activate("dps/identity", &blob).await.unwrap();
+    let tag = client
+        .sign(&handle, SignAlgorithm::HmacSha256, sas, false)
+        .await
+        .unwrap();
+    assert_eq!(
+        tag,
+        expected(sas),
+        "the imported key MACs as the service's key"
+    );
+
+    // Refused, with the key left as it was: a tampered credential, a truncated
+    // blob, a key id the TPM does not serve.
+    let tampered = wrap_hmac_key(
+        &service,
+        &keys.endorsement_key.public.0,
+        &keys.storage_key.public.0,
+        secret,
+        Wrapping::Tampered,
+    );
+    let err = client
+        .tpm_activate("dps/identity", &tampered)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("refused the credential"), "{err}");
+    assert_eq!(status(err), StatusCode::BAD_REQUEST);
+    for cut in [0, 1, 40, blob.len() - 3] {
+        let err = client
+            .tpm_activate("dps/identity", &blob[..cut])
+            .await
+            .unwrap_err();
+        assert_eq!(status(err), StatusCode::BAD_REQUEST, "cut at {cut}");
+    }
+    let err = client
+        .tpm_activate("soft/identity", &blob)
+        .await
+        .unwrap_err();
+    assert_eq!(status(err), StatusCode::BAD_REQUEST);
+    assert_eq!(
+        client
+            .sign(&handle, SignAlgorithm::HmacSha256, sas, false)
+            .await
+            .unwrap(),
+        expected(sas)
+    );
+
+    // The key's blobs hold nothing usable outside the TPM.
+    let files: Vec<_> = std::fs::read_dir(dir.path().join("keyd/tpm"))
+        .unwrap()
+        .map(|e| std::fs::read(e.unwrap().path()).unwrap())
+        .collect();
+    assert!(!files.is_empty());
+    for bytes in &files {
+        assert!(!bytes.windows(secret.len()).any(|w| w == secret));
+    }
+
+    // Restarts of keyd and the TPM keep it.
+    keyd.stop().await;
+    tpm.restart();
+    keyd.restart().await;
+    let client = keyd.client();
+    let again = client.key("dps/identity").await.unwrap();
+    assert_eq!(
+        client
+            .sign(&again, SignAlgorithm::HmacSha256, sas, false)
+            .await
+            .unwrap(),
+        expected(sas)
+    );
 }

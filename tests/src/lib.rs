@@ -6,12 +6,14 @@
 //! - [`KeydProcess`]: the keyd binary as its own process (SIGTERM, restarts, PKCS#11);
 //! - [`SoftHsm`]: a private SoftHSMv2 token directory;
 //! - [`Swtpm`]: a fresh software TPM on loopback, restartable with its state;
+//! - [`tpm_peer`]: a provisioning service's side of TPM attestation, on a second swtpm;
 //! - [`require_tool`]: a missing tool fails the test with the command that installs it.
 
 pub mod openssl;
 pub mod process;
 pub mod softhsm;
 pub mod swtpm;
+pub mod tpm_peer;
 
 pub use process::KeydProcess;
 pub use softhsm::SoftHsm;
