@@ -251,3 +251,42 @@ async fn per_key_backend_choice() {
         .count();
     assert_eq!(files, 1, "only module/a in the software store");
 }
+
+/// A token pulled out while keyd runs (SoftHSM: its directory moved away):
+/// 503 naming the token, then, once it is back, the same key signs again
+/// without a restart (keyd's cached object handles died with the token).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removed_token_is_503_until_it_comes_back() {
+    let hsm = SoftHsm::new();
+    hsm.init_token("removable");
+    let (_dir, keyd) = keyd_on_token(&hsm, "removable").await;
+    let client = keyd.client();
+    let handle = client
+        .create_key_pair("device-id", KeyPairSpec::EcP256)
+        .await
+        .unwrap();
+    let pem = openssl::check_signing(&client, &handle, SignAlgorithm::EcdsaSha256, b"before").await;
+
+    let tokens = hsm.path().join("tokens");
+    let away = hsm.path().join("away");
+    std::fs::rename(&tokens, &away).unwrap();
+    std::fs::create_dir(&tokens).unwrap();
+    for _ in 0..2 {
+        let err = client
+            .sign(&handle, SignAlgorithm::EcdsaSha256, b"gone", false)
+            .await
+            .unwrap_err();
+        assert_eq!(err.status(), Some(StatusCode::SERVICE_UNAVAILABLE), "{err}");
+        assert!(
+            err.to_string().contains("token 'removable' not found"),
+            "{err}"
+        );
+    }
+
+    std::fs::remove_dir(&tokens).unwrap();
+    std::fs::rename(&away, &tokens).unwrap();
+    assert_eq!(
+        openssl::check_signing(&client, &handle, SignAlgorithm::EcdsaSha256, b"back").await,
+        pem
+    );
+}

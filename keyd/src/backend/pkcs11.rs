@@ -777,10 +777,15 @@ impl Token {
 }
 
 impl From<CkError> for Failure {
+    /// A stale object handle counts as the device failing: the token was
+    /// removed and reinserted, or reloaded its objects, and every cached handle
+    /// is gone with it; reopening the token finds the keys again by label.
     fn from(e: CkError) -> Self {
         match &e {
             CkError::Pkcs11(
                 RvError::DeviceRemoved
+                | RvError::ObjectHandleInvalid
+                | RvError::KeyHandleInvalid
                 | RvError::DeviceError
                 | RvError::TokenNotPresent
                 | RvError::TokenNotRecognized
