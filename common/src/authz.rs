@@ -79,6 +79,70 @@ impl<'de> Deserialize<'de> for Grants {
     }
 }
 
+/// A daemon's access rules: administrators may do anything; a principal may
+/// touch the resource ids its grants match; everyone else is refused.
+#[derive(Debug, Clone)]
+pub struct Access {
+    admins: Admins,
+    principals: Vec<(String, u32, Grants)>,
+    /// What the resources are called in refusals ("key", "certificate").
+    noun: &'static str,
+    /// The daemon, in "uid N is not a principal of <daemon>".
+    daemon: &'static str,
+}
+
+impl Access {
+    /// Rules from the config's principals (name, uid, grants).
+    pub fn new(
+        daemon: &'static str,
+        noun: &'static str,
+        admins: Admins,
+        principals: impl IntoIterator<Item = (String, u32, Grants)>,
+    ) -> Self {
+        Self {
+            admins,
+            principals: principals.into_iter().collect(),
+            noun,
+            daemon,
+        }
+    }
+
+    /// Whether the caller is an administrator.
+    pub fn is_admin(&self, caller: &Caller) -> bool {
+        self.admins.contains(caller)
+    }
+
+    /// Allows the caller to touch `id`, or says why not (and logs the refusal
+    /// with uid and pid).
+    pub fn check(&self, caller: &Caller, id: &str) -> Result<(), String> {
+        if self.admins.contains(caller) {
+            return Ok(());
+        }
+        let mine = || {
+            self.principals
+                .iter()
+                .filter(|(_, uid, _)| *uid == caller.uid)
+        };
+        if mine().any(|(_, _, grants)| grants.allows(id)) {
+            return Ok(());
+        }
+        tracing::warn!(
+            uid = caller.uid,
+            pid = caller.pid,
+            resource = id,
+            "refused: {} not granted",
+            self.noun
+        );
+        Err(match mine().next() {
+            Some((name, _, _)) => format!(
+                "principal '{name}' (uid {}) is not granted {} '{id}'",
+                caller.uid, self.noun
+            ),
+            None => format!("uid {} is not a principal of {}", caller.uid, self.daemon),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use edgeid_common::authz::{Admins, Caller, Grants};
+use edgeid_common::authz::{Access, Admins, Caller, Grants};
 use edgeid_common::encoding::Base64Bytes;
 use edgeid_common::server::Health;
 
@@ -50,36 +50,6 @@ impl Stores {
         self.open
             .get(&kind)
             .ok_or_else(|| Error::Internal(format!("backend {kind} is not open")))
-    }
-}
-
-/// Administrators and principals.
-struct Access {
-    admins: Admins,
-    principals: Vec<(String, u32, Grants)>,
-}
-
-impl Access {
-    fn check(&self, caller: &Caller, id: &KeyId) -> Result<(), Error> {
-        if self.admins.contains(caller) {
-            return Ok(());
-        }
-        let mine = || {
-            self.principals
-                .iter()
-                .filter(|(_, uid, _)| *uid == caller.uid)
-        };
-        if mine().any(|(_, _, grants)| grants.allows(id.as_str())) {
-            return Ok(());
-        }
-        tracing::warn!(uid = caller.uid, pid = caller.pid, key = %id, "refused: key not granted");
-        Err(Error::Forbidden(match mine().next() {
-            Some((name, _, _)) => format!(
-                "principal '{name}' (uid {}) is not granted key '{id}'",
-                caller.uid
-            ),
-            None => format!("uid {} is not a principal of keyd", caller.uid),
-        }))
     }
 }
 
@@ -138,14 +108,15 @@ impl Keyd {
             open,
             tpm: tpm_store,
         };
-        let access = Access {
+        let access = Access::new(
+            "keyd",
+            "key",
             admins,
-            principals: config
+            config
                 .principals
                 .iter()
-                .map(|p| (p.name.clone(), p.uid, p.keys.clone()))
-                .collect(),
-        };
+                .map(|p| (p.name.clone(), p.uid, p.keys.clone())),
+        );
         Ok(Self {
             stores,
             handles,
@@ -156,7 +127,9 @@ impl Keyd {
     /// Validates an id and checks the caller may use it.
     fn authorize(&self, caller: &Caller, id: &str) -> Result<KeyId, Error> {
         let id = KeyId::new(id)?;
-        self.access.check(caller, &id)?;
+        self.access
+            .check(caller, id.as_str())
+            .map_err(Error::Forbidden)?;
         Ok(id)
     }
 
@@ -167,7 +140,9 @@ impl Keyd {
         handle: &KeyHandle,
     ) -> Result<(KeyRef, &Arc<dyn KeyBackend>), Error> {
         let key = self.handles.open(handle)?;
-        self.access.check(caller, &key.id)?;
+        self.access
+            .check(caller, key.id.as_str())
+            .map_err(Error::Forbidden)?;
         let store = self.stores.for_id(&key.id)?;
         Ok((key, store))
     }
