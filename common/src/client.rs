@@ -152,6 +152,15 @@ impl UdsClient {
         self.decode(&answer)
     }
 
+    /// `PUT path` with a JSON body, no answer body expected.
+    pub async fn put<B: Serialize>(&self, path: &str, body: &B) -> Result<(), ClientError> {
+        let bytes = serde_json::to_vec(body).map_err(|e| ClientError::BadReply {
+            socket: self.socket.to_path_buf(),
+            reason: format!("cannot encode the request: {e}"),
+        })?;
+        self.call(Method::PUT, path, bytes.into()).await.map(drop)
+    }
+
     /// `DELETE path`, no answer body expected.
     pub async fn delete(&self, path: &str) -> Result<(), ClientError> {
         self.call(Method::DELETE, path, Bytes::new())

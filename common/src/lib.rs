@@ -9,6 +9,7 @@
 //! - [`config`]: TOML loading with errors that name the file, the key and the problem.
 //! - [`fs`]: atomic writes with explicit modes, private directories.
 //! - [`authz`]: callers, administrators and glob grants.
+//! - [`id`]: the rules for resource ids (key and certificate ids).
 //! - [`encoding`]: base64 fields on the wire, secret bytes that zeroize.
 
 pub mod authz;
@@ -17,6 +18,7 @@ pub mod config;
 pub mod encoding;
 pub mod error;
 pub mod fs;
+pub mod id;
 pub mod listener;
 pub mod logging;
 pub mod routes;

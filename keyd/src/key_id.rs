@@ -5,42 +5,23 @@ use std::fmt;
 use crate::error::Error;
 
 /// Longest key id accepted.
-pub const MAX_LEN: usize = 128;
+pub const MAX_LEN: usize = edgeid_common::id::MAX_LEN;
 
-/// A validated key id: 1-128 characters of `A-Z a-z 0-9 . _ - /`, in
-/// `/`-separated segments none of which is empty, `.` or `..`. So an id can name
-/// a file, a PKCS#11 label or a TPM blob without escaping anywhere.
+/// A validated key id (see [`edgeid_common::id::check`]), so an id can name a
+/// file, a PKCS#11 label or a TPM blob without escaping anywhere.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct KeyId(String);
 
 impl KeyId {
     /// Validates an id.
     pub fn new(id: &str) -> Result<Self, Error> {
-        let bad = |reason| {
-            Err(Error::InvalidKeyId {
-                id: id.chars().take(MAX_LEN + 8).collect(),
+        match edgeid_common::id::check(id) {
+            Ok(()) => Ok(Self(id.to_owned())),
+            Err(reason) => Err(Error::InvalidKeyId {
+                id: edgeid_common::id::shown(id),
                 reason,
-            })
-        };
-        if id.is_empty() {
-            return bad("it is empty");
+            }),
         }
-        if id.len() > MAX_LEN {
-            return bad("it is longer than 128 characters");
-        }
-        if !id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'/'))
-        {
-            return bad("only letters, digits, '.', '_', '-' and '/' are allowed");
-        }
-        if id
-            .split('/')
-            .any(|seg| seg.is_empty() || seg == "." || seg == "..")
-        {
-            return bad("'/'-separated parts must not be empty, '.' or '..'");
-        }
-        Ok(Self(id.to_owned()))
     }
 
     /// The id as text.

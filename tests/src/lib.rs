@@ -3,18 +3,21 @@
 //! - [`request_as`]: an HTTP request from another uid (needs root);
 //! - [`openssl`]: signatures checked by the `openssl` CLI, an implementation
 //!   independent of the one keyd signs with;
+//! - [`CertdFixture`]: a certd in-process, beside a keyd;
 //! - [`KeydProcess`]: the keyd binary as its own process (SIGTERM, restarts, PKCS#11);
 //! - [`SoftHsm`]: a private SoftHSMv2 token directory;
 //! - [`Swtpm`]: a fresh software TPM on loopback, restartable with its state;
 //! - [`tpm_peer`]: a provisioning service's side of TPM attestation, on a second swtpm;
 //! - [`require_tool`]: a missing tool fails the test with the command that installs it.
 
+pub mod certd;
 pub mod openssl;
 pub mod process;
 pub mod softhsm;
 pub mod swtpm;
 pub mod tpm_peer;
 
+pub use certd::CertdFixture;
 pub use process::KeydProcess;
 pub use softhsm::SoftHsm;
 pub use swtpm::Swtpm;

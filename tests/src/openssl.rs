@@ -148,3 +148,37 @@ pub async fn check_concurrent_signing(client: &KeydClient, handles: &[KeyHandle]
         );
     }
 }
+
+/// `openssl verify -CAfile <bundle> [-untrusted <intermediates>] -purpose <p>`
+/// on a chain PEM (leaf first): Ok, or openssl's complaint.
+pub fn verify_chain(trust_bundle: &str, chain_pem: &str, purpose: &str) -> Result<(), String> {
+    let openssl = crate::require_tool("openssl", "openssl");
+    let dir = crate::temp_dir();
+    let blocks = pem::parse_many(chain_pem).expect("chain PEM");
+    let write = |name: &str, text: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).expect("write temp file");
+        p
+    };
+    let ca = write("ca.pem", trust_bundle);
+    let leaf = write("leaf.pem", &pem::encode(&blocks[0]));
+    let rest: String = blocks[1..].iter().map(pem::encode).collect();
+    let mut cmd = Command::new(openssl);
+    cmd.arg("verify")
+        .arg("-CAfile")
+        .arg(&ca)
+        .args(["-purpose", purpose]);
+    if !rest.is_empty() {
+        cmd.arg("-untrusted").arg(write("chain.pem", &rest));
+    }
+    let out = cmd.arg(&leaf).output().expect("run openssl verify");
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}

@@ -1,0 +1,324 @@
+//! certd's config file (`--config`), e.g. `/etc/edgeid/certd.d/config.toml`.
+//!
+//! ```toml
+//! state_dir = "/var/lib/edgeid/certd"
+//! keyd_socket = "/run/edgeid/keyd.sock"
+//!
+//! [server]
+//! socket = "/run/edgeid/certd.sock"
+//!
+//! [ca]                      # the device's local CA
+//! key_id = "device-ca"      # its key in keyd
+//! key_spec = "ec-p256"
+//! subject_cn = "edgeid device CA"
+//! lifetime_days = 3650
+//!
+//! [renewal]
+//! threshold_percent = 80
+//! rekey = true
+//!
+//! # [est]
+//! # url = "https://est.example.com/.well-known/est"
+//! # trust_anchors = "/etc/edgeid/est-ca.pem"
+//! # username = "device-1"
+//! # password_file = "/etc/edgeid/certd.d/est.password"
+//! # bootstrap_cert = "est-bootstrap"   # a certd certificate with its key in keyd
+//!
+//! [[principal]]
+//! name = "workloadd"
+//! uid = 993
+//! certs = ["module/*"]
+//! names = ["*.module.local", "spiffe://edge/*"]
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use edgeid_common::authz::Grants;
+use edgeid_common::config::{ConfigError, ServerConfig};
+use edgeid_keyd::api::KeyPairSpec;
+use serde::Deserialize;
+
+use crate::api::RenewalPolicy;
+
+/// Where certd listens unless configured otherwise.
+pub const DEFAULT_SOCKET: &str = "/run/edgeid/certd.sock";
+/// Where keyd listens unless configured otherwise.
+pub const DEFAULT_KEYD_SOCKET: &str = "/run/edgeid/keyd.sock";
+
+/// The whole config file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertdConfig {
+    /// Certificates (0700).
+    pub state_dir: PathBuf,
+    /// keyd's socket.
+    #[serde(default = "default_keyd_socket")]
+    pub keyd_socket: PathBuf,
+    /// Socket and limits.
+    #[serde(default)]
+    pub server: ServerConfig,
+    /// The local CA.
+    #[serde(default)]
+    pub ca: CaConfig,
+    /// Default renewal policy, and retry pacing.
+    #[serde(default)]
+    pub renewal: RenewalConfig,
+    /// Default lifetime of issued certificates.
+    #[serde(default = "default_leaf_days")]
+    pub leaf_lifetime_days: u64,
+    /// The EST server, if certificates are enrolled there.
+    #[serde(default)]
+    pub est: Option<EstConfig>,
+    /// Callers other than administrators.
+    #[serde(default, rename = "principal")]
+    pub principals: Vec<PrincipalConfig>,
+}
+
+fn default_keyd_socket() -> PathBuf {
+    PathBuf::from(DEFAULT_KEYD_SOCKET)
+}
+
+fn default_leaf_days() -> u64 {
+    90
+}
+
+/// `[ca]`: the device CA.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaConfig {
+    /// Its certificate's id in certd (import a chain here for an intermediate).
+    #[serde(default = "default_ca_id")]
+    pub cert_id: String,
+    /// Its key's id in keyd.
+    #[serde(default = "default_ca_id")]
+    pub key_id: String,
+    /// Its key's spec, when certd creates it.
+    #[serde(default = "default_ca_spec")]
+    pub key_spec: KeyPairSpec,
+    /// The self-signed root's common name.
+    #[serde(default = "default_ca_cn")]
+    pub subject_cn: String,
+    /// The self-signed root's lifetime.
+    #[serde(default = "default_ca_days")]
+    pub lifetime_days: u64,
+}
+
+fn default_ca_id() -> String {
+    "device-ca".into()
+}
+fn default_ca_spec() -> KeyPairSpec {
+    KeyPairSpec::EcP256
+}
+fn default_ca_cn() -> String {
+    "edgeid device CA".into()
+}
+fn default_ca_days() -> u64 {
+    3650
+}
+
+impl Default for CaConfig {
+    fn default() -> Self {
+        Self {
+            cert_id: default_ca_id(),
+            key_id: default_ca_id(),
+            key_spec: default_ca_spec(),
+            subject_cn: default_ca_cn(),
+            lifetime_days: default_ca_days(),
+        }
+    }
+}
+
+/// `[renewal]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RenewalConfig {
+    /// Renew at this percentage of the lifetime (1-99).
+    #[serde(default = "default_threshold")]
+    pub threshold_percent: u8,
+    /// Make a new key on renewal.
+    #[serde(default = "default_true")]
+    pub rekey: bool,
+    /// First retry after a failed renewal; doubles up to `retry_max_secs`.
+    #[serde(default = "default_retry_min")]
+    pub retry_min_secs: u64,
+    /// Longest wait between retries.
+    #[serde(default = "default_retry_max")]
+    pub retry_max_secs: u64,
+}
+
+fn default_threshold() -> u8 {
+    80
+}
+fn default_true() -> bool {
+    true
+}
+fn default_retry_min() -> u64 {
+    5
+}
+fn default_retry_max() -> u64 {
+    3600
+}
+
+impl Default for RenewalConfig {
+    fn default() -> Self {
+        Self {
+            threshold_percent: default_threshold(),
+            rekey: true,
+            retry_min_secs: default_retry_min(),
+            retry_max_secs: default_retry_max(),
+        }
+    }
+}
+
+impl RenewalConfig {
+    /// The policy a certificate gets when its request names none.
+    pub fn default_policy(&self) -> RenewalPolicy {
+        RenewalPolicy {
+            threshold_percent: self.threshold_percent,
+            rekey: self.rekey,
+        }
+    }
+}
+
+/// `[est]`: an RFC 7030 server.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EstConfig {
+    /// Base URL, up to and including `/.well-known/est` (and a label, if any).
+    pub url: String,
+    /// PEM file of the CAs that may sign the server's TLS certificate (RFC 7030
+    /// wants an explicit trust anchor, not the system store).
+    pub trust_anchors: PathBuf,
+    /// HTTP basic auth user, with `password_file`.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// A 0600 file holding the basic auth password.
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// A certd certificate id (imported with its keyd key) to authenticate
+    /// the first enrollment with TLS client auth.
+    #[serde(default)]
+    pub bootstrap_cert: Option<String>,
+}
+
+/// `[[principal]]`: a uid, the certificate ids it may touch and the names it may ask for.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrincipalConfig {
+    /// A name for logs and errors.
+    pub name: String,
+    /// The caller's uid.
+    pub uid: u32,
+    /// Glob patterns over certificate ids.
+    pub certs: Grants,
+    /// Glob patterns over the names (CN, DNS, IP, URI) its certificates may carry.
+    #[serde(default)]
+    pub names: Grants,
+}
+
+impl CertdConfig {
+    /// Reads the config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        edgeid_common::config::load(path)
+    }
+
+    /// A config for a state directory and sockets (dev mode, tests).
+    pub fn with_dirs(state_dir: &Path, socket: &Path, keyd_socket: &Path) -> Self {
+        Self {
+            state_dir: state_dir.to_owned(),
+            keyd_socket: keyd_socket.to_owned(),
+            server: ServerConfig {
+                socket: socket.to_owned(),
+                socket_mode: 0o600,
+                ..ServerConfig::default()
+            },
+            ca: CaConfig::default(),
+            renewal: RenewalConfig::default(),
+            leaf_lifetime_days: default_leaf_days(),
+            est: None,
+            principals: Vec::new(),
+        }
+    }
+
+    /// The socket path to bind when not socket-activated.
+    pub fn socket(&self) -> PathBuf {
+        if self.server.socket.as_os_str().is_empty() {
+            PathBuf::from(DEFAULT_SOCKET)
+        } else {
+            self.server.socket.clone()
+        }
+    }
+
+    /// Checks what serde cannot.
+    pub fn validate(&self) -> Result<(), String> {
+        if !(1..=99).contains(&self.renewal.threshold_percent) {
+            return Err("renewal.threshold_percent must be between 1 and 99".into());
+        }
+        if self.renewal.retry_min_secs == 0
+            || self.renewal.retry_max_secs < self.renewal.retry_min_secs
+        {
+            return Err(
+                "renewal.retry_min_secs must be at least 1 and at most renewal.retry_max_secs"
+                    .into(),
+            );
+        }
+        for id in [&self.ca.cert_id, &self.ca.key_id] {
+            edgeid_common::id::check(id).map_err(|why| format!("ca id '{id}': {why}"))?;
+        }
+        if let Some(est) = &self.est {
+            if est.username.is_some() != est.password_file.is_some() {
+                return Err("est.username and est.password_file go together".into());
+            }
+            if !est.url.starts_with("https://") {
+                return Err(format!("est.url '{}' must be an https:// URL", est.url));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn full_example_parses() {
+        let text = r#"
+            state_dir = "/var/lib/edgeid/certd"
+            keyd_socket = "/run/edgeid/keyd.sock"
+            [server]
+            socket = "/run/edgeid/certd.sock"
+            [ca]
+            key_id = "device-ca"
+            key_spec = "ec-p384"
+            [renewal]
+            threshold_percent = 70
+            rekey = false
+            [est]
+            url = "https://est.example.com/.well-known/est"
+            trust_anchors = "/etc/edgeid/est-ca.pem"
+            username = "dev"
+            password_file = "/p"
+            [[principal]]
+            name = "workloadd"
+            uid = 993
+            certs = ["module/*"]
+            names = ["*.module.local"]
+        "#;
+        let c: CertdConfig = edgeid_common::config::parse(Path::new("c.toml"), text).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.ca.key_spec, KeyPairSpec::EcP384);
+        assert!(c.principals[0].names.allows("a.module.local"));
+        assert!(!c.renewal.rekey);
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let text = "state_dir = \"/x\"\n[renewal]\nthreshold_percent = 100\n";
+        let c: CertdConfig = edgeid_common::config::parse(Path::new("c.toml"), text).unwrap();
+        assert!(c.validate().unwrap_err().contains("threshold_percent"));
+        let text = "state_dir = \"/x\"\n[est]\nurl = \"http://x\"\ntrust_anchors = \"/t\"\n";
+        let c: CertdConfig = edgeid_common::config::parse(Path::new("c.toml"), text).unwrap();
+        assert!(c.validate().unwrap_err().contains("https"));
+    }
+}

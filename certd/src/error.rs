@@ -1,0 +1,61 @@
+//! certd's errors, and the one place they become HTTP statuses.
+
+use edgeid_common::client::ClientError;
+use edgeid_common::HttpError;
+use http::StatusCode;
+
+/// Everything that can go wrong in certd.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The request is malformed or asks for something that cannot be done.
+    #[error("{0}")]
+    BadRequest(String),
+    /// The caller may not do this.
+    #[error("{0}")]
+    Forbidden(String),
+    /// No such certificate.
+    #[error("{0}")]
+    NotFound(String),
+    /// keyd or the EST server cannot be reached.
+    #[error("{0}")]
+    Unavailable(String),
+    /// The EST server refused or answered nonsense.
+    #[error("{0}")]
+    Upstream(String),
+    /// A failure inside certd; logged in full, answered as a bare 500.
+    #[error("{0}")]
+    Internal(String),
+    /// certd could not start.
+    #[error("{0}")]
+    Setup(String),
+}
+
+impl HttpError for Error {
+    fn status(&self) -> StatusCode {
+        match self {
+            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Upstream(_) => StatusCode::BAD_GATEWAY,
+            Self::Internal(_) | Self::Setup(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+impl Error {
+    /// A keyd failure, seen from certd: keyd's 4xx reasons are passed on (they
+    /// describe the caller's request), anything else is keyd being unavailable.
+    pub fn from_keyd(what: &str, e: ClientError) -> Self {
+        match e.status() {
+            Some(s) if s == StatusCode::BAD_REQUEST || s == StatusCode::CONFLICT => {
+                Self::BadRequest(format!("{what}: {e}"))
+            }
+            Some(s) if s == StatusCode::NOT_FOUND => Self::NotFound(format!("{what}: {e}")),
+            Some(s) if s == StatusCode::FORBIDDEN => {
+                Self::Internal(format!("{what}: keyd refused certd: {e}"))
+            }
+            _ => Self::Unavailable(format!("{what}: keyd: {e}")),
+        }
+    }
+}

@@ -1,0 +1,205 @@
+//! Building certificates: the extensions each profile gets, and signing
+//! through keyd, by the local CA or by the certificate's own key.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_lc_rs::rand::{SecureRandom, SystemRandom};
+use edgeid_keyd::api::KeyPairSpec;
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyUsagePurpose, SanType, SerialNumber, SubjectPublicKeyInfo,
+};
+use time::OffsetDateTime;
+
+use crate::api::{Profile, SubjectAltNames};
+use crate::chain::Chain;
+use crate::error::Error;
+use crate::signer::KeydKey;
+
+/// Who a certificate names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subject {
+    /// Common name.
+    pub cn: String,
+    /// Alternative names.
+    pub san: SubjectAltNames,
+}
+
+/// The parameters of a certificate for `profile`: random serial, validity
+/// from shortly before now for `lifetime` (not past `not_after_cap`), key
+/// usages, extended key usages and basic constraints, subject and authority
+/// key identifiers.
+pub fn params(
+    profile: Profile,
+    subject: &Subject,
+    lifetime: Duration,
+    not_after_cap: Option<OffsetDateTime>,
+    key_spec: Option<KeyPairSpec>,
+) -> Result<CertificateParams, Error> {
+    let mut p = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, subject.cn.as_str());
+    p.distinguished_name = dn;
+    for name in &subject.san.dns {
+        let ia5 = name.as_str().try_into().map_err(|_| {
+            Error::BadRequest(format!("'{name}' is not a valid DNS name (ASCII only)"))
+        })?;
+        p.subject_alt_names.push(SanType::DnsName(ia5));
+    }
+    for ip in &subject.san.ip {
+        p.subject_alt_names.push(SanType::IpAddress(*ip));
+    }
+    for uri in &subject.san.uri {
+        let ia5 = uri
+            .as_str()
+            .try_into()
+            .map_err(|_| Error::BadRequest(format!("'{uri}' is not a valid URI (ASCII only)")))?;
+        p.subject_alt_names.push(SanType::URI(ia5));
+    }
+    p.serial_number = Some(random_serial()?);
+    let now = OffsetDateTime::now_utc();
+    // Backdated a little for clocks that lag, but never by much of a short lifetime.
+    let backdate = (lifetime / 10).min(Duration::from_secs(60));
+    p.not_before = now - backdate;
+    let mut not_after = now + lifetime;
+    if let Some(cap) = not_after_cap {
+        not_after = not_after.min(cap);
+    }
+    if not_after <= now {
+        return Err(Error::BadRequest(
+            "the issuing CA expires before this certificate would start".into(),
+        ));
+    }
+    p.not_after = not_after;
+    p.use_authority_key_identifier_extension = true;
+    let rsa = matches!(
+        key_spec,
+        Some(KeyPairSpec::Rsa2048 | KeyPairSpec::Rsa3072 | KeyPairSpec::Rsa4096)
+    );
+    match profile {
+        Profile::Client | Profile::Server => {
+            p.is_ca = IsCa::ExplicitNoCa;
+            p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+            if rsa {
+                p.key_usages.push(KeyUsagePurpose::KeyEncipherment);
+            }
+            p.extended_key_usages = vec![if profile == Profile::Client {
+                ExtendedKeyUsagePurpose::ClientAuth
+            } else {
+                ExtendedKeyUsagePurpose::ServerAuth
+            }];
+        }
+        Profile::Ca => {
+            p.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+            p.key_usages = ca_usages();
+        }
+    }
+    Ok(p)
+}
+
+/// The device CA's own certificate: a root that may have one level of
+/// intermediates below it.
+pub fn root_params(cn: &str, lifetime: Duration) -> Result<CertificateParams, Error> {
+    let subject = Subject {
+        cn: cn.to_owned(),
+        san: SubjectAltNames::default(),
+    };
+    let mut p = params(Profile::Ca, &subject, lifetime, None, None)?;
+    p.is_ca = IsCa::Ca(BasicConstraints::Constrained(1));
+    p.use_authority_key_identifier_extension = false;
+    Ok(p)
+}
+
+fn ca_usages() -> Vec<KeyUsagePurpose> {
+    vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ]
+}
+
+/// A positive 16-byte serial from the system RNG (RFC 5280: at most 20 octets).
+fn random_serial() -> Result<SerialNumber, Error> {
+    let mut bytes = [0u8; 16];
+    SystemRandom::new()
+        .fill(&mut bytes)
+        .map_err(|_| Error::Internal("the random generator failed".into()))?;
+    bytes[0] = (bytes[0] & 0x7f) | 0x40;
+    Ok(SerialNumber::from_slice(&bytes))
+}
+
+/// The public key a certificate certifies, from its SubjectPublicKeyInfo.
+pub fn subject_key(spki_der: &[u8]) -> Result<SubjectPublicKeyInfo, Error> {
+    SubjectPublicKeyInfo::from_der(spki_der)
+        .map_err(|e| Error::BadRequest(format!("unsupported public key: {e}")))
+}
+
+/// Signs `params` for `subject` with the CA whose certificate is `ca_der`
+/// and whose key is `ca_key`. Runs on a blocking thread (each signature is a
+/// keyd request).
+pub async fn sign_by_ca(
+    params: CertificateParams,
+    subject: SubjectPublicKeyInfo,
+    ca_der: Vec<u8>,
+    ca_key: Arc<KeydKey>,
+) -> Result<Vec<u8>, Error> {
+    blocking(move || {
+        let issuer = Issuer::from_ca_cert_der(&ca_der.as_slice().into(), &*ca_key)
+            .map_err(|e| Error::Internal(format!("the CA certificate is unusable: {e}")))?;
+        params
+            .signed_by(&subject, &issuer)
+            .map(|c| c.der().to_vec())
+            .map_err(|e| sign_error(&ca_key, e, "issuing a certificate"))
+    })
+    .await
+}
+
+/// A certificate signed by its own key.
+pub async fn self_sign(params: CertificateParams, key: Arc<KeydKey>) -> Result<Vec<u8>, Error> {
+    blocking(move || {
+        params
+            .self_signed(&*key)
+            .map(|c| c.der().to_vec())
+            .map_err(|e| sign_error(&key, e, "self-signing a certificate"))
+    })
+    .await
+}
+
+/// A PKCS#10 request for `key`, signed through keyd, DER.
+pub async fn csr(params: CertificateParams, key: Arc<KeydKey>) -> Result<Vec<u8>, Error> {
+    blocking(move || {
+        params
+            .serialize_request(&*key)
+            .map(|c| c.der().to_vec())
+            .map_err(|e| sign_error(&key, e, "signing a certificate request"))
+    })
+    .await
+}
+
+fn sign_error(key: &KeydKey, e: rcgen::Error, doing: &str) -> Error {
+    match e {
+        rcgen::Error::RemoteKeyError => key.failure(doing),
+        other => Error::BadRequest(format!("{doing}: {other}")),
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, Error> + Send + 'static,
+) -> Result<T, Error> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::Internal(format!("signing task failed: {e}")))?
+}
+
+/// A chain from an issued leaf and the issuer's chain (root left out when the
+/// issuer chain ends in one: peers have it in their trust bundle).
+pub fn chain_of(leaf: Vec<u8>, issuer_chain: &Chain) -> Result<Chain, Error> {
+    let mut ders = vec![leaf];
+    for (der, cert) in issuer_chain.ders().iter().zip(issuer_chain.parsed()) {
+        if !cert.is_self_signed() {
+            ders.push(der.clone());
+        }
+    }
+    Chain::from_der(ders)
+}
