@@ -41,6 +41,15 @@ impl HttpError for Error {
             Self::Internal(_) | Self::Setup(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
+
+    /// What the EST server said is the caller's business (502 with the
+    /// reason); only certd's own internals stay in its log.
+    fn public_message(&self) -> String {
+        match self {
+            Self::Internal(_) | Self::Setup(_) => "internal error; see the daemon's log".to_owned(),
+            other => other.to_string(),
+        }
+    }
 }
 
 impl Error {

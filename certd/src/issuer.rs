@@ -166,8 +166,16 @@ pub async fn self_sign(params: CertificateParams, key: Arc<KeydKey>) -> Result<V
     .await
 }
 
-/// A PKCS#10 request for `key`, signed through keyd, DER.
+/// A PKCS#10 request for `key`, signed through keyd, DER. It asks for the
+/// names and usages of `params`; serial and validity are the issuer's to choose.
 pub async fn csr(params: CertificateParams, key: Arc<KeydKey>) -> Result<Vec<u8>, Error> {
+    let mut request = CertificateParams::default();
+    request.distinguished_name = params.distinguished_name;
+    request.subject_alt_names = params.subject_alt_names;
+    request.key_usages = params.key_usages;
+    request.extended_key_usages = params.extended_key_usages;
+    request.is_ca = params.is_ca;
+    let params = request;
     blocking(move || {
         params
             .serialize_request(&*key)

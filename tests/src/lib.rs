@@ -4,6 +4,7 @@
 //! - [`openssl`]: signatures checked by the `openssl` CLI, an implementation
 //!   independent of the one keyd signs with;
 //! - [`CertdFixture`]: a certd in-process, beside a keyd;
+//! - [`est_server::EstServer`]: a real RFC 7030 server (rustls, PKCS#10 in, PKCS#7 out);
 //! - [`KeydProcess`]: the keyd binary as its own process (SIGTERM, restarts, PKCS#11);
 //! - [`SoftHsm`]: a private SoftHSMv2 token directory;
 //! - [`Swtpm`]: a fresh software TPM on loopback, restartable with its state;
@@ -11,6 +12,7 @@
 //! - [`require_tool`]: a missing tool fails the test with the command that installs it.
 
 pub mod certd;
+pub mod est_server;
 pub mod openssl;
 pub mod process;
 pub mod softhsm;

@@ -1,0 +1,148 @@
+//! EST enrollment against a real RFC 7030 server (edgeid_testkit::est_server):
+//! TLS client auth with a bootstrap certificate whose key stays in keyd, basic
+//! auth, re-enrollment with the previously issued identity on renewal.
+
+use std::os::unix::fs::PermissionsExt;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use edgeid_certd::api::*;
+use edgeid_certd::config::EstConfig;
+use edgeid_common::authz::Admins;
+use edgeid_testkit::est_server::EstServer;
+use edgeid_testkit::{openssl, CertdFixture, KeydFixture};
+use http::StatusCode;
+
+fn est_request(id: &str, renewal: Option<RenewalPolicy>) -> CreateCertificateRequest {
+    CreateCertificateRequest {
+        id: id.into(),
+        issuer: IssuerKind::Est,
+        profile: Profile::Client,
+        csr: None,
+        key_id: Some(id.into()),
+        key_spec: None,
+        subject_cn: Some(format!("{id}.edge")),
+        san: None,
+        lifetime_secs: None,
+        renewal,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enrolls_with_a_bootstrap_certificate_and_reenrolls_on_renewal() {
+    let dir = edgeid_testkit::temp_dir();
+    let keyd =
+        KeydFixture::configured(KeydFixture::config_in(dir.path()), Admins::root_and_self()).await;
+    let mut certd = CertdFixture::configured(
+        CertdFixture::config_in(dir.path(), &keyd.socket()),
+        Admins::root_and_self(),
+    )
+    .await;
+    // The factory identity: a certificate from the device CA for a key in keyd.
+    let mut bootstrap = est_request("est-bootstrap", None);
+    bootstrap.issuer = IssuerKind::LocalCa;
+    certd.client().create(&bootstrap).await.unwrap();
+    let device_ca = certd.client().trust_bundle().await.unwrap();
+
+    let est = EstServer::start("nobody", "unused", Some(&device_ca), Duration::from_secs(4)).await;
+    let anchors = dir.path().join("est-tls-ca.pem");
+    std::fs::write(&anchors, &est.tls_ca_pem).unwrap();
+    certd.config.est = Some(EstConfig {
+        url: est.url.clone(),
+        trust_anchors: anchors,
+        username: None,
+        password_file: None,
+        bootstrap_cert: Some("est-bootstrap".into()),
+    });
+    certd.restart().await;
+    let client = certd.client();
+
+    let policy = RenewalPolicy {
+        threshold_percent: 50,
+        rekey: true,
+    };
+    let chain = client
+        .create(&est_request("device-id", Some(policy)))
+        .await
+        .unwrap();
+    openssl::verify_chain(&est.ca_pem, &chain, "sslclient").unwrap();
+    assert_eq!(est.enrolled.load(Ordering::SeqCst), 1);
+    // The trust bundle now carries the EST CA beside the device CA.
+    let bundle = client.trust_bundle().await.unwrap();
+    openssl::verify_chain(&bundle, &chain, "sslclient").unwrap();
+
+    // Renewal re-enrolls, authenticated by the certificate being renewed.
+    let deadline = Instant::now() + Duration::from_secs(8);
+    while est.reenrolled.load(Ordering::SeqCst) == 0 {
+        assert!(Instant::now() < deadline, "no re-enrollment");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let info = client.get("device-id").await.unwrap();
+        if info.pem != chain {
+            openssl::verify_chain(&est.ca_pem, &info.pem, "sslclient").unwrap();
+            assert_eq!(info.key_id.as_deref(), Some("device-id.r1"));
+            break;
+        }
+        assert!(Instant::now() < deadline, "renewed certificate not stored");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enrolls_with_basic_auth_and_names_a_refusal() {
+    let dir = edgeid_testkit::temp_dir();
+    let keyd =
+        KeydFixture::configured(KeydFixture::config_in(dir.path()), Admins::root_and_self()).await;
+    let est = EstServer::start("device-7", "s3cret", None, Duration::from_secs(3600)).await;
+    let anchors = dir.path().join("est-tls-ca.pem");
+    std::fs::write(&anchors, &est.tls_ca_pem).unwrap();
+    let password = dir.path().join("est.password");
+    let set_password = |p: &str| {
+        std::fs::write(&password, format!("{p}\n")).unwrap();
+        std::fs::set_permissions(&password, std::fs::Permissions::from_mode(0o600)).unwrap();
+    };
+    set_password("wrong");
+    let mut config = CertdFixture::config_in(dir.path(), &keyd.socket());
+    config.est = Some(EstConfig {
+        url: est.url.clone(),
+        trust_anchors: anchors.clone(),
+        username: Some("device-7".into()),
+        password_file: Some(password.clone()),
+        bootstrap_cert: None,
+    });
+    let mut certd = CertdFixture::configured(config, Admins::root_and_self()).await;
+    let err = certd
+        .client()
+        .create(&est_request("device-id", None))
+        .await
+        .unwrap_err();
+    assert_eq!(err.status(), Some(StatusCode::BAD_GATEWAY), "{err}");
+    assert!(err.to_string().contains("401"), "{err}");
+    assert_eq!(
+        certd.client().get("device-id").await.unwrap_err().status(),
+        Some(StatusCode::NOT_FOUND)
+    );
+
+    set_password("s3cret");
+    certd.restart().await;
+    let chain = certd
+        .client()
+        .create(&est_request("device-id", None))
+        .await
+        .unwrap();
+    openssl::verify_chain(&est.ca_pem, &chain, "sslclient").unwrap();
+
+    // A server whose TLS certificate the trust anchors do not cover is refused.
+    let other = EstServer::start("device-7", "s3cret", None, Duration::from_secs(3600)).await;
+    certd.config.est.as_mut().unwrap().url = other.url.clone();
+    certd.restart().await;
+    let err = certd
+        .client()
+        .create(&est_request("other", None))
+        .await
+        .unwrap_err();
+    assert_eq!(err.status(), Some(StatusCode::SERVICE_UNAVAILABLE), "{err}");
+    assert!(err.to_string().contains("TLS"), "{err}");
+}
