@@ -32,7 +32,7 @@ impl LocalCa {
     /// The certificate modules should trust: the top of the chain.
     pub fn anchor_pem(&self) -> String {
         let top = self.chain.ders().last().cloned().unwrap_or_default();
-        pem::encode(&pem::Pem::new("CERTIFICATE", top))
+        crate::chain::certificate_pem(&top)
     }
 
     /// Loads the CA from the store, or makes a self-signed root if there is

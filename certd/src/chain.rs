@@ -71,10 +71,7 @@ impl Chain {
 
     /// PEM, leaf first.
     pub fn to_pem(&self) -> String {
-        self.0
-            .iter()
-            .map(|d| pem::encode(&pem::Pem::new("CERTIFICATE", d.clone())))
-            .collect()
+        self.0.iter().map(|d| certificate_pem(d)).collect()
     }
 
     /// The leaf, parsed.
@@ -128,6 +125,12 @@ impl Chain {
         }
         Ok(())
     }
+}
+
+/// One certificate as PEM, with Unix line endings.
+pub fn certificate_pem(der: &[u8]) -> String {
+    let config = pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF);
+    pem::encode_config(&pem::Pem::new("CERTIFICATE", der.to_vec()), config)
 }
 
 /// One parsed certificate.

@@ -141,7 +141,7 @@ impl EstClient {
             .parsed()
             .zip(cas.ders())
             .filter(|(c, _)| c.is_self_signed())
-            .map(|(_, d)| pem::encode(&pem::Pem::new("CERTIFICATE", d.clone())))
+            .map(|(_, d)| crate::chain::certificate_pem(d))
             .collect();
         edgeid_common::fs::write_atomic(&self.anchors_file, roots.as_bytes(), 0o644).map_err(
             |e| Error::Internal(format!("cannot write {}: {e}", self.anchors_file.display())),

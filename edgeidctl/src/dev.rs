@@ -100,6 +100,32 @@ pub async fn run(dir: &Path, modules: &[String], backend: &BackendArgs) -> Resul
         }
     };
 
+    // certd on the local CA (its key in the same keyd store), answering once
+    // the device CA exists.
+    let certd_socket = dir.join("certd.sock");
+    let certd_config =
+        edgeid_certd::CertdConfig::with_dirs(&dir.join("certd"), &certd_socket, &keyd_socket);
+    let certd = tokio::spawn(edgeid_certd::run(certd_config, wait_for(stop_rx.clone())));
+    let certd_client = edgeid_certd::CertdClient::new(&certd_socket);
+    let trust_bundle = loop {
+        if certd.is_finished() {
+            return match certd.await {
+                Ok(Err(e)) => Err(format!("certd failed to start: {e}")),
+                _ => Err("certd stopped during start-up".into()),
+            };
+        }
+        match certd_client.trust_bundle().await {
+            Ok(pem) => break pem,
+            Err(_) if started.elapsed() < Duration::from_secs(20) => {
+                tokio::time::sleep(Duration::from_millis(10)).await
+            }
+            Err(e) => return Err(format!("certd does not answer: {e}")),
+        }
+    };
+    let bundle_file = dir.join("trust-bundle.pem");
+    edgeid_common::fs::write_atomic(&bundle_file, trust_bundle.as_bytes(), 0o644)
+        .map_err(|e| format!("cannot write {}: {e}", bundle_file.display()))?;
+
     println!(
         "edgeid {} dev mode in {} (ready in {} ms)",
         health.version,
@@ -114,7 +140,11 @@ pub async fn run(dir: &Path, modules: &[String], backend: &BackendArgs) -> Resul
     for (name, state) in health.backends.iter().filter(|(_, s)| s.as_str() != "ok") {
         println!("             {name}: {state}");
     }
-    println!("  certd      not built yet (issue 4)");
+    println!(
+        "  certd      {}   local CA; its certificate in {}",
+        certd_socket.display(),
+        bundle_file.display()
+    );
     println!("  identityd  not built yet (issue 5)");
     println!("  workload   not built yet (issue 6)");
     let mut declared = vec!["dev-module".to_owned()];
@@ -130,15 +160,21 @@ pub async fn run(dir: &Path, modules: &[String], backend: &BackendArgs) -> Resul
         keyd_socket.display()
     );
     println!("  curl -s --unix-socket {} -d '{{\"id\":\"device-id\",\"spec\":\"ec-p256\"}}' http://localhost/v1/keypair", keyd_socket.display());
+    println!("  curl -s --unix-socket {} -d '{{\"id\":\"web\",\"issuer\":\"local-ca\",\"profile\":\"server\",\"key_id\":\"web\",\"san\":{{\"dns\":[\"localhost\"]}}}}' http://localhost/v1/certificates", certd_socket.display());
     println!();
     println!("export EDGEID_KEYD_SOCKET={}", keyd_socket.display());
+    println!("export EDGEID_CERTD_SOCKET={}", certd_socket.display());
     println!();
     println!("Running; Ctrl-C stops everything.");
 
     edgeid_common::server::shutdown_signal().await;
     let _ = stop_tx.send(true);
+    let certd_stopped = certd.await;
     match keyd.await {
         Ok(Ok(())) => {
+            if let Ok(Err(e)) = certd_stopped {
+                return Err(format!("certd: {e}"));
+            }
             println!("stopped; state kept in {}", dir.display());
             Ok(())
         }
