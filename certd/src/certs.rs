@@ -151,6 +151,12 @@ impl Certd {
         req: CreateCertificateRequest,
     ) -> Result<CertificatePem, Error> {
         self.authorize(caller, &req.id)?;
+        if req.id == self.config.ca.cert_id {
+            return Err(Error::BadRequest(format!(
+                "'{}' is the device CA's certificate, which certd makes itself; import an intermediate with PUT instead",
+                req.id
+            )));
+        }
         let admin = self.access.is_admin(caller);
         if req.profile == Profile::Ca && !admin {
             return Err(Error::Forbidden(
@@ -453,12 +459,14 @@ impl Certd {
                 )));
             }
         }
-        let _guard = self.lock(id).await;
+        let guard = self.lock(id).await;
         let mut record = CertRecord::new(id, Origin::Imported, chain.to_pem());
         record.key_id = key_id.clone();
         record.key_base = key_id;
         record.subject_cn = chain.leaf().subject();
         self.store.put(&record)?;
+        // ca() takes the CA cache before an id lock: never hold them the other way round.
+        drop(guard);
         if is_ca {
             self.forget_ca().await;
         }
@@ -476,12 +484,13 @@ impl Certd {
                 "only administrators may delete the device CA".into(),
             ));
         }
-        let _guard = self.lock(id).await;
+        let guard = self.lock(id).await;
         if !self.store.delete(id)? {
             return Err(Error::NotFound(format!(
                 "certificate '{id}' does not exist"
             )));
         }
+        drop(guard);
         if is_ca {
             self.forget_ca().await;
         }
