@@ -529,16 +529,7 @@ impl Certd {
             Err(e) => format!("keyd: {e}"),
         };
         backends.insert("keyd".to_owned(), keyd);
-        let status = if backends.values().all(|s| s == "ok") {
-            "ok"
-        } else {
-            "degraded"
-        };
-        Health {
-            status: status.to_owned(),
-            version: edgeid_common::VERSION.to_owned(),
-            backends,
-        }
+        Health::of(backends)
     }
 
     /// Renews one certificate now, per its policy. The old certificate stays

@@ -227,11 +227,7 @@ impl CertdConfig {
         Self {
             state_dir: state_dir.to_owned(),
             keyd_socket: keyd_socket.to_owned(),
-            server: ServerConfig {
-                socket: socket.to_owned(),
-                socket_mode: 0o600,
-                ..ServerConfig::default()
-            },
+            server: ServerConfig::private_at(socket),
             ca: CaConfig::default(),
             renewal: RenewalConfig::default(),
             leaf_lifetime_days: default_leaf_days(),
@@ -242,11 +238,7 @@ impl CertdConfig {
 
     /// The socket path to bind when not socket-activated.
     pub fn socket(&self) -> PathBuf {
-        if self.server.socket.as_os_str().is_empty() {
-            PathBuf::from(DEFAULT_SOCKET)
-        } else {
-            self.server.socket.clone()
-        }
+        self.server.socket_or(DEFAULT_SOCKET)
     }
 
     /// Checks what serde cannot.

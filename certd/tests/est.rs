@@ -31,13 +31,8 @@ fn est_request(id: &str, renewal: Option<RenewalPolicy>) -> CreateCertificateReq
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn enrolls_with_a_bootstrap_certificate_and_reenrolls_on_renewal() {
     let dir = edgeid_testkit::temp_dir();
-    let keyd =
-        KeydFixture::configured(KeydFixture::config_in(dir.path()), Admins::root_and_self()).await;
-    let mut certd = CertdFixture::configured(
-        CertdFixture::config_in(dir.path(), &keyd.socket()),
-        Admins::root_and_self(),
-    )
-    .await;
+    let keyd = KeydFixture::start_in(dir.path()).await;
+    let mut certd = CertdFixture::start_in(dir.path(), &keyd).await;
     // The factory identity: a certificate from the device CA for a key in keyd.
     let mut bootstrap = est_request("est-bootstrap", None);
     bootstrap.issuer = IssuerKind::LocalCa;
@@ -93,8 +88,7 @@ async fn enrolls_with_a_bootstrap_certificate_and_reenrolls_on_renewal() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn enrolls_with_basic_auth_and_names_a_refusal() {
     let dir = edgeid_testkit::temp_dir();
-    let keyd =
-        KeydFixture::configured(KeydFixture::config_in(dir.path()), Admins::root_and_self()).await;
+    let keyd = KeydFixture::start_in(dir.path()).await;
     let est = EstServer::start("device-7", "s3cret", None, Duration::from_secs(3600)).await;
     let anchors = dir.path().join("est-tls-ca.pem");
     std::fs::write(&anchors, &est.tls_ca_pem).unwrap();

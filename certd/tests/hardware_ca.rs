@@ -5,7 +5,6 @@
 use edgeid_certd::api::*;
 use edgeid_common::authz::Admins;
 use edgeid_keyd::backend::BackendKind;
-use edgeid_keyd::config::TpmConfig;
 use edgeid_testkit::{openssl, CertdFixture, KeydFixture, KeydProcess, SoftHsm, Swtpm};
 
 /// keyd's binary, built beside certd's by `cargo test --workspace`.
@@ -55,12 +54,7 @@ async fn ca_key_in_the_tpm() {
     let dir = edgeid_testkit::temp_dir();
     let mut config = KeydFixture::config_in(dir.path());
     config.backend.default = BackendKind::Tpm;
-    config.tpm = Some(TpmConfig {
-        tcti: tpm.tcti(),
-        primary_handle: 0x8100_0001,
-        owner_auth_file: None,
-        loaded_keys: 2,
-    });
+    config.tpm = Some(tpm.keyd_config());
     let keyd = KeydFixture::configured(config, Admins::root_and_self()).await;
     let certd = CertdFixture::configured(
         CertdFixture::config_in(dir.path(), &keyd.socket()),

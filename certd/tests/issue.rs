@@ -19,13 +19,8 @@ struct Suite {
 
 async fn suite() -> Suite {
     let dir = edgeid_testkit::temp_dir();
-    let keyd =
-        KeydFixture::configured(KeydFixture::config_in(dir.path()), Admins::root_and_self()).await;
-    let certd = CertdFixture::configured(
-        CertdFixture::config_in(dir.path(), &keyd.socket()),
-        Admins::root_and_self(),
-    )
-    .await;
+    let keyd = KeydFixture::start_in(dir.path()).await;
+    let certd = CertdFixture::start_in(dir.path(), &keyd).await;
     Suite {
         _dir: dir,
         keyd,
@@ -382,8 +377,7 @@ async fn bad_input_gets_a_clear_4xx() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn principals_get_their_certificate_ids_and_names_only() {
     let dir = edgeid_testkit::temp_dir();
-    let keyd =
-        KeydFixture::configured(KeydFixture::config_in(dir.path()), Admins::root_and_self()).await;
+    let keyd = KeydFixture::start_in(dir.path()).await;
     let mut config = CertdFixture::config_in(dir.path(), &keyd.socket());
     config.principals = vec![edgeid_certd::config::PrincipalConfig {
         name: "workloadd".into(),

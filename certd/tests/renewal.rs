@@ -5,7 +5,6 @@
 use std::time::{Duration, Instant};
 
 use edgeid_certd::api::*;
-use edgeid_common::authz::Admins;
 use edgeid_testkit::{openssl, CertdFixture, KeydFixture};
 use x509_parser::prelude::*;
 
@@ -61,13 +60,8 @@ async fn wait_for_new_serial(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn short_lived_certificates_are_renewed_before_expiry() {
     let dir = edgeid_testkit::temp_dir();
-    let keyd =
-        KeydFixture::configured(KeydFixture::config_in(dir.path()), Admins::root_and_self()).await;
-    let certd = CertdFixture::configured(
-        CertdFixture::config_in(dir.path(), &keyd.socket()),
-        Admins::root_and_self(),
-    )
-    .await;
+    let keyd = KeydFixture::start_in(dir.path()).await;
+    let certd = CertdFixture::start_in(dir.path(), &keyd).await;
     let client = certd.client();
     let bundle = client.trust_bundle().await.unwrap();
 
@@ -142,8 +136,7 @@ async fn wait_for_socket(client: &edgeid_certd::CertdClient) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_mid_renewal_leaves_a_valid_certificate_that_is_renewed_again() {
     let dir = edgeid_testkit::temp_dir();
-    let keyd =
-        KeydFixture::configured(KeydFixture::config_in(dir.path()), Admins::root_and_self()).await;
+    let keyd = KeydFixture::start_in(dir.path()).await;
     let config = dir.path().join("certd.toml");
     std::fs::write(
         &config,

@@ -91,6 +91,27 @@ pub struct ServerConfig {
     pub shutdown_grace_secs: u64,
 }
 
+impl ServerConfig {
+    /// Defaults, bound at `socket` with mode 0600 (dev mode, tests).
+    pub fn private_at(socket: &Path) -> Self {
+        Self {
+            socket: socket.to_owned(),
+            socket_mode: 0o600,
+            ..Self::default()
+        }
+    }
+
+    /// The socket path to bind when not socket-activated: the configured one,
+    /// or the daemon's `default`.
+    pub fn socket_or(&self, default: &str) -> PathBuf {
+        if self.socket.as_os_str().is_empty() {
+            PathBuf::from(default)
+        } else {
+            self.socket.clone()
+        }
+    }
+}
+
 impl Default for ServerConfig {
     fn default() -> Self {
         Self {

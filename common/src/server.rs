@@ -210,6 +210,22 @@ pub struct Health {
     pub backends: std::collections::BTreeMap<String, String>,
 }
 
+impl Health {
+    /// This build's health: `ok` when every backend says `ok`, else `degraded`.
+    pub fn of(backends: std::collections::BTreeMap<String, String>) -> Self {
+        let status = if backends.values().all(|s| s == "ok") {
+            "ok"
+        } else {
+            "degraded"
+        };
+        Self {
+            status: status.to_owned(),
+            version: crate::VERSION.to_owned(),
+            backends,
+        }
+    }
+}
+
 /// Serves `handler` on `listener` until `shutdown` resolves, then stops accepting,
 /// lets in-flight requests finish (up to `limits.shutdown_grace`), removes the
 /// socket file if this process created it, and returns.

@@ -133,11 +133,7 @@ impl KeydConfig {
     pub fn with_dirs(state_dir: &Path, socket: &Path, master_key_file: &Path) -> Self {
         Self {
             state_dir: state_dir.to_owned(),
-            server: ServerConfig {
-                socket: socket.to_owned(),
-                socket_mode: 0o600,
-                ..ServerConfig::default()
-            },
+            server: ServerConfig::private_at(socket),
             backend: BackendConfig::default(),
             software: SoftwareConfig {
                 master_key_file: master_key_file.to_owned(),
@@ -150,11 +146,7 @@ impl KeydConfig {
 
     /// The socket path to bind when not socket-activated.
     pub fn socket(&self) -> PathBuf {
-        if self.server.socket.as_os_str().is_empty() {
-            PathBuf::from(DEFAULT_SOCKET)
-        } else {
-            self.server.socket.clone()
-        }
+        self.server.socket_or(DEFAULT_SOCKET)
     }
 }
 

@@ -374,15 +374,6 @@ impl Keyd {
             };
             backends.insert(kind.to_string(), state);
         }
-        let status = if backends.values().all(|s| s == "ok") {
-            "ok"
-        } else {
-            "degraded"
-        };
-        Health {
-            status: status.to_owned(),
-            version: edgeid_common::VERSION.to_owned(),
-            backends,
-        }
+        Health::of(backends)
     }
 }

@@ -6,7 +6,6 @@ use edgeid_common::authz::Admins;
 use edgeid_common::client::ClientError;
 use edgeid_keyd::api::{KeyPairSpec, SignAlgorithm, SymmetricKeyType};
 use edgeid_keyd::backend::BackendKind;
-use edgeid_keyd::config::TpmConfig;
 use edgeid_testkit::openssl;
 use edgeid_testkit::{KeydFixture, Swtpm};
 use http::StatusCode;
@@ -20,12 +19,7 @@ fn status(err: ClientError) -> StatusCode {
 async fn keyd_on(tpm: &Swtpm, dir: &std::path::Path) -> KeydFixture {
     let mut config = KeydFixture::config_in(dir);
     config.backend.default = BackendKind::Tpm;
-    config.tpm = Some(TpmConfig {
-        tcti: tpm.tcti(),
-        primary_handle: 0x8100_0001,
-        owner_auth_file: None,
-        loaded_keys: 2,
-    });
+    config.tpm = Some(tpm.keyd_config());
     KeydFixture::configured(config, Admins::root_and_self()).await
 }
 
@@ -379,12 +373,7 @@ async fn attestation_keys_need_a_grant_and_a_tpm() {
     let dir = edgeid_testkit::temp_dir();
     let mut config = KeydFixture::config_in(dir.path());
     config.backend.default = BackendKind::Tpm;
-    config.tpm = Some(TpmConfig {
-        tcti: tpm.tcti(),
-        primary_handle: 0x8100_0001,
-        owner_auth_file: None,
-        loaded_keys: 2,
-    });
+    config.tpm = Some(tpm.keyd_config());
     config.principals = vec![PrincipalConfig {
         name: "identityd".into(),
         uid: edgeid_common::current_uid(),
@@ -413,12 +402,7 @@ async fn a_key_wrapped_to_this_tpm_is_activated_imported_and_kept() {
         keys: edgeid_common::authz::Grants::parse(&["soft/*"]).unwrap(),
         backend: BackendKind::Software,
     }];
-    config.tpm = Some(TpmConfig {
-        tcti: tpm.tcti(),
-        primary_handle: 0x8100_0001,
-        owner_auth_file: None,
-        loaded_keys: 2,
-    });
+    config.tpm = Some(tpm.keyd_config());
     let mut keyd = KeydFixture::configured(config, Admins::root_and_self()).await;
     let client = keyd.client();
     let keys = client.tpm_attestation_keys().await.unwrap();

@@ -28,6 +28,16 @@ impl CertdFixture {
         c
     }
 
+    /// certd with the test config under `dir`, using `keyd`; root and this
+    /// process are admins.
+    pub async fn start_in(dir: &Path, keyd: &crate::KeydFixture) -> Self {
+        Self::configured(
+            Self::config_in(dir, &keyd.socket()),
+            Admins::root_and_self(),
+        )
+        .await
+    }
+
     /// certd with this config and administrators, serving once this returns.
     pub async fn configured(config: CertdConfig, admins: Admins) -> Self {
         let mut f = Self {

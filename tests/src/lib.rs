@@ -71,10 +71,15 @@ impl KeydFixture {
     /// keyd on the software store in a new temp dir; root and this process are admins.
     pub async fn start() -> Self {
         let dir = temp_dir();
-        let mut fixture =
-            Self::configured(Self::config_in(dir.path()), Admins::root_and_self()).await;
+        let mut fixture = Self::start_in(dir.path()).await;
         fixture._dir = Some(dir);
         fixture
+    }
+
+    /// keyd on the software store under `dir` (which the caller keeps);
+    /// root and this process are admins.
+    pub async fn start_in(dir: &Path) -> Self {
+        Self::configured(Self::config_in(dir), Admins::root_and_self()).await
     }
 
     /// The default test config for a directory: state, socket and master key under it.

@@ -80,6 +80,16 @@ impl Swtpm {
         format!("swtpm:host=127.0.0.1,port={}", self.port)
     }
 
+    /// keyd's `[tpm]` table for this TPM, with keyd's defaults.
+    pub fn keyd_config(&self) -> edgeid_keyd::config::TpmConfig {
+        edgeid_keyd::config::TpmConfig {
+            tcti: self.tcti(),
+            primary_handle: 0x8100_0001,
+            owner_auth_file: None,
+            loaded_keys: 2,
+        }
+    }
+
     /// Stops it (SIGTERM, so it saves its state).
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
