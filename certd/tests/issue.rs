@@ -423,6 +423,24 @@ async fn principals_get_their_certificate_ids_and_names_only() {
         client.get("device-ca").await.unwrap_err().status(),
         Some(StatusCode::FORBIDDEN)
     );
+    // Import and delete are granted by id too; the CA is for administrators.
+    let own = client.get("module/a").await.unwrap().pem;
+    let e = client.import("device-id", &own, None).await.unwrap_err();
+    assert_eq!(e.status(), Some(StatusCode::FORBIDDEN));
+    let e = client.delete("device-ca").await.unwrap_err();
+    assert_eq!(e.status(), Some(StatusCode::FORBIDDEN));
+    let (st, _) = client
+        .transport()
+        .raw(
+            http::Method::PUT,
+            "/v1/certificates/module/a",
+            "{\"pem\":".into(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(st, StatusCode::BAD_REQUEST, "malformed JSON");
+    let e = client.delete("module/none").await.unwrap_err();
+    assert_eq!(e.status(), Some(StatusCode::NOT_FOUND));
     // The trust bundle is for everyone.
     assert!(client
         .trust_bundle()

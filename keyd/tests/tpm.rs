@@ -368,6 +368,19 @@ async fn attestation_keys_need_a_grant_and_a_tpm() {
     let keyd = KeydFixture::start().await;
     let err = keyd.client().tpm_attestation_keys().await.unwrap_err();
     assert_eq!(status(err), StatusCode::NOT_FOUND);
+    let err = keyd
+        .client()
+        .tpm_activate("dps/x", b"blob")
+        .await
+        .unwrap_err();
+    assert_eq!(status(err), StatusCode::NOT_FOUND);
+    let (code, _) = keyd
+        .client()
+        .transport()
+        .raw(http::Method::POST, "/v1/tpm/activate", "{\"id\":".into())
+        .await
+        .unwrap();
+    assert_eq!(code, StatusCode::BAD_REQUEST, "malformed JSON");
     // A principal without the grant: 403.
     let tpm = Swtpm::start();
     let dir = edgeid_testkit::temp_dir();
@@ -381,6 +394,13 @@ async fn attestation_keys_need_a_grant_and_a_tpm() {
     }];
     let keyd = KeydFixture::configured(config, Admins::only(vec![])).await;
     let err = keyd.client().tpm_attestation_keys().await.unwrap_err();
+    assert_eq!(status(err), StatusCode::FORBIDDEN);
+    // Activation is granted by the key id it imports into.
+    let err = keyd
+        .client()
+        .tpm_activate("dps/x", b"blob")
+        .await
+        .unwrap_err();
     assert_eq!(status(err), StatusCode::FORBIDDEN);
 }
 
