@@ -18,17 +18,15 @@ use der::{Decode, Encode};
 use http::{Method, Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::rt::TokioIo;
-use rustls::client::ResolvesClientCert;
 use rustls::pki_types::{CertificateDer, ServerName};
-use rustls::sign::CertifiedKey;
-use rustls::{ClientConfig, RootCertStore};
+use rustls::RootCertStore;
 use x509_parser::prelude::FromDer;
 use zeroize::Zeroizing;
 
 use crate::chain::Chain;
 use crate::config::EstConfig;
 use crate::error::Error;
-use crate::signer::{KeydKey, TlsKey};
+use crate::signer::KeydKey;
 
 /// Longest wait for the EST server, per request.
 const TIMEOUT: Duration = Duration::from_secs(30);
@@ -196,19 +194,10 @@ impl EstClient {
         body: Option<Vec<u8>>,
         identity: Option<&Identity>,
     ) -> Result<Bytes, Error> {
-        let builder = ClientConfig::builder().with_root_certificates(self.roots.clone());
-        let tls = match identity {
-            Some((chain, key)) => {
-                let certs = chain
-                    .ders()
-                    .iter()
-                    .map(|d| CertificateDer::from(d.clone()))
-                    .collect();
-                let certified = CertifiedKey::new(certs, Arc::new(TlsKey(key.clone())));
-                builder.with_client_cert_resolver(Arc::new(ClientIdentity(Arc::new(certified))))
-            }
-            None => builder.with_no_client_auth(),
-        };
+        let tls = crate::signer::tls_client_config(
+            self.roots.clone(),
+            identity.map(|(chain, key)| (chain.ders().to_vec(), key.clone())),
+        );
         let name = ServerName::try_from(self.host.clone())
             .map_err(|e| Error::Setup(format!("est.url host '{}': {e}", self.host)))?;
         let unreachable =
@@ -276,24 +265,6 @@ impl EstClient {
                 )))
             }
         }
-    }
-}
-
-/// Always presents the one client identity.
-#[derive(Debug)]
-struct ClientIdentity(Arc<CertifiedKey>);
-
-impl ResolvesClientCert for ClientIdentity {
-    fn resolve(
-        &self,
-        _root_hint_subjects: &[&[u8]],
-        _sigschemes: &[rustls::SignatureScheme],
-    ) -> Option<Arc<CertifiedKey>> {
-        Some(self.0.clone())
-    }
-
-    fn has_certs(&self) -> bool {
-        true
     }
 }
 

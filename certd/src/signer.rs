@@ -229,3 +229,41 @@ impl Signer for TlsSigner {
         self.scheme
     }
 }
+
+/// A rustls client config trusting `roots`, presenting `identity` (a chain,
+/// leaf first, in DER, and its key in keyd) when the server asks for one.
+pub fn tls_client_config(
+    roots: Arc<rustls::RootCertStore>,
+    identity: Option<(Vec<Vec<u8>>, Arc<KeydKey>)>,
+) -> rustls::ClientConfig {
+    let builder = rustls::ClientConfig::builder().with_root_certificates(roots);
+    match identity {
+        Some((chain, key)) => {
+            let certs = chain
+                .into_iter()
+                .map(rustls::pki_types::CertificateDer::from)
+                .collect();
+            let certified = rustls::sign::CertifiedKey::new(certs, Arc::new(TlsKey(key)));
+            builder.with_client_cert_resolver(Arc::new(ClientIdentity(Arc::new(certified))))
+        }
+        None => builder.with_no_client_auth(),
+    }
+}
+
+/// Always presents the one client identity.
+#[derive(Debug)]
+struct ClientIdentity(Arc<rustls::sign::CertifiedKey>);
+
+impl rustls::client::ResolvesClientCert for ClientIdentity {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[SignatureScheme],
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.0.clone())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}

@@ -1,0 +1,415 @@
+//! Provisioning: turning `[provisioning]` into a [`DeviceRecord`]. Keys given
+//! in files are imported into keyd and never kept by identityd; the record
+//! names keys and certificates by id only.
+
+use std::path::Path;
+
+use aws_lc_rs::digest;
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use edgeid_certd::api::{CreateCertificateRequest, IssuerKind, Profile};
+use edgeid_keyd::api::{KeyHandle, SymmetricKeyType};
+use http::StatusCode;
+use serde_json::json;
+use zeroize::Zeroizing;
+
+use crate::config::{
+    AttestationConfig, DeviceAuthConfig, DpsConfig, IdentitydConfig, KeySource, LocalConfig,
+    ManualConfig, ProvisioningConfig,
+};
+use crate::dps::{Proof, Registration};
+use crate::error::Error;
+use crate::identities::Identityd;
+use crate::store::{Credential, DeviceRecord, KeyRef};
+
+/// A device connection string: `HostName=...;DeviceId=...;SharedAccessKey=...`.
+pub struct ConnectionString {
+    /// `HostName`.
+    pub hub: String,
+    /// `DeviceId`.
+    pub device_id: String,
+    /// `SharedAccessKey`, decoded.
+    pub key: Zeroizing<Vec<u8>>,
+}
+
+impl ConnectionString {
+    /// Parses one; errors name the part that is wrong and never show the key.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let mut hub = None;
+        let mut device_id = None;
+        let mut key = None;
+        for part in text.trim().split(';').filter(|p| !p.trim().is_empty()) {
+            let Some((name, value)) = part.split_once('=') else {
+                return Err(format!(
+                    "'{}' is not Name=Value",
+                    crate::names::shown(part.split('=').next().unwrap_or_default())
+                ));
+            };
+            let name = name.trim();
+            match name {
+                "HostName" => hub = Some(value.trim().to_owned()),
+                "DeviceId" => device_id = Some(value.trim().to_owned()),
+                // The key may itself end in '=' (base64 padding); split_once kept it.
+                "SharedAccessKey" => key = Some(value.trim()),
+                "GatewayHostName" => {}
+                "ModuleId" => {
+                    return Err("ModuleId: a module's connection string cannot provision a device".into())
+                }
+                "SharedAccessKeyName" => {
+                    return Err("SharedAccessKeyName: that is a service policy's connection string, not a device's".into())
+                }
+                "x509" => {
+                    return Err("x509: give hub, device_id and auth = { method = \"x509\", ... } instead".into())
+                }
+                other => return Err(format!("unknown part '{}'", crate::names::shown(other))),
+            }
+        }
+        let hub = hub.ok_or("HostName is missing")?;
+        let device_id = device_id.ok_or("DeviceId is missing")?;
+        let key = key.ok_or("SharedAccessKey is missing")?;
+        crate::names::check_hub(&hub).map_err(|e| format!("HostName: {e}"))?;
+        crate::names::check_device_id(&device_id).map_err(|e| format!("DeviceId: {e}"))?;
+        let key = decode_key(key).map_err(|e| format!("SharedAccessKey: {e}"))?;
+        Ok(Self {
+            hub,
+            device_id,
+            key,
+        })
+    }
+}
+
+/// A base64 symmetric key (16-64 bytes), decoded into memory that is wiped on drop.
+fn decode_key(text: &str) -> Result<Zeroizing<Vec<u8>>, String> {
+    let key = Zeroizing::new(
+        STANDARD
+            .decode(text.trim())
+            .map_err(|_| "is not base64".to_owned())?,
+    );
+    if !(16..=64).contains(&key.len()) {
+        return Err(format!("is {} bytes; a key is 16 to 64", key.len()));
+    }
+    Ok(key)
+}
+
+/// Reads a key file: 0600 (or stricter), base64.
+fn read_key_file(path: &Path) -> Result<Zeroizing<Vec<u8>>, Error> {
+    edgeid_common::fs::check_private(path)
+        .map_err(|e| Error::Setup(format!("key file {}: {e}", path.display())))?;
+    let text = Zeroizing::new(
+        std::fs::read_to_string(path)
+            .map_err(|e| Error::Setup(format!("cannot read key file {}: {e}", path.display())))?,
+    );
+    decode_key(&text).map_err(|e| Error::Setup(format!("key file {}: {e}", path.display())))
+}
+
+/// A digest of what provisioning depends on: a changed config provisions again.
+pub fn fingerprint(config: &IdentitydConfig) -> String {
+    let source = match &config.provisioning {
+        ProvisioningConfig::Manual(m) => json!({
+            "connection_string": m.connection_string.as_ref().map(|cs| {
+                hex(digest::digest(&digest::SHA256, cs.0.as_bytes()).as_ref())
+            }),
+            "hub": m.hub,
+            "device_id": m.device_id,
+            "auth": m.auth,
+        }),
+        ProvisioningConfig::Dps(d) => json!(d),
+        ProvisioningConfig::Local(l) => json!(l),
+    };
+    let whole = json!({
+        "source": config.provisioning.source(),
+        "provisioning": source,
+        "keys": config.keys,
+    });
+    hex(digest::digest(&digest::SHA256, whole.to_string().as_bytes()).as_ref())
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl Identityd {
+    /// One provisioning attempt from the config; the result, not yet stored.
+    pub(crate) async fn provision_once(&self) -> Result<DeviceRecord, Error> {
+        let config = self.config();
+        let fp = fingerprint(config);
+        let source = config.provisioning.source();
+        let (hub, device_id, credential) = match &config.provisioning {
+            ProvisioningConfig::Manual(m) => self.provision_manual(m).await?,
+            ProvisioningConfig::Dps(d) => self.provision_dps(d).await?,
+            ProvisioningConfig::Local(l) => self.provision_local(l).await?,
+        };
+        Ok(DeviceRecord::new(source, fp, hub, device_id, credential))
+    }
+
+    async fn provision_manual(
+        &self,
+        m: &ManualConfig,
+    ) -> Result<(String, String, Credential), Error> {
+        let device_key = &self.config().keys.device;
+        if let Some(cs) = &m.connection_string {
+            let cs = ConnectionString::parse(&cs.0)
+                .map_err(|e| Error::Setup(format!("provisioning.connection_string: {e}")))?;
+            self.import_key(device_key, &cs.key).await?;
+            let key = KeyRef {
+                id: device_key.clone(),
+                derive: None,
+            };
+            return Ok((cs.hub, cs.device_id, Credential::Sas { key }));
+        }
+        let (Some(hub), Some(device_id), Some(auth)) = (&m.hub, &m.device_id, &m.auth) else {
+            return Err(Error::Setup(
+                "provisioning: manual needs connection_string, or hub, device_id and auth".into(),
+            ));
+        };
+        let credential = match auth {
+            DeviceAuthConfig::Sas(source) => Credential::Sas {
+                key: KeyRef {
+                    id: self.key_from(source, device_key).await?,
+                    derive: None,
+                },
+            },
+            DeviceAuthConfig::X509 { cert_id, key_id } => {
+                self.check_x509(cert_id, key_id).await?;
+                Credential::X509 {
+                    cert_id: cert_id.clone(),
+                }
+            }
+        };
+        Ok((hub.clone(), device_id.clone(), credential))
+    }
+
+    async fn provision_local(
+        &self,
+        l: &LocalConfig,
+    ) -> Result<(String, String, Credential), Error> {
+        let cert_id = self.config().keys.local_device_cert.clone();
+        match self.certd().get(&cert_id).await {
+            Ok(_) => {}
+            Err(e) if e.status() == Some(StatusCode::NOT_FOUND) => {
+                let req = CreateCertificateRequest {
+                    id: cert_id.clone(),
+                    issuer: IssuerKind::LocalCa,
+                    profile: Profile::Client,
+                    csr: None,
+                    key_id: Some(cert_id.clone()),
+                    key_spec: None,
+                    subject_cn: Some(l.device_id.clone()),
+                    san: None,
+                    lifetime_secs: None,
+                    renewal: None,
+                };
+                self.certd().create(&req).await.map_err(|e| {
+                    Error::from_daemon("certd", "issuing the device certificate", e)
+                })?;
+            }
+            Err(e) => {
+                return Err(Error::from_daemon(
+                    "certd",
+                    &format!("device certificate '{cert_id}'"),
+                    e,
+                ))
+            }
+        }
+        Ok((
+            l.hub.clone(),
+            l.device_id.clone(),
+            Credential::X509 { cert_id },
+        ))
+    }
+
+    async fn provision_dps(&self, d: &DpsConfig) -> Result<(String, String, Credential), Error> {
+        let config = self.config();
+        let endpoint = crate::cloud::authority_of(&d.global_endpoint)?;
+        let (registration_id, proof, credential) = match &d.attestation {
+            AttestationConfig::SymmetricKey {
+                registration_id,
+                key,
+                group,
+            } => {
+                let id = self.key_from(key, &config.keys.enrollment).await?;
+                let key = KeyRef {
+                    id,
+                    derive: group.then(|| registration_id.clone()),
+                };
+                let handle = self.symmetric_handle(&key).await?;
+                (
+                    registration_id.clone(),
+                    Proof::Sas(handle),
+                    Some(Credential::Sas { key }),
+                )
+            }
+            AttestationConfig::X509 {
+                registration_id,
+                cert_id,
+                key_id,
+            } => {
+                self.check_x509(cert_id, key_id).await?;
+                let identity = self.x509_identity(cert_id).await?;
+                let registration_id = match registration_id {
+                    Some(r) => r.clone(),
+                    None => common_name(&identity.0[0]).ok_or_else(|| {
+                        Error::Setup(format!(
+                            "certificate '{cert_id}' has no common name to register as; set provisioning.attestation.registration_id"
+                        ))
+                    })?,
+                };
+                (
+                    registration_id,
+                    Proof::X509(identity),
+                    Some(Credential::X509 {
+                        cert_id: cert_id.clone(),
+                    }),
+                )
+            }
+            AttestationConfig::Tpm { registration_id } => {
+                let keys = self.keyd().tpm_attestation_keys().await.map_err(|e| {
+                    Error::from_daemon("keyd", "reading the TPM's endorsement key", e)
+                })?;
+                (
+                    registration_id.clone(),
+                    Proof::Tpm {
+                        endorsement_key: keys.endorsement_key.public.0,
+                        storage_key: keys.storage_key.public.0,
+                        key_id: config.keys.device.clone(),
+                    },
+                    None,
+                )
+            }
+        };
+        let registration = Registration {
+            cloud: self.cloud(),
+            keyd: self.keyd(),
+            endpoint: &endpoint,
+            id_scope: &d.id_scope,
+            registration_id: &registration_id,
+            api_version: &config.cloud.dps_api_version,
+            timeout: std::time::Duration::from_secs(config.cloud.dps_timeout_secs.max(1)),
+        };
+        let assignment = registration.run(proof).await?;
+        let credential = credential.unwrap_or_else(|| Credential::Sas {
+            key: KeyRef {
+                id: config.keys.device.clone(),
+                derive: None,
+            },
+        });
+        tracing::info!(hub = %assignment.hub, device = %assignment.device_id, "DPS assigned the device");
+        Ok((assignment.hub, assignment.device_id, credential))
+    }
+
+    /// The keyd id of a configured key: a key file is imported under `default_id`.
+    async fn key_from(&self, source: &KeySource, default_id: &str) -> Result<String, Error> {
+        match (&source.key_file, &source.key_id) {
+            (Some(file), _) => {
+                let key = read_key_file(file)?;
+                self.import_key(default_id, &key).await?;
+                Ok(default_id.to_owned())
+            }
+            (None, Some(id)) => {
+                self.keyd()
+                    .key(id)
+                    .await
+                    .map_err(|e| Error::from_daemon("keyd", &format!("key '{id}'"), e))?;
+                Ok(id.clone())
+            }
+            (None, None) => Err(Error::Setup("a key needs key_file or key_id".into())),
+        }
+    }
+
+    /// Imports an HMAC key into keyd, replacing one of other bytes under the same id.
+    async fn import_key(&self, id: &str, key: &[u8]) -> Result<KeyHandle, Error> {
+        let keyd = self.keyd();
+        match keyd
+            .create_key(id, SymmetricKeyType::HmacSha256, Some(key))
+            .await
+        {
+            Ok(h) => Ok(h),
+            Err(e) if e.status() == Some(StatusCode::CONFLICT) => {
+                tracing::info!(
+                    key = id,
+                    "replacing the device key in keyd with the configured one"
+                );
+                keyd.delete_key(id)
+                    .await
+                    .map_err(|e| Error::from_daemon("keyd", &format!("replacing key '{id}'"), e))?;
+                keyd.create_key(id, SymmetricKeyType::HmacSha256, Some(key))
+                    .await
+                    .map_err(|e| Error::from_daemon("keyd", &format!("importing key '{id}'"), e))
+            }
+            Err(e) => Err(Error::from_daemon(
+                "keyd",
+                &format!("importing key '{id}'"),
+                e,
+            )),
+        }
+    }
+
+    /// A certificate in certd whose key is `key_id` in keyd.
+    async fn check_x509(&self, cert_id: &str, key_id: &str) -> Result<(), Error> {
+        let info = self
+            .certd()
+            .get(cert_id)
+            .await
+            .map_err(|e| Error::from_daemon("certd", &format!("certificate '{cert_id}'"), e))?;
+        match info.key_id.as_deref() {
+            Some(k) if k == key_id || k.starts_with(&format!("{key_id}.r")) => Ok(()),
+            Some(k) => Err(Error::Setup(format!(
+                "certificate '{cert_id}' certifies keyd key '{k}', not '{key_id}'"
+            ))),
+            None => Err(Error::Setup(format!(
+                "certd does not know the key of certificate '{cert_id}'; import it with key_id '{key_id}'"
+            ))),
+        }
+    }
+}
+
+/// The subject common name of a DER certificate.
+fn common_name(der: &[u8]) -> Option<String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let cn = cert
+        .subject()
+        .iter_common_name()
+        .next()?
+        .as_str()
+        .ok()?
+        .to_owned();
+    Some(cn)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_strings() {
+        let cs = ConnectionString::parse(
+            "HostName=hub.example.net;DeviceId=dev-1;SharedAccessKey=AAAAAAAAAAAAAAAAAAAAAA==",
+        )
+        .unwrap();
+        assert_eq!(cs.hub, "hub.example.net");
+        assert_eq!(cs.device_id, "dev-1");
+        assert_eq!(cs.key.len(), 16);
+        for (text, wanted) in [
+            ("HostName=h;DeviceId=d", "SharedAccessKey is missing"),
+            ("garbage", "not Name=Value"),
+            ("HostName=h;DeviceId=d;SharedAccessKey=!!", "not base64"),
+            ("HostName=h;DeviceId=d;SharedAccessKey=AAAA", "is 3 bytes"),
+            (
+                "HostName=h;DeviceId=d;ModuleId=m;SharedAccessKey=AAAA",
+                "ModuleId",
+            ),
+            (
+                "HostName=h/x;DeviceId=d;SharedAccessKey=AAAAAAAAAAAAAAAAAAAAAA==",
+                "HostName",
+            ),
+            (
+                "HostName=h;DeviceId=d d;SharedAccessKey=AAAAAAAAAAAAAAAAAAAAAA==",
+                "DeviceId",
+            ),
+        ] {
+            let err = ConnectionString::parse(text).err().unwrap();
+            assert!(err.contains(wanted), "{text}: {err}");
+            assert!(!err.contains("AAAA"), "the key is never shown: {err}");
+        }
+    }
+}
