@@ -2,6 +2,7 @@
 //! `SharedAccessSignature sr=<enc(resource)>&sig=<enc(base64(HMAC-SHA256(key,
 //! enc(resource) + "\n" + expiry)))>&se=<expiry>[&skn=<key name>]`, where
 //! `enc` percent-encodes everything but the RFC 3986 unreserved characters.
+//! Ids go into the resource as they are (the whole resource is encoded once).
 //! The HMAC is computed by keyd; identityd never holds the key.
 
 use base64::engine::general_purpose::STANDARD;
@@ -32,16 +33,12 @@ pub const MAX_EXPIRY_SECS: u64 = 30 * 24 * 3600;
 
 /// The resource of a device: `<hub>/devices/<device>`.
 pub fn device_resource(hub: &str, device_id: &str) -> String {
-    format!("{hub}/devices/{}", encode(device_id))
+    format!("{hub}/devices/{device_id}")
 }
 
 /// The resource of a module: `<hub>/devices/<device>/modules/<module>`.
 pub fn module_resource(hub: &str, device_id: &str, module_id: &str) -> String {
-    format!(
-        "{}/modules/{}",
-        device_resource(hub, device_id),
-        encode(module_id)
-    )
+    format!("{}/modules/{module_id}", device_resource(hub, device_id))
 }
 
 /// The resource of a DPS registration: `<scope>/registrations/<registration>`.
@@ -119,16 +116,16 @@ mod tests {
 
     #[test]
     fn layout_matches_the_public_spec() {
-        let resource = device_resource("hub.example.net", "dev 1");
-        assert_eq!(resource, "hub.example.net/devices/dev%201");
+        let resource = device_resource("hub.example.net", "dev(1)");
+        assert_eq!(resource, "hub.example.net/devices/dev(1)");
         assert_eq!(
             string_to_sign(&resource, 1700000000),
-            "hub.example.net%2Fdevices%2Fdev%25201\n1700000000"
+            "hub.example.net%2Fdevices%2Fdev%281%29\n1700000000"
         );
         let token = assemble(&resource, 1700000000, &[0xfb, 0xff], Some("registration"));
         assert_eq!(
             token,
-            "SharedAccessSignature sr=hub.example.net%2Fdevices%2Fdev%25201&sig=%2B%2F8%3D&se=1700000000&skn=registration"
+            "SharedAccessSignature sr=hub.example.net%2Fdevices%2Fdev%281%29&sig=%2B%2F8%3D&se=1700000000&skn=registration"
         );
         assert_eq!(
             registration_resource("0ne00ABC", "reg-1"),

@@ -4,7 +4,6 @@
 //! their signatures verified (rcgen / x509-parser), certificates issued by its
 //! own CA and returned as base64 PKCS#7 certs-only (`cms`).
 
-use std::convert::Infallible;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,14 +19,10 @@ use der::{Decode, Encode};
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
 use rcgen::{
-    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DnType,
-    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    CertificateParams, CertificateSigningRequestParams, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair,
 };
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
-use rustls::server::WebPkiClientVerifier;
-use rustls::RootCertStore;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 /// A running EST server on 127.0.0.1.
@@ -62,19 +57,7 @@ struct State {
     reenrolled: Arc<AtomicUsize>,
 }
 
-fn ca(cn: &str) -> (CertificateParams, KeyPair, Vec<u8>) {
-    let key = KeyPair::generate().expect("CA key");
-    let mut p = CertificateParams::new(Vec::<String>::new()).expect("params");
-    p.distinguished_name.push(DnType::CommonName, cn);
-    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    let der = p.self_signed(&key).expect("self-signed CA").der().to_vec();
-    (p, key, der)
-}
-
-fn to_pem(der: &[u8]) -> String {
-    pem::encode(&pem::Pem::new("CERTIFICATE", der.to_vec()))
-}
+use crate::tls_server::{answer, ca, to_pem, LocalhostTls};
 
 impl EstServer {
     /// Starts a server that accepts `username`/`password`, or a client
@@ -86,47 +69,14 @@ impl EstServer {
         bootstrap_ca_pem: Option<&str>,
         lifetime: Duration,
     ) -> Self {
-        let (tls_ca_params, tls_ca_key, tls_ca_der) = ca("test EST TLS CA");
-        let server_key = KeyPair::generate().expect("server key");
-        let mut sp = CertificateParams::new(vec!["localhost".to_string()]).expect("params");
-        sp.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        let server_der = sp
-            .signed_by(
-                &server_key,
-                &Issuer::from_params(&tls_ca_params, &tls_ca_key),
-            )
-            .expect("server cert")
-            .der()
-            .to_vec();
         let (ca_params, ca_key, ca_der) = ca("test EST issuing CA");
-
-        let mut roots = RootCertStore::empty();
-        roots
-            .add(CertificateDer::from(ca_der.clone()))
-            .expect("EST CA root");
+        let mut client_roots = vec![ca_der.clone()];
         if let Some(pem_text) = bootstrap_ca_pem {
             for block in pem::parse_many(pem_text).expect("bootstrap CA PEM") {
-                roots
-                    .add(CertificateDer::from(block.into_contents()))
-                    .expect("bootstrap root");
+                client_roots.push(block.into_contents());
             }
         }
-        let verifier = WebPkiClientVerifier::builder(Arc::new(roots))
-            .allow_unauthenticated()
-            .build()
-            .expect("client verifier");
-        let tls = rustls::ServerConfig::builder()
-            .with_client_cert_verifier(verifier)
-            .with_single_cert(
-                vec![CertificateDer::from(server_der)],
-                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(server_key.serialize_der())),
-            )
-            .expect("server TLS config");
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let port = listener.local_addr().expect("addr").port();
+        let tls = LocalhostTls::new("test EST TLS CA", &client_roots);
         let enrolled = Arc::new(AtomicUsize::new(0));
         let reenrolled = Arc::new(AtomicUsize::new(0));
         let state = Arc::new(State {
@@ -139,46 +89,21 @@ impl EstServer {
             enrolled: enrolled.clone(),
             reenrolled: reenrolled.clone(),
         });
-        let task = tokio::spawn(async move {
-            while let Ok((tcp, _)) = listener.accept().await {
-                let acceptor = acceptor.clone();
+        let (port, task) = tls
+            .serve("127.0.0.1:0".parse().expect("addr"), move |peer, req| {
                 let state = state.clone();
-                tokio::spawn(async move {
-                    let Ok(tls) = acceptor.accept(tcp).await else {
-                        return;
-                    };
-                    let peer = tls
-                        .get_ref()
-                        .1
-                        .peer_certificates()
-                        .and_then(|c| c.first())
-                        .map(|c| c.to_vec());
-                    let service = hyper::service::service_fn(move |req| {
-                        let state = state.clone();
-                        let peer = peer.clone();
-                        async move { Ok::<_, Infallible>(handle(&state, peer.as_deref(), req).await) }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(tls), service)
-                        .await;
-                });
-            }
-        });
+                async move { handle(&state, peer.as_deref(), req).await }
+            })
+            .await;
         Self {
             url: format!("https://localhost:{port}/.well-known/est"),
-            tls_ca_pem: to_pem(&tls_ca_der),
+            tls_ca_pem: tls.ca_pem.clone(),
             ca_pem: to_pem(&ca_der),
             enrolled,
             reenrolled,
             task,
         }
     }
-}
-
-fn answer(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
-    let mut r = Response::new(Full::new(body.into()));
-    *r.status_mut() = status;
-    r
 }
 
 fn certs_only(ders: &[&[u8]]) -> Response<Full<Bytes>> {

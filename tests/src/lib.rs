@@ -3,7 +3,8 @@
 //! - [`request_as`]: an HTTP request from another uid (needs root);
 //! - [`openssl`]: signatures checked by the `openssl` CLI, an implementation
 //!   independent of the one keyd signs with;
-//! - [`CertdFixture`]: a certd in-process, beside a keyd;
+//! - [`CertdFixture`], [`IdentitydFixture`]: certd and identityd in-process ([`daemon`]);
+//! - [`cloud::CloudService`]: a test stand-in for DPS and IoT Hub that checks credentials;
 //! - [`est_server::EstServer`]: a real RFC 7030 server (rustls, PKCS#10 in, PKCS#7 out);
 //! - [`KeydProcess`]: the keyd binary as its own process (SIGTERM, restarts, PKCS#11);
 //! - [`SoftHsm`]: a private SoftHSMv2 token directory;
@@ -12,14 +13,19 @@
 //! - [`require_tool`]: a missing tool fails the test with the command that installs it.
 
 pub mod certd;
+pub mod cloud;
+pub mod daemon;
 pub mod est_server;
+pub mod identityd;
 pub mod openssl;
 pub mod process;
 pub mod softhsm;
 pub mod swtpm;
+pub mod tls_server;
 pub mod tpm_peer;
 
 pub use certd::CertdFixture;
+pub use identityd::IdentitydFixture;
 pub use process::KeydProcess;
 pub use softhsm::SoftHsm;
 pub use swtpm::Swtpm;

@@ -1,0 +1,361 @@
+//! Each provisioning source end to end against the test cloud service
+//! (edgeid_testkit::cloud), which checks every token and certificate as the
+//! real DPS and hub would: provision, read the device identity, create two
+//! modules, have the service accept a module's keyd-signed SAS token.
+
+mod common;
+
+use common::{dps_symmetric, provisioned, random_key, settled, Daemons};
+use edgeid_certd::api::{CreateCertificateRequest, IssuerKind, Profile};
+use edgeid_common::authz::Admins;
+use edgeid_identityd::api::{AuthType, ProvisioningState};
+use edgeid_identityd::config::{
+    AttestationConfig, DeviceAuthConfig, DpsConfig, LocalConfig, ManualConfig, ProvisioningConfig,
+    SecretString,
+};
+use edgeid_identityd::IdentitydClient;
+use edgeid_testkit::cloud::{CloudService, Enrollment};
+use edgeid_testkit::IdentitydFixture;
+use http::StatusCode;
+
+async fn identityd(
+    daemons: &Daemons,
+    provisioning: ProvisioningConfig,
+    cloud: Option<&CloudService>,
+) -> IdentitydFixture {
+    let config = IdentitydFixture::config_in(daemons.path(), provisioning, cloud);
+    IdentitydFixture::configured(config, Admins::root_and_self()).await
+}
+
+/// Two modules registered with the hub; each one's token accepted there,
+/// and not as the other module, and not once altered.
+async fn two_modules_in_the_hub(client: &IdentitydClient, cloud: &CloudService, device: &str) {
+    let a = client.create_module("sensor-a").await.unwrap();
+    let b = client.create_module("sensor-b").await.unwrap();
+    assert_ne!(a.generation_id, b.generation_id);
+    assert_eq!(a.auth.auth_type, AuthType::Sas);
+    assert!(a.auth.key_handle.is_some());
+    assert_eq!(cloud.modules_of(device), vec!["sensor-a", "sensor-b"]);
+    let token = client.module_token("sensor-a", Some(600)).await.unwrap();
+    cloud
+        .authenticate_module(device, "sensor-a", &token.token)
+        .expect("the hub accepts module A's token");
+    let err = cloud
+        .authenticate_module(device, "sensor-b", &token.token)
+        .unwrap_err();
+    assert!(err.contains("not"), "A's token is not B's: {err}");
+    let tampered = token.token.replacen("sig=", "sig=A", 1);
+    assert!(cloud
+        .authenticate_module(device, "sensor-a", &tampered)
+        .is_err());
+    // The same module asked again is the same identity.
+    let again = client.create_module("sensor-a").await.unwrap();
+    assert_eq!(again.generation_id, a.generation_id);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn dps_symmetric_key_individual_enrollment() {
+    let daemons = Daemons::start().await;
+    let cloud = CloudService::start(None).await;
+    let key = random_key();
+    cloud.enroll("device-1", Enrollment::SymmetricKey(key.clone()));
+    let key_file = daemons.key_file("enrollment.key", &key);
+    let identityd = identityd(
+        &daemons,
+        dps_symmetric(&cloud, "device-1", key_file, false),
+        Some(&cloud),
+    )
+    .await;
+    let client = identityd.client();
+    provisioned(&client).await;
+    let device = client.device().await.unwrap();
+    assert_eq!(device.hub, cloud.hub);
+    assert_eq!(device.device_id, "device-1");
+    assert_eq!(device.auth.auth_type, AuthType::Sas);
+    let token = client.device_token(None).await.unwrap();
+    cloud
+        .authenticate_device("device-1", &token.token)
+        .expect("the hub accepts the device token");
+    two_modules_in_the_hub(&client, &cloud, "device-1").await;
+
+    // Deleted here, deleted in the hub; re-created, new credentials.
+    let old = client.module("sensor-b").await.unwrap();
+    let old_token = client.module_token("sensor-b", None).await.unwrap();
+    client.delete_module("sensor-b").await.unwrap();
+    assert_eq!(cloud.modules_of("device-1"), vec!["sensor-a"]);
+    let err = client.module("sensor-b").await.unwrap_err();
+    assert_eq!(err.status(), Some(StatusCode::NOT_FOUND));
+    let new = client.create_module("sensor-b").await.unwrap();
+    assert_ne!(new.generation_id, old.generation_id);
+    assert!(
+        cloud
+            .authenticate_module("device-1", "sensor-b", &old_token.token)
+            .is_err(),
+        "a re-created module's old token is refused"
+    );
+    let new_token = client.module_token("sensor-b", None).await.unwrap();
+    cloud
+        .authenticate_module("device-1", "sensor-b", &new_token.token)
+        .unwrap();
+
+    // Nothing identityd stored holds key material.
+    for file in ["device.json", "modules.json"] {
+        let text = std::fs::read_to_string(daemons.path().join("identityd").join(file)).unwrap();
+        assert!(!text.contains(&base64_of(&key)), "{file} holds no key");
+    }
+}
+
+fn base64_of(key: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(key)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn dps_symmetric_key_group_enrollment_derives_the_device_key_in_keyd() {
+    let daemons = Daemons::start().await;
+    let cloud = CloudService::start(None).await;
+    let group_key = random_key();
+    cloud.enroll_group(&group_key);
+    let key_file = daemons.key_file("group.key", &group_key);
+    let identityd = identityd(
+        &daemons,
+        dps_symmetric(&cloud, "device-7", key_file, true),
+        Some(&cloud),
+    )
+    .await;
+    let client = identityd.client();
+    provisioned(&client).await;
+    assert_eq!(client.device().await.unwrap().device_id, "device-7");
+    let token = client.device_token(None).await.unwrap();
+    cloud.authenticate_device("device-7", &token.token).unwrap();
+    two_modules_in_the_hub(&client, &cloud, "device-7").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_wrong_enrollment_key_is_refused_by_the_service() {
+    let daemons = Daemons::start().await;
+    let cloud = CloudService::start(None).await;
+    cloud.enroll("device-1", Enrollment::SymmetricKey(random_key()));
+    let key_file = daemons.key_file("enrollment.key", &random_key());
+    let identityd = identityd(
+        &daemons,
+        dps_symmetric(&cloud, "device-1", key_file, false),
+        Some(&cloud),
+    )
+    .await;
+    let client = identityd.client();
+    let status = settled(&client).await;
+    assert_eq!(status.state, ProvisioningState::Failed);
+    let why = status.last_error.unwrap();
+    assert!(
+        why.contains("401") && why.contains("/registrations/device-1/register"),
+        "{why}"
+    );
+    let err = client.device().await.unwrap_err();
+    assert_eq!(err.status(), Some(StatusCode::SERVICE_UNAVAILABLE));
+    assert!(err.to_string().contains("not provisioned"), "{err}");
+    assert!(!daemons.path().join("identityd/device.json").exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn dps_x509_attestation_and_hub_tls_client_auth() {
+    let daemons = Daemons::start().await;
+    // At the factory: the device certificate, its key in keyd, from the device CA.
+    let certd = daemons.certd.client();
+    certd
+        .create(&CreateCertificateRequest {
+            id: "device-id".into(),
+            issuer: IssuerKind::LocalCa,
+            profile: Profile::Client,
+            csr: None,
+            key_id: Some("device-id".into()),
+            key_spec: None,
+            subject_cn: Some("device-x".into()),
+            san: None,
+            lifetime_secs: None,
+            renewal: None,
+        })
+        .await
+        .unwrap();
+    let device_ca = certd.trust_bundle().await.unwrap();
+    let cloud = CloudService::start(Some(&device_ca)).await;
+    cloud.enroll("device-x", Enrollment::X509);
+    let identityd = identityd(
+        &daemons,
+        ProvisioningConfig::Dps(DpsConfig {
+            global_endpoint: cloud.endpoint.clone(),
+            id_scope: cloud.id_scope.clone(),
+            attestation: AttestationConfig::X509 {
+                registration_id: None,
+                cert_id: "device-id".into(),
+                key_id: "device-id".into(),
+            },
+        }),
+        Some(&cloud),
+    )
+    .await;
+    let client = identityd.client();
+    provisioned(&client).await;
+    let device = client.device().await.unwrap();
+    assert_eq!(
+        device.device_id, "device-x",
+        "registered as the certificate's CN"
+    );
+    assert_eq!(device.auth.auth_type, AuthType::X509);
+    assert_eq!(device.auth.cert_id.as_deref(), Some("device-id"));
+    let err = client.device_token(None).await.unwrap_err();
+    assert_eq!(err.status(), Some(StatusCode::BAD_REQUEST));
+    // Modules are registered over TLS client auth with the device certificate.
+    two_modules_in_the_hub(&client, &cloud, "device-x").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn manual_connection_string() {
+    let daemons = Daemons::start().await;
+    let cloud = CloudService::start(None).await;
+    let key = random_key();
+    cloud.add_sas_device("manual-1", &key);
+    let cs = format!(
+        "HostName={};DeviceId=manual-1;SharedAccessKey={}",
+        cloud.hub,
+        base64_of(&key)
+    );
+    let identityd = identityd(
+        &daemons,
+        ProvisioningConfig::Manual(ManualConfig {
+            connection_string: Some(SecretString(cs.into())),
+            hub: None,
+            device_id: None,
+            auth: None,
+        }),
+        Some(&cloud),
+    )
+    .await;
+    let client = identityd.client();
+    provisioned(&client).await;
+    let token = client.device_token(None).await.unwrap();
+    cloud.authenticate_device("manual-1", &token.token).unwrap();
+    two_modules_in_the_hub(&client, &cloud, "manual-1").await;
+    let text = std::fs::read_to_string(daemons.path().join("identityd/device.json")).unwrap();
+    assert!(!text.contains(&base64_of(&key)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn manual_x509_identity_with_x509_modules() {
+    let daemons = Daemons::start().await;
+    let certd = daemons.certd.client();
+    certd
+        .create(&CreateCertificateRequest {
+            id: "hub-identity".into(),
+            issuer: IssuerKind::LocalCa,
+            profile: Profile::Client,
+            csr: None,
+            key_id: Some("hub-identity".into()),
+            key_spec: None,
+            subject_cn: Some("manual-x".into()),
+            san: None,
+            lifetime_secs: None,
+            renewal: None,
+        })
+        .await
+        .unwrap();
+    let device_ca = certd.trust_bundle().await.unwrap();
+    let cloud = CloudService::start(Some(&device_ca)).await;
+    cloud.add_x509_device("manual-x");
+    let mut config = IdentitydFixture::config_in(
+        daemons.path(),
+        ProvisioningConfig::Manual(ManualConfig {
+            connection_string: None,
+            hub: Some(cloud.hub.clone()),
+            device_id: Some("manual-x".into()),
+            auth: Some(DeviceAuthConfig::X509 {
+                cert_id: "hub-identity".into(),
+                key_id: "hub-identity".into(),
+            }),
+        }),
+        Some(&cloud),
+    );
+    config.modules.auth = AuthType::X509;
+    let identityd = IdentitydFixture::configured(config, Admins::root_and_self()).await;
+    let client = identityd.client();
+    provisioned(&client).await;
+    let module = client.create_module("$edgeHub").await.unwrap();
+    assert_eq!(module.auth.auth_type, AuthType::X509);
+    let cert_id = module.auth.cert_id.clone().unwrap();
+    let chain = certd.get(&cert_id).await.unwrap().pem;
+    edgeid_testkit::openssl::verify_chain(&device_ca, &chain, "sslclient").unwrap();
+    let leaf = pem::parse(&chain).unwrap();
+    let thumbprint: String = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, leaf.contents())
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02X}"))
+        .collect();
+    assert_eq!(
+        cloud.module_thumbprint("manual-x", "$edgeHub").as_deref(),
+        Some(thumbprint.as_str()),
+        "the hub holds the module certificate's thumbprint"
+    );
+    let err = client.module_token("$edgeHub", None).await.unwrap_err();
+    assert_eq!(err.status(), Some(StatusCode::BAD_REQUEST));
+    client.delete_module("$edgeHub").await.unwrap();
+    assert!(cloud.modules_of("manual-x").is_empty());
+    assert_eq!(
+        certd.get(&cert_id).await.unwrap_err().status(),
+        Some(StatusCode::NOT_FOUND),
+        "the module's certificate goes with it"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn local_mode_works_with_no_cloud() {
+    let daemons = Daemons::start().await;
+    let mut config = IdentitydFixture::config_in(
+        daemons.path(),
+        ProvisioningConfig::Local(LocalConfig {
+            device_id: "edge-1".into(),
+            hub: "localhost".into(),
+        }),
+        None,
+    );
+    // Nothing is reachable: a cloud call would fail.
+    config.cloud.attempts = 1;
+    let identityd = IdentitydFixture::configured(config, Admins::root_and_self()).await;
+    let client = identityd.client();
+    provisioned(&client).await;
+    let device = client.device().await.unwrap();
+    assert_eq!(device.device_id, "edge-1");
+    assert_eq!(device.auth.auth_type, AuthType::X509);
+    let certd = daemons.certd.client();
+    let chain = certd.get("device-id").await.unwrap().pem;
+    let bundle = certd.trust_bundle().await.unwrap();
+    edgeid_testkit::openssl::verify_chain(&bundle, &chain, "sslclient").unwrap();
+    let a = client.create_module("a").await.unwrap();
+    client.create_module("b").await.unwrap();
+    assert_eq!(client.modules().await.unwrap().len(), 2);
+    let token = client.module_token("a", Some(60)).await.unwrap();
+    assert!(token
+        .token
+        .starts_with("SharedAccessSignature sr=localhost%2Fdevices%2Fedge-1%2Fmodules%2Fa&sig="));
+    // The key behind the token is keyd's derived key: verify with keyd's own HMAC.
+    let keyd = daemons.keyd.client();
+    let handle = a.auth.key_handle.unwrap();
+    let (_, rest) = token.token.split_once("&se=").unwrap();
+    let expiry: u64 = rest.parse().unwrap();
+    let mac = keyd
+        .sign(
+            &handle,
+            edgeid_keyd::api::SignAlgorithm::HmacSha256,
+            format!("localhost%2Fdevices%2Fedge-1%2Fmodules%2Fa\n{expiry}").as_bytes(),
+            false,
+        )
+        .await
+        .unwrap();
+    let sig =
+        percent_encoding::utf8_percent_encode(&base64_of(&mac), percent_encoding::NON_ALPHANUMERIC)
+            .to_string();
+    assert!(
+        token.token.contains(&format!("sig={sig}&")),
+        "{}",
+        token.token
+    );
+}
