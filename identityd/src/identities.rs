@@ -61,6 +61,8 @@ pub struct Identityd {
     provisioning: tokio::sync::Mutex<()>,
     /// A background provisioning loop is running.
     looping: AtomicBool,
+    /// Wakes that loop for an attempt now (a reprovision request).
+    retry_now: tokio::sync::Notify,
     /// Module identities change one at a time (they share one file).
     modules: tokio::sync::Mutex<()>,
     /// The last reprovisioning a hub 401 caused, and the window after it.
@@ -98,6 +100,7 @@ impl Identityd {
             }),
             provisioning: tokio::sync::Mutex::new(()),
             looping: AtomicBool::new(false),
+            retry_now: tokio::sync::Notify::new(),
             modules: tokio::sync::Mutex::new(()),
             auth_backoff: SyncMutex::new(None),
             shutdown,
@@ -161,10 +164,12 @@ impl Identityd {
     /// Provisions in the background until it succeeds (or identityd stops),
     /// waiting longer after each failure. A second call while one runs does nothing.
     pub fn provision_in_background(self: &Arc<Self>) {
+        self.set_status(ProvisioningState::Provisioning, None);
         if self.looping.swap(true, Ordering::SeqCst) {
+            // A loop is waiting out a failure: try again now.
+            self.retry_now.notify_one();
             return;
         }
-        self.set_status(ProvisioningState::Provisioning, None);
         let me = self.clone();
         tokio::spawn(async move {
             let mut wait = RETRY_MIN;
@@ -178,6 +183,7 @@ impl Identityd {
                 }
                 tokio::select! {
                     _ = tokio::time::sleep(wait) => {}
+                    _ = me.retry_now.notified() => {}
                     _ = shutdown.changed() => break,
                 }
                 wait = (wait * 2).min(RETRY_MAX);

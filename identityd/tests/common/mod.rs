@@ -30,6 +30,21 @@ impl Daemons {
         Self { certd, keyd, dir }
     }
 
+    /// keyd keeping `device-id` in `tpm` (everything else in software), and certd.
+    pub async fn with_tpm(tpm: &edgeid_testkit::Swtpm) -> Self {
+        let dir = edgeid_testkit::temp_dir();
+        let mut config = KeydFixture::config_in(dir.path());
+        config.tpm = Some(tpm.keyd_config());
+        config.backend.overrides = vec![edgeid_keyd::config::BackendOverride {
+            keys: edgeid_common::authz::Grants::parse(&["device-id"]).unwrap(),
+            backend: edgeid_keyd::backend::BackendKind::Tpm,
+        }];
+        let keyd =
+            KeydFixture::configured(config, edgeid_common::authz::Admins::root_and_self()).await;
+        let certd = CertdFixture::start_in(dir.path(), &keyd).await;
+        Self { certd, keyd, dir }
+    }
+
     pub fn path(&self) -> &Path {
         self.dir.path()
     }
