@@ -80,51 +80,54 @@ pub async fn run(dir: &Path, modules: &[String], backend: &BackendArgs) -> Resul
     );
     let backend_name = backend.apply(&mut keyd_config);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let keyd = tokio::spawn(edgeid_keyd::run(keyd_config, wait_for(stop_rx.clone())));
+    let mut keyd = tokio::spawn(edgeid_keyd::run(keyd_config, wait_for(stop_rx.clone())));
 
     // Ready means answering: wait for health on every socket.
     let keyd_client = KeydClient::new(&keyd_socket);
-    let health = loop {
-        if keyd.is_finished() {
-            return match keyd.await {
-                Ok(Err(e)) => Err(format!("keyd failed to start: {e}")),
-                _ => Err("keyd stopped during start-up".into()),
-            };
-        }
-        match keyd_client.health().await {
-            Ok(h) => break h,
-            Err(_) if started.elapsed() < Duration::from_secs(10) => {
-                tokio::time::sleep(Duration::from_millis(10)).await
-            }
-            Err(e) => return Err(format!("keyd does not answer: {e}")),
-        }
-    };
+    let health = ready("keyd", &mut keyd, started, 10, || keyd_client.health()).await?;
 
     // certd on the local CA (its key in the same keyd store), answering once
     // the device CA exists.
     let certd_socket = dir.join("certd.sock");
     let certd_config =
         edgeid_certd::CertdConfig::with_dirs(&dir.join("certd"), &certd_socket, &keyd_socket);
-    let certd = tokio::spawn(edgeid_certd::run(certd_config, wait_for(stop_rx.clone())));
+    let mut certd = tokio::spawn(edgeid_certd::run(certd_config, wait_for(stop_rx.clone())));
     let certd_client = edgeid_certd::CertdClient::new(&certd_socket);
-    let trust_bundle = loop {
-        if certd.is_finished() {
-            return match certd.await {
-                Ok(Err(e)) => Err(format!("certd failed to start: {e}")),
-                _ => Err("certd stopped during start-up".into()),
-            };
-        }
-        match certd_client.trust_bundle().await {
-            Ok(pem) => break pem,
-            Err(_) if started.elapsed() < Duration::from_secs(20) => {
-                tokio::time::sleep(Duration::from_millis(10)).await
-            }
-            Err(e) => return Err(format!("certd does not answer: {e}")),
-        }
-    };
+    let trust_bundle = ready("certd", &mut certd, started, 20, || {
+        certd_client.trust_bundle()
+    })
+    .await?;
     let bundle_file = dir.join("trust-bundle.pem");
     edgeid_common::fs::write_atomic(&bundle_file, trust_bundle.as_bytes(), 0o644)
         .map_err(|e| format!("cannot write {}: {e}", bundle_file.display()))?;
+
+    // identityd, provisioned locally (no cloud): the device identity is a
+    // certificate from the local CA; each declared module gets an identity.
+    let identityd_socket = dir.join("identityd.sock");
+    let identityd_config = edgeid_identityd::IdentitydConfig::local(
+        &dir.join("identityd"),
+        &identityd_socket,
+        &keyd_socket,
+        &certd_socket,
+        &device_id(),
+    );
+    let mut identityd = tokio::spawn(edgeid_identityd::run(
+        identityd_config,
+        wait_for(stop_rx.clone()),
+    ));
+    let identityd_client = edgeid_identityd::IdentitydClient::new(&identityd_socket);
+    let device = ready("identityd", &mut identityd, started, 20, || {
+        identityd_client.device()
+    })
+    .await?;
+    let mut declared = vec!["dev-module".to_owned()];
+    declared.extend(modules.iter().cloned());
+    for module in &declared {
+        identityd_client
+            .create_module(module)
+            .await
+            .map_err(|e| format!("module identity '{module}': {e}"))?;
+    }
 
     println!(
         "edgeid {} dev mode in {} (ready in {} ms)",
@@ -145,12 +148,15 @@ pub async fn run(dir: &Path, modules: &[String], backend: &BackendArgs) -> Resul
         certd_socket.display(),
         bundle_file.display()
     );
-    println!("  identityd  not built yet (issue 5)");
-    println!("  workload   not built yet (issue 6)");
-    let mut declared = vec!["dev-module".to_owned()];
-    declared.extend(modules.iter().cloned());
     println!(
-        "  modules    {} (served once the workload API lands)",
+        "  identityd  {}   local provisioning: device '{}' on '{}'",
+        identityd_socket.display(),
+        device.device_id,
+        device.hub
+    );
+    println!("  workload   not built yet (issue 6)");
+    println!(
+        "  modules    {} (identities created; served to modules once the workload API lands)",
         declared.join(", ")
     );
     println!();
@@ -161,26 +167,78 @@ pub async fn run(dir: &Path, modules: &[String], backend: &BackendArgs) -> Resul
     );
     println!("  curl -s --unix-socket {} -d '{{\"id\":\"device-id\",\"spec\":\"ec-p256\"}}' http://localhost/v1/keypair", keyd_socket.display());
     println!("  curl -s --unix-socket {} -d '{{\"id\":\"web\",\"issuer\":\"local-ca\",\"profile\":\"server\",\"key_id\":\"web\",\"san\":{{\"dns\":[\"localhost\"]}}}}' http://localhost/v1/certificates", certd_socket.display());
+    println!("  curl -s --unix-socket {} -X POST http://localhost/v1/identities/modules/dev-module/token", identityd_socket.display());
     println!();
     println!("export EDGEID_KEYD_SOCKET={}", keyd_socket.display());
     println!("export EDGEID_CERTD_SOCKET={}", certd_socket.display());
+    println!(
+        "export EDGEID_IDENTITYD_SOCKET={}",
+        identityd_socket.display()
+    );
     println!();
     println!("Running; Ctrl-C stops everything.");
 
     edgeid_common::server::shutdown_signal().await;
     let _ = stop_tx.send(true);
-    let certd_stopped = certd.await;
-    match keyd.await {
-        Ok(Ok(())) => {
-            if let Ok(Err(e)) = certd_stopped {
-                return Err(format!("certd: {e}"));
-            }
-            println!("stopped; state kept in {}", dir.display());
-            Ok(())
+    // Callers first, keyd last.
+    stopped("identityd", identityd).await?;
+    stopped("certd", certd).await?;
+    stopped("keyd", keyd).await?;
+    println!("stopped; state kept in {}", dir.display());
+    Ok(())
+}
+
+/// Waits until `probe` answers (the daemon is serving), or says why not: the
+/// daemon's task ended with an error, or `limit_secs` passed since `started`.
+async fn ready<T, E, P, F, C>(
+    name: &str,
+    task: &mut tokio::task::JoinHandle<Result<(), E>>,
+    started: Instant,
+    limit_secs: u64,
+    probe: P,
+) -> Result<T, String>
+where
+    E: std::fmt::Display,
+    P: Fn() -> F,
+    F: std::future::Future<Output = Result<T, C>>,
+    C: std::fmt::Display,
+{
+    loop {
+        if task.is_finished() {
+            return Err(match task.await {
+                Ok(Err(e)) => format!("{name} failed to start: {e}"),
+                _ => format!("{name} stopped during start-up"),
+            });
         }
-        Ok(Err(e)) => Err(format!("keyd: {e}")),
-        Err(e) => Err(format!("keyd task: {e}")),
+        match probe().await {
+            Ok(answer) => return Ok(answer),
+            Err(_) if started.elapsed() < Duration::from_secs(limit_secs) => {
+                tokio::time::sleep(Duration::from_millis(10)).await
+            }
+            Err(e) => return Err(format!("{name} does not answer: {e}")),
+        }
     }
+}
+
+/// Waits for a daemon's task; its error, if it stopped with one.
+async fn stopped<E: std::fmt::Display>(
+    name: &str,
+    task: tokio::task::JoinHandle<Result<(), E>>,
+) -> Result<(), String> {
+    match task.await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(format!("{name}: {e}")),
+        Err(e) => Err(format!("{name} task: {e}")),
+    }
+}
+
+/// The dev device's id: the host name where it is a valid device id.
+fn device_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| edgeid_identityd::names::check_device_id(h).is_ok())
+        .unwrap_or_else(|| "dev-device".into())
 }
 
 async fn wait_for(mut stop: tokio::sync::watch::Receiver<bool>) {

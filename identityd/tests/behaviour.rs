@@ -304,3 +304,43 @@ async fn a_hub_401_reprovisions_once_then_backs_off() {
     cloud.set_fault(None);
     client.create_module("m").await.unwrap();
 }
+
+#[test]
+fn a_malformed_connection_string_stops_the_binary_with_a_clear_message() {
+    let dir = edgeid_testkit::temp_dir();
+    let config = dir.path().join("identityd.toml");
+    let key = "c2VjcmV0LWtleS1ieXRlcy0xMjM0NTY3OA==";
+    for (connection_string, wanted) in [
+        (
+            format!("HostName=hub.example.net;SharedAccessKey={key}"),
+            "DeviceId is missing",
+        ),
+        (
+            "HostName=hub.example.net;DeviceId=d;SharedAccessKey=%%%".to_owned(),
+            "SharedAccessKey: is not base64",
+        ),
+        ("just some text".to_owned(), "is not Name=Value"),
+    ] {
+        std::fs::write(
+            &config,
+            format!(
+                "state_dir = \"{}\"\n[provisioning]\nsource = \"manual\"\nconnection_string = \"{connection_string}\"\n",
+                dir.path().join("state").display()
+            ),
+        )
+        .unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_edgeid-identityd"))
+            .arg("--config")
+            .arg(&config)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert!(
+            stderr.contains("provisioning.connection_string") && stderr.contains(wanted),
+            "{stderr}"
+        );
+        assert!(!stderr.contains(key), "the key is never printed: {stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+}
