@@ -1,6 +1,6 @@
 //! HTTPS to the provisioning service and the hub: rustls (client certificates
-//! signed through keyd, never exported), an `https_proxy` CONNECT tunnel when
-//! the environment names one, a timeout per request, and retries with
+//! signed through keyd, never exported), a CONNECT tunnel through the
+//! configured proxy or the one `https_proxy` names, a timeout per request, and retries with
 //! exponential backoff and jitter when the service is unreachable or answers
 //! 5xx / 429. Errors name the endpoint and the status the service answered.
 
@@ -114,7 +114,7 @@ impl Reply {
     }
 }
 
-/// An HTTP proxy from `https_proxy`.
+/// An HTTP proxy: configured, or from `https_proxy`.
 #[derive(Debug, Clone)]
 struct Proxy {
     authority: String,
@@ -123,8 +123,16 @@ struct Proxy {
 }
 
 impl Proxy {
-    /// `https_proxy` / `HTTPS_PROXY`, unless `no_proxy` names `host`.
-    fn from_env(host: &str) -> Result<Option<Self>, Error> {
+    /// The configured proxy (`"none"`: none), else `https_proxy` /
+    /// `HTTPS_PROXY` unless `no_proxy` names `host`.
+    fn choose(configured: Option<&str>, host: &str) -> Result<Option<Self>, Error> {
+        if let Some(url) = configured {
+            return if url == "none" {
+                Ok(None)
+            } else {
+                Self::parse(url)
+            };
+        }
         let Some(url) = ["https_proxy", "HTTPS_PROXY"]
             .iter()
             .find_map(|v| std::env::var(v).ok().filter(|s| !s.is_empty()))
@@ -144,17 +152,22 @@ impl Proxy {
         if excluded {
             return Ok(None);
         }
+        Self::parse(&url)
+    }
+
+    /// An `http://[user:password@]host[:port]` proxy URL.
+    fn parse(url: &str) -> Result<Option<Self>, Error> {
         let uri: http::Uri = url
             .parse()
-            .map_err(|e| Error::Setup(format!("https_proxy '{url}' is not a URL: {e}")))?;
+            .map_err(|e| Error::Setup(format!("proxy '{url}' is not a URL: {e}")))?;
         if uri.scheme_str().is_some_and(|s| s != "http") {
             return Err(Error::Setup(format!(
-                "https_proxy '{url}': only http:// proxies are supported"
+                "proxy '{url}': only http:// proxies are supported"
             )));
         }
         let authority = uri
             .authority()
-            .ok_or_else(|| Error::Setup(format!("https_proxy '{url}' has no host")))?;
+            .ok_or_else(|| Error::Setup(format!("proxy '{url}' has no host")))?;
         let (userinfo, hostport) = match authority.as_str().rsplit_once('@') {
             Some((u, h)) => (Some(u), h),
             None => (None, authority.as_str()),
@@ -175,6 +188,7 @@ impl Proxy {
 #[derive(Clone)]
 pub struct Cloud {
     roots: Arc<RootCertStore>,
+    proxy: Option<String>,
     timeout: Duration,
     attempts: u32,
     retry_min: Duration,
@@ -222,8 +236,12 @@ impl Cloud {
                 }
             }
         }
+        if let Some(p) = config.proxy.as_deref().filter(|p| *p != "none") {
+            Proxy::parse(p)?;
+        }
         Ok(Self {
             roots: Arc::new(roots),
+            proxy: config.proxy.clone(),
             timeout: Duration::from_secs(config.timeout_secs.max(1)),
             attempts: config.attempts.max(1),
             retry_min: Duration::from_millis(config.retry_min_ms.max(1)),
@@ -282,7 +300,7 @@ impl Cloud {
         let unreachable = |why: String| Error::Unavailable(format!("{endpoint}: {why}"));
         let (host, port) = split_authority(call.authority)
             .map_err(|e| Error::BadRequest(format!("{endpoint}: {e}")))?;
-        let proxy = Proxy::from_env(host)?;
+        let proxy = Proxy::choose(self.proxy.as_deref(), host)?;
         let exchange = async {
             let tcp = match &proxy {
                 None => tokio::net::TcpStream::connect((host, port))

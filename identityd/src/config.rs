@@ -305,6 +305,9 @@ pub struct CloudConfig {
     pub dps_api_version: String,
     /// Hub REST API version.
     pub hub_api_version: String,
+    /// An `http://` proxy to tunnel through, or `"none"`; when absent,
+    /// `https_proxy` / `HTTPS_PROXY` (and `no_proxy`) from the environment.
+    pub proxy: Option<String>,
 }
 
 impl Default for CloudConfig {
@@ -318,6 +321,7 @@ impl Default for CloudConfig {
             dps_timeout_secs: 120,
             dps_api_version: "2021-06-01".into(),
             hub_api_version: "2021-04-12".into(),
+            proxy: None,
         }
     }
 }

@@ -19,6 +19,7 @@ pub mod est_server;
 pub mod identityd;
 pub mod openssl;
 pub mod process;
+pub mod proxy;
 pub mod softhsm;
 pub mod swtpm;
 pub mod tls_server;
