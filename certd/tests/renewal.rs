@@ -161,8 +161,28 @@ async fn sigkill_mid_renewal_leaves_a_valid_certificate_that_is_renewed_again() 
         child.wait().unwrap();
         child = spawn_certd(&config);
         wait_for_socket(&client).await;
-        let info = client.get("hot").await.unwrap();
-        // A whole, valid certificate for a key that keyd still holds.
+        // A whole, valid certificate for a key that keyd still holds. (The
+        // one-second renewal may replace it between reading the record and
+        // asking keyd for its key: then the record has moved on; read again.)
+        let keys = keyd.client();
+        let mut attempt = 0;
+        let (info, handle) = loop {
+            let info = client.get("hot").await.unwrap();
+            let key_id = info.key_id.clone().unwrap();
+            match keys.key_pair(&key_id).await {
+                Ok(handle) => break (info, handle),
+                Err(e) if attempt < 3 && e.status() == Some(http::StatusCode::NOT_FOUND) => {
+                    let now = client.get("hot").await.unwrap();
+                    assert_ne!(
+                        now.key_id.as_deref(),
+                        Some(key_id.as_str()),
+                        "round {round}: the record names a deleted key"
+                    );
+                    attempt += 1;
+                }
+                Err(e) => panic!("round {round}: {e}"),
+            }
+        };
         let (_, spki, not_after) = leaf_facts(&info.pem);
         assert!(
             ::time::OffsetDateTime::now_utc().unix_timestamp() <= not_after + 1,
@@ -172,9 +192,6 @@ async fn sigkill_mid_renewal_leaves_a_valid_certificate_that_is_renewed_again() 
             // Only possible reason: the 2 s certificate lapsed while certd restarted.
             assert!(e.contains("expired"), "round {round}: {e}");
         });
-        let key_id = info.key_id.unwrap();
-        let keys = keyd.client();
-        let handle = keys.key_pair(&key_id).await.unwrap();
         let public = ::pem::parse(keys.public_key(&handle).await.unwrap().pem).unwrap();
         assert_eq!(
             public.contents(),
