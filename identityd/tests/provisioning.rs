@@ -105,6 +105,26 @@ async fn dps_symmetric_key_individual_enrollment() {
     }
 }
 
+/// A client certificate from the device CA, its key (same id) in keyd: what
+/// a factory line leaves on the device.
+async fn client_cert(certd: &edgeid_certd::CertdClient, id: &str, cn: &str) {
+    certd
+        .create(&CreateCertificateRequest {
+            id: id.into(),
+            issuer: IssuerKind::LocalCa,
+            profile: Profile::Client,
+            csr: None,
+            key_id: Some(id.into()),
+            key_spec: None,
+            subject_cn: Some(cn.into()),
+            san: None,
+            lifetime_secs: None,
+            renewal: None,
+        })
+        .await
+        .unwrap();
+}
+
 fn base64_of(key: &[u8]) -> String {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.encode(key)
@@ -162,21 +182,7 @@ async fn dps_x509_attestation_and_hub_tls_client_auth() {
     let daemons = Daemons::start().await;
     // At the factory: the device certificate, its key in keyd, from the device CA.
     let certd = daemons.certd.client();
-    certd
-        .create(&CreateCertificateRequest {
-            id: "device-id".into(),
-            issuer: IssuerKind::LocalCa,
-            profile: Profile::Client,
-            csr: None,
-            key_id: Some("device-id".into()),
-            key_spec: None,
-            subject_cn: Some("device-x".into()),
-            san: None,
-            lifetime_secs: None,
-            renewal: None,
-        })
-        .await
-        .unwrap();
+    client_cert(&certd, "device-id", "device-x").await;
     let device_ca = certd.trust_bundle().await.unwrap();
     let cloud = CloudService::start(Some(&device_ca)).await;
     cloud.enroll("device-x", Enrollment::X509);
@@ -244,21 +250,7 @@ async fn manual_connection_string() {
 async fn manual_x509_identity_with_x509_modules() {
     let daemons = Daemons::start().await;
     let certd = daemons.certd.client();
-    certd
-        .create(&CreateCertificateRequest {
-            id: "hub-identity".into(),
-            issuer: IssuerKind::LocalCa,
-            profile: Profile::Client,
-            csr: None,
-            key_id: Some("hub-identity".into()),
-            key_spec: None,
-            subject_cn: Some("manual-x".into()),
-            san: None,
-            lifetime_secs: None,
-            renewal: None,
-        })
-        .await
-        .unwrap();
+    client_cert(&certd, "hub-identity", "manual-x").await;
     let device_ca = certd.trust_bundle().await.unwrap();
     let cloud = CloudService::start(Some(&device_ca)).await;
     cloud.add_x509_device("manual-x");

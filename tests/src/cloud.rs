@@ -350,6 +350,19 @@ fn json_answer(status: StatusCode, body: Value) -> Response<Full<Bytes>> {
     r
 }
 
+/// 202: the registration is being assigned; ask again in a second.
+fn assigning(operation_id: &str) -> Response<Full<Bytes>> {
+    let mut r = json_answer(
+        StatusCode::ACCEPTED,
+        json!({ "operationId": operation_id, "status": "assigning" }),
+    );
+    r.headers_mut().insert(
+        http::header::RETRY_AFTER,
+        http::HeaderValue::from_static("1"),
+    );
+    r
+}
+
 fn refuse(status: StatusCode, why: &str) -> Response<Full<Bytes>> {
     json_answer(
         status,
@@ -441,15 +454,7 @@ async fn handle(
             }
             if *polls > 0 {
                 *polls -= 1;
-                let mut r = json_answer(
-                    StatusCode::ACCEPTED,
-                    json!({ "operationId": op, "status": "assigning" }),
-                );
-                r.headers_mut().insert(
-                    http::header::RETRY_AFTER,
-                    http::HeaderValue::from_static("1"),
-                );
-                return r;
+                return assigning(op);
             }
             s.registrations += 1;
             json_answer(
@@ -576,15 +581,7 @@ async fn register(
     let op: String = op.iter().map(|b| format!("{b:02x}")).collect();
     s.operations.insert(op.clone(), (reg.to_owned(), 1));
     s.devices.insert(reg.to_owned(), device_auth);
-    let mut r = json_answer(
-        StatusCode::ACCEPTED,
-        json!({ "operationId": op, "status": "assigning" }),
-    );
-    r.headers_mut().insert(
-        http::header::RETRY_AFTER,
-        http::HeaderValue::from_static("1"),
-    );
-    r
+    assigning(&op)
 }
 
 /// DPS: the registration's SAS token (against its enrollment key, the group's
