@@ -196,10 +196,12 @@ pub struct Cloud {
 }
 
 impl Cloud {
-    /// A client trusting the configured anchors, or the system's store.
-    pub fn new(config: &CloudConfig) -> Result<Self, Error> {
+    /// A client trusting the configured anchors, or the system's store;
+    /// with `offline` (local provisioning) it trusts nothing and reads nothing.
+    pub fn new(config: &CloudConfig, offline: bool) -> Result<Self, Error> {
         let mut roots = RootCertStore::empty();
         match &config.trust_anchors {
+            _ if offline => {}
             Some(path) => {
                 let text = std::fs::read(path).map_err(|e| {
                     Error::Setup(format!(

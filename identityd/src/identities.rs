@@ -80,7 +80,11 @@ impl Identityd {
     ) -> Result<Self, Error> {
         config.validate().map_err(Error::Setup)?;
         let store = Store::open(&config.state_dir)?;
-        let cloud = Cloud::new(&config.cloud)?;
+        let offline = matches!(
+            config.provisioning,
+            crate::config::ProvisioningConfig::Local(_)
+        );
+        let cloud = Cloud::new(&config.cloud, offline)?;
         let stored = store.device()?;
         let current = stored.filter(|r| r.fingerprint == crate::provision::fingerprint(&config));
         let state = if current.is_some() {
