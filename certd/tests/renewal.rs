@@ -166,11 +166,15 @@ async fn sigkill_mid_renewal_leaves_a_valid_certificate_that_is_renewed_again() 
         // asking keyd for its key: then the record has moved on; read again.)
         let keys = keyd.client();
         let mut attempt = 0;
-        let (info, handle) = loop {
+        let (info, public) = loop {
             let info = client.get("hot").await.unwrap();
             let key_id = info.key_id.clone().unwrap();
-            match keys.key_pair(&key_id).await {
-                Ok(handle) => break (info, handle),
+            let public = async {
+                let handle = keys.key_pair(&key_id).await?;
+                keys.public_key(&handle).await
+            };
+            match public.await {
+                Ok(public) => break (info, public),
                 Err(e) if attempt < 3 && e.status() == Some(http::StatusCode::NOT_FOUND) => {
                     let now = client.get("hot").await.unwrap();
                     assert_ne!(
@@ -192,7 +196,7 @@ async fn sigkill_mid_renewal_leaves_a_valid_certificate_that_is_renewed_again() 
             // Only possible reason: the 2 s certificate lapsed while certd restarted.
             assert!(e.contains("expired"), "round {round}: {e}");
         });
-        let public = ::pem::parse(keys.public_key(&handle).await.unwrap().pem).unwrap();
+        let public = ::pem::parse(public.pem).unwrap();
         assert_eq!(
             public.contents(),
             spki.as_slice(),
