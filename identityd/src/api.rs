@@ -27,6 +27,9 @@ pub struct Auth {
     /// The certd id of the certificate (X.509).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cert_id: Option<String>,
+    /// SAS modules: the keyd handle of the secondary key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secondary_key_handle: Option<KeyHandle>,
 }
 
 /// `GET /v1/identities/device`

@@ -351,11 +351,13 @@ impl Identityd {
                 auth_type: AuthType::Sas,
                 key_handle: Some(self.symmetric_handle(key).await?),
                 cert_id: None,
+                secondary_key_handle: None,
             },
             Credential::X509 { cert_id } => Auth {
                 auth_type: AuthType::X509,
                 key_handle: Some(self.cert_key_handle(cert_id).await?),
                 cert_id: Some(cert_id.clone()),
+                secondary_key_handle: None,
             },
         })
     }
@@ -527,6 +529,7 @@ impl Identityd {
                 auth_type: AuthType::Sas,
                 key_handle: Some(self.module_key(record, "primary").await?),
                 cert_id: None,
+                secondary_key_handle: Some(self.module_key(record, "secondary").await?),
             },
             AuthType::X509 => {
                 let cert_id = record
@@ -537,6 +540,7 @@ impl Identityd {
                     auth_type: AuthType::X509,
                     key_handle: Some(self.cert_key_handle(&cert_id).await?),
                     cert_id: Some(cert_id),
+                    secondary_key_handle: None,
                 }
             }
         };

@@ -24,12 +24,14 @@ pub mod softhsm;
 pub mod swtpm;
 pub mod tls_server;
 pub mod tpm_peer;
+pub mod workload;
 
 pub use certd::CertdFixture;
 pub use identityd::IdentitydFixture;
 pub use process::KeydProcess;
 pub use softhsm::SoftHsm;
 pub use swtpm::Swtpm;
+pub use workload::WorkloadFixture;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};

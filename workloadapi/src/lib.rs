@@ -1,4 +1,36 @@
 //! edgeid-workloadd: the IoT Edge compatible workload API that modules call
-//! (ARCHITECTURE.md section 7).
+//! (ARCHITECTURE.md section 7). Unchanged Azure IoT SDK code in a module gets
+//! its SAS signatures, encryption, certificates and trust bundle here.
 //!
-//! Not built yet: this crate holds the place in the workspace until its issue lands.
+//! - [`api`]: the IoT Edge wire types; [`server`]: routes and `api-version`.
+//! - [`workload`]: which module a caller is, and each operation through
+//!   identityd, keyd and certd.
+//! - [`config`], [`error`].
+
+pub mod api;
+pub mod config;
+pub mod error;
+pub mod server;
+pub mod workload;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use edgeid_common::listener::Listener;
+
+pub use config::WorkloadConfig;
+pub use error::Error;
+pub use workload::Workload;
+
+/// Serves the workload API until `shutdown` resolves.
+pub async fn run(config: WorkloadConfig, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
+    let socket = config.socket();
+    let limits = config.server.limits();
+    let mode = config.server.socket_mode;
+    let workload = Arc::new(Workload::new(config)?);
+    let listener = Listener::open(&socket, mode)
+        .map_err(|e| Error::Setup(format!("cannot listen on {}: {e}", socket.display())))?;
+    edgeid_common::server::serve(listener, workload, limits, shutdown)
+        .await
+        .map_err(|e| Error::Setup(format!("server failed: {e}")))
+}

@@ -1,0 +1,154 @@
+//! workloadd's config file (`--config`), e.g. `/etc/edgeid/workloadd.d/config.toml`.
+//!
+//! ```toml
+//! identityd_socket = "/run/edgeid/identityd.sock"
+//! keyd_socket = "/run/edgeid/keyd.sock"
+//! certd_socket = "/run/edgeid/certd.sock"
+//!
+//! [server]
+//! socket = "/run/edgeid/workload.sock"
+//!
+//! [certificates]
+//! identity_max_days = 30
+//! server_max_days = 90
+//!
+//! [[module]]            # a module process runs as this uid
+//! name = "tempsensor"
+//! uid = 1001
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use edgeid_common::config::{ConfigError, ServerConfig};
+use serde::Deserialize;
+
+/// Where workloadd listens unless configured otherwise.
+pub const DEFAULT_SOCKET: &str = "/run/edgeid/workload.sock";
+
+/// The whole config file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkloadConfig {
+    /// identityd's socket.
+    #[serde(default = "default_identityd")]
+    pub identityd_socket: PathBuf,
+    /// keyd's socket.
+    #[serde(default = "default_keyd")]
+    pub keyd_socket: PathBuf,
+    /// certd's socket.
+    #[serde(default = "default_certd")]
+    pub certd_socket: PathBuf,
+    /// Socket and limits.
+    #[serde(default)]
+    pub server: ServerConfig,
+    /// Certificate policy.
+    #[serde(default)]
+    pub certificates: CertificatePolicy,
+    /// The keyd AES key module encryption keys are derived from.
+    #[serde(default = "default_encryption_key")]
+    pub encryption_key_id: String,
+    /// How long a module identity read from identityd is reused. A module
+    /// deleted and re-created in identityd keeps working under its old
+    /// generation for at most this long; 0 asks identityd every time.
+    #[serde(default = "default_cache_secs")]
+    pub identity_cache_secs: u64,
+    /// A PEM file served as `/manifest-trust-bundle` (empty if absent).
+    #[serde(default)]
+    pub manifest_trust_bundle: Option<PathBuf>,
+    /// Which uid is which module.
+    #[serde(default, rename = "module")]
+    pub modules: Vec<ModuleConfig>,
+}
+
+fn default_identityd() -> PathBuf {
+    PathBuf::from("/run/edgeid/identityd.sock")
+}
+fn default_keyd() -> PathBuf {
+    PathBuf::from("/run/edgeid/keyd.sock")
+}
+fn default_certd() -> PathBuf {
+    PathBuf::from("/run/edgeid/certd.sock")
+}
+fn default_cache_secs() -> u64 {
+    2
+}
+fn default_encryption_key() -> String {
+    "workload-encryption".into()
+}
+
+/// `[certificates]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CertificatePolicy {
+    /// Longest identity certificate handed out (and the default).
+    pub identity_max_days: u64,
+    /// Longest server certificate handed out.
+    pub server_max_days: u64,
+}
+
+impl Default for CertificatePolicy {
+    fn default() -> Self {
+        Self {
+            identity_max_days: 30,
+            server_max_days: 90,
+        }
+    }
+}
+
+/// `[[module]]`: a module and the uid its processes run as.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModuleConfig {
+    /// The module id (as in identityd).
+    pub name: String,
+    /// Its uid.
+    pub uid: u32,
+}
+
+impl WorkloadConfig {
+    /// Reads the config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        edgeid_common::config::load(path)
+    }
+
+    /// A config with these sockets (dev mode, tests).
+    pub fn with_sockets(socket: &Path, identityd: &Path, keyd: &Path, certd: &Path) -> Self {
+        Self {
+            identityd_socket: identityd.to_owned(),
+            keyd_socket: keyd.to_owned(),
+            certd_socket: certd.to_owned(),
+            server: ServerConfig::private_at(socket),
+            certificates: CertificatePolicy::default(),
+            encryption_key_id: default_encryption_key(),
+            identity_cache_secs: default_cache_secs(),
+            manifest_trust_bundle: None,
+            modules: Vec::new(),
+        }
+    }
+
+    /// The socket path to bind when not socket-activated.
+    pub fn socket(&self) -> PathBuf {
+        self.server.socket_or(DEFAULT_SOCKET)
+    }
+
+    /// Checks what serde cannot.
+    pub fn validate(&self) -> Result<(), String> {
+        edgeid_common::id::check(&self.encryption_key_id)
+            .map_err(|why| format!("encryption_key_id '{}': {why}", self.encryption_key_id))?;
+        if self.certificates.identity_max_days == 0 || self.certificates.server_max_days == 0 {
+            return Err("certificates.*_max_days must be at least 1".into());
+        }
+        let mut uids = std::collections::HashSet::new();
+        for m in &self.modules {
+            edgeid_identityd::names::check_module_id(&m.name)
+                .map_err(|e| format!("module '{}': {e}", m.name))?;
+            if !uids.insert(m.uid) {
+                return Err(format!(
+                    "uid {} is mapped to more than one module; a uid is one module",
+                    m.uid
+                ));
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,571 @@
+//! The workload API through its socket, every answer checked by a second
+//! party: SAS tokens built from `sign` are accepted by the test hub,
+//! certificates pass `openssl verify` and carry the names asked for, a
+//! rustls handshake runs on a server certificate from the API, and one
+//! module cannot use another's keys, certificates or ciphertexts.
+//!
+//! The test process (uid 0) is module `mod-a`; `mod-b` is uid 4201.
+
+use std::sync::Arc;
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use bytes::Bytes;
+use edgeid_common::authz::Admins;
+use edgeid_common::client::UdsClient;
+use edgeid_identityd::config::{
+    AttestationConfig, DpsConfig, KeySource, LocalConfig, ProvisioningConfig,
+};
+use edgeid_identityd::IdentitydClient;
+use edgeid_testkit::cloud::{CloudService, Enrollment};
+use edgeid_testkit::{CertdFixture, IdentitydFixture, KeydFixture, WorkloadFixture};
+use edgeid_workloadapi::config::ModuleConfig;
+use edgeid_workloadapi::WorkloadConfig;
+use http::{Method, StatusCode};
+use serde_json::{json, Value};
+
+const V: &str = "api-version=2020-10-10";
+const OTHER_UID: u32 = 4201;
+
+struct Suite {
+    workload: WorkloadFixture,
+    identityd: IdentitydFixture,
+    _certd: CertdFixture,
+    _keyd: KeydFixture,
+    _dir: tempfile::TempDir,
+}
+
+impl Suite {
+    async fn start(
+        provisioning: impl FnOnce(&std::path::Path) -> ProvisioningConfig,
+        cloud: Option<&CloudService>,
+    ) -> Self {
+        let dir = edgeid_testkit::temp_dir();
+        edgeid_testkit::open_to_others(dir.path());
+        let keyd = KeydFixture::start_in(dir.path()).await;
+        let certd = CertdFixture::start_in(dir.path(), &keyd).await;
+        let config = IdentitydFixture::config_in(dir.path(), provisioning(dir.path()), cloud);
+        let identityd = IdentitydFixture::configured(config, Admins::root_and_self()).await;
+        let client = identityd.client();
+        for _ in 0..200 {
+            if client.device().await.is_ok() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        for m in ["mod-a", "mod-b"] {
+            client.create_module(m).await.unwrap();
+        }
+        let mut config = WorkloadConfig::with_sockets(
+            &dir.path().join("workload.sock"),
+            &identityd.socket(),
+            &keyd.socket(),
+            &certd.socket(),
+        );
+        config.server.socket_mode = 0o666;
+        // Every request sees identityd's current generation (the default
+        // reuses an identity for 2 s).
+        config.identity_cache_secs = 0;
+        config.modules = vec![
+            ModuleConfig {
+                name: "mod-a".into(),
+                uid: 0,
+            },
+            ModuleConfig {
+                name: "mod-b".into(),
+                uid: OTHER_UID,
+            },
+        ];
+        let workload = WorkloadFixture::configured(config).await;
+        Self {
+            workload,
+            identityd,
+            _certd: certd,
+            _keyd: keyd,
+            _dir: dir,
+        }
+    }
+
+    async fn local() -> Self {
+        Self::start(
+            |_| {
+                ProvisioningConfig::Local(LocalConfig {
+                    device_id: "edge-1".into(),
+                    hub: "localhost".into(),
+                })
+            },
+            None,
+        )
+        .await
+    }
+
+    fn identityd(&self) -> IdentitydClient {
+        self.identityd.client()
+    }
+
+    async fn genid(&self, module: &str) -> String {
+        self.identityd().module(module).await.unwrap().generation_id
+    }
+
+    /// A request as `mod-a` (this process).
+    async fn call(&self, method: Method, path: &str, body: Value) -> (StatusCode, Value) {
+        let body = if body.is_null() {
+            Bytes::new()
+        } else {
+            Bytes::from(body.to_string())
+        };
+        let (status, bytes) = UdsClient::new(self.workload.socket())
+            .raw(method, path, body)
+            .await
+            .unwrap();
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        )
+    }
+
+    /// A request as `mod-b` (uid 4201) or any other uid.
+    async fn call_as(
+        &self,
+        uid: u32,
+        method: Method,
+        path: &str,
+        body: Value,
+    ) -> (StatusCode, Value) {
+        let body = if body.is_null() {
+            String::new()
+        } else {
+            body.to_string()
+        };
+        let (status, bytes) =
+            edgeid_testkit::request_as(uid, &self.workload.socket(), method, path, &body).await;
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        )
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sign_digests_make_sas_tokens_the_hub_accepts() {
+    let cloud = CloudService::start(None).await;
+    let key = vec![7u8; 32];
+    cloud.enroll("wl-device", Enrollment::SymmetricKey(key.clone()));
+    let suite = Suite::start(
+        |dir| {
+            let file = dir.join("enrollment.key");
+            std::fs::write(&file, STANDARD.encode(&key)).unwrap();
+            std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+                .unwrap();
+            ProvisioningConfig::Dps(DpsConfig {
+                global_endpoint: cloud.endpoint.clone(),
+                id_scope: cloud.id_scope.clone(),
+                attestation: AttestationConfig::SymmetricKey {
+                    registration_id: "wl-device".into(),
+                    key: KeySource {
+                        key_file: Some(file),
+                        key_id: None,
+                    },
+                    group: false,
+                },
+            })
+        },
+        Some(&cloud),
+    )
+    .await;
+    let genid = suite.genid("mod-a").await;
+    // What an Azure IoT SDK does with IOTEDGE_* : build the string to sign, ask
+    // the workload API for the digest, assemble the token.
+    let resource = format!("{}/devices/wl-device/modules/mod-a", cloud.hub);
+    let encoded = edgeid_identityd::sas::encode(&resource);
+    let expiry = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 600;
+    let to_sign = format!("{encoded}\n{expiry}");
+    let (code, body) = suite
+        .call(
+            Method::POST,
+            &format!("/modules/mod-a/genid/{genid}/sign?{V}"),
+            json!({"keyId": "primary", "algo": "HMACSHA256", "data": STANDARD.encode(&to_sign)}),
+        )
+        .await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+    let digest = body["digest"].as_str().unwrap();
+    let token = format!(
+        "SharedAccessSignature sr={encoded}&sig={}&se={expiry}",
+        edgeid_identityd::sas::encode(digest)
+    );
+    cloud
+        .authenticate_module("wl-device", "mod-a", &token)
+        .expect("the hub accepts a token built from the workload API's digest");
+    assert!(cloud
+        .authenticate_module("wl-device", "mod-b", &token)
+        .is_err());
+    // The secondary key signs differently.
+    let (code, body) = suite
+        .call(
+            Method::POST,
+            &format!("/modules/mod-a/genid/{genid}/sign?{V}"),
+            json!({"keyId": "secondary", "algo": "HMACSHA256", "data": STANDARD.encode(&to_sign)}),
+        )
+        .await;
+    assert_eq!(code, StatusCode::OK);
+    assert_ne!(body["digest"].as_str().unwrap(), digest);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn certificates_validate_and_a_tls_handshake_runs_on_them() {
+    let suite = Suite::local().await;
+    let genid = suite.genid("mod-a").await;
+    let (code, bundle) = suite
+        .call(Method::GET, &format!("/trust-bundle?{V}"), Value::Null)
+        .await;
+    assert_eq!(code, StatusCode::OK);
+    let bundle = bundle["certificate"].as_str().unwrap().to_owned();
+    assert!(bundle.contains("BEGIN CERTIFICATE"));
+
+    let (code, identity) = suite
+        .call(
+            Method::POST,
+            &format!("/modules/mod-a/certificate/identity?{V}"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(code, StatusCode::CREATED, "{identity}");
+    let chain = identity["certificate"].as_str().unwrap();
+    edgeid_testkit::openssl::verify_chain(&bundle, chain, "sslclient").unwrap();
+    let leaf = pem::parse(chain).unwrap();
+    let (_, cert) = x509_parser::parse_x509_certificate(leaf.contents()).unwrap();
+    let cn = cert
+        .subject()
+        .iter_common_name()
+        .next()
+        .unwrap()
+        .as_str()
+        .unwrap();
+    assert_eq!(cn, "mod-a");
+    let san = cert.subject_alternative_name().unwrap().unwrap().value;
+    assert!(
+        san.general_names.iter().any(|n| matches!(n,
+            x509_parser::extensions::GeneralName::URI(u) if *u == "spiffe://localhost/devices/edge-1/modules/mod-a")),
+        "{san:?}"
+    );
+    assert!(
+        cert.extended_key_usage()
+            .unwrap()
+            .unwrap()
+            .value
+            .client_auth
+    );
+    assert_eq!(identity["privateKey"]["type"], "key");
+    let days =
+        (cert.validity().not_after.timestamp() - cert.validity().not_before.timestamp()) / 86_400;
+    assert!(days <= 31, "clamped to policy: {days} days");
+
+    // A server certificate: ten years asked for, policy's maximum given.
+    let ten_years = (time::OffsetDateTime::now_utc() + time::Duration::days(3650))
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    let (code, server) = suite
+        .call(
+            Method::POST,
+            &format!("/modules/mod-a/genid/{genid}/certificate/server?{V}"),
+            json!({"commonName": "gateway.local", "expiration": ten_years}),
+        )
+        .await;
+    assert_eq!(code, StatusCode::CREATED, "{server}");
+    let chain = server["certificate"].as_str().unwrap();
+    edgeid_testkit::openssl::verify_chain(&bundle, chain, "sslserver").unwrap();
+    let leaf = pem::parse(chain).unwrap();
+    let (_, cert) = x509_parser::parse_x509_certificate(leaf.contents()).unwrap();
+    let days =
+        (cert.validity().not_after.timestamp() - cert.validity().not_before.timestamp()) / 86_400;
+    assert!(days <= 91, "{days} days");
+    handshake(
+        chain,
+        server["privateKey"]["bytes"].as_str().unwrap(),
+        &bundle,
+        "gateway.local",
+    )
+    .await;
+
+    // The past is refused.
+    let (code, body) = suite
+        .call(
+            Method::POST,
+            &format!("/modules/mod-a/genid/{genid}/certificate/server?{V}"),
+            json!({"commonName": "gateway.local", "expiration": "2001-01-01T00:00:00Z"}),
+        )
+        .await;
+    assert_eq!(code, StatusCode::BAD_REQUEST);
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("not in the future"),
+        "{body}"
+    );
+}
+
+/// A rustls server with this chain and key; a rustls client trusting only
+/// the bundle; the handshake must complete and bytes cross.
+async fn handshake(chain_pem: &str, key_pem: &str, bundle: &str, name: &str) {
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let certs: Vec<CertificateDer<'static>> = pem::parse_many(chain_pem)
+        .unwrap()
+        .into_iter()
+        .map(|p| CertificateDer::from(p.into_contents()))
+        .collect();
+    let key = PrivateKeyDer::try_from(pem::parse(key_pem).unwrap().into_contents()).unwrap();
+    let server = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    for p in pem::parse_many(bundle).unwrap() {
+        roots.add(CertificateDer::from(p.into_contents())).unwrap();
+    }
+    let client = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+    let served = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let mut tls = acceptor.accept(tcp).await.unwrap();
+        tls.write_all(b"hello from the module").await.unwrap();
+        tls.shutdown().await.unwrap();
+    });
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(Arc::new(client))
+        .connect(ServerName::try_from(name.to_owned()).unwrap(), tcp)
+        .await
+        .expect("the handshake completes against the trust bundle");
+    let mut got = Vec::new();
+    tls.read_to_end(&mut got).await.unwrap();
+    assert_eq!(got, b"hello from the module");
+    served.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn encryption_round_trips_and_is_bound_to_the_module() {
+    assert!(
+        edgeid_testkit::is_root(),
+        "this test switches uids: run it as root"
+    );
+    let suite = Suite::local().await;
+    let a = suite.genid("mod-a").await;
+    let b = suite.genid("mod-b").await;
+    let iv = STANDARD.encode(b"0123456789ab");
+    let (code, body) = suite
+        .call(
+            Method::POST,
+            &format!("/modules/mod-a/genid/{a}/encrypt?{V}"),
+            json!({"plaintext": STANDARD.encode(b"secret of a"), "initializationVector": iv}),
+        )
+        .await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+    let ciphertext = body["ciphertext"].as_str().unwrap().to_owned();
+    let (code, body) = suite
+        .call(
+            Method::POST,
+            &format!("/modules/mod-a/genid/{a}/decrypt?{V}"),
+            json!({"ciphertext": ciphertext, "initializationVector": iv}),
+        )
+        .await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+    assert_eq!(
+        STANDARD
+            .decode(body["plaintext"].as_str().unwrap())
+            .unwrap(),
+        b"secret of a"
+    );
+    // Another IV does not decrypt it; nor does module B, under its own name.
+    let (code, _) = suite
+        .call(
+            Method::POST,
+            &format!("/modules/mod-a/genid/{a}/decrypt?{V}"),
+            json!({"ciphertext": ciphertext, "initializationVector": STANDARD.encode(b"other iv")}),
+        )
+        .await;
+    assert_eq!(code, StatusCode::BAD_REQUEST);
+    let (code, body) = suite
+        .call_as(
+            OTHER_UID,
+            Method::POST,
+            &format!("/modules/mod-b/genid/{b}/decrypt?{V}"),
+            json!({"ciphertext": ciphertext, "initializationVector": iv}),
+        )
+        .await;
+    assert_eq!(
+        code,
+        StatusCode::BAD_REQUEST,
+        "B cannot decrypt A's data: {body}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn no_module_acts_for_another() {
+    assert!(
+        edgeid_testkit::is_root(),
+        "this test switches uids: run it as root"
+    );
+    let suite = Suite::local().await;
+    let a = suite.genid("mod-a").await;
+    let sign = json!({"keyId": "primary", "algo": "HMACSHA256", "data": "aGVsbG8="});
+    let (code, body) = suite
+        .call_as(
+            OTHER_UID,
+            Method::POST,
+            &format!("/modules/mod-a/genid/{a}/sign?{V}"),
+            sign.clone(),
+        )
+        .await;
+    assert_eq!(code, StatusCode::FORBIDDEN);
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("may not act for module 'mod-a'"),
+        "{body}"
+    );
+    let (code, _) = suite
+        .call_as(
+            OTHER_UID,
+            Method::POST,
+            &format!("/modules/mod-a/certificate/identity?{V}"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(code, StatusCode::FORBIDDEN);
+    let (code, body) = suite
+        .call_as(
+            4999,
+            Method::POST,
+            &format!("/modules/mod-a/genid/{a}/sign?{V}"),
+            sign.clone(),
+        )
+        .await;
+    assert_eq!(code, StatusCode::FORBIDDEN);
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("uid 4999 is not mapped"),
+        "{body}"
+    );
+    let (code, _) = suite
+        .call(
+            Method::POST,
+            &format!("/modules/mod-a/genid/stale/sign?{V}"),
+            sign.clone(),
+        )
+        .await;
+    assert_eq!(code, StatusCode::NOT_FOUND, "a stale generation");
+    // Re-created: the old generation is gone.
+    suite.identityd().delete_module("mod-a").await.unwrap();
+    suite.identityd().create_module("mod-a").await.unwrap();
+    let (code, _) = suite
+        .call(
+            Method::POST,
+            &format!("/modules/mod-a/genid/{a}/sign?{V}"),
+            sign.clone(),
+        )
+        .await;
+    assert_eq!(
+        code,
+        StatusCode::NOT_FOUND,
+        "the old generation after re-creation"
+    );
+    let fresh = suite.genid("mod-a").await;
+    let (code, _) = suite
+        .call(
+            Method::POST,
+            &format!("/modules/mod-a/genid/{fresh}/sign?{V}"),
+            sign,
+        )
+        .await;
+    assert_eq!(code, StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bad_input_gets_clear_4xx_answers() {
+    let suite = Suite::local().await;
+    let a = suite.genid("mod-a").await;
+    let sign_path = format!("/modules/mod-a/genid/{a}/sign?{V}");
+    let sign =
+        |key: &str, algo: &str, data: &str| json!({"keyId": key, "algo": algo, "data": data});
+    for (path, body, wanted) in [
+        (
+            format!("/modules/mod-a/genid/{a}/sign"),
+            sign("primary", "HMACSHA256", "aGk="),
+            "api-version",
+        ),
+        (
+            format!("/modules/mod-a/genid/{a}/sign?api-version=2017-01-01"),
+            sign("primary", "HMACSHA256", "aGk="),
+            "2017-01-01",
+        ),
+        (
+            sign_path.clone(),
+            sign("primary", "HMACSHA256", "%%%"),
+            "data is not base64",
+        ),
+        (
+            sign_path.clone(),
+            sign("primary", "HMACSHA1", "aGk="),
+            "HMACSHA1",
+        ),
+        (
+            sign_path.clone(),
+            sign("tertiary", "HMACSHA256", "aGk="),
+            "tertiary",
+        ),
+        (
+            sign_path.clone(),
+            json!({"keyId": "primary", "data": "aGk="}),
+            "algo",
+        ),
+        (
+            format!("/modules/a%2Fb/genid/{a}/sign?{V}"),
+            sign("primary", "HMACSHA256", "aGk="),
+            "module name",
+        ),
+        (
+            format!("/modules/..%2F..%2Fetc/genid/{a}/sign?{V}"),
+            sign("primary", "HMACSHA256", "aGk="),
+            "module name",
+        ),
+        (
+            format!("/modules/mod-a/genid/{a}/certificate/server?{V}"),
+            json!({"commonName": "a b", "expiration": "2099-01-01T00:00:00Z"}),
+            "commonName",
+        ),
+        (
+            format!("/modules/mod-a/genid/{a}/encrypt?{V}"),
+            json!({"plaintext": "aGk="}),
+            "initializationVector",
+        ),
+    ] {
+        let (code, answer) = suite.call(Method::POST, &path, body).await;
+        assert_eq!(code, StatusCode::BAD_REQUEST, "{path}: {answer}");
+        let message = answer["message"].as_str().unwrap_or_default();
+        assert!(message.contains(wanted), "{path}: {message}");
+    }
+    let huge = "A".repeat(2 * 1024 * 1024);
+    let (code, _) = suite
+        .call(
+            Method::POST,
+            &sign_path,
+            sign("primary", "HMACSHA256", &huge),
+        )
+        .await;
+    assert_eq!(code, StatusCode::PAYLOAD_TOO_LARGE);
+    let (code, body) = suite.call(Method::GET, "/health", Value::Null).await;
+    assert_eq!(code, StatusCode::OK);
+    assert_eq!(body["status"], "ok", "{body}");
+}
