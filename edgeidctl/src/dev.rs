@@ -122,12 +122,38 @@ pub async fn run(dir: &Path, modules: &[String], backend: &BackendArgs) -> Resul
     .await?;
     let mut declared = vec!["dev-module".to_owned()];
     declared.extend(modules.iter().cloned());
+    let mut identities = Vec::new();
     for module in &declared {
-        identityd_client
-            .create_module(module)
-            .await
-            .map_err(|e| format!("module identity '{module}': {e}"))?;
+        identities.push(
+            identityd_client
+                .create_module(module)
+                .await
+                .map_err(|e| format!("module identity '{module}': {e}"))?,
+        );
     }
+
+    // workloadd: `dev-module` is whoever runs dev mode (a module's code run
+    // by the same user in a shell works unchanged).
+    let workload_socket = dir.join("workload.sock");
+    let mut workload_config = edgeid_workloadapi::WorkloadConfig::with_sockets(
+        &workload_socket,
+        &identityd_socket,
+        &keyd_socket,
+        &certd_socket,
+    );
+    workload_config.modules = vec![edgeid_workloadapi::config::ModuleConfig {
+        name: "dev-module".into(),
+        uid: edgeid_common::current_uid(),
+    }];
+    let mut workload = tokio::spawn(edgeid_workloadapi::run(
+        workload_config,
+        wait_for(stop_rx.clone()),
+    ));
+    let workload_client = edgeid_common::client::UdsClient::new(&workload_socket);
+    ready("workloadd", &mut workload, started, 20, || {
+        workload_client.get::<edgeid_common::server::Health>("/health")
+    })
+    .await?;
 
     println!(
         "edgeid {} dev mode in {} (ready in {} ms)",
@@ -154,11 +180,15 @@ pub async fn run(dir: &Path, modules: &[String], backend: &BackendArgs) -> Resul
         device.device_id,
         device.hub
     );
-    println!("  workload   not built yet (issue 6)");
     println!(
-        "  modules    {} (identities created; served to modules once the workload API lands)",
-        declared.join(", ")
+        "  workload   {}   IoT Edge workload API; dev-module is uid {}",
+        workload_socket.display(),
+        edgeid_common::current_uid()
     );
+    println!("  modules    {}", declared.join(", "));
+    if declared.len() > 1 {
+        println!("             (the others have identities in identityd; only dev-module is mapped to a caller)");
+    }
     println!();
     println!("Try it:");
     println!(
@@ -168,6 +198,31 @@ pub async fn run(dir: &Path, modules: &[String], backend: &BackendArgs) -> Resul
     println!("  curl -s --unix-socket {} -d '{{\"id\":\"device-id\",\"spec\":\"ec-p256\"}}' http://localhost/v1/keypair", keyd_socket.display());
     println!("  curl -s --unix-socket {} -d '{{\"id\":\"web\",\"issuer\":\"local-ca\",\"profile\":\"server\",\"key_id\":\"web\",\"san\":{{\"dns\":[\"localhost\"]}}}}' http://localhost/v1/certificates", certd_socket.display());
     println!("  curl -s --unix-socket {} -X POST http://localhost/v1/identities/modules/dev-module/token", identityd_socket.display());
+    println!(
+        "  curl -s --unix-socket {} 'http://localhost/trust-bundle?api-version=2020-10-10'",
+        workload_socket.display()
+    );
+    println!();
+    println!("A module's environment (as IoT Edge sets it):");
+    let dev_module = &identities[0];
+    for (name, value) in [
+        (
+            "IOTEDGE_WORKLOADURI",
+            format!("unix://{}", workload_socket.display()),
+        ),
+        ("IOTEDGE_MODULEID", dev_module.module_id.clone()),
+        (
+            "IOTEDGE_MODULEGENERATIONID",
+            dev_module.generation_id.clone(),
+        ),
+        ("IOTEDGE_DEVICEID", device.device_id.clone()),
+        ("IOTEDGE_IOTHUBHOSTNAME", device.hub.clone()),
+        ("IOTEDGE_GATEWAYHOSTNAME", device_id()),
+        ("IOTEDGE_APIVERSION", "2020-10-10".into()),
+        ("IOTEDGE_AUTHSCHEME", "sasToken".into()),
+    ] {
+        println!("export {name}={value}");
+    }
     println!();
     println!("export EDGEID_KEYD_SOCKET={}", keyd_socket.display());
     println!("export EDGEID_CERTD_SOCKET={}", certd_socket.display());
@@ -181,6 +236,7 @@ pub async fn run(dir: &Path, modules: &[String], backend: &BackendArgs) -> Resul
     edgeid_common::server::shutdown_signal().await;
     let _ = stop_tx.send(true);
     // Callers first, keyd last.
+    stopped("workloadd", workload).await?;
     stopped("identityd", identityd).await?;
     stopped("certd", certd).await?;
     stopped("keyd", keyd).await?;
