@@ -3,6 +3,8 @@
 //! same library, so the cost of the daemon boundary is visible.
 //!
 //! - `keyd`: the software store, against aws-lc-rs in-process.
+//! - `workload`: the workload API's sign of a running `edgeidctl dev`, beside
+//!   keyd's HMAC with the same key and aws-lc-rs HMAC in-process.
 //! - `pkcs11`: a fresh SoftHSMv2 token (needs `softhsm2-util`), against raw
 //!   cryptoki calls on the same token, one logged-in session per thread.
 //!
@@ -52,6 +54,9 @@ enum Target {
     Pkcs11,
     /// keyd on a swtpm.
     Tpm,
+    /// The workload API's sign (IoT Edge's) of a running `edgeidctl dev`
+    /// (`--socket DIR/workload.sock`), beside keyd's HMAC and in-process HMAC.
+    Workload,
 }
 
 #[derive(Clone, Copy, PartialEq, ValueEnum)]
@@ -86,6 +91,10 @@ fn main() -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     // The token must exist, and SOFTHSM2_CONF be set, before any thread starts.
     let store = match args.target {
+        Target::Workload => {
+            let runtime = edgeid_common::runtime::build().map_err(|e| e.to_string())?;
+            return runtime.block_on(bench_workload(&args));
+        }
         Target::Keyd => Store::Software,
         Target::Pkcs11 => Store::Pkcs11(SoftHsmToken::create(dir.path())?),
         Target::Tpm => Store::Tpm(SwtpmProcess::start(dir.path())?),
@@ -186,7 +195,14 @@ async fn bench_keyd(args: &Args, dir: &Path, store: &Store) -> Result<(), String
             through.push((
                 *op,
                 n,
-                through_socket(&socket, Bytes::from(body.clone()), n, args.seconds).await?,
+                through_socket(
+                    &socket,
+                    "/v1/sign",
+                    Bytes::from(body.clone()),
+                    n,
+                    args.seconds,
+                )
+                .await?,
             ));
         }
     }
@@ -213,6 +229,67 @@ async fn bench_keyd(args: &Args, dir: &Path, store: &Store) -> Result<(), String
     Ok(())
 }
 
+/// The workload API's sign for `dev-module` of a running dev mode, next to
+/// keyd's HMAC with the same key and HMAC in this process.
+async fn bench_workload(args: &Args) -> Result<(), String> {
+    let socket = args.socket.clone().ok_or(
+        "workload needs --socket DIR/workload.sock of a running `edgeidctl dev --dir DIR`",
+    )?;
+    let dir = socket.parent().unwrap_or(Path::new("."));
+    let keyd_socket = dir.join("keyd.sock");
+    let module = edgeid_identityd::IdentitydClient::new(dir.join("identityd.sock"))
+        .module("dev-module")
+        .await
+        .map_err(|e| format!("identityd in {}: {e}", dir.display()))?;
+    let handle = module
+        .auth
+        .key_handle
+        .ok_or("dev-module has no SAS key (is [modules] auth x509?)")?;
+    let data = edgeid_common::encoding::to_base64(&[7u8; 32]);
+    let workload_body =
+        serde_json::json!({"keyId": "primary", "algo": "HMACSHA256", "data": data}).to_string();
+    let keyd_body =
+        serde_json::json!({"handle": handle.0, "algorithm": "hmac-sha256", "data": data})
+            .to_string();
+    let uri = format!(
+        "/modules/dev-module/genid/{}/sign?api-version=2020-10-10",
+        module.generation_id
+    );
+    println!(
+        "workload sign (HMACSHA256, 32 bytes) through {}; {} s per run",
+        socket.display(),
+        args.seconds
+    );
+    println!("| concurrency | workload req/s | p50 | p99 | keyd hmac req/s | p50 | p99 | in-process ops/s | p50 | p99 |");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    for &n in &args.concurrency {
+        let w = through_socket(
+            &socket,
+            &uri,
+            Bytes::from(workload_body.clone()),
+            n,
+            args.seconds,
+        )
+        .await?;
+        let k = through_socket(
+            &keyd_socket,
+            "/v1/sign",
+            Bytes::from(keyd_body.clone()),
+            n,
+            args.seconds,
+        )
+        .await?;
+        let l = in_process(Op::Hmac, n, args.seconds);
+        println!(
+            "| {n} | {:.0} | {:.0} µs | {:.0} µs | {:.0} | {:.0} µs | {:.0} µs | {:.0} | {:.1} µs | {:.1} µs |",
+            w.rate, micros(w.p50), micros(w.p99),
+            k.rate, micros(k.p50), micros(k.p99),
+            l.rate, micros(l.p50), micros(l.p99)
+        );
+    }
+    Ok(())
+}
+
 fn micros(d: Duration) -> f64 {
     d.as_secs_f64() * 1e6
 }
@@ -233,6 +310,7 @@ async fn wait_ready(client: &KeydClient) -> Result<(), String> {
 /// `n` connections, each sending sign requests back to back for `seconds`.
 async fn through_socket(
     socket: &Path,
+    uri: &str,
     body: Bytes,
     n: usize,
     seconds: u64,
@@ -248,12 +326,13 @@ async fn through_socket(
             .map_err(|e| e.to_string())?;
         tokio::spawn(conn);
         let body = body.clone();
+        let uri = uri.to_owned();
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::with_capacity(200_000);
             while Instant::now() < deadline {
                 let req = Request::builder()
                     .method(Method::POST)
-                    .uri("/v1/sign")
+                    .uri(uri.as_str())
                     .header("host", "localhost")
                     .header("content-type", "application/json")
                     .body(Full::new(body.clone()))
@@ -266,7 +345,7 @@ async fn through_socket(
                     .await
                     .map_err(|e| e.to_string())?;
                 if status != StatusCode::OK {
-                    return Err(format!("keyd answered {status}"));
+                    return Err(format!("{uri} answered {status}"));
                 }
                 latencies.push(started.elapsed());
             }

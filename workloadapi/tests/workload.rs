@@ -1,7 +1,7 @@
 //! The workload API through its socket, every answer checked by a second
 //! party: SAS tokens built from `sign` are accepted by the test hub,
-//! certificates pass `openssl verify` and carry the names asked for, a
-//! rustls handshake runs on a server certificate from the API, and one
+//! certificates pass `openssl verify` and carry the names asked for, rustls
+//! and `openssl s_client` complete handshakes on a server certificate from the API, and one
 //! module cannot use another's keys, certificates or ciphertexts.
 //!
 //! The test process (uid 0) is module `mod-a`; `mod-b` is uid 4201.
@@ -334,6 +334,7 @@ async fn handshake(chain_pem: &str, key_pem: &str, bundle: &str, name: &str) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+    let acceptor_again = acceptor.clone();
     let served = tokio::spawn(async move {
         let (tcp, _) = listener.accept().await.unwrap();
         let mut tls = acceptor.accept(tcp).await.unwrap();
@@ -348,6 +349,45 @@ async fn handshake(chain_pem: &str, key_pem: &str, bundle: &str, name: &str) {
     let mut got = Vec::new();
     tls.read_to_end(&mut got).await.unwrap();
     assert_eq!(got, b"hello from the module");
+    served.await.unwrap();
+
+    // And an independent client: openssl s_client, trusting only the bundle.
+    edgeid_testkit::require_tool("openssl", "openssl");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let served = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let mut tls = acceptor_again.accept(tcp).await.unwrap();
+        let _ = tls.write_all(b"hello openssl").await;
+        let _ = tls.shutdown().await;
+    });
+    let dir = edgeid_testkit::temp_dir();
+    let ca_file = dir.path().join("bundle.pem");
+    std::fs::write(&ca_file, bundle).unwrap();
+    let name = name.to_owned();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("openssl")
+            .args([
+                "s_client",
+                "-connect",
+                &format!("127.0.0.1:{port}"),
+                "-servername",
+                &name,
+            ])
+            .args(["-verify_hostname", &name, "-verify_return_error", "-CAfile"])
+            .arg(&ca_file)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("Verify return code: 0 (ok)"),
+        "openssl s_client: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     served.await.unwrap();
 }
 
