@@ -15,6 +15,11 @@
 //! [[module]]            # a module process runs as this uid
 //! name = "tempsensor"
 //! uid = 1001
+//!
+//! # Or: the orchestrator asks for a socket per module (POST /v1/modules/{name}/socket)
+//! # and mounts it into the module's container; whoever connects there is that module.
+//! orchestrator_uids = [990]
+//! sockets_dir = "/run/edgeid/modules"
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -58,6 +63,17 @@ pub struct WorkloadConfig {
     /// Which uid is which module.
     #[serde(default, rename = "module")]
     pub modules: Vec<ModuleConfig>,
+    /// uids that may ask for per-module sockets (the orchestrator), besides
+    /// root and workloadd's own uid.
+    #[serde(default)]
+    pub orchestrator_uids: Vec<u32>,
+    /// Where per-module sockets are made (0755; each socket as asked).
+    #[serde(default = "default_sockets_dir")]
+    pub sockets_dir: PathBuf,
+}
+
+fn default_sockets_dir() -> PathBuf {
+    PathBuf::from("/run/edgeid/modules")
 }
 
 fn default_identityd() -> PathBuf {
@@ -123,6 +139,8 @@ impl WorkloadConfig {
             identity_cache_secs: default_cache_secs(),
             manifest_trust_bundle: None,
             modules: Vec::new(),
+            orchestrator_uids: Vec::new(),
+            sockets_dir: socket.parent().unwrap_or(Path::new("/tmp")).join("modules"),
         }
     }
 

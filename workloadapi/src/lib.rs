@@ -4,13 +4,14 @@
 //!
 //! - [`api`]: the IoT Edge wire types; [`server`]: routes and `api-version`.
 //! - [`workload`]: which module a caller is, and each operation through
-//!   identityd, keyd and certd.
+//!   identityd, keyd and certd; [`sockets`]: per-module sockets.
 //! - [`config`], [`error`].
 
 pub mod api;
 pub mod config;
 pub mod error;
 pub mod server;
+pub mod sockets;
 pub mod workload;
 
 use std::future::Future;
@@ -30,7 +31,12 @@ pub async fn run(config: WorkloadConfig, shutdown: impl Future<Output = ()>) -> 
     let workload = Arc::new(Workload::new(config)?);
     let listener = Listener::open(&socket, mode)
         .map_err(|e| Error::Setup(format!("cannot listen on {}: {e}", socket.display())))?;
-    edgeid_common::server::serve(listener, workload, limits, shutdown)
-        .await
-        .map_err(|e| Error::Setup(format!("server failed: {e}")))
+    workload.restore_sockets();
+    let service = Arc::new(server::Service {
+        workload: workload.clone(),
+        bound: None,
+    });
+    let served = edgeid_common::server::serve(listener, service, limits, shutdown).await;
+    workload.close_sockets().await;
+    served.map_err(|e| Error::Setup(format!("server failed: {e}")))
 }

@@ -1,14 +1,14 @@
 //! The workload API's routes, as IoT Edge serves them: every request but
 //! `/health` carries `api-version`; a missing or unknown one is a 400.
 
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 
 use edgeid_common::routes::Routes;
 use edgeid_common::{ApiError, ApiRequest, ApiResponse, Handler};
 use http::{Method, StatusCode};
 
 use crate::api::API_VERSIONS;
-use crate::workload::Workload;
+use crate::workload::{Who, Workload};
 
 #[derive(Debug, Clone, Copy)]
 enum Route {
@@ -20,6 +20,8 @@ enum Route {
     ServerCert,
     TrustBundle,
     ManifestTrustBundle,
+    BindSocket,
+    UnbindSocket,
 }
 
 static ROUTES: LazyLock<Routes<Route>> = LazyLock::new(|| {
@@ -51,6 +53,12 @@ static ROUTES: LazyLock<Routes<Route>> = LazyLock::new(|| {
             Route::ServerCert,
         ),
         (Method::GET, "/trust-bundle", Route::TrustBundle),
+        (Method::POST, "/v1/modules/{name}/socket", Route::BindSocket),
+        (
+            Method::DELETE,
+            "/v1/modules/{name}/socket",
+            Route::UnbindSocket,
+        ),
         (
             Method::GET,
             "/manifest-trust-bundle",
@@ -84,68 +92,94 @@ pub fn check_api_version(version: Option<&str>) -> Result<(), ApiError> {
     }
 }
 
-impl Handler for Workload {
+/// workloadd behind a socket: the main one (`bound` none), or a module's own.
+pub struct Service {
+    /// The workload API.
+    pub workload: Arc<Workload>,
+    /// The module every request on this socket is.
+    pub bound: Option<String>,
+}
+
+impl Handler for Service {
     async fn handle(&self, req: ApiRequest) -> ApiResponse {
         let (route, params) = match ROUTES.find(&req.method, &req.path) {
             Ok(found) => found,
             Err(answer) => return answer,
         };
-        if !matches!(route, Route::Health) {
+        let name = params.get("name").unwrap_or_default();
+        let genid = params.get("genid").unwrap_or_default();
+        let me = &self.workload;
+        let ok = StatusCode::OK;
+        let created = StatusCode::CREATED;
+        let socket_route = matches!(route, Route::BindSocket | Route::UnbindSocket);
+        if socket_route && self.bound.is_some() {
+            return ApiResponse::error(&ApiError::forbidden(
+                "a module's own socket cannot manage sockets",
+            ));
+        }
+        if !socket_route && !matches!(route, Route::Health) {
             if let Err(e) = check_api_version(req.query_param("api-version").as_deref()) {
                 return ApiResponse::error(&e);
             }
         }
-        let caller = &req.caller;
-        let name = params.get("name").unwrap_or_default();
-        let genid = params.get("genid").unwrap_or_default();
-        let ok = StatusCode::OK;
-        let created = StatusCode::CREATED;
+        let who = &Who {
+            caller: &req.caller,
+            bound: self.bound.as_deref(),
+        };
         match route {
-            Route::Health => ApiResponse::json(ok, &self.health().await),
+            Route::Health => ApiResponse::json(ok, &me.health().await),
             Route::Sign => match req.json() {
-                Ok(body) => {
-                    ApiResponse::from_result(ok, self.sign(caller, name, genid, body).await)
-                }
+                Ok(body) => ApiResponse::from_result(ok, me.sign(who, name, genid, body).await),
                 Err(e) => ApiResponse::error(&e),
             },
             Route::Encrypt => match req.json() {
-                Ok(body) => {
-                    ApiResponse::from_result(ok, self.encrypt(caller, name, genid, body).await)
-                }
+                Ok(body) => ApiResponse::from_result(ok, me.encrypt(who, name, genid, body).await),
                 Err(e) => ApiResponse::error(&e),
             },
             Route::Decrypt => match req.json() {
-                Ok(body) => {
-                    ApiResponse::from_result(ok, self.decrypt(caller, name, genid, body).await)
-                }
+                Ok(body) => ApiResponse::from_result(ok, me.decrypt(who, name, genid, body).await),
                 Err(e) => ApiResponse::error(&e),
             },
-            Route::IdentityCert => {
-                let body = if req.body.is_empty() {
-                    Ok(Default::default())
-                } else {
-                    req.json()
-                };
-                match body {
-                    Ok(body) => ApiResponse::from_result(
-                        created,
-                        self.identity_certificate(caller, name, body).await,
-                    ),
-                    Err(e) => ApiResponse::error(&e),
-                }
-            }
-            Route::ServerCert => match req.json() {
+            Route::IdentityCert => match json_or_default(&req) {
                 Ok(body) => ApiResponse::from_result(
                     created,
-                    self.server_certificate(caller, name, genid, body).await,
+                    me.identity_certificate(who, name, body).await,
                 ),
                 Err(e) => ApiResponse::error(&e),
             },
-            Route::TrustBundle => ApiResponse::from_result(ok, self.trust_bundle().await),
+            Route::ServerCert => match req.json() {
+                Ok(body) => ApiResponse::from_result(
+                    created,
+                    me.server_certificate(who, name, genid, body).await,
+                ),
+                Err(e) => ApiResponse::error(&e),
+            },
+            Route::TrustBundle => ApiResponse::from_result(ok, me.trust_bundle().await),
             Route::ManifestTrustBundle => {
-                ApiResponse::from_result(ok, self.manifest_trust_bundle().await)
+                ApiResponse::from_result(ok, me.manifest_trust_bundle().await)
             }
+            Route::BindSocket => match json_or_default(&req) {
+                Ok(body) => {
+                    ApiResponse::from_result(created, me.bind_socket(&req.caller, name, body).await)
+                }
+                Err(e) => ApiResponse::error(&e),
+            },
+            Route::UnbindSocket => match me.unbind_socket(&req.caller, name).await {
+                Ok(()) => ApiResponse::no_content(),
+                Err(e) => ApiResponse::error(&e),
+            },
         }
+    }
+}
+
+/// The body as JSON; an empty body is the type's default.
+fn json_or_default<T: serde::de::DeserializeOwned + Default>(
+    req: &ApiRequest,
+) -> Result<T, ApiError> {
+    if req.body.is_empty() {
+        Ok(T::default())
+    } else {
+        req.json()
     }
 }
 

@@ -27,9 +27,19 @@ use crate::api::*;
 use crate::config::WorkloadConfig;
 use crate::error::Error;
 
+/// Who is asking: the peer process, and the module its socket is bound to
+/// (a per-module socket) if it came in on one.
+#[derive(Debug, Clone, Copy)]
+pub struct Who<'a> {
+    /// The peer, from the socket.
+    pub caller: &'a Caller,
+    /// The module of the per-module socket the request came in on.
+    pub bound: Option<&'a str>,
+}
+
 /// workloadd.
 pub struct Workload {
-    config: WorkloadConfig,
+    pub(crate) config: WorkloadConfig,
     keyd: KeydClient,
     certd: CertdClient,
     identityd: IdentitydClient,
@@ -37,6 +47,7 @@ pub struct Workload {
     identities: Mutex<HashMap<String, (ModuleIdentity, Instant)>>,
     device: Mutex<Option<DeviceIdentity>>,
     encryption_base: Mutex<Option<KeyHandle>>,
+    pub(crate) sockets: crate::sockets::ModuleSockets,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -65,6 +76,7 @@ impl Workload {
             identities: Mutex::new(HashMap::new()),
             device: Mutex::new(None),
             encryption_base: Mutex::new(None),
+            sockets: crate::sockets::ModuleSockets::default(),
             config,
         })
     }
@@ -72,13 +84,17 @@ impl Workload {
     /// The caller's module, which must be `name`, at generation `genid` if given.
     pub async fn module_for(
         &self,
-        caller: &Caller,
+        who: &Who<'_>,
         name: &str,
         genid: Option<&str>,
     ) -> Result<ModuleIdentity, Error> {
         names::check_module_id(name)
             .map_err(|e| Error::BadRequest(format!("module name '{}': {e}", names::shown(name))))?;
-        let Some(mine) = self.by_uid.get(&caller.uid) else {
+        let caller = who.caller;
+        let mine = who
+            .bound
+            .or_else(|| self.by_uid.get(&caller.uid).map(String::as_str));
+        let Some(mine) = mine else {
             tracing::warn!(uid = caller.uid, pid = caller.pid, module = %names::shown(name), "refused: uid is no module");
             return Err(Error::Forbidden(format!(
                 "uid {} is not mapped to a module",
@@ -113,6 +129,10 @@ impl Workload {
         Ok(identity)
     }
 
+    pub(crate) async fn fetch_identity(&self, name: &str) -> Result<ModuleIdentity, Error> {
+        self.fetch(name).await
+    }
+
     async fn fetch(&self, name: &str) -> Result<ModuleIdentity, Error> {
         let identity = self
             .identityd
@@ -126,7 +146,7 @@ impl Workload {
     /// `POST .../sign`: HMAC-SHA256 with the module's primary or secondary key, in keyd.
     pub async fn sign(
         &self,
-        caller: &Caller,
+        who: &Who<'_>,
         name: &str,
         genid: &str,
         req: SignRequest,
@@ -138,7 +158,7 @@ impl Workload {
             )));
         }
         let data = decode("data", &req.data)?;
-        let module = self.module_for(caller, name, Some(genid)).await?;
+        let module = self.module_for(who, name, Some(genid)).await?;
         let handle = match req.key_id.as_str() {
             "primary" => module.auth.key_handle.clone(),
             "secondary" => module.auth.secondary_key_handle.clone(),
@@ -196,14 +216,14 @@ impl Workload {
     /// `POST .../encrypt`: AES-256-GCM in keyd; the IV is bound as associated data.
     pub async fn encrypt(
         &self,
-        caller: &Caller,
+        who: &Who<'_>,
         name: &str,
         genid: &str,
         req: EncryptRequest,
     ) -> Result<EncryptResponse, Error> {
         let plaintext = Zeroizing::new(decode("plaintext", &req.plaintext)?);
         let iv = decode("initializationVector", &req.initialization_vector)?;
-        let module = self.module_for(caller, name, Some(genid)).await?;
+        let module = self.module_for(who, name, Some(genid)).await?;
         let key = self.encryption_key(&module).await?;
         let ciphertext = self
             .keyd
@@ -218,14 +238,14 @@ impl Workload {
     /// `POST .../decrypt`
     pub async fn decrypt(
         &self,
-        caller: &Caller,
+        who: &Who<'_>,
         name: &str,
         genid: &str,
         req: DecryptRequest,
     ) -> Result<DecryptResponse, Error> {
         let ciphertext = decode("ciphertext", &req.ciphertext)?;
         let iv = decode("initializationVector", &req.initialization_vector)?;
-        let module = self.module_for(caller, name, Some(genid)).await?;
+        let module = self.module_for(who, name, Some(genid)).await?;
         let key = self.encryption_key(&module).await?;
         let plaintext = Zeroizing::new(
             self.keyd
@@ -260,7 +280,7 @@ impl Workload {
     /// fresh key; CN the module id, URI SAN its SPIFFE-style id.
     pub async fn identity_certificate(
         &self,
-        caller: &Caller,
+        who: &Who<'_>,
         name: &str,
         req: IdentityCertificateRequest,
     ) -> Result<CertificateResponse, Error> {
@@ -268,7 +288,7 @@ impl Workload {
             req.expiration.as_deref(),
             self.config.certificates.identity_max_days,
         )?;
-        let module = self.module_for(caller, name, None).await?;
+        let module = self.module_for(who, name, None).await?;
         let device = self.device().await?;
         let uri = format!(
             "spiffe://{}/devices/{}/modules/{}",
@@ -295,7 +315,7 @@ impl Workload {
     /// certificate for a fresh key; the common name is also a DNS SAN.
     pub async fn server_certificate(
         &self,
-        caller: &Caller,
+        who: &Who<'_>,
         name: &str,
         genid: &str,
         req: ServerCertificateRequest,
@@ -316,7 +336,7 @@ impl Workload {
             Some(&req.expiration),
             self.config.certificates.server_max_days,
         )?;
-        let module = self.module_for(caller, name, Some(genid)).await?;
+        let module = self.module_for(who, name, Some(genid)).await?;
         let san = SubjectAltNames {
             dns: vec![cn.to_owned()],
             ..Default::default()

@@ -609,3 +609,102 @@ async fn bad_input_gets_clear_4xx_answers() {
     assert_eq!(code, StatusCode::OK);
     assert_eq!(body["status"], "ok", "{body}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_per_module_socket_is_that_module_for_whoever_connects() {
+    assert!(
+        edgeid_testkit::is_root(),
+        "this test switches uids: run it as root"
+    );
+    let mut suite = Suite::local().await;
+    let b = suite.genid("mod-b").await;
+    let a = suite.genid("mod-a").await;
+    let sign = json!({"keyId": "primary", "algo": "HMACSHA256", "data": "aGVsbG8="});
+
+    // Only the orchestrator (here: root) binds sockets, and only for known modules.
+    let (code, _) = suite
+        .call_as(
+            OTHER_UID,
+            Method::POST,
+            "/v1/modules/mod-b/socket",
+            json!({}),
+        )
+        .await;
+    assert_eq!(code, StatusCode::FORBIDDEN);
+    let (code, _) = suite
+        .call(Method::POST, "/v1/modules/ghost/socket", json!({}))
+        .await;
+    assert_eq!(code, StatusCode::NOT_FOUND);
+    let (code, body) = suite
+        .call(Method::POST, "/v1/modules/mod-b/socket", json!({}))
+        .await;
+    assert_eq!(code, StatusCode::CREATED, "{body}");
+    let path = std::path::PathBuf::from(body["path"].as_str().unwrap());
+
+    // uid 4999 is no module by uid, but on mod-b's socket it is mod-b, and only mod-b.
+    let on_b = |uid, p: String, body: Value| {
+        let path = path.clone();
+        async move {
+            let (status, bytes) =
+                edgeid_testkit::request_as(uid, &path, Method::POST, &p, &body.to_string()).await;
+            (
+                status,
+                serde_json::from_slice::<Value>(&bytes).unwrap_or(Value::Null),
+            )
+        }
+    };
+    let (code, body) = on_b(
+        4999,
+        format!("/modules/mod-b/genid/{b}/sign?{V}"),
+        sign.clone(),
+    )
+    .await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+    let (code, _) = on_b(
+        4999,
+        format!("/modules/mod-a/genid/{a}/sign?{V}"),
+        sign.clone(),
+    )
+    .await;
+    assert_eq!(code, StatusCode::FORBIDDEN, "mod-b's socket is not mod-a");
+    let (code, _) = on_b(4999, "/v1/modules/mod-a/socket".into(), json!({})).await;
+    assert_eq!(
+        code,
+        StatusCode::FORBIDDEN,
+        "a module socket manages nothing"
+    );
+
+    // A socket for one uid: 0600, owned by it.
+    let (code, body) = suite
+        .call(
+            Method::POST,
+            "/v1/modules/mod-a/socket",
+            json!({"uid": 4300}),
+        )
+        .await;
+    assert_eq!(code, StatusCode::CREATED, "{body}");
+    let meta = std::fs::metadata(body["path"].as_str().unwrap()).unwrap();
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    assert_eq!(meta.uid(), 4300);
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+
+    // Served again after a restart.
+    suite.workload.restart().await;
+    let (code, _) = on_b(
+        4999,
+        format!("/modules/mod-b/genid/{b}/sign?{V}"),
+        sign.clone(),
+    )
+    .await;
+    assert_eq!(code, StatusCode::OK, "restored after a restart");
+
+    let (code, _) = suite
+        .call(Method::DELETE, "/v1/modules/mod-b/socket", Value::Null)
+        .await;
+    assert_eq!(code, StatusCode::NO_CONTENT);
+    assert!(!path.exists(), "the socket file is gone");
+    let (code, _) = suite
+        .call(Method::DELETE, "/v1/modules/mod-b/socket", Value::Null)
+        .await;
+    assert_eq!(code, StatusCode::NOT_FOUND);
+}
