@@ -1,6 +1,7 @@
 //! `edgeidctl dev --dir DIR`: every daemon in this process, on software keys,
 //! with sockets and state under DIR, until Ctrl-C.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -240,7 +241,12 @@ pub async fn run(dir: &Path, modules: &[String], backend: &BackendArgs) -> Resul
     stopped("identityd", identityd).await?;
     stopped("certd", certd).await?;
     stopped("keyd", keyd).await?;
-    println!("stopped; state kept in {}", dir.display());
+    // Whoever read our output may be gone by now (a closed pipe): no panic for that.
+    let _ = writeln!(
+        std::io::stdout(),
+        "stopped; state kept in {}",
+        dir.display()
+    );
     Ok(())
 }
 

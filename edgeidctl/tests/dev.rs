@@ -1,0 +1,100 @@
+//! `edgeidctl dev` as a person runs it: up within a second, every socket
+//! answering health, the IoT Edge environment printed, and Ctrl-C leaving no
+//! socket or process behind.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use edgeid_common::client::UdsClient;
+use edgeid_common::server::Health;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_mode_starts_fast_serves_everything_and_stops_clean() {
+    let dir = tempfile::Builder::new()
+        .prefix("edgeid-dev-")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let started = Instant::now();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_edgeidctl"))
+        .args(["dev", "--dir"])
+        .arg(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let lines = tokio::task::spawn_blocking(move || {
+        let mut lines = Vec::new();
+        for line in BufReader::new(stdout).lines() {
+            let line = line.unwrap();
+            let done = line.starts_with("Running;");
+            lines.push(line);
+            if done {
+                break;
+            }
+        }
+        lines
+    })
+    .await
+    .unwrap();
+    let up = started.elapsed();
+    let text = lines.join("\n");
+    assert!(text.contains("Running;"), "{text}");
+    let ready_ms: u64 = text
+        .split("(ready in ")
+        .nth(1)
+        .and_then(|r| r.split(" ms").next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no ready time in: {text}"));
+    assert!(
+        ready_ms < 1000,
+        "ready in {ready_ms} ms (process up after {up:?})"
+    );
+    for var in [
+        "IOTEDGE_WORKLOADURI=unix://",
+        "IOTEDGE_MODULEID=dev-module",
+        "IOTEDGE_MODULEGENERATIONID=",
+        "IOTEDGE_DEVICEID=",
+        "IOTEDGE_IOTHUBHOSTNAME=",
+        "IOTEDGE_GATEWAYHOSTNAME=",
+        "IOTEDGE_APIVERSION=",
+        "IOTEDGE_AUTHSCHEME=sasToken",
+    ] {
+        assert!(
+            text.contains(&format!("export {var}")),
+            "{var} missing:\n{text}"
+        );
+    }
+    for (socket, path) in [
+        ("keyd.sock", "/v1/health"),
+        ("certd.sock", "/v1/health"),
+        ("identityd.sock", "/v1/health"),
+        ("workload.sock", "/health"),
+    ] {
+        let health: Health = UdsClient::new(dir.path().join(socket))
+            .get(path)
+            .await
+            .unwrap_or_else(|e| panic!("{socket}: {e}"));
+        assert_eq!(health.status, "ok", "{socket}: {health:?}");
+    }
+    // Ctrl-C.
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "dev mode did not stop on SIGINT");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "{status}");
+    let left: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().extension().is_some_and(|x| x == "sock"))
+        .map(|e| e.path())
+        .collect();
+    assert!(left.is_empty(), "sockets left behind: {left:?}");
+}
