@@ -259,6 +259,14 @@ impl CloudService {
         check_sas(token, &resource, key, None)
     }
 
+    /// HMAC-SHA256 of `data` under the key the hub holds for a SAS module.
+    pub fn module_hmac(&self, device: &str, module: &str, data: &[u8]) -> Option<Vec<u8>> {
+        match self.state().modules.get(&(device.into(), module.into())) {
+            Some(ModuleAuth::Sas(key)) => Some(hmac(key, data)),
+            _ => None,
+        }
+    }
+
     /// Whether the hub would accept `token` from `device`.
     pub fn authenticate_device(&self, device: &str, token: &str) -> Result<(), String> {
         let state = self.state();

@@ -193,6 +193,14 @@ async fn sign_digests_make_sas_tokens_the_hub_accepts() {
         .await;
     assert_eq!(code, StatusCode::OK, "{body}");
     let digest = body["digest"].as_str().unwrap();
+    let expected = cloud
+        .module_hmac("wl-device", "mod-a", to_sign.as_bytes())
+        .unwrap();
+    assert_eq!(
+        digest,
+        STANDARD.encode(expected),
+        "the hub's HMAC under its key"
+    );
     let token = format!(
         "SharedAccessSignature sr={encoded}&sig={}&se={expiry}",
         edgeid_identityd::sas::encode(digest)
