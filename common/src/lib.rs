@@ -7,6 +7,7 @@
 //! - [`routes`]: path and method dispatch with 404 / 405 answers.
 //! - [`error`]: the one mapping from errors to HTTP statuses and `{"message"}` bodies.
 //! - [`config`]: TOML loading with errors that name the file, the key and the problem.
+//! - [`daemon`]: the one `main` of every daemon binary.
 //! - [`fs`]: atomic writes with explicit modes, private directories.
 //! - [`authz`]: callers, administrators and glob grants.
 //! - [`id`]: the rules for resource ids (key and certificate ids).
@@ -15,6 +16,7 @@
 pub mod authz;
 pub mod client;
 pub mod config;
+pub mod daemon;
 pub mod encoding;
 pub mod error;
 pub mod fs;
