@@ -1,0 +1,253 @@
+//! What `packaging/` ships, checked with systemd's own tools: the units
+//! verify clean, sysusers.d and tmpfiles.d make the users, groups and 0700
+//! state directories in a throwaway root, and every daemon serves a socket
+//! handed to it by socket activation (`systemd-socket-activate`, the
+//! LISTEN_FDS protocol), then drains and exits 0 on SIGTERM.
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use edgeid_common::client::UdsClient;
+use edgeid_common::server::Health;
+use edgeid_testkit::require_tool;
+
+const DAEMONS: [&str; 4] = ["keyd", "certd", "identityd", "workloadd"];
+
+fn packaging() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging")
+}
+
+/// A daemon binary of this build (`cargo test --workspace` builds them all).
+fn binary(daemon: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target directory");
+    let path = dir.join(format!("edgeid-{daemon}"));
+    assert!(
+        path.exists(),
+        "{} is missing: run the workspace tests (cargo test --workspace)",
+        path.display()
+    );
+    path
+}
+
+#[test]
+fn units_verify_clean() {
+    require_tool("systemd-analyze", "systemd");
+    let dir = edgeid_testkit::temp_dir();
+    let mut units = Vec::new();
+    for daemon in DAEMONS {
+        for kind in ["service", "socket"] {
+            let name = format!("edgeid-{daemon}.{kind}");
+            let text = std::fs::read_to_string(packaging().join("systemd").join(&name)).unwrap();
+            // verify checks that ExecStart exists: point it at this build's binary.
+            let text = text.replace(
+                &format!("ExecStart=/usr/bin/edgeid-{daemon} "),
+                &format!("ExecStart={} ", binary(daemon).display()),
+            );
+            if kind == "service" {
+                assert!(text.contains("NoNewPrivileges=yes"), "{name} is hardened");
+                assert!(text.contains("ProtectSystem=strict"), "{name} is hardened");
+                assert_eq!(
+                    text.contains("DeviceAllow=/dev/tpmrm0"),
+                    daemon == "keyd",
+                    "{name}: only keyd reaches the TPM"
+                );
+            }
+            let path = dir.path().join(&name);
+            std::fs::write(&path, text).unwrap();
+            units.push(path);
+        }
+    }
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .args(&units)
+        .output()
+        .unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && said.trim().is_empty(),
+        "systemd-analyze verify:\n{said}"
+    );
+}
+
+#[test]
+fn sysusers_and_tmpfiles_make_users_and_private_state_dirs() {
+    require_tool("systemd-sysusers", "systemd");
+    require_tool("systemd-tmpfiles", "systemd");
+    let root = edgeid_testkit::temp_dir();
+    std::fs::create_dir(root.path().join("etc")).unwrap();
+    for f in ["passwd", "group", "shadow", "gshadow"] {
+        std::fs::write(root.path().join("etc").join(f), "").unwrap();
+    }
+    let status = Command::new("systemd-sysusers")
+        .arg(format!("--root={}", root.path().display()))
+        .arg(packaging().join("sysusers.d/edgeid.conf"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let passwd = std::fs::read_to_string(root.path().join("etc/passwd")).unwrap();
+    let group = std::fs::read_to_string(root.path().join("etc/group")).unwrap();
+    let uid_of = |user: &str| -> u32 {
+        passwd
+            .lines()
+            .find(|l| l.starts_with(&format!("{user}:")))
+            .and_then(|l| l.split(':').nth(2))
+            .and_then(|u| u.parse().ok())
+            .unwrap_or_else(|| panic!("no user {user}:\n{passwd}"))
+    };
+    for user in ["edgeid-ks", "edgeid-cs", "edgeid-id", "edgeid-wl"] {
+        let line = passwd
+            .lines()
+            .find(|l| l.starts_with(&format!("{user}:")))
+            .unwrap();
+        assert!(line.ends_with("nologin"), "{line}");
+        assert!(uid_of(user) < 1000, "{user} is a system user");
+    }
+    let members = |g: &str| -> String {
+        group
+            .lines()
+            .find(|l| l.starts_with(&format!("{g}:")))
+            .and_then(|l| l.rsplit(':').next())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    assert_eq!(members("edgeid-keyd"), "edgeid-cs,edgeid-id,edgeid-wl");
+    assert_eq!(members("edgeid-identityd"), "edgeid-wl");
+    assert!(
+        members("tss").contains("edgeid-ks"),
+        "keyd reaches /dev/tpmrm0"
+    );
+
+    let status = Command::new("systemd-tmpfiles")
+        .arg(format!("--root={}", root.path().display()))
+        .arg("--create")
+        .arg(packaging().join("tmpfiles.d/edgeid.conf"))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    for (dir, user) in [
+        ("keyd", "edgeid-ks"),
+        ("certd", "edgeid-cs"),
+        ("identityd", "edgeid-id"),
+    ] {
+        let meta = std::fs::metadata(root.path().join("var/lib/edgeid").join(dir)).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, 0o700, "{dir}");
+        assert_eq!(meta.uid(), uid_of(user), "{dir} belongs to {user}");
+    }
+}
+
+/// `systemd-socket-activate -l SOCKET edgeid-<daemon> --config FILE`: the
+/// activator listens; the first connection execs the daemon with LISTEN_FDS.
+struct Activated {
+    child: Child,
+    socket: PathBuf,
+}
+
+impl Activated {
+    fn start(dir: &Path, daemon: &str, socket: &str, config: String) -> Self {
+        let file = dir.join(format!("{daemon}.toml"));
+        std::fs::write(&file, config).unwrap();
+        let socket = dir.join(socket);
+        let child = Command::new("systemd-socket-activate")
+            .arg("-l")
+            .arg(&socket)
+            .arg(binary(daemon))
+            .arg("--config")
+            .arg(&file)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !socket.exists() {
+            assert!(
+                Instant::now() < deadline,
+                "the activator did not listen on {}",
+                socket.display()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Self { child, socket }
+    }
+
+    async fn health(&self, path: &str) -> Health {
+        UdsClient::new(&self.socket)
+            .get(path)
+            .await
+            .unwrap_or_else(|e| panic!("{}: {e}", self.socket.display()))
+    }
+
+    /// SIGTERM; the daemon must drain and exit 0.
+    fn stop(mut self) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        let status = self.child.wait().unwrap();
+        assert!(status.success(), "{}: {status}", self.socket.display());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_daemon_serves_a_socket_activated_socket() {
+    require_tool("systemd-socket-activate", "systemd");
+    let dir = edgeid_testkit::temp_dir();
+    let d = dir.path().display();
+    // Each config names a socket the daemon must *not* create: it is handed one.
+    let keyd = Activated::start(
+        dir.path(),
+        "keyd",
+        "keyd.sock",
+        format!("state_dir = \"{d}/keyd\"\n[server]\nsocket = \"{d}/not-keyd.sock\"\n[software]\nmaster_key_file = \"{d}/secrets/master.key\"\n"),
+    );
+    let certd = Activated::start(
+        dir.path(),
+        "certd",
+        "certd.sock",
+        format!("state_dir = \"{d}/certd\"\nkeyd_socket = \"{d}/keyd.sock\"\n[server]\nsocket = \"{d}/not-certd.sock\"\n"),
+    );
+    let identityd = Activated::start(
+        dir.path(),
+        "identityd",
+        "identityd.sock",
+        format!("state_dir = \"{d}/identityd\"\nkeyd_socket = \"{d}/keyd.sock\"\ncertd_socket = \"{d}/certd.sock\"\n[server]\nsocket = \"{d}/not-identityd.sock\"\n[provisioning]\nsource = \"local\"\ndevice_id = \"activated\"\n"),
+    );
+    let workloadd = Activated::start(
+        dir.path(),
+        "workloadd",
+        "workload.sock",
+        format!("identityd_socket = \"{d}/identityd.sock\"\nkeyd_socket = \"{d}/keyd.sock\"\ncertd_socket = \"{d}/certd.sock\"\nsockets_dir = \"{d}/modules\"\n[server]\nsocket = \"{d}/not-workload.sock\"\n"),
+    );
+    assert_eq!(keyd.health("/v1/health").await.status, "ok");
+    assert_eq!(certd.health("/v1/health").await.status, "ok");
+    // identityd provisions locally through certd and keyd, all activated.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let h = identityd.health("/v1/health").await;
+        if h.status == "ok" && h.backends.get("provisioning").map(String::as_str) == Some("ok") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "identityd: {h:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let h = workloadd.health("/health").await;
+    assert_eq!(h.status, "ok", "workloadd and everything behind it: {h:?}");
+    for name in ["keyd", "certd", "identityd", "workload"] {
+        assert!(
+            !dir.path().join(format!("not-{name}.sock")).exists(),
+            "{name} bound its own socket instead of the one it was handed"
+        );
+    }
+    for a in [workloadd, identityd, certd, keyd] {
+        a.stop();
+    }
+}
