@@ -1,6 +1,7 @@
 //! `edgeidctl`: the operator's command line.
 
 mod dev;
+mod ops;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -31,17 +32,39 @@ enum Command {
     },
     /// Provision the device again (DPS: register anew) and wait for the outcome.
     Reprovision {
-        /// identityd's socket.
-        #[arg(
-            long,
-            env = "EDGEID_IDENTITYD_SOCKET",
-            default_value = "/run/edgeid/identityd.sock"
-        )]
-        socket: PathBuf,
+        #[command(flatten)]
+        run: RunDir,
         /// Return once started, without waiting.
         #[arg(long)]
         no_wait: bool,
     },
+    /// What is provisioned, each daemon's health, modules and certificates.
+    Status {
+        #[command(flatten)]
+        run: RunDir,
+    },
+    /// Module identities.
+    Identity {
+        #[command(flatten)]
+        run: RunDir,
+        #[command(subcommand)]
+        action: ops::IdentityAction,
+    },
+    /// Certificates.
+    Cert {
+        #[command(flatten)]
+        run: RunDir,
+        #[command(subcommand)]
+        action: ops::CertAction,
+    },
+}
+
+/// Where the daemons' sockets are.
+#[derive(clap::Args)]
+struct RunDir {
+    /// The directory of the daemons' sockets (dev mode: its --dir).
+    #[arg(long, env = "EDGEID_RUN_DIR", default_value = "/run/edgeid")]
+    run_dir: PathBuf,
 }
 
 fn main() -> ExitCode {
@@ -60,8 +83,15 @@ fn main() -> ExitCode {
             modules,
             backend,
         } => runtime.block_on(dev::run(&dir, &modules, &backend)),
-        Command::Reprovision { socket, no_wait } => {
-            runtime.block_on(reprovision(&socket, !no_wait))
+        Command::Reprovision { run, no_wait } => {
+            runtime.block_on(ops::reprovision(&ops::Sockets::new(&run.run_dir), !no_wait))
+        }
+        Command::Status { run } => runtime.block_on(ops::status(&ops::Sockets::new(&run.run_dir))),
+        Command::Identity { run, action } => {
+            runtime.block_on(ops::identity(&ops::Sockets::new(&run.run_dir), &action))
+        }
+        Command::Cert { run, action } => {
+            runtime.block_on(ops::cert(&ops::Sockets::new(&run.run_dir), &action))
         }
     };
     match result {
@@ -70,48 +100,5 @@ fn main() -> ExitCode {
             eprintln!("edgeidctl: {message}");
             ExitCode::FAILURE
         }
-    }
-}
-
-/// `edgeidctl reprovision`: asks identityd to provision again and, unless
-/// told not to, waits for the outcome and prints it.
-async fn reprovision(socket: &std::path::Path, wait: bool) -> Result<(), String> {
-    use edgeid_identityd::api::ProvisioningState;
-    let client = edgeid_identityd::IdentitydClient::new(socket);
-    let mut status = client
-        .reprovision()
-        .await
-        .map_err(|e| format!("identityd at {}: {e}", socket.display()))?;
-    println!("reprovisioning ({} provisioning)", status.source);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
-    while wait && status.state == ProvisioningState::Provisioning {
-        if std::time::Instant::now() > deadline {
-            return Err("still provisioning after 300 s; see identityd's log".into());
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-        status = client
-            .provisioning()
-            .await
-            .map_err(|e| format!("identityd at {}: {e}", socket.display()))?;
-    }
-    match status.state {
-        ProvisioningState::Provisioned => {
-            let device = client
-                .device()
-                .await
-                .map_err(|e| format!("identityd at {}: {e}", socket.display()))?;
-            println!(
-                "provisioned: device '{}' on '{}'",
-                device.device_id, device.hub
-            );
-            Ok(())
-        }
-        ProvisioningState::Failed => Err(format!(
-            "reprovisioning failed: {}",
-            status
-                .last_error
-                .unwrap_or_else(|| "no reason recorded".into())
-        )),
-        ProvisioningState::Provisioning => Ok(()),
     }
 }

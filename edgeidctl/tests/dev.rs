@@ -1,6 +1,7 @@
 //! `edgeidctl dev` as a person runs it: up within a second, every socket
-//! answering health, the IoT Edge environment printed, and Ctrl-C leaving no
-//! socket or process behind.
+//! answering health, the IoT Edge environment printed, the operator's
+//! commands (`status`, `identity`, `cert`, `reprovision`) working against it,
+//! and Ctrl-C leaving no socket or process behind.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -78,6 +79,54 @@ async fn dev_mode_starts_fast_serves_everything_and_stops_clean() {
             .unwrap_or_else(|e| panic!("{socket}: {e}"));
         assert_eq!(health.status, "ok", "{socket}: {health:?}");
     }
+    // The operator's commands against it.
+    let ctl = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_edgeidctl"))
+            .args(args)
+            .env("EDGEID_RUN_DIR", dir.path())
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, out, err) = ctl(&["identity", "create", "sensor"]);
+    assert!(
+        ok && out.starts_with("sensor\t") && out.contains("\tsas"),
+        "{out}{err}"
+    );
+    let (ok, out, err) = ctl(&["status"]);
+    assert!(ok, "{out}{err}");
+    for wanted in [
+        "keyd       ok",
+        "workloadd  ok",
+        "state      provisioned",
+        "credential x509",
+        "dev-module",
+        "sensor",
+        "device-id",
+    ] {
+        assert!(out.contains(wanted), "status lacks '{wanted}':\n{out}");
+    }
+    let (ok, out, _) = ctl(&["cert", "show", "device-id"]);
+    assert!(
+        ok && out.contains("-----BEGIN CERTIFICATE-----") && out.contains("expires:"),
+        "{out}"
+    );
+    let (ok, _, _) = ctl(&["identity", "delete", "sensor"]);
+    assert!(ok);
+    let (ok, out, _) = ctl(&["identity", "list"]);
+    assert!(
+        ok && out.contains("dev-module") && !out.contains("sensor"),
+        "{out}"
+    );
+    let (ok, out, _) = ctl(&["reprovision"]);
+    assert!(ok && out.contains("provisioned: device"), "{out}");
+    let (ok, _, err) = ctl(&["cert", "show", "ghost"]);
+    assert!(!ok && err.contains("ghost"), "{err}");
+
     // Ctrl-C.
     // SAFETY: kill(2) on our own child's pid.
     unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
@@ -97,4 +146,26 @@ async fn dev_mode_starts_fast_serves_everything_and_stops_clean() {
         .map(|e| e.path())
         .collect();
     assert!(left.is_empty(), "sockets left behind: {left:?}");
+}
+
+#[test]
+fn status_with_nothing_running_says_so_and_fails() {
+    let dir = tempfile::Builder::new()
+        .prefix("edgeid-none-")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_edgeidctl"))
+        .args(["status", "--run-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stdout.contains("keyd       unreachable"), "{stdout}");
+    assert!(
+        stderr.contains("not answering: keyd, certd, identityd, workloadd"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
 }

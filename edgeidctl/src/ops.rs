@@ -1,0 +1,285 @@
+//! The operator's commands against running daemons: `status`, `identity`,
+//! `cert`, `reprovision`. Each reaches the daemons through their sockets in
+//! the run directory (`/run/edgeid`, or dev mode's directory).
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use edgeid_certd::CertdClient;
+use edgeid_identityd::api::ProvisioningState;
+use edgeid_identityd::IdentitydClient;
+use edgeid_keyd::KeydClient;
+
+/// The daemons' sockets in one directory.
+pub struct Sockets {
+    dir: PathBuf,
+}
+
+impl Sockets {
+    /// Sockets under `dir`.
+    pub fn new(dir: &Path) -> Self {
+        Self {
+            dir: dir.to_owned(),
+        }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    fn keyd(&self) -> KeydClient {
+        KeydClient::new(self.path("keyd.sock"))
+    }
+
+    fn certd(&self) -> CertdClient {
+        CertdClient::new(self.path("certd.sock"))
+    }
+
+    fn identityd(&self) -> IdentitydClient {
+        IdentitydClient::new(self.path("identityd.sock"))
+    }
+
+    fn failed(&self, daemon: &str, e: impl std::fmt::Display) -> String {
+        format!(
+            "{daemon} ({}): {e}",
+            self.path(&format!("{daemon}.sock")).display()
+        )
+    }
+}
+
+/// `edgeidctl status`: each daemon's health, the device identity, module
+/// identities and certificates with their expiry. Unreachable daemons are
+/// reported, not fatal; the exit status says whether all answered.
+pub async fn status(s: &Sockets) -> Result<(), String> {
+    let mut down = Vec::new();
+    println!("daemons ({})", s.dir.display());
+    let healths = [
+        ("keyd", s.keyd().health().await.map_err(|e| e.to_string())),
+        ("certd", s.certd().health().await.map_err(|e| e.to_string())),
+        (
+            "identityd",
+            s.identityd().health().await.map_err(|e| e.to_string()),
+        ),
+        (
+            "workloadd",
+            edgeid_common::client::UdsClient::new(s.path("workload.sock"))
+                .get::<edgeid_common::server::Health>("/health")
+                .await
+                .map_err(|e| e.to_string()),
+        ),
+    ];
+    for (name, health) in healths {
+        match health {
+            Ok(h) => {
+                let backends: Vec<String> = h
+                    .backends
+                    .iter()
+                    .map(|(k, v)| format!("{k}: {v}"))
+                    .collect();
+                println!(
+                    "  {name:<10} {} {} ({})",
+                    h.status,
+                    h.version,
+                    backends.join(", ")
+                );
+            }
+            Err(e) => {
+                println!("  {name:<10} unreachable: {e}");
+                down.push(name);
+            }
+        }
+    }
+    let identityd = s.identityd();
+    if let Ok(p) = identityd.provisioning().await {
+        println!("provisioning ({})", p.source);
+        println!(
+            "  state      {}{}",
+            wire(&p.state),
+            p.provisioned_at
+                .map(|t| format!(" (since {t})"))
+                .unwrap_or_default()
+        );
+        if let Some(e) = p.last_error {
+            println!("  last error {e}");
+        }
+    }
+    if let Ok(d) = identityd.device().await {
+        println!("device");
+        println!("  id         {}", d.device_id);
+        println!("  hub        {}", d.hub);
+        println!(
+            "  credential {}{}",
+            wire(&d.auth.auth_type),
+            d.auth
+                .cert_id
+                .map(|c| format!(" (certificate '{c}')"))
+                .unwrap_or_default()
+        );
+    }
+    if let Ok(modules) = identityd.modules().await {
+        println!("modules ({})", modules.len());
+        for m in modules {
+            println!(
+                "  {:<24} generation {} {}",
+                m.module_id,
+                m.generation_id,
+                wire(&m.auth.auth_type)
+            );
+        }
+    }
+    let certd = s.certd();
+    if let Ok(ids) = certd.list().await {
+        println!("certificates ({})", ids.len());
+        for id in ids {
+            match certd.get(&id).await {
+                Ok(info) => println!(
+                    "  {id:<32} expires {}{}",
+                    info.not_after,
+                    info.key_id
+                        .map(|k| format!("  key '{k}'"))
+                        .unwrap_or_default()
+                ),
+                Err(e) => println!("  {id:<32} {e}"),
+            }
+        }
+    }
+    if down.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("not answering: {}", down.join(", ")))
+    }
+}
+
+/// `edgeidctl identity list|create|delete`.
+pub async fn identity(s: &Sockets, action: &IdentityAction) -> Result<(), String> {
+    let client = s.identityd();
+    let fail = |e| s.failed("identityd", e);
+    match action {
+        IdentityAction::List => {
+            for m in client.modules().await.map_err(fail)? {
+                println!(
+                    "{}\t{}\t{}",
+                    m.module_id,
+                    m.generation_id,
+                    wire(&m.auth.auth_type)
+                );
+            }
+        }
+        IdentityAction::Create { module } => {
+            let m = client.create_module(module).await.map_err(fail)?;
+            println!(
+                "{}\t{}\t{}",
+                m.module_id,
+                m.generation_id,
+                wire(&m.auth.auth_type)
+            );
+        }
+        IdentityAction::Delete { module } => {
+            client.delete_module(module).await.map_err(fail)?;
+            println!("deleted module identity '{module}'");
+        }
+    }
+    Ok(())
+}
+
+/// `edgeidctl identity ...`
+#[derive(clap::Subcommand)]
+pub enum IdentityAction {
+    /// The module identities.
+    List,
+    /// Create a module identity (or show the existing one).
+    Create {
+        /// The module id.
+        module: String,
+    },
+    /// Delete a module identity (in the hub too).
+    Delete {
+        /// The module id.
+        module: String,
+    },
+}
+
+/// `edgeidctl cert ...`
+#[derive(clap::Subcommand)]
+pub enum CertAction {
+    /// Certificate ids, with expiry.
+    List,
+    /// One certificate: its chain (PEM), expiry, key and renewal policy.
+    Show {
+        /// The certificate id.
+        id: String,
+    },
+}
+
+/// `edgeidctl cert list|show`.
+pub async fn cert(s: &Sockets, action: &CertAction) -> Result<(), String> {
+    let client = s.certd();
+    let fail = |e| s.failed("certd", e);
+    match action {
+        CertAction::List => {
+            for id in client.list().await.map_err(fail)? {
+                let info = client.get(&id).await.map_err(fail)?;
+                println!("{id}\t{}", info.not_after);
+            }
+        }
+        CertAction::Show { id } => {
+            let info = client.get(id).await.map_err(fail)?;
+            println!("id:        {id}");
+            println!("expires:   {}", info.not_after);
+            if let Some(k) = info.key_id {
+                println!("key:       {k} (keyd)");
+            }
+            if let Some(r) = info.renewal {
+                println!(
+                    "renewal:   at {}% of its lifetime{}",
+                    r.threshold_percent,
+                    if r.rekey { ", new key" } else { ", same key" }
+                );
+            }
+            print!("{}", info.pem);
+        }
+    }
+    Ok(())
+}
+
+/// `edgeidctl reprovision`: asks identityd to provision again and, unless
+/// told not to, waits for the outcome and prints it.
+pub async fn reprovision(s: &Sockets, wait: bool) -> Result<(), String> {
+    let client = s.identityd();
+    let fail = |e| s.failed("identityd", e);
+    let mut status = client.reprovision().await.map_err(fail)?;
+    println!("reprovisioning ({} provisioning)", status.source);
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while wait && status.state == ProvisioningState::Provisioning {
+        if Instant::now() > deadline {
+            return Err("still provisioning after 300 s; see identityd's log".into());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        status = client.provisioning().await.map_err(fail)?;
+    }
+    match status.state {
+        ProvisioningState::Provisioned => {
+            let device = client.device().await.map_err(fail)?;
+            println!(
+                "provisioned: device '{}' on '{}'",
+                device.device_id, device.hub
+            );
+            Ok(())
+        }
+        ProvisioningState::Failed => Err(format!(
+            "reprovisioning failed: {}",
+            status
+                .last_error
+                .unwrap_or_else(|| "no reason recorded".into())
+        )),
+        ProvisioningState::Provisioning => Ok(()),
+    }
+}
+
+/// A value as the APIs name it (`sas`, `provisioned`).
+fn wire<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_value(value)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
