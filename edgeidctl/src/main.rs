@@ -1,5 +1,6 @@
 //! `edgeidctl`: the operator's command line.
 
+mod config_apply;
 mod dev;
 mod ops;
 
@@ -50,12 +51,38 @@ enum Command {
         #[command(subcommand)]
         action: ops::IdentityAction,
     },
+    /// The one config file: check it and write each daemon's own.
+    Config {
+        #[command(subcommand)]
+        action: ConfigAction,
+    },
     /// Certificates.
     Cert {
         #[command(flatten)]
         run: RunDir,
         #[command(subcommand)]
         action: ops::CertAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigAction {
+    /// Check the config file and write /etc/edgeid/<daemon>.d/config.toml for
+    /// each daemon (0600, the daemon's user); restart those that changed.
+    Apply {
+        /// The file a person edits.
+        #[arg(long, short, default_value = "/etc/edgeid/config.toml")]
+        config: PathBuf,
+        /// Write under this directory instead of / (image builds); daemon
+        /// users are looked up in its etc/passwd.
+        #[arg(long, default_value = "/")]
+        root: PathBuf,
+        /// Check everything, write nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Do not restart the daemons whose config changed.
+        #[arg(long)]
+        no_restart: bool,
     },
 }
 
@@ -90,6 +117,20 @@ fn main() -> ExitCode {
         Command::Identity { run, action } => {
             runtime.block_on(ops::identity(&ops::Sockets::new(&run.run_dir), &action))
         }
+        Command::Config {
+            action:
+                ConfigAction::Apply {
+                    config,
+                    root,
+                    dry_run,
+                    no_restart,
+                },
+        } => config_apply::apply(&config_apply::Apply {
+            config,
+            root,
+            dry_run,
+            no_restart,
+        }),
         Command::Cert { run, action } => {
             runtime.block_on(ops::cert(&ops::Sockets::new(&run.run_dir), &action))
         }

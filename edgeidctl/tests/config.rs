@@ -1,0 +1,171 @@
+//! `edgeidctl config apply` into a throwaway root: the shipped template
+//! applies; each daemon's config is 0600 and its user's, and its own config
+//! type accepts it; a second run changes nothing; a broken file is reported
+//! with its line and key and changes nothing on disk.
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const USERS: &str = "root:x:0:0::/root:/bin/sh\n\
+edgeid-ks:x:994:994::/:/usr/sbin/nologin\n\
+edgeid-cs:x:993:993::/:/usr/sbin/nologin\n\
+edgeid-id:x:992:992::/:/usr/sbin/nologin\n\
+edgeid-wl:x:991:991::/:/usr/sbin/nologin\n";
+
+fn template() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/config.toml.template")
+}
+
+fn root() -> tempfile::TempDir {
+    let root = tempfile::Builder::new()
+        .prefix("edgeid-root-")
+        .tempdir_in("/tmp")
+        .unwrap();
+    std::fs::create_dir(root.path().join("etc")).unwrap();
+    std::fs::write(root.path().join("etc/passwd"), USERS).unwrap();
+    root
+}
+
+fn apply(config: &Path, root: &Path) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_edgeidctl"))
+        .args(["config", "apply", "--no-restart", "-c"])
+        .arg(config)
+        .arg("--root")
+        .arg(root)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn the_template_applies_and_a_second_run_changes_nothing() {
+    let root = root();
+    let (ok, out, err) = apply(&template(), root.path());
+    assert!(ok, "{out}{err}");
+    for (daemon, uid) in [
+        ("keyd", 994),
+        ("certd", 993),
+        ("identityd", 992),
+        ("workloadd", 991),
+    ] {
+        let file = root
+            .path()
+            .join(format!("etc/edgeid/{daemon}.d/config.toml"));
+        let meta = std::fs::metadata(&file).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600, "{daemon}");
+        if edgeid_common::current_uid() == 0 {
+            assert_eq!(meta.uid(), uid, "{daemon}'s config is its user's");
+        }
+        let dir = std::fs::metadata(file.parent().unwrap()).unwrap();
+        assert_eq!(dir.permissions().mode() & 0o777, 0o700);
+        assert!(out.contains(&format!("{daemon:<10} written")), "{out}");
+    }
+    // Each daemon reads its config with its own loader.
+    let etc = root.path().join("etc/edgeid");
+    let keyd = edgeid_keyd::KeydConfig::load(&etc.join("keyd.d/config.toml")).unwrap();
+    assert!(keyd
+        .principals
+        .iter()
+        .any(|p| p.name == "certd" && p.uid == 993));
+    edgeid_certd::CertdConfig::load(&etc.join("certd.d/config.toml"))
+        .unwrap()
+        .validate()
+        .unwrap();
+    let identityd =
+        edgeid_identityd::IdentitydConfig::load(&etc.join("identityd.d/config.toml")).unwrap();
+    identityd.validate().unwrap();
+    assert!(identityd
+        .principals
+        .iter()
+        .any(|p| p.name == "workloadd" && p.uid == 991));
+    edgeid_workloadapi::WorkloadConfig::load(&etc.join("workloadd.d/config.toml"))
+        .unwrap()
+        .validate()
+        .unwrap();
+
+    let (ok, out, _) = apply(&template(), root.path());
+    assert!(ok);
+    assert_eq!(out.matches("unchanged").count(), 4, "{out}");
+}
+
+#[test]
+fn callers_and_sections_reach_the_right_daemons() {
+    let root = root();
+    let config = root.path().join("config.toml");
+    std::fs::write(
+        &config,
+        "[keys]\nbackend = \"software\"\n[[keys.override]]\nkeys = [\"device-id\"]\nbackend = \"software\"\n\
+         [certificates.renewal]\nthreshold_percent = 70\n\
+         [provisioning]\nsource = \"local\"\ndevice_id = \"d1\"\n\
+         [workload.certificates]\nidentity_max_days = 7\n\
+         [[orchestrator]]\nname = \"edgeagent\"\nuid = 990\n\
+         [[module]]\nname = \"tempsensor\"\nuid = 1001\n",
+    )
+    .unwrap();
+    let (ok, out, err) = apply(&config, root.path());
+    assert!(ok, "{out}{err}");
+    let etc = root.path().join("etc/edgeid");
+    let certd = edgeid_certd::CertdConfig::load(&etc.join("certd.d/config.toml")).unwrap();
+    assert_eq!(certd.renewal.threshold_percent, 70);
+    let identityd =
+        edgeid_identityd::IdentitydConfig::load(&etc.join("identityd.d/config.toml")).unwrap();
+    assert!(identityd
+        .principals
+        .iter()
+        .any(|p| p.name == "edgeagent" && p.uid == 990));
+    assert!(identityd
+        .principals
+        .iter()
+        .any(|p| p.module() == "tempsensor" && p.uid == 1001));
+    let workload =
+        edgeid_workloadapi::WorkloadConfig::load(&etc.join("workloadd.d/config.toml")).unwrap();
+    assert_eq!(workload.orchestrator_uids, vec![990]);
+    assert_eq!(workload.modules[0].name, "tempsensor");
+    assert_eq!(workload.certificates.identity_max_days, 7);
+}
+
+#[test]
+fn a_broken_file_is_named_and_changes_nothing() {
+    let root = root();
+    let (ok, _, _) = apply(&template(), root.path());
+    assert!(ok);
+    let keyd_file = root.path().join("etc/edgeid/keyd.d/config.toml");
+    let before = std::fs::read_to_string(&keyd_file).unwrap();
+    let config = root.path().join("config.toml");
+    for (text, wanted) in [
+        ("[keys]\nbakend = \"tpm\"\n[provisioning]\nsource = \"local\"\ndevice_id = \"d\"\n", "line 2"),
+        ("[keys]\nbackend = \"tmp\"\n[provisioning]\nsource = \"local\"\ndevice_id = \"d\"\n", "keys.backend"),
+        ("[provisioning]\nsource = \"manual\"\nconnection_string = \"HostName=h\"\n", "DeviceId"),
+        ("[certificates.renewal]\nthreshold_percent = 100\n[provisioning]\nsource = \"local\"\ndevice_id = \"d\"\n", "threshold_percent"),
+        ("[provisioning]\nsource = \"local\"\n", "device_id"),
+    ] {
+        std::fs::write(&config, text).unwrap();
+        let (ok, out, err) = apply(&config, root.path());
+        assert!(!ok, "{text}: {out}");
+        assert!(err.contains(wanted), "{text}: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+        assert_eq!(std::fs::read_to_string(&keyd_file).unwrap(), before, "nothing changed on disk");
+    }
+    // Missing daemon users: named, nothing written.
+    let bare = tempfile::Builder::new()
+        .prefix("edgeid-bare-")
+        .tempdir_in("/tmp")
+        .unwrap();
+    std::fs::create_dir(bare.path().join("etc")).unwrap();
+    std::fs::write(
+        bare.path().join("etc/passwd"),
+        "root:x:0:0::/root:/bin/sh\n",
+    )
+    .unwrap();
+    let (ok, _, err) = apply(&template(), bare.path());
+    assert!(
+        !ok && err.contains("edgeid-ks") && err.contains("sysusers"),
+        "{err}"
+    );
+    assert!(!bare.path().join("etc/edgeid").exists());
+}
