@@ -102,7 +102,7 @@ pub struct Apply {
 }
 
 /// A daemon user's uid and gid from `etc/passwd` under the root.
-fn user(root: &Path, name: &str) -> Result<(u32, u32), String> {
+pub fn user(root: &Path, name: &str) -> Result<(u32, u32), String> {
     let passwd = root.join("etc/passwd");
     let text = std::fs::read_to_string(&passwd)
         .map_err(|e| format!("cannot read {}: {e}", passwd.display()))?;
@@ -364,8 +364,14 @@ fn check_generated(daemon: &str, text: &str) -> Result<(), String> {
     }
 }
 
-/// `edgeidctl config apply`.
-pub fn apply(opts: &Apply) -> Result<(), String> {
+/// Steps 1-3 of `apply`: everything checked, nothing written.
+pub fn check_only(opts: &Apply) -> Result<(), String> {
+    prepare(opts).map(|_| ())
+}
+
+/// The user's file checked, the users found, every daemon's config built
+/// and checked by the daemon's own types.
+fn prepare(opts: &Apply) -> Result<(Vec<String>, [(u32, u32); 4]), String> {
     // 1. The user's file, checked with file, line and key in every message.
     let _typed: EdgeidConfig =
         edgeid_common::config::load(&opts.config).map_err(|e| e.to_string())?;
@@ -384,6 +390,12 @@ pub fn apply(opts: &Apply) -> Result<(), String> {
     for ((daemon, _), text) in DAEMONS.iter().zip(&configs) {
         check_generated(daemon, text)?;
     }
+    Ok((configs, users))
+}
+
+/// `edgeidctl config apply`.
+pub fn apply(opts: &Apply) -> Result<(), String> {
+    let (configs, users) = prepare(opts)?;
     if opts.dry_run {
         println!(
             "{}: good; nothing written (--dry-run)",

@@ -1,5 +1,6 @@
 //! `edgeidctl`: the operator's command line.
 
+mod check;
 mod config_apply;
 mod dev;
 mod ops;
@@ -38,6 +39,21 @@ enum Command {
         /// Return once started, without waiting.
         #[arg(long)]
         no_wait: bool,
+    },
+    /// Diagnose the device: config, files, daemons, key stores, clock,
+    /// certificates, cloud endpoints; a fix hint for each problem.
+    Check {
+        /// The file a person edits.
+        #[arg(long, short, default_value = "/etc/edgeid/config.toml")]
+        config: PathBuf,
+        /// Where /etc and /var are (image builds).
+        #[arg(long, default_value = "/")]
+        root: PathBuf,
+        #[command(flatten)]
+        run: RunDir,
+        /// `text` or `json`.
+        #[arg(long, default_value = "text", value_parser = ["text", "json"])]
+        output: String,
     },
     /// What is provisioned, each daemon's health, modules and certificates.
     Status {
@@ -113,6 +129,17 @@ fn main() -> ExitCode {
         Command::Reprovision { run, no_wait } => {
             runtime.block_on(ops::reprovision(&ops::Sockets::new(&run.run_dir), !no_wait))
         }
+        Command::Check {
+            config,
+            root,
+            run,
+            output,
+        } => runtime.block_on(check::check(&check::Check {
+            config,
+            root,
+            run_dir: run.run_dir,
+            json: output == "json",
+        })),
         Command::Status { run } => runtime.block_on(ops::status(&ops::Sockets::new(&run.run_dir))),
         Command::Identity { run, action } => {
             runtime.block_on(ops::identity(&ops::Sockets::new(&run.run_dir), &action))

@@ -169,3 +169,53 @@ fn a_broken_file_is_named_and_changes_nothing() {
     );
     assert!(!bare.path().join("etc/edgeid").exists());
 }
+
+#[test]
+fn check_reports_each_problem_with_a_hint_and_fails() {
+    let root = root();
+    let (ok, _, _) = apply(&template(), root.path());
+    assert!(ok);
+    // A config file someone loosened.
+    let certd = root.path().join("etc/edgeid/certd.d/config.toml");
+    std::fs::set_permissions(&certd, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_edgeidctl"))
+        .args(["check", "--output", "json", "-c"])
+        .arg(template())
+        .arg("--root")
+        .arg(root.path())
+        .arg("--run-dir")
+        .arg(root.path().join("run"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "daemons down is a failure");
+    let findings: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let find = |check: &str| -> serde_json::Value {
+        findings
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["check"] == check)
+            .cloned()
+            .unwrap_or_else(|| panic!("no check '{check}': {findings}"))
+    };
+    assert_eq!(find("config")["status"], "pass");
+    assert_eq!(find("keyd config file")["status"], "pass");
+    let loose = find("certd config file");
+    assert_eq!(loose["status"], "fail");
+    assert!(loose["detail"].as_str().unwrap().contains("644"), "{loose}");
+    assert!(
+        loose["hint"].as_str().unwrap().contains("config apply"),
+        "{loose}"
+    );
+    let down = find("keyd answers");
+    assert_eq!(down["status"], "fail");
+    assert!(
+        down["hint"]
+            .as_str()
+            .unwrap()
+            .contains("edgeid-keyd.socket"),
+        "{down}"
+    );
+    assert_eq!(find("clock")["status"], "pass");
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("panicked"));
+}

@@ -126,6 +126,39 @@ async fn dev_mode_starts_fast_serves_everything_and_stops_clean() {
     assert!(ok && out.contains("provisioned: device"), "{out}");
     let (ok, _, err) = ctl(&["cert", "show", "ghost"]);
     assert!(!ok && err.contains("ghost"), "{err}");
+    // `check` against the running suite: the daemons, key store, clock and
+    // certificates pass (the config files are not in this root: those fail).
+    let out = Command::new(env!("CARGO_BIN_EXE_edgeidctl"))
+        .args(["check", "--output", "json", "--root"])
+        .arg(dir.path())
+        .arg("--run-dir")
+        .arg(dir.path())
+        .arg("-c")
+        .arg(dir.path().join("no-such-config.toml"))
+        .output()
+        .unwrap();
+    let findings: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let status = |check: &str| {
+        findings
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["check"] == check)
+            .map(|f| f["status"].as_str().unwrap_or_default().to_owned())
+            .unwrap_or_else(|| panic!("no '{check}' in {findings}"))
+    };
+    for check in [
+        "keyd answers",
+        "certd answers",
+        "identityd answers",
+        "workloadd answers",
+        "key store software",
+        "clock",
+        "certificate device-id",
+    ] {
+        assert_eq!(status(check), "pass", "{check}: {findings}");
+    }
+    assert_eq!(status("config"), "fail");
 
     // Ctrl-C.
     // SAFETY: kill(2) on our own child's pid.
