@@ -88,6 +88,9 @@ const DAEMONS: [(&str, &str); 4] = [
     ("workloadd", "edgeid-wl"),
 ];
 
+/// Each daemon's user's (uid, gid), in `DAEMONS` order.
+type Users = [(u32, u32); 4];
+
 /// Options of `config apply`.
 pub struct Apply {
     /// The user-edited file.
@@ -152,7 +155,7 @@ fn pass(out: &mut Table, to: &str, raw: &Table, from: &[&str]) {
 }
 
 /// The four daemon configs as TOML text, in `DAEMONS` order.
-fn build(raw: &Table, users: &[(u32, u32); 4]) -> Vec<String> {
+fn build(raw: &Table, users: &Users) -> Vec<String> {
     let [_ks, cs, id, wl] = users.map(|(u, _)| u);
     let server = |sock: &str| table(vec![("socket", s(&format!("/run/edgeid/{sock}")))]);
 
@@ -371,7 +374,7 @@ pub fn check_only(opts: &Apply) -> Result<(), String> {
 
 /// The user's file checked, the users found, every daemon's config built
 /// and checked by the daemon's own types.
-fn prepare(opts: &Apply) -> Result<(Vec<String>, [(u32, u32); 4]), String> {
+fn prepare(opts: &Apply) -> Result<(Vec<String>, Users), String> {
     // 1. The user's file, checked with file, line and key in every message.
     let _typed: EdgeidConfig =
         edgeid_common::config::load(&opts.config).map_err(|e| e.to_string())?;
