@@ -3,6 +3,7 @@
 mod check;
 mod config_apply;
 mod dev;
+mod factory;
 mod ops;
 
 use std::path::PathBuf;
@@ -71,6 +72,15 @@ enum Command {
     Config {
         #[command(subcommand)]
         action: ConfigAction,
+    },
+    /// Factory line provisioning: identity key, CSR, certificate, check.
+    Factory {
+        #[command(flatten)]
+        run: RunDir,
+        #[command(flatten)]
+        args: factory::FactoryArgs,
+        #[command(subcommand)]
+        action: factory::FactoryAction,
     },
     /// Certificates.
     Cert {
@@ -158,6 +168,9 @@ fn main() -> ExitCode {
             dry_run,
             no_restart,
         }),
+        Command::Factory { run, args, action } => {
+            runtime.block_on(factory::run(&run.run_dir, &args, &action))
+        }
         Command::Cert { run, action } => {
             runtime.block_on(ops::cert(&ops::Sockets::new(&run.run_dir), &action))
         }
