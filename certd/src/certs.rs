@@ -411,6 +411,21 @@ impl Certd {
         })
     }
 
+    /// `POST /v1/certificates/{id}`: renews an issued certificate now, by
+    /// its policy (a new key if it rekeys); the old one stays until the new
+    /// one is stored.
+    pub async fn renew_now(&self, caller: &Caller, id: &str) -> Result<CertificateInfo, Error> {
+        self.authorize(caller, id)?;
+        let record = self.record(id)?;
+        if !matches!(record.origin, Origin::Issued(_)) || record.renewal.is_none() {
+            return Err(Error::BadRequest(format!(
+                "certificate '{id}' was imported; certd renews only what it issued (import a new one)"
+            )));
+        }
+        self.renew(id).await?;
+        self.get(caller, id).await
+    }
+
     fn record(&self, id: &str) -> Result<CertRecord, Error> {
         self.store
             .get(id)?

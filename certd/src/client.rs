@@ -59,6 +59,16 @@ impl CertdClient {
             .await
     }
 
+    /// Renews an issued certificate now; the new chain and expiry.
+    pub async fn renew(&self, id: &str) -> Result<CertificateInfo, ClientError> {
+        self.http
+            .post(
+                &format!("/v1/certificates/{}", encode(id)),
+                &serde_json::json!({}),
+            )
+            .await
+    }
+
     /// Deletes a certificate (its key stays in keyd).
     pub async fn delete(&self, id: &str) -> Result<(), ClientError> {
         self.http

@@ -16,6 +16,7 @@ enum Route {
     Get,
     Import,
     Delete,
+    Renew,
     TrustBundle,
 }
 
@@ -27,6 +28,7 @@ static ROUTES: LazyLock<Routes<Route>> = LazyLock::new(|| {
         (Method::GET, "/v1/certificates/{*id}", Route::Get),
         (Method::PUT, "/v1/certificates/{*id}", Route::Import),
         (Method::DELETE, "/v1/certificates/{*id}", Route::Delete),
+        (Method::POST, "/v1/certificates/{*id}", Route::Renew),
         (Method::GET, "/v1/trust-bundle", Route::TrustBundle),
     ])
 });
@@ -55,6 +57,7 @@ impl Handler for Certd {
                 Err(e) => ApiResponse::error(&e),
             },
             Route::Delete => no_content(self.delete(caller, id).await),
+            Route::Renew => ApiResponse::from_result(ok, self.renew_now(caller, id).await),
             Route::TrustBundle => ApiResponse::from_result(ok, self.trust_bundle().await),
         }
     }

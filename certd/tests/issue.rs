@@ -448,3 +448,38 @@ async fn principals_get_their_certificate_ids_and_names_only() {
         .unwrap()
         .contains("BEGIN CERTIFICATE"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renewal_on_request_gives_a_new_certificate_and_key() {
+    let s = suite().await;
+    let client = s.certd.client();
+    let bundle = client.trust_bundle().await.unwrap();
+    let first = client
+        .create(&request("svc", IssuerKind::LocalCa, Profile::Server))
+        .await
+        .unwrap();
+    let before = client.get("svc").await.unwrap();
+    let renewed = client.renew("svc").await.unwrap();
+    assert_ne!(
+        leaf_der(&renewed.pem),
+        leaf_der(&first),
+        "a new certificate"
+    );
+    assert_ne!(
+        renewed.key_id, before.key_id,
+        "with a new key (rekey is the default)"
+    );
+    openssl::verify_chain(&bundle, &renewed.pem, "sslserver").unwrap();
+    assert_eq!(
+        client.get("svc").await.unwrap().pem,
+        renewed.pem,
+        "and it is the stored one"
+    );
+    // Only what certd issued is renewed; unknown ids are 404.
+    let chain = client.get("svc").await.unwrap().pem;
+    client.import("imported", &chain, None).await.unwrap();
+    let err = client.renew("imported").await.unwrap_err();
+    assert_eq!(err.status(), Some(http::StatusCode::BAD_REQUEST), "{err}");
+    let err = client.renew("ghost").await.unwrap_err();
+    assert_eq!(err.status(), Some(http::StatusCode::NOT_FOUND), "{err}");
+}

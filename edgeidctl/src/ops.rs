@@ -209,6 +209,11 @@ pub enum CertAction {
         /// The certificate id.
         id: String,
     },
+    /// Renew a certificate certd issued, now (by its policy: a new key if it rekeys).
+    Renew {
+        /// The certificate id.
+        id: String,
+    },
 }
 
 /// `edgeidctl cert list|show`.
@@ -221,6 +226,16 @@ pub async fn cert(s: &Sockets, action: &CertAction) -> Result<(), String> {
                 let info = client.get(&id).await.map_err(fail)?;
                 println!("{id}\t{}", info.not_after);
             }
+        }
+        CertAction::Renew { id } => {
+            let info = client.renew(id).await.map_err(fail)?;
+            println!(
+                "renewed '{id}': expires {}{}",
+                info.not_after,
+                info.key_id
+                    .map(|k| format!(", key '{k}'"))
+                    .unwrap_or_default()
+            );
         }
         CertAction::Show { id } => {
             let info = client.get(id).await.map_err(fail)?;

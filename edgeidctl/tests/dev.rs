@@ -124,6 +124,8 @@ async fn dev_mode_starts_fast_serves_everything_and_stops_clean() {
     );
     let (ok, out, _) = ctl(&["reprovision"]);
     assert!(ok && out.contains("provisioned: device"), "{out}");
+    let (ok, out, err) = ctl(&["cert", "renew", "device-id"]);
+    assert!(ok && out.contains("renewed 'device-id'"), "{out}{err}");
     let (ok, _, err) = ctl(&["cert", "show", "ghost"]);
     assert!(!ok && err.contains("ghost"), "{err}");
     // `check` against the running suite: the daemons, key store, clock and
