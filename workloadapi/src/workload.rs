@@ -45,7 +45,6 @@ pub struct Workload {
     identityd: IdentitydClient,
     by_uid: HashMap<u32, String>,
     identities: Mutex<HashMap<String, (ModuleIdentity, Instant)>>,
-    device: Mutex<Option<DeviceIdentity>>,
     encryption_base: Mutex<Option<KeyHandle>>,
     pub(crate) sockets: crate::sockets::ModuleSockets,
 }
@@ -74,7 +73,6 @@ impl Workload {
                 .map(|m| (m.uid, m.name.clone()))
                 .collect(),
             identities: Mutex::new(HashMap::new()),
-            device: Mutex::new(None),
             encryption_base: Mutex::new(None),
             sockets: crate::sockets::ModuleSockets::default(),
             config,
@@ -103,9 +101,12 @@ impl Workload {
         };
         if mine != name {
             tracing::warn!(uid = caller.uid, pid = caller.pid, module = %names::shown(name), own = %mine, "refused: another module's name");
+            let who_is = match who.bound {
+                Some(_) => "this socket is".to_owned(),
+                None => format!("uid {} is", caller.uid),
+            };
             return Err(Error::Forbidden(format!(
-                "uid {} is module '{mine}'; it may not act for module '{}'",
-                caller.uid,
+                "{who_is} module '{mine}'; it may not act for module '{}'",
                 names::shown(name)
             )));
         }
@@ -207,10 +208,11 @@ impl Workload {
             "edgeid workload encryption\n{}\n{}",
             module.module_id, module.generation_id
         );
-        self.keyd
-            .derive(&base, info.as_bytes())
-            .await
-            .map_err(|e| Error::from_daemon("keyd", "deriving the module's key", e))
+        self.keyd.derive(&base, info.as_bytes()).await.map_err(|e| {
+            // The base key was replaced in keyd: make or load it again next time.
+            *lock(&self.encryption_base) = None;
+            Error::from_daemon("keyd", "deriving the module's key", e)
+        })
     }
 
     /// `POST .../encrypt`: AES-256-GCM in keyd; the IV is bound as associated data.
@@ -263,17 +265,13 @@ impl Workload {
         })
     }
 
+    /// The device identity, asked each time (a reprovisioning may change it;
+    /// certificates are issued rarely).
     async fn device(&self) -> Result<DeviceIdentity, Error> {
-        if let Some(d) = lock(&self.device).clone() {
-            return Ok(d);
-        }
-        let d = self
-            .identityd
+        self.identityd
             .device()
             .await
-            .map_err(|e| Error::from_daemon("identityd", "the device identity", e))?;
-        *lock(&self.device) = Some(d.clone());
-        Ok(d)
+            .map_err(|e| Error::from_daemon("identityd", "the device identity", e))
     }
 
     /// `POST /modules/{name}/certificate/identity`: a client certificate for a
