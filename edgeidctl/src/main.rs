@@ -82,6 +82,13 @@ enum Command {
         #[command(subcommand)]
         action: factory::FactoryAction,
     },
+    /// Keys.
+    Key {
+        #[command(flatten)]
+        run: RunDir,
+        #[command(subcommand)]
+        action: ops::KeyAction,
+    },
     /// Certificates.
     Cert {
         #[command(flatten)]
@@ -170,6 +177,9 @@ fn main() -> ExitCode {
         }),
         Command::Factory { run, args, action } => {
             runtime.block_on(factory::run(&run.run_dir, &args, &action))
+        }
+        Command::Key { run, action } => {
+            runtime.block_on(ops::key(&ops::Sockets::new(&run.run_dir), &action))
         }
         Command::Cert { run, action } => {
             runtime.block_on(ops::cert(&ops::Sockets::new(&run.run_dir), &action))

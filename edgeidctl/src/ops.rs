@@ -127,6 +127,12 @@ pub async fn status(s: &Sockets) -> Result<(), String> {
             );
         }
     }
+    if let Ok(keys) = s.keyd().list_keys().await {
+        println!("keys ({})", keys.len());
+        for k in keys {
+            println!("  {:<32} {:<12} {}", k.id, k.kind, k.backend);
+        }
+    }
     let certd = s.certd();
     if let Ok(ids) = certd.list().await {
         println!("certificates ({})", ids.len());
@@ -197,6 +203,30 @@ pub enum IdentityAction {
         /// The module id.
         module: String,
     },
+}
+
+/// `edgeidctl key ...`
+#[derive(clap::Subcommand)]
+pub enum KeyAction {
+    /// Key ids, their types and the store holding each.
+    List,
+}
+
+/// `edgeidctl key list`.
+pub async fn key(s: &Sockets, action: &KeyAction) -> Result<(), String> {
+    match action {
+        KeyAction::List => {
+            let keys = s
+                .keyd()
+                .list_keys()
+                .await
+                .map_err(|e| s.failed("keyd", e))?;
+            for k in keys {
+                println!("{}\t{}\t{}", k.id, k.kind, k.backend);
+            }
+        }
+    }
+    Ok(())
 }
 
 /// `edgeidctl cert ...`

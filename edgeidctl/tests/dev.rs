@@ -124,6 +124,17 @@ async fn dev_mode_starts_fast_serves_everything_and_stops_clean() {
     );
     let (ok, out, _) = ctl(&["reprovision"]);
     assert!(ok && out.contains("provisioned: device"), "{out}");
+    let (ok, out, err) = ctl(&["key", "list"]);
+    for wanted in [
+        "device-ca\tec-p256\tsoftware",
+        "device-id\tec-p256\tsoftware",
+        "module-derivation\thmac-sha256\tsoftware",
+    ] {
+        assert!(
+            ok && out.contains(wanted),
+            "key list lacks {wanted}:\n{out}{err}"
+        );
+    }
     let (ok, out, err) = ctl(&["cert", "renew", "device-id"]);
     assert!(ok && out.contains("renewed 'device-id'"), "{out}{err}");
     let (ok, _, err) = ctl(&["cert", "show", "ghost"]);

@@ -220,3 +220,21 @@ pub struct TpmActivateRequest {
     /// credential for this TPM's EK and an HMAC key wrapped to its storage key.
     pub blob: Base64Bytes,
 }
+
+/// One key in `GET /v1/keys`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KeyInfo {
+    /// The key id.
+    pub id: String,
+    /// Its spec or symmetric type (`ec-p256`, `hmac-sha256`, ...).
+    pub kind: String,
+    /// The store holding it (`software`, `tpm`, `pkcs11`).
+    pub backend: String,
+}
+
+/// `GET /v1/keys`: the keys the caller may use.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KeyList {
+    /// Sorted by id.
+    pub keys: Vec<KeyInfo>,
+}

@@ -165,6 +165,11 @@ impl KeydClient {
         Ok(self.http.post::<_, CryptResponse>(path, &req).await?.data.0)
     }
 
+    /// The keys this caller may use, in every store.
+    pub async fn list_keys(&self) -> Result<Vec<KeyInfo>, ClientError> {
+        Ok(self.http.get::<KeyList>("/v1/keys").await?.keys)
+    }
+
     /// Deletes a key pair.
     pub async fn delete_key_pair(&self, id: &str) -> Result<(), ClientError> {
         self.http

@@ -365,6 +365,24 @@ impl Keyd {
     }
 
     /// `GET /v1/health`: version and each store's state. Open to any caller.
+    /// `GET /v1/keys`: the keys the caller may use, in every open store.
+    pub async fn list(&self, caller: &Caller) -> Result<KeyList, Error> {
+        let mut keys = Vec::new();
+        for (kind, store) in &self.stores.open {
+            for record in store.list().await? {
+                if self.access.allows(caller, record.id.as_str()) {
+                    keys.push(KeyInfo {
+                        id: record.id.as_str().to_owned(),
+                        kind: record.kind.to_string(),
+                        backend: kind.to_string(),
+                    });
+                }
+            }
+        }
+        keys.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(KeyList { keys })
+    }
+
     pub async fn health(&self) -> Health {
         let mut backends = BTreeMap::new();
         for (kind, store) in &self.stores.open {

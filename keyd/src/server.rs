@@ -24,11 +24,13 @@ enum Route {
     Decrypt,
     TpmAttestationKeys,
     TpmActivate,
+    List,
 }
 
 static ROUTES: LazyLock<Routes<Route>> = LazyLock::new(|| {
     Routes::new(&[
         (Method::GET, "/v1/health", Route::Health),
+        (Method::GET, "/v1/keys", Route::List),
         (Method::POST, "/v1/keypair", Route::CreateKeyPair),
         (Method::GET, "/v1/keypair/{*id}", Route::GetKeyPair),
         (Method::DELETE, "/v1/keypair/{*id}", Route::DeleteKeyPair),
@@ -68,6 +70,7 @@ impl Handler for Keyd {
         }
         match route {
             Route::Health => ApiResponse::json(ok, &self.health().await),
+            Route::List => ApiResponse::from_result(ok, self.list(&req.caller).await),
             Route::CreateKeyPair => with_body!(create_key_pair),
             Route::PublicKey => with_body!(public_key),
             Route::Sign => with_body!(sign),

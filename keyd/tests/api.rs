@@ -811,3 +811,53 @@ async fn oversize_bodies_always_get_a_readable_413() {
         .await
         .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_lists_only_the_keys_it_may_use() {
+    assert!(
+        edgeid_testkit::is_root(),
+        "this test switches uids: run it as root"
+    );
+    let dir = edgeid_testkit::temp_dir();
+    edgeid_testkit::open_to_others(dir.path());
+    let mut config = KeydFixture::config_in(dir.path());
+    config.server.socket_mode = 0o666;
+    config.principals = vec![PrincipalConfig {
+        name: "module-runner".into(),
+        uid: 65534,
+        keys: Grants::parse(&["module/*"]).unwrap(),
+    }];
+    let keyd = KeydFixture::configured(config, Admins::root_and_self()).await;
+    let client = keyd.client();
+    client
+        .create_key_pair("device-id", KeyPairSpec::EcP384)
+        .await
+        .unwrap();
+    client
+        .create_key("module/a", SymmetricKeyType::HmacSha256, None)
+        .await
+        .unwrap();
+    let all = client.list_keys().await.unwrap();
+    let seen: Vec<(&str, &str, &str)> = all
+        .iter()
+        .map(|k| (k.id.as_str(), k.kind.as_str(), k.backend.as_str()))
+        .collect();
+    assert_eq!(
+        seen,
+        vec![
+            ("device-id", "ec-p384", "software"),
+            ("module/a", "hmac-sha256", "software")
+        ]
+    );
+    let (code, body) =
+        edgeid_testkit::request_as(65534, &keyd.socket(), Method::GET, "/v1/keys", "").await;
+    assert_eq!(code, StatusCode::OK);
+    let list: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let ids: Vec<&str> = list["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, vec!["module/a"], "only what its grants match");
+}

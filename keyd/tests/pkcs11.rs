@@ -290,3 +290,32 @@ async fn removed_token_is_503_until_it_comes_back() {
         pem
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_on_the_token_are_listed_and_foreign_objects_are_not() {
+    let hsm = SoftHsm::new();
+    hsm.init_token("edge");
+    hsm.foreign_key_pair("edge", "not keyd's key");
+    let (_dir, keyd) = keyd_on_token(&hsm, "edge").await;
+    let client = keyd.client();
+    client
+        .create_key_pair("device-id", KeyPairSpec::EcP256)
+        .await
+        .unwrap();
+    client
+        .create_key("module/aes", SymmetricKeyType::Aes256Gcm, None)
+        .await
+        .unwrap();
+    let keys = client.list_keys().await.unwrap();
+    let ids: Vec<(&str, &str, &str)> = keys
+        .iter()
+        .map(|k| (k.id.as_str(), k.kind.as_str(), k.backend.as_str()))
+        .collect();
+    assert_eq!(
+        ids,
+        vec![
+            ("device-id", "ec-p256", "pkcs11"),
+            ("module/aes", "aes-256-gcm", "pkcs11")
+        ]
+    );
+}

@@ -511,3 +511,31 @@ async fn a_key_wrapped_to_this_tpm_is_activated_imported_and_kept() {
         expected(sas)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_in_the_tpm_are_listed() {
+    let tpm = Swtpm::start();
+    let dir = edgeid_testkit::temp_dir();
+    let keyd = keyd_on(&tpm, dir.path()).await;
+    let client = keyd.client();
+    client
+        .create_key_pair("device-id", KeyPairSpec::EcP256)
+        .await
+        .unwrap();
+    client
+        .create_key("module/mac", SymmetricKeyType::HmacSha256, None)
+        .await
+        .unwrap();
+    let keys = client.list_keys().await.unwrap();
+    let seen: Vec<(String, String, String)> = keys
+        .into_iter()
+        .map(|k| (k.id, k.kind, k.backend))
+        .collect();
+    assert_eq!(
+        seen,
+        vec![
+            ("device-id".into(), "ec-p256".into(), "tpm".into()),
+            ("module/mac".into(), "hmac-sha256".into(), "tpm".into()),
+        ]
+    );
+}

@@ -118,6 +118,31 @@ impl SoftHsm {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// Makes an EC key pair on the token with `pkcs11-tool`, labelled as
+    /// given: an object some other program put there.
+    pub fn foreign_key_pair(&self, token: &str, object_label: &str) {
+        crate::require_tool("pkcs11-tool", "opensc");
+        let out = Command::new("pkcs11-tool")
+            .env("SOFTHSM2_CONF", self.conf())
+            .arg("--module")
+            .arg(Self::library())
+            .args(["--token-label", token, "--login", "--pin", PIN])
+            .args([
+                "--keypairgen",
+                "--key-type",
+                "EC:prime256v1",
+                "--label",
+                object_label,
+            ])
+            .output()
+            .expect("run pkcs11-tool");
+        assert!(
+            out.status.success(),
+            "pkcs11-tool: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// The directory holding everything.
     pub fn path(&self) -> &Path {
         self.dir.path()

@@ -205,6 +205,9 @@ pub trait KeyBackend: Send + Sync + 'static {
 
     /// `Ok` when the store is usable, else why not.
     async fn health(&self) -> Result<(), String>;
+
+    /// Every key in the store.
+    async fn list(&self) -> Result<Vec<KeyRecord>, Error>;
 }
 
 /// How a call into a hardware store failed: the device is gone (the store
@@ -279,6 +282,43 @@ pub(crate) fn derive(base: &[u8], derivation: &[Vec<u8>]) -> Zeroizing<Vec<u8>> 
             let tag = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, &key), info);
             Zeroizing::new(tag.as_ref().to_vec())
         })
+}
+
+/// The ids of the key files in `dir` named `<base64url(id)>.<extension>`;
+/// files that are not keyd's are skipped.
+pub(crate) fn ids_in(dir: &std::path::Path, extension: &str) -> Result<Vec<KeyId>, Error> {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine;
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => {
+            return Err(Error::Internal(format!(
+                "cannot list {}: {e}",
+                dir.display()
+            )))
+        }
+    };
+    let mut ids = Vec::new();
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(stem) = name
+            .to_str()
+            .and_then(|n| n.strip_suffix(&format!(".{extension}")))
+        else {
+            continue;
+        };
+        let id = URL_SAFE_NO_PAD
+            .decode(stem)
+            .ok()
+            .and_then(|b| String::from_utf8(b).ok())
+            .and_then(|s| KeyId::new(&s).ok());
+        if let Some(id) = id {
+            ids.push(id);
+        }
+    }
+    ids.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+    Ok(ids)
 }
 
 #[cfg(test)]

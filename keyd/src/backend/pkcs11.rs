@@ -561,6 +561,38 @@ impl KeyBackend for Pkcs11Backend {
         .await
     }
 
+    async fn list(&self) -> Result<Vec<KeyRecord>, Error> {
+        self.run(|token, session| {
+            let mut records = Vec::new();
+            for class in [ObjectClass::PRIVATE_KEY, ObjectClass::SECRET_KEY] {
+                for object in session
+                    .find_objects(&[Attribute::Class(class)])
+                    .map_err(Failure::from)?
+                {
+                    let label = match session
+                        .get_attributes(object, &[AttributeType::Label])
+                        .map_err(Failure::from)?
+                        .first()
+                    {
+                        Some(Attribute::Label(l)) => String::from_utf8(l.clone()).ok(),
+                        _ => None,
+                    };
+                    // Objects keyd did not make (no valid key id label) are not listed.
+                    let Some(id) = label.and_then(|l| KeyId::new(&l).ok()) else {
+                        continue;
+                    };
+                    if let Some(o) = Self::find_object(token, session, &id)? {
+                        records.push(o.record.clone());
+                    }
+                }
+            }
+            records.sort_by(|a, b| a.id.as_str().cmp(b.id.as_str()));
+            records.dedup_by(|a, b| a.id == b.id);
+            Ok(records)
+        })
+        .await
+    }
+
     async fn health(&self) -> Result<(), String> {
         self.run(|_, session| session.get_session_info().map(drop).map_err(Failure::from))
             .await

@@ -396,6 +396,16 @@ impl KeyBackend for SoftwareBackend {
         Ok(())
     }
 
+    async fn list(&self) -> Result<Vec<KeyRecord>, Error> {
+        let mut records = Vec::new();
+        for id in super::ids_in(&self.keys_dir, "key")? {
+            if let Some(r) = self.find(&id).await? {
+                records.push(r);
+            }
+        }
+        Ok(records)
+    }
+
     async fn health(&self) -> Result<(), String> {
         match std::fs::metadata(&self.keys_dir) {
             Ok(m) if m.is_dir() => Ok(()),

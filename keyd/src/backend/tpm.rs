@@ -519,6 +519,16 @@ impl KeyBackend for TpmBackend {
         Ok(())
     }
 
+    async fn list(&self) -> Result<Vec<KeyRecord>, Error> {
+        let mut records = Vec::new();
+        for id in super::ids_in(&self.dir, "blob")? {
+            if let Some(r) = self.find(&id).await? {
+                records.push(r);
+            }
+        }
+        Ok(records)
+    }
+
     async fn health(&self) -> Result<(), String> {
         self.run(|tpm| {
             if tpm.alive() {
