@@ -117,10 +117,23 @@ pub async fn run(dir: &Path, modules: &[String], backend: &BackendArgs) -> Resul
         wait_for(stop_rx.clone()),
     ));
     let identityd_client = edgeid_identityd::IdentitydClient::new(&identityd_socket);
-    let device = ready("identityd", &mut identityd, started, 20, || {
-        identityd_client.device()
+    // Ready once provisioned (asking for the device before that would only
+    // log a 503 in identityd).
+    ready("identityd", &mut identityd, started, 20, || async {
+        match identityd_client.provisioning().await {
+            Ok(p) if p.state == edgeid_identityd::api::ProvisioningState::Provisioned => Ok(()),
+            Ok(p) => Err(format!(
+                "not provisioned yet ({})",
+                p.last_error.unwrap_or_else(|| "in progress".into())
+            )),
+            Err(e) => Err(e.to_string()),
+        }
     })
     .await?;
+    let device = identityd_client
+        .device()
+        .await
+        .map_err(|e| format!("identityd: {e}"))?;
     let mut declared = vec!["dev-module".to_owned()];
     declared.extend(modules.iter().cloned());
     let mut identities = Vec::new();
