@@ -95,52 +95,41 @@ impl SoftHsm {
     /// `pkcs11-tool --list-objects` on the token, logged in (an independent
     /// PKCS#11 client, from OpenSC).
     pub fn list_objects(&self, label: &str) -> String {
-        crate::require_tool("pkcs11-tool", "opensc");
-        let out = Command::new("pkcs11-tool")
-            .env("SOFTHSM2_CONF", self.conf())
-            .arg("--module")
-            .arg(Self::library())
-            .args([
-                "--token-label",
-                label,
-                "--login",
-                "--pin",
-                PIN,
-                "--list-objects",
-            ])
-            .output()
-            .expect("run pkcs11-tool");
-        assert!(
-            out.status.success(),
-            "pkcs11-tool: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        self.pkcs11_tool(label, &["--list-objects"])
     }
 
     /// Makes an EC key pair on the token with `pkcs11-tool`, labelled as
     /// given: an object some other program put there.
     pub fn foreign_key_pair(&self, token: &str, object_label: &str) {
-        crate::require_tool("pkcs11-tool", "opensc");
-        let out = Command::new("pkcs11-tool")
-            .env("SOFTHSM2_CONF", self.conf())
-            .arg("--module")
-            .arg(Self::library())
-            .args(["--token-label", token, "--login", "--pin", PIN])
-            .args([
+        self.pkcs11_tool(
+            token,
+            &[
                 "--keypairgen",
                 "--key-type",
                 "EC:prime256v1",
                 "--label",
                 object_label,
-            ])
+            ],
+        );
+    }
+
+    /// `pkcs11-tool` logged in to the token `label`; its output.
+    fn pkcs11_tool(&self, label: &str, args: &[&str]) -> String {
+        crate::require_tool("pkcs11-tool", "opensc");
+        let out = Command::new("pkcs11-tool")
+            .env("SOFTHSM2_CONF", self.conf())
+            .arg("--module")
+            .arg(Self::library())
+            .args(["--token-label", label, "--login", "--pin", PIN])
+            .args(args)
             .output()
             .expect("run pkcs11-tool");
         assert!(
             out.status.success(),
-            "pkcs11-tool: {}",
+            "pkcs11-tool {args:?}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     /// The directory holding everything.
