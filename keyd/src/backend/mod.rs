@@ -284,9 +284,36 @@ pub(crate) fn derive(base: &[u8], derivation: &[Vec<u8>]) -> Zeroizing<Vec<u8>> 
         })
 }
 
-/// The ids of the key files in `dir` named `<base64url(id)>.<extension>`;
-/// files that are not keyd's are skipped.
-pub(crate) fn ids_in(dir: &std::path::Path, extension: &str) -> Result<Vec<KeyId>, Error> {
+/// The file of key `id` in a store that keeps one file per key:
+/// `<dir>/<base64url(id)>.<extension>` (base64url keeps the '/' in ids from
+/// making subdirectories). [`ids_in`] reads the names back.
+pub(crate) fn key_file(dir: &std::path::Path, id: &KeyId, extension: &str) -> std::path::PathBuf {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine;
+    dir.join(format!(
+        "{}.{extension}",
+        URL_SAFE_NO_PAD.encode(id.as_str())
+    ))
+}
+
+/// Every key of a store that keeps one [`key_file`] per key, as its own
+/// `find` reads them.
+pub(crate) async fn list_key_files<B: KeyBackend + ?Sized>(
+    store: &B,
+    dir: &std::path::Path,
+    extension: &str,
+) -> Result<Vec<KeyRecord>, Error> {
+    let mut records = Vec::new();
+    for id in ids_in(dir, extension)? {
+        if let Some(r) = store.find(&id).await? {
+            records.push(r);
+        }
+    }
+    Ok(records)
+}
+
+/// The ids of the [`key_file`]s in `dir`; files that are not keyd's are skipped.
+fn ids_in(dir: &std::path::Path, extension: &str) -> Result<Vec<KeyId>, Error> {
     use base64::engine::general_purpose::URL_SAFE_NO_PAD;
     use base64::Engine;
     let entries = match std::fs::read_dir(dir) {

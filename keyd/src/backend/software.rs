@@ -16,7 +16,7 @@ use aws_lc_rs::hmac;
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use aws_lc_rs::rsa::KeySize;
 use aws_lc_rs::signature::{self, EcdsaKeyPair, Ed25519KeyPair, KeyPair, RsaKeyPair};
-use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
@@ -115,9 +115,7 @@ impl SoftwareBackend {
     }
 
     fn path_of(&self, id: &KeyId) -> PathBuf {
-        // base64url keeps '/' in ids from making subdirectories.
-        self.keys_dir
-            .join(format!("{}.key", URL_SAFE_NO_PAD.encode(id.as_str())))
+        super::key_file(&self.keys_dir, id, "key")
     }
 
     fn cached(&self, id: &KeyId) -> Option<Arc<LoadedKey>> {
@@ -397,13 +395,7 @@ impl KeyBackend for SoftwareBackend {
     }
 
     async fn list(&self) -> Result<Vec<KeyRecord>, Error> {
-        let mut records = Vec::new();
-        for id in super::ids_in(&self.keys_dir, "key")? {
-            if let Some(r) = self.find(&id).await? {
-                records.push(r);
-            }
-        }
-        Ok(records)
+        super::list_key_files(self, &self.keys_dir, "key").await
     }
 
     async fn health(&self) -> Result<(), String> {

@@ -17,7 +17,7 @@ use async_trait::async_trait;
 use aws_lc_rs::digest;
 use aws_lc_rs::hmac;
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
-use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use serde::{Deserialize, Serialize};
 use tss_esapi::abstraction::ek::{create_ek_object, retrieve_ek_pubcert};
@@ -195,8 +195,7 @@ impl TpmBackend {
     }
 
     fn path_of(&self, id: &KeyId) -> PathBuf {
-        self.dir
-            .join(format!("{}.blob", URL_SAFE_NO_PAD.encode(id.as_str())))
+        super::key_file(&self.dir, id, "blob")
     }
 
     /// The stored key, from the cache or its blob file.
@@ -520,13 +519,7 @@ impl KeyBackend for TpmBackend {
     }
 
     async fn list(&self) -> Result<Vec<KeyRecord>, Error> {
-        let mut records = Vec::new();
-        for id in super::ids_in(&self.dir, "blob")? {
-            if let Some(r) = self.find(&id).await? {
-                records.push(r);
-            }
-        }
-        Ok(records)
+        super::list_key_files(self, &self.dir, "blob").await
     }
 
     async fn health(&self) -> Result<(), String> {
