@@ -1,6 +1,6 @@
 //! certd's errors, and the one place they become HTTP statuses.
 
-use edgeid_common::client::ClientError;
+use edgeid_common::client::{ClientError, Upstream};
 use edgeid_common::HttpError;
 use http::StatusCode;
 
@@ -56,15 +56,11 @@ impl Error {
     /// A keyd failure, seen from certd: keyd's 4xx reasons are passed on (they
     /// describe the caller's request), anything else is keyd being unavailable.
     pub fn from_keyd(what: &str, e: ClientError) -> Self {
-        match e.status() {
-            Some(s) if s == StatusCode::BAD_REQUEST || s == StatusCode::CONFLICT => {
-                Self::BadRequest(format!("{what}: {e}"))
-            }
-            Some(s) if s == StatusCode::NOT_FOUND => Self::NotFound(format!("{what}: {e}")),
-            Some(s) if s == StatusCode::FORBIDDEN => {
-                Self::Internal(format!("{what}: keyd refused certd: {e}"))
-            }
-            _ => Self::Unavailable(format!("{what}: keyd: {e}")),
+        match e.upstream() {
+            Upstream::Rejected => Self::BadRequest(format!("{what}: {e}")),
+            Upstream::NotFound => Self::NotFound(format!("{what}: {e}")),
+            Upstream::NotGranted => Self::Internal(format!("{what}: keyd refused certd: {e}")),
+            Upstream::Unavailable => Self::Unavailable(format!("{what}: keyd: {e}")),
         }
     }
 }

@@ -64,6 +64,32 @@ impl ClientError {
             _ => None,
         }
     }
+
+    /// What this failure means for the request that made the call: every
+    /// daemon that calls another maps it the same way.
+    pub fn upstream(&self) -> Upstream {
+        match self.status() {
+            Some(StatusCode::BAD_REQUEST | StatusCode::CONFLICT) => Upstream::Rejected,
+            Some(StatusCode::NOT_FOUND) => Upstream::NotFound,
+            Some(StatusCode::FORBIDDEN) => Upstream::NotGranted,
+            _ => Upstream::Unavailable,
+        }
+    }
+}
+
+/// A failed call to another daemon, as its caller's caller sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Upstream {
+    /// 400 or 409: what was asked cannot be done; the reason is the
+    /// caller's business (a 400 of the calling daemon).
+    Rejected,
+    /// 404: no such thing.
+    NotFound,
+    /// 403: the daemon refused the *calling daemon*: a grant missing from its
+    /// config, a setup fault (a 500, logged in full).
+    NotGranted,
+    /// Unreachable, timed out, 5xx or a nonsense answer (a 503).
+    Unavailable,
 }
 
 /// Opens a new connection to the socket for each connection the pool needs.

@@ -1,6 +1,6 @@
 //! identityd's errors, and the one place they become HTTP statuses.
 
-use edgeid_common::client::ClientError;
+use edgeid_common::client::{ClientError, Upstream};
 use edgeid_common::HttpError;
 use http::StatusCode;
 
@@ -67,17 +67,13 @@ impl Error {
     /// passed on, a refusal of identityd itself is a setup fault, anything
     /// else is the daemon being unavailable.
     pub fn from_daemon(daemon: &str, what: &str, e: ClientError) -> Self {
-        match e.status() {
-            Some(s) if s == StatusCode::BAD_REQUEST || s == StatusCode::CONFLICT => {
-                Self::BadRequest(format!("{what}: {daemon}: {e}"))
-            }
-            Some(s) if s == StatusCode::NOT_FOUND => {
-                Self::NotFound(format!("{what}: {daemon}: {e}"))
-            }
-            Some(s) if s == StatusCode::FORBIDDEN => Self::Internal(format!(
+        match e.upstream() {
+            Upstream::Rejected => Self::BadRequest(format!("{what}: {daemon}: {e}")),
+            Upstream::NotFound => Self::NotFound(format!("{what}: {daemon}: {e}")),
+            Upstream::NotGranted => Self::Internal(format!(
                 "{what}: {daemon} refused identityd (grant it in {daemon}'s config): {e}"
             )),
-            _ => Self::Unavailable(format!("{what}: {daemon}: {e}")),
+            Upstream::Unavailable => Self::Unavailable(format!("{what}: {daemon}: {e}")),
         }
     }
 

@@ -1,6 +1,6 @@
 //! workloadd's errors, and the one place they become HTTP statuses.
 
-use edgeid_common::client::ClientError;
+use edgeid_common::client::{ClientError, Upstream};
 use edgeid_common::HttpError;
 use http::StatusCode;
 
@@ -40,16 +40,16 @@ impl HttpError for Error {
 }
 
 impl Error {
-    /// A failure of the daemon behind: its 400 / 404 reasons are passed on,
+    /// A failure of the daemon behind: its 400 / 409 / 404 reasons are passed on,
     /// a refusal of workloadd itself is a setup fault, the rest is unavailability.
     pub fn from_daemon(daemon: &str, what: &str, e: ClientError) -> Self {
-        match e.status() {
-            Some(s) if s == StatusCode::BAD_REQUEST => Self::BadRequest(format!("{what}: {e}")),
-            Some(s) if s == StatusCode::NOT_FOUND => Self::NotFound(format!("{what}: {e}")),
-            Some(s) if s == StatusCode::FORBIDDEN => Self::Internal(format!(
+        match e.upstream() {
+            Upstream::Rejected => Self::BadRequest(format!("{what}: {e}")),
+            Upstream::NotFound => Self::NotFound(format!("{what}: {e}")),
+            Upstream::NotGranted => Self::Internal(format!(
                 "{what}: {daemon} refused workloadd (grant it in {daemon}'s config): {e}"
             )),
-            _ => Self::Unavailable(format!("{what}: {daemon}: {e}")),
+            Upstream::Unavailable => Self::Unavailable(format!("{what}: {daemon}: {e}")),
         }
     }
 }
