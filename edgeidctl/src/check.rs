@@ -5,11 +5,12 @@
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::PathBuf;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
-use edgeid_common::client::UdsClient;
 use edgeid_common::server::Health;
 use serde::Serialize;
+
+use crate::daemons::{Daemon, DAEMONS};
 
 /// Options of `check`.
 pub struct Check {
@@ -66,13 +67,6 @@ impl Findings {
     }
 }
 
-const DAEMONS: [(&str, &str, &str, &str); 4] = [
-    ("keyd", "edgeid-ks", "keyd.sock", "/v1/health"),
-    ("certd", "edgeid-cs", "certd.sock", "/v1/health"),
-    ("identityd", "edgeid-id", "identityd.sock", "/v1/health"),
-    ("workloadd", "edgeid-wl", "workload.sock", "/health"),
-];
-
 /// `edgeidctl check`.
 pub async fn check(opts: &Check) -> Result<(), String> {
     let mut f = Findings::default();
@@ -119,7 +113,10 @@ fn config_checks(opts: &Check, f: &mut Findings) {
             "edit /etc/edgeid/config.toml (see packaging/config.toml.template), then `edgeidctl config apply`",
         ),
     }
-    for (daemon, user, _, _) in DAEMONS {
+    for &Daemon {
+        name: daemon, user, ..
+    } in &DAEMONS
+    {
         let file = opts.root.join(format!("etc/edgeid/{daemon}.d/config.toml"));
         let check = format!("{daemon} config file");
         match std::fs::metadata(&file) {
@@ -188,11 +185,11 @@ fn config_checks(opts: &Check, f: &mut Findings) {
 
 async fn daemon_checks(opts: &Check, f: &mut Findings) -> Vec<(String, Health)> {
     let mut healths = Vec::new();
-    for (daemon, _, socket, path) in DAEMONS {
-        let socket = opts.run_dir.join(socket);
-        let client = UdsClient::new(&socket).with_timeout(Duration::from_secs(5));
+    for d in &DAEMONS {
+        let daemon = d.name;
+        let socket = opts.run_dir.join(d.socket);
         let check = format!("{daemon} answers");
-        match client.get::<Health>(path).await {
+        match d.health(&opts.run_dir).await {
             Ok(h) if h.status == "ok" => {
                 f.pass(check, format!("{} ({})", socket.display(), h.version));
                 healths.push((daemon.to_owned(), h));
@@ -213,7 +210,7 @@ async fn daemon_checks(opts: &Check, f: &mut Findings) -> Vec<(String, Health)> 
             }
             Err(e) => f.fail(
                 check,
-                e.to_string(),
+                e,
                 &format!(
                     "systemctl enable --now edgeid-{daemon}.socket; journalctl -u edgeid-{daemon}"
                 ),

@@ -17,6 +17,8 @@ use edgeid_workloadapi::config::CertificatePolicy;
 use serde::Deserialize;
 use toml::{Table, Value};
 
+use crate::daemons::DAEMONS;
+
 /// The user-edited file, typed so that every mistake is reported with the
 /// file, line and key (the daemons' own types check each section).
 #[derive(Debug, Deserialize)]
@@ -79,14 +81,6 @@ struct Party {
     name: String,
     uid: u32,
 }
-
-/// The daemons, their users and where their configs go.
-const DAEMONS: [(&str, &str); 4] = [
-    ("keyd", "edgeid-ks"),
-    ("certd", "edgeid-cs"),
-    ("identityd", "edgeid-id"),
-    ("workloadd", "edgeid-wl"),
-];
 
 /// Each daemon's user's (uid, gid), in `DAEMONS` order.
 type Users = [(u32, u32); 4];
@@ -385,13 +379,13 @@ fn prepare(opts: &Apply) -> Result<(Vec<String>, Users), String> {
         .map_err(|e| format!("config file {}: {e}", opts.config.display()))?;
     // 2. The daemons' users.
     let mut users = [(0u32, 0u32); 4];
-    for (i, (_, name)) in DAEMONS.iter().enumerate() {
-        users[i] = user(&opts.root, name)?;
+    for (i, d) in DAEMONS.iter().enumerate() {
+        users[i] = user(&opts.root, d.user)?;
     }
     // 3. Every daemon's config, checked by the daemon's own types, before anything is written.
     let configs = build(&raw, &users);
-    for ((daemon, _), text) in DAEMONS.iter().zip(&configs) {
-        check_generated(daemon, text)?;
+    for (d, text) in DAEMONS.iter().zip(&configs) {
+        check_generated(d.name, text)?;
     }
     Ok((configs, users))
 }
@@ -411,7 +405,8 @@ pub fn apply(opts: &Apply) -> Result<(), String> {
     edgeid_common::fs::ensure_dir(&etc, 0o755)
         .map_err(|e| format!("cannot make {}: {e}", etc.display()))?;
     let mut changed = Vec::new();
-    for (((daemon, _), text), (uid, gid)) in DAEMONS.iter().zip(&configs).zip(users) {
+    for ((d, text), (uid, gid)) in DAEMONS.iter().zip(&configs).zip(users) {
+        let daemon = d.name;
         let dir = opts.root.join(format!("etc/edgeid/{daemon}.d"));
         let file = dir.join("config.toml");
         if std::fs::read_to_string(&file).ok().as_deref() == Some(text.as_str()) {
@@ -429,7 +424,7 @@ pub fn apply(opts: &Apply) -> Result<(), String> {
             }
         }
         println!("{daemon:<10} written    {}", file.display());
-        changed.push(*daemon);
+        changed.push(daemon);
     }
     let systemd = opts.root == Path::new("/") && Path::new("/run/systemd/system").exists();
     if !opts.no_restart && systemd && !changed.is_empty() {

@@ -309,9 +309,8 @@ async fn stopped<E: std::fmt::Display>(
 
 /// The dev device's id: the host name where it is a valid device id.
 fn device_id() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
+    crate::daemons::hostname()
         .ok()
-        .map(|h| h.trim().to_owned())
         .filter(|h| edgeid_identityd::names::check_device_id(h).is_ok())
         .unwrap_or_else(|| "dev-device".into())
 }

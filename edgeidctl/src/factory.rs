@@ -179,9 +179,9 @@ async fn init(
     let registration_id = match (registration_id, &previous) {
         (Some(r), _) => r,
         (None, Some(p)) => p.registration_id.clone(),
-        (None, None) => std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .map(|h| h.trim().to_owned())
-            .map_err(|e| format!("cannot read the host name ({e}); give --registration-id"))?,
+        (None, None) => {
+            crate::daemons::hostname().map_err(|e| format!("{e}; give --registration-id"))?
+        }
     };
     edgeid_identityd::names::check_device_id(&registration_id)
         .map_err(|e| format!("registration id '{registration_id}': {e}"))?;

@@ -2,6 +2,7 @@
 
 mod check;
 mod config_apply;
+mod daemons;
 mod dev;
 mod factory;
 mod ops;

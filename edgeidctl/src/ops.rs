@@ -53,23 +53,9 @@ impl Sockets {
 pub async fn status(s: &Sockets) -> Result<(), String> {
     let mut down = Vec::new();
     println!("daemons ({})", s.dir.display());
-    let healths = [
-        ("keyd", s.keyd().health().await.map_err(|e| e.to_string())),
-        ("certd", s.certd().health().await.map_err(|e| e.to_string())),
-        (
-            "identityd",
-            s.identityd().health().await.map_err(|e| e.to_string()),
-        ),
-        (
-            "workloadd",
-            edgeid_common::client::UdsClient::new(s.path("workload.sock"))
-                .get::<edgeid_common::server::Health>("/health")
-                .await
-                .map_err(|e| e.to_string()),
-        ),
-    ];
-    for (name, health) in healths {
-        match health {
+    for d in &crate::daemons::DAEMONS {
+        let name = d.name;
+        match d.health(&s.dir).await {
             Ok(h) => {
                 let backends: Vec<String> = h
                     .backends
