@@ -422,26 +422,28 @@ impl Identityd {
     }
 
     async fn cert_key_id(&self, cert_id: &str) -> Result<String, Error> {
+        Ok(self.cert_and_key(cert_id).await?.1)
+    }
+
+    /// A certd certificate (PEM chain) and the keyd id of the key it certifies now.
+    async fn cert_and_key(&self, cert_id: &str) -> Result<(String, String), Error> {
         let info = self
             .certd
             .get(cert_id)
             .await
             .map_err(|e| Error::from_daemon("certd", &format!("certificate '{cert_id}'"), e))?;
-        info.key_id.ok_or_else(|| {
+        let key_id = info.key_id.ok_or_else(|| {
             Error::Internal(format!(
                 "certd does not know the key of certificate '{cert_id}'"
             ))
-        })
+        })?;
+        Ok((info.pem, key_id))
     }
 
     /// A TLS client identity: the certificate chain from certd, its key in keyd.
     pub(crate) async fn x509_identity(&self, cert_id: &str) -> Result<Identity, Error> {
-        let info = self
-            .certd
-            .get(cert_id)
-            .await
-            .map_err(|e| Error::from_daemon("certd", &format!("certificate '{cert_id}'"), e))?;
-        let chain: Vec<Vec<u8>> = pem::parse_many(&info.pem)
+        let (pem_text, key_id) = self.cert_and_key(cert_id).await?;
+        let chain: Vec<Vec<u8>> = pem::parse_many(&pem_text)
             .map_err(|e| Error::Internal(format!("certd sent an unreadable chain: {e}")))?
             .into_iter()
             .filter(|p| p.tag() == "CERTIFICATE")
@@ -450,11 +452,6 @@ impl Identityd {
         if chain.is_empty() {
             return Err(Error::Internal(format!("certificate '{cert_id}' is empty")));
         }
-        let key_id = info.key_id.ok_or_else(|| {
-            Error::Internal(format!(
-                "certd does not know the key of certificate '{cert_id}'"
-            ))
-        })?;
         let key = KeydKey::load(&self.keyd, &key_id)
             .await
             .map_err(Error::from_certd)?;
