@@ -429,6 +429,11 @@ async fn principals_get_their_certificate_ids_and_names_only() {
     assert_eq!(e.status(), Some(StatusCode::FORBIDDEN));
     let e = client.delete("device-ca").await.unwrap_err();
     assert_eq!(e.status(), Some(StatusCode::FORBIDDEN));
+    // Renewal on request too: its own certificate, not another's.
+    let e = client.renew("device-ca").await.unwrap_err();
+    assert_eq!(e.status(), Some(StatusCode::FORBIDDEN));
+    let renewed = client.renew("module/a").await.unwrap();
+    assert_ne!(renewed.pem, own);
     let (st, _) = client
         .transport()
         .raw(

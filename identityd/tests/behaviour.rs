@@ -180,6 +180,19 @@ async fn modules_cannot_read_each_other() {
     assert!(String::from_utf8_lossy(&body).contains("uid 4999 is not a principal of identityd"));
     let (code, _) = call(4100, Method::GET, "/v1/identities/device", "").await;
     assert_eq!(code, StatusCode::OK, "the orchestrator reads the device");
+    // What only the orchestrator may do.
+    for (method, path) in [
+        (Method::POST, "/v1/identities/device/token"),
+        (Method::GET, "/v1/provisioning"),
+        (Method::POST, "/v1/reprovision"),
+    ] {
+        let (code, _) = call(4101, method.clone(), path, "").await;
+        assert_eq!(code, StatusCode::FORBIDDEN, "a module: {method} {path}");
+        let (code, _) = call(4999, method.clone(), path, "").await;
+        assert_eq!(code, StatusCode::FORBIDDEN, "a stranger: {method} {path}");
+    }
+    let (code, _) = call(4100, Method::GET, "/v1/provisioning", "").await;
+    assert_eq!(code, StatusCode::OK);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -235,6 +248,22 @@ async fn bad_input_gets_clear_4xx_answers() {
     assert_eq!(code, StatusCode::BAD_REQUEST);
     assert!(body.contains("expiry_secs"), "{body}");
     let (code, _) = ask(Method::DELETE, "/v1/identities/modules/ghost", "").await;
+    assert_eq!(code, StatusCode::NOT_FOUND);
+    let (code, _) = ask(
+        Method::POST,
+        "/v1/identities/device/token",
+        "{\"expiry_secs\":",
+    )
+    .await;
+    assert_eq!(code, StatusCode::BAD_REQUEST, "malformed JSON");
+    let (code, body) = ask(
+        Method::POST,
+        "/v1/identities/modules/a/token",
+        "{\"expiry\":5}",
+    )
+    .await;
+    assert_eq!(code, StatusCode::BAD_REQUEST, "unknown field: {body}");
+    let (code, _) = ask(Method::POST, "/v1/identities/modules/ghost/token", "").await;
     assert_eq!(code, StatusCode::NOT_FOUND);
     let (code, _) = ask(Method::PUT, "/v1/identities/device", "").await;
     assert_eq!(code, StatusCode::METHOD_NOT_ALLOWED);

@@ -643,6 +643,18 @@ async fn a_per_module_socket_is_that_module_for_whoever_connects() {
         .call(Method::POST, "/v1/modules/ghost/socket", json!({}))
         .await;
     assert_eq!(code, StatusCode::NOT_FOUND);
+    let (code, _) = suite
+        .call(
+            Method::POST,
+            "/v1/modules/mod-b/socket",
+            json!({"uid": "root"}),
+        )
+        .await;
+    assert_eq!(code, StatusCode::BAD_REQUEST, "a malformed body");
+    let (code, _) = suite
+        .call(Method::POST, "/v1/modules/a%2Fb/socket", json!({}))
+        .await;
+    assert_eq!(code, StatusCode::BAD_REQUEST, "a bad module name");
     let (code, body) = suite
         .call(Method::POST, "/v1/modules/mod-b/socket", json!({}))
         .await;
