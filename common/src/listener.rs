@@ -10,6 +10,26 @@ use tokio::net::{UnixListener, UnixStream};
 
 /// The first descriptor systemd passes (`SD_LISTEN_FDS_START`).
 const SD_LISTEN_FDS_START: RawFd = 3;
+/// The descriptors systemd passed this process: how many, and their
+/// `FileDescriptorName`s (possibly none).
+fn passed_fds() -> Option<(usize, Vec<String>)> {
+    let for_us = std::env::var("LISTEN_PID")
+        .ok()
+        .and_then(|p| p.parse::<u32>().ok())
+        .is_some_and(|p| p == std::process::id());
+    let count = std::env::var("LISTEN_FDS")
+        .ok()
+        .and_then(|n| n.parse::<usize>().ok())
+        .unwrap_or(0);
+    if !for_us || count < 1 {
+        return None;
+    }
+    let names = std::env::var("LISTEN_FDNAMES")
+        .map(|n| n.split(':').map(str::to_owned).collect())
+        .unwrap_or_default();
+    Some((count, names))
+}
+
 /// `sun_path` holds 108 bytes including the terminating NUL.
 const MAX_SOCKET_PATH: usize = 107;
 
@@ -38,29 +58,41 @@ impl Listener {
         }
     }
 
-    /// The socket passed by systemd socket activation, if this process was given one.
+    /// Takes over the socket systemd passed under `FileDescriptorName=name`,
+    /// if any; else binds `path` with `mode`. For a daemon's second socket
+    /// (its first is [`Self::open`]'s).
+    pub fn open_named(path: &Path, mode: u32, name: &str) -> io::Result<Self> {
+        let fd = passed_fds().and_then(|(count, names)| {
+            let i = names.iter().position(|n| n == name)?;
+            (i < count).then_some(SD_LISTEN_FDS_START + i as RawFd)
+        });
+        match fd {
+            Some(fd) => Self::from_fd(fd).map(|mut l| {
+                l.description = format!("{} [{name}]", l.description);
+                l
+            }),
+            None => Self::bind(path, mode),
+        }
+    }
+
+    /// The socket passed by systemd socket activation, if this process was
+    /// given one: the first (others are taken by name, [`Self::open_named`]).
     pub fn from_systemd() -> io::Result<Option<Self>> {
-        let for_us = std::env::var("LISTEN_PID")
-            .ok()
-            .and_then(|p| p.parse::<u32>().ok())
-            .is_some_and(|p| p == std::process::id());
-        let count = std::env::var("LISTEN_FDS")
-            .ok()
-            .and_then(|n| n.parse::<i32>().ok())
-            .unwrap_or(0);
-        if !for_us || count < 1 {
-            return Ok(None);
+        match passed_fds() {
+            Some(_) => Self::from_fd(SD_LISTEN_FDS_START).map(Some),
+            None => Ok(None),
         }
-        if count > 1 {
-            tracing::warn!(count, "systemd passed several sockets; using the first");
-        }
-        let fd = SD_LISTEN_FDS_START;
+    }
+
+    fn from_fd(fd: RawFd) -> io::Result<Self> {
         // SAFETY: fstat only reads into the buffer we provide.
         let mut st: libc::stat = unsafe { std::mem::zeroed() };
         if unsafe { libc::fstat(fd, &mut st) } != 0 || st.st_mode & libc::S_IFMT != libc::S_IFSOCK {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
-                "LISTEN_FDS is set but descriptor 3 is not a socket; check the .socket unit",
+                format!(
+                    "LISTEN_FDS is set but descriptor {fd} is not a socket; check the .socket unit"
+                ),
             ));
         }
         // Children (none today) must not inherit the listening socket.
@@ -71,7 +103,7 @@ impl Listener {
         let addr = std_listener.local_addr().map_err(|e| {
             io::Error::new(
                 e.kind(),
-                format!("descriptor 3 from systemd is not a Unix socket: {e}"),
+                format!("descriptor {fd} from systemd is not a Unix socket: {e}"),
             )
         })?;
         std_listener.set_nonblocking(true)?;
@@ -79,11 +111,11 @@ impl Listener {
             Some(p) => format!("{} (from systemd)", p.display()),
             None => "socket from systemd".to_owned(),
         };
-        Ok(Some(Self {
+        Ok(Self {
             inner: UnixListener::from_std(std_listener)?,
             owned: None,
             description,
-        }))
+        })
     }
 
     /// Binds `path`, replacing a stale socket file left by a crash. The socket gets

@@ -21,7 +21,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -236,14 +236,103 @@ pub async fn serve<H: Handler>(
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
     let limits = Arc::new(limits);
-    let slots = Arc::new(Semaphore::new(limits.max_connections));
-    let (stop_tx, stop_rx) = watch::channel(false);
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
         .keep_alive(true)
         .max_buf_size(64 * 1024);
     let http = Arc::new(http);
+    accept_loop(
+        listener,
+        limits.clone(),
+        shutdown,
+        move |stream, caller, stop| {
+            let conn = Connection {
+                caller,
+                handler: handler.clone(),
+                limits: limits.clone(),
+                http: http.clone(),
+            };
+            conn.run(stream, stop)
+        },
+    )
+    .await
+}
+
+/// Serves HTTP/2 (gRPC) on `listener` until `shutdown` resolves: each
+/// connection gets the service `make` builds for its caller. The connection
+/// cap and shutdown grace are those of `limits`; requests have no deadline of
+/// their own (a server stream lasts as long as its client wants), and a peer
+/// that stops answering keep-alive pings is dropped.
+pub async fn serve_h2<M, S, B>(
+    listener: Listener,
+    limits: Limits,
+    shutdown: impl Future<Output = ()>,
+    make: M,
+) -> io::Result<()>
+where
+    M: Fn(Caller) -> S,
+    S: hyper::service::Service<Request<Incoming>, Response = Response<B>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let mut http = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    http.timer(TokioTimer::new())
+        .max_concurrent_streams(H2_MAX_STREAMS)
+        .max_header_list_size(H2_MAX_HEADER_LIST)
+        .keep_alive_interval(Some(H2_KEEPALIVE))
+        .keep_alive_timeout(limits.header_read_timeout);
+    let http = Arc::new(http);
+    accept_loop(
+        listener,
+        Arc::new(limits),
+        shutdown,
+        move |stream, caller, mut stop| {
+            let conn = http.serve_connection(TokioIo::new(stream), make(caller));
+            async move {
+                tokio::pin!(conn);
+                let result = tokio::select! {
+                    result = conn.as_mut() => result,
+                    () = async { let _ = stop.wait_for(|s| *s).await; } => {
+                        conn.as_mut().graceful_shutdown();
+                        conn.await
+                    }
+                };
+                if let Err(e) = result {
+                    tracing::debug!(caller = %caller, error = %e, "connection ended with an error");
+                }
+            }
+        },
+    )
+    .await
+}
+
+/// Streams one HTTP/2 connection may have open at once.
+const H2_MAX_STREAMS: u32 = 64;
+/// Largest header block accepted.
+const H2_MAX_HEADER_LIST: u32 = 16 * 1024;
+/// How often an HTTP/2 peer is pinged to check it is still there.
+const H2_KEEPALIVE: Duration = Duration::from_secs(30);
+
+/// Accepts connections until `shutdown`: at most `limits.max_connections` at
+/// once, each with its caller read from `SO_PEERCRED`, each served on its own
+/// task by what `serve_one` returns (told through `stop` when to wind down).
+/// Then waits up to the shutdown grace for them to end.
+async fn accept_loop<F, Fut>(
+    listener: Listener,
+    limits: Arc<Limits>,
+    shutdown: impl Future<Output = ()>,
+    serve_one: F,
+) -> io::Result<()>
+where
+    F: Fn(UnixStream, Caller, watch::Receiver<bool>) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let (stop_tx, stop_rx) = watch::channel(false);
     tracing::info!(socket = listener.description(), "listening");
 
     tokio::pin!(shutdown);
@@ -280,15 +369,9 @@ pub async fn serve<H: Handler>(
                 continue;
             }
         };
-        let conn = Connection {
-            caller,
-            handler: handler.clone(),
-            limits: limits.clone(),
-            http: http.clone(),
-        };
-        let stop = stop_rx.clone();
+        let served = serve_one(stream, caller, stop_rx.clone());
         tokio::spawn(async move {
-            conn.run(stream, stop).await;
+            served.await;
             drop(permit);
         });
     }
