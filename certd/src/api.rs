@@ -36,6 +36,10 @@ pub enum Profile {
     Client,
     /// TLS server (extendedKeyUsage serverAuth).
     Server,
+    /// Either end of mutual TLS (extendedKeyUsage serverAuth and clientAuth),
+    /// as an X.509-SVID is.
+    #[serde(rename = "client-server")]
+    ClientServer,
     /// A CA (basicConstraints CA:TRUE, pathLen 0, keyCertSign).
     Ca,
 }
@@ -112,6 +116,15 @@ pub struct CreateCertificateRequest {
     /// Renewal policy (default: 80%, rekey when certd holds the key).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub renewal: Option<RenewalPolicy>,
+    /// Issue only: certd neither stores nor renews the certificate. For a CSR
+    /// whose key the requester holds and replaces itself (workloadd's module
+    /// certificates and SVIDs).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub transient: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// A certificate chain, leaf first.

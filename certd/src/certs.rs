@@ -171,6 +171,11 @@ impl Certd {
             Some(s) => s,
             None => self.config.leaf_lifetime_days.saturating_mul(86_400),
         };
+        if req.transient && (req.csr.is_none() || req.renewal.is_some()) {
+            return Err(Error::BadRequest(
+                "transient is for a CSR whose key the requester keeps and renews itself: give csr, and no key_id or renewal".into(),
+            ));
+        }
         let (key, csr_subject) = match (&req.csr, &req.key_id) {
             (Some(_), Some(_)) => {
                 return Err(Error::BadRequest(
@@ -234,6 +239,12 @@ impl Certd {
                 req.csr.as_deref(),
             )
             .await?;
+        if req.transient {
+            tracing::info!(cert = %req.id, issuer = %req.issuer, caller = %caller, "issued a transient certificate (not stored)");
+            return Ok(CertificatePem {
+                pem: chain.to_pem(),
+            });
+        }
         let mut record = CertRecord::new(&req.id, Origin::Issued(req.issuer), chain.to_pem());
         record.profile = Some(req.profile);
         record.key_id = req.key_id.clone();

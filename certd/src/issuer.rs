@@ -78,17 +78,20 @@ pub fn params(
         Some(KeyPairSpec::Rsa2048 | KeyPairSpec::Rsa3072 | KeyPairSpec::Rsa4096)
     );
     match profile {
-        Profile::Client | Profile::Server => {
+        Profile::Client | Profile::Server | Profile::ClientServer => {
             p.is_ca = IsCa::ExplicitNoCa;
             p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
             if rsa {
                 p.key_usages.push(KeyUsagePurpose::KeyEncipherment);
             }
-            p.extended_key_usages = vec![if profile == Profile::Client {
-                ExtendedKeyUsagePurpose::ClientAuth
-            } else {
-                ExtendedKeyUsagePurpose::ServerAuth
-            }];
+            p.extended_key_usages = match profile {
+                Profile::Client => vec![ExtendedKeyUsagePurpose::ClientAuth],
+                Profile::Server => vec![ExtendedKeyUsagePurpose::ServerAuth],
+                _ => vec![
+                    ExtendedKeyUsagePurpose::ServerAuth,
+                    ExtendedKeyUsagePurpose::ClientAuth,
+                ],
+            };
         }
         Profile::Ca => {
             p.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));

@@ -25,6 +25,7 @@ fn est_request(id: &str, renewal: Option<RenewalPolicy>) -> CreateCertificateReq
         san: None,
         lifetime_secs: None,
         renewal,
+        transient: false,
     }
 }
 

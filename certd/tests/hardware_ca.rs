@@ -41,6 +41,7 @@ async fn issue_and_verify(certd: &CertdFixture) {
                 }),
                 lifetime_secs: Some(3600),
                 renewal: None,
+                transient: false,
             })
             .await
             .unwrap();

@@ -40,6 +40,7 @@ fn request(id: &str, issuer: IssuerKind, profile: Profile) -> CreateCertificateR
         san: None,
         lifetime_secs: None,
         renewal: None,
+        transient: false,
     }
 }
 

@@ -23,6 +23,7 @@ fn short_lived(id: &str, lifetime_secs: u64, rekey: bool) -> CreateCertificateRe
             threshold_percent: 50,
             rekey,
         }),
+        transient: false,
     }
 }
 

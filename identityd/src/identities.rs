@@ -693,6 +693,7 @@ impl Identityd {
             san: None,
             lifetime_secs: Some(self.config.modules.cert_lifetime_days.max(1) * 86400),
             renewal: None,
+            transient: false,
         };
         self.certd.create(&req).await.map_err(|e| {
             Error::from_daemon("certd", &format!("issuing certificate '{cert_id}'"), e)

@@ -198,6 +198,7 @@ impl Identityd {
                     san: None,
                     lifetime_secs: None,
                     renewal: None,
+                    transient: false,
                 };
                 self.certd().create(&req).await.map_err(|e| {
                     Error::from_daemon("certd", "issuing the device certificate", e)

@@ -120,6 +120,7 @@ async fn client_cert(certd: &edgeid_certd::CertdClient, id: &str, cn: &str) {
             san: None,
             lifetime_secs: None,
             renewal: None,
+            transient: false,
         })
         .await
         .unwrap();

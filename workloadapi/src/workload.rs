@@ -89,16 +89,7 @@ impl Workload {
         names::check_module_id(name)
             .map_err(|e| Error::BadRequest(format!("module name '{}': {e}", names::shown(name))))?;
         let caller = who.caller;
-        let mine = who
-            .bound
-            .or_else(|| self.by_uid.get(&caller.uid).map(String::as_str));
-        let Some(mine) = mine else {
-            tracing::warn!(uid = caller.uid, pid = caller.pid, module = %names::shown(name), "refused: uid is no module");
-            return Err(Error::Forbidden(format!(
-                "uid {} is not mapped to a module",
-                caller.uid
-            )));
-        };
+        let mine = self.module_name(who)?;
         if mine != name {
             tracing::warn!(uid = caller.uid, pid = caller.pid, module = %names::shown(name), own = %mine, "refused: another module's name");
             let who_is = match who.bound {
@@ -128,6 +119,22 @@ impl Workload {
             }
         }
         Ok(identity)
+    }
+
+    /// The module the caller is: the one its socket is bound to, else the
+    /// one its uid is mapped to; 403 if neither.
+    pub fn module_name<'w>(&'w self, who: &Who<'w>) -> Result<&'w str, Error> {
+        let caller = who.caller;
+        who.bound
+            .or_else(|| self.by_uid.get(&caller.uid).map(String::as_str))
+            .ok_or_else(|| {
+                tracing::warn!(
+                    uid = caller.uid,
+                    pid = caller.pid,
+                    "refused: uid is no module"
+                );
+                Error::Forbidden(format!("uid {} is not mapped to a module", caller.uid))
+            })
     }
 
     pub(crate) async fn fetch_identity(&self, name: &str) -> Result<ModuleIdentity, Error> {
@@ -267,7 +274,7 @@ impl Workload {
 
     /// The device identity, asked each time (a reprovisioning may change it;
     /// certificates are issued rarely).
-    async fn device(&self) -> Result<DeviceIdentity, Error> {
+    pub(crate) async fn device(&self) -> Result<DeviceIdentity, Error> {
         self.identityd
             .device()
             .await
@@ -352,8 +359,32 @@ impl Workload {
         san: SubjectAltNames,
         lifetime: Duration,
     ) -> Result<CertificateResponse, Error> {
-        // The key is the module's to hold (IoT Edge hands it over too): made
-        // here, sent once, never stored.
+        let (key, chain) = self
+            .issue_for_fresh_key(&module.module_id, kind, profile, cn, san, lifetime)
+            .await?;
+        Ok(CertificateResponse {
+            private_key: PrivateKey {
+                key_type: "key".into(),
+                bytes: key.serialize_pem(),
+            },
+            expiration: not_after(&chain)?,
+            certificate: chain,
+        })
+    }
+
+    /// A fresh P-256 key and a certificate for it from certd's local CA (PEM
+    /// chain, leaf first). The key is the module's to hold (IoT Edge and
+    /// SPIFFE both hand it over): made here, sent once, never stored; so
+    /// certd is asked not to store or renew the certificate either.
+    pub(crate) async fn issue_for_fresh_key(
+        &self,
+        module_id: &str,
+        kind: &str,
+        profile: Profile,
+        cn: &str,
+        san: SubjectAltNames,
+        lifetime: Duration,
+    ) -> Result<(rcgen::KeyPair, String), Error> {
         let key = rcgen::KeyPair::generate()
             .map_err(|e| Error::Internal(format!("key generation failed: {e}")))?;
         let mut params = rcgen::CertificateParams::new(Vec::<String>::new())
@@ -365,10 +396,7 @@ impl Workload {
             .serialize_request(&key)
             .and_then(|c| c.pem())
             .map_err(|e| Error::Internal(format!("cannot build the CSR: {e}")))?;
-        let id = format!(
-            "workload/{}/{kind}",
-            names::module_resource_id(&module.module_id)
-        );
+        let id = format!("workload/{}/{kind}", names::module_resource_id(module_id));
         let chain = self
             .certd
             .create(&CreateCertificateRequest {
@@ -382,17 +410,11 @@ impl Workload {
                 san: Some(san),
                 lifetime_secs: Some(lifetime.as_secs().max(1)),
                 renewal: None,
+                transient: true,
             })
             .await
             .map_err(|e| Error::from_daemon("certd", "issuing the certificate", e))?;
-        Ok(CertificateResponse {
-            private_key: PrivateKey {
-                key_type: "key".into(),
-                bytes: key.serialize_pem(),
-            },
-            expiration: not_after(&chain)?,
-            certificate: chain,
-        })
+        Ok((key, chain))
     }
 
     /// `GET /trust-bundle`
