@@ -20,6 +20,12 @@
 //! # and mounts it into the module's container; whoever connects there is that module.
 //! orchestrator_uids = [990]
 //! sockets_dir = "/run/edgeid/modules"
+//!
+//! # The SPIFFE Workload API on its own socket (off without this table).
+//! [spiffe]
+//! trust_domain = "example.org"
+//! socket = "/run/edgeid/spiffe.sock"
+//! svid_lifetime_secs = 3600
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -70,6 +76,95 @@ pub struct WorkloadConfig {
     /// Where per-module sockets are made (0755; each socket as asked).
     #[serde(default = "default_sockets_dir")]
     pub sockets_dir: PathBuf,
+    /// The SPIFFE Workload API; not served without it.
+    #[serde(default)]
+    pub spiffe: Option<SpiffeConfig>,
+}
+
+/// Where the SPIFFE Workload API listens unless configured otherwise.
+pub const DEFAULT_SPIFFE_SOCKET: &str = "/run/edgeid/spiffe.sock";
+
+/// `[spiffe]`: the SPIFFE Workload API.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpiffeConfig {
+    /// The trust domain: module SPIFFE IDs are
+    /// `spiffe://<trust_domain>/<device id>/<module id>`.
+    pub trust_domain: String,
+    /// Its socket (mode and limits as `[server]`'s; under systemd, the
+    /// descriptor named `spiffe`).
+    #[serde(default = "default_spiffe_socket")]
+    pub socket: PathBuf,
+    /// Lifetime of an X.509-SVID.
+    #[serde(default = "default_svid_lifetime")]
+    pub svid_lifetime_secs: u64,
+    /// An X.509-SVID is replaced (new key, new certificate, pushed to every
+    /// open stream) once this share of its lifetime has passed.
+    #[serde(default = "default_renewal_percent")]
+    pub renewal_threshold_percent: u8,
+    /// Lifetime of a JWT-SVID.
+    #[serde(default = "default_jwt_lifetime")]
+    pub jwt_svid_lifetime_secs: u64,
+    /// How long a JWT signing key signs before the next one takes over. The
+    /// next is published in the JWKS ahead of use, and the old one stays
+    /// there until every token it signed has expired.
+    #[serde(default = "default_jwt_rotation")]
+    pub jwt_key_rotation_secs: u64,
+    /// How often certd's trust bundle is read for changes.
+    #[serde(default = "default_bundle_refresh")]
+    pub bundle_refresh_secs: u64,
+}
+
+fn default_spiffe_socket() -> PathBuf {
+    PathBuf::from(DEFAULT_SPIFFE_SOCKET)
+}
+fn default_svid_lifetime() -> u64 {
+    3600
+}
+fn default_renewal_percent() -> u8 {
+    50
+}
+fn default_jwt_lifetime() -> u64 {
+    300
+}
+fn default_jwt_rotation() -> u64 {
+    86_400
+}
+fn default_bundle_refresh() -> u64 {
+    60
+}
+
+impl SpiffeConfig {
+    /// The defaults for `trust_domain`, its socket at `socket`.
+    pub fn new(trust_domain: &str, socket: &Path) -> Self {
+        Self {
+            trust_domain: trust_domain.to_owned(),
+            socket: socket.to_owned(),
+            svid_lifetime_secs: default_svid_lifetime(),
+            renewal_threshold_percent: default_renewal_percent(),
+            jwt_svid_lifetime_secs: default_jwt_lifetime(),
+            jwt_key_rotation_secs: default_jwt_rotation(),
+            bundle_refresh_secs: default_bundle_refresh(),
+        }
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        crate::spiffe::id::check_trust_domain(&self.trust_domain)
+            .map_err(|e| format!("spiffe.trust_domain '{}': {e}", self.trust_domain))?;
+        if self.svid_lifetime_secs < 2 || self.jwt_svid_lifetime_secs == 0 {
+            return Err("spiffe.svid_lifetime_secs must be at least 2 and spiffe.jwt_svid_lifetime_secs at least 1".into());
+        }
+        if !(1..=99).contains(&self.renewal_threshold_percent) {
+            return Err("spiffe.renewal_threshold_percent must be between 1 and 99".into());
+        }
+        if self.jwt_key_rotation_secs < 2 {
+            return Err("spiffe.jwt_key_rotation_secs must be at least 2".into());
+        }
+        if self.bundle_refresh_secs == 0 {
+            return Err("spiffe.bundle_refresh_secs must be at least 1".into());
+        }
+        Ok(())
+    }
 }
 
 fn default_sockets_dir() -> PathBuf {
@@ -141,6 +236,7 @@ impl WorkloadConfig {
             modules: Vec::new(),
             orchestrator_uids: Vec::new(),
             sockets_dir: socket.parent().unwrap_or(Path::new("/tmp")).join("modules"),
+            spiffe: None,
         }
     }
 
@@ -155,6 +251,12 @@ impl WorkloadConfig {
             .map_err(|why| format!("encryption_key_id '{}': {why}", self.encryption_key_id))?;
         if self.certificates.identity_max_days == 0 || self.certificates.server_max_days == 0 {
             return Err("certificates.*_max_days must be at least 1".into());
+        }
+        if let Some(spiffe) = &self.spiffe {
+            spiffe.validate()?;
+            if spiffe.socket == self.socket() {
+                return Err("spiffe.socket must differ from server.socket".into());
+            }
         }
         let mut uids = std::collections::HashSet::new();
         for m in &self.modules {

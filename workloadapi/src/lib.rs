@@ -12,6 +12,7 @@ pub mod config;
 pub mod error;
 pub mod server;
 pub mod sockets;
+pub mod spiffe;
 pub mod workload;
 
 use std::future::Future;
@@ -23,12 +24,35 @@ pub use config::WorkloadConfig;
 pub use error::Error;
 pub use workload::Workload;
 
-/// Serves the workload API until `shutdown` resolves.
+/// Serves the workload API (and the SPIFFE Workload API, if configured)
+/// until `shutdown` resolves.
 pub async fn run(config: WorkloadConfig, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
     let socket = config.socket();
     let limits = config.server.limits();
     let mode = config.server.socket_mode;
+    let spiffe_config = config.spiffe.clone();
+    let keyd = edgeid_keyd::KeydClient::new(&config.keyd_socket);
     let workload = Arc::new(Workload::new(config)?);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let spiffe = match spiffe_config {
+        Some(c) => {
+            let listener = Listener::open_named(&c.socket, mode, "spiffe").map_err(|e| {
+                Error::Setup(format!("cannot listen on {}: {e}", c.socket.display()))
+            })?;
+            let spiffe = spiffe::Spiffe::new(workload.clone(), keyd, &c);
+            let mut stop = stop_rx.clone();
+            let stopped = async move {
+                let _ = stop.wait_for(|s| *s).await;
+            };
+            Some(tokio::spawn(spiffe.serve(
+                listener,
+                limits.clone(),
+                stopped,
+            )))
+        }
+        None => None,
+    };
+    // Last: the workload socket appearing means workloadd is ready.
     let listener = Listener::open(&socket, mode)
         .map_err(|e| Error::Setup(format!("cannot listen on {}: {e}", socket.display())))?;
     workload.restore_sockets();
@@ -36,7 +60,17 @@ pub async fn run(config: WorkloadConfig, shutdown: impl Future<Output = ()>) -> 
         workload: workload.clone(),
         bound: None,
     });
+    let shutdown = async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    };
     let served = edgeid_common::server::serve(listener, service, limits, shutdown).await;
     workload.close_sockets().await;
+    if let Some(task) = spiffe {
+        match task.await {
+            Ok(r) => r?,
+            Err(e) => return Err(Error::Setup(format!("the SPIFFE server failed: {e}"))),
+        }
+    }
     served.map_err(|e| Error::Setup(format!("server failed: {e}")))
 }

@@ -1,0 +1,111 @@
+//! The SPIFFE Workload API, on its own socket beside the IoT Edge API
+//! (ARCHITECTURE.md section 7): X.509-SVIDs pushed again on every rotation,
+//! JWT-SVIDs signed in keyd, the X.509 and JWT bundles, and JWT-SVID
+//! validation, for any SPIFFE client (go-spiffe, spiffe-helper, Envoy, ...).
+//!
+//! - [`proto`]: the specification's messages, server and client (generated);
+//!   `client` (feature `client`): connecting to the socket.
+//! - [`id`]: SPIFFE IDs; [`x509`]: X.509-SVIDs and the bundle; [`jwt`]:
+//!   JWT-SVIDs, their keys and JWK set; [`grpc`]: the service.
+
+#[cfg(feature = "client")]
+pub mod client;
+pub mod grpc;
+pub mod id;
+pub mod jwt;
+pub mod proto;
+pub mod x509;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use edgeid_common::listener::Listener;
+use edgeid_common::server::Limits;
+use edgeid_keyd::KeydClient;
+
+use crate::config::SpiffeConfig;
+use crate::error::Error;
+use crate::workload::Workload;
+use proto::spiffe_workload_api_server::SpiffeWorkloadApiServer;
+
+/// Largest request message accepted (the requests are a few hundred bytes;
+/// a JWT-SVID to validate is the largest).
+const MAX_REQUEST: usize = 64 * 1024;
+
+/// The SPIFFE side of workloadd.
+pub struct Spiffe {
+    workload: Arc<Workload>,
+    x509: Arc<x509::X509Authority>,
+    jwt: Arc<jwt::JwtAuthority>,
+}
+
+impl Spiffe {
+    /// The SPIFFE Workload API of `workload`, as `config` has it.
+    pub fn new(workload: Arc<Workload>, keyd: KeydClient, config: &SpiffeConfig) -> Self {
+        Self {
+            x509: Arc::new(x509::X509Authority::new(workload.clone(), config)),
+            jwt: Arc::new(jwt::JwtAuthority::new(
+                keyd,
+                &config.trust_domain,
+                config.jwt_svid_lifetime_secs,
+                config.jwt_key_rotation_secs,
+            )),
+            workload,
+        }
+    }
+
+    /// Serves on `listener` until `shutdown` resolves, renewing SVIDs and
+    /// rotating JWT keys meanwhile.
+    pub async fn serve(
+        self,
+        listener: Listener,
+        limits: Limits,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), Error> {
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let stopped = move || {
+            let mut rx = stop_rx.clone();
+            async move {
+                let _ = rx.wait_for(|s| *s).await;
+            }
+        };
+        tokio::spawn(self.x509.clone().run(stopped()));
+        tokio::spawn(rotate_jwt_keys(self.jwt.clone(), stopped()));
+        let grpc = SpiffeWorkloadApiServer::new(self).max_decoding_message_size(MAX_REQUEST);
+        let served = edgeid_common::server::serve_h2(listener, limits, shutdown, move |caller| {
+            let grpc = grpc.clone();
+            hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
+                req.extensions_mut().insert(caller);
+                let mut grpc = grpc.clone();
+                async move { tonic::codegen::Service::call(&mut grpc, req).await }
+            })
+        })
+        .await;
+        let _ = stop_tx.send(true);
+        served.map_err(|e| Error::Setup(format!("SPIFFE server failed: {e}")))
+    }
+}
+
+/// Rotates the JWT signing keys on their schedule; keyd being away delays it.
+async fn rotate_jwt_keys(jwt: Arc<jwt::JwtAuthority>, shutdown: impl Future<Output = ()>) {
+    tokio::pin!(shutdown);
+    let mut failures = 0u32;
+    loop {
+        let wait = match jwt.rotate().await {
+            Ok(()) => {
+                failures = 0;
+                jwt.tick()
+            }
+            Err(e) => {
+                failures = failures.saturating_add(1);
+                let wait = std::time::Duration::from_secs(1 << failures.min(5));
+                tracing::warn!(error = %e, retry_in = ?wait, "cannot rotate the JWT signing keys");
+                wait.min(jwt.tick().max(std::time::Duration::from_secs(1)))
+            }
+        };
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            () = &mut shutdown => return,
+        }
+    }
+}

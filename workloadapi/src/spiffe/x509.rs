@@ -1,0 +1,289 @@
+//! X.509-SVIDs (the SPIFFE X509-SVID specification) and the trust domain's
+//! X.509 bundle, kept current for the streams that watch them.
+//!
+//! A module's SVID is a fresh P-256 key and a certificate from certd's local
+//! CA with the module's SPIFFE ID as its only URI SAN, CA:FALSE,
+//! digitalSignature, serverAuth and clientAuth. The key is the module's (the
+//! specification hands it over), so it lives here in memory, never on disk;
+//! it is replaced with a new key and certificate once the configured share
+//! of the lifetime has passed, and every open stream gets the new one.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use edgeid_certd::api::{Profile, SubjectAltNames};
+use time::OffsetDateTime;
+use tokio::sync::{watch, Notify};
+use zeroize::Zeroizing;
+
+use crate::config::SpiffeConfig;
+use crate::error::Error;
+use crate::spiffe::id;
+use crate::workload::Workload;
+
+/// One X.509-SVID and its key.
+pub struct Svid {
+    /// The SPIFFE ID it carries.
+    pub spiffe_id: String,
+    /// DER certificates, leaf first, without the root.
+    pub chain: Vec<u8>,
+    /// DER PKCS#8 private key.
+    pub key: Zeroizing<Vec<u8>>,
+    /// When it is replaced.
+    pub renew_at: OffsetDateTime,
+    /// When its certificate expires.
+    pub not_after: OffsetDateTime,
+}
+
+/// The trust domain's CA certificates, DER, one after the other.
+pub type Bundle = Arc<Vec<u8>>;
+
+/// What is kept per module.
+struct Slot {
+    svid: watch::Sender<Option<Arc<Svid>>>,
+    /// One issuance at a time per module.
+    issuing: Arc<tokio::sync::Mutex<()>>,
+    /// Renewal failures in a row, and when to try again.
+    failures: u32,
+    retry_at: Option<OffsetDateTime>,
+}
+
+/// Issues, renews and hands out X.509-SVIDs and the bundle.
+pub struct X509Authority {
+    workload: Arc<Workload>,
+    trust_domain: String,
+    lifetime: Duration,
+    threshold_percent: u8,
+    bundle_refresh: Duration,
+    slots: Mutex<HashMap<String, Slot>>,
+    bundle: watch::Sender<Bundle>,
+    /// Wakes the renewal task when a new SVID is issued.
+    wake: Notify,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl X509Authority {
+    /// An authority for `config`'s trust domain, issuing through `workload`.
+    pub fn new(workload: Arc<Workload>, config: &SpiffeConfig) -> Self {
+        Self {
+            workload,
+            trust_domain: config.trust_domain.clone(),
+            lifetime: Duration::from_secs(config.svid_lifetime_secs),
+            threshold_percent: config.renewal_threshold_percent,
+            bundle_refresh: Duration::from_secs(config.bundle_refresh_secs),
+            slots: Mutex::new(HashMap::new()),
+            bundle: watch::channel(Arc::new(Vec::new())).0,
+            wake: Notify::new(),
+        }
+    }
+
+    /// The module's SVID as it changes, with a current one in it.
+    pub async fn subscribe(
+        &self,
+        module: &str,
+    ) -> Result<watch::Receiver<Option<Arc<Svid>>>, Error> {
+        let (rx, issuing) = {
+            let mut slots = lock(&self.slots);
+            let slot = slots.entry(module.to_owned()).or_insert_with(|| Slot {
+                svid: watch::channel(None).0,
+                issuing: Arc::new(tokio::sync::Mutex::new(())),
+                failures: 0,
+                retry_at: None,
+            });
+            (slot.svid.subscribe(), slot.issuing.clone())
+        };
+        let fresh = |rx: &watch::Receiver<Option<Arc<Svid>>>| {
+            rx.borrow()
+                .as_ref()
+                .is_some_and(|s| OffsetDateTime::now_utc() < s.renew_at)
+        };
+        if !fresh(&rx) {
+            let _one = issuing.lock().await;
+            // Another request may have issued it while this one waited.
+            if !fresh(&rx) {
+                self.renew(module).await?;
+            }
+        }
+        Ok(rx)
+    }
+
+    /// The bundle as it changes, read from certd first if not yet.
+    pub async fn bundle(&self) -> Result<watch::Receiver<Bundle>, Error> {
+        if self.bundle.borrow().is_empty() {
+            self.refresh_bundle().await?;
+        }
+        Ok(self.bundle.subscribe())
+    }
+
+    /// The trust domain's bundle key (`spiffe://<trust domain>`).
+    pub fn trust_domain_id(&self) -> String {
+        id::of_trust_domain(&self.trust_domain)
+    }
+
+    /// Reads certd's trust bundle; publishes it if it changed.
+    async fn refresh_bundle(&self) -> Result<(), Error> {
+        let pem_text = self.workload.trust_bundle().await?.certificate;
+        let blocks = pem::parse_many(&pem_text)
+            .map_err(|e| Error::Internal(format!("certd sent an unreadable trust bundle: {e}")))?;
+        let der: Vec<u8> = blocks
+            .iter()
+            .filter(|b| b.tag() == "CERTIFICATE")
+            .flat_map(|b| b.contents().iter().copied())
+            .collect();
+        if der.is_empty() {
+            return Err(Error::Unavailable("certd's trust bundle is empty".into()));
+        }
+        self.bundle.send_if_modified(|current| {
+            if **current == der {
+                return false;
+            }
+            tracing::info!(bytes = der.len(), "the X.509 bundle changed");
+            *current = Arc::new(der);
+            true
+        });
+        Ok(())
+    }
+
+    /// The SPIFFE ID of `module` on this device now.
+    pub async fn spiffe_id(&self, module: &str) -> Result<String, Error> {
+        let device = self.workload.device().await?;
+        id::of_module(&self.trust_domain, &device.device_id, module).map_err(Error::Forbidden)
+    }
+
+    /// Issues a new SVID for `module` and publishes it.
+    async fn renew(&self, module: &str) -> Result<(), Error> {
+        let identity = self.workload.fetch_identity(module).await?;
+        let spiffe_id = self.spiffe_id(&identity.module_id).await?;
+        let san = SubjectAltNames {
+            uri: vec![spiffe_id.clone()],
+            ..Default::default()
+        };
+        let (key, chain_pem) = self
+            .workload
+            .issue_for_fresh_key(
+                &identity.module_id,
+                "spiffe",
+                Profile::ClientServer,
+                &identity.module_id,
+                san,
+                self.lifetime,
+            )
+            .await?;
+        let blocks = pem::parse_many(&chain_pem)
+            .map_err(|e| Error::Internal(format!("certd sent an unreadable chain: {e}")))?;
+        let leaf = blocks
+            .first()
+            .ok_or_else(|| Error::Internal("certd sent an empty chain".into()))?;
+        let (not_before, not_after) = {
+            let (_, cert) = x509_parser::parse_x509_certificate(leaf.contents()).map_err(|e| {
+                Error::Internal(format!("certd sent an unreadable certificate: {e}"))
+            })?;
+            let v = cert.validity();
+            (v.not_before.to_datetime(), v.not_after.to_datetime())
+        };
+        let span = not_after - not_before;
+        let renew_at = not_before + span * (f64::from(self.threshold_percent) / 100.0);
+        let svid = Svid {
+            spiffe_id,
+            chain: blocks
+                .iter()
+                .flat_map(|b| b.contents().iter().copied())
+                .collect(),
+            key: Zeroizing::new(key.serialize_der()),
+            renew_at,
+            not_after,
+        };
+        tracing::info!(module, spiffe_id = %svid.spiffe_id, %not_after, %renew_at, "issued an X.509-SVID");
+        if let Some(slot) = lock(&self.slots).get_mut(module) {
+            slot.failures = 0;
+            slot.retry_at = None;
+            slot.svid.send_replace(Some(Arc::new(svid)));
+        }
+        self.wake.notify_one();
+        Ok(())
+    }
+
+    /// Renews SVIDs when due and rereads the bundle, until `shutdown`.
+    pub async fn run(self: Arc<Self>, shutdown: impl std::future::Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        let mut next_bundle = OffsetDateTime::now_utc();
+        loop {
+            let now = OffsetDateTime::now_utc();
+            if now >= next_bundle {
+                if let Err(e) = self.refresh_bundle().await {
+                    tracing::warn!(error = %e, "cannot read the trust bundle; keeping the last one");
+                }
+                next_bundle = now + self.bundle_refresh;
+            }
+            for module in self.due(now) {
+                let issuing = lock(&self.slots).get(&module).map(|s| s.issuing.clone());
+                let Some(issuing) = issuing else { continue };
+                let _one = issuing.lock().await;
+                if let Err(e) = self.renew(&module).await {
+                    self.failed(&module, &e);
+                }
+            }
+            let wake_at = self.next_wake().min(next_bundle);
+            let sleep = (wake_at - OffsetDateTime::now_utc())
+                .try_into()
+                .unwrap_or(Duration::ZERO)
+                .max(Duration::from_millis(100));
+            tokio::select! {
+                () = tokio::time::sleep(sleep) => {}
+                () = self.wake.notified() => {}
+                () = &mut shutdown => return,
+            }
+        }
+    }
+
+    /// Modules whose SVID is due for renewal and has someone watching;
+    /// the SVIDs nobody watches are dropped (issued again when asked for).
+    fn due(&self, now: OffsetDateTime) -> Vec<String> {
+        let mut slots = lock(&self.slots);
+        slots.retain(|_, slot| {
+            let due = due_at(slot.svid.borrow().as_ref(), now);
+            !(due && slot.svid.receiver_count() == 0)
+        });
+        slots
+            .iter()
+            .filter(|(_, slot)| {
+                due_at(slot.svid.borrow().as_ref(), now) && slot.retry_at.is_none_or(|t| now >= t)
+            })
+            .map(|(m, _)| m.clone())
+            .collect()
+    }
+
+    fn failed(&self, module: &str, e: &Error) {
+        let mut slots = lock(&self.slots);
+        let Some(slot) = slots.get_mut(module) else {
+            return;
+        };
+        slot.failures = slot.failures.saturating_add(1);
+        let backoff = Duration::from_secs(1 << slot.failures.min(6));
+        slot.retry_at = Some(OffsetDateTime::now_utc() + backoff);
+        tracing::warn!(module, error = %e, retry_in = ?backoff, "cannot renew an X.509-SVID; the current one stays until it expires");
+    }
+
+    fn next_wake(&self) -> OffsetDateTime {
+        let far = OffsetDateTime::now_utc() + Duration::from_secs(3600);
+        lock(&self.slots)
+            .values()
+            .filter_map(|slot| {
+                let renew = slot.svid.borrow().as_ref().map(|s| s.renew_at);
+                match (renew, slot.retry_at) {
+                    (Some(r), Some(t)) => Some(r.max(t)),
+                    (r, t) => r.or(t),
+                }
+            })
+            .fold(far, OffsetDateTime::min)
+    }
+}
+
+/// Whether `svid` (if any) is due for replacement at `now`.
+fn due_at(svid: Option<&Arc<Svid>>, now: OffsetDateTime) -> bool {
+    svid.is_none_or(|s| now >= s.renew_at)
+}
