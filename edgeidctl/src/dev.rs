@@ -67,7 +67,12 @@ impl BackendArgs {
 }
 
 /// Starts the suite under `dir` and runs it until SIGINT / SIGTERM.
-pub async fn run(dir: &Path, modules: &[String], backend: &BackendArgs) -> Result<(), String> {
+pub async fn run(
+    dir: &Path,
+    modules: &[String],
+    trust_domain: &str,
+    backend: &BackendArgs,
+) -> Result<(), String> {
     let dir = absolute(dir)?;
     edgeid_common::fs::ensure_dir(&dir, 0o700)
         .map_err(|e| format!("cannot use {}: {e}", dir.display()))?;
@@ -159,6 +164,14 @@ pub async fn run(dir: &Path, modules: &[String], backend: &BackendArgs) -> Resul
         name: "dev-module".into(),
         uid: edgeid_common::current_uid(),
     }];
+    let spiffe_socket = dir.join("spiffe.sock");
+    workload_config.spiffe = Some(edgeid_workloadapi::config::SpiffeConfig::new(
+        trust_domain,
+        &spiffe_socket,
+    ));
+    workload_config
+        .validate()
+        .map_err(|e| format!("workloadd: {e}"))?;
     let mut workload = tokio::spawn(edgeid_workloadapi::run(
         workload_config,
         wait_for(stop_rx.clone()),
@@ -199,6 +212,11 @@ pub async fn run(dir: &Path, modules: &[String], backend: &BackendArgs) -> Resul
         workload_socket.display(),
         edgeid_common::current_uid()
     );
+    println!(
+        "  spiffe     {}   SPIFFE Workload API; dev-module is spiffe://{trust_domain}/{}/dev-module",
+        spiffe_socket.display(),
+        device.device_id
+    );
     println!("  modules    {}", declared.join(", "));
     if declared.len() > 1 {
         println!("             (the others have identities in identityd; only dev-module is mapped to a caller)");
@@ -217,7 +235,7 @@ pub async fn run(dir: &Path, modules: &[String], backend: &BackendArgs) -> Resul
         workload_socket.display()
     );
     println!();
-    println!("A module's environment (as IoT Edge sets it):");
+    println!("A module's environment (as IoT Edge sets it, and the SPIFFE endpoint):");
     let dev_module = &identities[0];
     for (name, value) in [
         (
@@ -234,6 +252,10 @@ pub async fn run(dir: &Path, modules: &[String], backend: &BackendArgs) -> Resul
         ("IOTEDGE_GATEWAYHOSTNAME", device_id()),
         ("IOTEDGE_APIVERSION", "2020-10-10".into()),
         ("IOTEDGE_AUTHSCHEME", "sasToken".into()),
+        (
+            "SPIFFE_ENDPOINT_SOCKET",
+            format!("unix://{}", spiffe_socket.display()),
+        ),
     ] {
         println!("export {name}={value}");
     }

@@ -28,9 +28,13 @@ enum Command {
         /// Directory for sockets and state (created 0700 if missing).
         #[arg(long)]
         dir: PathBuf,
-        /// Modules to declare besides `dev-module` (used once the workload API lands).
+        /// Modules to declare besides `dev-module` (they get identities in
+        /// identityd; only dev-module is mapped to a caller).
         #[arg(long = "module", value_name = "NAME")]
         modules: Vec<String>,
+        /// The SPIFFE trust domain of the SVIDs served on `spiffe.sock`.
+        #[arg(long, value_name = "NAME", default_value = "edgeid.local")]
+        trust_domain: String,
         #[command(flatten)]
         backend: dev::BackendArgs,
     },
@@ -142,8 +146,9 @@ fn main() -> ExitCode {
         Command::Dev {
             dir,
             modules,
+            trust_domain,
             backend,
-        } => runtime.block_on(dev::run(&dir, &modules, &backend)),
+        } => runtime.block_on(dev::run(&dir, &modules, &trust_domain, &backend)),
         Command::Reprovision { run, no_wait } => {
             runtime.block_on(ops::reprovision(&ops::Sockets::new(&run.run_dir), !no_wait))
         }

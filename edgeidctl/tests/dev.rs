@@ -61,6 +61,7 @@ async fn dev_mode_starts_fast_serves_everything_and_stops_clean() {
         "IOTEDGE_GATEWAYHOSTNAME=",
         "IOTEDGE_APIVERSION=",
         "IOTEDGE_AUTHSCHEME=sasToken",
+        "SPIFFE_ENDPOINT_SOCKET=unix://",
     ] {
         assert!(
             text.contains(&format!("export {var}")),
@@ -79,6 +80,42 @@ async fn dev_mode_starts_fast_serves_everything_and_stops_clean() {
             .unwrap_or_else(|e| panic!("{socket}: {e}"));
         assert_eq!(health.status, "ok", "{socket}: {health:?}");
     }
+    // A SPIFFE client given the printed endpoint gets dev-module's SVID and a JWT-SVID.
+    let endpoint = text
+        .lines()
+        .find_map(|l| l.strip_prefix("export SPIFFE_ENDPOINT_SOCKET="))
+        .unwrap()
+        .to_owned();
+    let mut spiffe = edgeid_workloadapi::spiffe::client::connect(&endpoint)
+        .await
+        .unwrap();
+    use edgeid_workloadapi::spiffe::proto::{JwtsvidRequest, X509svidRequest};
+    let first = spiffe
+        .fetch_x509svid(X509svidRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .message()
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        first.svids[0]
+            .spiffe_id
+            .starts_with("spiffe://edgeid.local/")
+            && first.svids[0].spiffe_id.ends_with("/dev-module"),
+        "{}",
+        first.svids[0].spiffe_id
+    );
+    let jwt = spiffe
+        .fetch_jwtsvid(JwtsvidRequest {
+            audience: vec!["dev".into()],
+            spiffe_id: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(jwt.svids[0].spiffe_id, first.svids[0].spiffe_id);
     // The operator's commands against it.
     let ctl = |args: &[&str]| {
         let out = Command::new(env!("CARGO_BIN_EXE_edgeidctl"))
