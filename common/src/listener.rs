@@ -10,6 +10,11 @@ use tokio::net::{UnixListener, UnixStream};
 
 /// The first descriptor systemd passes (`SD_LISTEN_FDS_START`).
 const SD_LISTEN_FDS_START: RawFd = 3;
+/// Whether systemd passed this process a socket named `name`.
+pub fn systemd_passed(name: &str) -> bool {
+    passed_fds().is_some_and(|(count, names)| names.iter().take(count).any(|n| n == name))
+}
+
 /// The descriptors systemd passed this process: how many, and their
 /// `FileDescriptorName`s (possibly none).
 fn passed_fds() -> Option<(usize, Vec<String>)> {

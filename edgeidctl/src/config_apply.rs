@@ -71,6 +71,7 @@ struct WorkloadSection {
     certificates: Option<CertificatePolicy>,
     manifest_trust_bundle: Option<PathBuf>,
     identity_cache_secs: Option<u64>,
+    spiffe: Option<edgeid_workloadapi::config::SpiffeConfig>,
 }
 
 /// An orchestrator or a module process: a name and a uid.
@@ -211,7 +212,7 @@ fn build(raw: &Table, users: &Users) -> Vec<String> {
                 ("uid", uid(wl)),
                 (
                     "keys",
-                    strings(&["module-derivation", "workload-encryption"]),
+                    strings(&["module-derivation", "workload-encryption", "spiffe-jwt/*"]),
                 ),
             ]),
         ]),
@@ -313,6 +314,7 @@ fn build(raw: &Table, users: &Users) -> Vec<String> {
         raw,
         &["workload", "identity_cache_secs"],
     );
+    pass(&mut workloadd, "spiffe", raw, &["workload", "spiffe"]);
     workloadd.insert(
         "orchestrator_uids".into(),
         Value::Array(

@@ -103,6 +103,7 @@ fn callers_and_sections_reach_the_right_daemons() {
          [certificates.renewal]\nthreshold_percent = 70\n\
          [provisioning]\nsource = \"local\"\ndevice_id = \"d1\"\n\
          [workload.certificates]\nidentity_max_days = 7\n\
+         [workload.spiffe]\ntrust_domain = \"example.org\"\nsvid_lifetime_secs = 600\n\
          [[orchestrator]]\nname = \"edgeagent\"\nuid = 990\n\
          [[module]]\nname = \"tempsensor\"\nuid = 1001\n",
     )
@@ -127,6 +128,25 @@ fn callers_and_sections_reach_the_right_daemons() {
     assert_eq!(workload.orchestrator_uids, vec![990]);
     assert_eq!(workload.modules[0].name, "tempsensor");
     assert_eq!(workload.certificates.identity_max_days, 7);
+    let spiffe = workload
+        .spiffe
+        .expect("[workload.spiffe] reaches workloadd");
+    assert_eq!(spiffe.trust_domain, "example.org");
+    assert_eq!(spiffe.svid_lifetime_secs, 600);
+    assert_eq!(
+        spiffe.socket,
+        std::path::Path::new(edgeid_workloadapi::config::DEFAULT_SPIFFE_SOCKET)
+    );
+    let keyd = edgeid_keyd::KeydConfig::load(&etc.join("keyd.d/config.toml")).unwrap();
+    let workloadd_keys = keyd
+        .principals
+        .iter()
+        .find(|p| p.name == "workloadd")
+        .unwrap();
+    assert!(
+        workloadd_keys.keys.allows("spiffe-jwt/1764000000"),
+        "workloadd may make its JWT signing keys"
+    );
 }
 
 #[test]

@@ -63,6 +63,16 @@ fn units_verify_clean() {
             units.push(path);
         }
     }
+    // The SPIFFE socket: opt-in, handing its descriptor to workloadd by name.
+    let name = "edgeid-workloadd-spiffe.socket";
+    let text = std::fs::read_to_string(packaging().join("systemd").join(name)).unwrap();
+    assert!(
+        text.contains("FileDescriptorName=spiffe")
+            && text.contains("Service=edgeid-workloadd.service")
+    );
+    let path = dir.path().join(name);
+    std::fs::write(&path, text).unwrap();
+    units.push(path);
     let out = Command::new("systemd-analyze")
         .arg("verify")
         .args(&units)
@@ -156,12 +166,21 @@ struct Activated {
 
 impl Activated {
     fn start(dir: &Path, daemon: &str, socket: &str, config: String) -> Self {
+        Self::start_named(dir, daemon, &[(socket, "main")], config)
+    }
+
+    /// As `start`, with several sockets, each passed under its `FileDescriptorName`.
+    fn start_named(dir: &Path, daemon: &str, sockets: &[(&str, &str)], config: String) -> Self {
         let file = dir.join(format!("{daemon}.toml"));
         std::fs::write(&file, config).unwrap();
-        let socket = dir.join(socket);
-        let child = Command::new("systemd-socket-activate")
-            .arg("-l")
-            .arg(&socket)
+        let socket = dir.join(sockets[0].0);
+        let mut cmd = Command::new("systemd-socket-activate");
+        for (path, _) in sockets {
+            cmd.arg("-l").arg(dir.join(path));
+        }
+        let names: Vec<&str> = sockets.iter().map(|(_, n)| *n).collect();
+        let child = cmd
+            .arg(format!("--fdname={}", names.join(":")))
             .arg(binary(daemon))
             .arg("--config")
             .arg(&file)
@@ -221,11 +240,12 @@ async fn every_daemon_serves_a_socket_activated_socket() {
         "identityd.sock",
         format!("state_dir = \"{d}/identityd\"\nkeyd_socket = \"{d}/keyd.sock\"\ncertd_socket = \"{d}/certd.sock\"\n[server]\nsocket = \"{d}/not-identityd.sock\"\n[provisioning]\nsource = \"local\"\ndevice_id = \"activated\"\n"),
     );
-    let workloadd = Activated::start(
+    // workloadd gets two: the workload socket first, the SPIFFE one by name.
+    let workloadd = Activated::start_named(
         dir.path(),
         "workloadd",
-        "workload.sock",
-        format!("identityd_socket = \"{d}/identityd.sock\"\nkeyd_socket = \"{d}/keyd.sock\"\ncertd_socket = \"{d}/certd.sock\"\nsockets_dir = \"{d}/modules\"\n[server]\nsocket = \"{d}/not-workload.sock\"\n"),
+        &[("workload.sock", "workload"), ("spiffe.sock", "spiffe")],
+        format!("identityd_socket = \"{d}/identityd.sock\"\nkeyd_socket = \"{d}/keyd.sock\"\ncertd_socket = \"{d}/certd.sock\"\nsockets_dir = \"{d}/modules\"\n[server]\nsocket = \"{d}/not-workload.sock\"\n[spiffe]\ntrust_domain = \"example.org\"\nsocket = \"{d}/not-spiffe.sock\"\n"),
     );
     assert_eq!(keyd.health("/v1/health").await.status, "ok");
     assert_eq!(certd.health("/v1/health").await.status, "ok");
@@ -241,7 +261,19 @@ async fn every_daemon_serves_a_socket_activated_socket() {
     }
     let h = workloadd.health("/health").await;
     assert_eq!(h.status, "ok", "workloadd and everything behind it: {h:?}");
-    for name in ["keyd", "certd", "identityd", "workload"] {
+    // The SPIFFE Workload API answers on the descriptor named spiffe (this
+    // uid is no module there: PermissionDenied, from workloadd itself).
+    let mut spiffe = edgeid_workloadapi::spiffe::client::connect(
+        &dir.path().join("spiffe.sock").display().to_string(),
+    )
+    .await
+    .unwrap();
+    let refused = spiffe
+        .fetch_jwt_bundles(edgeid_workloadapi::spiffe::proto::JwtBundlesRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+    for name in ["keyd", "certd", "identityd", "workload", "spiffe"] {
         assert!(
             !dir.path().join(format!("not-{name}.sock")).exists(),
             "{name} bound its own socket instead of the one it was handed"

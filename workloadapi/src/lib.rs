@@ -50,7 +50,12 @@ pub async fn run(config: WorkloadConfig, shutdown: impl Future<Output = ()>) -> 
                 stopped,
             )))
         }
-        None => None,
+        None => {
+            if edgeid_common::listener::systemd_passed("spiffe") {
+                tracing::warn!("systemd passed the SPIFFE socket but there is no [spiffe] config: nothing answers on it; configure [workload.spiffe] or disable edgeid-workloadd-spiffe.socket");
+            }
+            None
+        }
     };
     // Last: the workload socket appearing means workloadd is ready.
     let listener = Listener::open(&socket, mode)
