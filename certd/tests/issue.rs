@@ -169,6 +169,29 @@ async fn local_ca_issues_certificates_openssl_verifies() {
     );
     assert!(c.subject().to_string().contains("outside"));
 
+    // Transient, client-server: issued for the CSR, valid for both TLS
+    // purposes, and neither stored nor listed (so never renewed).
+    let mut transient = from_csr.clone();
+    transient.id = "workload/m/spiffe".into();
+    transient.profile = Profile::ClientServer;
+    transient.transient = true;
+    let pem_text = certd.create(&transient).await.unwrap();
+    for purpose in ["sslserver", "sslclient"] {
+        openssl::verify_chain(&bundle, &pem_text, purpose).unwrap();
+    }
+    assert_eq!(
+        certd.get("workload/m/spiffe").await.unwrap_err().status(),
+        Some(StatusCode::NOT_FOUND)
+    );
+    assert!(!certd.list().await.unwrap().contains(&transient.id));
+    // Transient is for CSRs only.
+    let mut held = request("held", IssuerKind::LocalCa, Profile::Client);
+    held.transient = true;
+    assert_eq!(
+        certd.create(&held).await.unwrap_err().status(),
+        Some(StatusCode::BAD_REQUEST)
+    );
+
     // Self-signed, and get / list / delete.
     let pem_text = certd
         .create(&request("self", IssuerKind::SelfSigned, Profile::Server))
