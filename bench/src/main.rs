@@ -5,11 +5,15 @@
 //! - `keyd`: the software store, against aws-lc-rs in-process.
 //! - `workload`: the workload API's sign of a running `edgeidctl dev`, beside
 //!   keyd's HMAC with the same key and aws-lc-rs HMAC in-process.
+//! - `spiffe`: the SPIFFE Workload API of a running `edgeidctl dev`: time to
+//!   the first X.509-SVID on a fresh connection, FetchJWTSVID req/s.
 //! - `pkcs11`: a fresh SoftHSMv2 token (needs `softhsm2-util`), against raw
 //!   cryptoki calls on the same token, one logged-in session per thread.
 //!
 //! Without `--socket`, it starts `edgeid-keyd` (from the same build directory)
 //! on a temp dir as a separate process, and also reports keyd's RSS.
+
+mod spiffe;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -57,6 +61,10 @@ enum Target {
     /// The workload API's sign (IoT Edge's) of a running `edgeidctl dev`
     /// (`--socket DIR/workload.sock`), beside keyd's HMAC and in-process HMAC.
     Workload,
+    /// The SPIFFE Workload API of a running `edgeidctl dev`
+    /// (`--socket DIR/spiffe.sock`): time to the first X.509-SVID on a fresh
+    /// connection, and FetchJWTSVID req/s, beside keyd's ECDSA sign.
+    Spiffe,
 }
 
 #[derive(Clone, Copy, PartialEq, ValueEnum)]
@@ -94,6 +102,10 @@ fn main() -> Result<(), String> {
         Target::Workload => {
             let runtime = edgeid_common::runtime::build().map_err(|e| e.to_string())?;
             return runtime.block_on(bench_workload(&args));
+        }
+        Target::Spiffe => {
+            let runtime = edgeid_common::runtime::build().map_err(|e| e.to_string())?;
+            return runtime.block_on(spiffe::bench(&args));
         }
         Target::Keyd => Store::Software,
         Target::Pkcs11 => Store::Pkcs11(SoftHsmToken::create(dir.path())?),
