@@ -16,6 +16,10 @@ use super::Spiffe;
 use crate::error::Error;
 use crate::workload::Who;
 
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// The metadata every request must carry (SPIFFE Workload Endpoint, section 4).
 const SECURITY_HEADER: &str = "workload.spiffe.io";
 
@@ -59,13 +63,27 @@ impl Spiffe {
             .map_err(status)
     }
 
-    /// The module's SPIFFE ID, once identityd confirms the module exists.
+    /// The module's SPIFFE ID, once identityd confirms the module exists;
+    /// reused for `identity_cache_secs`, as module identities are.
     async fn spiffe_id_of(&self, module: &str) -> Result<String, Status> {
+        let ttl = std::time::Duration::from_secs(self.workload.config.identity_cache_secs);
+        let cached = lock(&self.ids)
+            .get(module)
+            .filter(|(_, at)| at.elapsed() < ttl)
+            .map(|(id, _)| id.clone());
+        if let Some(id) = cached {
+            return Ok(id);
+        }
         let identity = self.workload.fetch_identity(module).await.map_err(status)?;
-        self.x509
+        let id = self
+            .x509
             .spiffe_id(&identity.module_id)
             .await
-            .map_err(status)
+            .map_err(status)?;
+        if !ttl.is_zero() {
+            lock(&self.ids).insert(module.to_owned(), (id.clone(), std::time::Instant::now()));
+        }
+        Ok(id)
     }
 }
 

@@ -37,6 +37,9 @@ pub struct Spiffe {
     workload: Arc<Workload>,
     x509: Arc<x509::X509Authority>,
     jwt: Arc<jwt::JwtAuthority>,
+    /// SPIFFE IDs by module, and when they were read (a module map's size:
+    /// only mapped modules get here).
+    ids: std::sync::Mutex<std::collections::HashMap<String, (String, std::time::Instant)>>,
 }
 
 impl Spiffe {
@@ -51,6 +54,7 @@ impl Spiffe {
                 config.jwt_key_rotation_secs,
             )),
             workload,
+            ids: std::sync::Mutex::new(std::collections::HashMap::new()),
         }
     }
 
