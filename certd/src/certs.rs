@@ -656,7 +656,7 @@ impl Certd {
 
 /// A CSR's public key and names, after its signature is verified and its
 /// request checked: no CA rights unless the profile is `ca`.
-fn parse_csr(pem_text: &str, profile: Profile) -> Result<(Vec<u8>, Subject), Error> {
+pub fn parse_csr(pem_text: &str, profile: Profile) -> Result<(Vec<u8>, Subject), Error> {
     let csr = CertificateSigningRequestParams::from_pem(pem_text).map_err(|e| match e {
         rcgen::Error::InvalidCertificationRequestSignature => {
             Error::BadRequest("the CSR's signature does not verify".into())

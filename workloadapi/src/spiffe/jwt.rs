@@ -436,7 +436,7 @@ fn jwk_set(keys: &[Arc<SigningKey>]) -> Vec<u8> {
         .map(|k| {
             let point = k.verifying.to_encoded_point(false);
             let coordinate = |c: Option<&p256::FieldBytes>| {
-                URL_SAFE_NO_PAD.encode(c.map(|b| b.as_slice()).unwrap_or_default())
+                URL_SAFE_NO_PAD.encode(c.map(|b| &b[..]).unwrap_or_default())
             };
             json!({
                 "kty": "EC",
