@@ -105,7 +105,15 @@ impl X509Authority {
             let _one = issuing.lock().await;
             // Another request may have issued it while this one waited.
             if !fresh(&rx) {
-                self.renew(module).await?;
+                if let Err(e) = self.renew(module).await {
+                    // Due but not expired: the current SVID still serves
+                    // (the renewal task keeps trying); nothing usable: the error.
+                    let now = OffsetDateTime::now_utc();
+                    if !rx.borrow().as_ref().is_some_and(|s| now < s.not_after) {
+                        return Err(e);
+                    }
+                    tracing::warn!(module, error = %e, "cannot renew an X.509-SVID; serving the current one");
+                }
             }
         }
         Ok(rx)
