@@ -29,3 +29,85 @@ impl InProcess<WorkloadConfig> {
         .await
     }
 }
+
+/// What workloadd stands on: keyd, certd and identityd in one directory,
+/// identityd provisioned, and the modules created in it.
+pub struct Stack {
+    /// keyd.
+    pub keyd: crate::KeydFixture,
+    /// certd, on keyd.
+    pub certd: crate::CertdFixture,
+    /// identityd, provisioned.
+    pub identityd: crate::IdentitydFixture,
+}
+
+impl Stack {
+    /// The three daemons under `dir`, identityd provisioned by `provisioning`
+    /// (through `cloud` if given), and `modules` created in identityd.
+    pub async fn start(
+        dir: &std::path::Path,
+        provisioning: edgeid_identityd::config::ProvisioningConfig,
+        cloud: Option<&crate::cloud::CloudService>,
+        modules: &[&str],
+    ) -> Self {
+        let keyd = crate::KeydFixture::start_in(dir).await;
+        let certd = crate::CertdFixture::start_in(dir, &keyd).await;
+        let config = crate::IdentitydFixture::config_in(dir, provisioning, cloud);
+        let identityd = crate::IdentitydFixture::configured(config, Admins::root_and_self()).await;
+        let client = identityd.client();
+        for _ in 0..200 {
+            if client.device().await.is_ok() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        for m in modules {
+            client
+                .create_module(m)
+                .await
+                .unwrap_or_else(|e| panic!("module {m}: {e}"));
+        }
+        Self {
+            keyd,
+            certd,
+            identityd,
+        }
+    }
+
+    /// Local provisioning as device `edge-1` on hub `localhost`.
+    pub async fn local(dir: &std::path::Path, modules: &[&str]) -> Self {
+        let provisioning = edgeid_identityd::config::ProvisioningConfig::Local(
+            edgeid_identityd::config::LocalConfig {
+                device_id: "edge-1".into(),
+                hub: "localhost".into(),
+            },
+        );
+        Self::start(dir, provisioning, None, modules).await
+    }
+
+    /// A workloadd config on these daemons, its socket `workload.sock` in
+    /// `dir`, identities read fresh on every request, `modules` as (name, uid).
+    pub fn workload_config(
+        &self,
+        dir: &std::path::Path,
+        modules: &[(&str, u32)],
+    ) -> WorkloadConfig {
+        let mut config = WorkloadConfig::with_sockets(
+            &dir.join("workload.sock"),
+            &self.identityd.socket(),
+            &self.keyd.socket(),
+            &self.certd.socket(),
+        );
+        // Every request sees identityd's current state (the default reuses
+        // an identity for 2 s).
+        config.identity_cache_secs = 0;
+        config.modules = modules
+            .iter()
+            .map(|(name, uid)| edgeid_workloadapi::config::ModuleConfig {
+                name: (*name).to_owned(),
+                uid: *uid,
+            })
+            .collect();
+        config
+    }
+}

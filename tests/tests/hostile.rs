@@ -6,15 +6,11 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use bytes::Bytes;
-use edgeid_common::authz::Admins;
 use edgeid_common::client::UdsClient;
-use edgeid_identityd::config::{LocalConfig, ProvisioningConfig};
-use edgeid_testkit::{CertdFixture, IdentitydFixture, KeydFixture, WorkloadFixture};
-use edgeid_workloadapi::config::ModuleConfig;
-use edgeid_workloadapi::WorkloadConfig;
+use edgeid_testkit::workload::Stack;
+use edgeid_testkit::{KeydFixture, WorkloadFixture};
 use http::{Method, StatusCode};
 use serde_json::{json, Value};
 
@@ -101,43 +97,22 @@ async fn hostile_inputs_get_their_4xx_and_change_nothing_on_disk() {
     let forbidden = StatusCode::FORBIDDEN;
 
     let dir = edgeid_testkit::temp_dir();
-    let keyd = KeydFixture::start_in(dir.path()).await;
-    let certd = CertdFixture::start_in(dir.path(), &keyd).await;
-    let config = IdentitydFixture::config_in(
-        dir.path(),
-        ProvisioningConfig::Local(LocalConfig {
-            device_id: "edge-1".into(),
-            hub: "localhost".into(),
-        }),
-        None,
-    );
-    let identityd = IdentitydFixture::configured(config, Admins::root_and_self()).await;
-    let ids = identityd.client();
-    for _ in 0..200 {
-        if ids.device().await.is_ok() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let stack = Stack::local(dir.path(), &[]).await;
+    let ids = stack.identityd.client();
     // A generation that no longer exists: mod-a deleted and made again.
     let old_genid = ids.create_module("mod-a").await.unwrap().generation_id;
     ids.delete_module("mod-a").await.unwrap();
     let genid = ids.create_module("mod-a").await.unwrap().generation_id;
     assert_ne!(old_genid, genid);
-    let mut config = WorkloadConfig::with_sockets(
-        &dir.path().join("workload.sock"),
-        &identityd.socket(),
-        &keyd.socket(),
-        &certd.socket(),
-    );
-    config.identity_cache_secs = 0;
-    config.modules = vec![ModuleConfig {
-        name: "mod-a".into(),
-        uid: 0,
-    }];
+    let config = stack.workload_config(dir.path(), &[("mod-a", 0)]);
     let workload = WorkloadFixture::configured(config).await;
 
     // A real handle, and one from another keyd (another master key).
+    let Stack {
+        keyd,
+        certd,
+        identityd,
+    } = &stack;
     let k = keyd.client();
     let real = k
         .create_key_pair("real", edgeid_keyd::api::KeyPairSpec::EcP256)

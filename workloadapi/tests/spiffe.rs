@@ -11,14 +11,12 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use edgeid_common::authz::Admins;
-use edgeid_identityd::config::{LocalConfig, ProvisioningConfig};
-use edgeid_testkit::{CertdFixture, IdentitydFixture, KeydFixture, WorkloadFixture};
-use edgeid_workloadapi::config::{ModuleConfig, SpiffeConfig};
+use edgeid_testkit::workload::Stack;
+use edgeid_testkit::WorkloadFixture;
+use edgeid_workloadapi::config::SpiffeConfig;
 use edgeid_workloadapi::spiffe::client::{self, Client};
 use edgeid_workloadapi::spiffe::proto::spiffe_workload_api_client::SpiffeWorkloadApiClient;
 use edgeid_workloadapi::spiffe::proto::*;
-use edgeid_workloadapi::WorkloadConfig;
 use tonic::Code;
 use x509_parser::prelude::*;
 
@@ -28,9 +26,7 @@ const NOBODY_UID: u32 = 4202;
 
 struct Suite {
     workload: WorkloadFixture,
-    identityd: IdentitydFixture,
-    _certd: CertdFixture,
-    _keyd: KeydFixture,
+    stack: Stack,
     dir: tempfile::TempDir,
 }
 
@@ -38,54 +34,16 @@ impl Suite {
     async fn start(tune: impl FnOnce(&mut SpiffeConfig)) -> Self {
         let dir = edgeid_testkit::temp_dir();
         edgeid_testkit::open_to_others(dir.path());
-        let keyd = KeydFixture::start_in(dir.path()).await;
-        let certd = CertdFixture::start_in(dir.path(), &keyd).await;
-        let config = IdentitydFixture::config_in(
-            dir.path(),
-            ProvisioningConfig::Local(LocalConfig {
-                device_id: "edge-1".into(),
-                hub: "localhost".into(),
-            }),
-            None,
-        );
-        let identityd = IdentitydFixture::configured(config, Admins::root_and_self()).await;
-        let ids = identityd.client();
-        for _ in 0..200 {
-            if ids.device().await.is_ok() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        for m in ["mod-a", "mod-b"] {
-            ids.create_module(m).await.unwrap();
-        }
-        let mut config = WorkloadConfig::with_sockets(
-            &dir.path().join("workload.sock"),
-            &identityd.socket(),
-            &keyd.socket(),
-            &certd.socket(),
-        );
+        let stack = Stack::local(dir.path(), &["mod-a", "mod-b"]).await;
+        let mut config = stack.workload_config(dir.path(), &[("mod-a", 0), ("mod-b", OTHER_UID)]);
         config.server.socket_mode = 0o666;
-        config.identity_cache_secs = 0;
-        config.modules = vec![
-            ModuleConfig {
-                name: "mod-a".into(),
-                uid: 0,
-            },
-            ModuleConfig {
-                name: "mod-b".into(),
-                uid: OTHER_UID,
-            },
-        ];
         let mut spiffe = SpiffeConfig::new(TD, &dir.path().join("spiffe.sock"));
         tune(&mut spiffe);
         config.spiffe = Some(spiffe);
         let workload = WorkloadFixture::configured(config).await;
         Self {
             workload,
-            identityd,
-            _certd: certd,
-            _keyd: keyd,
+            stack,
             dir,
         }
     }
@@ -850,6 +808,7 @@ async fn callers_without_the_header_a_module_or_the_identity_are_refused() {
 
     // A module deleted in identityd is entitled to nothing.
     suite
+        .stack
         .identityd
         .client()
         .delete_module("mod-b")

@@ -11,16 +11,14 @@ use std::sync::Arc;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use bytes::Bytes;
-use edgeid_common::authz::Admins;
 use edgeid_common::client::UdsClient;
 use edgeid_identityd::config::{
     AttestationConfig, DpsConfig, KeySource, LocalConfig, ProvisioningConfig,
 };
 use edgeid_identityd::IdentitydClient;
 use edgeid_testkit::cloud::{CloudService, Enrollment};
-use edgeid_testkit::{CertdFixture, IdentitydFixture, KeydFixture, WorkloadFixture};
-use edgeid_workloadapi::config::ModuleConfig;
-use edgeid_workloadapi::WorkloadConfig;
+use edgeid_testkit::workload::Stack;
+use edgeid_testkit::WorkloadFixture;
 use http::{Method, StatusCode};
 use serde_json::{json, Value};
 
@@ -29,9 +27,7 @@ const OTHER_UID: u32 = 4201;
 
 struct Suite {
     workload: WorkloadFixture,
-    identityd: IdentitydFixture,
-    _certd: CertdFixture,
-    _keyd: KeydFixture,
+    stack: Stack,
     _dir: tempfile::TempDir,
 }
 
@@ -42,46 +38,19 @@ impl Suite {
     ) -> Self {
         let dir = edgeid_testkit::temp_dir();
         edgeid_testkit::open_to_others(dir.path());
-        let keyd = KeydFixture::start_in(dir.path()).await;
-        let certd = CertdFixture::start_in(dir.path(), &keyd).await;
-        let config = IdentitydFixture::config_in(dir.path(), provisioning(dir.path()), cloud);
-        let identityd = IdentitydFixture::configured(config, Admins::root_and_self()).await;
-        let client = identityd.client();
-        for _ in 0..200 {
-            if client.device().await.is_ok() {
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        }
-        for m in ["mod-a", "mod-b"] {
-            client.create_module(m).await.unwrap();
-        }
-        let mut config = WorkloadConfig::with_sockets(
-            &dir.path().join("workload.sock"),
-            &identityd.socket(),
-            &keyd.socket(),
-            &certd.socket(),
-        );
+        let stack = Stack::start(
+            dir.path(),
+            provisioning(dir.path()),
+            cloud,
+            &["mod-a", "mod-b"],
+        )
+        .await;
+        let mut config = stack.workload_config(dir.path(), &[("mod-a", 0), ("mod-b", OTHER_UID)]);
         config.server.socket_mode = 0o666;
-        // Every request sees identityd's current generation (the default
-        // reuses an identity for 2 s).
-        config.identity_cache_secs = 0;
-        config.modules = vec![
-            ModuleConfig {
-                name: "mod-a".into(),
-                uid: 0,
-            },
-            ModuleConfig {
-                name: "mod-b".into(),
-                uid: OTHER_UID,
-            },
-        ];
         let workload = WorkloadFixture::configured(config).await;
         Self {
             workload,
-            identityd,
-            _certd: certd,
-            _keyd: keyd,
+            stack,
             _dir: dir,
         }
     }
@@ -100,7 +69,7 @@ impl Suite {
     }
 
     fn identityd(&self) -> IdentitydClient {
-        self.identityd.client()
+        self.stack.identityd.client()
     }
 
     async fn genid(&self, module: &str) -> String {

@@ -109,7 +109,7 @@ impl X509Authority {
                     // Due but not expired: the current SVID still serves
                     // (the renewal task keeps trying); nothing usable: the error.
                     let now = OffsetDateTime::now_utc();
-                    if !rx.borrow().as_ref().is_some_and(|s| now < s.not_after) {
+                    if rx.borrow().as_ref().is_none_or(|s| now >= s.not_after) {
                         return Err(e);
                     }
                     tracing::warn!(module, error = %e, "cannot renew an X.509-SVID; serving the current one");
