@@ -86,6 +86,16 @@ impl KeydProcess {
         status
     }
 
+    /// Kills it (SIGKILL: no chance to finish anything) and starts it again
+    /// with the same config.
+    pub async fn kill_and_restart(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        self.launch().await;
+    }
+
     /// Stops (SIGTERM) and starts it again with the same config.
     pub async fn restart(&mut self) {
         let status = self.stop().await;
