@@ -90,6 +90,19 @@ impl Listener {
     }
 
     fn from_fd(fd: RawFd) -> io::Result<Self> {
+        // Each passed descriptor is owned once: a second listener on it
+        // (two units without names, say) would close it under the first.
+        static TAKEN: std::sync::Mutex<Vec<RawFd>> = std::sync::Mutex::new(Vec::new());
+        {
+            let mut taken = TAKEN.lock().unwrap_or_else(|p| p.into_inner());
+            if taken.contains(&fd) {
+                return Err(io::Error::new(
+                    io::ErrorKind::AlreadyExists,
+                    format!("descriptor {fd} from systemd is already in use by another socket; give each .socket unit a FileDescriptorName"),
+                ));
+            }
+            taken.push(fd);
+        }
         // SAFETY: fstat only reads into the buffer we provide.
         let mut st: libc::stat = unsafe { std::mem::zeroed() };
         if unsafe { libc::fstat(fd, &mut st) } != 0 || st.st_mode & libc::S_IFMT != libc::S_IFSOCK {

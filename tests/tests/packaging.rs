@@ -166,14 +166,21 @@ struct Activated {
 
 impl Activated {
     fn start(dir: &Path, daemon: &str, socket: &str, config: String) -> Self {
-        Self::start_named(dir, daemon, &[(socket, "main")], config)
+        Self::start_named(dir, daemon, &[(socket, "main")], socket, config)
     }
 
-    /// As `start`, with several sockets, each passed under its `FileDescriptorName`.
-    fn start_named(dir: &Path, daemon: &str, sockets: &[(&str, &str)], config: String) -> Self {
+    /// As `start`, with several sockets, each passed under its
+    /// `FileDescriptorName`, in this order; `health` answers health checks.
+    fn start_named(
+        dir: &Path,
+        daemon: &str,
+        sockets: &[(&str, &str)],
+        health: &str,
+        config: String,
+    ) -> Self {
         let file = dir.join(format!("{daemon}.toml"));
         std::fs::write(&file, config).unwrap();
-        let socket = dir.join(sockets[0].0);
+        let socket = dir.join(health);
         let mut cmd = Command::new("systemd-socket-activate");
         for (path, _) in sockets {
             cmd.arg("-l").arg(dir.join(path));
@@ -244,7 +251,9 @@ async fn every_daemon_serves_a_socket_activated_socket() {
     let workloadd = Activated::start_named(
         dir.path(),
         "workloadd",
-        &[("workload.sock", "workload"), ("spiffe.sock", "spiffe")],
+        // In the order systemd need not keep: each must be taken by its name.
+        &[("spiffe.sock", "spiffe"), ("workload.sock", "workload")],
+        "workload.sock",
         format!("identityd_socket = \"{d}/identityd.sock\"\nkeyd_socket = \"{d}/keyd.sock\"\ncertd_socket = \"{d}/certd.sock\"\nsockets_dir = \"{d}/modules\"\n[server]\nsocket = \"{d}/not-workload.sock\"\n[spiffe]\ntrust_domain = \"example.org\"\nsocket = \"{d}/not-spiffe.sock\"\n"),
     );
     assert_eq!(keyd.health("/v1/health").await.status, "ok");

@@ -57,9 +57,15 @@ pub async fn run(config: WorkloadConfig, shutdown: impl Future<Output = ()>) -> 
             None
         }
     };
-    // Last: the workload socket appearing means workloadd is ready.
-    let listener = Listener::open(&socket, mode)
-        .map_err(|e| Error::Setup(format!("cannot listen on {}: {e}", socket.display())))?;
+    // Last: the workload socket appearing means workloadd is ready. Under
+    // systemd with both sockets, each is taken by its name (their order is
+    // not promised); alone, the workload socket is the first.
+    let listener = if edgeid_common::listener::systemd_passed("workload") {
+        Listener::open_named(&socket, mode, "workload")
+    } else {
+        Listener::open(&socket, mode)
+    }
+    .map_err(|e| Error::Setup(format!("cannot listen on {}: {e}", socket.display())))?;
     workload.restore_sockets();
     let service = Arc::new(server::Service {
         workload: workload.clone(),
