@@ -231,6 +231,13 @@ impl X509Authority {
                 let issuing = lock(&self.slots).get(&module).map(|s| s.issuing.clone());
                 let Some(issuing) = issuing else { continue };
                 let _one = issuing.lock().await;
+                // A request may have renewed it while this waited for the lock.
+                let still_due = lock(&self.slots)
+                    .get(&module)
+                    .is_some_and(|s| due_at(s.svid.borrow().as_ref(), OffsetDateTime::now_utc()));
+                if !still_due {
+                    continue;
+                }
                 if let Err(e) = self.renew(&module).await {
                     self.failed(&module, &e);
                 }
