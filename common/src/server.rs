@@ -261,9 +261,11 @@ pub async fn serve<H: Handler>(
 
 /// Serves HTTP/2 (gRPC) on `listener` until `shutdown` resolves: each
 /// connection gets the service `make` builds for its caller. The connection
-/// cap and shutdown grace are those of `limits`; requests have no deadline of
-/// their own (a server stream lasts as long as its client wants), and a peer
-/// that stops answering keep-alive pings is dropped.
+/// cap and shutdown grace are those of `limits`. A request has no deadline
+/// of its own (a server stream lasts as long as its client wants), but a
+/// connection is closed when it sends no request within the header timeout
+/// (an idle or slow client cannot hold a slot), when it has had no stream
+/// open for the idle timeout, or when its peer stops answering keep-alive pings.
 pub async fn serve_h2<M, S, B>(
     listener: Listener,
     limits: Limits,
@@ -272,10 +274,10 @@ pub async fn serve_h2<M, S, B>(
 ) -> io::Result<()>
 where
     M: Fn(Caller) -> S,
-    S: hyper::service::Service<Request<Incoming>, Response = Response<B>> + Send + 'static,
+    S: hyper::service::Service<Request<Incoming>, Response = Response<B>> + Send + Sync + 'static,
     S::Future: Send + 'static,
     S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    B: hyper::body::Body + Send + 'static,
+    B: hyper::body::Body + Send + Unpin + 'static,
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
@@ -286,28 +288,100 @@ where
         .keep_alive_interval(Some(H2_KEEPALIVE))
         .keep_alive_timeout(limits.header_read_timeout);
     let http = Arc::new(http);
+    let limits = Arc::new(limits);
     accept_loop(
         listener,
-        Arc::new(limits),
+        limits.clone(),
         shutdown,
         move |stream, caller, mut stop| {
-            let conn = http.serve_connection(TokioIo::new(stream), make(caller));
+            let activity = Arc::new(Activity::new());
+            let inner = Arc::new(make(caller));
+            let tracked = activity.clone();
+            // Each stream is in flight until its response body is done.
+            let service = service_fn(move |req: Request<Incoming>| {
+                let busy = tracked.begin_request();
+                let inner = inner.clone();
+                async move {
+                    let response = inner.call(req).await?;
+                    Ok::<_, S::Error>(response.map(|body| Guarded { body, _busy: busy }))
+                }
+            });
+            let conn = http.serve_connection(TokioIo::new(stream), service);
+            let limits = limits.clone();
             async move {
                 tokio::pin!(conn);
-                let result = tokio::select! {
-                    result = conn.as_mut() => result,
-                    () = async { let _ = stop.wait_for(|s| *s).await; } => {
-                        conn.as_mut().graceful_shutdown();
-                        conn.await
+                let mut closing_since: Option<Instant> = None;
+                loop {
+                    // Before its first request a connection gets the header
+                    // timeout; after, the idle timeout between streams.
+                    let window = if activity.has_begun() {
+                        limits.idle_timeout
+                    } else {
+                        limits.header_read_timeout
+                    };
+                    let now = Instant::now();
+                    let at = match closing_since {
+                        Some(since) => since + limits.header_read_timeout,
+                        None => match activity.idle_deadline(window) {
+                            at if at > now => at,
+                            _ => now + window,
+                        },
+                    };
+                    tokio::select! {
+                        result = conn.as_mut() => {
+                            if let Err(e) = result {
+                                tracing::debug!(caller = %caller, error = %e, "connection ended with an error");
+                            }
+                            return;
+                        }
+                        () = async { let _ = stop.wait_for(|s| *s).await; }, if closing_since.is_none() => {
+                            conn.as_mut().graceful_shutdown();
+                            closing_since = Some(Instant::now() + limits.shutdown_grace);
+                        }
+                        () = tokio::time::sleep_until(at.into()) => {
+                            if closing_since.is_some() {
+                                // GOAWAY sent and still not closed: drop it.
+                                tracing::debug!(caller = %caller, "closing a connection that did not wind down");
+                                return;
+                            }
+                            if activity.is_idle(window) {
+                                tracing::debug!(caller = %caller, "closing an idle HTTP/2 connection");
+                                conn.as_mut().graceful_shutdown();
+                                closing_since = Some(Instant::now());
+                            }
+                        }
                     }
-                };
-                if let Err(e) = result {
-                    tracing::debug!(caller = %caller, error = %e, "connection ended with an error");
                 }
             }
         },
     )
     .await
+}
+
+/// A response body that keeps its stream counted in flight until it ends.
+struct Guarded<B> {
+    body: B,
+    _busy: InFlight,
+}
+
+impl<B: hyper::body::Body + Unpin> hyper::body::Body for Guarded<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
 }
 
 /// Streams one HTTP/2 connection may have open at once.
@@ -586,6 +660,7 @@ struct Activity {
     epoch: Instant,
     last_ms: AtomicU64,
     in_flight: AtomicUsize,
+    begun: std::sync::atomic::AtomicBool,
 }
 
 impl Activity {
@@ -594,7 +669,13 @@ impl Activity {
             epoch: Instant::now(),
             last_ms: AtomicU64::new(0),
             in_flight: AtomicUsize::new(0),
+            begun: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// Whether a request has begun on this connection.
+    fn has_begun(&self) -> bool {
+        self.begun.load(Ordering::Acquire)
     }
 
     fn touch(&self) {
@@ -604,6 +685,7 @@ impl Activity {
 
     fn begin_request(self: &Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
+        self.begun.store(true, Ordering::Release);
         InFlight(self.clone())
     }
 

@@ -32,11 +32,19 @@ struct Suite {
 
 impl Suite {
     async fn start(tune: impl FnOnce(&mut SpiffeConfig)) -> Self {
+        Self::start_with(tune, |_| {}).await
+    }
+
+    async fn start_with(
+        tune: impl FnOnce(&mut SpiffeConfig),
+        server: impl FnOnce(&mut edgeid_common::config::ServerConfig),
+    ) -> Self {
         let dir = edgeid_testkit::temp_dir();
         edgeid_testkit::open_to_others(dir.path());
         let stack = Stack::local(dir.path(), &["mod-a", "mod-b"]).await;
         let mut config = stack.workload_config(dir.path(), &[("mod-a", 0), ("mod-b", OTHER_UID)]);
         config.server.socket_mode = 0o666;
+        server(&mut config.server);
         let mut spiffe = SpiffeConfig::new(TD, &dir.path().join("spiffe.sock"));
         tune(&mut spiffe);
         config.spiffe = Some(spiffe);
@@ -842,5 +850,62 @@ async fn the_workload_socket_and_the_spiffe_socket_serve_side_by_side() {
         from_edge_api.concat(),
         svid.bundle,
         "one trust bundle on both APIs"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn silent_and_idle_connections_are_cut_and_do_not_starve_clients() {
+    use tokio::io::AsyncReadExt;
+
+    // Four connections at most; one second to send a first request.
+    let suite = Suite::start_with(
+        |_| {},
+        |server| {
+            server.max_connections = 4;
+            server.header_read_timeout_secs = 1;
+            server.idle_timeout_secs = 2;
+        },
+    )
+    .await;
+    // Every slot taken by a client that connects and says nothing.
+    let mut silent = Vec::new();
+    for _ in 0..4 {
+        silent.push(
+            tokio::net::UnixStream::connect(suite.socket())
+                .await
+                .unwrap(),
+        );
+    }
+    // A real client still gets served once they are cut.
+    let started = Instant::now();
+    let served = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut c = suite.client().await;
+        jwt(&mut c, &["after-the-flood"]).await
+    })
+    .await
+    .expect("served despite the silent connections");
+    assert!(!served.is_empty());
+    assert!(started.elapsed() < Duration::from_secs(10));
+    // And the silent ones were closed by the server.
+    for mut s in silent {
+        let mut buf = [0u8; 64];
+        let closed = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                match s.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => continue, // the server's preface and GOAWAY
+                }
+            }
+        })
+        .await;
+        assert!(closed.is_ok(), "a silent connection was left open");
+    }
+    // An open stream is not idle: it outlives the idle timeout.
+    let mut c = suite.client().await;
+    let (_, mut stream) = first_svid(&mut c).await;
+    let waited = tokio::time::timeout(Duration::from_secs(4), stream.message()).await;
+    assert!(
+        waited.is_err(),
+        "the stream stayed open with nothing to say"
     );
 }
