@@ -341,23 +341,26 @@ async fn two_modules_complete_mutual_tls_with_their_svids() {
             mtls::key(&a.x509_svid_key),
         )
         .unwrap();
-    // mod-b connects, accepting only mod-a's SPIFFE ID.
-    let client = rustls::ClientConfig::builder_with_provider(mtls::provider())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(mtls::SpiffeServer {
-            roots: mtls::certs(&bundle),
-            expected: id_of("mod-a"),
-        }))
-        .with_client_auth_cert(
-            mtls::certs(&split_der(&b.x509_svid)),
-            mtls::key(&b.x509_svid_key),
-        )
-        .unwrap();
+    let server = Arc::new(server);
+    // mod-b connects with its SVID, accepting only the SPIFFE ID `expected`.
+    let client = |expected: &str| {
+        rustls::ClientConfig::builder_with_provider(mtls::provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(mtls::SpiffeServer {
+                roots: mtls::certs(&bundle),
+                expected: expected.to_owned(),
+            }))
+            .with_client_auth_cert(
+                mtls::certs(&split_der(&b.x509_svid)),
+                mtls::key(&b.x509_svid_key),
+            )
+            .unwrap()
+    };
 
     let (c_io, s_io) = tokio::io::duplex(64 * 1024);
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+    let acceptor = tokio_rustls::TlsAcceptor::from(server.clone());
     let served = tokio::spawn(async move {
         let mut tls = acceptor.accept(s_io).await.expect("server handshake");
         let peer = tls.get_ref().1.peer_certificates().unwrap()[0].to_vec();
@@ -367,7 +370,7 @@ async fn two_modules_complete_mutual_tls_with_their_svids() {
         tls.shutdown().await.ok();
         (peer, buf)
     });
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(client(&id_of("mod-a"))));
     let name = ServerNameFor::any();
     let mut tls = connector
         .connect(name, c_io)
@@ -386,34 +389,12 @@ async fn two_modules_complete_mutual_tls_with_their_svids() {
     );
 
     // A module that trusts only mod-b's identity refuses mod-a's server.
-    let wrong = rustls::ClientConfig::builder_with_provider(mtls::provider())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(mtls::SpiffeServer {
-            roots: mtls::certs(&bundle),
-            expected: id_of("mod-b"),
-        }))
-        .with_no_client_auth();
-    let mut roots = rustls::RootCertStore::empty();
-    for ca in mtls::certs(&bundle) {
-        roots.add(ca).unwrap();
-    }
-    let server = rustls::ServerConfig::builder_with_provider(mtls::provider())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(
-            mtls::certs(&split_der(&a.x509_svid)),
-            mtls::key(&a.x509_svid_key),
-        )
-        .unwrap();
     let (c_io, s_io) = tokio::io::duplex(64 * 1024);
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+    let acceptor = tokio_rustls::TlsAcceptor::from(server);
     tokio::spawn(async move {
         let _ = acceptor.accept(s_io).await;
     });
-    let refused = tokio_rustls::TlsConnector::from(Arc::new(wrong))
+    let refused = tokio_rustls::TlsConnector::from(Arc::new(client(&id_of("mod-b"))))
         .connect(ServerNameFor::any(), c_io)
         .await;
     assert!(refused.is_err(), "mod-a's SVID is not mod-b's identity");
