@@ -26,6 +26,7 @@ pub mod logging;
 pub mod routes;
 pub mod runtime;
 pub mod server;
+pub mod sync;
 
 pub use authz::Caller;
 pub use error::{ApiError, HttpError};

@@ -94,7 +94,7 @@ impl Listener {
         // (two units without names, say) would close it under the first.
         static TAKEN: std::sync::Mutex<Vec<RawFd>> = std::sync::Mutex::new(Vec::new());
         {
-            let mut taken = TAKEN.lock().unwrap_or_else(|p| p.into_inner());
+            let mut taken = crate::sync::lock(&TAKEN);
             if taken.contains(&fd) {
                 return Err(io::Error::new(
                     io::ErrorKind::AlreadyExists,

@@ -14,6 +14,7 @@ use edgeid_certd::signer::KeydKey;
 use edgeid_certd::CertdClient;
 use edgeid_common::authz::Admins;
 use edgeid_common::server::Health;
+use edgeid_common::sync::lock;
 use edgeid_common::Caller;
 use edgeid_keyd::api::{KeyHandle, SignAlgorithm};
 use edgeid_keyd::KeydClient;
@@ -786,10 +787,6 @@ impl Identityd {
         );
         Health::of(backends)
     }
-}
-
-fn lock<T>(m: &SyncMutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// A fresh generation id: 16 random bytes, hex.

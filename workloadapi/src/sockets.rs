@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use edgeid_common::listener::Listener;
+use edgeid_common::sync::lock;
 use edgeid_common::Caller;
 use edgeid_identityd::names;
 use serde::{Deserialize, Serialize};
@@ -55,10 +56,6 @@ struct Bound {
 #[derive(Default)]
 pub struct ModuleSockets {
     bound: Mutex<HashMap<String, Bound>>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Workload {

@@ -12,6 +12,7 @@ use base64::Engine;
 use edgeid_certd::api::{CreateCertificateRequest, IssuerKind, Profile, SubjectAltNames};
 use edgeid_certd::CertdClient;
 use edgeid_common::server::Health;
+use edgeid_common::sync::lock;
 use edgeid_common::Caller;
 use edgeid_identityd::api::{DeviceIdentity, ModuleIdentity};
 use edgeid_identityd::names;
@@ -47,10 +48,6 @@ pub struct Workload {
     identities: Mutex<HashMap<String, (ModuleIdentity, Instant)>>,
     encryption_base: Mutex<Option<KeyHandle>>,
     pub(crate) sockets: crate::sockets::ModuleSockets,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn decode(field: &str, value: &str) -> Result<Vec<u8>, Error> {

@@ -46,7 +46,7 @@ pub async fn channel_over(
     let once = Arc::new(Mutex::new(Some(stream)));
     endpoint()
         .connect_with_connector(tower::service_fn(move |_: Uri| {
-            let taken = once.lock().unwrap_or_else(|p| p.into_inner()).take();
+            let taken = edgeid_common::sync::lock(&once).take();
             async move {
                 let stream = taken.ok_or_else(|| {
                     io::Error::new(io::ErrorKind::NotConnected, "the one connection is used up")

@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use edgeid_common::sync::lock;
 use edgeid_common::Caller;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
@@ -15,10 +16,6 @@ use super::proto::*;
 use super::Spiffe;
 use crate::error::Error;
 use crate::workload::Who;
-
-fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
 
 /// The metadata every request must carry (SPIFFE Workload Endpoint, section 4).
 const SECURITY_HEADER: &str = "workload.spiffe.io";

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
+use edgeid_common::sync::{lock, read, write};
 use edgeid_keyd::api::{KeyHandle, KeyPairSpec, SignAlgorithm};
 use edgeid_keyd::KeydClient;
 use p256::ecdsa::signature::Verifier;
@@ -67,10 +68,6 @@ pub struct JwtAuthority {
     keys: RwLock<Vec<Arc<SigningKey>>>,
     jwks: watch::Sender<Arc<Vec<u8>>>,
     cache: Mutex<HashMap<(String, Vec<String>), Cached>>,
-}
-
-fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
-    l.read().unwrap_or_else(|p| p.into_inner())
 }
 
 fn now() -> i64 {
@@ -160,7 +157,7 @@ impl JwtAuthority {
         }
         if changed {
             let set = jwk_set(&keys);
-            *self.keys.write().unwrap_or_else(|p| p.into_inner()) = keys;
+            *write(&self.keys) = keys;
             self.jwks.send_replace(Arc::new(set));
         }
         Ok(())
@@ -390,10 +387,6 @@ impl JwtAuthority {
         }
         Ok((sub.to_owned(), claims))
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// The key that signs at `now`: the last one active, else (none active

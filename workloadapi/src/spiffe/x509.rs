@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use edgeid_certd::api::{Profile, SubjectAltNames};
+use edgeid_common::sync::lock;
 use time::OffsetDateTime;
 use tokio::sync::{watch, Notify};
 use zeroize::Zeroizing;
@@ -60,10 +61,6 @@ pub struct X509Authority {
     bundle: watch::Sender<Bundle>,
     /// Wakes the renewal task when a new SVID is issued.
     wake: Notify,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl X509Authority {
