@@ -22,6 +22,7 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulConnection;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -288,12 +289,20 @@ where
         .keep_alive_interval(Some(H2_KEEPALIVE))
         .keep_alive_timeout(limits.header_read_timeout);
     let http = Arc::new(http);
-    let limits = Arc::new(limits);
+    // Before its first request a connection gets the header timeout; after,
+    // the idle timeout between streams. Asked to close, it has the header
+    // timeout to send its GOAWAY and go.
+    let windows = Windows {
+        first: limits.header_read_timeout,
+        idle: limits.idle_timeout,
+        wind_down: Some(limits.header_read_timeout),
+        grace: limits.shutdown_grace,
+    };
     accept_loop(
         listener,
-        limits.clone(),
+        Arc::new(limits),
         shutdown,
-        move |stream, caller, mut stop| {
+        move |stream, caller, stop| {
             let activity = Arc::new(Activity::new());
             let inner = Arc::new(make(caller));
             let tracked = activity.clone();
@@ -307,52 +316,7 @@ where
                 }
             });
             let conn = http.serve_connection(TokioIo::new(stream), service);
-            let limits = limits.clone();
-            async move {
-                tokio::pin!(conn);
-                let mut closing_since: Option<Instant> = None;
-                loop {
-                    // Before its first request a connection gets the header
-                    // timeout; after, the idle timeout between streams.
-                    let window = if activity.has_begun() {
-                        limits.idle_timeout
-                    } else {
-                        limits.header_read_timeout
-                    };
-                    let now = Instant::now();
-                    let at = match closing_since {
-                        Some(since) => since + limits.header_read_timeout,
-                        None => match activity.idle_deadline(window) {
-                            at if at > now => at,
-                            _ => now + window,
-                        },
-                    };
-                    tokio::select! {
-                        result = conn.as_mut() => {
-                            if let Err(e) = result {
-                                tracing::debug!(caller = %caller, error = %e, "connection ended with an error");
-                            }
-                            return;
-                        }
-                        () = async { let _ = stop.wait_for(|s| *s).await; }, if closing_since.is_none() => {
-                            conn.as_mut().graceful_shutdown();
-                            closing_since = Some(Instant::now() + limits.shutdown_grace);
-                        }
-                        () = tokio::time::sleep_until(at.into()) => {
-                            if closing_since.is_some() {
-                                // GOAWAY sent and still not closed: drop it.
-                                tracing::debug!(caller = %caller, "closing a connection that did not wind down");
-                                return;
-                            }
-                            if activity.is_idle(window) {
-                                tracing::debug!(caller = %caller, "closing an idle HTTP/2 connection");
-                                conn.as_mut().graceful_shutdown();
-                                closing_since = Some(Instant::now());
-                            }
-                        }
-                    }
-                }
-            }
+            async move { drive(conn, &activity, &windows, caller, stop).await }
         },
     )
     .await
@@ -472,7 +436,7 @@ struct Connection<H> {
 }
 
 impl<H: Handler> Connection<H> {
-    async fn run(self, stream: UnixStream, mut stop: watch::Receiver<bool>) {
+    async fn run(self, stream: UnixStream, stop: watch::Receiver<bool>) {
         let activity = Arc::new(Activity::new());
         let io = TokioIo::new(Tracked {
             inner: stream,
@@ -498,43 +462,101 @@ impl<H: Handler> Connection<H> {
             })
         };
         let conn = http.serve_connection(io, service);
-        tokio::pin!(conn);
-        let mut closing = *stop.borrow();
-        if closing {
-            conn.as_mut().graceful_shutdown();
-        }
-        loop {
-            // While a request runs past the idle deadline, the connection is not
-            // idle: look again an idle period later instead of at a deadline
-            // that has already passed (which would wake this loop at once, forever).
-            let now = Instant::now();
-            let idle_at = match activity.idle_deadline(limits.idle_timeout) {
+        // hyper enforces the header timeout itself; between requests (bytes
+        // moving count as activity) the idle timeout; a closing connection
+        // finishes its request, however long the request timeout lets it take.
+        let windows = Windows {
+            first: limits.idle_timeout,
+            idle: limits.idle_timeout,
+            wind_down: None,
+            grace: limits.shutdown_grace,
+        };
+        drive(conn, &activity, &windows, caller, stop).await;
+    }
+}
+
+/// How long a connection may sit before it is closed.
+#[derive(Clone, Copy)]
+struct Windows {
+    /// Before its first request.
+    first: Duration,
+    /// With nothing in flight, after a request.
+    idle: Duration,
+    /// Once asked to close, how long it has before it is dropped (`None`:
+    /// as long as it takes); after a shutdown, on top of `grace`.
+    wind_down: Option<Duration>,
+    /// The shutdown grace.
+    grace: Duration,
+}
+
+/// Drives one connection to its end: a graceful close once it has been idle
+/// for its window or when `stop` is set, then a drop if it does not wind down.
+async fn drive<C>(
+    conn: C,
+    activity: &Activity,
+    windows: &Windows,
+    caller: Caller,
+    mut stop: watch::Receiver<bool>,
+) where
+    C: GracefulConnection<Error = hyper::Error>,
+{
+    tokio::pin!(conn);
+    // Set once the connection is asked to close: when it will be dropped.
+    let mut closing: Option<Option<Instant>> = None;
+    if *stop.borrow() {
+        conn.as_mut().graceful_shutdown();
+        closing = Some(
+            windows
+                .wind_down
+                .map(|w| Instant::now() + windows.grace + w),
+        );
+    }
+    loop {
+        let window = if activity.has_begun() {
+            windows.idle
+        } else {
+            windows.first
+        };
+        // While a request runs past the idle deadline, the connection is not
+        // idle: look again a window later instead of at a deadline that has
+        // already passed (which would wake this loop at once, forever).
+        let now = Instant::now();
+        let wake = match closing {
+            Some(drop_at) => drop_at,
+            None => Some(match activity.idle_deadline(window) {
                 at if at > now => at,
-                _ => now + limits.idle_timeout,
-            };
-            tokio::select! {
-                result = conn.as_mut() => {
-                    if let Err(e) = result {
-                        tracing::debug!(caller = %caller, error = %e, "connection ended with an error");
-                    }
-                    break;
+                _ => now + window,
+            }),
+        };
+        tokio::select! {
+            result = conn.as_mut() => {
+                if let Err(e) = result {
+                    tracing::debug!(caller = %caller, error = %e, "connection ended with an error");
                 }
-                changed = stop.changed(), if !closing => {
-                    let _ = changed;
-                    closing = true;
+                return;
+            }
+            changed = stop.changed(), if closing.is_none() => {
+                let _ = changed;
+                conn.as_mut().graceful_shutdown();
+                closing = Some(windows.wind_down.map(|w| Instant::now() + windows.grace + w));
+            }
+            () = tokio::time::sleep_until(wake.unwrap_or(now + FOREVER).into()), if wake.is_some() => {
+                if closing.is_some() {
+                    tracing::debug!(caller = %caller, "dropping a connection that did not wind down");
+                    return;
+                }
+                if activity.is_idle(window) {
+                    tracing::debug!(caller = %caller, "closing idle connection");
                     conn.as_mut().graceful_shutdown();
-                }
-                () = tokio::time::sleep_until(idle_at.into()), if !closing => {
-                    if activity.is_idle(limits.idle_timeout) {
-                        tracing::debug!(caller = %caller, "closing idle connection");
-                        closing = true;
-                        conn.as_mut().graceful_shutdown();
-                    }
+                    closing = Some(windows.wind_down.map(|w| Instant::now() + w));
                 }
             }
         }
     }
 }
+
+/// A wake-up that never comes in practice (a disabled timer arm).
+const FOREVER: Duration = Duration::from_secs(86_400);
 
 /// Reads the body within the limits, calls the handler, catches its panics.
 async fn respond<H: Handler>(
