@@ -364,6 +364,14 @@ async fn through_socket(
             Ok::<_, String>(latencies)
         }));
     }
+    gather(tasks, seconds).await
+}
+
+/// Waits for the client tasks and summarizes the latencies they measured.
+async fn gather(
+    tasks: Vec<tokio::task::JoinHandle<Result<Vec<Duration>, String>>>,
+    seconds: u64,
+) -> Result<Measured, String> {
     let mut all = Vec::new();
     for t in tasks {
         all.extend(t.await.map_err(|e| e.to_string())??);

@@ -17,7 +17,7 @@ use edgeid_keyd::KeydClient;
 use edgeid_workloadapi::spiffe::client;
 use edgeid_workloadapi::spiffe::proto::{JwtsvidRequest, X509svidRequest};
 
-use crate::{micros, summarize, through_socket, Args, Measured};
+use crate::{gather, micros, summarize, through_socket, Args, Measured};
 
 /// Fresh connections timed for the warm time to first SVID.
 const WARM_CONNECTIONS: usize = 200;
@@ -148,9 +148,5 @@ async fn fetch_jwts(
             Ok::<_, String>(latencies)
         }));
     }
-    let mut all = Vec::new();
-    for t in tasks {
-        all.extend(t.await.map_err(|e| e.to_string())??);
-    }
-    Ok(summarize(all, seconds))
+    gather(tasks, seconds).await
 }
