@@ -105,7 +105,7 @@ impl Workload {
         let identity = match cached {
             Some(m) if genid.is_none() || genid == Some(m.generation_id.as_str()) => m,
             // Stale, absent, or another generation: ask identityd.
-            _ => self.fetch(name).await?,
+            _ => self.fetch_identity(name).await?,
         };
         if let Some(g) = genid {
             if g != identity.generation_id {
@@ -134,11 +134,8 @@ impl Workload {
             })
     }
 
+    /// The module's identity as identityd has it now (and kept for `module_for`).
     pub(crate) async fn fetch_identity(&self, name: &str) -> Result<ModuleIdentity, Error> {
-        self.fetch(name).await
-    }
-
-    async fn fetch(&self, name: &str) -> Result<ModuleIdentity, Error> {
         let identity = self
             .identityd
             .module(name)
