@@ -768,6 +768,34 @@ async fn callers_without_the_header_a_module_or_the_identity_are_refused() {
         .into_inner();
     assert_eq!(own.svids[0].spiffe_id, id_of("mod-b"));
 
+    // A body that is not the method's message (field 1 a number where the
+    // audience string belongs): refused, not served.
+    {
+        #[derive(Clone, PartialEq, prost::Message)]
+        struct NotARequest {
+            #[prost(uint64, tag = "1")]
+            audience: u64,
+        }
+        let mut grpc = tonic::client::Grpc::new(client::channel(&suite.socket()).await.unwrap());
+        grpc.ready().await.unwrap();
+        let mut req = tonic::Request::new(NotARequest { audience: 7 });
+        req.metadata_mut()
+            .insert("workload.spiffe.io", "true".parse().unwrap());
+        let answer: Result<tonic::Response<JwtsvidResponse>, tonic::Status> = grpc
+            .unary(
+                req,
+                http::uri::PathAndQuery::from_static("/SpiffeWorkloadAPI/FetchJWTSVID"),
+                tonic_prost::ProstCodec::default(),
+            )
+            .await;
+        let e = answer.expect_err("a malformed message is refused");
+        assert!(
+            matches!(e.code(), Code::Internal | Code::InvalidArgument),
+            "{e:?}"
+        );
+        assert!(e.message().contains("decode"), "{e:?}");
+    }
+
     // Bad requests: no audience, oversize messages. The server goes on.
     let e = a
         .fetch_jwtsvid(JwtsvidRequest {
