@@ -85,7 +85,9 @@ pub struct ServerConfig {
     pub request_timeout_secs: u64,
     /// A connection with no traffic and no request in flight for this long is closed.
     pub idle_timeout_secs: u64,
-    /// Connections served at once; further ones wait in the listen queue.
+    /// Connections served at once. At the cap a new connection takes the
+    /// place of the least useful one (idle, or never finished a request);
+    /// when every one is at work, new ones wait in the listen queue.
     pub max_connections: usize,
     /// On SIGTERM, how long in-flight requests get to finish.
     pub shutdown_grace_secs: u64,
@@ -121,7 +123,7 @@ impl Default for ServerConfig {
             header_read_timeout_secs: 10,
             request_timeout_secs: 60,
             idle_timeout_secs: 60,
-            max_connections: 512,
+            max_connections: 1024,
             shutdown_grace_secs: 30,
         }
     }

@@ -53,6 +53,9 @@ where
         eprintln!("{binary}: config file {}: {e}", path.display());
         return ExitCode::from(2);
     }
+    if let Err(e) = crate::runtime::raise_fd_limit() {
+        tracing::warn!(error = %e, "cannot raise the open-file limit; connections are capped by the current one");
+    }
     let runtime = match crate::runtime::build() {
         Ok(rt) => rt,
         Err(e) => {

@@ -27,7 +27,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::UnixStream;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::watch;
 
 use crate::authz::Caller;
 use crate::error::{ApiError, ErrorBody, HttpError};
@@ -247,14 +247,14 @@ pub async fn serve<H: Handler>(
         listener,
         limits.clone(),
         shutdown,
-        move |stream, caller, stop| {
+        move |stream, caller, activity, stop| {
             let conn = Connection {
                 caller,
                 handler: handler.clone(),
                 limits: limits.clone(),
                 http: http.clone(),
             };
-            conn.run(stream, stop)
+            conn.run(stream, activity, stop)
         },
     )
     .await
@@ -302,17 +302,21 @@ where
         listener,
         Arc::new(limits),
         shutdown,
-        move |stream, caller, stop| {
-            let activity = Arc::new(Activity::new());
+        move |stream, caller, activity: Arc<Activity>, stop| {
             let inner = Arc::new(make(caller));
             let tracked = activity.clone();
-            // Each stream is in flight until its response body is done.
+            // Each stream is in flight, and at work, until its response body
+            // is done: a connection with an open stream is never evicted.
             let service = service_fn(move |req: Request<Incoming>| {
                 let busy = tracked.begin_request();
+                let work = tracked.begin_work();
                 let inner = inner.clone();
                 async move {
                     let response = inner.call(req).await?;
-                    Ok::<_, S::Error>(response.map(|body| Guarded { body, _busy: busy }))
+                    Ok::<_, S::Error>(response.map(|body| Guarded {
+                        body,
+                        _busy: (busy, work),
+                    }))
                 }
             });
             let conn = http.serve_connection(TokioIo::new(stream), service);
@@ -325,7 +329,7 @@ where
 /// A response body that keeps its stream counted in flight until it ends.
 struct Guarded<B> {
     body: B,
-    _busy: InFlight,
+    _busy: (InFlight, AtWork),
 }
 
 impl<B: hyper::body::Body + Unpin> hyper::body::Body for Guarded<B> {
@@ -355,10 +359,16 @@ const H2_MAX_HEADER_LIST: u32 = 16 * 1024;
 /// How often an HTTP/2 peer is pinged to check it is still there.
 const H2_KEEPALIVE: Duration = Duration::from_secs(30);
 
-/// Accepts connections until `shutdown`: at most `limits.max_connections` at
-/// once, each with its caller read from `SO_PEERCRED`, each served on its own
-/// task by what `serve_one` returns (told through `stop` when to wind down).
-/// Then waits up to the shutdown grace for them to end.
+/// Accepts connections until `shutdown`, each with its caller read from
+/// `SO_PEERCRED`, each served on its own task by what `serve_one` returns
+/// (told through `stop` when to wind down). Then waits up to the shutdown
+/// grace for them to end.
+///
+/// At most `limits.max_connections` are served at once. At the cap, a new
+/// connection takes the place of the least useful one ([`Registry::make_room`]),
+/// so that silent, slow or idle clients, however many, cannot keep a good
+/// client out until their timeouts run; only when every connection has a
+/// request in a handler do new clients wait in the kernel's listen queue.
 async fn accept_loop<F, Fut>(
     listener: Listener,
     limits: Arc<Limits>,
@@ -366,24 +376,29 @@ async fn accept_loop<F, Fut>(
     serve_one: F,
 ) -> io::Result<()>
 where
-    F: Fn(UnixStream, Caller, watch::Receiver<bool>) -> Fut,
+    F: Fn(UnixStream, Caller, Arc<Activity>, watch::Receiver<bool>) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let registry = Arc::new(Registry::default());
     let (stop_tx, stop_rx) = watch::channel(false);
     tracing::info!(socket = listener.description(), "listening");
 
     tokio::pin!(shutdown);
-    loop {
-        // Waiting for a free slot before accepting leaves extra clients in the
-        // kernel's listen queue instead of starving those already connected.
-        let permit = tokio::select! {
-            permit = slots.clone().acquire_owned() => match permit {
-                Ok(p) => p,
-                Err(_) => break,
-            },
-            () = &mut shutdown => break,
-        };
+    'serve: loop {
+        // When every connection is at work, new clients wait in the kernel's
+        // listen queue until one ends.
+        loop {
+            let changed = registry.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if registry.can_admit(limits.max_connections) {
+                break;
+            }
+            tokio::select! {
+                () = changed => {}
+                () = &mut shutdown => break 'serve,
+            }
+        }
         let stream = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(s) => s,
@@ -407,24 +422,108 @@ where
                 continue;
             }
         };
-        let served = serve_one(stream, caller, stop_rx.clone());
+        registry.make_room(limits.max_connections);
+        let activity = Arc::new(Activity::new());
+        let id = registry.insert(activity.clone());
+        let served = serve_one(stream, caller, activity, stop_rx.clone());
+        let registry = registry.clone();
         tokio::spawn(async move {
             served.await;
-            drop(permit);
+            registry.remove(id);
         });
     }
 
     tracing::info!("shutting down: no new connections; finishing requests in flight");
     drop(listener);
     let _ = stop_tx.send(true);
-    let all = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
-    match tokio::time::timeout(limits.shutdown_grace, slots.acquire_many(all)).await {
-        Ok(_) => tracing::info!("all connections closed"),
+    let all_closed = async {
+        loop {
+            let changed = registry.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if registry.is_empty() {
+                break;
+            }
+            changed.await;
+        }
+    };
+    match tokio::time::timeout(limits.shutdown_grace, all_closed).await {
+        Ok(()) => tracing::info!("all connections closed"),
         Err(_) => {
             tracing::warn!(grace = ?limits.shutdown_grace, "connections still open after the grace period")
         }
     }
     Ok(())
+}
+
+/// The connections a server holds, so that a new one can take the place of
+/// the least useful when the cap is reached.
+#[derive(Default)]
+struct Registry {
+    conns: std::sync::Mutex<std::collections::HashMap<u64, Arc<Activity>>>,
+    next_id: AtomicU64,
+    /// Set while the cap is reached, so that it is logged once per episode.
+    full: std::sync::atomic::AtomicBool,
+    /// Woken when a connection ends.
+    changed: tokio::sync::Notify,
+}
+
+impl Registry {
+    fn insert(&self, activity: Arc<Activity>) -> u64 {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        crate::sync::lock(&self.conns).insert(id, activity);
+        id
+    }
+
+    fn remove(&self, id: u64) {
+        crate::sync::lock(&self.conns).remove(&id);
+        self.changed.notify_waiters();
+    }
+
+    fn is_empty(&self) -> bool {
+        crate::sync::lock(&self.conns).is_empty()
+    }
+
+    /// Whether a new connection may be accepted under `max`: there is a
+    /// free slot, or a connection that [`Registry::make_room`] may close.
+    fn can_admit(&self, max: usize) -> bool {
+        let conns = crate::sync::lock(&self.conns);
+        let mut live = conns.values().filter(|a| !a.is_evicted());
+        live.clone().count() < max || live.any(|a| !a.is_working())
+    }
+
+    /// Makes room for one more connection under `max` by evicting the least
+    /// useful one if the cap is reached. Only a connection with no request
+    /// in a handler is evicted: first those that never completed a request
+    /// (silent, slow-header and half-body clients), oldest first, sparing
+    /// the newest ([`NEW_CONNECTION_GRACE`]) while there are others; then
+    /// the one idle longest since it completed one. A client doing real work
+    /// is kept.
+    fn make_room(&self, max: usize) {
+        let conns = crate::sync::lock(&self.conns);
+        let live = conns.values().filter(|a| !a.is_evicted()).count();
+        if live < max {
+            if live <= max / 2 {
+                self.full.store(false, Ordering::Relaxed);
+            }
+            return;
+        }
+        let victim = conns
+            .values()
+            .filter(|a| !a.is_evicted() && !a.is_working())
+            .min_by_key(|a| a.rank());
+        let Some(victim) = victim else {
+            // All got to work since `can_admit`: one over the cap, briefly.
+            return;
+        };
+        if !self.full.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                max_connections = max,
+                "connection cap reached: closing the least recently useful connections to make room"
+            );
+        }
+        victim.evict();
+    }
 }
 
 /// One accepted connection and what it needs to serve requests.
@@ -436,8 +535,7 @@ struct Connection<H> {
 }
 
 impl<H: Handler> Connection<H> {
-    async fn run(self, stream: UnixStream, stop: watch::Receiver<bool>) {
-        let activity = Arc::new(Activity::new());
+    async fn run(self, stream: UnixStream, activity: Arc<Activity>, stop: watch::Receiver<bool>) {
         let io = TokioIo::new(Tracked {
             inner: stream,
             activity: activity.clone(),
@@ -457,7 +555,11 @@ impl<H: Handler> Connection<H> {
                 let activity = activity.clone();
                 async move {
                     let _busy = activity.begin_request();
-                    Ok::<_, Infallible>(respond(&*handler, caller, req, &limits).await.into_hyper())
+                    Ok::<_, Infallible>(
+                        respond(&*handler, caller, req, &limits, &activity)
+                            .await
+                            .into_hyper(),
+                    )
                 }
             })
         };
@@ -540,6 +642,16 @@ async fn drive<C>(
                 conn.as_mut().graceful_shutdown();
                 closing = Some(windows.wind_down.map(|w| Instant::now() + windows.grace + w));
             }
+            () = activity.evicted(), if closing.is_none() => {
+                if activity.is_working() {
+                    // It got to work since it was chosen: let that request finish.
+                    conn.as_mut().graceful_shutdown();
+                    closing = Some(windows.wind_down.map(|w| Instant::now() + w));
+                } else {
+                    tracing::debug!(caller = %caller, "closing a connection to make room for a new one");
+                    return;
+                }
+            }
             () = tokio::time::sleep_until(wake.unwrap_or(now + FOREVER).into()), if wake.is_some() => {
                 if closing.is_some() {
                     tracing::debug!(caller = %caller, "dropping a connection that did not wind down");
@@ -564,6 +676,7 @@ async fn respond<H: Handler>(
     caller: Caller,
     req: Request<Incoming>,
     limits: &Limits,
+    activity: &Arc<Activity>,
 ) -> ApiResponse {
     let started = Instant::now();
     let (parts, body) = req.into_parts();
@@ -609,6 +722,9 @@ async fn respond<H: Handler>(
             ));
         }
     };
+    // The whole request is here: from now on the connection is doing work
+    // and is not evicted to make room for another.
+    let _work = activity.begin_work();
     let request = ApiRequest {
         caller,
         method: parts.method,
@@ -677,12 +793,20 @@ async fn read_body(mut body: Incoming, max: usize, drain_cap: usize) -> Result<B
     }
 }
 
-/// When a connection last moved bytes, and how many requests it has in flight.
+/// When a connection last moved bytes, how many requests it has in flight
+/// and in a handler, when it last completed one, and whether it has been
+/// asked to make room for another.
 struct Activity {
     epoch: Instant,
     last_ms: AtomicU64,
     in_flight: AtomicUsize,
     begun: std::sync::atomic::AtomicBool,
+    /// Requests whole and in a handler (HTTP/2: open streams).
+    working: AtomicUsize,
+    /// When a request last completed, in ms after `epoch` (0: never).
+    useful_ms: AtomicU64,
+    evicted: std::sync::atomic::AtomicBool,
+    evict: tokio::sync::Notify,
 }
 
 impl Activity {
@@ -692,7 +816,50 @@ impl Activity {
             last_ms: AtomicU64::new(0),
             in_flight: AtomicUsize::new(0),
             begun: std::sync::atomic::AtomicBool::new(false),
+            working: AtomicUsize::new(0),
+            useful_ms: AtomicU64::new(0),
+            evicted: std::sync::atomic::AtomicBool::new(false),
+            evict: tokio::sync::Notify::new(),
         }
+    }
+
+    /// Marks a request at work (in a handler) until the guard drops; then
+    /// the connection has just been useful.
+    fn begin_work(self: &Arc<Self>) -> AtWork {
+        self.working.fetch_add(1, Ordering::AcqRel);
+        AtWork(self.clone())
+    }
+
+    fn is_working(&self) -> bool {
+        self.working.load(Ordering::Acquire) > 0
+    }
+
+    /// Its rank for eviction, least useful first: whether it ever completed
+    /// a request; if not, whether it is new enough to still be sending its
+    /// first one (so that a client arriving in a flood gets to send it);
+    /// then when it last completed one (or connected).
+    fn rank(&self) -> (bool, bool, Instant) {
+        let useful = self.useful_ms.load(Ordering::Relaxed);
+        (
+            useful > 0,
+            useful == 0 && self.epoch.elapsed() < NEW_CONNECTION_GRACE,
+            self.epoch + Duration::from_millis(useful),
+        )
+    }
+
+    fn is_evicted(&self) -> bool {
+        self.evicted.load(Ordering::Acquire)
+    }
+
+    /// Asks the connection to close to make room for a new one.
+    fn evict(&self) {
+        self.evicted.store(true, Ordering::Release);
+        self.evict.notify_one();
+    }
+
+    /// Resolves once the connection has been asked to make room.
+    async fn evicted(&self) {
+        self.evict.notified().await;
     }
 
     /// Whether a request has begun on this connection.
@@ -717,6 +884,22 @@ impl Activity {
 
     fn is_idle(&self, idle: Duration) -> bool {
         self.in_flight.load(Ordering::Acquire) == 0 && Instant::now() >= self.idle_deadline(idle)
+    }
+}
+
+/// How long a new connection is spared by eviction while older ones that
+/// never sent a whole request remain.
+const NEW_CONNECTION_GRACE: Duration = Duration::from_millis(500);
+
+/// Marks a request at work until dropped.
+struct AtWork(Arc<Activity>);
+
+impl Drop for AtWork {
+    fn drop(&mut self) {
+        // At least 1 ms: 0 means it never completed one.
+        let now = (self.0.epoch.elapsed().as_millis() as u64).max(1);
+        self.0.useful_ms.store(now, Ordering::Relaxed);
+        self.0.working.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

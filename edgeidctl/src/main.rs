@@ -148,7 +148,13 @@ fn main() -> ExitCode {
             modules,
             trust_domain,
             backend,
-        } => runtime.block_on(dev::run(&dir, &modules, &trust_domain, &backend)),
+        } => {
+            // Every daemon's connections live in this one process.
+            if let Err(e) = edgeid_common::runtime::raise_fd_limit() {
+                eprintln!("edgeidctl: cannot raise the open-file limit: {e}");
+            }
+            runtime.block_on(dev::run(&dir, &modules, &trust_domain, &backend))
+        }
         Command::Reprovision { run, no_wait } => {
             runtime.block_on(ops::reprovision(&ops::Sockets::new(&run.run_dir), !no_wait))
         }
