@@ -22,6 +22,9 @@ pub enum Error {
     /// The EST server refused or answered nonsense.
     #[error("{0}")]
     Upstream(String),
+    /// The file system holding certd's state is full: nothing was written.
+    #[error("no space left to store certificate '{0}': the file system holding certd's state is full; free space there and retry")]
+    NoSpace(String),
     /// A failure inside certd; logged in full, answered as a bare 500.
     #[error("{0}")]
     Internal(String),
@@ -38,6 +41,7 @@ impl HttpError for Error {
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Upstream(_) => StatusCode::BAD_GATEWAY,
+            Self::NoSpace(_) => StatusCode::INSUFFICIENT_STORAGE,
             Self::Internal(_) | Self::Setup(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

@@ -135,8 +135,13 @@ impl CertStore {
     pub fn put(&self, record: &CertRecord) -> Result<(), Error> {
         let path = self.path(&record.id);
         let json = serde_json::to_vec_pretty(record).map_err(|e| Error::Internal(e.to_string()))?;
-        edgeid_common::fs::write_atomic(&path, &json, 0o600)
-            .map_err(|e| Error::Internal(format!("cannot write {}: {e}", path.display())))
+        edgeid_common::fs::write_atomic(&path, &json, 0o600).map_err(|e| {
+            if edgeid_common::fs::is_out_of_space(&e) {
+                Error::NoSpace(record.id.clone())
+            } else {
+                Error::Internal(format!("cannot write {}: {e}", path.display()))
+            }
+        })
     }
 
     /// Removes a record; false if there was none.

@@ -10,9 +10,16 @@ pub trait HttpError: std::error::Error {
     fn status(&self) -> StatusCode;
 
     /// The text sent to the caller. Server errors are logged in full but answered
-    /// with a generic text, so internals (paths, library messages) never leak.
+    /// with a generic text, so internals (paths, library messages) never leak;
+    /// but a backend that is down (503) or a full disk (507) is the operator's
+    /// to fix, so those say what is wrong.
     fn public_message(&self) -> String {
-        if self.status().is_server_error() && self.status() != StatusCode::SERVICE_UNAVAILABLE {
+        if self.status().is_server_error()
+            && !matches!(
+                self.status(),
+                StatusCode::SERVICE_UNAVAILABLE | StatusCode::INSUFFICIENT_STORAGE
+            )
+        {
             "internal error; see the daemon's log".to_owned()
         } else {
             self.to_string()

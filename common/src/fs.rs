@@ -46,6 +46,12 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
     result
 }
 
+/// Whether a write failed because the file system is full (or the quota is
+/// used up): the operator's to fix, not a bug, and worth saying so.
+pub fn is_out_of_space(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
+}
+
 /// Creates `path` (and missing parents) as a directory with `mode`, or checks that
 /// an existing one is a directory and sets its mode.
 pub fn ensure_dir(path: &Path, mode: u32) -> io::Result<()> {

@@ -40,12 +40,26 @@ pub enum Error {
         /// Why.
         reason: String,
     },
+    /// The file system holding keyd's state is full: nothing was written.
+    #[error("no space left to store key '{0}': the file system holding keyd's state is full; free space there and retry")]
+    NoSpace(String),
     /// A failure inside keyd; logged in full, answered as a bare 500.
     #[error("{0}")]
     Internal(String),
     /// keyd could not start.
     #[error("{0}")]
     Setup(String),
+}
+
+impl Error {
+    /// A key file that could not be written: out of space, or an internal failure.
+    pub fn writing(id: &str, path: &std::path::Path, e: &std::io::Error) -> Self {
+        if edgeid_common::fs::is_out_of_space(e) {
+            Self::NoSpace(id.to_owned())
+        } else {
+            Self::Internal(format!("cannot write key file {}: {e}", path.display()))
+        }
+    }
 }
 
 impl HttpError for Error {
@@ -58,6 +72,7 @@ impl HttpError for Error {
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::NoSpace(_) => StatusCode::INSUFFICIENT_STORAGE,
             Self::Internal(_) | Self::Setup(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

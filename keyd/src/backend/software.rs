@@ -216,9 +216,8 @@ impl SoftwareBackend {
         file.sealed = STANDARD.encode(sealed);
         let json = serde_json::to_vec_pretty(&file).map_err(|e| Error::Internal(e.to_string()))?;
         let path = self.path_of(id);
-        edgeid_common::fs::write_atomic(&path, &json, 0o600).map_err(|e| {
-            Error::Internal(format!("cannot write key file {}: {e}", path.display()))
-        })?;
+        edgeid_common::fs::write_atomic(&path, &json, 0o600)
+            .map_err(|e| Error::writing(id.as_str(), &path, &e))?;
         let material = material_from(kind, secret)
             .map_err(|_| Error::Internal("new key does not load".into()))?;
         Ok(self.remember(LoadedKey {

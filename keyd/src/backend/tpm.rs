@@ -327,7 +327,7 @@ impl TpmBackend {
         let json = serde_json::to_vec_pretty(&file).map_err(|e| Error::Internal(e.to_string()))?;
         let path = self.path_of(id);
         edgeid_common::fs::write_atomic(&path, &json, 0o600)
-            .map_err(|e| Error::Internal(format!("cannot write {}: {e}", path.display())))?;
+            .map_err(|e| Error::writing(id.as_str(), &path, &e))?;
         let record = KeyRecord {
             id: id.clone(),
             kind,
