@@ -113,6 +113,23 @@ impl Drop for KeydProcess {
     }
 }
 
+/// A binary of this build, beside the running test's own directory
+/// (`cargo test --workspace` builds them all): `edgeid-keyd`, `edgeidctl`...
+pub fn build_binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target directory");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run the workspace tests (cargo test --workspace)",
+        path.display()
+    );
+    path
+}
+
 /// Sends SIGTERM to a child process.
 pub fn sigterm(child: &Child) {
     // SAFETY: kill(2) on our own child's pid.

@@ -19,20 +19,9 @@ fn packaging() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging")
 }
 
-/// A daemon binary of this build (`cargo test --workspace` builds them all).
+/// A daemon binary of this build.
 fn binary(daemon: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("test binary path");
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target directory");
-    let path = dir.join(format!("edgeid-{daemon}"));
-    assert!(
-        path.exists(),
-        "{} is missing: run the workspace tests (cargo test --workspace)",
-        path.display()
-    );
-    path
+    edgeid_testkit::process::build_binary(&format!("edgeid-{daemon}"))
 }
 
 #[test]
