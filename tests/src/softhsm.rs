@@ -15,11 +15,17 @@ const SO_PIN: &str = "5678";
 /// A SoftHSM installation private to one test: config and token directory.
 pub struct SoftHsm {
     dir: tempfile::TempDir,
+    pin: String,
 }
 
 impl SoftHsm {
-    /// A private SoftHSM config with no tokens yet.
+    /// A private SoftHSM config with no tokens yet; tokens get [`PIN`].
     pub fn new() -> Self {
+        Self::with_pin(PIN)
+    }
+
+    /// The same, with tokens whose user PIN is `pin`.
+    pub fn with_pin(pin: &str) -> Self {
         crate::require_tool("softhsm2-util", "softhsm2");
         let dir = crate::temp_dir();
         std::fs::create_dir(dir.path().join("tokens")).expect("token dir");
@@ -28,10 +34,14 @@ impl SoftHsm {
             dir.path().join("tokens").display()
         );
         std::fs::write(dir.path().join("softhsm2.conf"), conf).expect("softhsm2.conf");
-        let pin = dir.path().join("pin");
-        std::fs::write(&pin, format!("{PIN}\n")).expect("pin file");
-        std::fs::set_permissions(&pin, std::fs::Permissions::from_mode(0o600)).expect("chmod pin");
-        Self { dir }
+        let pin_file = dir.path().join("pin");
+        std::fs::write(&pin_file, format!("{pin}\n")).expect("pin file");
+        std::fs::set_permissions(&pin_file, std::fs::Permissions::from_mode(0o600))
+            .expect("chmod pin");
+        Self {
+            dir,
+            pin: pin.to_owned(),
+        }
     }
 
     /// Creates and initializes a token with this label.
@@ -44,7 +54,7 @@ impl SoftHsm {
                 "--label",
                 label,
                 "--pin",
-                PIN,
+                &self.pin,
                 "--so-pin",
                 SO_PIN,
             ])
@@ -120,7 +130,7 @@ impl SoftHsm {
             .env("SOFTHSM2_CONF", self.conf())
             .arg("--module")
             .arg(Self::library())
-            .args(["--token-label", label, "--login", "--pin", PIN])
+            .args(["--token-label", label, "--login", "--pin", &self.pin])
             .args(args)
             .output()
             .expect("run pkcs11-tool");
