@@ -113,12 +113,20 @@ impl tower_service::Service<Uri> for UdsConnector {
     }
 }
 
+/// Requests one client (and its clones) has in flight at once; more wait
+/// their turn here. Each is a connection, so this keeps one daemon's fan-out
+/// (workloadd serving a thousand modules, say) well under the connection
+/// cap of the daemon it calls, where a burst over the cap would wait for
+/// admission; and the daemons behind have a few cores, not a thousand.
+pub const MAX_IN_FLIGHT: usize = 128;
+
 /// A client for one daemon socket. Cheap to clone; clones share the pool.
 #[derive(Clone)]
 pub struct UdsClient {
     socket: Arc<PathBuf>,
     inner: Client<UdsConnector, Full<Bytes>>,
     timeout: Duration,
+    in_flight: Arc<tokio::sync::Semaphore>,
 }
 
 impl std::fmt::Debug for UdsClient {
@@ -144,6 +152,7 @@ impl UdsClient {
             socket,
             inner,
             timeout: Duration::from_secs(90),
+            in_flight: Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT)),
         }
     }
 
@@ -219,6 +228,8 @@ impl UdsClient {
             );
         }
         let exchange = async {
+            // Never closed, so acquiring only waits.
+            let _turn = self.in_flight.acquire().await;
             let resp = self
                 .inner
                 .request(req)

@@ -391,11 +391,13 @@ where
             let changed = registry.changed.notified();
             tokio::pin!(changed);
             changed.as_mut().enable();
-            if registry.can_admit(limits.max_connections) {
-                break;
-            }
+            let next = match registry.admission(limits.max_connections) {
+                Ok(()) => break,
+                Err(next) => next.unwrap_or_else(|| Instant::now() + BUSY_RECHECK),
+            };
             tokio::select! {
                 () = changed => {}
+                () = tokio::time::sleep_until(next.into()) => {}
                 () = &mut shutdown => break 'serve,
             }
         }
@@ -486,19 +488,33 @@ impl Registry {
 
     /// Whether a new connection may be accepted under `max`: there is a
     /// free slot, or a connection that [`Registry::make_room`] may close.
-    fn can_admit(&self, max: usize) -> bool {
+    /// If not, when one may become evictable (`None`: every connection is
+    /// in a handler; look again a moment later).
+    fn admission(&self, max: usize) -> Result<(), Option<Instant>> {
         let conns = crate::sync::lock(&self.conns);
         let mut live = conns.values().filter(|a| !a.is_evicted());
-        live.clone().count() < max || live.any(|a| !a.is_working())
+        if live.clone().count() < max {
+            return Ok(());
+        }
+        let now = Instant::now();
+        let mut next = None;
+        for at in live.by_ref().filter_map(|a| a.evictable_at()) {
+            if at <= now {
+                return Ok(());
+            }
+            next = Some(next.map_or(at, |n: Instant| n.min(at)));
+        }
+        Err(next)
     }
 
     /// Makes room for one more connection under `max` by evicting the least
     /// useful one if the cap is reached. Only a connection with no request
-    /// in a handler is evicted: first those that never completed a request
-    /// (silent, slow-header and half-body clients), oldest first, sparing
-    /// the newest ([`NEW_CONNECTION_GRACE`]) while there are others; then
-    /// the one idle longest since it completed one. A client doing real work
-    /// is kept.
+    /// in a handler is evicted, and only once it has had its chance:
+    /// [`NEW_CONNECTION_GRACE`] to complete a first request, or
+    /// [`IDLE_BEFORE_EVICTION`] of idleness after one (a pooled keep-alive
+    /// connection its client is about to reuse is not pulled from under it).
+    /// Silent connections go first, then those stuck in a request
+    /// (slow headers, half a body), oldest first, then the longest idle.
     fn make_room(&self, max: usize) {
         let conns = crate::sync::lock(&self.conns);
         let live = conns.values().filter(|a| !a.is_evicted()).count();
@@ -508,12 +524,13 @@ impl Registry {
             }
             return;
         }
+        let now = Instant::now();
         let victim = conns
             .values()
-            .filter(|a| !a.is_evicted() && !a.is_working())
+            .filter(|a| !a.is_evicted() && a.evictable_at().is_some_and(|at| at <= now))
             .min_by_key(|a| a.rank());
         let Some(victim) = victim else {
-            // All got to work since `can_admit`: one over the cap, briefly.
+            // All got to work since `admission`: one over the cap, briefly.
             return;
         };
         if !self.full.swap(true, Ordering::Relaxed) {
@@ -807,6 +824,8 @@ struct Activity {
     useful_ms: AtomicU64,
     evicted: std::sync::atomic::AtomicBool,
     evict: tokio::sync::Notify,
+    /// Whether the peer ever sent a byte (or, HTTP/2, began a stream).
+    heard: std::sync::atomic::AtomicBool,
 }
 
 impl Activity {
@@ -820,6 +839,7 @@ impl Activity {
             useful_ms: AtomicU64::new(0),
             evicted: std::sync::atomic::AtomicBool::new(false),
             evict: tokio::sync::Notify::new(),
+            heard: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -834,15 +854,29 @@ impl Activity {
         self.working.load(Ordering::Acquire) > 0
     }
 
+    /// From when it may be evicted (`None` while a request is in a handler):
+    /// [`NEW_CONNECTION_GRACE`] after it connected if it never completed a
+    /// request, else [`IDLE_BEFORE_EVICTION`] after it last did.
+    fn evictable_at(&self) -> Option<Instant> {
+        if self.is_working() {
+            return None;
+        }
+        let useful = self.useful_ms.load(Ordering::Relaxed);
+        Some(if useful == 0 {
+            self.epoch + NEW_CONNECTION_GRACE
+        } else {
+            self.epoch + Duration::from_millis(useful) + IDLE_BEFORE_EVICTION
+        })
+    }
+
     /// Its rank for eviction, least useful first: whether it ever completed
-    /// a request; if not, whether it is new enough to still be sending its
-    /// first one (so that a client arriving in a flood gets to send it);
-    /// then when it last completed one (or connected).
+    /// a request, whether it ever sent a byte, then when it last completed
+    /// a request (or connected).
     fn rank(&self) -> (bool, bool, Instant) {
         let useful = self.useful_ms.load(Ordering::Relaxed);
         (
             useful > 0,
-            useful == 0 && self.epoch.elapsed() < NEW_CONNECTION_GRACE,
+            self.heard.load(Ordering::Relaxed),
             self.epoch + Duration::from_millis(useful),
         )
     }
@@ -875,6 +909,7 @@ impl Activity {
     fn begin_request(self: &Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
         self.begun.store(true, Ordering::Release);
+        self.heard.store(true, Ordering::Relaxed);
         InFlight(self.clone())
     }
 
@@ -887,9 +922,18 @@ impl Activity {
     }
 }
 
-/// How long a new connection is spared by eviction while older ones that
-/// never sent a whole request remain.
-const NEW_CONNECTION_GRACE: Duration = Duration::from_millis(500);
+/// How long a new connection has to complete its first request before it
+/// may be evicted to make room.
+const NEW_CONNECTION_GRACE: Duration = Duration::from_secs(1);
+
+/// At the cap with every connection in a handler, how soon to look again
+/// (besides when a connection ends).
+const BUSY_RECHECK: Duration = Duration::from_millis(250);
+
+/// How long a connection that completed a request must have been idle before
+/// it may be evicted. Clients reuse their most recently used connections, so
+/// one idle this long is rarely the one a client is about to send on.
+const IDLE_BEFORE_EVICTION: Duration = Duration::from_secs(2);
 
 /// Marks a request at work until dropped.
 struct AtWork(Arc<Activity>);
@@ -929,6 +973,7 @@ impl AsyncRead for Tracked {
         let poll = Pin::new(&mut self.inner).poll_read(cx, buf);
         if buf.filled().len() > before {
             self.activity.touch();
+            self.activity.heard.store(true, Ordering::Relaxed);
         }
         poll
     }
