@@ -7,12 +7,17 @@
 //!   keyd's HMAC with the same key and aws-lc-rs HMAC in-process.
 //! - `spiffe`: the SPIFFE Workload API of a running `edgeidctl dev`: time to
 //!   the first X.509-SVID on a fresh connection, FetchJWTSVID req/s.
+//! - `load`: many connections (1000 by default) on the workload socket of a
+//!   running `edgeidctl dev`, signing and asking for certificates for a
+//!   set time: errors, latency percentiles, per-connection fairness, and the
+//!   server's RSS before, during and after.
 //! - `pkcs11`: a fresh SoftHSMv2 token (needs `softhsm2-util`), against raw
 //!   cryptoki calls on the same token, one logged-in session per thread.
 //!
 //! Without `--socket`, it starts `edgeid-keyd` (from the same build directory)
 //! on a temp dir as a separate process, and also reports keyd's RSS.
 
+mod load;
 mod spiffe;
 
 use std::path::{Path, PathBuf};
@@ -48,6 +53,13 @@ struct Args {
     /// Operations to measure.
     #[arg(long = "op", value_enum, default_values_t = vec![Op::Ecdsa, Op::Hmac])]
     ops: Vec<Op>,
+    /// `load`: connections held open at once.
+    #[arg(long, default_value_t = 1000)]
+    connections: usize,
+    /// `load`: every Nth request of a connection asks for a server
+    /// certificate (a new key and a CA signature); the others sign.
+    #[arg(long, default_value_t = 20)]
+    cert_every: u64,
 }
 
 #[derive(Clone, Copy, PartialEq, ValueEnum)]
@@ -65,6 +77,10 @@ enum Target {
     /// (`--socket DIR/spiffe.sock`): time to the first X.509-SVID on a fresh
     /// connection, and FetchJWTSVID req/s, beside keyd's ECDSA sign.
     Spiffe,
+    /// A load test of the workload socket of a running `edgeidctl dev`
+    /// (`--socket DIR/workload.sock`): `--connections` clients signing and
+    /// asking for server certificates for `--seconds`.
+    Load,
 }
 
 #[derive(Clone, Copy, PartialEq, ValueEnum)]
@@ -106,6 +122,11 @@ fn main() -> Result<(), String> {
         Target::Spiffe => {
             let runtime = edgeid_common::runtime::build().map_err(|e| e.to_string())?;
             return runtime.block_on(spiffe::bench(&args));
+        }
+        Target::Load => {
+            edgeid_common::runtime::raise_fd_limit().map_err(|e| e.to_string())?;
+            let runtime = edgeid_common::runtime::build().map_err(|e| e.to_string())?;
+            return runtime.block_on(load::run(&args));
         }
         Target::Keyd => Store::Software,
         Target::Pkcs11 => Store::Pkcs11(SoftHsmToken::create(dir.path())?),
@@ -470,10 +491,17 @@ impl KeydProcess {
     }
 
     fn rss_kib(&self) -> Option<u64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
-        let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-        line.split_whitespace().nth(1)?.parse().ok()
+        proc_status_kib(self.child.id(), "VmRSS")
     }
+}
+
+/// A size field (`VmRSS`, `VmHWM`...) of `/proc/<pid>/status`, in KiB.
+fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status
+        .lines()
+        .find(|l| l.strip_prefix(field).is_some_and(|r| r.starts_with(':')))?;
+    line.split_whitespace().nth(1)?.parse().ok()
 }
 
 impl Drop for KeydProcess {
