@@ -272,10 +272,13 @@ async fn removed_token_is_503_until_it_comes_back() {
     std::fs::rename(&tokens, &away).unwrap();
     std::fs::create_dir(&tokens).unwrap();
     for _ in 0..2 {
+        let asked = std::time::Instant::now();
         let err = client
             .sign(&handle, SignAlgorithm::EcdsaSha256, b"gone", false)
             .await
             .unwrap_err();
+        // Reported, not asserted (RELIABILITY.md): how soon a caller hears.
+        eprintln!("token gone: 503 after {:?}", asked.elapsed());
         assert_eq!(err.status(), Some(StatusCode::SERVICE_UNAVAILABLE), "{err}");
         assert!(
             err.to_string().contains("token 'removable' not found"),
@@ -285,6 +288,12 @@ async fn removed_token_is_503_until_it_comes_back() {
 
     std::fs::remove_dir(&tokens).unwrap();
     std::fs::rename(&away, &tokens).unwrap();
+    let back = std::time::Instant::now();
+    let signed = client
+        .sign(&handle, SignAlgorithm::EcdsaSha256, b"back", false)
+        .await;
+    eprintln!("token back: first sign answered after {:?}", back.elapsed());
+    signed.unwrap();
     assert_eq!(
         openssl::check_signing(&client, &handle, SignAlgorithm::EcdsaSha256, b"back").await,
         pem

@@ -186,10 +186,13 @@ async fn unreachable_tpm_is_503_then_recovers() {
     let pem = client.public_key(&handle).await.unwrap().pem;
 
     tpm.stop();
+    let asked = std::time::Instant::now();
     let err = client
         .sign(&handle, SignAlgorithm::EcdsaSha256, b"x", false)
         .await
         .unwrap_err();
+    // Reported, not asserted (RELIABILITY.md): how soon a caller hears.
+    eprintln!("TPM gone: 503 after {:?}", asked.elapsed());
     assert_eq!(err.status(), Some(StatusCode::SERVICE_UNAVAILABLE), "{err}");
     assert!(err.to_string().contains("tpm"), "{err}");
     assert_eq!(client.health().await.unwrap().status, "degraded");
@@ -197,10 +200,12 @@ async fn unreachable_tpm_is_503_then_recovers() {
     assert_eq!(client.public_key(&handle).await.unwrap().pem, pem);
 
     tpm.restart();
+    let back = std::time::Instant::now();
     let sig = client
         .sign(&handle, SignAlgorithm::EcdsaSha256, b"back", false)
         .await
         .unwrap();
+    eprintln!("TPM back: first sign answered after {:?}", back.elapsed());
     openssl::assert_verifies(SignAlgorithm::EcdsaSha256, &pem, b"back", &sig);
     assert_eq!(client.health().await.unwrap().status, "ok");
 }

@@ -697,3 +697,43 @@ async fn a_per_module_socket_is_that_module_for_whoever_connects() {
         .await;
     assert_eq!(code, StatusCode::NOT_FOUND);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_keyd_is_a_503_and_the_api_recovers_when_it_returns() {
+    let mut suite = Suite::local().await;
+    let genid = suite.genid("mod-a").await;
+    let path = format!("/modules/mod-a/genid/{genid}/sign?{V}");
+    let body =
+        json!({"keyId": "primary", "algo": "HMACSHA256", "data": STANDARD.encode(b"outage")});
+    let (code, before) = suite.call(Method::POST, &path, body.clone()).await;
+    assert_eq!(code, StatusCode::OK, "{before}");
+
+    suite.stack.keyd.stop().await;
+    let asked = std::time::Instant::now();
+    let (code, answer) = suite.call(Method::POST, &path, body.clone()).await;
+    // Reported, not asserted (RELIABILITY.md): how soon a module hears.
+    eprintln!(
+        "keyd gone: the workload API answered {code} after {:?}",
+        asked.elapsed()
+    );
+    assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE, "{answer}");
+    assert!(
+        answer["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("keyd")),
+        "names what is down: {answer}"
+    );
+
+    suite.stack.keyd.restart().await;
+    let back = std::time::Instant::now();
+    let (code, after) = suite.call(Method::POST, &path, body).await;
+    eprintln!(
+        "keyd back: the next sign answered {code} after {:?}",
+        back.elapsed()
+    );
+    assert_eq!(code, StatusCode::OK, "{after}");
+    assert_eq!(
+        after["digest"], before["digest"],
+        "the same key signs again"
+    );
+}
