@@ -7,6 +7,7 @@ use std::sync::Arc;
 use edgeid_certd::api::*;
 use edgeid_certd::signer::{KeydKey, TlsKey};
 use edgeid_common::authz::{Admins, Grants};
+use edgeid_testkit::certd::request_for_key as request;
 use edgeid_testkit::{openssl, CertdFixture, KeydFixture};
 use http::StatusCode;
 use x509_parser::prelude::*;
@@ -25,22 +26,6 @@ async fn suite() -> Suite {
         _dir: dir,
         keyd,
         certd,
-    }
-}
-
-fn request(id: &str, issuer: IssuerKind, profile: Profile) -> CreateCertificateRequest {
-    CreateCertificateRequest {
-        id: id.into(),
-        issuer,
-        profile,
-        csr: None,
-        key_id: Some(id.into()),
-        key_spec: None,
-        subject_cn: None,
-        san: None,
-        lifetime_secs: None,
-        renewal: None,
-        transient: false,
     }
 }
 

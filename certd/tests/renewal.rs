@@ -10,20 +10,12 @@ use x509_parser::prelude::*;
 
 fn short_lived(id: &str, lifetime_secs: u64, rekey: bool) -> CreateCertificateRequest {
     CreateCertificateRequest {
-        id: id.into(),
-        issuer: IssuerKind::LocalCa,
-        profile: Profile::Client,
-        csr: None,
-        key_id: Some(id.into()),
-        key_spec: None,
-        subject_cn: None,
-        san: None,
         lifetime_secs: Some(lifetime_secs),
         renewal: Some(RenewalPolicy {
             threshold_percent: 50,
             rekey,
         }),
-        transient: false,
+        ..edgeid_testkit::certd::local_client(id)
     }
 }
 

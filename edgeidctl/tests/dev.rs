@@ -3,7 +3,8 @@
 //! commands (`status`, `identity`, `cert`, `reprovision`) working against it,
 //! and Ctrl-C leaving no socket or process behind.
 
-use std::io::{BufRead, BufReader};
+mod support;
+
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -17,30 +18,13 @@ async fn dev_mode_starts_fast_serves_everything_and_stops_clean() {
         .tempdir_in("/tmp")
         .unwrap();
     let started = Instant::now();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_edgeidctl"))
-        .args(["dev", "--dir"])
-        .arg(dir.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let lines = tokio::task::spawn_blocking(move || {
-        let mut lines = Vec::new();
-        for line in BufReader::new(stdout).lines() {
-            let line = line.unwrap();
-            let done = line.starts_with("Running;");
-            lines.push(line);
-            if done {
-                break;
-            }
-        }
-        lines
+    let (mut child, text) = tokio::task::spawn_blocking({
+        let dir = dir.path().to_owned();
+        move || support::start_dev(&dir, &[], &[], Stdio::null())
     })
     .await
     .unwrap();
     let up = started.elapsed();
-    let text = lines.join("\n");
     assert!(text.contains("Running;"), "{text}");
     let ready_ms: u64 = text
         .split("(ready in ")

@@ -9,10 +9,11 @@
 //! token's PIN. Then its captured stderr and stdout, and every answer it
 //! gave, are searched for each secret in every encoding it could be printed in.
 
-use std::io::{BufRead, BufReader};
+mod support;
+
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
@@ -36,27 +37,14 @@ impl Dev {
             .tempdir_in("/tmp")
             .unwrap();
         let log = log_dir.join("dev.log");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_edgeidctl"))
-            .args(["dev", "--dir"])
-            .arg(dir.path())
-            .args(extra)
-            .envs(env.iter().cloned())
-            .env("EDGEID_LOG", "trace")
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let mut lines = Vec::new();
-        for line in BufReader::new(stdout).lines() {
-            let line = line.unwrap();
-            let done = line.starts_with("Running;");
-            lines.push(line);
-            if done {
-                break;
-            }
-        }
-        let stdout = lines.join("\n");
+        let mut env = env.to_vec();
+        env.push(("EDGEID_LOG".into(), "trace".into()));
+        let (child, stdout) = support::start_dev(
+            dir.path(),
+            extra,
+            &env,
+            Stdio::from(std::fs::File::create(&log).unwrap()),
+        );
         assert!(
             stdout.contains("Running;"),
             "dev mode did not start: {stdout}\n{}",

@@ -6,7 +6,7 @@
 mod common;
 
 use common::{dps_symmetric, provisioned, random_key, settled, Daemons};
-use edgeid_certd::api::{CreateCertificateRequest, IssuerKind, Profile};
+use edgeid_certd::api::CreateCertificateRequest;
 use edgeid_common::authz::Admins;
 use edgeid_identityd::api::{AuthType, ProvisioningState};
 use edgeid_identityd::config::{
@@ -110,17 +110,8 @@ async fn dps_symmetric_key_individual_enrollment() {
 async fn client_cert(certd: &edgeid_certd::CertdClient, id: &str, cn: &str) {
     certd
         .create(&CreateCertificateRequest {
-            id: id.into(),
-            issuer: IssuerKind::LocalCa,
-            profile: Profile::Client,
-            csr: None,
-            key_id: Some(id.into()),
-            key_spec: None,
             subject_cn: Some(cn.into()),
-            san: None,
-            lifetime_secs: None,
-            renewal: None,
-            transient: false,
+            ..edgeid_testkit::certd::local_client(id)
         })
         .await
         .unwrap();

@@ -49,3 +49,34 @@ impl InProcess<CertdConfig> {
         CertdClient::new(self.socket())
     }
 }
+
+/// A request for certificate `id` from `issuer` with `profile`, for a key in
+/// keyd of the same id (created by certd if absent); everything else default.
+pub fn request_for_key(
+    id: &str,
+    issuer: edgeid_certd::api::IssuerKind,
+    profile: edgeid_certd::api::Profile,
+) -> edgeid_certd::api::CreateCertificateRequest {
+    edgeid_certd::api::CreateCertificateRequest {
+        id: id.into(),
+        issuer,
+        profile,
+        csr: None,
+        key_id: Some(id.into()),
+        key_spec: None,
+        subject_cn: None,
+        san: None,
+        lifetime_secs: None,
+        renewal: None,
+        transient: false,
+    }
+}
+
+/// A client certificate from the local CA for a key of the same id.
+pub fn local_client(id: &str) -> edgeid_certd::api::CreateCertificateRequest {
+    request_for_key(
+        id,
+        edgeid_certd::api::IssuerKind::LocalCa,
+        edgeid_certd::api::Profile::Client,
+    )
+}

@@ -15,11 +15,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use edgeid_certd::api::{CreateCertificateRequest, IssuerKind, Profile};
 use edgeid_certd::CertdClient;
 use edgeid_identityd::api::ProvisioningState;
 use edgeid_identityd::IdentitydClient;
 use edgeid_keyd::KeydClient;
+use edgeid_testkit::certd::local_client;
 use edgeid_testkit::{openssl, KeydFixture};
 use x509_parser::prelude::*;
 
@@ -78,22 +78,6 @@ impl Rng {
         self.0 ^= self.0 << 25;
         self.0 ^= self.0 >> 27;
         self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % n
-    }
-}
-
-fn certificate(id: &str) -> CreateCertificateRequest {
-    CreateCertificateRequest {
-        id: id.into(),
-        issuer: IssuerKind::LocalCa,
-        profile: Profile::Client,
-        csr: None,
-        key_id: Some(id.into()),
-        key_spec: None,
-        subject_cn: None,
-        san: None,
-        lifetime_secs: None,
-        renewal: None,
-        transient: false,
     }
 }
 
@@ -247,7 +231,7 @@ async fn certd_and_identityd_killed_mid_work_leave_whole_working_state() {
             let client = certd_client.clone();
             work.push(tokio::spawn(async move {
                 client
-                    .create(&certificate(&id))
+                    .create(&local_client(&id))
                     .await
                     .ok()
                     .map(|_| (true, id))
@@ -385,7 +369,7 @@ async fn certd_and_identityd_killed_mid_work_leave_whole_working_state() {
             .public_key(&keyd.key_pair(id).await.unwrap())
             .await
             .unwrap();
-        let chain = certd_client.create(&certificate(id)).await.unwrap();
+        let chain = certd_client.create(&local_client(id)).await.unwrap();
         assert_eq!(
             leaf(&chain).1,
             ::pem::parse(before.pem).unwrap().contents(),

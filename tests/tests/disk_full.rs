@@ -9,8 +9,8 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use edgeid_certd::api::{CreateCertificateRequest, IssuerKind, Profile};
 use edgeid_keyd::api::{KeyPairSpec, SignAlgorithm, SymmetricKeyType};
+use edgeid_testkit::certd::local_client;
 use edgeid_testkit::{openssl, CertdFixture, KeydFixture};
 use http::StatusCode;
 
@@ -94,22 +94,6 @@ fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
     files
 }
 
-fn certificate(id: &str) -> CreateCertificateRequest {
-    CreateCertificateRequest {
-        id: id.into(),
-        issuer: IssuerKind::LocalCa,
-        profile: Profile::Client,
-        csr: None,
-        key_id: Some(id.into()),
-        key_spec: None,
-        subject_cn: None,
-        san: None,
-        lifetime_secs: None,
-        renewal: None,
-        transient: false,
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_refuses_new_keys_and_certificates_and_keeps_the_old_ones() {
     let fs = Tmpfs::mount("2m");
@@ -127,7 +111,7 @@ async fn a_full_disk_refuses_new_keys_and_certificates_and_keeps_the_old_ones() 
         .create_key("before-mac", SymmetricKeyType::HmacSha256, None)
         .await
         .unwrap();
-    let chain = certs.create(&certificate("before-cert")).await.unwrap();
+    let chain = certs.create(&local_client("before-cert")).await.unwrap();
     // A key made now, whose certificate will be asked for on the full disk.
     keys.create_key_pair("later-cert", KeyPairSpec::EcP256)
         .await
@@ -158,7 +142,7 @@ async fn a_full_disk_refuses_new_keys_and_certificates_and_keeps_the_old_ones() 
         Some(StatusCode::INSUFFICIENT_STORAGE),
         "{err}"
     );
-    let err = certs.create(&certificate("later-cert")).await.unwrap_err();
+    let err = certs.create(&local_client("later-cert")).await.unwrap_err();
     assert_eq!(
         err.status(),
         Some(StatusCode::INSUFFICIENT_STORAGE),
@@ -195,5 +179,5 @@ async fn a_full_disk_refuses_new_keys_and_certificates_and_keeps_the_old_ones() 
         .await
         .unwrap();
     openssl::check_signing(&keys, &pair, SignAlgorithm::EcdsaSha256, b"space again").await;
-    certs.create(&certificate("later-cert")).await.unwrap();
+    certs.create(&local_client("later-cert")).await.unwrap();
 }

@@ -1,0 +1,36 @@
+//! What the dev-mode tests share: starting `edgeidctl dev` as a person does.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+/// Starts `edgeidctl dev --dir DIR EXTRA...` with `env` added and its stderr
+/// sent to `stderr`; returns the child and what it printed on stdout up to
+/// and including its `Running;` line (all of it, if it never got there).
+pub fn start_dev(
+    dir: &Path,
+    extra: &[&str],
+    env: &[(String, String)],
+    stderr: Stdio,
+) -> (Child, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_edgeidctl"))
+        .args(["dev", "--dir"])
+        .arg(dir)
+        .args(extra)
+        .envs(env.iter().cloned())
+        .stdout(Stdio::piped())
+        .stderr(stderr)
+        .spawn()
+        .expect("start edgeidctl dev");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let mut lines = Vec::new();
+    for line in BufReader::new(stdout).lines() {
+        let Ok(line) = line else { break };
+        let done = line.starts_with("Running;");
+        lines.push(line);
+        if done {
+            break;
+        }
+    }
+    (child, lines.join("\n"))
+}
