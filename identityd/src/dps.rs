@@ -22,7 +22,7 @@ use http::{Method, StatusCode};
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::cloud::{Call, Cloud, Identity};
+use crate::cloud::{Call, Cloud, Identity, Reply};
 use crate::error::Error;
 use crate::sas;
 
@@ -134,8 +134,8 @@ impl Registration<'_> {
         call.body = Some(body);
         authorize(&mut call, &token);
         let reply = self.cloud.send(&call).await?;
-        let mut op: Operation = reply.json()?;
-        let Some(operation_id) = op.operation_id.clone() else {
+        let mut progress = read_operation(&reply, self.registration_id)?;
+        let Some(operation_id) = progress.operation_id.clone() else {
             return Err(Error::Upstream(format!(
                 "{} answered {} without an operationId",
                 reply.endpoint, reply.status
@@ -147,11 +147,9 @@ impl Registration<'_> {
             self.api_version
         );
         let mut wait = reply.retry_after;
-        loop {
-            match op.status.as_deref() {
-                Some("assigned") => break,
-                Some("assigning") | Some("unassigned") | None => {}
-                Some(other) => return Err(self.failed(other, op.registration_state.as_ref())),
+        let (hub, device_id) = loop {
+            if let Some(assigned) = progress.assigned.take() {
+                break assigned;
             }
             if started.elapsed() > self.timeout {
                 return Err(Error::Unavailable(format!(
@@ -170,22 +168,9 @@ impl Registration<'_> {
             let mut call = Call::new(Method::GET, self.endpoint, poll_path.clone());
             authorize(&mut call, &token);
             let reply = self.cloud.send(&call).await?;
-            op = reply.json()?;
+            progress = read_operation(&reply, self.registration_id)?;
             wait = reply.retry_after;
-        }
-        let state = op.registration_state.as_ref();
-        let hub = state.and_then(|s| s.assigned_hub.clone());
-        let device_id = state.and_then(|s| s.device_id.clone());
-        let (Some(hub), Some(device_id)) = (hub, device_id) else {
-            return Err(Error::Upstream(format!(
-                "DPS {}: 'assigned' without assignedHub and deviceId",
-                self.endpoint
-            )));
         };
-        crate::names::check_hub(&hub)
-            .map_err(|e| Error::Upstream(format!("DPS assigned hub: {e}")))?;
-        crate::names::check_device_id(&device_id)
-            .map_err(|e| Error::Upstream(format!("DPS assigned device id: {e}")))?;
         Ok(Assignment {
             hub,
             device_id,
@@ -214,20 +199,7 @@ impl Registration<'_> {
                 reply.refusal()
             });
         }
-        let challenge: TpmChallenge = serde_json::from_slice(&reply.body).map_err(|e| {
-            Error::Upstream(format!(
-                "{} answered 401 without an authenticationKey: {e}",
-                reply.endpoint
-            ))
-        })?;
-        let blob = STANDARD
-            .decode(challenge.authentication_key.trim())
-            .map_err(|e| {
-                Error::Upstream(format!(
-                    "{}: the authenticationKey is not base64: {e}",
-                    reply.endpoint
-                ))
-            })?;
+        let blob = read_tpm_challenge(&reply)?;
         self.keyd.tpm_activate(key_id, &blob).await.map_err(|e| {
             Error::from_daemon(
                 "keyd",
@@ -247,25 +219,167 @@ impl Registration<'_> {
                 .token,
         ))
     }
+}
 
-    fn failed(&self, status: &str, state: Option<&RegistrationState>) -> Error {
-        let why = state
-            .and_then(|s| s.error_message.clone())
-            .unwrap_or_else(|| "no reason given".into());
-        let code = state
-            .and_then(|s| s.error_code.as_ref())
-            .map(|c| format!(" (error {c})"))
-            .unwrap_or_default();
-        let inner = state.and_then(|s| s.status.clone()).unwrap_or_default();
+/// Where a registration stands, as a register or poll answer says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Progress {
+    /// The operation to poll, when given.
+    pub operation_id: Option<String>,
+    /// Once assigned: the hub and the device id, both checked.
+    pub assigned: Option<(String, String)>,
+}
+
+/// Reads a register or operation-status answer from the service: a
+/// refusal, a body that is not the operation JSON, a failed or disabled
+/// registration, or an assignment without a valid hub and device id are
+/// errors that say which.
+pub fn read_operation(reply: &Reply, registration_id: &str) -> Result<Progress, Error> {
+    let op: Operation = reply.json()?;
+    let assigned = match op.status.as_deref() {
+        Some("assigned") => {
+            let state = op.registration_state.as_ref();
+            let hub = state.and_then(|s| s.assigned_hub.clone());
+            let device_id = state.and_then(|s| s.device_id.clone());
+            let (Some(hub), Some(device_id)) = (hub, device_id) else {
+                return Err(Error::Upstream(format!(
+                    "DPS {}: 'assigned' without assignedHub and deviceId",
+                    reply.endpoint
+                )));
+            };
+            crate::names::check_hub(&hub)
+                .map_err(|e| Error::Upstream(format!("DPS assigned hub: {e}")))?;
+            crate::names::check_device_id(&device_id)
+                .map_err(|e| Error::Upstream(format!("DPS assigned device id: {e}")))?;
+            Some((hub, device_id))
+        }
+        Some("assigning") | Some("unassigned") | None => None,
+        Some(other) => {
+            return Err(failed(
+                &reply.endpoint,
+                registration_id,
+                other,
+                op.registration_state.as_ref(),
+            ))
+        }
+    };
+    Ok(Progress {
+        operation_id: op.operation_id,
+        assigned,
+    })
+}
+
+/// Reads the service's TPM challenge (a 401 with `{authenticationKey}`):
+/// the wrapped key blob for keyd to activate.
+pub fn read_tpm_challenge(reply: &Reply) -> Result<Vec<u8>, Error> {
+    let challenge: TpmChallenge = serde_json::from_slice(&reply.body).map_err(|e| {
         Error::Upstream(format!(
-            "DPS {}: registration '{}' {status}{}{code}: {why}",
-            self.endpoint,
-            self.registration_id,
-            if inner.is_empty() || inner == status {
-                String::new()
-            } else {
-                format!(" ({inner})")
-            }
+            "{} answered 401 without an authenticationKey: {e}",
+            reply.endpoint
         ))
+    })?;
+    STANDARD
+        .decode(challenge.authentication_key.trim())
+        .map_err(|e| {
+            Error::Upstream(format!(
+                "{}: the authenticationKey is not base64: {e}",
+                reply.endpoint
+            ))
+        })
+}
+
+fn failed(
+    endpoint: &str,
+    registration_id: &str,
+    status: &str,
+    state: Option<&RegistrationState>,
+) -> Error {
+    let why = state
+        .and_then(|s| s.error_message.clone())
+        .unwrap_or_else(|| "no reason given".into());
+    let code = state
+        .and_then(|s| s.error_code.as_ref())
+        .map(|c| format!(" (error {c})"))
+        .unwrap_or_default();
+    let inner = state.and_then(|s| s.status.clone()).unwrap_or_default();
+    Error::Upstream(format!(
+        "DPS {endpoint}: registration '{registration_id}' {status}{}{code}: {why}",
+        if inner.is_empty() || inner == status {
+            String::new()
+        } else {
+            format!(" ({inner})")
+        }
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reply(status: u16, body: &str) -> Reply {
+        Reply {
+            status: StatusCode::from_u16(status).unwrap(),
+            retry_after: None,
+            body: bytes::Bytes::copy_from_slice(body.as_bytes()),
+            endpoint: "dps.test".into(),
+        }
+    }
+
+    #[test]
+    fn operations_are_read_and_nonsense_is_an_error_that_says_why() {
+        let pending = read_operation(
+            &reply(202, r#"{"operationId":"4.x","status":"assigning"}"#),
+            "dev",
+        )
+        .unwrap();
+        assert_eq!(pending.operation_id.as_deref(), Some("4.x"));
+        assert_eq!(pending.assigned, None);
+        let done = read_operation(
+            &reply(
+                200,
+                r#"{"status":"assigned","registrationState":{"assignedHub":"hub.example.net","deviceId":"dev"}}"#,
+            ),
+            "dev",
+        )
+        .unwrap();
+        assert_eq!(
+            done.assigned,
+            Some(("hub.example.net".into(), "dev".into()))
+        );
+        let cases = [
+            (200, r#"{"status":"assigned"}"#, "without assignedHub"),
+            (
+                200,
+                r#"{"status":"assigned","registrationState":{"assignedHub":"a b","deviceId":"dev"}}"#,
+                "assigned hub",
+            ),
+            (
+                200,
+                r#"{"status":"assigned","registrationState":{"assignedHub":"hub.example.net","deviceId":"../x"}}"#,
+                "assigned device id",
+            ),
+            (
+                200,
+                r#"{"status":"failed","registrationState":{"errorCode":401002,"errorMessage":"bad key"}}"#,
+                "registration 'dev' failed (error 401002): bad key",
+            ),
+            (200, "[1,2", "not the expected JSON"),
+            (401, r#"{"message":"Unauthorized"}"#, "Unauthorized"),
+        ];
+        for (status, body, says) in cases {
+            let err = read_operation(&reply(status, body), "dev").unwrap_err();
+            assert!(err.to_string().contains(says), "{body}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_tpm_challenge_is_base64_in_json_or_an_error() {
+        assert_eq!(
+            read_tpm_challenge(&reply(401, r#"{"authenticationKey":" AQID "}"#)).unwrap(),
+            vec![1, 2, 3]
+        );
+        for body in ["", "{}", r#"{"authenticationKey":"***"}"#] {
+            assert!(read_tpm_challenge(&reply(401, body)).is_err(), "{body}");
+        }
     }
 }
