@@ -426,12 +426,14 @@ where
         };
         registry.make_room(limits.max_connections);
         let activity = Arc::new(Activity::new());
-        let id = registry.insert(activity.clone());
+        let entry = Registered {
+            id: registry.insert(activity.clone()),
+            registry: registry.clone(),
+        };
         let served = serve_one(stream, caller, activity, stop_rx.clone());
-        let registry = registry.clone();
         tokio::spawn(async move {
             served.await;
-            registry.remove(id);
+            drop(entry);
         });
     }
 
@@ -456,6 +458,19 @@ where
         }
     }
     Ok(())
+}
+
+/// A connection's place in the registry, given up when its task ends (or
+/// unwinds).
+struct Registered {
+    id: u64,
+    registry: Arc<Registry>,
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        self.registry.remove(self.id);
+    }
 }
 
 /// The connections a server holds, so that a new one can take the place of
