@@ -65,14 +65,7 @@ async fn dev_mode_starts_fast_serves_everything_and_stops_clean() {
         assert_eq!(health.status, "ok", "{socket}: {health:?}");
     }
     // A SPIFFE client given the printed endpoint gets dev-module's SVID and a JWT-SVID.
-    let endpoint = text
-        .lines()
-        .find_map(|l| l.strip_prefix("export SPIFFE_ENDPOINT_SOCKET="))
-        .unwrap()
-        .to_owned();
-    let mut spiffe = edgeid_workloadapi::spiffe::client::connect(&endpoint)
-        .await
-        .unwrap();
+    let mut spiffe = support::spiffe_client(&text).await;
     use edgeid_workloadapi::spiffe::proto::{JwtsvidRequest, X509svidRequest};
     let first = spiffe
         .fetch_x509svid(X509svidRequest {})

@@ -243,15 +243,7 @@ async fn exercise(dev: &Dev, secrets: &mut Secrets, on_token: bool) {
     }
 
     // An X.509-SVID's private key.
-    let endpoint = dev
-        .stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("export SPIFFE_ENDPOINT_SOCKET="))
-        .unwrap()
-        .to_owned();
-    let mut spiffe = edgeid_workloadapi::spiffe::client::connect(&endpoint)
-        .await
-        .unwrap();
+    let mut spiffe = support::spiffe_client(&dev.stdout).await;
     let svid = spiffe
         .fetch_x509svid(edgeid_workloadapi::spiffe::proto::X509svidRequest {})
         .await

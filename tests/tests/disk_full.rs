@@ -94,6 +94,17 @@ fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
     files
 }
 
+/// A 507 whose message says `says`.
+fn no_space<T: std::fmt::Debug>(result: Result<T, edgeid_common::client::ClientError>, says: &str) {
+    let err = result.expect_err("refused on a full disk");
+    assert_eq!(
+        err.status(),
+        Some(StatusCode::INSUFFICIENT_STORAGE),
+        "{err}"
+    );
+    assert!(err.to_string().contains(says), "{err}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_refuses_new_keys_and_certificates_and_keeps_the_old_ones() {
     let fs = Tmpfs::mount("2m");
@@ -119,39 +130,18 @@ async fn a_full_disk_refuses_new_keys_and_certificates_and_keeps_the_old_ones() 
     let before = snapshot(&fs.path);
 
     let filler = fs.fill();
-    let err = keys
-        .create_key_pair("after", KeyPairSpec::EcP256)
-        .await
-        .unwrap_err();
-    assert_eq!(
-        err.status(),
-        Some(StatusCode::INSUFFICIENT_STORAGE),
-        "{err}"
+    no_space(
+        keys.create_key_pair("after", KeyPairSpec::EcP256).await,
+        "no space left to store key 'after'",
     );
-    assert!(
-        err.to_string()
-            .contains("no space left to store key 'after'"),
-        "{err}"
+    no_space(
+        keys.create_key("after-mac", SymmetricKeyType::HmacSha256, None)
+            .await,
+        "no space left to store key 'after-mac'",
     );
-    let err = keys
-        .create_key("after-mac", SymmetricKeyType::HmacSha256, None)
-        .await
-        .unwrap_err();
-    assert_eq!(
-        err.status(),
-        Some(StatusCode::INSUFFICIENT_STORAGE),
-        "{err}"
-    );
-    let err = certs.create(&local_client("later-cert")).await.unwrap_err();
-    assert_eq!(
-        err.status(),
-        Some(StatusCode::INSUFFICIENT_STORAGE),
-        "{err}"
-    );
-    assert!(
-        err.to_string()
-            .contains("no space left to store certificate 'later-cert'"),
-        "{err}"
+    no_space(
+        certs.create(&local_client("later-cert")).await,
+        "no space left to store certificate 'later-cert'",
     );
 
     // Nothing stored changed, nothing half-written was left.

@@ -34,3 +34,14 @@ pub fn start_dev(
     }
     (child, lines.join("\n"))
 }
+
+/// A SPIFFE Workload API client on the endpoint a dev mode printed.
+pub async fn spiffe_client(printed: &str) -> edgeid_workloadapi::spiffe::client::Client {
+    let endpoint = printed
+        .lines()
+        .find_map(|l| l.strip_prefix("export SPIFFE_ENDPOINT_SOCKET="))
+        .expect("SPIFFE_ENDPOINT_SOCKET printed");
+    edgeid_workloadapi::spiffe::client::connect(endpoint)
+        .await
+        .expect("connect to the printed SPIFFE endpoint")
+}
