@@ -335,24 +335,11 @@ fn is_public(path: &Path) -> bool {
 }
 
 fn secret_files(dir: &Path) -> Vec<(String, Vec<u8>)> {
-    let mut found = Vec::new();
-    for sub in ["secrets", "keyd"] {
-        let mut stack = vec![dir.join(sub)];
-        while let Some(d) = stack.pop() {
-            for entry in std::fs::read_dir(&d).unwrap() {
-                let path = entry.unwrap().path();
-                if path.is_dir() {
-                    stack.push(path);
-                } else {
-                    found.push((
-                        format!("contents of {}", path.display()),
-                        std::fs::read(&path).unwrap(),
-                    ));
-                }
-            }
-        }
-    }
-    found
+    ["secrets", "keyd"]
+        .iter()
+        .flat_map(|sub| edgeid_testkit::faults::snapshot(&dir.join(sub)))
+        .map(|(path, bytes)| (format!("contents of {}", path.display()), bytes))
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -13,54 +13,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use edgeid_keyd::api::{KeyPairSpec, SignAlgorithm, SymmetricKeyType};
+use edgeid_testkit::faults::{files_under, rounds, Rng};
 use edgeid_testkit::openssl::assert_verifies;
 use edgeid_testkit::KeydProcess;
 
-/// Every regular file under `dir`.
-fn files(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    let mut todo = vec![dir.to_path_buf()];
-    while let Some(d) = todo.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in entries.flatten() {
-            let kind = e.file_type().unwrap();
-            if kind.is_dir() {
-                todo.push(e.path());
-            } else if kind.is_file() {
-                out.push(e.path());
-            }
-        }
-    }
-    out
-}
-
-/// A small xorshift: reproducible delays from a printed seed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_survive_sigkill_whole_or_not_at_all() {
-    let rounds: usize = std::env::var("EDGEID_CRASH_ROUNDS")
-        .ok()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(150);
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64
-        | 1;
-    println!("seed {seed}");
-    let mut rng = Rng(seed);
+    let rounds = rounds(150);
+    let mut rng = Rng::from_clock();
     let dir = edgeid_testkit::temp_dir();
     let state = dir.path().join("state");
     let mut keyd = KeydProcess::start(
@@ -95,7 +55,7 @@ async fn keys_survive_sigkill_whole_or_not_at_all() {
                 (id, pair, ok)
             }));
         }
-        tokio::time::sleep(Duration::from_micros(rng.next() % 60_000)).await;
+        tokio::time::sleep(Duration::from_micros(rng.below(60_000))).await;
         keyd.kill_and_restart().await;
         let mut answered = 0;
         for t in tasks {
@@ -146,7 +106,7 @@ async fn keys_survive_sigkill_whole_or_not_at_all() {
             }
         }
         // Nothing empty, and debris is only an interrupted write's temp file.
-        for f in files(&state) {
+        for f in files_under(&state) {
             let name = f.file_name().unwrap().to_string_lossy().into_owned();
             let len = std::fs::metadata(&f).unwrap().len();
             if name.starts_with('.') && name.ends_with(".tmp") {

@@ -10,12 +10,14 @@
 //! - [`SoftHsm`]: a private SoftHSMv2 token directory;
 //! - [`Swtpm`]: a fresh software TPM on loopback, restartable with its state;
 //! - [`tpm_peer`]: a provisioning service's side of TPM attestation, on a second swtpm;
+//! - [`faults`]: the files a daemon left on disk, seeded randomness for kill tests;
 //! - [`require_tool`]: a missing tool fails the test with the command that installs it.
 
 pub mod certd;
 pub mod cloud;
 pub mod daemon;
 pub mod est_server;
+pub mod faults;
 pub mod identityd;
 pub mod openssl;
 pub mod process;

@@ -20,6 +20,7 @@ use edgeid_identityd::api::ProvisioningState;
 use edgeid_identityd::IdentitydClient;
 use edgeid_keyd::KeydClient;
 use edgeid_testkit::certd::local_client;
+use edgeid_testkit::faults::{files_under, rounds, Rng};
 use edgeid_testkit::{openssl, KeydFixture};
 use x509_parser::prelude::*;
 
@@ -66,18 +67,6 @@ impl Daemon {
 impl Drop for Daemon {
     fn drop(&mut self) {
         self.kill();
-    }
-}
-
-/// xorshift64*: the kill moments and the victims, reproducible from a seed.
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % n
     }
 }
 
@@ -141,35 +130,17 @@ async fn check_certificate(certd: &CertdClient, keyd: &KeydClient, ca_der: &[u8]
 
 /// No file of a daemon's state is empty (an interrupted write shows as one).
 fn no_empty_files(dir: &Path) {
-    let mut stack = vec![dir.to_owned()];
-    while let Some(d) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for entry in entries {
-            let path = entry.unwrap().path();
-            let meta = std::fs::symlink_metadata(&path).unwrap();
-            if meta.is_dir() {
-                stack.push(path);
-            } else if meta.is_file() {
-                assert!(meta.len() > 0, "{} is empty", path.display());
-            }
-        }
+    for path in files_under(dir) {
+        let len = std::fs::metadata(&path).map_or(0, |m| m.len());
+        assert!(len > 0, "{} is empty", path.display());
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn certd_and_identityd_killed_mid_work_leave_whole_working_state() {
-    let rounds: u64 = std::env::var("EDGEID_CRASH_ROUNDS")
-        .ok()
-        .and_then(|r| r.parse().ok())
-        .unwrap_or(40);
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(1, |d| d.as_nanos() as u64)
-        | 1;
-    eprintln!("crash test: {rounds} rounds, seed {seed}");
-    let mut rng = Rng(seed);
+    let rounds = rounds(40);
+    eprintln!("crash test: {rounds} rounds");
+    let mut rng = Rng::from_clock();
 
     let tmp = edgeid_testkit::temp_dir();
     let dir = tmp.path();

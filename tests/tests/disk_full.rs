@@ -76,21 +76,10 @@ impl Drop for Tmpfs {
     }
 }
 
-/// Every file under `dir` and its bytes.
-fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
-    let mut files = BTreeMap::new();
-    let mut stack = vec![dir.to_owned()];
-    while let Some(d) = stack.pop() {
-        for entry in std::fs::read_dir(&d).unwrap() {
-            let path = entry.unwrap().path();
-            let meta = std::fs::symlink_metadata(&path).unwrap();
-            if meta.is_dir() {
-                stack.push(path);
-            } else if meta.is_file() && path.file_name().is_some_and(|n| n != "filler") {
-                files.insert(path.clone(), std::fs::read(&path).unwrap());
-            }
-        }
-    }
+/// Every file the daemons keep on the tmpfs, and its bytes (not the filler).
+fn state_files(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+    let mut files = edgeid_testkit::faults::snapshot(dir);
+    files.remove(&dir.join("filler"));
     files
 }
 
@@ -127,7 +116,7 @@ async fn a_full_disk_refuses_new_keys_and_certificates_and_keeps_the_old_ones() 
     keys.create_key_pair("later-cert", KeyPairSpec::EcP256)
         .await
         .unwrap();
-    let before = snapshot(&fs.path);
+    let before = state_files(&fs.path);
 
     let filler = fs.fill();
     no_space(
@@ -146,7 +135,7 @@ async fn a_full_disk_refuses_new_keys_and_certificates_and_keeps_the_old_ones() 
 
     // Nothing stored changed, nothing half-written was left.
     assert_eq!(
-        snapshot(&fs.path),
+        state_files(&fs.path),
         before,
         "the state changed on a full disk"
     );

@@ -4,33 +4,13 @@
 //! the exact 4xx, an error message, and that nothing changed on disk (every
 //! file under the daemons' state, byte for byte).
 
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-
 use bytes::Bytes;
 use edgeid_common::client::UdsClient;
+use edgeid_testkit::faults::snapshot;
 use edgeid_testkit::workload::Stack;
 use edgeid_testkit::{KeydFixture, WorkloadFixture};
 use http::{Method, StatusCode};
 use serde_json::{json, Value};
-
-/// Every regular file under `dir` and its bytes.
-fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
-    let mut files = BTreeMap::new();
-    let mut todo = vec![dir.to_path_buf()];
-    while let Some(d) = todo.pop() {
-        for entry in std::fs::read_dir(&d).unwrap() {
-            let entry = entry.unwrap();
-            let kind = entry.file_type().unwrap();
-            if kind.is_dir() {
-                todo.push(entry.path());
-            } else if kind.is_file() {
-                files.insert(entry.path(), std::fs::read(entry.path()).unwrap());
-            }
-        }
-    }
-    files
-}
 
 enum Daemon {
     Keyd,
