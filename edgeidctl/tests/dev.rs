@@ -66,16 +66,8 @@ async fn dev_mode_starts_fast_serves_everything_and_stops_clean() {
     }
     // A SPIFFE client given the printed endpoint gets dev-module's SVID and a JWT-SVID.
     let mut spiffe = support::spiffe_client(&text).await;
-    use edgeid_workloadapi::spiffe::proto::{JwtsvidRequest, X509svidRequest};
-    let first = spiffe
-        .fetch_x509svid(X509svidRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .message()
-        .await
-        .unwrap()
-        .unwrap();
+    use edgeid_workloadapi::spiffe::proto::JwtsvidRequest;
+    let first = support::first_x509_svid(&mut spiffe).await;
     assert!(
         first.svids[0]
             .spiffe_id

@@ -244,15 +244,7 @@ async fn exercise(dev: &Dev, secrets: &mut Secrets, on_token: bool) {
 
     // An X.509-SVID's private key.
     let mut spiffe = support::spiffe_client(&dev.stdout).await;
-    let svid = spiffe
-        .fetch_x509svid(edgeid_workloadapi::spiffe::proto::X509svidRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .message()
-        .await
-        .unwrap()
-        .unwrap();
+    let svid = support::first_x509_svid(&mut spiffe).await;
     handed_out.push(("X.509-SVID key", svid.svids[0].x509_svid_key.clone()));
     for (what, der) in handed_out {
         secrets.add(what, &der);

@@ -45,3 +45,18 @@ pub async fn spiffe_client(printed: &str) -> edgeid_workloadapi::spiffe::client:
         .await
         .expect("connect to the printed SPIFFE endpoint")
 }
+
+/// The first message of `FetchX509SVID`: the caller's SVIDs and bundle.
+pub async fn first_x509_svid(
+    client: &mut edgeid_workloadapi::spiffe::client::Client,
+) -> edgeid_workloadapi::spiffe::proto::X509svidResponse {
+    client
+        .fetch_x509svid(edgeid_workloadapi::spiffe::proto::X509svidRequest {})
+        .await
+        .expect("FetchX509SVID")
+        .into_inner()
+        .message()
+        .await
+        .expect("a stream message")
+        .expect("the stream's first message")
+}
