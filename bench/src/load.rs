@@ -13,9 +13,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::{Method, Request};
 use http_body_util::{BodyExt, Full};
-use hyper_util::rt::TokioIo;
 
-use crate::{micros, proc_status_kib, Args};
+use crate::{connect, micros, proc_status_kib, Args, Sender};
 
 /// What one client connection saw.
 #[derive(Default)]
@@ -144,19 +143,6 @@ pub async fn run(args: &Args) -> Result<(), String> {
         [idle_rss, peak_rss.max(under_load_rss), after_rss],
     );
     Ok(())
-}
-
-type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
-
-async fn connect(socket: &Path) -> Result<Sender, String> {
-    let stream = tokio::net::UnixStream::connect(socket)
-        .await
-        .map_err(|e| e.to_string())?;
-    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| e.to_string())?;
-    tokio::spawn(conn);
-    Ok(sender)
 }
 
 /// One client: requests back to back until `deadline`; a broken connection

@@ -351,13 +351,7 @@ async fn through_socket(
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let mut tasks = Vec::new();
     for _ in 0..n {
-        let stream = tokio::net::UnixStream::connect(socket)
-            .await
-            .map_err(|e| e.to_string())?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| e.to_string())?;
-        tokio::spawn(conn);
+        let mut sender = connect(socket).await?;
         let body = body.clone();
         let uri = uri.to_owned();
         tasks.push(tokio::spawn(async move {
@@ -387,6 +381,20 @@ async fn through_socket(
     }
     gather(tasks, seconds).await
 }
+
+/// An HTTP/1.1 connection to `socket`, driven on its own task.
+async fn connect(socket: &Path) -> Result<Sender, String> {
+    let stream = tokio::net::UnixStream::connect(socket)
+        .await
+        .map_err(|e| e.to_string())?;
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    Ok(sender)
+}
+
+type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
 
 /// Waits for the client tasks and summarizes the latencies they measured.
 async fn gather(
