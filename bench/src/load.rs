@@ -50,7 +50,7 @@ pub async fn run(args: &Args) -> Result<(), String> {
         .map_err(|e| format!("identityd in {}: {e}", dir.display()))?;
     let genid = module.generation_id;
     let requests = std::sync::Arc::new(Requests {
-        sign_uri: format!("/modules/dev-module/genid/{genid}/sign?api-version=2020-10-10"),
+        sign_uri: format!("/modules/dev-module/genid/{genid}/sign?api-version=2022-08-03"),
         sign_body: Bytes::from(
             serde_json::json!({
                 "keyId": "primary",
@@ -60,7 +60,7 @@ pub async fn run(args: &Args) -> Result<(), String> {
             .to_string(),
         ),
         cert_uri: format!(
-            "/modules/dev-module/genid/{genid}/certificate/server?api-version=2020-10-10"
+            "/modules/dev-module/genid/{genid}/certificate/server?api-version=2022-08-03"
         ),
         cert_body: Bytes::from(
             serde_json::json!({

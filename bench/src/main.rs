@@ -285,7 +285,7 @@ async fn bench_workload(args: &Args) -> Result<(), String> {
         serde_json::json!({"handle": handle.0, "algorithm": "hmac-sha256", "data": data})
             .to_string();
     let uri = format!(
-        "/modules/dev-module/genid/{}/sign?api-version=2020-10-10",
+        "/modules/dev-module/genid/{}/sign?api-version=2022-08-03",
         module.generation_id
     );
     println!(

@@ -83,10 +83,26 @@ impl ApiRequest {
             .map_err(|e| ApiError::bad_request(format!("malformed JSON body: {e}")))
     }
 
-    /// The decoded value of a query parameter.
+    /// Parses the body as IoT Edge's runtime and the aziot daemons do: an
+    /// empty body is `None`; one that is not JSON, or not of the expected
+    /// shape, is a 422 with serde's message.
+    pub fn json_or_unprocessable<T: DeserializeOwned>(&self) -> Result<Option<T>, ApiError> {
+        if self.body.is_empty() {
+            return Ok(None);
+        }
+        serde_json::from_slice(&self.body).map(Some).map_err(|e| {
+            ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!("malformed JSON body: {e}"),
+            )
+        })
+    }
+
+    /// The decoded value of a query parameter; of its last occurrence if it
+    /// is given more than once (as IoT Edge's and the aziot servers read it).
     pub fn query_param(&self, name: &str) -> Option<String> {
         let query = self.query.as_deref()?;
-        query.split('&').find_map(|pair| {
+        query.rsplit('&').find_map(|pair| {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
             (k == name).then(|| {
                 percent_encoding::percent_decode_str(v)

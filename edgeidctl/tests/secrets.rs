@@ -227,11 +227,11 @@ async fn exercise(dev: &Dev, secrets: &mut Secrets, on_token: bool) {
     let mut handed_out = Vec::new();
     for (path, body) in [
         (
-            "/modules/dev-module/certificate/identity?api-version=2020-10-10".to_owned(),
+            "/modules/dev-module/certificate/identity?api-version=2022-08-03".to_owned(),
             serde_json::json!({}),
         ),
         (
-            format!("/modules/dev-module/genid/{genid}/certificate/server?api-version=2020-10-10"),
+            format!("/modules/dev-module/genid/{genid}/certificate/server?api-version=2022-08-03"),
             serde_json::json!({"commonName": "dev-module.local", "expiration": "2099-01-01T00:00:00Z"}),
         ),
     ] {
@@ -259,7 +259,7 @@ async fn encrypt(workload: &Path, genid: &str, secrets: &mut Secrets) {
         .request(
             workload,
             Method::POST,
-            &format!("/modules/dev-module/genid/{genid}/encrypt?api-version=2020-10-10"),
+            &format!("/modules/dev-module/genid/{genid}/encrypt?api-version=2022-08-03"),
             serde_json::json!({"plaintext": b64(plaintext), "initializationVector": b64(b"iv-0123456789")}),
         )
         .await;
@@ -268,7 +268,7 @@ async fn encrypt(workload: &Path, genid: &str, secrets: &mut Secrets) {
         .request(
             workload,
             Method::POST,
-            &format!("/modules/dev-module/genid/{genid}/decrypt?api-version=2020-10-10"),
+            &format!("/modules/dev-module/genid/{genid}/decrypt?api-version=2022-08-03"),
             serde_json::json!({"ciphertext": answer["ciphertext"], "initializationVector": b64(b"iv-0123456789")}),
         )
         .await;

@@ -1,21 +1,42 @@
 //! The IoT Edge workload API's wire types: camelCase JSON, base64 binary
 //! fields, PEM as plain text in JSON strings (as IoT Edge sends it and the
 //! Azure IoT SDKs read it).
+//!
+//! Request bodies are read as IoT Edge's runtime (aziot-edged 1.5) reads
+//! them: only what it requires is required, and a field it does not know is
+//! ignored, never an error (no `deny_unknown_fields` here, unlike edgeid's
+//! own `/v1` APIs). Fields edgeid adds are optional and default to what the
+//! runtime does.
 
 use serde::{Deserialize, Serialize};
 
-/// The versions IoT Edge's workload API has published; a later well-formed
-/// version is served as the newest of these.
-pub const API_VERSIONS: &[&str] = &["2018-06-28", "2019-01-30", "2019-11-05", "2020-10-10"];
+/// The `api-version` values IoT Edge's runtime accepts on every workload
+/// route (`edgelet-http/src/version.rs`), oldest first; no other is served.
+pub const API_VERSIONS: &[&str] = &[
+    "2018-06-28",
+    "2019-01-30",
+    "2019-10-22",
+    "2019-11-05",
+    "2020-07-07",
+    "2021-12-07",
+    "2022-08-03",
+];
 
-/// `POST /modules/{name}/genid/{genid}/sign`
+/// The version the runtime gives its modules in `IOTEDGE_APIVERSION`, and
+/// the one dev mode prints.
+pub const CURRENT_API_VERSION: &str = "2022-08-03";
+
+/// `POST /modules/{name}/genid/{genid}/sign`. The runtime reads only `data`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct SignRequest {
-    /// `primary` or `secondary`.
-    pub key_id: String,
-    /// `HMACSHA256`.
-    pub algo: String,
+    /// `primary` (the default) or `secondary` (an edgeid addition: the
+    /// runtime always signs with the primary key).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_id: Option<String>,
+    /// `HMACSHA256`, the default and the only algorithm.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub algo: Option<String>,
     /// The bytes to sign, base64.
     pub data: String,
 }
@@ -29,7 +50,7 @@ pub struct SignResponse {
 
 /// `POST /modules/{name}/genid/{genid}/encrypt`
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct EncryptRequest {
     /// base64.
     pub plaintext: String,
@@ -46,7 +67,7 @@ pub struct EncryptResponse {
 
 /// `POST /modules/{name}/genid/{genid}/decrypt`
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct DecryptRequest {
     /// base64, as `encrypt` returned it.
     pub ciphertext: String,
@@ -61,23 +82,27 @@ pub struct DecryptResponse {
     pub plaintext: String,
 }
 
-/// `POST /modules/{name}/certificate/identity`
+/// `POST /modules/{name}/certificate/identity`. The runtime ignores the body.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct IdentityCertificateRequest {
-    /// When the certificate should expire (RFC 3339); clamped to policy.
+    /// When the certificate should expire (RFC 3339); clamped to policy
+    /// (an edgeid addition).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expiration: Option<String>,
 }
 
-/// `POST /modules/{name}/genid/{genid}/certificate/server`
+/// `POST /modules/{name}/genid/{genid}/certificate/server`. The runtime
+/// requires only `commonName`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct ServerCertificateRequest {
-    /// Subject CN, also a DNS SAN.
+    /// Subject CN, also a SAN (an IP address one when it is an address).
     pub common_name: String,
     /// When the certificate should expire (RFC 3339); clamped to policy.
-    pub expiration: String,
+    /// edgeHub sends it; without it the certificate gets the policy's maximum.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expiration: Option<String>,
 }
 
 /// A private key in a certificate response.
@@ -98,7 +123,8 @@ pub struct CertificateResponse {
     pub private_key: PrivateKey,
     /// The chain, leaf first, PEM.
     pub certificate: String,
-    /// The leaf's notAfter, RFC 3339.
+    /// The leaf's notAfter, RFC 3339 as the runtime writes it
+    /// (`2026-01-31T12:34:56+00:00`).
     pub expiration: String,
 }
 
@@ -107,4 +133,54 @@ pub struct CertificateResponse {
 pub struct TrustBundleResponse {
     /// PEM.
     pub certificate: String,
+}
+
+/// `GET /modules`: the modules identityd knows, in the runtime's shape.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ListModulesResponse {
+    /// One entry per module.
+    pub modules: Vec<ModuleDetails>,
+}
+
+/// A module as the runtime lists it. edgeid does not run modules (the
+/// orchestrator does), so what only a container runtime knows is left as
+/// the runtime leaves it for a container it cannot inspect: status
+/// `unknown`, no start or exit time, empty settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ModuleDetails {
+    /// Always `id`, as the runtime sends it.
+    pub id: String,
+    /// The module id.
+    pub name: String,
+    /// `docker`, the only type the runtime lists.
+    #[serde(rename = "type")]
+    pub module_type: String,
+    /// `{settings, env}`.
+    pub config: ModuleConfig,
+    /// `{runtimeStatus: {status}}`.
+    pub status: ModuleStatus,
+}
+
+/// A listed module's configuration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ModuleConfig {
+    /// The runtime's container settings (`image`, `createOptions`).
+    pub settings: serde_json::Value,
+    /// Always empty, as the runtime sends it.
+    pub env: Vec<serde_json::Value>,
+}
+
+/// A listed module's state.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ModuleStatus {
+    /// `{status}`: `unknown` here.
+    pub runtime_status: RuntimeStatus,
+}
+
+/// `unknown|running|stopped|failed|dead`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RuntimeStatus {
+    /// The module's state.
+    pub status: String,
 }

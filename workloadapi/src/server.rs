@@ -1,11 +1,16 @@
-//! The workload API's routes, as IoT Edge serves them: every request but
-//! `/health` carries `api-version`; a missing or unknown one is a 400.
+//! The workload API's routes, as IoT Edge's runtime (aziot-edged 1.5)
+//! serves them: `api-version` is checked first, against exactly the
+//! runtime's set; bodies are read as the runtime reads them (422 for one
+//! that is not JSON of the route's shape, unknown fields ignored); answers
+//! have its statuses and shapes. `/health` and the orchestrator's
+//! `/v1/modules/{name}/socket` are edgeid's own and take no `api-version`.
 
 use std::sync::{Arc, LazyLock};
 
 use edgeid_common::routes::Routes;
 use edgeid_common::{ApiError, ApiRequest, ApiResponse, Handler};
 use http::{Method, StatusCode};
+use serde::de::DeserializeOwned;
 
 use crate::api::API_VERSIONS;
 use crate::workload::{Who, Workload};
@@ -13,6 +18,7 @@ use crate::workload::{Who, Workload};
 #[derive(Debug, Clone, Copy)]
 enum Route {
     Health,
+    ListModules,
     Sign,
     Encrypt,
     Decrypt,
@@ -27,6 +33,9 @@ enum Route {
 static ROUTES: LazyLock<Routes<Route>> = LazyLock::new(|| {
     Routes::new(&[
         (Method::GET, "/health", Route::Health),
+        (Method::GET, "/modules", Route::ListModules),
+        // The runtime answers here too (an old diagnostics image asks so).
+        (Method::GET, "/modules/", Route::ListModules),
         (
             Method::POST,
             "/modules/{name}/genid/{genid}/sign",
@@ -67,29 +76,25 @@ static ROUTES: LazyLock<Routes<Route>> = LazyLock::new(|| {
     ])
 });
 
-/// Checks `api-version`: one IoT Edge published, or a later date of the same form.
+/// Checks `api-version`: one of the runtime's, exactly; else a 400 that
+/// begins as the runtime's does and names the versions served.
 pub fn check_api_version(version: Option<&str>) -> Result<(), ApiError> {
-    let Some(v) = version else {
-        return Err(ApiError::bad_request(format!(
-            "the api-version query parameter is missing; supported: {} and later",
-            API_VERSIONS.join(", ")
-        )));
-    };
-    let well_formed = v.len() == 10
-        && v.bytes().enumerate().all(|(i, b)| match i {
-            4 | 7 => b == b'-',
-            _ => b.is_ascii_digit(),
-        });
-    let newest = API_VERSIONS[API_VERSIONS.len() - 1];
-    if API_VERSIONS.contains(&v) || (well_formed && v > newest) {
-        Ok(())
-    } else {
-        Err(ApiError::bad_request(format!(
-            "api-version '{}' is not supported; supported: {} and later",
-            edgeid_identityd::names::shown(v),
-            API_VERSIONS.join(", ")
-        )))
+    let supported = API_VERSIONS.join(", ");
+    match version {
+        None => Err(ApiError::bad_request(format!(
+            "api-version not specified; supported: {supported}"
+        ))),
+        Some(v) if API_VERSIONS.contains(&v) => Ok(()),
+        Some(v) => Err(ApiError::bad_request(format!(
+            "invalid api-version \"{}\"; supported: {supported}",
+            edgeid_identityd::names::shown(v)
+        ))),
     }
+}
+
+/// Whether a path is one of edgeid's own, which take no `api-version`.
+fn is_edgeid_path(path: &str) -> bool {
+    path == "/health" || path.starts_with("/v1/")
 }
 
 /// workloadd behind a socket: the main one (`bound` none), or a module's own.
@@ -102,6 +107,13 @@ pub struct Service {
 
 impl Handler for Service {
     async fn handle(&self, req: ApiRequest) -> ApiResponse {
+        // As the runtime: the version before the route, so that a request
+        // without one is a 400 whatever its path.
+        if !is_edgeid_path(&req.path) {
+            if let Err(e) = check_api_version(req.query_param("api-version").as_deref()) {
+                return ApiResponse::error(&e);
+            }
+        }
         let (route, params) = match ROUTES.find(&req.method, &req.path) {
             Ok(found) => found,
             Err(answer) => return answer,
@@ -117,37 +129,34 @@ impl Handler for Service {
                 "a module's own socket cannot manage sockets",
             ));
         }
-        if !socket_route && !matches!(route, Route::Health) {
-            if let Err(e) = check_api_version(req.query_param("api-version").as_deref()) {
-                return ApiResponse::error(&e);
-            }
-        }
         let who = &Who {
             caller: &req.caller,
             bound: self.bound.as_deref(),
         };
         match route {
             Route::Health => ApiResponse::json(ok, &me.health().await),
-            Route::Sign => match req.json() {
+            Route::ListModules => ApiResponse::from_result(ok, me.list_modules(who).await),
+            Route::Sign => match body(&req, "missing parameter: request body") {
                 Ok(body) => ApiResponse::from_result(ok, me.sign(who, name, genid, body).await),
                 Err(e) => ApiResponse::error(&e),
             },
-            Route::Encrypt => match req.json() {
+            Route::Encrypt => match body(&req, "missing request body") {
                 Ok(body) => ApiResponse::from_result(ok, me.encrypt(who, name, genid, body).await),
                 Err(e) => ApiResponse::error(&e),
             },
-            Route::Decrypt => match req.json() {
+            Route::Decrypt => match body(&req, "missing request body") {
                 Ok(body) => ApiResponse::from_result(ok, me.decrypt(who, name, genid, body).await),
                 Err(e) => ApiResponse::error(&e),
             },
-            Route::IdentityCert => match json_or_default(&req) {
+            Route::IdentityCert => match req.json_or_unprocessable() {
                 Ok(body) => ApiResponse::from_result(
                     created,
-                    me.identity_certificate(who, name, body).await,
+                    me.identity_certificate(who, name, body.unwrap_or_default())
+                        .await,
                 ),
                 Err(e) => ApiResponse::error(&e),
             },
-            Route::ServerCert => match req.json() {
+            Route::ServerCert => match body(&req, "missing request body") {
                 Ok(body) => ApiResponse::from_result(
                     created,
                     me.server_certificate(who, name, genid, body).await,
@@ -172,7 +181,15 @@ impl Handler for Service {
     }
 }
 
-/// The body as JSON; an empty body is the type's default.
+/// A workload route's body, read as the runtime reads it: not JSON of the
+/// route's shape is a 422; none at all is a 400 with the runtime's words.
+fn body<T: DeserializeOwned>(req: &ApiRequest, missing: &str) -> Result<T, ApiError> {
+    req.json_or_unprocessable()?
+        .ok_or_else(|| ApiError::bad_request(missing))
+}
+
+/// An edgeid route's body as JSON (400 if malformed); an empty body is the
+/// type's default.
 fn json_or_default<T: serde::de::DeserializeOwned + Default>(
     req: &ApiRequest,
 ) -> Result<T, ApiError> {
@@ -188,27 +205,36 @@ mod tests {
     use super::*;
 
     #[test]
-    fn api_versions() {
+    fn exactly_the_runtimes_api_versions() {
         for v in [
             "2018-06-28",
             "2019-01-30",
+            "2019-10-22",
             "2019-11-05",
-            "2020-10-10",
+            "2020-07-07",
+            "2021-12-07",
             "2022-08-03",
         ] {
             check_api_version(Some(v)).unwrap();
         }
+        // 2020-10-10 was never the runtime's; later dates are not served
+        // before the runtime defines them.
         for v in [
             "",
             "2017-01-01",
-            "2020-10-1",
+            "2020-10-10",
+            "2022-08-04",
+            "2099-01-01",
+            "2020-07-7",
             "latest",
-            "2020-13-xx",
             "2019-02-01",
         ] {
-            assert!(check_api_version(Some(v)).is_err(), "{v}");
+            let err = check_api_version(Some(v)).unwrap_err();
+            assert!(err.message.starts_with("invalid api-version"), "{v}");
+            assert!(err.message.contains("2022-08-03"), "{}", err.message);
         }
         let err = check_api_version(None).unwrap_err();
-        assert!(err.message.contains("missing"), "{}", err.message);
+        assert!(err.message.starts_with("api-version not specified"));
+        assert!(err.message.contains("2019-10-22, 2019-11-05, 2020-07-07"));
     }
 }

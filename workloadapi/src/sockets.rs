@@ -59,7 +59,7 @@ pub struct ModuleSockets {
 }
 
 impl Workload {
-    fn authorize_orchestrator(&self, caller: &Caller) -> Result<(), Error> {
+    pub(crate) fn authorize_orchestrator(&self, caller: &Caller) -> Result<(), Error> {
         let own = edgeid_common::current_uid();
         if caller.uid == 0
             || caller.uid == own

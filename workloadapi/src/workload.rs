@@ -145,7 +145,8 @@ impl Workload {
         Ok(identity)
     }
 
-    /// `POST .../sign`: HMAC-SHA256 with the module's primary or secondary key, in keyd.
+    /// `POST .../sign`: HMAC-SHA256 with the module's primary key (or its
+    /// secondary one if `keyId` asks), in keyd.
     pub async fn sign(
         &self,
         who: &Who<'_>,
@@ -153,15 +154,17 @@ impl Workload {
         genid: &str,
         req: SignRequest,
     ) -> Result<SignResponse, Error> {
-        if req.algo != "HMACSHA256" {
+        let algo = req.algo.as_deref().unwrap_or("HMACSHA256");
+        if algo != "HMACSHA256" {
             return Err(Error::BadRequest(format!(
                 "algo '{}' is not supported; HMACSHA256 is",
-                names::shown(&req.algo)
+                names::shown(algo)
             )));
         }
+        let key_id = req.key_id.as_deref().unwrap_or("primary");
         let data = decode("data", &req.data)?;
         let module = self.module_for(who, name, Some(genid)).await?;
-        let handle = match req.key_id.as_str() {
+        let handle = match key_id {
             "primary" => module.auth.key_handle.clone(),
             "secondary" => module.auth.secondary_key_handle.clone(),
             other => {
@@ -174,8 +177,7 @@ impl Workload {
         .filter(|_| module.auth.cert_id.is_none())
         .ok_or_else(|| {
             Error::BadRequest(format!(
-                "module '{name}' authenticates with a certificate; it has no {} key",
-                req.key_id
+                "module '{name}' authenticates with a certificate; it has no {key_id} key"
             ))
         })?;
         let digest = self
@@ -311,7 +313,9 @@ impl Workload {
     }
 
     /// `POST /modules/{name}/genid/{genid}/certificate/server`: a server
-    /// certificate for a fresh key; the common name is also a DNS SAN.
+    /// certificate for a fresh key, with the runtime's names: the common
+    /// name (a DNS name, or an IP address) and the module id as a DNS name
+    /// (less a leading `$`, where it is one).
     pub async fn server_certificate(
         &self,
         who: &Who<'_>,
@@ -320,28 +324,65 @@ impl Workload {
         req: ServerCertificateRequest,
     ) -> Result<CertificateResponse, Error> {
         let cn = req.common_name.trim();
-        if cn.is_empty()
-            || cn.len() > 253
-            || !cn
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
-        {
-            return Err(Error::BadRequest(format!(
-                "commonName '{}' is not a host name",
-                names::shown(cn)
-            )));
+        let mut san = SubjectAltNames::default();
+        match cn.parse::<std::net::IpAddr>() {
+            Ok(ip) => san.ip.push(ip),
+            Err(_) if is_dns_name(cn) => san.dns.push(cn.to_owned()),
+            Err(_) => {
+                return Err(Error::BadRequest(format!(
+                    "commonName '{}' is neither a host name nor an IP address",
+                    names::shown(cn)
+                )))
+            }
         }
         let lifetime = lifetime(
-            Some(&req.expiration),
+            req.expiration.as_deref(),
             self.config.certificates.server_max_days,
         )?;
         let module = self.module_for(who, name, Some(genid)).await?;
-        let san = SubjectAltNames {
-            dns: vec![cn.to_owned()],
-            ..Default::default()
-        };
+        let module_name = module.module_id.trim_start_matches('$');
+        if is_dns_name(module_name) && !san.dns.iter().any(|d| d.eq_ignore_ascii_case(module_name))
+        {
+            san.dns.push(module_name.to_owned());
+        }
         self.issue(&module, "server", Profile::Server, cn, san, lifetime)
             .await
+    }
+
+    /// `GET /modules`: the modules identityd knows, to a caller that is a
+    /// module or the orchestrator (the runtime answers anyone; a uid that is
+    /// neither has no business knowing them).
+    pub async fn list_modules(&self, who: &Who<'_>) -> Result<ListModulesResponse, Error> {
+        if self.module_name(who).is_err() && self.authorize_orchestrator(who.caller).is_err() {
+            return Err(Error::Forbidden(format!(
+                "uid {} is neither a module nor the orchestrator",
+                who.caller.uid
+            )));
+        }
+        let modules = self
+            .identityd
+            .modules()
+            .await
+            .map_err(|e| Error::from_daemon("identityd", "the module list", e))?;
+        Ok(ListModulesResponse {
+            modules: modules
+                .into_iter()
+                .map(|m| ModuleDetails {
+                    id: "id".into(),
+                    name: m.module_id,
+                    module_type: "docker".into(),
+                    config: ModuleConfig {
+                        settings: serde_json::json!({"image": "", "createOptions": {}}),
+                        env: Vec::new(),
+                    },
+                    status: ModuleStatus {
+                        runtime_status: RuntimeStatus {
+                            status: "unknown".into(),
+                        },
+                    },
+                })
+                .collect(),
+        })
     }
 
     async fn issue(
@@ -474,16 +515,33 @@ fn lifetime(expiration: Option<&str>, max_days: u64) -> Result<Duration, Error> 
     Ok(Duration::try_from(left).unwrap_or(max).min(max))
 }
 
-/// The leaf's notAfter, RFC 3339.
+/// Whether a name can be a DNS SAN: 1-253 characters of letters, digits,
+/// `-` and `.`, no empty label.
+fn is_dns_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name
+            .split('.')
+            .all(|label| !label.is_empty() && label.len() <= 63)
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+}
+
+/// The leaf's notAfter, RFC 3339 as the runtime writes it: whole seconds,
+/// `+00:00` (`2026-01-31T12:34:56+00:00`).
 fn not_after(chain_pem: &str) -> Result<String, Error> {
     let leaf = pem::parse(chain_pem)
         .map_err(|e| Error::Internal(format!("certd sent an unreadable chain: {e}")))?;
     let (_, cert) = x509_parser::parse_x509_certificate(leaf.contents())
         .map_err(|e| Error::Internal(format!("certd sent an unreadable certificate: {e}")))?;
+    let format =
+        time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]+00:00");
     cert.validity()
         .not_after
         .to_datetime()
-        .format(&Rfc3339)
+        .to_offset(time::UtcOffset::UTC)
+        .format(&format)
         .map_err(|e| Error::Internal(e.to_string()))
 }
 

@@ -842,7 +842,7 @@ async fn the_workload_socket_and_the_spiffe_socket_serve_side_by_side() {
     let (status, body) = edgeid_common::client::UdsClient::new(suite.workload.socket())
         .raw(
             http::Method::GET,
-            "/trust-bundle?api-version=2020-10-10",
+            "/trust-bundle?api-version=2022-08-03",
             bytes::Bytes::new(),
         )
         .await
