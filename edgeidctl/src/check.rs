@@ -78,15 +78,15 @@ pub async fn check(opts: &Check) -> Result<(), String> {
     cloud_checks(opts, &mut f).await;
 
     if opts.json {
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&f.0).map_err(|e| e.to_string())?
         );
     } else {
         for x in &f.0 {
-            println!("[{}] {}: {}", x.status, x.check, x.detail);
+            outln!("[{}] {}: {}", x.status, x.check, x.detail);
             if !x.hint.is_empty() {
-                println!("       fix: {}", x.hint);
+                outln!("       fix: {}", x.hint);
             }
         }
     }

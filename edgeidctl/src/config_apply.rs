@@ -396,7 +396,7 @@ fn prepare(opts: &Apply) -> Result<(Vec<String>, Users), String> {
 pub fn apply(opts: &Apply) -> Result<(), String> {
     let (configs, users) = prepare(opts)?;
     if opts.dry_run {
-        println!(
+        outln!(
             "{}: good; nothing written (--dry-run)",
             opts.config.display()
         );
@@ -412,7 +412,7 @@ pub fn apply(opts: &Apply) -> Result<(), String> {
         let dir = opts.root.join(format!("etc/edgeid/{daemon}.d"));
         let file = dir.join("config.toml");
         if std::fs::read_to_string(&file).ok().as_deref() == Some(text.as_str()) {
-            println!("{daemon:<10} unchanged  {}", file.display());
+            outln!("{daemon:<10} unchanged  {}", file.display());
             continue;
         }
         edgeid_common::fs::ensure_dir(&dir, 0o700)
@@ -425,7 +425,7 @@ pub fn apply(opts: &Apply) -> Result<(), String> {
                     .map_err(|e| format!("cannot give {} to uid {uid}: {e}", path.display()))?;
             }
         }
-        println!("{daemon:<10} written    {}", file.display());
+        outln!("{daemon:<10} written    {}", file.display());
         changed.push(daemon);
     }
     let systemd = opts.root == Path::new("/") && Path::new("/run/systemd/system").exists();
@@ -445,7 +445,7 @@ pub fn apply(opts: &Apply) -> Result<(), String> {
                 units.join(" ")
             ));
         }
-        println!("restarted (if running): {}", units.join(" "));
+        outln!("restarted (if running): {}", units.join(" "));
     }
     Ok(())
 }

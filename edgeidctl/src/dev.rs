@@ -1,7 +1,6 @@
 //! `edgeidctl dev --dir DIR`: every daemon in this process, on software keys,
 //! with sockets and state under DIR, until Ctrl-C.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -182,60 +181,61 @@ pub async fn run(
     })
     .await?;
 
-    println!(
+    outln!(
         "edgeid {} dev mode in {} (ready in {} ms)",
         health.version,
         dir.display(),
         started.elapsed().as_millis()
     );
-    println!(
+    outln!(
         "  keyd       {}   every key in: {backend_name} ({})",
         keyd_socket.display(),
         health.status
     );
     for (name, state) in health.backends.iter().filter(|(_, s)| s.as_str() != "ok") {
-        println!("             {name}: {state}");
+        outln!("             {name}: {state}");
     }
-    println!(
+    outln!(
         "  certd      {}   local CA; its certificate in {}",
         certd_socket.display(),
         bundle_file.display()
     );
-    println!(
+    outln!(
         "  identityd  {}   local provisioning: device '{}' on '{}'",
         identityd_socket.display(),
         device.device_id,
         device.hub
     );
-    println!(
+    outln!(
         "  workload   {}   IoT Edge workload API; dev-module is uid {}",
         workload_socket.display(),
         edgeid_common::current_uid()
     );
-    println!(
+    outln!(
         "  spiffe     {}   SPIFFE Workload API; dev-module is spiffe://{trust_domain}/{}/dev-module",
         spiffe_socket.display(),
         device.device_id
     );
-    println!("  modules    {}", declared.join(", "));
+    outln!("  modules    {}", declared.join(", "));
     if declared.len() > 1 {
-        println!("             (the others have identities in identityd; only dev-module is mapped to a caller)");
+        outln!("             (the others have identities in identityd; only dev-module is mapped to a caller)");
     }
-    println!();
-    println!("Try it:");
-    println!(
+    outln!();
+    outln!("Try it:");
+    outln!(
         "  curl -s --unix-socket {} http://localhost/v1/health",
         keyd_socket.display()
     );
-    println!("  curl -s --unix-socket {} -d '{{\"id\":\"device-id\",\"spec\":\"ec-p256\"}}' http://localhost/v1/keypair", keyd_socket.display());
-    println!("  curl -s --unix-socket {} -d '{{\"id\":\"web\",\"issuer\":\"local-ca\",\"profile\":\"server\",\"key_id\":\"web\",\"san\":{{\"dns\":[\"localhost\"]}}}}' http://localhost/v1/certificates", certd_socket.display());
-    println!("  curl -s --unix-socket {} -X POST http://localhost/v1/identities/modules/dev-module/token", identityd_socket.display());
-    println!(
-        "  curl -s --unix-socket {} 'http://localhost/trust-bundle?api-version=2020-10-10'",
-        workload_socket.display()
+    outln!("  curl -s --unix-socket {} -d '{{\"id\":\"device-id\",\"spec\":\"ec-p256\"}}' http://localhost/v1/keypair", keyd_socket.display());
+    outln!("  curl -s --unix-socket {} -d '{{\"id\":\"web\",\"issuer\":\"local-ca\",\"profile\":\"server\",\"key_id\":\"web\",\"san\":{{\"dns\":[\"localhost\"]}}}}' http://localhost/v1/certificates", certd_socket.display());
+    outln!("  curl -s --unix-socket {} -X POST http://localhost/v1/identities/modules/dev-module/token", identityd_socket.display());
+    outln!(
+        "  curl -s --unix-socket {} 'http://localhost/trust-bundle?api-version={}'",
+        workload_socket.display(),
+        edgeid_workloadapi::api::CURRENT_API_VERSION
     );
-    println!();
-    println!("A module's environment (as IoT Edge sets it, and the SPIFFE endpoint):");
+    outln!();
+    outln!("A module's environment (as IoT Edge sets it, and the SPIFFE endpoint):");
     let dev_module = &identities[0];
     for (name, value) in [
         (
@@ -250,24 +250,27 @@ pub async fn run(
         ("IOTEDGE_DEVICEID", device.device_id.clone()),
         ("IOTEDGE_IOTHUBHOSTNAME", device.hub.clone()),
         ("IOTEDGE_GATEWAYHOSTNAME", device_id()),
-        ("IOTEDGE_APIVERSION", "2020-10-10".into()),
+        (
+            "IOTEDGE_APIVERSION",
+            edgeid_workloadapi::api::CURRENT_API_VERSION.into(),
+        ),
         ("IOTEDGE_AUTHSCHEME", "sasToken".into()),
         (
             "SPIFFE_ENDPOINT_SOCKET",
             format!("unix://{}", spiffe_socket.display()),
         ),
     ] {
-        println!("export {name}={value}");
+        outln!("export {name}={value}");
     }
-    println!();
-    println!("export EDGEID_KEYD_SOCKET={}", keyd_socket.display());
-    println!("export EDGEID_CERTD_SOCKET={}", certd_socket.display());
-    println!(
+    outln!();
+    outln!("export EDGEID_KEYD_SOCKET={}", keyd_socket.display());
+    outln!("export EDGEID_CERTD_SOCKET={}", certd_socket.display());
+    outln!(
         "export EDGEID_IDENTITYD_SOCKET={}",
         identityd_socket.display()
     );
-    println!();
-    println!("Running; Ctrl-C stops everything.");
+    outln!();
+    outln!("Running; Ctrl-C stops everything.");
 
     edgeid_common::server::shutdown_signal().await;
     let _ = stop_tx.send(true);
@@ -276,12 +279,7 @@ pub async fn run(
     stopped("identityd", identityd).await?;
     stopped("certd", certd).await?;
     stopped("keyd", keyd).await?;
-    // Whoever read our output may be gone by now (a closed pipe): no panic for that.
-    let _ = writeln!(
-        std::io::stdout(),
-        "stopped; state kept in {}",
-        dir.display()
-    );
+    outln!("stopped; state kept in {}", dir.display());
     Ok(())
 }
 

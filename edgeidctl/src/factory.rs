@@ -239,14 +239,14 @@ async fn init(
         }
     }
     if args.output == "json" {
-        println!("{json}");
+        outln!("{json}");
     } else {
-        println!("registration id: {registration_id}");
-        println!("key:             {} in keyd", args.key_id);
+        outln!("registration id: {registration_id}");
+        outln!("key:             {} in keyd", args.key_id);
         if let Some(ek) = &report.endorsement_key {
-            println!("TPM endorsement key (TPM2B_PUBLIC, base64): {ek}");
+            outln!("TPM endorsement key (TPM2B_PUBLIC, base64): {ek}");
         }
-        print!("{}", report.csr_pem);
+        out!("{}", report.csr_pem);
     }
     Ok(())
 }
@@ -366,7 +366,7 @@ async fn import_cert(
             ..progress
         },
     )?;
-    println!(
+    outln!(
         "installed certificate '{}' for key '{}'; CA bundle in {}",
         args.cert_id,
         args.key_id,
@@ -435,9 +435,10 @@ async fn verify(keyd: &KeydClient, certd: &CertdClient, args: &FactoryArgs) -> R
     .map_err(|_| {
         format!("key '{key_id}' signed, but the certificate's public key does not verify it")
     })?;
-    println!(
+    outln!(
         "verified: '{}' signs with key '{key_id}', and certificate '{}' chains to the CA bundle",
-        progress.registration_id, progress.cert_id
+        progress.registration_id,
+        progress.cert_id
     );
     Ok(())
 }

@@ -1,5 +1,8 @@
 //! `edgeidctl`: the operator's command line.
 
+#[macro_use]
+mod out;
+
 mod check;
 mod config_apply;
 mod daemons;
@@ -138,7 +141,7 @@ fn main() -> ExitCode {
     let runtime = match edgeid_common::runtime::build() {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("edgeidctl: cannot start the async runtime: {e}");
+            errln!("edgeidctl: cannot start the async runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
@@ -151,7 +154,7 @@ fn main() -> ExitCode {
         } => {
             // Every daemon's connections live in this one process.
             if let Err(e) = edgeid_common::runtime::raise_fd_limit() {
-                eprintln!("edgeidctl: cannot raise the open-file limit: {e}");
+                errln!("edgeidctl: cannot raise the open-file limit: {e}");
             }
             runtime.block_on(dev::run(&dir, &modules, &trust_domain, &backend))
         }
@@ -198,9 +201,10 @@ fn main() -> ExitCode {
         }
     };
     match result {
+        Ok(()) if out::failed() => ExitCode::FAILURE,
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
-            eprintln!("edgeidctl: {message}");
+            errln!("edgeidctl: {message}");
             ExitCode::FAILURE
         }
     }

@@ -52,7 +52,7 @@ impl Sockets {
 /// reported, not fatal; the exit status says whether all answered.
 pub async fn status(s: &Sockets) -> Result<(), String> {
     let mut down = Vec::new();
-    println!("daemons ({})", s.dir.display());
+    outln!("daemons ({})", s.dir.display());
     for d in &crate::daemons::DAEMONS {
         let name = d.name;
         match d.health(&s.dir).await {
@@ -62,7 +62,7 @@ pub async fn status(s: &Sockets) -> Result<(), String> {
                     .iter()
                     .map(|(k, v)| format!("{k}: {v}"))
                     .collect();
-                println!(
+                outln!(
                     "  {name:<10} {} {} ({})",
                     h.status,
                     h.version,
@@ -70,15 +70,15 @@ pub async fn status(s: &Sockets) -> Result<(), String> {
                 );
             }
             Err(e) => {
-                println!("  {name:<10} unreachable: {e}");
+                outln!("  {name:<10} unreachable: {e}");
                 down.push(name);
             }
         }
     }
     let identityd = s.identityd();
     if let Ok(p) = identityd.provisioning().await {
-        println!("provisioning ({})", p.source);
-        println!(
+        outln!("provisioning ({})", p.source);
+        outln!(
             "  state      {}{}",
             wire(&p.state),
             p.provisioned_at
@@ -86,14 +86,14 @@ pub async fn status(s: &Sockets) -> Result<(), String> {
                 .unwrap_or_default()
         );
         if let Some(e) = p.last_error {
-            println!("  last error {e}");
+            outln!("  last error {e}");
         }
     }
     if let Ok(d) = identityd.device().await {
-        println!("device");
-        println!("  id         {}", d.device_id);
-        println!("  hub        {}", d.hub);
-        println!(
+        outln!("device");
+        outln!("  id         {}", d.device_id);
+        outln!("  hub        {}", d.hub);
+        outln!(
             "  credential {}{}",
             wire(&d.auth.auth_type),
             d.auth
@@ -103,9 +103,9 @@ pub async fn status(s: &Sockets) -> Result<(), String> {
         );
     }
     if let Ok(modules) = identityd.modules().await {
-        println!("modules ({})", modules.len());
+        outln!("modules ({})", modules.len());
         for m in modules {
-            println!(
+            outln!(
                 "  {:<24} generation {} {}",
                 m.module_id,
                 m.generation_id,
@@ -114,24 +114,24 @@ pub async fn status(s: &Sockets) -> Result<(), String> {
         }
     }
     if let Ok(keys) = s.keyd().list_keys().await {
-        println!("keys ({})", keys.len());
+        outln!("keys ({})", keys.len());
         for k in keys {
-            println!("  {:<32} {:<12} {}", k.id, k.kind, k.backend);
+            outln!("  {:<32} {:<12} {}", k.id, k.kind, k.backend);
         }
     }
     let certd = s.certd();
     if let Ok(ids) = certd.list().await {
-        println!("certificates ({})", ids.len());
+        outln!("certificates ({})", ids.len());
         for id in ids {
             match certd.get(&id).await {
-                Ok(info) => println!(
+                Ok(info) => outln!(
                     "  {id:<32} expires {}{}",
                     info.not_after,
                     info.key_id
                         .map(|k| format!("  key '{k}'"))
                         .unwrap_or_default()
                 ),
-                Err(e) => println!("  {id:<32} {e}"),
+                Err(e) => outln!("  {id:<32} {e}"),
             }
         }
     }
@@ -149,7 +149,7 @@ pub async fn identity(s: &Sockets, action: &IdentityAction) -> Result<(), String
     match action {
         IdentityAction::List => {
             for m in client.modules().await.map_err(fail)? {
-                println!(
+                outln!(
                     "{}\t{}\t{}",
                     m.module_id,
                     m.generation_id,
@@ -159,7 +159,7 @@ pub async fn identity(s: &Sockets, action: &IdentityAction) -> Result<(), String
         }
         IdentityAction::Create { module } => {
             let m = client.create_module(module).await.map_err(fail)?;
-            println!(
+            outln!(
                 "{}\t{}\t{}",
                 m.module_id,
                 m.generation_id,
@@ -168,7 +168,7 @@ pub async fn identity(s: &Sockets, action: &IdentityAction) -> Result<(), String
         }
         IdentityAction::Delete { module } => {
             client.delete_module(module).await.map_err(fail)?;
-            println!("deleted module identity '{module}'");
+            outln!("deleted module identity '{module}'");
         }
     }
     Ok(())
@@ -208,7 +208,7 @@ pub async fn key(s: &Sockets, action: &KeyAction) -> Result<(), String> {
                 .await
                 .map_err(|e| s.failed("keyd", e))?;
             for k in keys {
-                println!("{}\t{}\t{}", k.id, k.kind, k.backend);
+                outln!("{}\t{}\t{}", k.id, k.kind, k.backend);
             }
         }
     }
@@ -240,12 +240,12 @@ pub async fn cert(s: &Sockets, action: &CertAction) -> Result<(), String> {
         CertAction::List => {
             for id in client.list().await.map_err(fail)? {
                 let info = client.get(&id).await.map_err(fail)?;
-                println!("{id}\t{}", info.not_after);
+                outln!("{id}\t{}", info.not_after);
             }
         }
         CertAction::Renew { id } => {
             let info = client.renew(id).await.map_err(fail)?;
-            println!(
+            outln!(
                 "renewed '{id}': expires {}{}",
                 info.not_after,
                 info.key_id
@@ -255,19 +255,19 @@ pub async fn cert(s: &Sockets, action: &CertAction) -> Result<(), String> {
         }
         CertAction::Show { id } => {
             let info = client.get(id).await.map_err(fail)?;
-            println!("id:        {id}");
-            println!("expires:   {}", info.not_after);
+            outln!("id:        {id}");
+            outln!("expires:   {}", info.not_after);
             if let Some(k) = info.key_id {
-                println!("key:       {k} (keyd)");
+                outln!("key:       {k} (keyd)");
             }
             if let Some(r) = info.renewal {
-                println!(
+                outln!(
                     "renewal:   at {}% of its lifetime{}",
                     r.threshold_percent,
                     if r.rekey { ", new key" } else { ", same key" }
                 );
             }
-            print!("{}", info.pem);
+            out!("{}", info.pem);
         }
     }
     Ok(())
@@ -279,7 +279,7 @@ pub async fn reprovision(s: &Sockets, wait: bool) -> Result<(), String> {
     let client = s.identityd();
     let fail = |e| s.failed("identityd", e);
     let mut status = client.reprovision().await.map_err(fail)?;
-    println!("reprovisioning ({} provisioning)", status.source);
+    outln!("reprovisioning ({} provisioning)", status.source);
     let deadline = Instant::now() + Duration::from_secs(300);
     while wait && status.state == ProvisioningState::Provisioning {
         if Instant::now() > deadline {
@@ -291,9 +291,10 @@ pub async fn reprovision(s: &Sockets, wait: bool) -> Result<(), String> {
     match status.state {
         ProvisioningState::Provisioned => {
             let device = client.device().await.map_err(fail)?;
-            println!(
+            outln!(
                 "provisioned: device '{}' on '{}'",
-                device.device_id, device.hub
+                device.device_id,
+                device.hub
             );
             Ok(())
         }

@@ -1,5 +1,8 @@
 //! What the dev-mode tests share: starting `edgeidctl dev` as a person does.
 
+// Each test file that includes this module uses part of it.
+#![allow(dead_code)]
+
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
