@@ -11,9 +11,11 @@
 //! - [`Swtpm`]: a fresh software TPM on loopback, restartable with its state;
 //! - [`tpm_peer`]: a provisioning service's side of TPM attestation, on a second swtpm;
 //! - [`faults`]: the files a daemon left on disk, seeded randomness for kill tests;
-//! - [`require_tool`]: a missing tool fails the test with the command that installs it.
+//! - [`require_tool`]: a missing tool fails the test with the command that installs it;
+//! - [`clients`]: real clients nobody here wrote (Azure IoT SDKs, py-spiffe), run unchanged.
 
 pub mod certd;
+pub mod clients;
 pub mod cloud;
 pub mod daemon;
 pub mod est_server;

@@ -1,0 +1,192 @@
+//! The SPIFFE socket as gRPC clients nobody here wrote call it, unchanged:
+//! py-spiffe 0.3.2 on the newest grpcio (grpc-core, which sends the socket
+//! path percent-encoded as `:authority`), grpcio with the raw path as
+//! authority (what grpc-java and Bazel send), and raw HTTP/2 from Python's
+//! h2 for the authorities that must be served and for requests h2 must
+//! still refuse. h2 is vendored with one patch for this
+//! (`vendor/README.md`); the last test checks it is upstream's otherwise.
+//!
+//! The test process's uid is module `mod-a`.
+
+use std::path::Path;
+use std::process::Command;
+
+use edgeid_testkit::workload::Stack;
+use edgeid_testkit::{clients, WorkloadFixture};
+use edgeid_workloadapi::config::SpiffeConfig;
+use serde_json::Value;
+
+const TD: &str = "edge.test";
+
+struct Suite {
+    _workload: WorkloadFixture,
+    _stack: Stack,
+    dir: tempfile::TempDir,
+}
+
+impl Suite {
+    async fn start() -> Self {
+        let dir = edgeid_testkit::temp_dir();
+        let stack = Stack::local(dir.path(), &["mod-a"]).await;
+        let mut config =
+            stack.workload_config(dir.path(), &[("mod-a", edgeid_common::current_uid())]);
+        config.spiffe = Some(SpiffeConfig::new(TD, &dir.path().join("spiffe.sock")));
+        let workload = WorkloadFixture::configured(config).await;
+        Self {
+            _workload: workload,
+            _stack: stack,
+            dir,
+        }
+    }
+
+    fn socket(&self) -> String {
+        self.dir.path().join("spiffe.sock").display().to_string()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn py_spiffe_on_the_newest_grpcio_fetches_and_validates() {
+    let suite = Suite::start().await;
+    let mut python = clients::python();
+    python.arg(clients::script("python/spiffe_module.py")).env(
+        "SPIFFE_ENDPOINT_SOCKET",
+        format!("unix://{}", suite.socket()),
+    );
+    let (ok, answer, stderr) = tokio::task::spawn_blocking(move || clients::run_json(python))
+        .await
+        .unwrap();
+    assert!(ok, "py-spiffe: {answer} {stderr}");
+    eprintln!("py-spiffe on grpcio {}", answer["grpcio"]);
+    let id = format!("spiffe://{TD}/edge-1/mod-a");
+    assert_eq!(answer["spiffe_id"], id.as_str());
+    // The X.509-SVID: openssl validates it under the bundle py-spiffe
+    // fetched, for both ends of a TLS connection, and it certifies the key
+    // py-spiffe was handed.
+    let chain = answer["chain"].as_str().unwrap();
+    let bundle = answer["bundle"].as_str().unwrap();
+    for purpose in ["sslclient", "sslserver"] {
+        edgeid_testkit::openssl::verify_chain(bundle, chain, purpose).unwrap();
+    }
+    let key = rcgen::KeyPair::from_pem(answer["key"].as_str().unwrap()).unwrap();
+    let leaf = pem::parse(chain).unwrap();
+    let (_, cert) = x509_parser::parse_x509_certificate(leaf.contents()).unwrap();
+    assert_eq!(
+        cert.public_key().subject_public_key.data.as_ref(),
+        key.public_key_raw()
+    );
+    // The JWT-SVID: py-spiffe's own check against the JWT bundle passed
+    // (else the script fails); the server validated it for its audience
+    // and refused it for another.
+    assert_eq!(answer["jwt_subject"], id.as_str());
+    assert_eq!(answer["validated_subject"], id.as_str());
+    assert!(!answer["jwt_keys"].as_array().unwrap().is_empty());
+    let refused = answer["other_audience"].as_str().unwrap();
+    assert!(refused.contains("audience"), "{refused}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn any_authority_is_served_and_every_other_http2_rule_holds() {
+    let suite = Suite::start().await;
+    let mut python = clients::python();
+    python
+        .arg(clients::script("python/h2_probe.py"))
+        .arg(suite.socket());
+    let (ok, answer, stderr) = tokio::task::spawn_blocking(move || clients::run_json(python))
+        .await
+        .unwrap();
+    assert!(ok, "{answer} {stderr}");
+    let cases = answer.as_array().unwrap();
+    assert!(cases.len() >= 20, "{answer}");
+    let mut refused = 0;
+    for case in cases {
+        let name = case["name"].as_str().unwrap();
+        if case["served"] == Value::Bool(true) {
+            assert_eq!(case["grpc_status"], "0", "{name} must be served: {case}");
+            if case.get("status").is_some() {
+                assert_eq!(case["status"], "200", "{name}: {case}");
+                assert_eq!(case["reset"], Value::Null, "{name}: {case}");
+                assert!(
+                    case["message_bytes"].as_u64().unwrap() > 5,
+                    "{name}: {case}"
+                );
+            } else {
+                assert_eq!(case["svids"], 1, "{name}: {case}");
+            }
+        } else {
+            // Refused as h2 refuses it: the stream reset, or the connection
+            // ended, with PROTOCOL_ERROR (1), and no answer at all.
+            assert_eq!(
+                case["status"],
+                Value::Null,
+                "{name} must be refused: {case}"
+            );
+            assert_eq!(case["message_bytes"], 0, "{name}: {case}");
+            let reset = case["reset"] == 1 || case["goaway"] == 1 || case["closed"] == true;
+            assert!(reset, "{name}: {case}");
+            refused += 1;
+        }
+    }
+    assert!(refused >= 13, "{refused} refusal cases");
+}
+
+#[test]
+fn vendored_h2_is_upstream_but_for_its_patch() {
+    let vendor = Path::new(env!("CARGO_MANIFEST_DIR")).join("../vendor");
+    let sha256sum = edgeid_testkit::require_tool("sha256sum", "coreutils");
+    let patch = edgeid_testkit::require_tool("patch", "patch");
+    let listed = std::fs::read_to_string(vendor.join("h2.upstream.sha256")).unwrap();
+    let check = Command::new(&sha256sum)
+        .args(["-c", "--quiet", "../h2.upstream.sha256"])
+        .current_dir(vendor.join("h2"))
+        .output()
+        .unwrap();
+    let failed: Vec<String> = String::from_utf8_lossy(&check.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(
+        failed,
+        ["src/server.rs: FAILED"],
+        "only the patched file differs from crates.io's h2: {}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    // Nothing added either.
+    let mut files = Vec::new();
+    let mut dirs = vec![vendor.join("h2")];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else {
+                files.push(path);
+            }
+        }
+    }
+    assert_eq!(files.len(), listed.lines().count(), "{files:?}");
+    // Undoing the patch gives upstream's file back.
+    let scratch = edgeid_testkit::temp_dir();
+    std::fs::create_dir(scratch.path().join("src")).unwrap();
+    std::fs::copy(
+        vendor.join("h2/src/server.rs"),
+        scratch.path().join("src/server.rs"),
+    )
+    .unwrap();
+    let undone = Command::new(&patch)
+        .args(["-R", "-p1", "--quiet", "-i"])
+        .arg(vendor.join("h2.patch"))
+        .current_dir(scratch.path())
+        .status()
+        .unwrap();
+    assert!(undone.success(), "h2.patch is what was applied");
+    let line = listed
+        .lines()
+        .find(|l| l.ends_with("  src/server.rs"))
+        .unwrap();
+    let sum = Command::new(&sha256sum)
+        .arg("src/server.rs")
+        .current_dir(scratch.path())
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&sum.stdout).trim(), line);
+}
