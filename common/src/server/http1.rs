@@ -1,0 +1,303 @@
+//! HTTP/1.1 for the daemons' JSON APIs: each request's body read within
+//! the cap and the request timeout, the handler called with panics caught.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::io;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+use futures_util::FutureExt;
+use http::header::CONTENT_LENGTH;
+use http::{Request, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::UnixStream;
+use tokio::sync::watch;
+
+use super::accept::accept_loop;
+use super::activity::{Activity, Tracked};
+use super::connection::{drive, Windows};
+use super::{ApiRequest, ApiResponse, Handler, Limits};
+use crate::authz::Caller;
+use crate::error::ApiError;
+use crate::listener::Listener;
+
+/// Serves `handler` on `listener` until `shutdown` resolves, then stops accepting,
+/// lets in-flight requests finish (up to `limits.shutdown_grace`), removes the
+/// socket file if this process created it, and returns.
+pub async fn serve<H: Handler>(
+    listener: Listener,
+    handler: Arc<H>,
+    limits: Limits,
+    shutdown: impl Future<Output = ()>,
+) -> io::Result<()> {
+    let limits = Arc::new(limits);
+    let mut http = http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .keep_alive(true)
+        .max_buf_size(64 * 1024);
+    let http = Arc::new(http);
+    accept_loop(
+        listener,
+        limits.clone(),
+        shutdown,
+        move |stream, caller, activity, stop| {
+            let conn = Connection {
+                caller,
+                handler: handler.clone(),
+                limits: limits.clone(),
+                http: http.clone(),
+            };
+            conn.run(stream, activity, stop)
+        },
+    )
+    .await
+}
+
+/// One accepted connection and what it needs to serve requests.
+struct Connection<H> {
+    caller: Caller,
+    handler: Arc<H>,
+    limits: Arc<Limits>,
+    http: Arc<http1::Builder>,
+}
+
+impl<H: Handler> Connection<H> {
+    async fn run(self, stream: UnixStream, activity: Arc<Activity>, stop: watch::Receiver<bool>) {
+        let io = TokioIo::new(Tracked {
+            inner: stream,
+            activity: activity.clone(),
+        });
+        let Self {
+            caller,
+            handler,
+            limits,
+            http,
+        } = self;
+        let service = {
+            let activity = activity.clone();
+            let limits = limits.clone();
+            service_fn(move |req| {
+                let handler = handler.clone();
+                let limits = limits.clone();
+                let activity = activity.clone();
+                async move {
+                    let _busy = activity.begin_request();
+                    Ok::<_, Infallible>(
+                        respond(&*handler, caller, req, &limits, &activity)
+                            .await
+                            .into_hyper(),
+                    )
+                }
+            })
+        };
+        let conn = http.serve_connection(io, service);
+        // hyper enforces the header timeout itself; between requests (bytes
+        // moving count as activity) the idle timeout; a closing connection
+        // finishes its request, however long the request timeout lets it take.
+        let windows = Windows {
+            first: limits.idle_timeout,
+            idle: limits.idle_timeout,
+            wind_down: None,
+            grace: limits.shutdown_grace,
+        };
+        drive(conn, &activity, &windows, caller, stop).await;
+    }
+}
+
+/// Reads the body within the limits, calls the handler, catches its panics.
+async fn respond<H: Handler>(
+    handler: &H,
+    caller: Caller,
+    req: Request<Incoming>,
+    limits: &Limits,
+    activity: &Arc<Activity>,
+) -> ApiResponse {
+    let started = Instant::now();
+    let (parts, body) = req.into_parts();
+    let too_large = || {
+        ApiResponse::error(&ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "request body is larger than the limit of {} bytes",
+                limits.max_body_bytes
+            ),
+        ))
+    };
+    let declared = parts
+        .headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let drain_cap = limits.max_body_bytes.saturating_mul(DRAIN_FACTOR);
+    if declared.is_some_and(|n| n > drain_cap as u64) {
+        // Far too large: not worth reading; the client may see the connection close.
+        return too_large();
+    }
+    let body = match tokio::time::timeout(
+        limits.request_timeout,
+        read_body(body, limits.max_body_bytes, drain_cap),
+    )
+    .await
+    {
+        Ok(Ok(bytes)) => bytes,
+        Ok(Err(BodyError::TooLarge)) => return too_large(),
+        Ok(Err(BodyError::Broken(e))) => {
+            return ApiResponse::error(&ApiError::bad_request(format!(
+                "cannot read the request body: {e}"
+            )));
+        }
+        Err(_) => {
+            return ApiResponse::error(&ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                format!(
+                    "request body not received within {}s",
+                    limits.request_timeout.as_secs()
+                ),
+            ));
+        }
+    };
+    // The whole request is here: from now on the connection is doing work
+    // and is not evicted to make room for another.
+    let _work = activity.begin_work();
+    let request = ApiRequest {
+        caller,
+        method: parts.method,
+        path: parts.uri.path().to_owned(),
+        query: parts.uri.query().map(str::to_owned),
+        body,
+    };
+    let method = request.method.clone();
+    let path = request.path.clone();
+    let answer = AssertUnwindSafe(handler.handle(request)).catch_unwind();
+    let response = match tokio::time::timeout(limits.request_timeout, answer).await {
+        Ok(Ok(response)) => response,
+        Ok(Err(_panic)) => {
+            tracing::error!(%method, %path, "handler panicked");
+            ApiResponse::error(&ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal error",
+            ))
+        }
+        Err(_) => ApiResponse::error(&ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "the operation did not finish within {}s",
+                limits.request_timeout.as_secs()
+            ),
+        )),
+    };
+    tracing::debug!(
+        %method, %path, caller = %caller, status = response.status().as_u16(),
+        micros = started.elapsed().as_micros() as u64, "request"
+    );
+    response
+}
+
+/// A body over the limit but under this many times the limit is read and
+/// thrown away before the 413 goes out, so a client that writes its whole body
+/// before reading sees the 413 instead of a broken pipe.
+const DRAIN_FACTOR: usize = 4;
+
+enum BodyError {
+    TooLarge,
+    Broken(String),
+}
+
+/// Reads a body of at most `max` bytes; a larger one is read on (and discarded)
+/// up to `drain_cap` bytes, then refused.
+async fn read_body(mut body: Incoming, max: usize, drain_cap: usize) -> Result<Bytes, BodyError> {
+    let mut kept = BytesMut::new();
+    let mut seen = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| BodyError::Broken(e.to_string()))?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        seen = seen.saturating_add(data.len());
+        if seen <= max {
+            kept.extend_from_slice(&data);
+        } else if seen > drain_cap {
+            return Err(BodyError::TooLarge);
+        }
+    }
+    if seen > max {
+        Err(BodyError::TooLarge)
+    } else {
+        Ok(kept.freeze())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use http::Method;
+
+    use super::*;
+    use crate::client::UdsClient;
+
+    /// Answers after `delay`, doing nothing meanwhile.
+    struct Slow(Duration);
+
+    impl Handler for Slow {
+        async fn handle(&self, _: ApiRequest) -> ApiResponse {
+            tokio::time::sleep(self.0).await;
+            ApiResponse::no_content()
+        }
+    }
+
+    fn cpu_time() -> Duration {
+        // SAFETY: getrusage only writes the struct we pass.
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
+        let tv = |t: libc::timeval| {
+            Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64)
+        };
+        tv(usage.ru_utime) + tv(usage.ru_stime)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_request_outlasting_the_idle_timeout_completes_without_spinning() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("s.sock");
+        let listener = Listener::bind(&socket, 0o600).unwrap();
+        let limits = Limits {
+            idle_timeout: Duration::from_millis(200),
+            ..Limits::default()
+        };
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(
+            listener,
+            Arc::new(Slow(Duration::from_millis(1500))),
+            limits,
+            async {
+                let _ = stopped.await;
+            },
+        ));
+        let before = cpu_time();
+        let (status, _) = UdsClient::new(&socket)
+            .raw(Method::GET, "/", Bytes::new())
+            .await
+            .unwrap();
+        let used = cpu_time() - before;
+        assert_eq!(
+            status,
+            StatusCode::NO_CONTENT,
+            "the idle watchdog must not cut a request in flight"
+        );
+        assert!(
+            used < Duration::from_millis(700),
+            "{used:?} of CPU while waiting 1.5 s: the idle loop spins"
+        );
+        let _ = stop.send(());
+        server.await.unwrap().unwrap();
+    }
+}
