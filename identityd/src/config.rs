@@ -413,7 +413,7 @@ impl IdentitydConfig {
                 let by_parts = m.hub.is_some() || m.device_id.is_some() || m.auth.is_some();
                 match (&m.connection_string, by_parts) {
                     (Some(cs), false) => {
-                        crate::provision::ConnectionString::parse(&cs.0)
+                        crate::connection_string::ConnectionString::parse(&cs.0)
                             .map_err(|e| format!("provisioning.connection_string: {e}"))?;
                     }
                     (None, true) => {

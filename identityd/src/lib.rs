@@ -3,22 +3,31 @@
 //! identities (ARCHITECTURE.md section 6). It never holds a key: tokens are
 //! signed by keyd, TLS handshakes with the cloud are signed through keyd.
 //!
-//! - [`api`], [`client`]: the wire types and the typed client.
-//! - [`server`]: routes; [`identities`]: the domain (authorization, device,
-//!   modules, tokens, provisioning runs).
-//! - [`provision`]: each provisioning source; [`dps`]: the DPS protocol;
-//!   [`hub`]: module identities in the hub; [`sas`]: SAS tokens;
-//!   [`cloud`]: HTTPS with retries, proxies and keyd-held client keys.
-//! - [`store`]: what is kept on disk; [`names`]: id rules; [`config`], [`error`].
+//! Layers, each using only those below it (`tests/tests/layering.rs`
+//! checks that no file reaches up):
+//! - plain data: [`api`] (wire types), [`names`] (id rules), [`config`],
+//!   [`connection_string`], [`store`] (what is kept on disk), [`error`];
+//!   [`sas`] (SAS tokens) and [`client`] (the typed client) on them;
+//! - the cloud: [`cloud`] (HTTPS with retries, proxies and keyd-held client
+//!   keys), and on it [`dps`] (the DPS protocol) and [`hub`] (module
+//!   identities in the hub); `credentials`: handles and TLS identities from
+//!   keyd and certd;
+//! - [`provision`]: each provisioning source, as a `Provisioner`;
+//! - the domain the server calls, [`Identityd`]: [`identities`]
+//!   (authorization, the device, provisioning runs) and `modules`;
+//! - [`server`]: the routes of edgeid's `/v1` API, one front per wire family.
 
 pub mod api;
 pub mod client;
 pub mod cloud;
 pub mod config;
+pub mod connection_string;
+mod credentials;
 pub mod dps;
 pub mod error;
 pub mod hub;
 pub mod identities;
+mod modules;
 pub mod names;
 pub mod provision;
 pub mod sas;

@@ -5,91 +5,24 @@
 use std::path::Path;
 
 use aws_lc_rs::digest;
-use base64::engine::general_purpose::STANDARD;
-use base64::Engine;
 use edgeid_certd::api::{CreateCertificateRequest, IssuerKind, Profile};
+use edgeid_certd::CertdClient;
 use edgeid_keyd::api::{KeyHandle, SymmetricKeyType};
+use edgeid_keyd::KeydClient;
 use http::StatusCode;
 use serde_json::json;
 use zeroize::Zeroizing;
 
+use crate::cloud::Cloud;
 use crate::config::{
     AttestationConfig, DeviceAuthConfig, DpsConfig, IdentitydConfig, KeySource, LocalConfig,
     ManualConfig, ProvisioningConfig,
 };
+use crate::connection_string::{decode_key, ConnectionString};
+use crate::credentials::Credentials;
 use crate::dps::{Proof, Registration};
 use crate::error::Error;
-use crate::identities::Identityd;
 use crate::store::{Credential, DeviceRecord, KeyRef};
-
-/// A device connection string: `HostName=...;DeviceId=...;SharedAccessKey=...`.
-pub struct ConnectionString {
-    /// `HostName`.
-    pub hub: String,
-    /// `DeviceId`.
-    pub device_id: String,
-    /// `SharedAccessKey`, decoded.
-    pub key: Zeroizing<Vec<u8>>,
-}
-
-impl ConnectionString {
-    /// Parses one; errors name the part that is wrong and never show the key.
-    pub fn parse(text: &str) -> Result<Self, String> {
-        let mut hub = None;
-        let mut device_id = None;
-        let mut key = None;
-        for part in text.trim().split(';').filter(|p| !p.trim().is_empty()) {
-            let Some((name, value)) = part.split_once('=') else {
-                return Err(format!(
-                    "'{}' is not Name=Value",
-                    crate::names::shown(part.split('=').next().unwrap_or_default())
-                ));
-            };
-            let name = name.trim();
-            match name {
-                "HostName" => hub = Some(value.trim().to_owned()),
-                "DeviceId" => device_id = Some(value.trim().to_owned()),
-                // The key may itself end in '=' (base64 padding); split_once kept it.
-                "SharedAccessKey" => key = Some(value.trim()),
-                "GatewayHostName" => {}
-                "ModuleId" => {
-                    return Err("ModuleId: a module's connection string cannot provision a device".into())
-                }
-                "SharedAccessKeyName" => {
-                    return Err("SharedAccessKeyName: that is a service policy's connection string, not a device's".into())
-                }
-                "x509" => {
-                    return Err("x509: give hub, device_id and auth = { method = \"x509\", ... } instead".into())
-                }
-                other => return Err(format!("unknown part '{}'", crate::names::shown(other))),
-            }
-        }
-        let hub = hub.ok_or("HostName is missing")?;
-        let device_id = device_id.ok_or("DeviceId is missing")?;
-        let key = key.ok_or("SharedAccessKey is missing")?;
-        crate::names::check_hub(&hub).map_err(|e| format!("HostName: {e}"))?;
-        crate::names::check_device_id(&device_id).map_err(|e| format!("DeviceId: {e}"))?;
-        let key = decode_key(key).map_err(|e| format!("SharedAccessKey: {e}"))?;
-        Ok(Self {
-            hub,
-            device_id,
-            key,
-        })
-    }
-}
-
-/// A base64 symmetric key (16-64 bytes), decoded into memory that is wiped on drop.
-fn decode_key(text: &str) -> Result<Zeroizing<Vec<u8>>, String> {
-    let key = Zeroizing::new(
-        STANDARD
-            .decode(text.trim())
-            .map_err(|_| "is not base64".to_owned())?,
-    );
-    if !(16..=64).contains(&key.len()) {
-        return Err(format!("is {} bytes; a key is 16 to 64", key.len()));
-    }
-    Ok(key)
-}
 
 /// Reads a key file: 0600 (or stricter), base64.
 fn read_key_file(path: &Path) -> Result<Zeroizing<Vec<u8>>, Error> {
@@ -128,7 +61,39 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-impl Identityd {
+/// What provisioning works with: the config, keyd and certd (through which
+/// every key and certificate is made or imported), and the cloud.
+pub(crate) struct Provisioner<'a> {
+    pub(crate) config: &'a IdentitydConfig,
+    pub(crate) keyd: &'a KeydClient,
+    pub(crate) certd: &'a CertdClient,
+    pub(crate) cloud: &'a Cloud,
+}
+
+impl Provisioner<'_> {
+    fn config(&self) -> &IdentitydConfig {
+        self.config
+    }
+
+    fn keyd(&self) -> &KeydClient {
+        self.keyd
+    }
+
+    fn certd(&self) -> &CertdClient {
+        self.certd
+    }
+
+    fn cloud(&self) -> &Cloud {
+        self.cloud
+    }
+
+    fn credentials(&self) -> Credentials<'_> {
+        Credentials {
+            keyd: self.keyd,
+            certd: self.certd,
+        }
+    }
+
     /// One provisioning attempt from the config; the result, not yet stored.
     pub(crate) async fn provision_once(&self) -> Result<DeviceRecord, Error> {
         let config = self.config();
@@ -233,7 +198,7 @@ impl Identityd {
                     id,
                     derive: group.then(|| registration_id.clone()),
                 };
-                let handle = self.symmetric_handle(&key).await?;
+                let handle = self.credentials().symmetric_handle(&key).await?;
                 (
                     registration_id.clone(),
                     Proof::Sas(handle),
@@ -246,7 +211,7 @@ impl Identityd {
                 key_id,
             } => {
                 self.check_x509(cert_id, key_id).await?;
-                let identity = self.x509_identity(cert_id).await?;
+                let identity = self.credentials().x509_identity(cert_id).await?;
                 let registration_id = match registration_id {
                     Some(r) => r.clone(),
                     None => common_name(&identity.0[0]).ok_or_else(|| {
@@ -375,42 +340,4 @@ fn common_name(der: &[u8]) -> Option<String> {
         .ok()?
         .to_owned();
     Some(cn)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn connection_strings() {
-        let cs = ConnectionString::parse(
-            "HostName=hub.example.net;DeviceId=dev-1;SharedAccessKey=AAAAAAAAAAAAAAAAAAAAAA==",
-        )
-        .unwrap();
-        assert_eq!(cs.hub, "hub.example.net");
-        assert_eq!(cs.device_id, "dev-1");
-        assert_eq!(cs.key.len(), 16);
-        for (text, wanted) in [
-            ("HostName=h;DeviceId=d", "SharedAccessKey is missing"),
-            ("garbage", "not Name=Value"),
-            ("HostName=h;DeviceId=d;SharedAccessKey=!!", "not base64"),
-            ("HostName=h;DeviceId=d;SharedAccessKey=AAAA", "is 3 bytes"),
-            (
-                "HostName=h;DeviceId=d;ModuleId=m;SharedAccessKey=AAAA",
-                "ModuleId",
-            ),
-            (
-                "HostName=h/x;DeviceId=d;SharedAccessKey=AAAAAAAAAAAAAAAAAAAAAA==",
-                "HostName",
-            ),
-            (
-                "HostName=h;DeviceId=d d;SharedAccessKey=AAAAAAAAAAAAAAAAAAAAAA==",
-                "DeviceId",
-            ),
-        ] {
-            let err = ConnectionString::parse(text).err().unwrap();
-            assert!(err.contains(wanted), "{text}: {err}");
-            assert!(!err.contains("AAAA"), "the key is never shown: {err}");
-        }
-    }
 }

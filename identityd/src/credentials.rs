@@ -1,0 +1,88 @@
+//! The device's and modules' credentials as keyd and certd hold them: the
+//! keyd handle of a symmetric key (derivation applied), of the key a
+//! certificate certifies, and a TLS client identity from both. identityd
+//! never holds the keys themselves.
+
+use std::sync::Arc;
+
+use edgeid_certd::signer::KeydKey;
+use edgeid_certd::CertdClient;
+use edgeid_keyd::api::KeyHandle;
+use edgeid_keyd::KeydClient;
+
+use crate::cloud::Identity;
+use crate::error::Error;
+use crate::store::KeyRef;
+
+/// keyd and certd, for the credentials they hold.
+pub(crate) struct Credentials<'a> {
+    pub(crate) keyd: &'a KeydClient,
+    pub(crate) certd: &'a CertdClient,
+}
+
+impl Credentials<'_> {
+    /// The keyd handle of a symmetric key, derivation applied.
+    pub async fn symmetric_handle(&self, key: &KeyRef) -> Result<KeyHandle, Error> {
+        let handle = self
+            .keyd
+            .key(&key.id)
+            .await
+            .map_err(|e| Error::from_daemon("keyd", &format!("key '{}'", key.id), e))?;
+        match &key.derive {
+            None => Ok(handle),
+            Some(info) => self
+                .keyd
+                .derive(&handle, info.as_bytes())
+                .await
+                .map_err(|e| {
+                    Error::from_daemon("keyd", &format!("deriving from key '{}'", key.id), e)
+                }),
+        }
+    }
+
+    /// The keyd handle of the key a certd certificate certifies now.
+    pub async fn cert_key_handle(&self, cert_id: &str) -> Result<KeyHandle, Error> {
+        let key_id = self.cert_key_id(cert_id).await?;
+        self.keyd
+            .key_pair(&key_id)
+            .await
+            .map_err(|e| Error::from_daemon("keyd", &format!("key '{key_id}'"), e))
+    }
+
+    pub async fn cert_key_id(&self, cert_id: &str) -> Result<String, Error> {
+        Ok(self.cert_and_key(cert_id).await?.1)
+    }
+
+    /// A certd certificate (PEM chain) and the keyd id of the key it certifies now.
+    pub async fn cert_and_key(&self, cert_id: &str) -> Result<(String, String), Error> {
+        let info = self
+            .certd
+            .get(cert_id)
+            .await
+            .map_err(|e| Error::from_daemon("certd", &format!("certificate '{cert_id}'"), e))?;
+        let key_id = info.key_id.ok_or_else(|| {
+            Error::Internal(format!(
+                "certd does not know the key of certificate '{cert_id}'"
+            ))
+        })?;
+        Ok((info.pem, key_id))
+    }
+
+    /// A TLS client identity: the certificate chain from certd, its key in keyd.
+    pub async fn x509_identity(&self, cert_id: &str) -> Result<Identity, Error> {
+        let (pem_text, key_id) = self.cert_and_key(cert_id).await?;
+        let chain: Vec<Vec<u8>> = pem::parse_many(&pem_text)
+            .map_err(|e| Error::Internal(format!("certd sent an unreadable chain: {e}")))?
+            .into_iter()
+            .filter(|p| p.tag() == "CERTIFICATE")
+            .map(|p| p.into_contents())
+            .collect();
+        if chain.is_empty() {
+            return Err(Error::Internal(format!("certificate '{cert_id}' is empty")));
+        }
+        let key = KeydKey::load(self.keyd, &key_id)
+            .await
+            .map_err(Error::from_certd)?;
+        Ok((chain, Arc::new(key)))
+    }
+}
