@@ -1,11 +1,18 @@
 //! edgeid-workloadd: the IoT Edge compatible workload API that modules call
 //! (ARCHITECTURE.md section 7). Unchanged Azure IoT SDK code in a module gets
-//! its SAS signatures, encryption, certificates and trust bundle here.
+//! its SAS signatures, encryption, certificates and trust bundle here; SPIFFE
+//! clients get SVIDs on a socket of their own.
 //!
-//! - [`api`]: the IoT Edge wire types; [`server`]: routes and `api-version`.
-//! - [`workload`]: which module a caller is, and each operation through
-//!   identityd, keyd and certd; [`sockets`]: per-module sockets.
-//! - [`config`], [`error`].
+//! Layers, each using only those below it (`tests/tests/layering.rs`):
+//! - plain data: [`api`] (the IoT Edge wire types), [`config`], [`error`];
+//! - the domain, [`workload`]: which module a caller is, and each operation
+//!   through identityd, keyd and certd;
+//! - [`sockets`]: per-module sockets (binding; what answers on them is
+//!   handed in by the front);
+//! - the fronts, one per wire family: [`server`] (the IoT Edge workload
+//!   API's routes and `api-version`, and edgeid's `/v1/modules/{name}/socket`)
+//!   and [`spiffe`] (the SPIFFE Workload API over gRPC: `proto` its wire
+//!   types, `grpc` the front, `x509` and `jwt` what it serves).
 
 pub mod api;
 pub mod config;
@@ -66,9 +73,11 @@ pub async fn run(config: WorkloadConfig, shutdown: impl Future<Output = ()>) -> 
         Listener::open(&socket, mode)
     }
     .map_err(|e| Error::Setup(format!("cannot listen on {}: {e}", socket.display())))?;
-    workload.restore_sockets();
+    let sockets = server::module_sockets(&workload);
+    sockets.restore();
     let service = Arc::new(server::Service {
         workload: workload.clone(),
+        sockets: Some(sockets.clone()),
         bound: None,
     });
     let shutdown = async move {
@@ -76,7 +85,7 @@ pub async fn run(config: WorkloadConfig, shutdown: impl Future<Output = ()>) -> 
         let _ = stop_tx.send(true);
     };
     let served = edgeid_common::server::serve(listener, service, limits, shutdown).await;
-    workload.close_sockets().await;
+    sockets.close().await;
     if let Some(task) = spiffe {
         match task.await {
             Ok(r) => r?,

@@ -13,6 +13,7 @@ use http::{Method, StatusCode};
 use serde::de::DeserializeOwned;
 
 use crate::api::API_VERSIONS;
+use crate::sockets::{ModuleSockets, ServeModule};
 use crate::workload::{Who, Workload};
 
 #[derive(Debug, Clone, Copy)]
@@ -101,8 +102,44 @@ fn is_edgeid_path(path: &str) -> bool {
 pub struct Service {
     /// The workload API.
     pub workload: Arc<Workload>,
+    /// The per-module sockets, managed through the main socket only.
+    pub sockets: Option<Arc<ModuleSockets>>,
     /// The module every request on this socket is.
     pub bound: Option<String>,
+}
+
+/// The per-module sockets of `workload`, each answered by this front as
+/// its module.
+pub fn module_sockets(workload: &Arc<Workload>) -> Arc<ModuleSockets> {
+    let limits = workload.config.server.limits();
+    let for_modules = workload.clone();
+    let serve: ServeModule = Box::new(move |module, listener, stopped| {
+        let service = Arc::new(Service {
+            workload: for_modules.clone(),
+            sockets: None,
+            bound: Some(module),
+        });
+        let limits = limits.clone();
+        tokio::spawn(async move {
+            let shutdown = async {
+                let _ = stopped.await;
+            };
+            if let Err(e) = edgeid_common::server::serve(listener, service, limits, shutdown).await
+            {
+                tracing::warn!(error = %e, "a module socket failed");
+            }
+        })
+    });
+    ModuleSockets::new(workload.clone(), serve)
+}
+
+impl Service {
+    /// The per-module sockets, which only the main socket manages.
+    fn sockets(&self) -> Result<&Arc<ModuleSockets>, ApiError> {
+        self.sockets
+            .as_ref()
+            .ok_or_else(|| ApiError::forbidden("a module's own socket cannot manage sockets"))
+    }
 }
 
 impl Handler for Service {
@@ -123,12 +160,6 @@ impl Handler for Service {
         let me = &self.workload;
         let ok = StatusCode::OK;
         let created = StatusCode::CREATED;
-        let socket_route = matches!(route, Route::BindSocket | Route::UnbindSocket);
-        if socket_route && self.bound.is_some() {
-            return ApiResponse::error(&ApiError::forbidden(
-                "a module's own socket cannot manage sockets",
-            ));
-        }
         let who = &Who {
             caller: &req.caller,
             bound: self.bound.as_deref(),
@@ -167,14 +198,19 @@ impl Handler for Service {
             Route::ManifestTrustBundle => {
                 ApiResponse::from_result(ok, me.manifest_trust_bundle().await)
             }
-            Route::BindSocket => match json_or_default(&req) {
-                Ok(body) => {
-                    ApiResponse::from_result(created, me.bind_socket(&req.caller, name, body).await)
-                }
+            Route::BindSocket => match self.sockets().and_then(|s| Ok((s, json_or_default(&req)?)))
+            {
+                Ok((sockets, body)) => ApiResponse::from_result(
+                    created,
+                    sockets.bind_socket(&req.caller, name, body).await,
+                ),
                 Err(e) => ApiResponse::error(&e),
             },
-            Route::UnbindSocket => match me.unbind_socket(&req.caller, name).await {
-                Ok(()) => ApiResponse::no_content(),
+            Route::UnbindSocket => match self.sockets() {
+                Ok(sockets) => match sockets.unbind_socket(&req.caller, name).await {
+                    Ok(()) => ApiResponse::no_content(),
+                    Err(e) => ApiResponse::error(&e),
+                },
                 Err(e) => ApiResponse::error(&e),
             },
         }

@@ -2,6 +2,8 @@
 //! (`POST /v1/modules/{name}/socket`) and mounts it into that module's
 //! container; whoever connects to it *is* that module, whatever its uid. The
 //! list is kept in `sockets_dir/bound.json` so a restart serves them again.
+//! Binding is here; what answers on a socket is the server's, handed in as
+//! a [`ServeModule`].
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -16,7 +18,6 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use crate::error::Error;
-use crate::server::Service;
 use crate::workload::Workload;
 
 /// `POST /v1/modules/{name}/socket`
@@ -52,49 +53,49 @@ struct Bound {
     task: JoinHandle<()>,
 }
 
+/// Serves the workload API as `module` on the listener until the receiver
+/// fires (the front that does it is the server's; sockets only bind).
+pub type ServeModule =
+    Box<dyn Fn(String, Listener, oneshot::Receiver<()>) -> JoinHandle<()> + Send + Sync>;
+
 /// The per-module sockets being served.
-#[derive(Default)]
 pub struct ModuleSockets {
+    workload: Arc<Workload>,
+    serve: ServeModule,
     bound: Mutex<HashMap<String, Bound>>,
 }
 
-impl Workload {
-    pub(crate) fn authorize_orchestrator(&self, caller: &Caller) -> Result<(), Error> {
-        let own = edgeid_common::current_uid();
-        if caller.uid == 0
-            || caller.uid == own
-            || self.config.orchestrator_uids.contains(&caller.uid)
-        {
-            return Ok(());
-        }
-        tracing::warn!(
-            uid = caller.uid,
-            pid = caller.pid,
-            "refused: not the orchestrator"
-        );
-        Err(Error::Forbidden(format!(
-            "uid {} may not manage module sockets (orchestrator_uids)",
-            caller.uid
-        )))
+impl ModuleSockets {
+    /// The per-module sockets of `workload`; `serve` serves the workload API
+    /// as a module on a listener until told to stop.
+    pub fn new(workload: Arc<Workload>, serve: ServeModule) -> Arc<Self> {
+        Arc::new(Self {
+            workload,
+            serve,
+            bound: Mutex::new(HashMap::new()),
+        })
     }
 
     fn socket_path(&self, module: &str) -> PathBuf {
         let file = names::module_resource_id(module).replace('/', "_");
-        self.config.sockets_dir.join(format!("{file}.sock"))
+        self.workload
+            .config
+            .sockets_dir
+            .join(format!("{file}.sock"))
     }
 
     /// `POST /v1/modules/{name}/socket`: serves a socket that is `name`.
     pub async fn bind_socket(
-        self: &Arc<Self>,
+        &self,
         caller: &Caller,
         name: &str,
         req: BindRequest,
     ) -> Result<BoundSocket, Error> {
-        self.authorize_orchestrator(caller)?;
+        self.workload.authorize_orchestrator(caller)?;
         names::check_module_id(name)
             .map_err(|e| Error::BadRequest(format!("module name '{}': {e}", names::shown(name))))?;
         // Only modules identityd knows get a socket.
-        self.fetch_identity(name).await?;
+        self.workload.fetch_identity(name).await?;
         let path = self.bind(name, req.uid)?;
         self.save()?;
         Ok(BoundSocket {
@@ -103,8 +104,8 @@ impl Workload {
         })
     }
 
-    fn bind(self: &Arc<Self>, name: &str, uid: Option<u32>) -> Result<PathBuf, Error> {
-        let mut bound = lock(&self.sockets.bound);
+    fn bind(&self, name: &str, uid: Option<u32>) -> Result<PathBuf, Error> {
+        let mut bound = lock(&self.bound);
         if let Some(b) = bound.get(name) {
             if b.uid == uid {
                 return Ok(b.path.clone());
@@ -113,7 +114,7 @@ impl Workload {
                 "module '{name}' already has a socket for another uid; delete it first"
             )));
         }
-        let dir = &self.config.sockets_dir;
+        let dir = &self.workload.config.sockets_dir;
         edgeid_common::fs::ensure_dir(dir, 0o755)
             .map_err(|e| Error::Internal(format!("cannot make {}: {e}", dir.display())))?;
         let path = self.socket_path(name);
@@ -126,20 +127,7 @@ impl Workload {
             })?;
         }
         let (stop, stopped) = oneshot::channel::<()>();
-        let service = Arc::new(Service {
-            workload: self.clone(),
-            bound: Some(name.to_owned()),
-        });
-        let limits = self.config.server.limits();
-        let task = tokio::spawn(async move {
-            let shutdown = async {
-                let _ = stopped.await;
-            };
-            if let Err(e) = edgeid_common::server::serve(listener, service, limits, shutdown).await
-            {
-                tracing::warn!(error = %e, "a module socket failed");
-            }
-        });
+        let task = (self.serve)(name.to_owned(), listener, stopped);
         tracing::info!(module = %name, socket = %path.display(), "serving a module's socket");
         bound.insert(
             name.to_owned(),
@@ -155,8 +143,8 @@ impl Workload {
 
     /// `DELETE /v1/modules/{name}/socket`: stops serving it and removes it.
     pub async fn unbind_socket(&self, caller: &Caller, name: &str) -> Result<(), Error> {
-        self.authorize_orchestrator(caller)?;
-        let Some(b) = lock(&self.sockets.bound).remove(name) else {
+        self.workload.authorize_orchestrator(caller)?;
+        let Some(b) = lock(&self.bound).remove(name) else {
             return Err(Error::NotFound(format!(
                 "module '{}' has no socket",
                 names::shown(name)
@@ -169,11 +157,11 @@ impl Workload {
     }
 
     fn saved_file(&self) -> PathBuf {
-        self.config.sockets_dir.join("bound.json")
+        self.workload.config.sockets_dir.join("bound.json")
     }
 
     fn save(&self) -> Result<(), Error> {
-        let saved: Vec<Saved> = lock(&self.sockets.bound)
+        let saved: Vec<Saved> = lock(&self.bound)
             .iter()
             .map(|(module, b)| Saved {
                 module: module.clone(),
@@ -187,7 +175,7 @@ impl Workload {
     }
 
     /// Serves again the sockets served before a restart.
-    pub fn restore_sockets(self: &Arc<Self>) {
+    pub fn restore(&self) {
         let file = self.saved_file();
         let saved: Vec<Saved> = match std::fs::read(&file) {
             Ok(bytes) => match serde_json::from_slice(&bytes) {
@@ -207,8 +195,8 @@ impl Workload {
     }
 
     /// Stops every module socket (workloadd is stopping).
-    pub async fn close_sockets(&self) {
-        let all: Vec<Bound> = lock(&self.sockets.bound).drain().map(|(_, b)| b).collect();
+    pub async fn close(&self) {
+        let all: Vec<Bound> = lock(&self.bound).drain().map(|(_, b)| b).collect();
         for b in all {
             let _ = b.stop.send(());
             let _ = b.task.await;

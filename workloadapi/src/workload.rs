@@ -47,7 +47,6 @@ pub struct Workload {
     by_uid: HashMap<u32, String>,
     identities: Mutex<HashMap<String, (ModuleIdentity, Instant)>>,
     encryption_base: Mutex<Option<KeyHandle>>,
-    pub(crate) sockets: crate::sockets::ModuleSockets,
 }
 
 fn decode(field: &str, value: &str) -> Result<Vec<u8>, Error> {
@@ -71,7 +70,6 @@ impl Workload {
                 .collect(),
             identities: Mutex::new(HashMap::new()),
             encryption_base: Mutex::new(None),
-            sockets: crate::sockets::ModuleSockets::default(),
             config,
         })
     }
@@ -132,6 +130,27 @@ impl Workload {
                 );
                 Error::Forbidden(format!("uid {} is not mapped to a module", caller.uid))
             })
+    }
+
+    /// Whether the caller is the orchestrator: root, workloadd's own uid,
+    /// or one of `orchestrator_uids`.
+    pub(crate) fn authorize_orchestrator(&self, caller: &Caller) -> Result<(), Error> {
+        let own = edgeid_common::current_uid();
+        if caller.uid == 0
+            || caller.uid == own
+            || self.config.orchestrator_uids.contains(&caller.uid)
+        {
+            return Ok(());
+        }
+        tracing::warn!(
+            uid = caller.uid,
+            pid = caller.pid,
+            "refused: not the orchestrator"
+        );
+        Err(Error::Forbidden(format!(
+            "uid {} may not manage module sockets (orchestrator_uids)",
+            caller.uid
+        )))
     }
 
     /// The module's identity as identityd has it now (and kept for `module_for`).
