@@ -74,6 +74,7 @@ def call(sock_path, name, served, request_headers):
     conn.send_data(stream, message("probe"), end_stream=True)
     sock.sendall(conn.data_to_send())
     done = False
+    can_send = True
     while not done:
         try:
             data = sock.recv(65536)
@@ -109,11 +110,14 @@ def call(sock_path, name, served, request_headers):
                 result["goaway"] = int(event.error_code)
                 done = True
         pending = conn.data_to_send()
-        if pending and not done:
+        if pending and not done and can_send:
             try:
                 sock.sendall(pending)
             except (BrokenPipeError, ConnectionResetError):
-                break
+                # The server has ended the connection (e.g. after a GOAWAY)
+                # before taking our SETTINGS ack: read what it sent before
+                # closing, and the close itself.
+                can_send = False
     sock.close()
     return result
 
