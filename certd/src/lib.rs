@@ -1,9 +1,9 @@
 //! edgeid-certd: the device's certificates. It never holds a private key:
 //! everything it signs is signed by keyd.
 //!
-//! - [`api`]: the wire types of the certd API, shared with [`client`].
+//! - [`api`]: wire types, one module per wire family (`api::edgeid`, re-exported), shared with [`client`].
 //! - [`client`]: the typed async client other daemons and tools use.
-//! - [`server`]: routes and handlers; each authorizes, calls [`certs`], maps the result.
+//! - [`server`]: one front per wire family (`server::edgeid`); each parses, authorizes, calls [`certs`], maps the result.
 //! - [`certs`]: the domain: authorization by certificate id and name, issuance, import, renewal of one certificate.
 //! - [`ca`]: the device's local CA; [`issuer`]: profiles and signing through keyd; [`signer`]: keyd keys for rcgen and rustls.
 //! - [`est`]: the RFC 7030 client; [`renewal`]: the background renewal task.

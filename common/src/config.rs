@@ -129,6 +129,13 @@ impl Default for ServerConfig {
     }
 }
 
+/// The limits of a default `[server]` section.
+impl Default for crate::server::Limits {
+    fn default() -> Self {
+        ServerConfig::default().limits()
+    }
+}
+
 impl ServerConfig {
     /// The limits the server enforces.
     pub fn limits(&self) -> crate::server::Limits {

@@ -5,7 +5,7 @@
 //!
 //! Layers, each using only those below it (`tests/tests/layering.rs`
 //! checks that no file reaches up):
-//! - plain data: [`api`] (wire types), [`names`] (id rules), [`config`],
+//! - plain data: [`api`] (wire types, one module per wire family), [`names`] (id rules), [`config`],
 //!   [`connection_string`], [`store`] (what is kept on disk), [`error`];
 //!   [`sas`] (SAS tokens) and [`client`] (the typed client) on them;
 //! - the cloud: [`cloud`] (HTTPS with retries, proxies and keyd-held client

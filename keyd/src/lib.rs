@@ -1,8 +1,8 @@
 //! edgeid-keyd: the one process that holds the device's private and secret keys.
 //!
-//! - [`api`]: the wire types of the keyd API, shared with [`client`].
+//! - [`api`]: wire types, one module per wire family (`api::edgeid`, re-exported), shared with [`client`].
 //! - [`client`]: the typed async client other daemons and tools use.
-//! - [`server`]: routes and handlers; each authorizes, calls [`keys`], maps the result.
+//! - [`server`]: one front per wire family (`server::edgeid`); each parses, authorizes, calls [`keys`], maps the result.
 //! - [`keys`]: the domain: authorization by key id, handles, choosing a backend per key.
 //! - [`backend`]: the one trait every key store implements, and the stores.
 //! - [`handle`], [`key_id`]: the names of keys, on the wire and on disk.

@@ -12,7 +12,14 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::UnixStream;
 
-use super::admission::{IDLE_BEFORE_EVICTION, NEW_CONNECTION_GRACE};
+/// How long a new connection has to complete its first request before it
+/// may be evicted to make room.
+const NEW_CONNECTION_GRACE: Duration = Duration::from_secs(1);
+
+/// How long a connection that completed a request must have been idle before
+/// it may be evicted. Clients reuse their most recently used connections, so
+/// one idle this long is rarely the one a client is about to send on.
+const IDLE_BEFORE_EVICTION: Duration = Duration::from_secs(2);
 
 /// When a connection last moved bytes, how many requests it has in flight
 /// and in a handler, when it last completed one, and whether it has been

@@ -72,8 +72,8 @@ impl Registry {
     /// Makes room for one more connection under `max` by evicting the least
     /// useful one if the cap is reached. Only a connection with no request
     /// in a handler is evicted, and only once it has had its chance:
-    /// [`NEW_CONNECTION_GRACE`] to complete a first request, or
-    /// [`IDLE_BEFORE_EVICTION`] of idleness after one (a pooled keep-alive
+    /// a grace to complete a first request, or a spell of idleness after
+    /// one ([`Activity::evictable_at`]) (a pooled keep-alive
     /// connection its client is about to reuse is not pulled from under it).
     /// Silent connections go first, then those stuck in a request
     /// (slow headers, half a body), oldest first, then the longest idle.
@@ -105,15 +105,6 @@ impl Registry {
     }
 }
 
-/// How long a new connection has to complete its first request before it
-/// may be evicted to make room.
-pub(super) const NEW_CONNECTION_GRACE: Duration = Duration::from_secs(1);
-
 /// At the cap with every connection in a handler, how soon to look again
 /// (besides when a connection ends).
 pub(super) const BUSY_RECHECK: Duration = Duration::from_millis(250);
-
-/// How long a connection that completed a request must have been idle before
-/// it may be evicted. Clients reuse their most recently used connections, so
-/// one idle this long is rarely the one a client is about to send on.
-pub(super) const IDLE_BEFORE_EVICTION: Duration = Duration::from_secs(2);

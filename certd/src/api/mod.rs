@@ -1,0 +1,10 @@
+//! certd's wire types, one module per wire family, shared by the server's
+//! fronts and the typed clients:
+//! - [`edgeid`]: edgeid's own `/v1` API (ARCHITECTURE.md section 5),
+//!   re-exported here as `api::*`;
+//! - `aziot` (Azure IoT Identity Service's certificates API) is the next
+//!   family; it goes beside it over the same domain ([`crate::certs`]).
+
+pub mod edgeid;
+
+pub use edgeid::*;
