@@ -66,9 +66,21 @@ impl Grants {
             .map(Self)
     }
 
-    /// Whether some pattern matches the id.
+    /// Whether some pattern matches the id. `*` and `?` stop at `/`
+    /// (`module/*` is `module/a`, never `module/a/b`); `**` as a whole
+    /// segment spans a subtree (`module/**`).
     pub fn allows(&self, id: &str) -> bool {
-        self.0.iter().any(|p| p.matches(id))
+        const WITHIN_A_SEGMENT: glob::MatchOptions = glob::MatchOptions {
+            case_sensitive: true,
+            require_literal_separator: true,
+            require_literal_leading_dot: false,
+        };
+        self.0.iter().any(|p| p.matches_with(id, WITHIN_A_SEGMENT))
+    }
+
+    /// The patterns, as written.
+    pub fn patterns(&self) -> impl Iterator<Item = &str> {
+        self.0.iter().map(glob::Pattern::as_str)
     }
 }
 
@@ -110,6 +122,25 @@ impl Access {
     /// Whether the caller is an administrator.
     pub fn is_admin(&self, caller: &Caller) -> bool {
         self.admins.contains(caller)
+    }
+
+    /// Whether the caller is somebody here (an administrator or a
+    /// principal), asked before a request's body is read; else why not.
+    pub fn admits(&self, caller: &Caller) -> Result<(), String> {
+        if self.admins.contains(caller)
+            || self.principals.iter().any(|(_, uid, _)| *uid == caller.uid)
+        {
+            return Ok(());
+        }
+        tracing::warn!(
+            uid = caller.uid,
+            pid = caller.pid,
+            "refused before reading the request: no principal"
+        );
+        Err(format!(
+            "uid {} is not a principal of {}",
+            caller.uid, self.daemon
+        ))
     }
 
     /// Whether the caller may touch `id` (no log: for filtering listings).
@@ -163,6 +194,21 @@ mod tests {
         assert!(g.allows("device-id"));
         assert!(!g.allows("device-ca"));
         assert!(!g.allows("modulex"));
+    }
+
+    #[test]
+    fn a_star_stops_at_a_slash_and_a_double_star_spans_a_subtree() {
+        let g = Grants::parse(&["module/*"]).unwrap();
+        assert!(g.allows("module/a"));
+        assert!(!g.allows("module/x/y/z"));
+        let g = Grants::parse(&["module/**"]).unwrap();
+        assert!(g.allows("module/x/y/z"));
+        assert!(g.allows("module/a"));
+        assert!(!g.allows("modules/a"));
+        let g = Grants::parse(&["*"]).unwrap();
+        assert!(g.allows("device-id"));
+        assert!(!g.allows("module/a"), "a bare * is one segment");
+        assert!(Grants::parse(&["**"]).unwrap().allows("module/a/b"));
     }
 
     #[test]

@@ -79,6 +79,9 @@ pub struct ServerConfig {
     pub socket_mode: u32,
     /// Largest request body accepted; larger ones get 413.
     pub max_body_bytes: usize,
+    /// Request bodies held in memory at once, all connections together;
+    /// past it a request is refused with 503 instead of buffered.
+    pub max_buffered_bytes: usize,
     /// Time a client has to send a request's headers.
     pub header_read_timeout_secs: u64,
     /// Time a request's body has to arrive, and a handler has to answer.
@@ -89,6 +92,11 @@ pub struct ServerConfig {
     /// place of the least useful one (idle, or never finished a request);
     /// when every one is at work, new ones wait in the listen queue.
     pub max_connections: usize,
+    /// Connections one uid may hold at once, so that no caller takes more
+    /// than its share (default: a quarter of `max_connections`).
+    pub max_connections_per_caller: Option<usize>,
+    /// HTTP/2 (SPIFFE) streams one uid may have open at once.
+    pub max_streams_per_caller: usize,
     /// On SIGTERM, how long in-flight requests get to finish.
     pub shutdown_grace_secs: u64,
 }
@@ -120,10 +128,13 @@ impl Default for ServerConfig {
             socket: PathBuf::new(),
             socket_mode: 0o660,
             max_body_bytes: 1024 * 1024,
+            max_buffered_bytes: 32 * 1024 * 1024,
             header_read_timeout_secs: 10,
             request_timeout_secs: 60,
             idle_timeout_secs: 60,
             max_connections: 1024,
+            max_connections_per_caller: None,
+            max_streams_per_caller: 256,
             shutdown_grace_secs: 30,
         }
     }
@@ -141,10 +152,16 @@ impl ServerConfig {
     pub fn limits(&self) -> crate::server::Limits {
         crate::server::Limits {
             max_body_bytes: self.max_body_bytes,
+            max_buffered_bytes: self.max_buffered_bytes.max(self.max_body_bytes),
             header_read_timeout: Duration::from_secs(self.header_read_timeout_secs.max(1)),
             request_timeout: Duration::from_secs(self.request_timeout_secs.max(1)),
             idle_timeout: Duration::from_secs(self.idle_timeout_secs.max(1)),
             max_connections: self.max_connections.max(1),
+            max_connections_per_caller: self
+                .max_connections_per_caller
+                .unwrap_or(self.max_connections / 4)
+                .clamp(1, self.max_connections.max(1)),
+            max_streams_per_caller: self.max_streams_per_caller.max(1),
             shutdown_grace: Duration::from_secs(self.shutdown_grace_secs),
         }
     }

@@ -176,8 +176,11 @@ const CAP: usize = 256;
 async fn a_flood_of_silent_slow_and_half_sent_clients_does_not_keep_good_clients_out() {
     // Timeouts far longer than the test: only the cap's eviction can let a
     // good client in past the flood.
+    // One uid plays every client here: its share is the whole cap (the
+    // per-caller share has its own test below).
     let limits = Limits {
         max_connections: CAP,
+        max_connections_per_caller: CAP,
         header_read_timeout: Duration::from_secs(60),
         request_timeout: Duration::from_secs(60),
         idle_timeout: Duration::from_secs(60),
@@ -283,6 +286,7 @@ async fn a_flood_of_silent_slow_and_half_sent_clients_does_not_keep_good_clients
 async fn silent_slow_half_sent_and_idle_clients_are_cut_off_by_the_timeouts() {
     let limits = Limits {
         max_connections: 512,
+        max_connections_per_caller: 512,
         header_read_timeout: Duration::from_secs(1),
         request_timeout: Duration::from_secs(1),
         idle_timeout: Duration::from_secs(1),
@@ -355,4 +359,126 @@ async fn silent_slow_half_sent_and_idle_clients_are_cut_off_by_the_timeouts() {
         each * 4
     );
     server.stop().await;
+}
+
+/// Issue 17, finding 3, on the server every daemon runs: bodies held at once
+/// have a budget. Clients that each send most of an allowed body and then
+/// stall hold the budget; the next body over it is refused at once with 503
+/// (not buffered, not left waiting), and once they are gone a request with
+/// a body is served again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_sent_bodies_hold_no_more_than_the_budget() {
+    const PART: usize = 200 * 1024;
+    let limits = Limits {
+        max_body_bytes: 256 * 1024,
+        max_buffered_bytes: 1024 * 1024,
+        request_timeout: Duration::from_secs(60),
+        ..Limits::default()
+    };
+    let server = Server::start(limits);
+    // Five stalled bodies of 200 KiB each fill the 1 MiB budget.
+    let mut stalled = Vec::new();
+    for _ in 0..5 {
+        let mut s = UnixStream::connect(&server.socket).await.unwrap();
+        let head = format!(
+            "POST /big HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+            256 * 1024
+        );
+        s.write_all(head.as_bytes()).await.unwrap();
+        s.write_all(&vec![b'a'; PART]).await.unwrap();
+        stalled.push(s);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let client = UdsClient::new(&server.socket);
+    let started = Instant::now();
+    let (status, body) = client
+        .raw(Method::POST, "/one-more", Bytes::from(vec![b'b'; PART]))
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    let message = String::from_utf8_lossy(&body);
+    assert!(message.contains("too many request bodies"), "{message}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "refused at once, not after a timeout"
+    );
+    // A body-less request needs none of the budget.
+    let (status, _) = client.raw(Method::GET, "/h", Bytes::new()).await.unwrap();
+    assert_eq!(status, StatusCode::OK);
+    drop(stalled);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (status, _) = client
+        .raw(Method::POST, "/again", Bytes::from(vec![b'c'; PART]))
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::OK, "the budget is given back");
+    server.stop().await;
+}
+
+/// Answers after a second.
+struct Busy;
+
+impl Handler for Busy {
+    async fn handle(&self, _: ApiRequest) -> ApiResponse {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        ApiResponse::no_content()
+    }
+}
+
+/// Issue 17, finding 2, on HTTP/1: a caller (here this process's uid) that
+/// holds its share of connections, every one with a request in a handler,
+/// is answered 429 with why on the next, at once; when its requests end,
+/// it is served again. Its idle connections make room for its new ones
+/// instead (they are its own to lose).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_over_its_share_of_connections_gets_429_at_once() {
+    let dir = tempfile::Builder::new()
+        .prefix("edgeid-share-")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let socket = dir.path().join("s.sock");
+    let listener = Listener::bind(&socket, 0o600).unwrap();
+    let limits = Limits {
+        max_connections: 64,
+        max_connections_per_caller: 4,
+        ..Limits::default()
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(serve(listener, Arc::new(Busy), limits, async {
+        let _ = stopped.await;
+    }));
+    let mut busy = Vec::new();
+    for i in 0..4 {
+        let mut s = UnixStream::connect(&socket).await.unwrap();
+        s.write_all(format!("GET /busy-{i} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        busy.push(s);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = Instant::now();
+    let (status, body) = UdsClient::new(&socket)
+        .raw(Method::GET, "/one-more", Bytes::new())
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    let message = String::from_utf8_lossy(&body);
+    assert!(
+        message.contains("4 connections open, its share"),
+        "{message}"
+    );
+    assert!(started.elapsed() < Duration::from_millis(500), "at once");
+    for mut s in busy {
+        let mut answer = vec![0u8; 64];
+        let n = s.read(&mut answer).await.unwrap();
+        assert!(String::from_utf8_lossy(&answer[..n]).starts_with("HTTP/1.1 204"));
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (status, _) = UdsClient::new(&socket)
+        .raw(Method::GET, "/after", Bytes::new())
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::NO_CONTENT, "served again");
+    let _ = stop.send(());
+    server.await.unwrap().unwrap();
 }

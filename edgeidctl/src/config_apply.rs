@@ -238,13 +238,15 @@ fn build(raw: &Table, users: &Users) -> Vec<String> {
                 ("name", s("identityd")),
                 ("uid", uid(id)),
                 ("certs", strings(&["device-id", "module/*", "module-hex/*"])),
-                ("names", strings(&["*"])),
+                // Host names, device and module ids, SPIFFE IDs (which hold `/`).
+                ("names", strings(&["**"])),
             ]),
             table(vec![
                 ("name", s("workloadd")),
                 ("uid", uid(wl)),
-                ("certs", strings(&["workload/*"])),
-                ("names", strings(&["*"])),
+                // workload/module/<id>/<kind>: a subtree.
+                ("certs", strings(&["workload/**"])),
+                ("names", strings(&["**"])),
             ]),
         ]),
     );

@@ -163,6 +163,11 @@ pub async fn run(
         name: "dev-module".into(),
         uid: edgeid_common::current_uid(),
     }];
+    // Every client of dev mode is the developer's uid (its sockets are
+    // 0600): a per-uid share would only cut that one user to a quarter of
+    // the cap (edgeid-bench load holds 1000 connections).
+    workload_config.server.max_connections_per_caller =
+        Some(workload_config.server.max_connections);
     let spiffe_socket = dir.join("spiffe.sock");
     workload_config.spiffe = Some(edgeid_workloadapi::config::SpiffeConfig::new(
         trust_domain,

@@ -15,6 +15,15 @@ use super::Limits;
 use crate::authz::Caller;
 use crate::listener::Listener;
 
+/// Why a connection is answered with "too many" (429, or gRPC
+/// RESOURCE_EXHAUSTED) instead of being served.
+#[derive(Clone)]
+pub(super) struct Refused(pub(super) Arc<str>);
+
+/// How long a refused connection lives: time to read its first request
+/// and answer it.
+const REFUSAL_WINDOW: Duration = Duration::from_secs(2);
+
 /// Accepts connections until `shutdown`, each with its caller read from
 /// `SO_PEERCRED`, each served on its own task by what `serve_one` returns
 /// (told through `stop` when to wind down). Then waits up to the shutdown
@@ -32,7 +41,7 @@ pub(super) async fn accept_loop<F, Fut>(
     serve_one: F,
 ) -> io::Result<()>
 where
-    F: Fn(UnixStream, Caller, Arc<Activity>, watch::Receiver<bool>) -> Fut,
+    F: Fn(UnixStream, Caller, Arc<Activity>, watch::Receiver<bool>, Option<Refused>) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
     let registry = Arc::new(Registry::default());
@@ -80,13 +89,34 @@ where
                 continue;
             }
         };
+        if let Err(held) = registry.share(caller.uid, limits.max_connections_per_caller) {
+            // Over its share, every connection of it at work: this one is
+            // answered "too many" on its first request and closed, outside
+            // the registry, within the refusal window.
+            tracing::debug!(caller = %caller, held, "refused: the caller holds its share of connections");
+            let refused = Refused(Arc::from(format!(
+                "uid {} has {held} connections open, its share of this socket: finish or close one first",
+                caller.uid
+            )));
+            let served = serve_one(
+                stream,
+                caller,
+                Arc::new(Activity::new()),
+                stop_rx.clone(),
+                Some(refused),
+            );
+            tokio::spawn(async move {
+                let _ = tokio::time::timeout(REFUSAL_WINDOW, served).await;
+            });
+            continue;
+        }
         registry.make_room(limits.max_connections);
         let activity = Arc::new(Activity::new());
         let entry = Registered {
-            id: registry.insert(activity.clone()),
+            id: registry.insert(caller.uid, activity.clone()),
             registry: registry.clone(),
         };
-        let served = serve_one(stream, caller, activity, stop_rx.clone());
+        let served = serve_one(stream, caller, activity, stop_rx.clone(), None);
         tokio::spawn(async move {
             served.await;
             drop(entry);

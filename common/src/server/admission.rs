@@ -1,5 +1,6 @@
-//! Who gets in at the connection cap: every connection is registered, and
-//! a new one takes the place of the least useful when the cap is reached.
+//! Who gets in: every connection is registered with its caller's uid; at
+//! the connection cap a new one takes the place of the least useful, and
+//! no caller holds more than its share ([`Registry::share`]).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -24,7 +25,7 @@ impl Drop for Registered {
 /// the least useful when the cap is reached.
 #[derive(Default)]
 pub(super) struct Registry {
-    conns: std::sync::Mutex<std::collections::HashMap<u64, Arc<Activity>>>,
+    conns: std::sync::Mutex<std::collections::HashMap<u64, (u32, Arc<Activity>)>>,
     next_id: AtomicU64,
     /// Set while the cap is reached, so that it is logged once per episode.
     full: std::sync::atomic::AtomicBool,
@@ -33,10 +34,41 @@ pub(super) struct Registry {
 }
 
 impl Registry {
-    pub(super) fn insert(&self, activity: Arc<Activity>) -> u64 {
+    pub(super) fn insert(&self, uid: u32, activity: Arc<Activity>) -> u64 {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        crate::sync::lock(&self.conns).insert(id, activity);
+        crate::sync::lock(&self.conns).insert(id, (uid, activity));
         id
+    }
+
+    /// Whether `uid` may have one more connection when it may hold
+    /// `per_caller`: yes under its share; at its share, yes if one of its
+    /// own connections can make room (evicted as at the cap: the least
+    /// useful first, never one at work); else no, and how many it holds.
+    /// One caller's flood thus costs only its own connections, and the
+    /// cap stays free for the others.
+    pub(super) fn share(&self, uid: u32, per_caller: usize) -> Result<(), usize> {
+        let conns = crate::sync::lock(&self.conns);
+        let mine = || {
+            conns
+                .values()
+                .filter(move |(u, a)| *u == uid && !a.is_evicted())
+                .map(|(_, a)| a)
+        };
+        let held = mine().count();
+        if held < per_caller {
+            return Ok(());
+        }
+        let now = Instant::now();
+        match mine()
+            .filter(|a| a.evictable_at().is_some_and(|at| at <= now))
+            .min_by_key(|a| a.rank())
+        {
+            Some(own) => {
+                own.evict();
+                Ok(())
+            }
+            None => Err(held),
+        }
     }
 
     pub(super) fn remove(&self, id: u64) {
@@ -54,7 +86,7 @@ impl Registry {
     /// in a handler; look again a moment later).
     pub(super) fn admission(&self, max: usize) -> Result<(), Option<Instant>> {
         let conns = crate::sync::lock(&self.conns);
-        let mut live = conns.values().filter(|a| !a.is_evicted());
+        let mut live = conns.values().map(|(_, a)| a).filter(|a| !a.is_evicted());
         if live.clone().count() < max {
             return Ok(());
         }
@@ -79,7 +111,7 @@ impl Registry {
     /// (slow headers, half a body), oldest first, then the longest idle.
     pub(super) fn make_room(&self, max: usize) {
         let conns = crate::sync::lock(&self.conns);
-        let live = conns.values().filter(|a| !a.is_evicted()).count();
+        let live = conns.values().filter(|(_, a)| !a.is_evicted()).count();
         if live < max {
             if live <= max / 2 {
                 self.full.store(false, Ordering::Relaxed);
@@ -89,6 +121,7 @@ impl Registry {
         let now = Instant::now();
         let victim = conns
             .values()
+            .map(|(_, a)| a)
             .filter(|a| !a.is_evicted() && a.evictable_at().is_some_and(|at| at <= now))
             .min_by_key(|a| a.rank());
         let Some(victim) = victim else {

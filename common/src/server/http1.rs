@@ -18,9 +18,9 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::UnixStream;
-use tokio::sync::watch;
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
-use super::accept::accept_loop;
+use super::accept::{accept_loop, Refused};
 use super::activity::{Activity, Tracked};
 use super::connection::{drive, Windows};
 use super::{ApiRequest, ApiResponse, Handler, Limits};
@@ -37,6 +37,9 @@ pub async fn serve<H: Handler>(
     limits: Limits,
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
+    let budget = Arc::new(Semaphore::new(
+        limits.max_buffered_bytes.min(Semaphore::MAX_PERMITS),
+    ));
     let limits = Arc::new(limits);
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new())
@@ -48,11 +51,13 @@ pub async fn serve<H: Handler>(
         listener,
         limits.clone(),
         shutdown,
-        move |stream, caller, activity, stop| {
+        move |stream, caller, activity, stop, refused| {
             let conn = Connection {
                 caller,
+                refused,
                 handler: handler.clone(),
                 limits: limits.clone(),
+                budget: budget.clone(),
                 http: http.clone(),
             };
             conn.run(stream, activity, stop)
@@ -64,8 +69,12 @@ pub async fn serve<H: Handler>(
 /// One accepted connection and what it needs to serve requests.
 struct Connection<H> {
     caller: Caller,
+    /// Over its caller's share: every request is answered 429.
+    refused: Option<Refused>,
     handler: Arc<H>,
     limits: Arc<Limits>,
+    /// The server's bytes for buffered bodies, shared by every connection.
+    budget: Arc<Semaphore>,
     http: Arc<http1::Builder>,
 }
 
@@ -77,8 +86,10 @@ impl<H: Handler> Connection<H> {
         });
         let Self {
             caller,
+            refused,
             handler,
             limits,
+            budget,
             http,
         } = self;
         let service = {
@@ -88,10 +99,15 @@ impl<H: Handler> Connection<H> {
                 let handler = handler.clone();
                 let limits = limits.clone();
                 let activity = activity.clone();
+                let budget = budget.clone();
+                let refused = refused.clone();
                 async move {
+                    if let Some(Refused(why)) = refused {
+                        return Ok::<_, Infallible>(too_many(&why).into_hyper());
+                    }
                     let _busy = activity.begin_request();
                     Ok::<_, Infallible>(
-                        respond(&*handler, caller, req, &limits, &activity)
+                        respond(&*handler, caller, req, &limits, &budget, &activity)
                             .await
                             .into_hyper(),
                     )
@@ -112,16 +128,30 @@ impl<H: Handler> Connection<H> {
     }
 }
 
+/// The answer to a caller over its share, which closes the connection.
+fn too_many(why: &str) -> ApiResponse {
+    ApiResponse::error(&ApiError::new(StatusCode::TOO_MANY_REQUESTS, why))
+        .with_header(http::header::CONNECTION, "close")
+}
+
 /// Reads the body within the limits, calls the handler, catches its panics.
 async fn respond<H: Handler>(
     handler: &H,
     caller: Caller,
     req: Request<Incoming>,
     limits: &Limits,
+    budget: &Arc<Semaphore>,
     activity: &Arc<Activity>,
 ) -> ApiResponse {
     let started = Instant::now();
     let (parts, body) = req.into_parts();
+    if let Some(refused) = handler.admit(&caller, &parts.method, parts.uri.path()) {
+        tracing::debug!(
+            method = %parts.method, path = parts.uri.path(), caller = %caller,
+            status = refused.status().as_u16(), "refused before its body was read"
+        );
+        return refused;
+    }
     let too_large = || {
         ApiResponse::error(&ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -141,14 +171,26 @@ async fn respond<H: Handler>(
         // Far too large: not worth reading; the client may see the connection close.
         return too_large();
     }
+    // Held until the answer is made: the body's bytes in the server's budget.
+    let mut held = Held::new(budget);
     let body = match tokio::time::timeout(
         limits.request_timeout,
-        read_body(body, limits.max_body_bytes, drain_cap),
+        read_body(body, limits.max_body_bytes, drain_cap, &mut held),
     )
     .await
     {
         Ok(Ok(bytes)) => bytes,
         Ok(Err(BodyError::TooLarge)) => return too_large(),
+        Ok(Err(BodyError::OverBudget)) => {
+            tracing::warn!(
+                caller = %caller, budget = limits.max_buffered_bytes,
+                "request bodies held at once reached the budget: refusing one"
+            );
+            return ApiResponse::error(&ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too many request bodies are being received at once; try again shortly",
+            ));
+        }
         Ok(Err(BodyError::Broken(e))) => {
             return ApiResponse::error(&ApiError::bad_request(format!(
                 "cannot read the request body: {e}"
@@ -208,12 +250,51 @@ const DRAIN_FACTOR: usize = 4;
 
 enum BodyError {
     TooLarge,
+    OverBudget,
     Broken(String),
 }
 
-/// Reads a body of at most `max` bytes; a larger one is read on (and discarded)
-/// up to `drain_cap` bytes, then refused.
-async fn read_body(mut body: Incoming, max: usize, drain_cap: usize) -> Result<Bytes, BodyError> {
+/// Bytes of the server's body budget one request holds.
+struct Held<'a> {
+    budget: &'a Arc<Semaphore>,
+    permits: Option<OwnedSemaphorePermit>,
+}
+
+impl<'a> Held<'a> {
+    fn new(budget: &'a Arc<Semaphore>) -> Self {
+        Self {
+            budget,
+            permits: None,
+        }
+    }
+
+    /// Takes `n` more bytes of the budget, without waiting: false if it is spent.
+    fn take(&mut self, n: usize) -> bool {
+        let Ok(n) = u32::try_from(n) else {
+            return false;
+        };
+        match self.budget.clone().try_acquire_many_owned(n) {
+            Ok(more) => {
+                match &mut self.permits {
+                    Some(p) => p.merge(more),
+                    None => self.permits = Some(more),
+                }
+                true
+            }
+            Err(_) => false,
+        }
+    }
+}
+
+/// Reads a body of at most `max` bytes, each kept byte taken from the
+/// server's budget; a larger one is read on (and discarded) up to
+/// `drain_cap` bytes, then refused.
+async fn read_body(
+    mut body: Incoming,
+    max: usize,
+    drain_cap: usize,
+    held: &mut Held<'_>,
+) -> Result<Bytes, BodyError> {
     let mut kept = BytesMut::new();
     let mut seen = 0usize;
     while let Some(frame) = body.frame().await {
@@ -223,6 +304,9 @@ async fn read_body(mut body: Incoming, max: usize, drain_cap: usize) -> Result<B
         };
         seen = seen.saturating_add(data.len());
         if seen <= max {
+            if !held.take(data.len()) {
+                return Err(BodyError::OverBudget);
+            }
             kept.extend_from_slice(&data);
         } else if seen > drain_cap {
             return Err(BodyError::TooLarge);

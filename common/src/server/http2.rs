@@ -1,6 +1,9 @@
 //! HTTP/2 for gRPC: the service built for each connection's caller, with
 //! stream and header-list limits and keep-alive pings; a stream keeps its
-//! connection at work until its response ends.
+//! connection at work until its response ends. No caller holds more than
+//! its share of streams, all its connections together; a stream past it
+//! (or on a connection past its caller's share) is answered
+//! RESOURCE_EXHAUSTED at once, as a trailers-only gRPC response.
 
 use std::future::Future;
 use std::io;
@@ -9,12 +12,17 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use http::{Request, Response};
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response};
+use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
-use super::accept::accept_loop;
+use super::accept::{accept_loop, Refused};
 use super::activity::{Activity, AtWork, InFlight};
 use super::connection::{drive, Windows};
 use super::Limits;
@@ -39,8 +47,7 @@ where
     S: hyper::service::Service<Request<Incoming>, Response = Response<B>> + Send + Sync + 'static,
     S::Future: Send + 'static,
     S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    B: hyper::body::Body + Send + Unpin + 'static,
-    B::Data: Send,
+    B: hyper::body::Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let mut http = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
@@ -50,6 +57,10 @@ where
         .keep_alive_interval(Some(H2_KEEPALIVE))
         .keep_alive_timeout(limits.header_read_timeout);
     let http = Arc::new(http);
+    let streams = Arc::new(Streams {
+        per_caller: limits.max_streams_per_caller,
+        open: Mutex::new(HashMap::new()),
+    });
     // Before its first request a connection gets the header timeout; after,
     // the idle timeout between streams. Asked to close, it has the header
     // timeout to send its GOAWAY and go.
@@ -63,21 +74,32 @@ where
         listener,
         Arc::new(limits),
         shutdown,
-        move |stream, caller, activity: Arc<Activity>, stop| {
+        move |stream, caller, activity: Arc<Activity>, stop, refused: Option<Refused>| {
             let inner = Arc::new(make(caller));
             let tracked = activity.clone();
+            let streams = streams.clone();
             // Each stream is in flight, and at work, until its response body
             // is done: a connection with an open stream is never evicted.
             let service = service_fn(move |req: Request<Incoming>| {
-                let busy = tracked.begin_request();
-                let work = tracked.begin_work();
                 let inner = inner.clone();
+                let admitted = match &refused {
+                    Some(Refused(why)) => Err(why.to_string()),
+                    None => streams.enter(caller.uid),
+                };
+                let at_work =
+                    admitted.map(|slot| (slot, tracked.begin_request(), tracked.begin_work()));
                 async move {
+                    let guard = match at_work {
+                        Ok(guard) => guard,
+                        Err(why) => {
+                            tracing::debug!(caller = %caller, "refused a stream: {why}");
+                            return Ok(resource_exhausted(&why));
+                        }
+                    };
                     let response = inner.call(req).await?;
-                    Ok::<_, S::Error>(response.map(|body| Guarded {
-                        body,
-                        _busy: (busy, work),
-                    }))
+                    Ok::<_, S::Error>(
+                        response.map(|body| Either::Left(Guarded { body, _busy: guard })),
+                    )
                 }
             });
             let conn = http.serve_connection(TokioIo::new(stream), service);
@@ -87,10 +109,80 @@ where
     .await
 }
 
-/// A response body that keeps its stream counted in flight until it ends.
+/// A trailers-only gRPC answer: RESOURCE_EXHAUSTED and why.
+fn resource_exhausted<B>(why: &str) -> Response<Either<B, Full<Bytes>>> {
+    let mut response = Response::new(Either::Right(Full::new(Bytes::new())));
+    let headers = response.headers_mut();
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    headers.insert("grpc-status", HeaderValue::from_static("8"));
+    // gRPC's grpc-message is percent-encoded; ours is plain ASCII words.
+    let message: String = why
+        .chars()
+        .map(|c| {
+            if c.is_ascii_graphic() || c == ' ' {
+                c
+            } else {
+                '?'
+            }
+        })
+        .collect();
+    if let Ok(v) = HeaderValue::from_str(&message.replace('%', "%25")) {
+        headers.insert("grpc-message", v);
+    }
+    response
+}
+
+/// Open streams per caller uid, all connections of one server together.
+struct Streams {
+    per_caller: usize,
+    open: Mutex<HashMap<u32, usize>>,
+}
+
+impl Streams {
+    /// A slot for one more stream of `uid`, or why not.
+    fn enter(self: &Arc<Self>, uid: u32) -> Result<StreamSlot, String> {
+        let mut open = crate::sync::lock(&self.open);
+        let n = open.entry(uid).or_insert(0);
+        if *n >= self.per_caller {
+            return Err(format!(
+                "uid {uid} has {} streams open, its share of this socket: close one first",
+                *n
+            ));
+        }
+        *n += 1;
+        Ok(StreamSlot {
+            streams: self.clone(),
+            uid,
+        })
+    }
+}
+
+/// One open stream of a caller, given back when its response ends.
+struct StreamSlot {
+    streams: Arc<Streams>,
+    uid: u32,
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        let mut open = crate::sync::lock(&self.streams.open);
+        if let Some(n) = open.get_mut(&self.uid) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                open.remove(&self.uid);
+            }
+        }
+    }
+}
+
+/// A response body that keeps its stream counted (in flight, at work, in
+/// its caller's share) until it ends.
 struct Guarded<B> {
     body: B,
-    _busy: (InFlight, AtWork),
+    _busy: (StreamSlot, InFlight, AtWork),
 }
 
 impl<B: hyper::body::Body + Unpin> hyper::body::Body for Guarded<B> {

@@ -36,6 +36,9 @@ pub use request::{ApiRequest, ApiResponse, Handler, Health};
 pub struct Limits {
     /// Largest body accepted (413 past it).
     pub max_body_bytes: usize,
+    /// Bodies buffered at once by one server, all connections together
+    /// (503 past it): a flood of large bodies costs this much, no more.
+    pub max_buffered_bytes: usize,
     /// Time allowed to send a request's headers.
     pub header_read_timeout: Duration,
     /// Time allowed for a body to arrive, and for a handler to answer.
@@ -44,6 +47,13 @@ pub struct Limits {
     pub idle_timeout: Duration,
     /// Connections served at once.
     pub max_connections: usize,
+    /// Connections one uid may hold at once (its share); past it, with
+    /// all of them at work, its new one is answered 429 (gRPC:
+    /// RESOURCE_EXHAUSTED) and closed.
+    pub max_connections_per_caller: usize,
+    /// HTTP/2 streams one uid may have open at once, all its connections
+    /// together; past it a stream is answered RESOURCE_EXHAUSTED.
+    pub max_streams_per_caller: usize,
     /// Time in-flight requests get to finish after shutdown is asked for.
     pub shutdown_grace: Duration,
 }

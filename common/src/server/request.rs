@@ -168,6 +168,15 @@ impl ApiResponse {
 
 /// A daemon's API: takes a request, returns a response. Never fails: errors are responses.
 pub trait Handler: Send + Sync + 'static {
+    /// Whether `caller` may send this request at all, from its method and
+    /// path alone, decided before the body is read: `Some` is the answer
+    /// (a 403 for a caller who is nobody here), sent without buffering a
+    /// byte of the body. Only cheap, in-memory checks belong here.
+    fn admit(&self, caller: &Caller, method: &Method, path: &str) -> Option<ApiResponse> {
+        let _ = (caller, method, path);
+        None
+    }
+
     /// Answers one request.
     fn handle(&self, req: ApiRequest) -> impl Future<Output = ApiResponse> + Send;
 }
