@@ -583,6 +583,26 @@ async fn jwt_svids_validate_through_the_api_and_verify_independently() {
             .code(),
         Code::InvalidArgument
     );
+    // Issue 17, finding 10: the high-S twin of a signature (s -> n - s) is
+    // a second valid ECDSA signature of the same token; the independent
+    // verifier takes it, workloadd does not. Its own tokens are low-S.
+    let twin = {
+        use base64::Engine;
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let sig = p256::ecdsa::Signature::from_slice(&b64.decode(parts[2]).unwrap()).unwrap();
+        assert!(sig.normalize_s().is_none(), "workloadd signs low-S");
+        let (r, s) = sig.split_scalars();
+        let high = p256::ecdsa::Signature::from_scalars(r, -s).unwrap();
+        assert!(high.normalize_s().is_some(), "the twin is high-S");
+        format!("{}.{}.{}", parts[0], parts[1], b64.encode(high.to_bytes()))
+    };
+    assert!(
+        verify_independently(&set, &twin, "svc-b").is_ok(),
+        "the twin is a valid ECDSA signature"
+    );
+    let e = validate(&mut b, &twin, "svc-b").await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().contains("low-S"), "{}", e.message());
     let none = {
         use base64::Engine;
         let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -871,6 +891,8 @@ async fn silent_and_idle_connections_are_cut_and_do_not_starve_clients() {
         |_| {},
         |server| {
             server.max_connections = 4;
+            // One uid plays every client: its share is the whole cap.
+            server.max_connections_per_caller = Some(4);
             server.header_read_timeout_secs = 1;
             server.idle_timeout_secs = 2;
         },
@@ -917,4 +939,105 @@ async fn silent_and_idle_connections_are_cut_and_do_not_starve_clients() {
         waited.is_err(),
         "the stream stayed open with nothing to say"
     );
+}
+
+/// p50 and p99 of `n` FetchJWTSVID calls, one after another, each within 10 s.
+async fn jwt_latencies(c: &mut Client, n: usize) -> (Duration, Duration) {
+    let mut took = Vec::with_capacity(n);
+    for _ in 0..n {
+        let started = Instant::now();
+        let answer = tokio::time::timeout(
+            Duration::from_secs(10),
+            c.fetch_jwtsvid(JwtsvidRequest {
+                audience: vec!["victim".into()],
+                spiffe_id: String::new(),
+            }),
+        )
+        .await
+        .expect("the victim is served within 10 s, flood or not");
+        answer.expect("FetchJWTSVID");
+        took.push(started.elapsed());
+    }
+    took.sort();
+    (took[n / 2], took[n * 99 / 100])
+}
+
+/// Issue 17, finding 2: 1030 open FetchJWTBundles streams from one uid
+/// filled the connection cap (a connection with an open stream is never
+/// evicted) and another module's FetchJWTSVID hung until its timeout. Now
+/// one uid holds at most its share of connections and of streams; past it
+/// it is answered RESOURCE_EXHAUSTED at once, and the others are served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_uid_flooding_streams_takes_only_its_share() {
+    const FLOOD: usize = 1030;
+    // The defaults: 1024 connections, 256 per caller, 256 streams per caller.
+    let suite = Suite::start(|_| {}).await;
+    let mut victim = suite.client().await;
+    let (p50_before, p99_before) = jwt_latencies(&mut victim, 200).await;
+
+    let socket = suite.socket();
+    let mut held = Vec::new();
+    let mut exhausted = 0;
+    let started = Instant::now();
+    for _ in 0..FLOOD {
+        let stream =
+            edgeid_testkit::connect_as(OTHER_UID, OTHER_UID, std::path::Path::new(&socket));
+        let mut c = client::client(client::channel_over(stream).await.expect("channel"));
+        match tokio::time::timeout(
+            Duration::from_secs(10),
+            c.fetch_jwt_bundles(JwtBundlesRequest {}),
+        )
+        .await
+        .expect("the flooder is answered at once too, served or refused")
+        {
+            Ok(open) => held.push((c, open.into_inner())),
+            Err(status) => {
+                assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+                assert!(status.message().contains("its share"), "{status:?}");
+                exhausted += 1;
+            }
+        }
+    }
+    let flood_took = started.elapsed();
+    assert!(
+        held.len() <= 256,
+        "{} streams held: over the share",
+        held.len()
+    );
+    assert_eq!(held.len() + exhausted, FLOOD);
+    // One stream more on a connection the flooder holds: over its share too.
+    let e = held[0]
+        .0
+        .fetch_jwt_bundles(JwtBundlesRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+    assert!(e.message().contains("streams open"), "{e:?}");
+
+    // Meanwhile another module, on a new connection and on its old one.
+    let mut newcomer = suite.client().await;
+    let (p50_new, p99_new) = jwt_latencies(&mut newcomer, 200).await;
+    let (p50_during, p99_during) = jwt_latencies(&mut victim, 200).await;
+    println!(
+        "uid {OTHER_UID} opened {FLOOD} FetchJWTBundles streams in {flood_took:?}: {} held, {exhausted} RESOURCE_EXHAUSTED; \
+         victim FetchJWTSVID p50/p99 unloaded {p50_before:?}/{p99_before:?}, under the flood {p50_during:?}/{p99_during:?} \
+         (a new connection: {p50_new:?}/{p99_new:?})",
+        held.len()
+    );
+
+    // The share is given back when the flood ends.
+    drop(held);
+    let stream = edgeid_testkit::connect_as(OTHER_UID, OTHER_UID, std::path::Path::new(&socket));
+    let mut again = client::client(client::channel_over(stream).await.expect("channel"));
+    let mut retried = 0;
+    loop {
+        match again.fetch_jwt_bundles(JwtBundlesRequest {}).await {
+            Ok(_) => break,
+            Err(e) if e.code() == Code::ResourceExhausted && retried < 50 => {
+                retried += 1;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("after the flood: {e:?}"),
+        }
+    }
 }

@@ -263,9 +263,11 @@ impl JwtAuthority {
             )
             .await
             .map_err(|e| Error::from_daemon("keyd", "signing the JWT-SVID", e))?;
-        let raw = Signature::from_der(&der)
-            .map_err(|e| Error::Internal(format!("keyd sent an unreadable ECDSA signature: {e}")))?
-            .to_bytes();
+        let signature = Signature::from_der(&der).map_err(|e| {
+            Error::Internal(format!("keyd sent an unreadable ECDSA signature: {e}"))
+        })?;
+        // Low-S, whatever the key store returned (validation takes no other).
+        let raw = signature.normalize_s().unwrap_or(signature).to_bytes();
         let token = format!("{input}.{}", URL_SAFE_NO_PAD.encode(raw));
         let mut cache = lock(&self.cache);
         if cache.len() >= MAX_CACHED {
@@ -352,6 +354,11 @@ impl JwtAuthority {
             .ok()
             .and_then(|raw| Signature::from_slice(&raw).ok())
             .ok_or_else(|| bad("its signature is not an ES256 signature"))?;
+        // Of the two signatures (s and n - s) of one token, only the low-S
+        // one is ever issued: its twin is refused, not a second valid token.
+        if signature.normalize_s().is_some() {
+            return Err(bad("its signature is not in low-S form"));
+        }
         let input = &token[..h.len() + 1 + c.len()];
         key.verifying
             .verify(input.as_bytes(), &signature)
