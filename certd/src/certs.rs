@@ -60,6 +60,12 @@ impl SubjectKey {
 }
 
 impl Certd {
+    /// Whether the caller is somebody here (an administrator or a
+    /// principal), before its request's body is read; else why not.
+    pub fn admits(&self, caller: &Caller) -> Result<(), String> {
+        self.access.admits(caller)
+    }
+
     /// Opens the store; keyd and the CA are reached on first use, so certd
     /// starts even while keyd does not answer yet.
     pub fn open(config: CertdConfig, admins: Admins) -> Result<Self, Error> {

@@ -280,6 +280,18 @@ impl Identityd {
             .max_by_key(|(role, _)| *role == Role::Orchestrator)
     }
 
+    /// Whether the caller is somebody here (an administrator or a
+    /// principal), asked before its request's body is read.
+    pub(crate) fn admits(&self, caller: &Caller) -> Result<(), Error> {
+        if self.admins.contains(caller) || self.role_of(caller).is_some() {
+            return Ok(());
+        }
+        Err(self.refuse(
+            caller,
+            format!("uid {} is not a principal of identityd", caller.uid),
+        ))
+    }
+
     pub(crate) fn authorize_orchestrator(&self, caller: &Caller) -> Result<(), Error> {
         if self.admins.contains(caller) {
             return Ok(());

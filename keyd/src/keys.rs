@@ -54,6 +54,12 @@ impl Stores {
 }
 
 impl Keyd {
+    /// Whether the caller is somebody here (an administrator or a
+    /// principal), before its request's body is read; else why not.
+    pub fn admits(&self, caller: &Caller) -> Result<(), String> {
+        self.access.admits(caller)
+    }
+
     /// Opens the stores the config names and the handle secret.
     pub async fn open(config: &KeydConfig, admins: Admins) -> Result<Self, Error> {
         edgeid_common::fs::ensure_dir(&config.state_dir, 0o700).map_err(|e| {

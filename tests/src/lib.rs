@@ -188,12 +188,83 @@ pub fn is_root() -> bool {
 /// with the raw per-thread syscalls (glibc's setuid would change every thread)
 /// and connects; the kernel records that identity for `SO_PEERCRED`.
 pub fn connect_as(uid: u32, gid: u32, socket: &Path) -> std::os::unix::net::UnixStream {
+    try_connect_as(uid, gid, socket)
+        .unwrap_or_else(|e| panic!("connect to {} as uid {uid}: {e}", socket.display()))
+}
+
+/// [`connect_as`], with the kernel's answer (EACCES for a socket the
+/// identity may not reach) instead of a panic.
+pub fn try_connect_as(
+    uid: u32,
+    gid: u32,
+    socket: &Path,
+) -> std::io::Result<std::os::unix::net::UnixStream> {
+    let target = socket.to_owned();
+    on_a_thread_as(uid, gid, || Ok(target))
+}
+
+/// Connects to `socket` as `uid`/`gid` the way a module in a container
+/// does: through a bind mount of the socket, made (as root) in a mount
+/// namespace of the helper thread's own, at a path anyone may walk to. The
+/// socket's own mode still decides; the directory it lives in does not.
+pub fn connect_through_mount_as(
+    uid: u32,
+    gid: u32,
+    socket: &Path,
+) -> std::io::Result<std::os::unix::net::UnixStream> {
+    let open = tempfile::Builder::new()
+        .prefix("edgeid-mount-")
+        .tempdir_in("/tmp")
+        .expect("a temp dir in /tmp");
+    std::fs::set_permissions(open.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let target = open.path().join("workload.sock");
+    std::fs::write(&target, b"").unwrap();
+    let source = std::ffi::CString::new(socket.as_os_str().as_encoded_bytes()).unwrap();
+    let at = std::ffi::CString::new(target.as_os_str().as_encoded_bytes()).unwrap();
+    on_a_thread_as(uid, gid, move || {
+        // SAFETY: this thread's own mount namespace (CLONE_NEWNS unshares
+        // only the calling thread's), made private so nothing propagates
+        // back, then one bind mount in it; the C strings outlive the calls.
+        unsafe {
+            if libc::unshare(libc::CLONE_NEWNS) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if libc::mount(
+                std::ptr::null(),
+                c"/".as_ptr(),
+                std::ptr::null(),
+                libc::MS_REC | libc::MS_PRIVATE,
+                std::ptr::null(),
+            ) != 0
+                || libc::mount(
+                    source.as_ptr(),
+                    at.as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_BIND,
+                    std::ptr::null(),
+                ) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+        }
+        Ok(target)
+    })
+}
+
+/// On a helper thread: `setup` as root (it returns the path to connect
+/// to), then the drop to `uid`/`gid` with no supplementary groups, then the
+/// connect.
+fn on_a_thread_as(
+    uid: u32,
+    gid: u32,
+    setup: impl FnOnce() -> std::io::Result<PathBuf> + Send + 'static,
+) -> std::io::Result<std::os::unix::net::UnixStream> {
     assert!(
         is_root(),
         "connecting as uid {uid} needs root: run the tests as root (CI does)"
     );
-    let target = socket.to_owned();
     std::thread::spawn(move || {
+        let target = setup()?;
         // SAFETY: raw syscalls that only change this thread's credentials; the
         // thread ends right after connecting and touches nothing shared.
         unsafe {
@@ -216,20 +287,18 @@ pub fn connect_as(uid: u32, gid: u32, socket: &Path) -> std::os::unix::net::Unix
     })
     .join()
     .expect("connect thread")
-    .unwrap_or_else(|e| panic!("connect to {} as uid {uid}: {e}", socket.display()))
 }
 
-/// Sends one request over a connection made as `uid`, returns status and body.
-pub async fn request_as(
-    uid: u32,
-    socket: &Path,
+/// Sends one request on a connection made by [`try_connect_as`] or
+/// [`connect_through_mount_as`], returns status and body.
+pub async fn request_on(
+    stream: std::os::unix::net::UnixStream,
     method: Method,
     path: &str,
     body: &str,
 ) -> (StatusCode, Bytes) {
-    let std_stream = connect_as(uid, uid, socket);
-    std_stream.set_nonblocking(true).expect("nonblocking");
-    let stream = tokio::net::UnixStream::from_std(std_stream).expect("tokio stream");
+    stream.set_nonblocking(true).expect("nonblocking");
+    let stream = tokio::net::UnixStream::from_std(stream).expect("tokio stream");
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .expect("http handshake");
@@ -249,4 +318,15 @@ pub async fn request_as(
         status,
         resp.into_body().collect().await.expect("body").to_bytes(),
     )
+}
+
+/// Sends one request over a connection made as `uid`, returns status and body.
+pub async fn request_as(
+    uid: u32,
+    socket: &Path,
+    method: Method,
+    path: &str,
+    body: &str,
+) -> (StatusCode, Bytes) {
+    request_on(connect_as(uid, uid, socket), method, path, body).await
 }

@@ -8,12 +8,12 @@
 use std::sync::{Arc, LazyLock};
 
 use edgeid_common::routes::Routes;
-use edgeid_common::{ApiError, ApiRequest, ApiResponse, Handler};
+use edgeid_common::{ApiError, ApiRequest, ApiResponse, Caller, Handler};
 use http::{Method, StatusCode};
 use serde::de::DeserializeOwned;
 
 use crate::api::API_VERSIONS;
-use crate::sockets::{ModuleSockets, ServeModule};
+use crate::sockets::{ModuleSockets, Owner, ServeModule};
 use crate::workload::{Who, Workload};
 
 #[derive(Debug, Clone, Copy)]
@@ -104,8 +104,9 @@ pub struct Service {
     pub workload: Arc<Workload>,
     /// The per-module sockets, managed through the main socket only.
     pub sockets: Option<Arc<ModuleSockets>>,
-    /// The module every request on this socket is.
-    pub bound: Option<String>,
+    /// The module every request on this socket is, and the uid or group
+    /// alone it is for.
+    pub bound: Option<(String, Owner)>,
 }
 
 /// The per-module sockets of `workload`, each answered by this front as
@@ -113,11 +114,11 @@ pub struct Service {
 pub fn module_sockets(workload: &Arc<Workload>) -> Arc<ModuleSockets> {
     let limits = workload.config.server.limits();
     let for_modules = workload.clone();
-    let serve: ServeModule = Box::new(move |module, listener, stopped| {
+    let serve: ServeModule = Box::new(move |module, owner, listener, stopped| {
         let service = Arc::new(Service {
             workload: for_modules.clone(),
             sockets: None,
-            bound: Some(module),
+            bound: Some((module, owner)),
         });
         let limits = limits.clone();
         tokio::spawn(async move {
@@ -142,7 +143,26 @@ impl Service {
     }
 }
 
+/// What anyone may ask for, before being known: health and the trust bundles.
+fn is_public(path: &str) -> bool {
+    matches!(path, "/health" | "/trust-bundle" | "/manifest-trust-bundle")
+}
+
 impl Handler for Service {
+    /// Before a body is read: on a module's socket, only its uid or group;
+    /// on the main one, only a mapped module or the orchestrator (what
+    /// anyone may ask for aside).
+    fn admit(&self, caller: &Caller, _: &Method, path: &str) -> Option<ApiResponse> {
+        if is_public(path) {
+            return None;
+        }
+        let refused = match &self.bound {
+            Some((module, owner)) => owner.admit(module, caller).err(),
+            None => self.workload.admits(caller).err(),
+        };
+        refused.map(|e| ApiResponse::error(&e))
+    }
+
     async fn handle(&self, req: ApiRequest) -> ApiResponse {
         // As the runtime: the version before the route, so that a request
         // without one is a 400 whatever its path.
@@ -162,7 +182,7 @@ impl Handler for Service {
         let created = StatusCode::CREATED;
         let who = &Who {
             caller: &req.caller,
-            bound: self.bound.as_deref(),
+            bound: self.bound.as_ref().map(|(module, _)| module.as_str()),
         };
         match route {
             Route::Health => ApiResponse::json(ok, &me.health().await),

@@ -132,14 +132,33 @@ impl Workload {
             })
     }
 
+    /// Whether the caller is somebody on the main socket (a mapped module or
+    /// the orchestrator), asked before its request's body is read.
+    pub fn admits(&self, caller: &Caller) -> Result<(), Error> {
+        if self.by_uid.contains_key(&caller.uid) || self.is_orchestrator(caller) {
+            return Ok(());
+        }
+        tracing::warn!(
+            uid = caller.uid,
+            pid = caller.pid,
+            "refused before reading the request: neither a module nor the orchestrator"
+        );
+        Err(Error::Forbidden(format!(
+            "uid {} is neither a module nor the orchestrator",
+            caller.uid
+        )))
+    }
+
+    fn is_orchestrator(&self, caller: &Caller) -> bool {
+        caller.uid == 0
+            || caller.uid == edgeid_common::current_uid()
+            || self.config.orchestrator_uids.contains(&caller.uid)
+    }
+
     /// Whether the caller is the orchestrator: root, workloadd's own uid,
     /// or one of `orchestrator_uids`.
     pub(crate) fn authorize_orchestrator(&self, caller: &Caller) -> Result<(), Error> {
-        let own = edgeid_common::current_uid();
-        if caller.uid == 0
-            || caller.uid == own
-            || self.config.orchestrator_uids.contains(&caller.uid)
-        {
+        if self.is_orchestrator(caller) {
             return Ok(());
         }
         tracing::warn!(

@@ -472,7 +472,7 @@ async fn no_module_acts_for_another() {
         body["message"]
             .as_str()
             .unwrap()
-            .contains("uid 4999 is not mapped"),
+            .contains("uid 4999 is neither a module nor the orchestrator"),
         "{body}"
     );
     let (code, _) = suite
@@ -788,31 +788,53 @@ async fn bad_input_gets_clear_4xx_answers() {
     assert_eq!(body["status"], "ok", "{body}");
 }
 
+/// Issue 17, finding 1: a module's socket bound without a uid was 0666 in a
+/// 0755 directory, and any local uid that connected was served as the
+/// module (its identity key, its signatures). Now a socket is for one uid
+/// or group, reachable only through the mount the orchestrator makes, and
+/// refused to anyone else even past the file modes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_per_module_socket_is_that_module_for_whoever_connects() {
+async fn a_module_socket_is_for_its_uid_or_group_alone() {
     assert!(
         edgeid_testkit::is_root(),
         "this test switches uids: run it as root"
     );
+    const MODULE_UID: u32 = 4999;
+    const STRANGER: u32 = 4242;
+    const GROUP: u32 = 4300;
     let mut suite = Suite::local().await;
     let b = suite.genid("mod-b").await;
     let a = suite.genid("mod-a").await;
     let sign = json!({"keyId": "primary", "algo": "HMACSHA256", "data": "aGVsbG8="});
 
-    // Only the orchestrator (here: root) binds sockets, and only for known modules.
+    // Only the orchestrator (here: root) binds sockets, only for known
+    // modules, and only for a uid or a group.
     let (code, _) = suite
         .call_as(
             OTHER_UID,
             Method::POST,
             "/v1/modules/mod-b/socket",
-            json!({}),
+            json!({"uid": MODULE_UID}),
         )
         .await;
     assert_eq!(code, StatusCode::FORBIDDEN);
     let (code, _) = suite
-        .call(Method::POST, "/v1/modules/ghost/socket", json!({}))
+        .call(
+            Method::POST,
+            "/v1/modules/ghost/socket",
+            json!({"uid": MODULE_UID}),
+        )
         .await;
     assert_eq!(code, StatusCode::NOT_FOUND);
+    let (code, body) = suite
+        .call(Method::POST, "/v1/modules/mod-b/socket", json!({}))
+        .await;
+    assert_eq!(
+        code,
+        StatusCode::BAD_REQUEST,
+        "a socket for whoever: {body}"
+    );
+    assert!(body["message"].as_str().unwrap().contains("uid"), "{body}");
     let (code, _) = suite
         .call(
             Method::POST,
@@ -822,71 +844,134 @@ async fn a_per_module_socket_is_that_module_for_whoever_connects() {
         .await;
     assert_eq!(code, StatusCode::BAD_REQUEST, "a malformed body");
     let (code, _) = suite
-        .call(Method::POST, "/v1/modules/a%2Fb/socket", json!({}))
+        .call(
+            Method::POST,
+            "/v1/modules/a%2Fb/socket",
+            json!({"uid": MODULE_UID}),
+        )
         .await;
     assert_eq!(code, StatusCode::BAD_REQUEST, "a bad module name");
     let (code, body) = suite
-        .call(Method::POST, "/v1/modules/mod-b/socket", json!({}))
+        .call(
+            Method::POST,
+            "/v1/modules/mod-b/socket",
+            json!({"uid": MODULE_UID}),
+        )
         .await;
     assert_eq!(code, StatusCode::CREATED, "{body}");
     let path = std::path::PathBuf::from(body["path"].as_str().unwrap());
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let meta = std::fs::metadata(&path).unwrap();
+    assert_eq!(
+        (meta.uid(), meta.permissions().mode() & 0o777),
+        (MODULE_UID, 0o600)
+    );
+    let dir = std::fs::metadata(path.parent().unwrap()).unwrap();
+    assert_eq!(
+        dir.permissions().mode() & 0o777,
+        0o700,
+        "nobody walks to a socket"
+    );
 
-    // uid 4999 is no module by uid, but on mod-b's socket it is mod-b, and only mod-b.
-    let on_b = |uid, p: String, body: Value| {
+    // A stranger can neither walk to the socket nor, given a mount of it,
+    // connect: the kernel refuses both.
+    let walked = edgeid_testkit::try_connect_as(STRANGER, STRANGER, &path).unwrap_err();
+    assert_eq!(
+        walked.kind(),
+        std::io::ErrorKind::PermissionDenied,
+        "{walked}"
+    );
+    let mounted = edgeid_testkit::connect_through_mount_as(STRANGER, STRANGER, &path).unwrap_err();
+    assert_eq!(
+        mounted.kind(),
+        std::io::ErrorKind::PermissionDenied,
+        "{mounted}"
+    );
+
+    // The module, through the mount its orchestrator makes, is mod-b and only mod-b.
+    let as_module = |p: String, body: Value| {
         let path = path.clone();
         async move {
+            let stream = edgeid_testkit::connect_through_mount_as(MODULE_UID, MODULE_UID, &path)
+                .expect("the module reaches its socket");
             let (status, bytes) =
-                edgeid_testkit::request_as(uid, &path, Method::POST, &p, &body.to_string()).await;
+                edgeid_testkit::request_on(stream, Method::POST, &p, &body.to_string()).await;
             (
                 status,
                 serde_json::from_slice::<Value>(&bytes).unwrap_or(Value::Null),
             )
         }
     };
-    let (code, body) = on_b(
-        4999,
-        format!("/modules/mod-b/genid/{b}/sign?{V}"),
-        sign.clone(),
-    )
-    .await;
+    let (code, body) = as_module(format!("/modules/mod-b/genid/{b}/sign?{V}"), sign.clone()).await;
     assert_eq!(code, StatusCode::OK, "{body}");
-    let (code, _) = on_b(
-        4999,
-        format!("/modules/mod-a/genid/{a}/sign?{V}"),
-        sign.clone(),
-    )
-    .await;
+    let (code, _) = as_module(format!("/modules/mod-a/genid/{a}/sign?{V}"), sign.clone()).await;
     assert_eq!(code, StatusCode::FORBIDDEN, "mod-b's socket is not mod-a");
-    let (code, _) = on_b(4999, "/v1/modules/mod-a/socket".into(), json!({})).await;
+    let (code, _) = as_module("/v1/modules/mod-a/socket".into(), json!({"uid": 1})).await;
     assert_eq!(
         code,
         StatusCode::FORBIDDEN,
         "a module socket manages nothing"
     );
 
-    // A socket for one uid: 0600, owned by it.
+    // Past the file modes (root, or a container with CAP_DAC_OVERRIDE),
+    // workloadd itself refuses whoever is not the socket's uid, before
+    // reading a byte of the body.
+    let (code, bytes) = edgeid_testkit::request_on(
+        edgeid_testkit::connect_as(0, 0, &path),
+        Method::POST,
+        &format!("/modules/mod-b/genid/{b}/sign?{V}"),
+        &sign.to_string(),
+    )
+    .await;
+    assert_eq!(code, StatusCode::FORBIDDEN);
+    let refused = String::from_utf8_lossy(&bytes);
+    assert!(refused.contains(&format!("uid {MODULE_UID}")), "{refused}");
+    let (code, _) = edgeid_testkit::request_on(
+        edgeid_testkit::connect_as(0, 0, &path),
+        Method::POST,
+        &format!("/modules/mod-b/certificate/identity?{V}"),
+        "{}",
+    )
+    .await;
+    assert_eq!(
+        code,
+        StatusCode::FORBIDDEN,
+        "no identity key for a stranger"
+    );
+
+    // A socket for a group: 0660, the group's; a member (by its gid) gets in.
     let (code, body) = suite
         .call(
             Method::POST,
             "/v1/modules/mod-a/socket",
-            json!({"uid": 4300}),
+            json!({"gid": GROUP}),
         )
         .await;
     assert_eq!(code, StatusCode::CREATED, "{body}");
-    let meta = std::fs::metadata(body["path"].as_str().unwrap()).unwrap();
-    use std::os::unix::fs::{MetadataExt, PermissionsExt};
-    assert_eq!(meta.uid(), 4300);
-    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
-
-    // Served again after a restart.
-    suite.workload.restart().await;
-    let (code, _) = on_b(
-        4999,
-        format!("/modules/mod-b/genid/{b}/sign?{V}"),
-        sign.clone(),
+    let group_socket = std::path::PathBuf::from(body["path"].as_str().unwrap());
+    let meta = std::fs::metadata(&group_socket).unwrap();
+    assert_eq!(
+        (meta.gid(), meta.permissions().mode() & 0o777),
+        (GROUP, 0o660)
+    );
+    let stream = edgeid_testkit::connect_through_mount_as(5000, GROUP, &group_socket).unwrap();
+    let (code, _) = edgeid_testkit::request_on(
+        stream,
+        Method::POST,
+        &format!("/modules/mod-a/genid/{a}/sign?{V}"),
+        &sign.to_string(),
     )
     .await;
+    assert_eq!(code, StatusCode::OK, "a member of the module's group");
+    let refused = edgeid_testkit::connect_through_mount_as(5000, 5000, &group_socket).unwrap_err();
+    assert_eq!(refused.kind(), std::io::ErrorKind::PermissionDenied);
+
+    // Served again after a restart, for the same uid alone.
+    suite.workload.restart().await;
+    let (code, _) = as_module(format!("/modules/mod-b/genid/{b}/sign?{V}"), sign.clone()).await;
     assert_eq!(code, StatusCode::OK, "restored after a restart");
+    let mounted = edgeid_testkit::connect_through_mount_as(STRANGER, STRANGER, &path).unwrap_err();
+    assert_eq!(mounted.kind(), std::io::ErrorKind::PermissionDenied);
 
     let (code, _) = suite
         .call(Method::DELETE, "/v1/modules/mod-b/socket", Value::Null)

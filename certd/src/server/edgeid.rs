@@ -3,7 +3,7 @@
 use std::sync::LazyLock;
 
 use edgeid_common::routes::Routes;
-use edgeid_common::{ApiRequest, ApiResponse, Handler};
+use edgeid_common::{ApiError, ApiRequest, ApiResponse, Caller, Handler};
 use http::{Method, StatusCode};
 
 use crate::certs::Certd;
@@ -34,6 +34,17 @@ static ROUTES: LazyLock<Routes<Route>> = LazyLock::new(|| {
 });
 
 impl Handler for Certd {
+    /// A caller who is neither an administrator nor a principal is refused
+    /// before its body is read (health and the trust bundle aside: anyone may ask).
+    fn admit(&self, caller: &Caller, _: &Method, path: &str) -> Option<ApiResponse> {
+        if matches!(path, "/v1/health" | "/v1/trust-bundle") {
+            return None;
+        }
+        self.admits(caller)
+            .err()
+            .map(|why| ApiResponse::error(&ApiError::forbidden(why)))
+    }
+
     async fn handle(&self, req: ApiRequest) -> ApiResponse {
         let (route, params) = match ROUTES.find(&req.method, &req.path) {
             Ok(found) => found,

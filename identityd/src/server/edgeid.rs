@@ -3,7 +3,7 @@
 use std::sync::{Arc, LazyLock};
 
 use edgeid_common::routes::Routes;
-use edgeid_common::{ApiRequest, ApiResponse, Handler};
+use edgeid_common::{ApiRequest, ApiResponse, Caller, Handler};
 use http::{Method, StatusCode};
 
 use crate::api::TokenRequest;
@@ -54,6 +54,15 @@ static ROUTES: LazyLock<Routes<Route>> = LazyLock::new(|| {
 pub struct Service(pub Arc<Identityd>);
 
 impl Handler for Service {
+    /// A caller who is neither an administrator nor a principal is refused
+    /// before its body is read (health aside: anyone may ask).
+    fn admit(&self, caller: &Caller, _: &Method, path: &str) -> Option<ApiResponse> {
+        if path == "/v1/health" {
+            return None;
+        }
+        self.0.admits(caller).err().map(|e| ApiResponse::error(&e))
+    }
+
     async fn handle(&self, req: ApiRequest) -> ApiResponse {
         let (route, params) = match ROUTES.find(&req.method, &req.path) {
             Ok(found) => found,
