@@ -91,7 +91,7 @@ impl CertStore {
     pub fn open(state_dir: &Path) -> Result<Self, Error> {
         let dir = state_dir.join("certs");
         for d in [state_dir, dir.as_path()] {
-            edgeid_common::fs::ensure_dir(d, 0o700)
+            edgeid_common::fs::ensure_private_dir(d)
                 .map_err(|e| Error::Setup(format!("cannot create {}: {e}", d.display())))?;
         }
         Ok(Self { dir })

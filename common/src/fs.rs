@@ -1,8 +1,11 @@
 //! Files that survive a crash: written whole or not at all, with the mode they need.
 
+use std::ffi::{CString, OsStr};
 use std::fs::{self, DirBuilder, File, OpenOptions, Permissions};
-use std::io::{self, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use zeroize::Zeroizing;
@@ -71,6 +74,92 @@ pub fn ensure_dir(path: &Path, mode: u32) -> io::Result<()> {
     fs::set_permissions(path, Permissions::from_mode(mode))
 }
 
+/// Creates `path` (and missing parents) as a 0700 directory, or checks that
+/// an existing one is a directory owned by this process's uid and sets it
+/// 0700. A state directory someone else prepared is refused: its owner
+/// could have planted a key in it, or swap a socket or a file later.
+pub fn ensure_private_dir(path: &Path) -> io::Result<()> {
+    match fs::metadata(path) {
+        Ok(meta) if !meta.is_dir() => {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!("{} exists and is not a directory", path.display()),
+            ))
+        }
+        Ok(meta) if meta.uid() != crate::current_uid() => {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!(
+                    "{} is owned by uid {}, not by this process (uid {}): refusing a directory someone else controls (use another, or chown it)",
+                    path.display(),
+                    meta.uid(),
+                    crate::current_uid()
+                ),
+            ))
+        }
+        Ok(_) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            DirBuilder::new().recursive(true).mode(0o700).create(path)?;
+        }
+        Err(e) => return Err(e),
+    }
+    fs::set_permissions(path, Permissions::from_mode(0o700))
+}
+
+/// Opens the directory a secret lives in, if it is one nobody else can
+/// plant or swap a file in: owned by this process's uid or root, writable
+/// by neither group nor others.
+fn open_trusted_dir(dir: &Path) -> io::Result<File> {
+    let handle = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC)
+        .open(dir)?;
+    let meta = handle.metadata()?;
+    let me = crate::current_uid();
+    if meta.uid() != me && meta.uid() != 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "{} is owned by uid {}, not by this process (uid {me}) or root: refusing to keep a secret where someone else can plant or swap it",
+                dir.display(),
+                meta.uid()
+            ),
+        ));
+    }
+    if meta.mode() & 0o022 != 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "{} has mode {:04o}: group or others may write in it, so a secret there could be planted or swapped (chmod 700 {})",
+                dir.display(),
+                meta.mode() & 0o7777,
+                dir.display()
+            ),
+        ));
+    }
+    Ok(handle)
+}
+
+/// Opens `name` in `dir` for reading, never following a symbolic link.
+fn open_no_follow(dir: &File, name: &OsStr) -> io::Result<File> {
+    let name = CString::new(name.as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a file name with a NUL byte"))?;
+    // SAFETY: openat(2) on a directory fd we hold open, with a NUL-terminated
+    // name; a descriptor it returns is ours alone and owned by the File.
+    let fd = unsafe {
+        libc::openat(
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just returned by openat and is owned by nobody else.
+    Ok(unsafe { File::from_raw_fd(fd) })
+}
+
 /// Fails if `path` can be read or written by group or others: secrets must be 0600/0400.
 pub fn check_private(path: &Path) -> io::Result<()> {
     let mode = fs::metadata(path)?.permissions().mode() & 0o777;
@@ -88,42 +177,86 @@ pub fn check_private(path: &Path) -> io::Result<()> {
 }
 
 /// A secret kept in a file: exactly `len` bytes, readable by its owner only.
-/// Loads it, refusing a file that others can read or of the wrong length; or,
-/// if there is none, makes one with `generate` and writes it (0600, atomically,
-/// in a 0700 directory). The returned bytes are wiped when dropped.
+/// Loads it, or, if there is none, makes one with `generate` and writes it
+/// (0600, atomically, in a 0700 directory). The returned bytes are wiped
+/// when dropped. Refused: a directory that someone other than this uid or
+/// root owns, or that group or others may write; a secret that is a
+/// symbolic link, not a plain file, not this uid's, readable by group or
+/// others, or of the wrong length.
 pub fn load_or_create_secret(
     path: &Path,
     len: usize,
     generate: impl FnOnce(&mut [u8]) -> io::Result<()>,
 ) -> io::Result<Zeroizing<Vec<u8>>> {
-    match fs::read(path) {
-        Ok(bytes) => {
-            let bytes = Zeroizing::new(bytes);
-            check_private(path)?;
-            if bytes.len() != len {
+    let dir = parent_dir(path)?;
+    let name = path
+        .file_name()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?;
+    let found = match open_trusted_dir(&dir) {
+        Ok(trusted) => match open_no_follow(&trusted, name) {
+            Ok(f) => Some(f),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
                 return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
+                    io::ErrorKind::PermissionDenied,
                     format!(
-                        "{} has {} bytes, expected {len}",
-                        path.display(),
-                        bytes.len()
+                        "{} is a symbolic link: a secret must be a plain file of this daemon's",
+                        path.display()
                     ),
-                ));
+                ))
             }
-            Ok(bytes)
-        }
+            Err(e) => return Err(e),
+        },
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            let dir = parent_dir(path)?;
-            if !dir.exists() {
-                ensure_dir(&dir, 0o700)?;
-            }
-            let mut fresh = Zeroizing::new(vec![0u8; len]);
-            generate(&mut fresh)?;
-            write_atomic(path, &fresh, 0o600)?;
-            Ok(fresh)
+            ensure_private_dir(&dir)?;
+            None
         }
-        Err(e) => Err(e),
+        Err(e) => return Err(e),
+    };
+    let Some(mut file) = found else {
+        let mut fresh = Zeroizing::new(vec![0u8; len]);
+        generate(&mut fresh)?;
+        write_atomic(path, &fresh, 0o600)?;
+        return Ok(fresh);
+    };
+    let meta = file.metadata()?;
+    let me = crate::current_uid();
+    if !meta.is_file() || meta.uid() != me {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "{} is not a plain file owned by this process (uid {me}; it is uid {}'s): refusing a secret someone else made",
+                path.display(),
+                meta.uid()
+            ),
+        ));
     }
+    let mode = meta.mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "{} has mode {mode:04o}; a secret must not be accessible to group or others (chmod 600 {})",
+                path.display(),
+                path.display()
+            ),
+        ));
+    }
+    // Room for one byte more than a secret has, so that reading never
+    // grows (and copies) the buffer, and a longer file is seen as such.
+    let mut bytes = Zeroizing::new(Vec::with_capacity(len + 1));
+    (&mut file).take(len as u64 + 1).read_to_end(&mut bytes)?;
+    if bytes.len() != len {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "{} has {} bytes, expected {len}",
+                path.display(),
+                bytes.len()
+            ),
+        ));
+    }
+    Ok(bytes)
 }
 
 fn parent_dir(path: &Path) -> io::Result<PathBuf> {
@@ -194,6 +327,52 @@ mod tests {
         assert!(err.to_string().contains("expected 8"), "{err}");
         fs::set_permissions(&p, Permissions::from_mode(0o644)).unwrap();
         assert!(load_or_create_secret(&p, 4, |_| Ok(())).is_err());
+    }
+
+    /// Issue 17, finding 8: a directory or a secret someone else prepared.
+    #[test]
+    fn secrets_and_state_dirs_someone_else_controls_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let secrets = dir.path().join("secrets");
+        let p = secrets.join("master.key");
+        let make = |b: &mut [u8]| {
+            b.copy_from_slice(b"abcd");
+            Ok(())
+        };
+        load_or_create_secret(&p, 4, make).unwrap();
+        // A symbolic link where the secret should be (to a file with the
+        // right mode and length): refused, not followed.
+        let elsewhere = dir.path().join("planted");
+        write_atomic(&elsewhere, b"evil", 0o600).unwrap();
+        fs::remove_file(&p).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, &p).unwrap();
+        let err = load_or_create_secret(&p, 4, make).unwrap_err();
+        assert!(err.to_string().contains("symbolic link"), "{err}");
+        fs::remove_file(&p).unwrap();
+        // A directory group or others may write in.
+        fs::set_permissions(&secrets, Permissions::from_mode(0o777)).unwrap();
+        let err = load_or_create_secret(&p, 4, make).unwrap_err();
+        assert!(err.to_string().contains("chmod 700"), "{err}");
+        fs::set_permissions(&secrets, Permissions::from_mode(0o700)).unwrap();
+        if crate::current_uid() == 0 {
+            // Another uid's secret, and another uid's directory.
+            write_atomic(&p, b"evil", 0o600).unwrap();
+            std::os::unix::fs::chown(&p, Some(4242), Some(4242)).unwrap();
+            let err = load_or_create_secret(&p, 4, make).unwrap_err();
+            assert!(err.to_string().contains("uid 4242"), "{err}");
+            fs::remove_file(&p).unwrap();
+            std::os::unix::fs::chown(&secrets, Some(4242), Some(4242)).unwrap();
+            let err = load_or_create_secret(&p, 4, make).unwrap_err();
+            assert!(err.to_string().contains("owned by uid 4242"), "{err}");
+            let err = ensure_private_dir(&secrets).unwrap_err();
+            assert!(err.to_string().contains("owned by uid 4242"), "{err}");
+        }
+        let fresh = dir.path().join("a/b");
+        ensure_private_dir(&fresh).unwrap();
+        assert_eq!(
+            fs::metadata(&fresh).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
     }
 
     #[test]

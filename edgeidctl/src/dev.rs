@@ -73,7 +73,7 @@ pub async fn run(
     backend: &BackendArgs,
 ) -> Result<(), String> {
     let dir = absolute(dir)?;
-    edgeid_common::fs::ensure_dir(&dir, 0o700)
+    edgeid_common::fs::ensure_private_dir(&dir)
         .map_err(|e| format!("cannot use {}: {e}", dir.display()))?;
     let started = Instant::now();
 

@@ -5,6 +5,7 @@
 
 mod support;
 
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -220,4 +221,61 @@ fn status_with_nothing_running_says_so_and_fails() {
         "{stderr}"
     );
     assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+/// Issue 17, finding 8: `edgeidctl dev --dir` into a directory another user
+/// prepared used the master key that user planted there (and left that user
+/// able to swap its sockets). Now dev mode refuses such a directory, and a
+/// secret in its own directory that is a link to someone else's file.
+#[test]
+fn dev_mode_refuses_a_directory_or_a_master_key_someone_else_prepared() {
+    use std::os::unix::fs::PermissionsExt;
+    assert!(
+        edgeid_testkit::is_root(),
+        "this test gives files to another uid: run it as root"
+    );
+    let top = edgeid_testkit::temp_dir();
+    let run = |dir: &Path| {
+        let (mut child, printed) = support::start_dev(dir, &[], &[], Stdio::piped());
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+        let status = child.wait().unwrap();
+        (status, printed, stderr)
+    };
+
+    // A directory of uid 4242's, with its master key waiting in it.
+    let theirs = top.path().join("theirs");
+    std::fs::create_dir_all(theirs.join("secrets")).unwrap();
+    std::fs::write(theirs.join("secrets/keyd-master.key"), [7u8; 32]).unwrap();
+    for p in [
+        theirs.join("secrets/keyd-master.key"),
+        theirs.join("secrets"),
+        theirs.clone(),
+    ] {
+        std::os::unix::fs::chown(&p, Some(4242), Some(4242)).unwrap();
+    }
+    std::fs::set_permissions(&theirs, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (status, printed, stderr) = run(&theirs);
+    assert!(!status.success(), "{printed}");
+    assert!(!printed.contains("Running;"), "{printed}");
+    assert!(stderr.contains("owned by uid 4242"), "{stderr}");
+
+    // Our own directory, but the master key a link to a file of theirs.
+    let ours = top.path().join("ours");
+    std::fs::create_dir_all(ours.join("secrets")).unwrap();
+    std::fs::set_permissions(ours.join("secrets"), std::fs::Permissions::from_mode(0o700)).unwrap();
+    let planted = top.path().join("planted.key");
+    std::fs::write(&planted, [7u8; 32]).unwrap();
+    std::fs::set_permissions(&planted, std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::os::unix::fs::symlink(&planted, ours.join("secrets/keyd-master.key")).unwrap();
+    let (status, printed, stderr) = run(&ours);
+    assert!(!status.success(), "{printed}");
+    assert!(stderr.contains("symbolic link"), "{stderr}");
+
+    // Without the link, dev mode makes its own key and runs.
+    std::fs::remove_file(ours.join("secrets/keyd-master.key")).unwrap();
+    let (mut child, printed) = support::start_dev(&ours, &[], &[], Stdio::null());
+    assert!(printed.contains("Running;"), "{printed}");
+    edgeid_testkit::process::sigterm(&child);
+    let _ = child.wait();
 }

@@ -121,7 +121,7 @@ pub struct Store {
 impl Store {
     /// Opens (creating, 0700) the state directory.
     pub fn open(dir: &Path) -> Result<Self, Error> {
-        edgeid_common::fs::ensure_dir(dir, 0o700)
+        edgeid_common::fs::ensure_private_dir(dir)
             .map_err(|e| Error::Setup(format!("state directory {}: {e}", dir.display())))?;
         Ok(Self {
             dir: dir.to_owned(),

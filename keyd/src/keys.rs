@@ -62,7 +62,7 @@ impl Keyd {
 
     /// Opens the stores the config names and the handle secret.
     pub async fn open(config: &KeydConfig, admins: Admins) -> Result<Self, Error> {
-        edgeid_common::fs::ensure_dir(&config.state_dir, 0o700).map_err(|e| {
+        edgeid_common::fs::ensure_private_dir(&config.state_dir).map_err(|e| {
             Error::Setup(format!(
                 "cannot create state directory {}: {e}",
                 config.state_dir.display()

@@ -186,7 +186,7 @@ impl ModuleSockets {
         // 0700 and ours: a socket is reached only through the mount the
         // orchestrator makes of it, never by walking here.
         let dir = &self.workload.config.sockets_dir;
-        edgeid_common::fs::ensure_dir(dir, 0o700)
+        edgeid_common::fs::ensure_private_dir(dir)
             .map_err(|e| Error::Internal(format!("cannot make {}: {e}", dir.display())))?;
         let path = self.socket_path(name);
         let _ = std::fs::remove_file(&path);

@@ -91,7 +91,7 @@ impl SoftwareBackend {
     /// `master_key_file` or creating it (0600, in a 0700 directory) on first start.
     pub fn open(state_dir: &Path, master_key_file: &Path) -> Result<Self, Error> {
         let keys_dir = state_dir.join("keys");
-        edgeid_common::fs::ensure_dir(&keys_dir, 0o700).map_err(|e| {
+        edgeid_common::fs::ensure_private_dir(&keys_dir).map_err(|e| {
             Error::Setup(format!(
                 "cannot create key directory {}: {e}",
                 keys_dir.display()
