@@ -328,3 +328,88 @@ async fn keys_on_the_token_are_listed_and_foreign_objects_are_not() {
         ]
     );
 }
+
+/// Issue 17, finding 6: with a wrong PIN keyd called C_Login on every
+/// request, health included (15 logins for 15 requests), which locks the
+/// user PIN of a token with a retry counter. Now the token's refusal is
+/// kept: no login until the PIN file changes, said in health and in every
+/// answer. Logins are counted by OpenSC's pkcs11-spy between keyd and
+/// SoftHSM (an independent record of every PKCS#11 call).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_pin_is_tried_once_until_the_pin_file_changes() {
+    let spy = [
+        "/usr/lib/x86_64-linux-gnu/pkcs11-spy.so",
+        "/usr/lib/x86_64-linux-gnu/pkcs11/pkcs11-spy.so",
+    ]
+    .iter()
+    .map(std::path::PathBuf::from)
+    .find(|p| p.exists())
+    .unwrap_or_else(|| {
+        panic!("pkcs11-spy.so is not installed; this test needs it: sudo apt-get install -y opensc")
+    });
+    let hsm = SoftHsm::new();
+    hsm.init_token("pin");
+    std::fs::write(hsm.pin_file(), "9999\n").unwrap();
+    let dir = edgeid_testkit::temp_dir();
+    let log = dir.path().join("spy.log");
+    let table = hsm.keyd_table("pin").replace(
+        &SoftHsm::library().display().to_string(),
+        &spy.display().to_string(),
+    );
+    let mut env = hsm.env();
+    env.push(("PKCS11SPY".into(), SoftHsm::library().display().to_string()));
+    env.push(("PKCS11SPY_OUTPUT".into(), log.display().to_string()));
+    let extra = format!("[backend]\ndefault = \"pkcs11\"\n{table}");
+    let keyd = KeydProcess::start(std::path::Path::new(BIN), dir.path(), &extra, env).await;
+    let client = keyd.client();
+    let logins = || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .matches("C_Login")
+            .count()
+    };
+
+    for i in 0..15 {
+        if i % 3 == 0 {
+            let health = client.health().await.unwrap();
+            assert_eq!(health.status, "degraded");
+            let why = &health.backends["pkcs11"];
+            assert!(
+                why.contains("refused the PIN") && why.contains("does not log in again"),
+                "{why}"
+            );
+        } else {
+            let err = client
+                .create_key_pair(&format!("k{i}"), KeyPairSpec::EcP256)
+                .await
+                .unwrap_err();
+            assert_eq!(err.status(), Some(StatusCode::SERVICE_UNAVAILABLE), "{err}");
+            assert!(err.to_string().contains("pkcs11.pin_file"), "{err}");
+        }
+    }
+    assert_eq!(
+        logins(),
+        1,
+        "one login for the wrong PIN, not one per request"
+    );
+
+    // The operator writes the right PIN: the next request logs in and works.
+    edgeid_common::fs::write_atomic(
+        &hsm.pin_file(),
+        format!("{}\n", edgeid_testkit::softhsm::PIN).as_bytes(),
+        0o600,
+    )
+    .unwrap();
+    let handle = client
+        .create_key_pair("after", KeyPairSpec::EcP256)
+        .await
+        .unwrap();
+    let pem = client.public_key(&handle).await.unwrap().pem;
+    let sig = client
+        .sign(&handle, SignAlgorithm::EcdsaSha256, b"pin", false)
+        .await
+        .unwrap();
+    openssl::assert_verifies(SignAlgorithm::EcdsaSha256, &pem, b"pin", &sig);
+    assert_eq!(client.health().await.unwrap().status, "ok");
+    assert_eq!(logins(), 2);
+}

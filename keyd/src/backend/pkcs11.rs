@@ -84,8 +84,39 @@ pub struct Pkcs11Backend {
 
 struct Shared {
     config: Pkcs11Config,
-    pin: Zeroizing<String>,
+    pin: Mutex<Zeroizing<String>>,
     token: Mutex<Option<Arc<Token>>>,
+    /// Set when the token refused the PIN (or has it locked): no login is
+    /// tried again until the PIN file changes or keyd restarts, so that a
+    /// token with a retry counter does not lock its user PIN on keyd's
+    /// account.
+    refused: Mutex<Option<PinRefused>>,
+}
+
+/// Why the token will not be logged in to, and the PIN file as it was then.
+struct PinRefused {
+    why: String,
+    file: Option<PinFileStamp>,
+}
+
+/// What tells that the PIN file changed: inode, size, modification time.
+#[derive(PartialEq, Eq)]
+struct PinFileStamp {
+    ino: u64,
+    len: u64,
+    modified: Option<std::time::SystemTime>,
+}
+
+impl PinFileStamp {
+    fn of(path: &Path) -> Option<Self> {
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::metadata(path).ok()?;
+        Some(Self {
+            ino: meta.ino(),
+            len: meta.len(),
+            modified: meta.modified().ok(),
+        })
+    }
 }
 
 /// An initialized library with the token found and logged in.
@@ -116,8 +147,9 @@ impl Pkcs11Backend {
         let backend = Self {
             shared: Arc::new(Shared {
                 config: config.clone(),
-                pin,
+                pin: Mutex::new(pin),
                 token: Mutex::new(None),
+                refused: Mutex::new(None),
             }),
             permits: Arc::new(Semaphore::new(config.sessions.max(1))),
         };
@@ -672,9 +704,48 @@ impl Shared {
         if let Some(t) = guard.as_ref() {
             return Ok(t.clone());
         }
+        if let Some(why) = self.pin_still_refused() {
+            return Err(self.unavailable(why));
+        }
         let token = Arc::new(self.open_token()?);
         *guard = Some(token.clone());
         Ok(token)
+    }
+
+    /// Why no login is to be tried, if the token refused the PIN and the PIN
+    /// file has not changed since; if it has, the new PIN is read and the
+    /// next login may try it.
+    fn pin_still_refused(&self) -> Option<String> {
+        let mut refused = self.refused.lock().unwrap_or_else(|p| p.into_inner());
+        let r = refused.as_ref()?;
+        let path = &self.config.pin_file;
+        if PinFileStamp::of(path) == r.file {
+            return Some(format!(
+                "{}; keyd does not log in again until {} changes or keyd restarts (a token may lock its PIN after a few wrong tries)",
+                r.why,
+                path.display()
+            ));
+        }
+        match read_pin(path) {
+            Ok(pin) => {
+                tracing::info!(pin_file = %path.display(), "the PKCS#11 PIN file changed: trying it");
+                *self.pin.lock().unwrap_or_else(|p| p.into_inner()) = pin;
+                *refused = None;
+                None
+            }
+            Err(e) => Some(e.to_string()),
+        }
+    }
+
+    /// Records that the token will not take the PIN: no login until the
+    /// PIN file changes.
+    fn refuse_pin(&self, why: String) -> Error {
+        tracing::error!(pin_file = %self.config.pin_file.display(), "{why}; not logging in again until the PIN file changes or keyd restarts");
+        *self.refused.lock().unwrap_or_else(|p| p.into_inner()) = Some(PinRefused {
+            why: why.clone(),
+            file: PinFileStamp::of(&self.config.pin_file),
+        });
+        self.unavailable(why)
     }
 
     fn unavailable(&self, what: String) -> Error {
@@ -725,17 +796,48 @@ impl Shared {
             };
             return Err(self.unavailable(wanted));
         };
+        // The token's own word on its user PIN, before spending a try.
+        if let Ok(info) = ctx.get_token_info(slot) {
+            if info.user_pin_locked() {
+                let _ = ctx.finalize();
+                return Err(self.refuse_pin(
+                    "the token's user PIN is locked (CKF_USER_PIN_LOCKED): unlock it with the SO PIN, then write the PIN to pkcs11.pin_file".into(),
+                ));
+            }
+            if info.user_pin_final_try() {
+                tracing::warn!(
+                    "the token says one wrong PIN will lock it (CKF_USER_PIN_FINAL_TRY)"
+                );
+            } else if info.user_pin_count_low() {
+                tracing::warn!("the token has counted wrong PINs (CKF_USER_PIN_COUNT_LOW)");
+            }
+        }
         let session = ctx
             .open_rw_session(slot)
             .map_err(|e| self.unavailable(format!("cannot open a session on the token: {e}")))?;
-        let pin = AuthPin::from(self.pin.as_str().to_owned());
+        let pin = AuthPin::from(
+            self.pin
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .as_str()
+                .to_owned(),
+        );
         match session.login(UserType::User, Some(&pin)) {
             Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => {}
             Err(CkError::Pkcs11(RvError::PinIncorrect, _)) => {
-                return Err(self.unavailable(format!(
+                drop(session);
+                let _ = ctx.finalize();
+                return Err(self.refuse_pin(format!(
                     "the token refused the PIN in {}: check pkcs11.pin_file",
                     self.config.pin_file.display()
-                )))
+                )));
+            }
+            Err(CkError::Pkcs11(RvError::PinLocked, _)) => {
+                drop(session);
+                let _ = ctx.finalize();
+                return Err(self.refuse_pin(
+                    "the token's user PIN is locked: unlock it with the SO PIN, then write the PIN to pkcs11.pin_file".into(),
+                ));
             }
             Err(e) => return Err(self.unavailable(format!("login to the token failed: {e}"))),
         }
