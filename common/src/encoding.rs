@@ -53,6 +53,42 @@ impl<'de> Deserialize<'de> for SecretBytes {
     }
 }
 
+/// Secret text that travels as a JSON string (a PEM private key), wiped
+/// from memory when dropped; its `Debug` never shows the content.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct SecretString(pub Zeroizing<String>);
+
+impl From<String> for SecretString {
+    fn from(s: String) -> Self {
+        Self(Zeroizing::new(s))
+    }
+}
+
+impl std::ops::Deref for SecretString {
+    type Target = str;
+    fn deref(&self) -> &str {
+        self.0.as_str()
+    }
+}
+
+impl fmt::Debug for SecretString {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SecretString(<{} bytes redacted>)", self.0.len())
+    }
+}
+
+impl Serialize for SecretString {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for SecretString {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d).map(Self::from)
+    }
+}
+
 fn decode<'de, D: Deserializer<'de>>(d: D) -> Result<Zeroizing<Vec<u8>>, D::Error> {
     let text = Zeroizing::new(String::deserialize(d)?);
     STANDARD
@@ -85,5 +121,12 @@ mod tests {
     fn secret_debug_redacts() {
         let s: SecretBytes = serde_json::from_str("\"c2VjcmV0\"").unwrap();
         assert!(!format!("{s:?}").contains("secret"));
+        let t: SecretString = serde_json::from_str("\"-----BEGIN PRIVATE KEY-----\"").unwrap();
+        assert!(!format!("{t:?}").contains("PRIVATE"), "{t:?}");
+        assert_eq!(
+            serde_json::to_string(&t).unwrap(),
+            "\"-----BEGIN PRIVATE KEY-----\""
+        );
+        assert!(t.starts_with("-----BEGIN"));
     }
 }

@@ -111,8 +111,8 @@ pub struct PrivateKey {
     /// Always `key`: the bytes are the key itself (PKCS#8 PEM).
     #[serde(rename = "type")]
     pub key_type: String,
-    /// PEM.
-    pub bytes: String,
+    /// PEM; wiped when dropped, never shown by `Debug`.
+    pub bytes: edgeid_common::encoding::SecretString,
 }
 
 /// A certificate response.

@@ -5,8 +5,9 @@
 //!
 //! Layers, each using only those below it (`tests/tests/layering.rs`):
 //! - plain data: [`api`] (the IoT Edge wire types), [`config`], [`error`];
-//! - the domain, [`workload`]: which module a caller is, and each operation
-//!   through identityd, keyd and certd;
+//! - the domain, [`workload`]: each operation through identityd, keyd and
+//!   certd; `callers` beside it: which module a caller is, whether it is
+//!   somebody here, whether it is the orchestrator;
 //! - [`sockets`]: per-module sockets (binding; what answers on them is
 //!   handed in by the front);
 //! - the fronts, one per wire family: [`server`] (the IoT Edge workload
@@ -15,6 +16,7 @@
 //!   types, `grpc` the front, `x509` and `jwt` what it serves).
 
 pub mod api;
+mod callers;
 pub mod config;
 pub mod error;
 pub mod server;
