@@ -162,7 +162,12 @@ fn open_no_follow(dir: &File, name: &OsStr) -> io::Result<File> {
 
 /// Fails if `path` can be read or written by group or others: secrets must be 0600/0400.
 pub fn check_private(path: &Path) -> io::Result<()> {
-    let mode = fs::metadata(path)?.permissions().mode() & 0o777;
+    private_mode(path, fs::metadata(path)?.permissions().mode())
+}
+
+/// Fails if `mode` (of the secret at `path`) lets group or others in.
+fn private_mode(path: &Path, mode: u32) -> io::Result<()> {
+    let mode = mode & 0o777;
     if mode & 0o077 != 0 {
         return Err(io::Error::new(
             io::ErrorKind::PermissionDenied,
@@ -231,17 +236,7 @@ pub fn load_or_create_secret(
             ),
         ));
     }
-    let mode = meta.mode() & 0o777;
-    if mode & 0o077 != 0 {
-        return Err(io::Error::new(
-            io::ErrorKind::PermissionDenied,
-            format!(
-                "{} has mode {mode:04o}; a secret must not be accessible to group or others (chmod 600 {})",
-                path.display(),
-                path.display()
-            ),
-        ));
-    }
+    private_mode(path, meta.mode())?;
     // Room for one byte more than a secret has, so that reading never
     // grows (and copies) the buffer, and a longer file is seen as such.
     let mut bytes = Zeroizing::new(Vec::with_capacity(len + 1));

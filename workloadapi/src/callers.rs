@@ -24,7 +24,8 @@ impl Workload {
     }
 
     /// Whether the caller is somebody on the main socket (a mapped module or
-    /// the orchestrator), asked before its request's body is read.
+    /// the orchestrator): asked before a request's body is read, and by
+    /// what only such a caller may see.
     pub fn admits(&self, caller: &Caller) -> Result<(), Error> {
         if self.by_uid.contains_key(&caller.uid) || self.is_orchestrator(caller) {
             return Ok(());
@@ -32,7 +33,7 @@ impl Workload {
         tracing::warn!(
             uid = caller.uid,
             pid = caller.pid,
-            "refused before reading the request: neither a module nor the orchestrator"
+            "refused: neither a module nor the orchestrator"
         );
         Err(Error::Forbidden(format!(
             "uid {} is neither a module nor the orchestrator",
