@@ -36,7 +36,12 @@ struct Server {
 }
 
 impl Server {
+    /// The server answering with [`Echo`].
     fn start(limits: Limits) -> Self {
+        Self::serving(Echo, limits)
+    }
+
+    fn serving(handler: impl Handler, limits: Limits) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("edgeid-hostile-")
             .tempdir_in("/tmp")
@@ -44,7 +49,7 @@ impl Server {
         let socket = dir.path().join("s.sock");
         let listener = Listener::bind(&socket, 0o600).unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(serve(listener, Arc::new(Echo), limits, async {
+        let task = tokio::spawn(serve(listener, Arc::new(handler), limits, async {
             let _ = stopped.await;
         }));
         Self {
@@ -432,21 +437,13 @@ impl Handler for Busy {
 /// instead (they are its own to lose).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_caller_over_its_share_of_connections_gets_429_at_once() {
-    let dir = tempfile::Builder::new()
-        .prefix("edgeid-share-")
-        .tempdir_in("/tmp")
-        .unwrap();
-    let socket = dir.path().join("s.sock");
-    let listener = Listener::bind(&socket, 0o600).unwrap();
     let limits = Limits {
         max_connections: 64,
         max_connections_per_caller: 4,
         ..Limits::default()
     };
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(serve(listener, Arc::new(Busy), limits, async {
-        let _ = stopped.await;
-    }));
+    let server = Server::serving(Busy, limits);
+    let socket = server.socket.clone();
     let mut busy = Vec::new();
     for i in 0..4 {
         let mut s = UnixStream::connect(&socket).await.unwrap();
@@ -479,6 +476,5 @@ async fn a_caller_over_its_share_of_connections_gets_429_at_once() {
         .await
         .unwrap();
     assert_eq!(status, StatusCode::NO_CONTENT, "served again");
-    let _ = stop.send(());
-    server.await.unwrap().unwrap();
+    server.stop().await;
 }

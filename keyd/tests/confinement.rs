@@ -7,11 +7,9 @@
 //! Run against the `edgeid-keyd` binary, so that its RSS is its own.
 
 use std::io::Write;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use edgeid_keyd::KeydClient;
-use edgeid_testkit::process::{sigterm, wait_exit, wait_for_health};
+use edgeid_testkit::KeydProcess;
 use http::{Method, StatusCode};
 
 const BIN: &str = env!("CARGO_BIN_EXE_edgeid-keyd");
@@ -22,16 +20,6 @@ const BODY: usize = 1024 * 1024;
 /// What keyd may reach under the flood: its own few MB, its connections'
 /// buffers, a margin. Before the fix it reached 1.15 GB.
 const RSS_BOUND_KB: u64 = 150 * 1024;
-
-/// keyd, killed if the test fails before it stops it.
-struct Killed(std::process::Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn status_kb(pid: u32, field: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
@@ -50,35 +38,19 @@ async fn a_stranger_flooding_large_bodies_costs_keyd_nothing_and_a_principal_is_
     );
     let dir = edgeid_testkit::temp_dir();
     // The review's set-up: a socket any local uid may connect to.
+    edgeid_testkit::open_to_others(dir.path());
+    let principal = format!("[[principal]]\nname = \"p\"\nuid = {PRINCIPAL}\nkeys = [\"p/*\"]\n");
+    // Errors only: a refusal per stranger is a warning, 1000 of them noise.
+    let quiet = vec![("EDGEID_LOG".to_owned(), "error".to_owned())];
+    let mut keyd =
+        KeydProcess::start(std::path::Path::new(BIN), dir.path(), &principal, quiet).await;
     std::fs::set_permissions(
-        dir.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        &keyd.socket,
+        std::os::unix::fs::PermissionsExt::from_mode(0o666),
     )
     .unwrap();
-    let socket = dir.path().join("keyd.sock");
-    let config = dir.path().join("keyd.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "state_dir = \"{state}\"\n[server]\nsocket = \"{socket}\"\nsocket_mode = 0o666\n[software]\nmaster_key_file = \"{master}\"\n[[principal]]\nname = \"p\"\nuid = {PRINCIPAL}\nkeys = [\"p/*\"]\n",
-            state = dir.path().join("state").display(),
-            socket = socket.display(),
-            master = dir.path().join("secrets/master.key").display(),
-        ),
-    )
-    .unwrap();
-    let mut child = Killed(
-        Command::new(BIN)
-            .arg("--config")
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start edgeid-keyd"),
-    );
-    let child = &mut child.0;
-    let pid = child.id();
-    wait_for_health(&KeydClient::new(&socket), child).await;
+    let socket = keyd.socket.clone();
+    let pid = keyd.pid();
     let rss_before = status_kb(pid, "VmRSS:");
 
     // The flood: every connection sends its headers, then its 1 MiB body.
@@ -138,6 +110,5 @@ async fn a_stranger_flooding_large_bodies_costs_keyd_nothing_and_a_principal_is_
         "{refused} of {FLOOD} strangers saw the 403 (the rest may see the connection close)"
     );
 
-    sigterm(child);
-    assert!(wait_exit(child).await.success());
+    assert!(keyd.stop().await.success());
 }

@@ -337,16 +337,7 @@ async fn keys_on_the_token_are_listed_and_foreign_objects_are_not() {
 /// SoftHSM (an independent record of every PKCS#11 call).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_pin_is_tried_once_until_the_pin_file_changes() {
-    let spy = [
-        "/usr/lib/x86_64-linux-gnu/pkcs11-spy.so",
-        "/usr/lib/x86_64-linux-gnu/pkcs11/pkcs11-spy.so",
-    ]
-    .iter()
-    .map(std::path::PathBuf::from)
-    .find(|p| p.exists())
-    .unwrap_or_else(|| {
-        panic!("pkcs11-spy.so is not installed; this test needs it: sudo apt-get install -y opensc")
-    });
+    let spy = SoftHsm::spy_library();
     let hsm = SoftHsm::new();
     hsm.init_token("pin");
     std::fs::write(hsm.pin_file(), "9999\n").unwrap();

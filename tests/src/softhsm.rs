@@ -93,6 +93,18 @@ impl SoftHsm {
         })
     }
 
+    /// OpenSC's pkcs11-spy module, which logs every PKCS#11 call to
+    /// `PKCS11SPY_OUTPUT` on its way to the module in `PKCS11SPY`.
+    pub fn spy_library() -> PathBuf {
+        let candidates = [
+            "/usr/lib/x86_64-linux-gnu/pkcs11-spy.so",
+            "/usr/lib/x86_64-linux-gnu/pkcs11/pkcs11-spy.so",
+        ];
+        candidates.iter().map(PathBuf::from).find(|p| p.exists()).unwrap_or_else(|| {
+            panic!("pkcs11-spy.so is not installed; this test needs it: sudo apt-get install -y opensc")
+        })
+    }
+
     /// The `[pkcs11]` table of a keyd config for the token `label`.
     pub fn keyd_table(&self, label: &str) -> String {
         format!(
