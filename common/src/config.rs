@@ -77,8 +77,10 @@ pub struct ServerConfig {
     pub socket: PathBuf,
     /// Mode of the socket file when this daemon creates it.
     pub socket_mode: u32,
-    /// Largest request body accepted; larger ones get 413.
-    pub max_body_bytes: usize,
+    /// Largest request body accepted; larger ones get 413. Each daemon
+    /// has its own default, sized to its largest legitimate request (keyd
+    /// 256 KiB, the others 1 MiB).
+    pub max_body_bytes: Option<usize>,
     /// Request bodies held in memory at once, all connections together;
     /// past it a request is refused with 503 instead of buffered.
     pub max_buffered_bytes: usize,
@@ -127,7 +129,7 @@ impl Default for ServerConfig {
         Self {
             socket: PathBuf::new(),
             socket_mode: 0o660,
-            max_body_bytes: 1024 * 1024,
+            max_body_bytes: None,
             max_buffered_bytes: 32 * 1024 * 1024,
             header_read_timeout_secs: 10,
             request_timeout_secs: 60,
@@ -147,12 +149,21 @@ impl Default for crate::server::Limits {
     }
 }
 
+/// The body cap of a daemon that names none of its own.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
+
 impl ServerConfig {
     /// The limits the server enforces.
     pub fn limits(&self) -> crate::server::Limits {
+        self.limits_with_body(DEFAULT_MAX_BODY_BYTES)
+    }
+
+    /// The limits, with `default_body` as the body cap unless one is configured.
+    pub fn limits_with_body(&self, default_body: usize) -> crate::server::Limits {
+        let max_body_bytes = self.max_body_bytes.unwrap_or(default_body);
         crate::server::Limits {
-            max_body_bytes: self.max_body_bytes,
-            max_buffered_bytes: self.max_buffered_bytes.max(self.max_body_bytes),
+            max_body_bytes,
+            max_buffered_bytes: self.max_buffered_bytes.max(max_body_bytes),
             header_read_timeout: Duration::from_secs(self.header_read_timeout_secs.max(1)),
             request_timeout: Duration::from_secs(self.request_timeout_secs.max(1)),
             idle_timeout: Duration::from_secs(self.idle_timeout_secs.max(1)),
@@ -207,6 +218,6 @@ mod tests {
         )
         .unwrap();
         assert_eq!(s.server.socket_mode, 0o600);
-        assert_eq!(s.server.max_body_bytes, 1024 * 1024);
+        assert_eq!(s.server.limits().max_body_bytes, 1024 * 1024);
     }
 }

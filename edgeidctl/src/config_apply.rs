@@ -174,6 +174,28 @@ fn build(raw: &Table, users: &Users) -> Vec<String> {
     }
     pass(&mut keyd, "tpm", raw, &["keys", "tpm"]);
     pass(&mut keyd, "pkcs11", raw, &["keys", "pkcs11"]);
+    // The bases of derivation: module keys, module encryption keys, and a
+    // DPS group enrollment's key (the device key is derived from it).
+    let mut bases = vec![
+        "module-derivation".to_owned(),
+        "workload-encryption".to_owned(),
+    ];
+    let attestation = at(raw, &["provisioning", "attestation"]);
+    if attestation
+        .and_then(|a| a.get("group"))
+        .and_then(Value::as_bool)
+        .unwrap_or(false)
+    {
+        let group_key = attestation
+            .and_then(|a| a.get("key_id"))
+            .and_then(Value::as_str)
+            .unwrap_or("dps-enrollment");
+        bases.push(group_key.to_owned());
+    }
+    keyd.insert(
+        "derive_only".into(),
+        Value::Array(bases.into_iter().map(Value::String).collect()),
+    );
     keyd.insert(
         "principal".into(),
         Value::Array(vec![
@@ -206,6 +228,8 @@ fn build(raw: &Table, users: &Users) -> Vec<String> {
                         "module-hex/*",
                     ]),
                 ),
+                // Module keys go to the hub when a module is registered.
+                ("export", strings(&["module-derivation"])),
             ]),
             table(vec![
                 ("name", s("workloadd")),
@@ -238,15 +262,17 @@ fn build(raw: &Table, users: &Users) -> Vec<String> {
                 ("name", s("identityd")),
                 ("uid", uid(id)),
                 ("certs", strings(&["device-id", "module/*", "module-hex/*"])),
-                // Host names, device and module ids, SPIFFE IDs (which hold `/`).
-                ("names", strings(&["**"])),
+                // Device and module ids (no `/` in either).
+                ("names", strings(&["*"])),
             ]),
             table(vec![
                 ("name", s("workloadd")),
                 ("uid", uid(wl)),
                 // workload/module/<id>/<kind>: a subtree.
                 ("certs", strings(&["workload/**"])),
-                ("names", strings(&["**"])),
+                // Module ids and server names (which workloadd checks per
+                // module), and SPIFFE IDs (which hold `/`); no other URI.
+                ("names", strings(&["*", "spiffe://**"])),
             ]),
         ]),
     );

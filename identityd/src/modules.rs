@@ -5,7 +5,7 @@
 use aws_lc_rs::digest;
 use edgeid_certd::api::{CreateCertificateRequest, IssuerKind, Profile};
 use edgeid_common::Caller;
-use edgeid_keyd::api::{KeyHandle, SignAlgorithm};
+use edgeid_keyd::api::KeyHandle;
 use http::StatusCode;
 use zeroize::Zeroizing;
 
@@ -136,25 +136,19 @@ impl Identityd {
     }
 
     /// A module's SAS key bytes, for registering it with the hub (which must
-    /// know them to check its tokens). A derived key is HMAC(base, info),
-    /// which is exactly keyd's HMAC signature of `info` under the base key;
-    /// the bytes go to the hub over TLS and are wiped here after.
+    /// know them to check its tokens): derived in keyd, exported by the
+    /// grant identityd alone holds, sent to the hub over TLS and wiped here
+    /// after.
     async fn module_key_bytes(
         &self,
         record: &ModuleRecord,
         which: &str,
     ) -> Result<Zeroizing<Vec<u8>>, Error> {
-        let base = self.modules_base().await?;
+        let handle = self.module_key(record, which).await?;
         self.keyd
-            .sign(
-                &base,
-                SignAlgorithm::HmacSha256,
-                &Self::module_key_info(record, which),
-                false,
-            )
+            .export(&handle)
             .await
-            .map(Zeroizing::new)
-            .map_err(|e| Error::from_daemon("keyd", "deriving a module key", e))
+            .map_err(|e| Error::from_daemon("keyd", "exporting a module key", e))
     }
 
     /// `POST /v1/identities/modules`: creates the module identity (and

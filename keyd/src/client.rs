@@ -130,6 +130,19 @@ impl KeydClient {
             .handle)
     }
 
+    /// The bytes of a key `derive` made (for a caller granted `export`).
+    pub async fn export(&self, handle: &KeyHandle) -> Result<Zeroizing<Vec<u8>>, ClientError> {
+        let req = ExportRequest {
+            handle: handle.clone(),
+        };
+        Ok(self
+            .http
+            .post::<_, ExportResponse>("/v1/export", &req)
+            .await?
+            .key
+            .0)
+    }
+
     /// AES-256-GCM encryption; the result carries its nonce.
     pub async fn encrypt(
         &self,

@@ -17,10 +17,20 @@
 //! # token_label = "edgeid"
 //! # pin_file = "/etc/edgeid/keyd.d/pkcs11.pin"
 //!
+//! # Bases of derivation alone: they derive, never sign or encrypt (an HMAC
+//! # key's signature of `info` is the key derived with `info`).
+//! derive_only = ["module-derivation", "workload-encryption"]
+//!
 //! [[principal]]
 //! name = "certd"
 //! uid = 991
 //! keys = ["device-ca", "module/*"]
+//!
+//! [[principal]]
+//! name = "identityd"
+//! uid = 992
+//! keys = ["device-id", "module-derivation"]
+//! export = ["module-derivation"]   # keys derived from it may leave keyd
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -32,6 +42,16 @@ use serde::Deserialize;
 pub use crate::backend::pkcs11::Pkcs11Config;
 pub use crate::backend::tpm::TpmConfig;
 use crate::backend::BackendKind;
+
+/// keyd's body cap unless `[server] max_body_bytes` says otherwise: its
+/// largest legitimate request is workloadd's sign or encrypt of the most a
+/// module may send ([`MAX_FORWARDED_PAYLOAD`], base64 in JSON: 4/3 of it
+/// and a handle), with room to spare; the rest are a digest, a key, a blob.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 256 * 1024;
+
+/// The most a caller of keyd's callers may have signed, encrypted or
+/// decrypted in one request (workloadd refuses more with 413).
+pub const MAX_FORWARDED_PAYLOAD: usize = 128 * 1024;
 
 /// Where keyd listens unless configured otherwise.
 pub const DEFAULT_SOCKET: &str = "/run/edgeid/keyd.sock";
@@ -60,6 +80,13 @@ pub struct KeydConfig {
     /// The TPM store, required when a backend setting names `tpm`.
     #[serde(default)]
     pub tpm: Option<TpmConfig>,
+    /// Keys that are bases of derivation alone: `derive` works on them, and
+    /// `sign`, `encrypt` and `decrypt` are refused to every caller; only
+    /// these derive. (HMAC(base, info) is both the key derived with `info`
+    /// and the base's signature of `info`: a key that did both would hand
+    /// every derived key to whoever may sign with it.)
+    #[serde(default = "default_derive_only")]
+    pub derive_only: Grants,
     /// Who may use which keys (besides root and keyd's own uid).
     #[serde(default, rename = "principal")]
     pub principals: Vec<PrincipalConfig>,
@@ -121,6 +148,17 @@ pub struct PrincipalConfig {
     pub uid: u32,
     /// Glob patterns over key ids.
     pub keys: Grants,
+    /// Bases (of `derive_only`) whose derived keys' bytes this caller may
+    /// have (`POST /v1/export`): identityd's, for registering module keys
+    /// with the hub. Empty unless granted.
+    #[serde(default)]
+    pub export: Grants,
+}
+
+/// identityd's module key base and workloadd's encryption base, as their
+/// configs name them by default.
+fn default_derive_only() -> Grants {
+    Grants::parse(&["module-derivation", "workload-encryption"]).unwrap_or_default()
 }
 
 impl KeydConfig {
@@ -140,6 +178,7 @@ impl KeydConfig {
             },
             pkcs11: None,
             tpm: None,
+            derive_only: default_derive_only(),
             principals: Vec::new(),
         }
     }
@@ -147,6 +186,12 @@ impl KeydConfig {
     /// The socket path to bind when not socket-activated.
     pub fn socket(&self) -> PathBuf {
         self.server.socket_or(DEFAULT_SOCKET)
+    }
+
+    /// The limits keyd serves with: `[server]`'s, its body cap
+    /// [`DEFAULT_MAX_BODY_BYTES`] unless configured.
+    pub fn limits(&self) -> edgeid_common::server::Limits {
+        self.server.limits_with_body(DEFAULT_MAX_BODY_BYTES)
     }
 }
 
@@ -176,7 +221,7 @@ mod tests {
         let c: KeydConfig = edgeid_common::config::parse(Path::new("k.toml"), text).unwrap();
         assert_eq!(c.principals[0].uid, 991);
         assert!(c.principals[0].keys.allows("module/x"));
-        assert_eq!(c.server.max_body_bytes, 65536);
+        assert_eq!(c.limits().max_body_bytes, 65536);
     }
 
     #[test]

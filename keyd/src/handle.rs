@@ -18,8 +18,6 @@ use crate::error::Error;
 use crate::key_id::KeyId;
 
 const PREFIX: &str = "ek1.";
-/// Derivations nest at most this deep.
-pub const MAX_DERIVATION_DEPTH: usize = 8;
 /// A derivation input is at most this long.
 pub const MAX_INFO_LEN: usize = 1024;
 

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use edgeid_common::authz::{Access, Admins, Caller, Grants};
-use edgeid_common::encoding::Base64Bytes;
+use edgeid_common::encoding::{Base64Bytes, SecretBytes};
 use edgeid_common::server::Health;
 
 use crate::api::*;
@@ -15,7 +15,7 @@ use crate::backend::tpm::TpmBackend;
 use crate::backend::{no_such_key, BackendKind, KeyBackend, KeyKind};
 use crate::config::KeydConfig;
 use crate::error::Error;
-use crate::handle::{HandleAuthority, KeyRef, MAX_DERIVATION_DEPTH, MAX_INFO_LEN};
+use crate::handle::{HandleAuthority, KeyRef, MAX_INFO_LEN};
 use crate::key_id::KeyId;
 
 /// The id a caller must be granted to read the TPM's attestation keys.
@@ -26,6 +26,10 @@ pub struct Keyd {
     stores: Stores,
     handles: HandleAuthority,
     access: Access,
+    /// Bases of derivation alone (config `derive_only`).
+    derive_only: Grants,
+    /// Whose derived keys each principal may export (config `export`).
+    export: Access,
 }
 
 /// The configured stores and which key ids each serves.
@@ -114,6 +118,7 @@ impl Keyd {
             open,
             tpm: tpm_store,
         };
+        let admins_again = admins.clone();
         let access = Access::new(
             "keyd",
             "key",
@@ -123,11 +128,34 @@ impl Keyd {
                 .iter()
                 .map(|p| (p.name.clone(), p.uid, p.keys.clone())),
         );
+        let export = Access::new(
+            "keyd",
+            "export of keys derived from",
+            admins_again,
+            config
+                .principals
+                .iter()
+                .map(|p| (p.name.clone(), p.uid, p.export.clone())),
+        );
         Ok(Self {
             stores,
             handles,
             access,
+            derive_only: config.derive_only.clone(),
+            export,
         })
+    }
+
+    /// A base of derivation alone is used for nothing but `derive` (and,
+    /// where granted, `export` of what it derives).
+    fn refuse_if_derive_only(&self, key: &KeyRef, operation: &str) -> Result<(), Error> {
+        if key.derivation.is_empty() && self.derive_only.allows(key.id.as_str()) {
+            return Err(Error::Forbidden(format!(
+                "key '{}' is a base of derivation alone (keyd's derive_only): it derives keys, it does not {operation}",
+                key.id
+            )));
+        }
+        Ok(())
     }
 
     /// Validates an id and checks the caller may use it.
@@ -213,6 +241,7 @@ impl Keyd {
     /// `POST /v1/sign`
     pub async fn sign(&self, caller: &Caller, req: SignRequest) -> Result<SignResponse, Error> {
         let (key, store) = self.open_handle(caller, &req.handle)?;
+        self.refuse_if_derive_only(&key, "sign")?;
         // Only symmetric keys are derived (see `derive`), and of those only
         // HMAC keys sign; so a derived handle signs with hmac-sha256 alone.
         if !key.derivation.is_empty() && req.algorithm != SignAlgorithm::HmacSha256 {
@@ -246,7 +275,9 @@ impl Keyd {
     }
 
     /// `POST /v1/derive`: a handle for HMAC-SHA256(base key, info). Nothing is
-    /// stored; the derived key is recomputed from the handle when used.
+    /// stored; the derived key is recomputed from the handle when used. Only
+    /// a base of derivation alone derives, and only once: a derived key
+    /// signs (or encrypts), so a key derived from it would be its signature.
     pub async fn derive(
         &self,
         caller: &Caller,
@@ -258,26 +289,82 @@ impl Keyd {
                 "derivation info is longer than {MAX_INFO_LEN} bytes"
             )));
         }
-        if key.derivation.len() >= MAX_DERIVATION_DEPTH {
+        if !key.derivation.is_empty() {
+            return Err(Error::BadRequest(
+                "a derived key does not derive further: derive from its base".into(),
+            ));
+        }
+        self.check_base(store, &key, false).await?;
+        key.derivation.push(req.info.0);
+        Ok(HandleResponse {
+            handle: self.handles.issue(&key),
+        })
+    }
+
+    /// A base of derivation: listed in `derive_only`, present, of this
+    /// generation, and symmetric (an HMAC key, if `hmac`).
+    async fn check_base(
+        &self,
+        store: &Arc<dyn KeyBackend>,
+        key: &KeyRef,
+        hmac: bool,
+    ) -> Result<(), Error> {
+        if !self.derive_only.allows(key.id.as_str()) {
             return Err(Error::BadRequest(format!(
-                "derivations nest at most {MAX_DERIVATION_DEPTH} deep"
+                "key '{}' is not a base of derivation: only keys keyd's derive_only lists derive (a key that signs must not: its signature of info would be the derived key)",
+                key.id
             )));
         }
         let record = store
             .find(&key.id)
             .await?
             .ok_or_else(|| Error::NotFound(format!("key '{}' does not exist", key.id)))?;
-        record.check(&key)?;
-        if !matches!(record.kind, KeyKind::Symmetric(_)) {
-            return Err(crate::backend::wrong_kind(
+        record.check(key)?;
+        match record.kind {
+            KeyKind::Symmetric(SymmetricKeyType::HmacSha256) => Ok(()),
+            KeyKind::Symmetric(_) if !hmac => Ok(()),
+            other => Err(crate::backend::wrong_kind(
                 &key.id,
-                record.kind,
-                "a symmetric key",
-            ));
+                other,
+                if hmac {
+                    "an hmac-sha256 key"
+                } else {
+                    "a symmetric key"
+                },
+            )),
         }
-        key.derivation.push(req.info.0);
-        Ok(HandleResponse {
-            handle: self.handles.issue(&key),
+    }
+
+    /// `POST /v1/export`: the bytes of a key derived from an HMAC base, to
+    /// a caller its `export` grant names (identityd: the hub must know a
+    /// module's key to check its tokens).
+    pub async fn export(
+        &self,
+        caller: &Caller,
+        req: ExportRequest,
+    ) -> Result<ExportResponse, Error> {
+        let (key, store) = self.open_handle(caller, &req.handle)?;
+        self.export
+            .check(caller, key.id.as_str())
+            .map_err(Error::Forbidden)?;
+        let [info] = key.derivation.as_slice() else {
+            return Err(Error::BadRequest(
+                "only a derived key is exported: give the handle derive answered".into(),
+            ));
+        };
+        let base = KeyRef {
+            id: key.id.clone(),
+            generation: key.generation.clone(),
+            derivation: Vec::new(),
+        };
+        self.check_base(store, &base, true).await?;
+        // HMAC(base, info) is the derived key; the store computes it as it
+        // does for every use of a derived handle.
+        let bytes = store
+            .sign(&base, SignAlgorithm::HmacSha256, info, false)
+            .await?;
+        Ok(ExportResponse {
+            key: SecretBytes(zeroize::Zeroizing::new(bytes)),
         })
     }
 
@@ -306,6 +393,7 @@ impl Keyd {
         encrypt: bool,
     ) -> Result<CryptResponse, Error> {
         let (key, store) = self.open_handle(caller, &req.handle)?;
+        self.refuse_if_derive_only(&key, if encrypt { "encrypt" } else { "decrypt" })?;
         let aad = req.aad.as_ref().map_or(&[][..], |a| a.0.as_slice());
         let data = if encrypt {
             store.encrypt(&key, &req.data.0, aad).await?

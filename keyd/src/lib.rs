@@ -36,7 +36,7 @@ pub async fn run(config: KeydConfig, shutdown: impl Future<Output = ()>) -> Resu
     let socket = config.socket();
     let listener = Listener::open(&socket, config.server.socket_mode)
         .map_err(|e| Error::Setup(format!("cannot listen on {}: {e}", socket.display())))?;
-    edgeid_common::server::serve(listener, Arc::new(keyd), config.server.limits(), shutdown)
+    edgeid_common::server::serve(listener, Arc::new(keyd), config.limits(), shutdown)
         .await
         .map_err(|e| Error::Setup(format!("server failed: {e}")))
 }

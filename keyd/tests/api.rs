@@ -2,6 +2,8 @@
 
 use std::os::unix::fs::PermissionsExt;
 
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
 use bytes::Bytes;
 use edgeid_common::authz::{Admins, Grants};
 use edgeid_common::client::ClientError;
@@ -108,9 +110,10 @@ async fn derived_keys_are_reproducible_and_distinct() {
     let keyd = KeydFixture::start().await;
     let client = keyd.client();
     let base_bytes = b"a shared access key of the device".to_vec();
+    // `module-derivation` is a base of derivation alone by default.
     let base = client
         .create_key(
-            "device-sas",
+            "module-derivation",
             SymmetricKeyType::HmacSha256,
             Some(&base_bytes),
         )
@@ -139,26 +142,17 @@ async fn derived_keys_are_reproducible_and_distinct() {
         mac_a1,
         hmac_sha256(&hmac_sha256(&base_bytes, b"module-a"), data)
     );
-    // Two levels.
-    let ab = client.derive(&a1, b"gen-1").await.unwrap();
-    let mac_ab = client
-        .sign(&ab, SignAlgorithm::HmacSha256, data, false)
-        .await
-        .unwrap();
-    assert_eq!(
-        mac_ab,
-        hmac_sha256(
-            &hmac_sha256(&hmac_sha256(&base_bytes, b"module-a"), b"gen-1"),
-            data
-        )
-    );
+    // A derived key signs; it does not derive (its signature of the info
+    // would be the key derived).
+    let err = client.derive(&a1, b"gen-1").await.unwrap_err();
+    assert_eq!(status(err), StatusCode::BAD_REQUEST);
     // A derived key signs with hmac-sha256 only.
     let err = client
         .sign(&a1, SignAlgorithm::EcdsaSha256, data, false)
         .await
         .unwrap_err();
     assert_eq!(status(err), StatusCode::BAD_REQUEST);
-    // Key pairs are not derivable.
+    // Key pairs are not derivable, nor is a key that signs.
     let pair = client
         .create_key_pair("pair", KeyPairSpec::EcP256)
         .await
@@ -167,6 +161,148 @@ async fn derived_keys_are_reproducible_and_distinct() {
         status(client.derive(&pair, b"x").await.unwrap_err()),
         StatusCode::BAD_REQUEST
     );
+    let signer = client
+        .create_key(
+            "device-sas",
+            SymmetricKeyType::HmacSha256,
+            Some(&base_bytes),
+        )
+        .await
+        .unwrap();
+    let err = client.derive(&signer, b"module-a").await.unwrap_err();
+    assert!(err.to_string().contains("derive_only"), "{err}");
+    assert_eq!(status(err), StatusCode::BAD_REQUEST);
+}
+
+/// Review finding 5: a derived key is HMAC(base, info), so whoever could
+/// sign with the base computed every derived key's bytes (shown:
+/// `sign(module-derivation, "edgeid module key\nmod-b\n<genid>\nprimary")`
+/// reproduced mod-b's workload signature; before the fix that sign was
+/// answered 200). The base now refuses sign to every caller, root included;
+/// a derived key's bytes leave keyd only by `export`, to a caller granted it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_base_key_derives_and_never_signs_and_only_a_granted_caller_exports() {
+    const WORKLOADD: u32 = 4311;
+    const IDENTITYD: u32 = 4312;
+    let dir = edgeid_testkit::temp_dir();
+    edgeid_testkit::open_to_others(dir.path());
+    let mut config = KeydFixture::config_in(dir.path());
+    config.server.socket_mode = 0o666;
+    let grant = |name: &str, uid, export: &[&str]| PrincipalConfig {
+        name: name.into(),
+        uid,
+        keys: Grants::parse(&["module-derivation"]).unwrap(),
+        export: Grants::parse(export).unwrap(),
+    };
+    config.principals = vec![
+        grant("workloadd", WORKLOADD, &[]),
+        grant("identityd", IDENTITYD, &["module-derivation"]),
+    ];
+    let keyd = KeydFixture::configured(config, Admins::root_and_self()).await;
+    let socket = keyd.socket();
+    let base_bytes = [7u8; 32];
+    let base = keyd
+        .client()
+        .create_key(
+            "module-derivation",
+            SymmetricKeyType::HmacSha256,
+            Some(&base_bytes),
+        )
+        .await
+        .unwrap();
+    let info = b"edgeid module key\nmod-b\n638000000000000000\nprimary";
+    let body = |handle: &KeyHandle, extra: &str| format!(r#"{{"handle":"{}"{extra}}}"#, handle.0);
+    let sign = |handle: &KeyHandle| {
+        body(
+            handle,
+            &format!(
+                r#","algorithm":"hmac-sha256","data":"{}""#,
+                STANDARD.encode(info)
+            ),
+        )
+    };
+
+    // The attack, as each principal and as root: refused.
+    for uid in [WORKLOADD, IDENTITYD] {
+        let (code, answer) =
+            edgeid_testkit::request_as(uid, &socket, Method::POST, "/v1/sign", &sign(&base)).await;
+        let answer = String::from_utf8_lossy(&answer);
+        assert_eq!(code, StatusCode::FORBIDDEN, "uid {uid}: {answer}");
+        assert!(answer.contains("derive_only"), "{answer}");
+    }
+    let err = keyd
+        .client()
+        .sign(&base, SignAlgorithm::HmacSha256, info, false)
+        .await
+        .unwrap_err();
+    assert_eq!(status(err), StatusCode::FORBIDDEN, "root too");
+
+    // Both derive; the derived key signs for them.
+    let derive = body(&base, &format!(r#","info":"{}""#, STANDARD.encode(info)));
+    let mut derived = Vec::new();
+    for uid in [WORKLOADD, IDENTITYD] {
+        let (code, answer) =
+            edgeid_testkit::request_as(uid, &socket, Method::POST, "/v1/derive", &derive).await;
+        assert_eq!(code, StatusCode::OK, "{}", String::from_utf8_lossy(&answer));
+        let handle: serde_json::Value = serde_json::from_slice(&answer).unwrap();
+        derived.push(KeyHandle(handle["handle"].as_str().unwrap().to_owned()));
+    }
+    let expected_key = hmac_sha256(&base_bytes, info);
+    let (code, answer) = edgeid_testkit::request_as(
+        WORKLOADD,
+        &socket,
+        Method::POST,
+        "/v1/sign",
+        &sign(&derived[0]),
+    )
+    .await;
+    assert_eq!(code, StatusCode::OK);
+    let mac: serde_json::Value = serde_json::from_slice(&answer).unwrap();
+    assert_eq!(
+        STANDARD.decode(mac["signature"].as_str().unwrap()).unwrap(),
+        hmac_sha256(&expected_key, info)
+    );
+
+    // Export: workloadd is refused, identityd gets the bytes (checked
+    // against HMAC(base, info) computed here).
+    let (code, answer) = edgeid_testkit::request_as(
+        WORKLOADD,
+        &socket,
+        Method::POST,
+        "/v1/export",
+        &body(&derived[0], ""),
+    )
+    .await;
+    assert_eq!(
+        code,
+        StatusCode::FORBIDDEN,
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    let (code, answer) = edgeid_testkit::request_as(
+        IDENTITYD,
+        &socket,
+        Method::POST,
+        "/v1/export",
+        &body(&derived[1], ""),
+    )
+    .await;
+    assert_eq!(code, StatusCode::OK, "{}", String::from_utf8_lossy(&answer));
+    let exported: serde_json::Value = serde_json::from_slice(&answer).unwrap();
+    assert_eq!(
+        STANDARD.decode(exported["key"].as_str().unwrap()).unwrap(),
+        expected_key
+    );
+    // Only a derived key is exported, not its base, nor a key that signs.
+    let (code, _) = edgeid_testkit::request_as(
+        IDENTITYD,
+        &socket,
+        Method::POST,
+        "/v1/export",
+        &body(&base, ""),
+    )
+    .await;
+    assert_eq!(code, StatusCode::BAD_REQUEST);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -213,9 +349,21 @@ async fn encrypt_decrypt_round_trip_and_tamper() {
     let err = client.decrypt(&key, &c1[..5], None).await.unwrap_err();
     assert_eq!(status(err), StatusCode::BAD_REQUEST, "truncated");
 
-    // Keys derived per module cannot read each other's data.
-    let ka = client.derive(&key, b"module-a").await.unwrap();
-    let kb = client.derive(&key, b"module-b").await.unwrap();
+    // Keys derived per module cannot read each other's data; their base
+    // (a base of derivation alone) neither encrypts nor decrypts.
+    let base = client
+        .create_key("workload-encryption", SymmetricKeyType::Aes256Gcm, None)
+        .await
+        .unwrap();
+    let err = client.encrypt(&base, &plaintext, None).await.unwrap_err();
+    assert_eq!(status(err), StatusCode::FORBIDDEN);
+    assert_eq!(
+        status(client.derive(&key, b"module-a").await.unwrap_err()),
+        StatusCode::BAD_REQUEST,
+        "a key that encrypts does not derive"
+    );
+    let ka = client.derive(&base, b"module-a").await.unwrap();
+    let kb = client.derive(&base, b"module-b").await.unwrap();
     let ca = client.encrypt(&ka, &plaintext, None).await.unwrap();
     assert_eq!(client.decrypt(&ka, &ca, None).await.unwrap(), plaintext);
     assert_eq!(
@@ -430,6 +578,7 @@ async fn principals_get_only_their_keys() {
         name: "workloadd".into(),
         uid: me,
         keys: Grants::parse(&["module/*"]).unwrap(),
+        export: Grants::default(),
     }];
     // No administrators: this process is just a principal here.
     let keyd = KeydFixture::configured(config.clone(), Admins::only(vec![])).await;
@@ -480,6 +629,7 @@ async fn callers_with_other_uids_are_refused() {
         name: "module-runner".into(),
         uid: 65534,
         keys: Grants::parse(&["module/*"]).unwrap(),
+        export: Grants::default(),
     }];
     let keyd = KeydFixture::configured(config, Admins::root_and_self()).await;
     let socket = keyd.socket();
@@ -790,7 +940,7 @@ async fn oversize_bodies_always_get_a_readable_413() {
     // The client writes its whole body before reading: keyd must read (and
     // discard) it before answering, or the client sees a broken pipe.
     let keyd = KeydFixture::start().await;
-    let body = Bytes::from(vec![b'A'; 1024 * 1024 + 1]);
+    let body = Bytes::from(vec![b'A'; edgeid_keyd::config::DEFAULT_MAX_BODY_BYTES + 1]);
     for i in 0..50 {
         // A fresh client each time: a new connection, no pooled state.
         let client = keyd.client();
@@ -826,6 +976,7 @@ async fn a_caller_lists_only_the_keys_it_may_use() {
         name: "module-runner".into(),
         uid: 65534,
         keys: Grants::parse(&["module/*"]).unwrap(),
+        export: Grants::default(),
     }];
     let keyd = KeydFixture::configured(config, Admins::root_and_self()).await;
     let client = keyd.client();

@@ -8,6 +8,13 @@ use edgeid_testkit::openssl;
 use edgeid_testkit::{KeydProcess, SoftHsm};
 use http::StatusCode;
 
+fn hmac_sha256(key: &[u8], data: &[u8]) -> Vec<u8> {
+    use hmac::Mac;
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(key).unwrap();
+    mac.update(data);
+    mac.finalize().into_bytes().to_vec()
+}
+
 const BIN: &str = env!("CARGO_BIN_EXE_edgeid-keyd");
 
 fn status(err: ClientError) -> StatusCode {
@@ -18,7 +25,10 @@ fn status(err: ClientError) -> StatusCode {
 /// keyd with every key on the token `label`.
 async fn keyd_on_token(hsm: &SoftHsm, label: &str) -> (tempfile::TempDir, KeydProcess) {
     let dir = edgeid_testkit::temp_dir();
-    let extra = format!("[backend]\ndefault = \"pkcs11\"\n{}", hsm.keyd_table(label));
+    let extra = format!(
+        "derive_only = [\"hsm/base\"]\n[backend]\ndefault = \"pkcs11\"\n{}",
+        hsm.keyd_table(label)
+    );
     let keyd = KeydProcess::start(std::path::Path::new(BIN), dir.path(), &extra, hsm.env()).await;
     (dir, keyd)
 }
@@ -75,12 +85,21 @@ async fn every_spec_on_the_token_signs_verifiably_and_survives_restart() {
         hex::encode(&tag),
         "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54"
     );
-    let derived = client.derive(&mac, b"module-a").await.unwrap();
+    // Derivation from a base of derivation alone, its first step on the token.
+    let base = client
+        .create_key("hsm/base", SymmetricKeyType::HmacSha256, Some(&[0xaa; 131]))
+        .await
+        .unwrap();
+    let derived = client.derive(&base, b"module-a").await.unwrap();
     let d1 = client
         .sign(&derived, SignAlgorithm::HmacSha256, b"x", false)
         .await
         .unwrap();
-    let other = client.derive(&mac, b"module-b").await.unwrap();
+    assert_eq!(
+        d1,
+        hmac_sha256(&hmac_sha256(&[0xaa; 131], b"module-a"), b"x")
+    );
+    let other = client.derive(&base, b"module-b").await.unwrap();
     assert_ne!(
         d1,
         client

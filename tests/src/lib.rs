@@ -127,7 +127,7 @@ impl KeydFixture {
         )
         .expect("keyd binds its socket");
         let (tx, rx) = oneshot::channel();
-        let limits = self.config.server.limits();
+        let limits = self.config.limits();
         self.task = Some(tokio::spawn(async move {
             edgeid_common::server::serve(listener, std::sync::Arc::new(keyd), limits, async {
                 let _ = rx.await;

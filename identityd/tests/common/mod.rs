@@ -24,8 +24,16 @@ pub struct Daemons {
 
 impl Daemons {
     pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    /// keyd's config changed by `change` before it starts, and certd.
+    pub async fn start_with(change: impl FnOnce(&mut edgeid_keyd::config::KeydConfig)) -> Self {
         let dir = edgeid_testkit::temp_dir();
-        let keyd = KeydFixture::start_in(dir.path()).await;
+        let mut config = KeydFixture::config_in(dir.path());
+        change(&mut config);
+        let keyd =
+            KeydFixture::configured(config, edgeid_common::authz::Admins::root_and_self()).await;
         let certd = CertdFixture::start_in(dir.path(), &keyd).await;
         Self { certd, keyd, dir }
     }

@@ -169,6 +169,21 @@ pub struct DeriveRequest {
     pub info: Base64Bytes,
 }
 
+/// `POST /v1/export`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExportRequest {
+    /// A derived key (what `derive` answered).
+    pub handle: KeyHandle,
+}
+
+/// A derived key's bytes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ExportResponse {
+    /// The key; wiped from memory when dropped, never shown by `Debug`.
+    pub key: SecretBytes,
+}
+
 /// `POST /v1/encrypt` and `POST /v1/decrypt`
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

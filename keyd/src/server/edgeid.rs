@@ -20,6 +20,7 @@ enum Route {
     GetKey,
     DeleteKey,
     Derive,
+    Export,
     Encrypt,
     Decrypt,
     TpmAttestationKeys,
@@ -40,6 +41,7 @@ static ROUTES: LazyLock<Routes<Route>> = LazyLock::new(|| {
         (Method::GET, "/v1/key/{*id}", Route::GetKey),
         (Method::DELETE, "/v1/key/{*id}", Route::DeleteKey),
         (Method::POST, "/v1/derive", Route::Derive),
+        (Method::POST, "/v1/export", Route::Export),
         (Method::POST, "/v1/encrypt", Route::Encrypt),
         (Method::POST, "/v1/decrypt", Route::Decrypt),
         (
@@ -87,6 +89,7 @@ impl Handler for Keyd {
             Route::Sign => with_body!(sign),
             Route::CreateKey => with_body!(create_key),
             Route::Derive => with_body!(derive),
+            Route::Export => with_body!(export),
             Route::Encrypt => with_body!(encrypt),
             Route::Decrypt => with_body!(decrypt),
             Route::TpmActivate => with_body!(tpm_activate),
