@@ -58,6 +58,11 @@ impl BackendArgs {
                     primary_handle: 0x8100_0001,
                     owner_auth_file: None,
                     loaded_keys: 2,
+                    // Beside the software store's master key, in dev mode's secrets.
+                    auth_key_file: config
+                        .software
+                        .master_key_file
+                        .with_file_name("keyd-tpm-auth.key"),
                 });
                 "tpm"
             }
@@ -168,6 +173,14 @@ pub async fn run(
     // the cap (edgeid-bench load holds 1000 connections).
     workload_config.server.max_connections_per_caller =
         Some(workload_config.server.max_connections);
+    // A developer's module serves on this machine: it may have server
+    // certificates for the loopback names as well as its own.
+    workload_config.certificates.server_names.insert(
+        "dev-module".into(),
+        ["localhost", "dev-module.local", "127.0.0.1", "::1"]
+            .map(String::from)
+            .to_vec(),
+    );
     let spiffe_socket = dir.join("spiffe.sock");
     workload_config.spiffe = Some(edgeid_workloadapi::config::SpiffeConfig::new(
         trust_domain,

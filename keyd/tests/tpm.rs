@@ -2,13 +2,20 @@
 //! each result checked by a second party: openssl for signatures, RFC 4231 for
 //! HMAC, tpm2-tools for what is in the TPM.
 
-use edgeid_common::authz::Admins;
+use edgeid_common::authz::{Admins, Grants};
 use edgeid_common::client::ClientError;
 use edgeid_keyd::api::{KeyPairSpec, SignAlgorithm, SymmetricKeyType};
 use edgeid_keyd::backend::BackendKind;
 use edgeid_testkit::openssl;
 use edgeid_testkit::{KeydFixture, Swtpm};
 use http::StatusCode;
+
+fn hmac_sha256(key: &[u8], data: &[u8]) -> Vec<u8> {
+    use hmac::Mac;
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(key).unwrap();
+    mac.update(data);
+    mac.finalize().into_bytes().to_vec()
+}
 
 fn status(err: ClientError) -> StatusCode {
     err.status()
@@ -20,6 +27,7 @@ async fn keyd_on(tpm: &Swtpm, dir: &std::path::Path) -> KeydFixture {
     let mut config = KeydFixture::config_in(dir);
     config.backend.default = BackendKind::Tpm;
     config.tpm = Some(tpm.keyd_config());
+    config.derive_only = Grants::parse(&["tpm/base"]).unwrap();
     KeydFixture::configured(config, Admins::root_and_self()).await
 }
 
@@ -72,11 +80,18 @@ async fn every_spec_in_the_tpm_signs_verifiably_and_survives_restarts() {
         hex::encode(&tag),
         "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
     );
-    let derived = client.derive(&mac, b"module-a").await.unwrap();
+    // Derivation from a base of derivation alone, its first step in the
+    // TPM: HMAC(HMAC("Jefe", info), x), checked here.
+    let base = client
+        .create_key("tpm/base", SymmetricKeyType::HmacSha256, Some(b"Jefe"))
+        .await
+        .unwrap();
+    let derived = client.derive(&base, b"module-a").await.unwrap();
     let d1 = client
         .sign(&derived, SignAlgorithm::HmacSha256, b"x", false)
         .await
         .unwrap();
+    assert_eq!(d1, hmac_sha256(&hmac_sha256(b"Jefe", b"module-a"), b"x"));
     let generated = client
         .create_key("tpm/mac2", SymmetricKeyType::HmacSha256, None)
         .await
@@ -138,7 +153,7 @@ async fn every_spec_in_the_tpm_signs_verifiably_and_survives_restarts() {
         .unwrap()
         .map(|e| e.unwrap().path())
         .collect();
-    assert_eq!(blobs.len(), made.len() + 2);
+    assert_eq!(blobs.len(), made.len() + 3);
     for b in &blobs {
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(
@@ -367,7 +382,6 @@ async fn attestation_keys_match_what_tpm2_tools_read() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn attestation_keys_need_a_grant_and_a_tpm() {
-    use edgeid_common::authz::Grants;
     use edgeid_keyd::config::PrincipalConfig;
     // No TPM configured: 404 naming the config.
     let keyd = KeydFixture::start().await;
@@ -396,6 +410,7 @@ async fn attestation_keys_need_a_grant_and_a_tpm() {
         name: "identityd".into(),
         uid: edgeid_common::current_uid(),
         keys: Grants::parse(&["device-*"]).unwrap(),
+        export: Grants::default(),
     }];
     let keyd = KeydFixture::configured(config, Admins::only(vec![])).await;
     let err = keyd.client().tpm_attestation_keys().await.unwrap_err();
@@ -543,4 +558,196 @@ async fn keys_in_the_tpm_are_listed() {
             ("module/mac".into(), "hmac-sha256".into(), "tpm".into()),
         ]
     );
+}
+
+/// A TPM2B (size, then contents) for tpm2-tools.
+fn tpm2b(contents: &[u8]) -> Vec<u8> {
+    let mut out = u16::try_from(contents.len())
+        .unwrap()
+        .to_be_bytes()
+        .to_vec();
+    out.extend_from_slice(contents);
+    out
+}
+
+/// The blob file keyd keeps for `id`, as JSON.
+fn blob_file(keyd: &KeydFixture, id: &str) -> (std::path::PathBuf, serde_json::Value) {
+    std::fs::read_dir(keyd.config.state_dir.join("tpm"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find_map(|p| {
+            let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&p).ok()?).ok()?;
+            (v["id"] == id).then_some((p, v))
+        })
+        .unwrap_or_else(|| panic!("no blob file for {id}"))
+}
+
+/// Writes a blob file's public and private parts as tpm2-tools reads them.
+fn write_tpm2_files(blob: &serde_json::Value, dir: &std::path::Path) {
+    use base64::Engine;
+    let decode = |field: &str| {
+        base64::engine::general_purpose::STANDARD
+            .decode(blob[field].as_str().unwrap())
+            .unwrap()
+    };
+    std::fs::write(dir.join("key.pub"), tpm2b(&decode("public"))).unwrap();
+    std::fs::write(dir.join("key.priv"), tpm2b(&decode("private"))).unwrap();
+    std::fs::write(dir.join("msg"), b"signed by whoever holds the blob").unwrap();
+}
+
+/// `tpm2_load` the copied blob under keyd's storage key and `tpm2_sign`
+/// with it (with `auth` if given); the signature verifies against `pem` if
+/// it signed.
+fn sign_with_copied_blob(
+    tpm: &mut Swtpm,
+    dir: &std::path::Path,
+    auth: Option<&str>,
+    pem: &str,
+) -> Result<(), String> {
+    let d = dir.display();
+    let auth = auth.map(|a| format!("-p hex:{a}")).unwrap_or_default();
+    let out = tpm.tpm2_script(&format!(
+        "tpm2_load -C 0x81000001 -u {d}/key.pub -r {d}/key.priv -c {d}/key.ctx && \
+         tpm2_sign -c {d}/key.ctx {auth} -g sha256 -f plain -o {d}/sig {d}/msg"
+    ));
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    std::fs::write(dir.join("key.pem"), pem).unwrap();
+    let verified = std::process::Command::new("openssl")
+        .args(["dgst", "-sha256", "-verify"])
+        .arg(dir.join("key.pem"))
+        .arg("-signature")
+        .arg(dir.join("sig"))
+        .arg(dir.join("msg"))
+        .output()
+        .unwrap();
+    assert!(
+        verified.status.success(),
+        "tpm2_sign signed, but not with keyd's key: {}",
+        String::from_utf8_lossy(&verified.stdout)
+    );
+    Ok(())
+}
+
+/// The authValue keyd derives for a key (what the test checks is that the
+/// copied blob signs with it and without it does not).
+fn derived_auth(secret_file: &std::path::Path, id: &str, generation: &str) -> String {
+    let secret = std::fs::read(secret_file).unwrap();
+    let mut msg = b"edgeid tpm key auth v1\0".to_vec();
+    msg.extend_from_slice(id.as_bytes());
+    msg.push(0);
+    msg.extend_from_slice(generation.as_bytes());
+    hex::encode(hmac_sha256(&secret, &msg))
+}
+
+/// Review finding 7: TPM keys had an empty authValue, so any process with
+/// TPM access and a copy of a key's blob loaded and signed with it
+/// (`tpm2_load` + `tpm2_sign`, the signature verified against keyd's public
+/// key). Now each key's authValue is derived from a secret keyd keeps
+/// outside its state directory: the same commands on the copied blob are
+/// refused, and only with that value do they sign.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copied_tpm_blob_does_not_sign_without_keyds_secret() {
+    let mut tpm = Swtpm::start();
+    let dir = edgeid_testkit::temp_dir();
+    let mut keyd = keyd_on(&tpm, dir.path()).await;
+    let handle = keyd
+        .client()
+        .create_key_pair("victim", KeyPairSpec::EcP256)
+        .await
+        .unwrap();
+    let pem = keyd.client().public_key(&handle).await.unwrap().pem;
+    let (_, blob) = blob_file(&keyd, "victim");
+    assert_eq!(blob["auth"], 1, "{blob}");
+    keyd.stop().await;
+
+    let copy = dir.path().join("copy");
+    std::fs::create_dir(&copy).unwrap();
+    write_tpm2_files(&blob, &copy);
+    let refused = sign_with_copied_blob(&mut tpm, &copy, None, &pem).unwrap_err();
+    assert!(
+        refused.contains("auth") || refused.contains("0x98e") || refused.contains("0x9a2"),
+        "refused for its missing auth: {refused}"
+    );
+    let auth = derived_auth(
+        &tpm.keyd_config().auth_key_file,
+        "victim",
+        blob["generation"].as_str().unwrap(),
+    );
+    sign_with_copied_blob(&mut tpm, &copy, Some(&auth), &pem)
+        .expect("with keyd's authValue the blob signs");
+}
+
+/// Keys written before TPM keys had an authValue (made here by tpm2-tools
+/// with none, as keyd made them) keep working: on first use keyd has the
+/// TPM give them their derived authValue (TPM2_ObjectChangeAuth) and
+/// rewrites the file, generation kept, so an old handle still signs. The
+/// new blob no longer signs without the secret.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tpm_key_from_before_authvalues_is_migrated_on_first_use() {
+    let mut tpm = Swtpm::start();
+    let dir = edgeid_testkit::temp_dir();
+    // keyd once, so that the storage key exists.
+    let mut keyd = keyd_on(&tpm, dir.path()).await;
+    keyd.client()
+        .create_key_pair("first", KeyPairSpec::EcP256)
+        .await
+        .unwrap();
+    keyd.stop().await;
+    let made = dir.path().join("made");
+    std::fs::create_dir(&made).unwrap();
+    let m = made.display();
+    let out = tpm.tpm2_script(&format!(
+        "tpm2_create -C 0x81000001 -G ecc256:ecdsa-sha256 -u {m}/key.pub -r {m}/key.priv"
+    ));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let strip = |name: &str| {
+        use base64::Engine;
+        let bytes = std::fs::read(made.join(name)).unwrap();
+        base64::engine::general_purpose::STANDARD.encode(&bytes[2..])
+    };
+    let generation = "00112233445566778899aabbccddeeff";
+    // The format keyd wrote before: no "auth" field.
+    let legacy = serde_json::json!({
+        "format": 1,
+        "id": "legacy",
+        "kind": "ec-p256",
+        "generation": generation,
+        "public": strip("key.pub"),
+        "private": strip("key.priv"),
+    });
+    let (first_path, _) = blob_file(&keyd, "first");
+    // Named as keyd names key files: the id in base64url.
+    let legacy_path = first_path.with_file_name("bGVnYWN5.blob");
+    std::fs::write(&legacy_path, serde_json::to_vec(&legacy).unwrap()).unwrap();
+    std::fs::set_permissions(
+        &legacy_path,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+
+    keyd.restart().await;
+    let handle = keyd.client().key_pair("legacy").await.unwrap();
+    openssl::check_signing(
+        &keyd.client(),
+        &handle,
+        SignAlgorithm::EcdsaSha256,
+        b"migrated",
+    )
+    .await;
+    let pem = keyd.client().public_key(&handle).await.unwrap().pem;
+    let (_, migrated) = blob_file(&keyd, "legacy");
+    assert_eq!(migrated["auth"], 1, "{migrated}");
+    assert_eq!(migrated["generation"], generation, "handles stay good");
+    assert_ne!(migrated["private"], legacy["private"]);
+    keyd.stop().await;
+    let copy = dir.path().join("copy");
+    std::fs::create_dir(&copy).unwrap();
+    write_tpm2_files(&migrated, &copy);
+    assert!(sign_with_copied_blob(&mut tpm, &copy, None, &pem).is_err());
 }

@@ -87,6 +87,8 @@ impl Swtpm {
             primary_handle: 0x8100_0001,
             owner_auth_file: None,
             loaded_keys: 2,
+            // keyd's secret, kept beside this TPM's state for the test.
+            auth_key_file: self.dir.path().join("keyd-tpm-auth.key"),
         }
     }
 
@@ -133,6 +135,21 @@ impl Swtpm {
             String::from_utf8_lossy(&out.stderr)
         );
         out.stdout
+    }
+
+    /// Runs `script` with `sh -c` against this TPM (`TPM2TOOLS_TCTI` set), so
+    /// that tpm2-tools commands that share transient objects run in one
+    /// TPM session; restarts it first, as [`Self::tpm2_tool`]. Its output,
+    /// whether it succeeded or not. Bounded at 60 s.
+    pub fn tpm2_script(&mut self, script: &str) -> std::process::Output {
+        crate::require_tool("tpm2_load", "tpm2-tools");
+        self.restart();
+        Command::new("timeout")
+            .arg("60")
+            .args(["sh", "-c", script])
+            .env("TPM2TOOLS_TCTI", self.tcti())
+            .output()
+            .expect("run sh")
     }
 
     /// `tpm2_readpublic -c HANDLE`, as text.

@@ -73,7 +73,25 @@ pub struct TpmConfig {
     /// Keys kept loaded at once (a TPM without a resource manager holds ~3 objects).
     #[serde(default = "default_loaded")]
     pub loaded_keys: usize,
+    /// The secret each key's TPM authValue is derived from (32 bytes, made
+    /// 0600 on first start). Outside the state directory, like the software
+    /// store's master key: with a copy of the key blobs and access to the
+    /// TPM, a key still neither loads into use nor signs without it.
+    #[serde(default = "default_auth_key_file")]
+    pub auth_key_file: PathBuf,
 }
+
+/// Where the TPM keys' auth secret lives unless configured otherwise.
+pub const DEFAULT_AUTH_KEY_FILE: &str = "/var/secrets/edgeid/keyd/tpm-auth.key";
+
+fn default_auth_key_file() -> PathBuf {
+    PathBuf::from(DEFAULT_AUTH_KEY_FILE)
+}
+
+/// The authValue of a key made by this keyd: its blob file says which.
+const AUTH_NONE: u32 = 0;
+/// HMAC-SHA256(auth secret, label, id, generation).
+const AUTH_DERIVED: u32 = 1;
 
 fn default_primary_handle() -> u32 {
     0x8100_0001
@@ -103,6 +121,10 @@ struct BlobFile {
     public: String,
     /// TPM2B_PRIVATE contents, base64.
     private: String,
+    /// How its authValue is made: [`AUTH_DERIVED`]; absent in files written
+    /// before keys had one ([`AUTH_NONE`], changed on first use).
+    #[serde(default)]
+    auth: u32,
 }
 
 /// A key known from its blob file.
@@ -110,6 +132,8 @@ struct StoredKey {
     record: KeyRecord,
     public: Public,
     private: Private,
+    /// Its authValue (set on the loaded object for every use).
+    auth: Auth,
 }
 
 /// The TPM store.
@@ -125,6 +149,8 @@ pub struct TpmBackend {
     keys: RwLock<HashMap<KeyId, Arc<StoredKey>>>,
     /// Serializes creation and deletion.
     writes: tokio::sync::Mutex<()>,
+    /// What every key's authValue is derived from.
+    auth_secret: hmac::Key,
 }
 
 impl TpmBackend {
@@ -147,6 +173,18 @@ impl TpmBackend {
             }
             None => None,
         };
+        let secret = edgeid_common::fs::load_or_create_secret(&config.auth_key_file, 32, |bytes| {
+            SystemRandom::new()
+                .fill(bytes)
+                .map_err(|_| std::io::Error::other("the system random generator failed"))
+        })
+        .map_err(|e| {
+            Error::Setup(format!(
+                "TPM key auth secret {}: {e} (without it no key in the TPM can be used; keep it where tpm.auth_key_file says)",
+                config.auth_key_file.display()
+            ))
+        })?;
+        let auth_secret = hmac::Key::new(hmac::HMAC_SHA256, &secret);
         TctiNameConf::from_str(&config.tcti).map_err(|e| {
             Error::Setup(format!(
                 "tpm.tcti '{}' is not a TCTI string: {e}",
@@ -164,7 +202,28 @@ impl TpmBackend {
             turn: tokio::sync::Semaphore::new(1),
             keys: RwLock::new(HashMap::new()),
             writes: tokio::sync::Mutex::new(()),
+            auth_secret,
         })
+    }
+
+    /// The authValue of key `id` of `generation`.
+    fn auth_of(&self, id: &KeyId, generation: &str) -> Result<Auth, Error> {
+        let mut ctx = hmac::Context::with_key(&self.auth_secret);
+        ctx.update(b"edgeid tpm key auth v1\0");
+        ctx.update(id.as_str().as_bytes());
+        ctx.update(b"\0");
+        ctx.update(generation.as_bytes());
+        Auth::try_from(ctx.sign().as_ref().to_vec())
+            .map_err(|e| Error::Internal(format!("cannot make a TPM auth value: {e}")))
+    }
+
+    /// A fresh generation: 16 random bytes, hex.
+    fn new_generation() -> Result<String, Error> {
+        let mut generation = [0u8; 16];
+        SystemRandom::new()
+            .fill(&mut generation)
+            .map_err(|_| Error::Internal("the random generator failed".into()))?;
+        Ok(generation.iter().map(|b| format!("{b:02x}")).collect())
     }
 
     /// Runs `op` with the connected TPM, off the reactor: on the multi-threaded
@@ -236,15 +295,22 @@ impl TpmBackend {
             .ok()
             .and_then(|b| Private::try_from(b).ok())
             .ok_or_else(|| damaged("has a damaged private part".into()))?;
-        let key = Arc::new(StoredKey {
-            record: KeyRecord {
-                id: id.clone(),
-                kind,
-                generation: file.generation,
-            },
-            public,
-            private,
-        });
+        let record = KeyRecord {
+            id: id.clone(),
+            kind,
+            generation: file.generation,
+        };
+        let auth = self.auth_of(id, &record.generation)?;
+        let key = match file.auth {
+            AUTH_DERIVED => Arc::new(StoredKey {
+                record,
+                public,
+                private,
+                auth,
+            }),
+            AUTH_NONE => self.migrate(record, public, private, auth).await?,
+            other => return Err(damaged(format!("has an unknown auth scheme {other}"))),
+        };
         self.keys
             .write()
             .unwrap_or_else(|p| p.into_inner())
@@ -259,6 +325,33 @@ impl TpmBackend {
             .ok_or_else(|| Error::NotFound(format!("key '{}' does not exist", key.id)))?;
         stored.record.check(key)?;
         Ok(stored)
+    }
+
+    /// A key written before keys had an authValue (empty): the TPM changes
+    /// it to the derived one (TPM2_ObjectChangeAuth gives a new private
+    /// part) and the file is rewritten with it, generation kept, so its
+    /// handles stay good. A copy of the old blob keeps the empty authValue:
+    /// the TPM cannot revoke it (SECURITY.md).
+    async fn migrate(
+        &self,
+        record: KeyRecord,
+        public: Public,
+        private: Private,
+        auth: Auth,
+    ) -> Result<Arc<StoredKey>, Error> {
+        let id = record.id.clone();
+        let (p, a) = (public.clone(), auth.clone());
+        let private = self
+            .run(move |tpm| tpm.change_auth(&p, &private, &a, &id))
+            .await?;
+        self.write_blob(&record, &public, &private)?;
+        tracing::info!(key = %record.id, "gave a TPM key made without an authValue its own");
+        Ok(Arc::new(StoredKey {
+            record,
+            public,
+            private,
+            auth,
+        }))
     }
 
     /// Creates a key under the storage key and writes its blobs atomically.
@@ -276,6 +369,9 @@ impl TpmBackend {
             None => None,
         };
         let what = kind.to_string();
+        let generation = Self::new_generation()?;
+        let auth = self.auth_of(id, &generation)?;
+        let key_auth = auth.clone();
         let (public, private) = self
             .run(move |tpm| {
                 let primary = tpm.primary;
@@ -284,7 +380,7 @@ impl TpmBackend {
                         ctx.create(
                             primary,
                             template.clone(),
-                            None,
+                            Some(key_auth.clone()),
                             sensitive.clone(),
                             None,
                             None,
@@ -296,53 +392,64 @@ impl TpmBackend {
                 Ok((created.out_public, created.out_private))
             })
             .await?;
-        let record = self.save(id, kind, public, private).await?;
+        let record = self.save(id, kind, generation, public, private, auth)?;
         tracing::info!(key = %id, kind = %kind, "created key in the TPM");
         Ok(record)
     }
 
-    /// Writes a key's blobs atomically under a new generation and caches them.
-    async fn save(
+    /// Writes a key's blobs atomically under `generation` and caches them.
+    fn save(
         &self,
         id: &KeyId,
         kind: KeyKind,
+        generation: String,
         public: Public,
         private: Private,
+        auth: Auth,
     ) -> Result<KeyRecord, Error> {
-        let mut generation = [0u8; 16];
-        SystemRandom::new()
-            .fill(&mut generation)
-            .map_err(|_| Error::Internal("the random generator failed".into()))?;
-        let public_bytes = public
-            .marshall()
-            .map_err(|e| Error::Internal(format!("cannot marshal a TPM public: {e}")))?;
-        let file = BlobFile {
-            format: FILE_FORMAT,
-            id: id.as_str().to_owned(),
-            kind: kind.to_string(),
-            generation: generation.iter().map(|b| format!("{b:02x}")).collect(),
-            public: STANDARD.encode(public_bytes),
-            private: STANDARD.encode(private.value()),
-        };
-        let json = serde_json::to_vec_pretty(&file).map_err(|e| Error::Internal(e.to_string()))?;
-        let path = self.path_of(id);
-        edgeid_common::fs::write_atomic(&path, &json, 0o600)
-            .map_err(|e| Error::writing(id.as_str(), &path, &e))?;
         let record = KeyRecord {
             id: id.clone(),
             kind,
-            generation: file.generation,
+            generation,
         };
+        self.write_blob(&record, &public, &private)?;
         let stored = Arc::new(StoredKey {
             record: record.clone(),
             public,
             private,
+            auth,
         });
         self.keys
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .insert(id.clone(), stored);
         Ok(record)
+    }
+
+    /// The blob file of a key whose authValue is derived, written atomically.
+    fn write_blob(
+        &self,
+        record: &KeyRecord,
+        public: &Public,
+        private: &Private,
+    ) -> Result<(), Error> {
+        let id = &record.id;
+        let public_bytes = public
+            .marshall()
+            .map_err(|e| Error::Internal(format!("cannot marshal a TPM public: {e}")))?;
+        let file = BlobFile {
+            format: FILE_FORMAT,
+            id: id.as_str().to_owned(),
+            kind: record.kind.to_string(),
+            generation: record.generation.clone(),
+            public: STANDARD.encode(public_bytes),
+            private: STANDARD.encode(private.value()),
+            auth: AUTH_DERIVED,
+        };
+        let json = serde_json::to_vec_pretty(&file).map_err(|e| Error::Internal(e.to_string()))?;
+        let path = self.path_of(id);
+        edgeid_common::fs::write_atomic(&path, &json, 0o600)
+            .map_err(|e| Error::writing(id.as_str(), &path, &e))
     }
 }
 
@@ -727,6 +834,13 @@ impl Tpm {
                     &format!("the TPM cannot load key '{id}' (was it made by another TPM?)"),
                 )
             })?;
+        // The password session authorizes each use with the key's authValue.
+        if let Err(e) = self.ctx.tr_set_auth(handle.into(), key.auth.clone()) {
+            let _ = self.ctx.flush_context(handle.into());
+            return Err(Failure::internal(&format!(
+                "cannot set key '{id}''s auth: {e}"
+            )));
+        }
         self.loaded
             .push_back((id.clone(), key.record.generation.clone(), handle));
         Ok(handle)
@@ -750,6 +864,27 @@ impl Tpm {
             }
             other => other,
         }
+    }
+
+    /// TPM2_ObjectChangeAuth: `private` (made with an empty authValue, or
+    /// the one a provisioning service chose) re-wrapped with `auth`.
+    fn change_auth(
+        &mut self,
+        public: &Public,
+        private: &Private,
+        auth: &Auth,
+        id: &KeyId,
+    ) -> Result<Private, Failure> {
+        self.unload(id);
+        let primary = self.primary;
+        let handle = self
+            .with_room(|ctx| ctx.load(primary, private.clone(), public.clone()))
+            .map_err(|e| self.classify(e, &format!("the TPM cannot load key '{id}'")))?;
+        let changed = self
+            .ctx
+            .object_change_auth(handle.into(), primary.into(), auth.clone());
+        let _ = self.ctx.flush_context(handle.into());
+        changed.map_err(|e| self.classify(e, &format!("the TPM cannot change key '{id}''s auth")))
     }
 
     fn unload(&mut self, id: &KeyId) {
@@ -1121,15 +1256,24 @@ impl TpmBackend {
         let blob = Arc::new(parse_activation(blob)?);
         let _writing = self.writes.lock().await;
         let public = blob.public.clone();
-        let private = self.run(move |tpm| tpm.activate_and_import(&blob)).await?;
-        let record = self
-            .save(
-                id,
-                KeyKind::Symmetric(SymmetricKeyType::HmacSha256),
-                public,
-                private,
-            )
+        let generation = Self::new_generation()?;
+        let auth = self.auth_of(id, &generation)?;
+        let (key_id, key_auth) = (id.clone(), auth.clone());
+        // Imported with the authValue the service chose (none), then given its own.
+        let private = self
+            .run(move |tpm| {
+                let imported = tpm.activate_and_import(&blob)?;
+                tpm.change_auth(&blob.public, &imported, &key_auth, &key_id)
+            })
             .await?;
+        let record = self.save(
+            id,
+            KeyKind::Symmetric(SymmetricKeyType::HmacSha256),
+            generation,
+            public,
+            private,
+            auth,
+        )?;
         tracing::info!(key = %id, "imported a key wrapped to this TPM (credential activated)");
         Ok(record)
     }
