@@ -101,6 +101,12 @@ impl Stack {
         // Every request sees identityd's current state (the default reuses
         // an identity for 2 s).
         config.identity_cache_secs = 0;
+        // edgeHub's gateway name, and one name mod-a is granted beyond its id.
+        config.certificates.gateway_hostname = Some("gateway.local".into());
+        config
+            .certificates
+            .server_names
+            .insert("mod-a".into(), vec!["mod-a.local".into()]);
         config.modules = modules
             .iter()
             .map(|(name, uid)| edgeid_workloadapi::config::ModuleConfig {

@@ -11,13 +11,18 @@
 //! [certificates]
 //! identity_max_days = 30
 //! server_max_days = 90
+//! hub_module = "$edgeHub"               # may have gateway_hostname
+//! gateway_hostname = "gateway.example.com"
+//! [certificates.server_names]           # beyond each module's own id
+//! "tempsensor" = ["tempsensor.local", "*.sensors.local", "10.0.0.7"]
 //!
 //! [[module]]            # a module process runs as this uid
 //! name = "tempsensor"
 //! uid = 1001
 //!
 //! # Or: the orchestrator asks for a socket per module (POST /v1/modules/{name}/socket)
-//! # and mounts it into the module's container; whoever connects there is that module.
+//! # for the uid or group it names, and mounts it into the module's container;
+//! # whoever of them connects there is that module.
 //! orchestrator_uids = [990]
 //! sockets_dir = "/run/edgeid/modules"
 //!
@@ -28,6 +33,7 @@
 //! svid_lifetime_secs = 3600
 //! ```
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use edgeid_common::config::{ConfigError, ServerConfig};
@@ -73,7 +79,8 @@ pub struct WorkloadConfig {
     /// root and workloadd's own uid.
     #[serde(default)]
     pub orchestrator_uids: Vec<u32>,
-    /// Where per-module sockets are made (0755; each socket as asked).
+    /// Where per-module sockets are made (0700, workloadd's; each socket
+    /// 0600 for its uid or 0660 for its group).
     #[serde(default = "default_sockets_dir")]
     pub sockets_dir: PathBuf,
     /// The SPIFFE Workload API; not served without it.
@@ -195,6 +202,15 @@ pub struct CertificatePolicy {
     pub identity_max_days: u64,
     /// Longest server certificate handed out.
     pub server_max_days: u64,
+    /// The module that is the gateway (IoT Edge's edgeHub): the only one
+    /// whose server certificates may carry `gateway_hostname`.
+    pub hub_module: String,
+    /// The name leaf devices reach the gateway by (IoT Edge's `hostname`).
+    pub gateway_hostname: Option<String>,
+    /// Further names a module's server certificates may carry, by module
+    /// id: DNS names, `*.domain` (one more label), IP addresses. A module
+    /// always has its own id as a name (see `server_names.rs`).
+    pub server_names: BTreeMap<String, Vec<String>>,
 }
 
 impl Default for CertificatePolicy {
@@ -202,8 +218,60 @@ impl Default for CertificatePolicy {
         Self {
             identity_max_days: 30,
             server_max_days: 90,
+            hub_module: "$edgeHub".into(),
+            gateway_hostname: None,
+            server_names: BTreeMap::new(),
         }
     }
+}
+
+impl CertificatePolicy {
+    fn validate(&self) -> Result<(), String> {
+        if self.identity_max_days == 0 || self.server_max_days == 0 {
+            return Err("certificates.*_max_days must be at least 1".into());
+        }
+        if let Some(host) = &self.gateway_hostname {
+            if !is_dns_name(host) {
+                return Err(format!(
+                    "certificates.gateway_hostname '{host}' is not a DNS name"
+                ));
+            }
+        }
+        for (module, grants) in &self.server_names {
+            for grant in grants {
+                check_server_name_grant(grant).map_err(|why| {
+                    format!("certificates.server_names.\"{module}\": '{grant}': {why}")
+                })?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Checks a `server_names` grant's shape: a DNS name, `*.` and a DNS name
+/// of at least two labels, or an IP address.
+pub(crate) fn check_server_name_grant(grant: &str) -> Result<(), String> {
+    if grant.parse::<std::net::IpAddr>().is_ok() || is_dns_name(grant) {
+        return Ok(());
+    }
+    match grant.strip_prefix("*.") {
+        Some(domain) if is_dns_name(domain) && domain.contains('.') => Ok(()),
+        Some(_) => Err("a wildcard is '*.' and a domain of at least two labels".into()),
+        None => Err("neither a DNS name, nor '*.domain', nor an IP address".into()),
+    }
+}
+
+/// A host name as certificates carry it: labels of letters, digits and `-`,
+/// 1-63 bytes each, 253 in all.
+pub(crate) fn is_dns_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name
+            .split('.')
+            .all(|label| !label.is_empty() && label.len() <= 63)
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
 }
 
 /// `[[module]]`: a module and the uid its processes run as.
@@ -249,9 +317,7 @@ impl WorkloadConfig {
     pub fn validate(&self) -> Result<(), String> {
         edgeid_common::id::check(&self.encryption_key_id)
             .map_err(|why| format!("encryption_key_id '{}': {why}", self.encryption_key_id))?;
-        if self.certificates.identity_max_days == 0 || self.certificates.server_max_days == 0 {
-            return Err("certificates.*_max_days must be at least 1".into());
-        }
+        self.certificates.validate()?;
         if let Some(spiffe) = &self.spiffe {
             spiffe.validate()?;
             if spiffe.socket == self.socket() {

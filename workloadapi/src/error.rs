@@ -13,6 +13,9 @@ pub enum Error {
     /// The caller may not act for this module.
     #[error("{0}")]
     Forbidden(String),
+    /// What was sent is more than keyd takes in one request.
+    #[error("{0}")]
+    TooLarge(String),
     /// No such module, or not this generation of it.
     #[error("{0}")]
     NotFound(String),
@@ -33,6 +36,7 @@ impl HttpError for Error {
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) | Self::Setup(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }

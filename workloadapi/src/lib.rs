@@ -20,6 +20,7 @@ mod callers;
 pub mod config;
 pub mod error;
 pub mod server;
+pub mod server_names;
 pub mod sockets;
 pub mod spiffe;
 pub mod workload;

@@ -18,6 +18,7 @@ use edgeid_identityd::api::{DeviceIdentity, ModuleIdentity};
 use edgeid_identityd::names;
 use edgeid_identityd::IdentitydClient;
 use edgeid_keyd::api::{KeyHandle, SignAlgorithm, SymmetricKeyType};
+use edgeid_keyd::config::MAX_FORWARDED_PAYLOAD;
 use edgeid_keyd::KeydClient;
 use http::StatusCode;
 use time::format_description::well_known::Rfc3339;
@@ -27,6 +28,7 @@ use zeroize::Zeroizing;
 use crate::api::*;
 use crate::config::WorkloadConfig;
 use crate::error::Error;
+use crate::server_names::{self, ServerName};
 
 /// Who is asking: the peer process, and the module its socket is bound to
 /// (a per-module socket) if it came in on one.
@@ -49,10 +51,31 @@ pub struct Workload {
     encryption_base: Mutex<Option<KeyHandle>>,
 }
 
-fn decode(field: &str, value: &str) -> Result<Vec<u8>, Error> {
-    STANDARD
-        .decode(value.trim())
-        .map_err(|_| Error::BadRequest(format!("{field} is not base64")))
+/// The most a module has signed or encrypted in one request (keyd's
+/// [`MAX_FORWARDED_PAYLOAD`]); a ciphertext is that and its nonce and tag.
+const MAX_PAYLOAD: usize = MAX_FORWARDED_PAYLOAD;
+const MAX_CIPHERTEXT: usize = MAX_FORWARDED_PAYLOAD + 64;
+/// An initialization vector is bound as associated data: a few bytes.
+const MAX_IV: usize = 1024;
+
+/// `value` decoded from base64, if it decodes to at most `max` bytes
+/// (keyd takes no more in one request: 413 past it).
+fn decode(field: &str, value: &str, max: usize) -> Result<Vec<u8>, Error> {
+    let value = value.trim();
+    if value.len() / 4 * 3 > max + 3 {
+        return Err(too_large(field, max));
+    }
+    let bytes = STANDARD
+        .decode(value)
+        .map_err(|_| Error::BadRequest(format!("{field} is not base64")))?;
+    if bytes.len() > max {
+        return Err(too_large(field, max));
+    }
+    Ok(bytes)
+}
+
+fn too_large(field: &str, max: usize) -> Error {
+    Error::TooLarge(format!("{field} is more than {max} bytes"))
 }
 
 impl Workload {
@@ -144,7 +167,7 @@ impl Workload {
             )));
         }
         let key_id = req.key_id.as_deref().unwrap_or("primary");
-        let data = decode("data", &req.data)?;
+        let data = decode("data", &req.data, MAX_PAYLOAD)?;
         let module = self.module_for(who, name, Some(genid)).await?;
         let handle = match key_id {
             "primary" => module.auth.key_handle.clone(),
@@ -208,8 +231,8 @@ impl Workload {
         genid: &str,
         req: EncryptRequest,
     ) -> Result<EncryptResponse, Error> {
-        let plaintext = Zeroizing::new(decode("plaintext", &req.plaintext)?);
-        let iv = decode("initializationVector", &req.initialization_vector)?;
+        let plaintext = Zeroizing::new(decode("plaintext", &req.plaintext, MAX_PAYLOAD)?);
+        let iv = decode("initializationVector", &req.initialization_vector, MAX_IV)?;
         let module = self.module_for(who, name, Some(genid)).await?;
         let key = self.encryption_key(&module).await?;
         let ciphertext = self
@@ -230,8 +253,8 @@ impl Workload {
         genid: &str,
         req: DecryptRequest,
     ) -> Result<DecryptResponse, Error> {
-        let ciphertext = decode("ciphertext", &req.ciphertext)?;
-        let iv = decode("initializationVector", &req.initialization_vector)?;
+        let ciphertext = decode("ciphertext", &req.ciphertext, MAX_CIPHERTEXT)?;
+        let iv = decode("initializationVector", &req.initialization_vector, MAX_IV)?;
         let module = self.module_for(who, name, Some(genid)).await?;
         let key = self.encryption_key(&module).await?;
         let plaintext = Zeroizing::new(
@@ -297,7 +320,8 @@ impl Workload {
     /// `POST /modules/{name}/genid/{genid}/certificate/server`: a server
     /// certificate for a fresh key, with the runtime's names: the common
     /// name (a DNS name, or an IP address) and the module id as a DNS name
-    /// (less a leading `$`, where it is one).
+    /// (less a leading `$`, where it is one). The common name must be one
+    /// of the module's names (`server_names.rs`); the runtime takes any.
     pub async fn server_certificate(
         &self,
         who: &Who<'_>,
@@ -306,26 +330,28 @@ impl Workload {
         req: ServerCertificateRequest,
     ) -> Result<CertificateResponse, Error> {
         let cn = req.common_name.trim();
-        let mut san = SubjectAltNames::default();
-        match cn.parse::<std::net::IpAddr>() {
-            Ok(ip) => san.ip.push(ip),
-            Err(_) if is_dns_name(cn) => san.dns.push(cn.to_owned()),
-            Err(_) => {
-                return Err(Error::BadRequest(format!(
-                    "commonName '{}' is neither a host name nor an IP address",
-                    names::shown(cn)
-                )))
-            }
-        }
+        let Some(requested) = ServerName::parse(cn) else {
+            return Err(Error::BadRequest(format!(
+                "commonName '{}' is neither a host name nor an IP address",
+                names::shown(cn)
+            )));
+        };
         let lifetime = lifetime(
             req.expiration.as_deref(),
             self.config.certificates.server_max_days,
         )?;
         let module = self.module_for(who, name, Some(genid)).await?;
-        let module_name = module.module_id.trim_start_matches('$');
-        if is_dns_name(module_name) && !san.dns.iter().any(|d| d.eq_ignore_ascii_case(module_name))
-        {
-            san.dns.push(module_name.to_owned());
+        server_names::check(&self.config.certificates, &module.module_id, &requested)
+            .map_err(Error::Forbidden)?;
+        let mut san = SubjectAltNames::default();
+        match requested {
+            ServerName::Ip(ip) => san.ip.push(ip),
+            ServerName::Dns(dns) => san.dns.push(dns),
+        }
+        if let Some(own) = server_names::own_name(&module.module_id) {
+            if !san.dns.iter().any(|d| d.eq_ignore_ascii_case(own)) {
+                san.dns.push(own.to_owned());
+            }
         }
         self.issue(&module, "server", Profile::Server, cn, san, lifetime)
             .await
@@ -494,19 +520,6 @@ fn lifetime(expiration: Option<&str>, max_days: u64) -> Result<Duration, Error> 
         )));
     }
     Ok(Duration::try_from(left).unwrap_or(max).min(max))
-}
-
-/// Whether a name can be a DNS SAN: 1-253 characters of letters, digits,
-/// `-` and `.`, no empty label.
-fn is_dns_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 253
-        && name
-            .split('.')
-            .all(|label| !label.is_empty() && label.len() <= 63)
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
 }
 
 /// The leaf's notAfter, RFC 3339 as the runtime writes it: whole seconds,

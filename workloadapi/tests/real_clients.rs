@@ -99,10 +99,15 @@ impl Device {
         ]
     }
 
-    /// A server certificate from the workload API, as edgeHub asks for one.
+    /// A server certificate from the workload API, as edgeHub asks for one
+    /// (a module other than the hub, for its own name).
     async fn server_chain(&self) -> String {
         let genid = self.genid().await;
-        let body = json!({"commonName": "gateway.local"}).to_string();
+        let name = match self.module.as_str() {
+            "$edgeHub" => "gateway.local",
+            other => other,
+        };
+        let body = json!({"commonName": name}).to_string();
         let path = format!(
             "/modules/{}/genid/{genid}/certificate/server?api-version=2020-07-07",
             encode(&self.module)

@@ -24,6 +24,7 @@ use serde_json::{json, Value};
 
 const V: &str = "api-version=2022-08-03";
 const OTHER_UID: u32 = 4201;
+const HUB_UID: u32 = 4202;
 
 struct Suite {
     workload: WorkloadFixture,
@@ -42,10 +43,13 @@ impl Suite {
             dir.path(),
             provisioning(dir.path()),
             cloud,
-            &["mod-a", "mod-b"],
+            &["mod-a", "mod-b", "$edgeHub"],
         )
         .await;
-        let mut config = stack.workload_config(dir.path(), &[("mod-a", 0), ("mod-b", OTHER_UID)]);
+        let mut config = stack.workload_config(
+            dir.path(),
+            &[("mod-a", 0), ("mod-b", OTHER_UID), ("$edgeHub", HUB_UID)],
+        );
         config.server.socket_mode = 0o666;
         let workload = WorkloadFixture::configured(config).await;
         Self {
@@ -249,7 +253,7 @@ async fn certificates_validate_and_a_tls_handshake_runs_on_them() {
         .call(
             Method::POST,
             &format!("/modules/mod-a/genid/{genid}/certificate/server?{V}"),
-            json!({"commonName": "gateway.local", "expiration": ten_years}),
+            json!({"commonName": "mod-a.local", "expiration": ten_years}),
         )
         .await;
     assert_eq!(code, StatusCode::CREATED, "{server}");
@@ -264,7 +268,7 @@ async fn certificates_validate_and_a_tls_handshake_runs_on_them() {
         chain,
         server["privateKey"]["bytes"].as_str().unwrap(),
         &bundle,
-        "gateway.local",
+        "mod-a.local",
     )
     .await;
 
@@ -273,7 +277,7 @@ async fn certificates_validate_and_a_tls_handshake_runs_on_them() {
         .call(
             Method::POST,
             &format!("/modules/mod-a/genid/{genid}/certificate/server?{V}"),
-            json!({"commonName": "gateway.local", "expiration": "2001-01-01T00:00:00Z"}),
+            json!({"commonName": "mod-a.local", "expiration": "2001-01-01T00:00:00Z"}),
         )
         .await;
     assert_eq!(code, StatusCode::BAD_REQUEST);
@@ -284,6 +288,114 @@ async fn certificates_validate_and_a_tls_handshake_runs_on_them() {
             .contains("not in the future"),
         "{body}"
     );
+}
+
+/// Review finding 4: mod-a obtained serverAuth certificates for the gateway
+/// host name, `mod-b`, `edgehub.example.com` and `localhost`, all valid under
+/// the bundle every module trusts (201 for each before the name policy). A
+/// module now has its own id and what it is granted; the gateway host name
+/// is the hub's alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_module_gets_server_certificates_for_its_own_names_alone() {
+    let suite = Suite::local().await;
+    let bundle = suite
+        .call(Method::GET, &format!("/trust-bundle?{V}"), Value::Null)
+        .await
+        .1["certificate"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let a = suite.genid("mod-a").await;
+    let server = |genid: &str, module: &str| {
+        format!(
+            "/modules/{}/genid/{genid}/certificate/server?{V}",
+            edgeid_identityd::sas::encode(module)
+        )
+    };
+    for name in [
+        "gateway.local",
+        "mod-b",
+        "edgehub",
+        "edgehub.example.com",
+        "localhost",
+        "127.0.0.1",
+        "::1",
+        "x.mod-a.local",
+    ] {
+        let (code, body) = suite
+            .call(
+                Method::POST,
+                &server(&a, "mod-a"),
+                json!({"commonName": name}),
+            )
+            .await;
+        assert_eq!(code, StatusCode::FORBIDDEN, "{name}: {body}");
+        let message = body["message"].as_str().unwrap();
+        assert!(
+            message.contains(&format!("'{name}'")) && message.contains("mod-a.local"),
+            "{message}"
+        );
+    }
+    // Its own id (any case) and its grant are served, and verify for that name.
+    for (name, dns) in [
+        ("MOD-A", vec!["MOD-A"]),
+        ("mod-a.local", vec!["mod-a.local", "mod-a"]),
+    ] {
+        let (code, body) = suite
+            .call(
+                Method::POST,
+                &server(&a, "mod-a"),
+                json!({"commonName": name}),
+            )
+            .await;
+        assert_eq!(code, StatusCode::CREATED, "{name}: {body}");
+        let chain = body["certificate"].as_str().unwrap();
+        edgeid_testkit::openssl::verify_chain(&bundle, chain, "sslserver").unwrap();
+        let leaf = pem::parse(chain).unwrap();
+        let (_, cert) = x509_parser::parse_x509_certificate(leaf.contents()).unwrap();
+        let san: Vec<String> = cert
+            .subject_alternative_name()
+            .unwrap()
+            .unwrap()
+            .value
+            .general_names
+            .iter()
+            .map(|n| match n {
+                x509_parser::extensions::GeneralName::DNSName(d) => (*d).to_owned(),
+                other => panic!("{name}: a name not asked for: {other:?}"),
+            })
+            .collect();
+        assert_eq!(san, dns, "{name}");
+    }
+    // The hub has the gateway host name; mod-b has neither it nor mod-a's.
+    let hub = suite.genid("$edgeHub").await;
+    let (code, body) = suite
+        .call_as(
+            HUB_UID,
+            Method::POST,
+            &server(&hub, "$edgeHub"),
+            json!({"commonName": "gateway.local"}),
+        )
+        .await;
+    assert_eq!(code, StatusCode::CREATED, "{body}");
+    edgeid_testkit::openssl::verify_chain(
+        &bundle,
+        body["certificate"].as_str().unwrap(),
+        "sslserver",
+    )
+    .unwrap();
+    let b = suite.genid("mod-b").await;
+    for name in ["gateway.local", "mod-a.local"] {
+        let (code, body) = suite
+            .call_as(
+                OTHER_UID,
+                Method::POST,
+                &server(&b, "mod-b"),
+                json!({"commonName": name}),
+            )
+            .await;
+        assert_eq!(code, StatusCode::FORBIDDEN, "{name}: {body}");
+    }
 }
 
 /// A rustls server with this chain and key; a rustls client trusting only
@@ -620,7 +732,7 @@ async fn the_module_list_is_for_modules_and_the_orchestrator() {
         .iter()
         .map(|m| m["name"].as_str().unwrap())
         .collect();
-    assert_eq!(names, ["mod-a", "mod-b"], "{list}");
+    assert_eq!(names, ["$edgeHub", "mod-a", "mod-b"], "{list}");
     let (code, _) = suite
         .call_as(
             OTHER_UID,
@@ -783,6 +895,46 @@ async fn bad_input_gets_clear_4xx_answers() {
         )
         .await;
     assert_eq!(code, StatusCode::PAYLOAD_TOO_LARGE);
+    // The most a module may have encrypted (128 KiB) goes through keyd, whose
+    // body cap is sized to it, and back; a byte more is a 413 naming the
+    // limit, before keyd is asked.
+    let genid = suite.genid("mod-a").await;
+    let most = vec![0x5au8; edgeid_keyd::config::MAX_FORWARDED_PAYLOAD];
+    let (code, sealed) = suite
+        .call(
+            Method::POST,
+            &format!("/modules/mod-a/genid/{genid}/encrypt?{V}"),
+            json!({"plaintext": STANDARD.encode(&most), "initializationVector": "aXY="}),
+        )
+        .await;
+    assert_eq!(code, StatusCode::OK, "{sealed}");
+    let (code, opened) = suite
+        .call(
+            Method::POST,
+            &format!("/modules/mod-a/genid/{genid}/decrypt?{V}"),
+            json!({"ciphertext": sealed["ciphertext"], "initializationVector": "aXY="}),
+        )
+        .await;
+    assert_eq!(code, StatusCode::OK);
+    assert_eq!(
+        STANDARD
+            .decode(opened["plaintext"].as_str().unwrap())
+            .unwrap(),
+        most
+    );
+    let over = vec![0x5au8; edgeid_keyd::config::MAX_FORWARDED_PAYLOAD + 1];
+    let (code, answer) = suite
+        .call(
+            Method::POST,
+            &format!("/modules/mod-a/genid/{genid}/encrypt?{V}"),
+            json!({"plaintext": STANDARD.encode(&over), "initializationVector": "aXY="}),
+        )
+        .await;
+    assert_eq!(code, StatusCode::PAYLOAD_TOO_LARGE, "{answer}");
+    assert!(
+        answer["message"].as_str().unwrap().contains("131072"),
+        "{answer}"
+    );
     let (code, body) = suite.call(Method::GET, "/health", Value::Null).await;
     assert_eq!(code, StatusCode::OK);
     assert_eq!(body["status"], "ok", "{body}");

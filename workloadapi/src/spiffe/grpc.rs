@@ -27,6 +27,7 @@ type Stream<T> = ReceiverStream<Result<T, Status>>;
 pub fn status(e: Error) -> Status {
     match e {
         Error::BadRequest(m) => Status::invalid_argument(m),
+        Error::TooLarge(m) => Status::resource_exhausted(m),
         // Not entitled to an identity: not a module, or not one identityd knows.
         Error::Forbidden(m) | Error::NotFound(m) => Status::permission_denied(m),
         Error::Unavailable(m) => Status::unavailable(m),

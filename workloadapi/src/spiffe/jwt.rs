@@ -40,6 +40,9 @@ const MAX_AUDIENCE: usize = 512;
 const RETIRE_MARGIN_SECS: i64 = 30;
 /// Most tokens kept for reuse.
 const MAX_CACHED: usize = 4096;
+/// How long a JWT-SVID request made before the first signing key exists
+/// waits for it.
+const FIRST_KEY_WAIT: Duration = Duration::from_secs(10);
 
 /// One signing key.
 struct SigningKey {
@@ -227,15 +230,26 @@ impl JwtAuthority {
         })
     }
 
+    /// The key that signs now, if there is one.
+    fn signer(&self) -> Option<Arc<SigningKey>> {
+        let keys = read(&self.keys);
+        signer_index(&keys, now()).map(|i| keys[i].clone())
+    }
+
     /// A JWT-SVID for `spiffe_id` with audience `audience` (checked here),
     /// reused while more than half its lifetime is left and its key still signs.
     pub async fn svid(&self, spiffe_id: &str, audience: &[String]) -> Result<String, Error> {
         let audience = check_audience(audience)?;
-        let signer = {
-            let keys = read(&self.keys);
-            signer_index(&keys, now())
-                .map(|i| keys[i].clone())
-                .ok_or_else(|| Error::Unavailable("no JWT signing key yet".into()))?
+        let signer = match self.signer() {
+            Some(signer) => signer,
+            None => {
+                // Just started: the first key is being made. A caller waits
+                // for it (a while) rather than being told to come back.
+                let mut set = self.jwks.subscribe();
+                let _ = tokio::time::timeout(FIRST_KEY_WAIT, set.wait_for(|s| !s.is_empty())).await;
+                self.signer()
+                    .ok_or_else(|| Error::Unavailable("no JWT signing key yet".into()))?
+            }
         };
         let key = (spiffe_id.to_owned(), audience);
         if let Some(c) = lock(&self.cache).get(&key) {
