@@ -17,6 +17,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::net::UnixStream;
 
+use crate::encoding::{to_json_wiped, WipingBuf};
 use crate::error::ErrorBody;
 
 /// Why a call to a daemon failed.
@@ -179,21 +180,21 @@ impl UdsClient {
         path: &str,
         body: &B,
     ) -> Result<T, ClientError> {
-        let bytes = serde_json::to_vec(body).map_err(|e| ClientError::BadReply {
+        let bytes = to_json_wiped(body).map_err(|e| ClientError::BadReply {
             socket: self.socket.to_path_buf(),
             reason: format!("cannot encode the request: {e}"),
         })?;
-        let answer = self.call(Method::POST, path, bytes.into()).await?;
+        let answer = self.call(Method::POST, path, bytes).await?;
         self.decode(&answer)
     }
 
     /// `PUT path` with a JSON body, no answer body expected.
     pub async fn put<B: Serialize>(&self, path: &str, body: &B) -> Result<(), ClientError> {
-        let bytes = serde_json::to_vec(body).map_err(|e| ClientError::BadReply {
+        let bytes = to_json_wiped(body).map_err(|e| ClientError::BadReply {
             socket: self.socket.to_path_buf(),
             reason: format!("cannot encode the request: {e}"),
         })?;
-        self.call(Method::PUT, path, bytes.into()).await.map(drop)
+        self.call(Method::PUT, path, bytes).await.map(drop)
     }
 
     /// `DELETE path`, no answer body expected.
@@ -239,15 +240,19 @@ impl UdsClient {
                     reason: describe_hyper_error(&e),
                 })?;
             let status = resp.status();
-            let body = resp
-                .into_body()
-                .collect()
-                .await
-                .map_err(|e| ClientError::BadReply {
+            // The answer may carry a secret: kept in a buffer that is wiped.
+            let mut body = resp.into_body();
+            let mut kept = WipingBuf::default();
+            while let Some(frame) = body.frame().await {
+                let frame = frame.map_err(|e| ClientError::BadReply {
                     socket: self.socket.to_path_buf(),
                     reason: format!("cannot read the answer: {e}"),
                 })?;
-            Ok((status, body.to_bytes()))
+                if let Ok(data) = frame.into_data() {
+                    kept.extend(&data);
+                }
+            }
+            Ok((status, kept.freeze()))
         };
         tokio::time::timeout(self.timeout, exchange)
             .await

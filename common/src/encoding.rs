@@ -102,6 +102,65 @@ pub fn to_base64(bytes: &[u8]) -> String {
     STANDARD.encode(bytes)
 }
 
+/// A growing buffer for bodies that may carry secrets (an imported key, a
+/// SAS token, a private key's PEM): every allocation it outgrows is wiped
+/// as it is left, and the last one when the [`Bytes`](bytes::Bytes) it
+/// becomes is dropped.
+#[derive(Default)]
+pub struct WipingBuf(Zeroizing<Vec<u8>>);
+
+impl WipingBuf {
+    /// Room for `capacity` bytes before the first move.
+    pub fn with_capacity(capacity: usize) -> Self {
+        Self(Zeroizing::new(Vec::with_capacity(capacity)))
+    }
+
+    /// Appends `data`, moving to a larger allocation (and wiping the old
+    /// one) where it does not fit.
+    pub fn extend(&mut self, data: &[u8]) {
+        if self.0.capacity() - self.0.len() < data.len() {
+            let wanted = (self.0.len() + data.len()).max(self.0.capacity().saturating_mul(2));
+            let mut bigger = Zeroizing::new(Vec::with_capacity(wanted));
+            bigger.extend_from_slice(&self.0);
+            // The old allocation is zeroized as it drops here.
+            self.0 = bigger;
+        }
+        self.0.extend_from_slice(data);
+    }
+
+    /// Bytes held so far.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether nothing is held.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The bytes, wiped when the last reference to them drops.
+    pub fn freeze(self) -> bytes::Bytes {
+        bytes::Bytes::from_owner(self.0)
+    }
+}
+
+impl std::io::Write for WipingBuf {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.extend(data);
+        Ok(data.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// `value` as JSON in a [`WipingBuf`]'s bytes.
+pub fn to_json_wiped<T: Serialize + ?Sized>(value: &T) -> Result<bytes::Bytes, serde_json::Error> {
+    let mut buf = WipingBuf::with_capacity(256);
+    serde_json::to_writer(&mut buf, value)?;
+    Ok(buf.freeze())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -115,6 +174,19 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("base64"), "{err}");
+    }
+
+    #[test]
+    fn a_wiping_buffer_keeps_every_byte_across_moves() {
+        let mut buf = WipingBuf::with_capacity(1);
+        for i in 0..1000u32 {
+            buf.extend(&i.to_le_bytes());
+        }
+        let bytes = buf.freeze();
+        assert_eq!(bytes.len(), 4000);
+        assert_eq!(&bytes[396..400], &99u32.to_le_bytes());
+        let json = to_json_wiped(&serde_json::json!({"k": "v"})).unwrap();
+        assert_eq!(&json[..], br#"{"k":"v"}"#);
     }
 
     #[test]

@@ -11,6 +11,7 @@ use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use bytes::Bytes;
 use edgeid_certd::signer::KeydKey;
+use edgeid_common::encoding::SecretString;
 use http::{HeaderValue, Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::rt::TokioIo;
@@ -38,7 +39,7 @@ pub struct Call<'a> {
     /// Path and query.
     pub path: String,
     /// An `Authorization` header (a SAS token).
-    pub authorization: Option<String>,
+    pub authorization: Option<SecretString>,
     /// A TLS client identity.
     pub identity: Option<Identity>,
     /// A JSON body.

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
+use edgeid_common::encoding::SecretString;
 use edgeid_keyd::api::KeyHandle;
 use edgeid_keyd::KeydClient;
 use http::{Method, StatusCode};
@@ -125,7 +126,7 @@ impl Registration<'_> {
             }
         };
         let tpm = body.get("tpm").is_some();
-        let authorize = |call: &mut Call<'_>, token: &Option<String>| {
+        let authorize = |call: &mut Call<'_>, token: &Option<SecretString>| {
             call.authorization.clone_from(token);
             call.identity.clone_from(&identity);
         };
@@ -209,7 +210,7 @@ impl Registration<'_> {
         })
     }
 
-    async fn token(&self, key: Option<&KeyHandle>) -> Result<Option<String>, Error> {
+    async fn token(&self, key: Option<&KeyHandle>) -> Result<Option<SecretString>, Error> {
         let Some(key) = key else { return Ok(None) };
         let resource = sas::registration_resource(self.id_scope, self.registration_id);
         let expiry = sas::now() + 3600;

@@ -5,6 +5,7 @@
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
+use edgeid_common::encoding::SecretString;
 use http::{Method, StatusCode};
 use serde_json::json;
 use zeroize::Zeroizing;
@@ -16,7 +17,7 @@ use crate::sas;
 /// How identityd authenticates to the hub as the device.
 pub enum DeviceProof {
     /// A device SAS token.
-    Token(String),
+    Token(SecretString),
     /// TLS client auth.
     X509(Identity),
 }

@@ -105,7 +105,7 @@ pub async fn sign(
         .await
         .map_err(|e| Error::from_daemon("keyd", "signing a SAS token", e))?;
     Ok(Token {
-        token: assemble(resource, expiry, &mac, key_name),
+        token: assemble(resource, expiry, &mac, key_name).into(),
         expires: expiry,
     })
 }

@@ -8,7 +8,7 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures_util::FutureExt;
 use http::header::CONTENT_LENGTH;
 use http::{Request, StatusCode};
@@ -25,6 +25,7 @@ use super::activity::{Activity, Tracked};
 use super::connection::{drive, Windows};
 use super::{ApiRequest, ApiResponse, Handler, Limits};
 use crate::authz::Caller;
+use crate::encoding::WipingBuf;
 use crate::error::ApiError;
 use crate::listener::Listener;
 
@@ -295,7 +296,14 @@ async fn read_body(
     drain_cap: usize,
     held: &mut Held<'_>,
 ) -> Result<Bytes, BodyError> {
-    let mut kept = BytesMut::new();
+    // The body may carry a secret (an imported key): every copy kept here
+    // is wiped, as the buffer grows and when the request is done with it.
+    // Room for what Content-Length announces, to a point: an announcement
+    // is not yet bytes in the budget.
+    const FIRST_ROOM: usize = 64 * 1024;
+    let announced =
+        usize::try_from(hyper::body::Body::size_hint(&body).lower()).unwrap_or(usize::MAX);
+    let mut kept = WipingBuf::with_capacity(announced.min(max).min(FIRST_ROOM));
     let mut seen = 0usize;
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| BodyError::Broken(e.to_string()))?;
@@ -307,7 +315,7 @@ async fn read_body(
             if !held.take(data.len()) {
                 return Err(BodyError::OverBudget);
             }
-            kept.extend_from_slice(&data);
+            kept.extend(&data);
         } else if seen > drain_cap {
             return Err(BodyError::TooLarge);
         }

@@ -81,10 +81,12 @@ pub struct ApiResponse {
 impl ApiResponse {
     /// A JSON body with the given status.
     pub fn json<T: Serialize>(status: StatusCode, value: &T) -> Self {
-        match serde_json::to_vec(value) {
+        // The answer may carry a secret (a SAS token, a private key, an
+        // exported key): its buffer is wiped when hyper has sent it.
+        match crate::encoding::to_json_wiped(value) {
             Ok(body) => Self {
                 status,
-                body: body.into(),
+                body,
                 headers: Vec::new(),
             },
             Err(e) => {

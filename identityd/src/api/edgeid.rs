@@ -2,6 +2,7 @@
 //! and [`crate::client`]. Identities name keys by keyd handle and
 //! certificates by certd id; they never carry key bytes.
 
+use edgeid_common::encoding::SecretString;
 use edgeid_keyd::api::KeyHandle;
 use serde::{Deserialize, Serialize};
 
@@ -82,8 +83,9 @@ pub struct TokenRequest {
 /// A SAS token.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Token {
-    /// `SharedAccessSignature sr=...&sig=...&se=...`
-    pub token: String,
+    /// `SharedAccessSignature sr=...&sig=...&se=...`: a bearer credential
+    /// until it expires, so wiped when dropped and never shown by `Debug`.
+    pub token: SecretString,
     /// Its expiry, seconds since the Unix epoch (the `se` field).
     pub expires: u64,
 }
