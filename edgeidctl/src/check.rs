@@ -71,6 +71,7 @@ impl Findings {
 pub async fn check(opts: &Check) -> Result<(), String> {
     let mut f = Findings::default();
     config_checks(opts, &mut f);
+    grant_checks(opts, &mut f);
     let healths = daemon_checks(opts, &mut f).await;
     backend_checks(&healths, &mut f);
     clock_check(&mut f);
@@ -181,6 +182,70 @@ fn config_checks(opts: &Check, f: &mut Findings) {
             Ok(_) => f.pass(check, format!("{} is private", dir.display())),
         }
     }
+}
+
+/// Grants broader than a deployment means: a pattern that matches every
+/// key or certificate id (`*`, `**`), every name (`**`), or a `**` that is
+/// not a whole segment (`module**` is `module*`, not a subtree).
+fn grant_checks(opts: &Check, f: &mut Findings) {
+    for (daemon, fields) in [
+        ("keyd", &["keys", "export"][..]),
+        ("certd", &["certs", "names"][..]),
+    ] {
+        let file = opts.root.join(format!("etc/edgeid/{daemon}.d/config.toml"));
+        let check = format!("{daemon} grants");
+        let Ok(text) = std::fs::read_to_string(&file) else {
+            continue; // its absence is the config file check's finding
+        };
+        let config: toml::Table = match toml::from_str(&text) {
+            Ok(c) => c,
+            Err(_) => continue, // so is a file the daemon cannot read
+        };
+        let mut broad = Vec::new();
+        let principals = config.get("principal").and_then(toml::Value::as_array);
+        for p in principals.into_iter().flatten() {
+            let name = p.get("name").and_then(toml::Value::as_str).unwrap_or("?");
+            for &field in fields {
+                let patterns = p.get(field).and_then(toml::Value::as_array);
+                for pattern in patterns
+                    .into_iter()
+                    .flatten()
+                    .filter_map(toml::Value::as_str)
+                {
+                    if let Some(why) = too_broad(field, pattern) {
+                        broad.push(format!("{name}: {field} '{pattern}' {why}"));
+                    }
+                }
+            }
+        }
+        if broad.is_empty() {
+            f.pass(
+                check,
+                format!("no grant in {} is broader than one subtree", file.display()),
+            );
+        } else {
+            f.warn(
+                check,
+                broad.join("; "),
+                "grant the ids a principal needs (`module/*`, `workload/**`); `*` and `?` stop at `/`, `**` spans a subtree only as a whole segment",
+            );
+        }
+    }
+}
+
+/// Why a grant pattern is broader than meant, if it is.
+fn too_broad(field: &str, pattern: &str) -> Option<&'static str> {
+    let segments: Vec<&str> = pattern.split('/').collect();
+    if segments.iter().any(|s| s.contains("**") && *s != "**") {
+        return Some("has a `**` inside a segment, where it is `*`: write `a/**` for a subtree");
+    }
+    if pattern == "**" || segments.iter().all(|s| *s == "**") {
+        return Some("matches everything");
+    }
+    if field != "names" && segments.iter().all(|s| s.chars().all(|c| c == '*')) {
+        return Some("matches every id at its depth");
+    }
+    None
 }
 
 async fn daemon_checks(opts: &Check, f: &mut Findings) -> Vec<(String, Health)> {
@@ -348,6 +413,31 @@ async fn cloud_checks(opts: &Check, f: &mut Findings) {
         match client.once(&call).await {
             Ok(reply) => f.pass(check, format!("TLS handshake done; it answered {}", reply.status)),
             Err(e) => f.fail(check, e.to_string(), "check DNS, the firewall (443 out), the proxy ([cloud] proxy or https_proxy) and [cloud] trust_anchors"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::too_broad;
+
+    #[test]
+    fn broad_grants_are_told_apart_from_narrow_ones() {
+        for narrow in ["module/*", "workload/**", "device-id.r*", "spiffe-jwt/*"] {
+            assert_eq!(too_broad("keys", narrow), None, "{narrow}");
+        }
+        for name in ["*", "spiffe://**", "*.module.local"] {
+            assert_eq!(too_broad("names", name), None, "{name}");
+        }
+        for (field, broad) in [
+            ("keys", "*"),
+            ("keys", "**"),
+            ("certs", "*/**"),
+            ("keys", "module**"),
+            ("names", "**"),
+            ("names", "spiffe://td**"),
+        ] {
+            assert!(too_broad(field, broad).is_some(), "{field} {broad}");
         }
     }
 }

@@ -198,6 +198,14 @@ fn check_reports_each_problem_with_a_hint_and_fails() {
     // A config file someone loosened.
     let certd = root.path().join("etc/edgeid/certd.d/config.toml");
     std::fs::set_permissions(&certd, std::fs::Permissions::from_mode(0o644)).unwrap();
+    // A grant someone widened by hand (review finding 9: `module/*` was
+    // once read as a subtree, `app-a*` matched `app-admin`).
+    let keyd = root.path().join("etc/edgeid/keyd.d/config.toml");
+    let widened = std::fs::read_to_string(&keyd)
+        .unwrap()
+        .replace("\"module/*\"", "\"module**\"")
+        .replace("\"spiffe-jwt/*\"", "\"**\"");
+    std::fs::write(&keyd, widened).unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_edgeidctl"))
         .args(["check", "--output", "json", "-c"])
         .arg(template())
@@ -237,5 +245,21 @@ fn check_reports_each_problem_with_a_hint_and_fails() {
         "{down}"
     );
     assert_eq!(find("clock")["status"], "pass");
+    // What config apply wrote for certd grants nothing too broad; the
+    // widened keyd grants are named.
+    assert_eq!(
+        find("certd grants")["status"],
+        "pass",
+        "{}",
+        find("certd grants")
+    );
+    let wide = find("keyd grants");
+    assert_eq!(wide["status"], "warn");
+    let detail = wide["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("'module**' has a `**` inside a segment")
+            && detail.contains("workloadd: keys '**' matches everything"),
+        "{wide}"
+    );
     assert!(!String::from_utf8_lossy(&out.stderr).contains("panicked"));
 }
