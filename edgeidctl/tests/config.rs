@@ -149,6 +149,63 @@ fn callers_and_sections_reach_the_right_daemons() {
     );
 }
 
+/// What issue 17 put in the configs `config apply` writes: the bases of
+/// derivation (a DPS group key among them), identityd's export grant and no
+/// one else's, and each module's server names reaching workloadd.
+#[test]
+fn derivation_bases_exports_and_server_names_reach_their_daemons() {
+    let root = root();
+    let config = root.path().join("config.toml");
+    std::fs::write(
+        &config,
+        "[provisioning]\nsource = \"dps\"\nid_scope = \"0ne00000001\"\n\
+         [provisioning.attestation]\nmethod = \"symmetric_key\"\nregistration_id = \"d1\"\n\
+         key_file = \"/etc/edgeid/group.key\"\ngroup = true\n\
+         [workload.certificates]\ngateway_hostname = \"gw.example.com\"\n\
+         [workload.certificates.server_names]\n\"tempsensor\" = [\"tempsensor.local\"]\n",
+    )
+    .unwrap();
+    let (ok, out, err) = apply(&config, root.path());
+    assert!(ok, "{out}{err}");
+    let etc = root.path().join("etc/edgeid");
+    let keyd = edgeid_keyd::KeydConfig::load(&etc.join("keyd.d/config.toml")).unwrap();
+    for base in ["module-derivation", "workload-encryption", "dps-enrollment"] {
+        assert!(keyd.derive_only.allows(base), "{base}");
+    }
+    assert!(!keyd.derive_only.allows("device-id"));
+    for p in &keyd.principals {
+        assert_eq!(
+            p.export.allows("module-derivation"),
+            p.name == "identityd",
+            "{}",
+            p.name
+        );
+    }
+    let workload =
+        edgeid_workloadapi::WorkloadConfig::load(&etc.join("workloadd.d/config.toml")).unwrap();
+    assert_eq!(
+        workload.certificates.gateway_hostname.as_deref(),
+        Some("gw.example.com")
+    );
+    assert_eq!(
+        workload.certificates.server_names["tempsensor"],
+        vec!["tempsensor.local".to_owned()]
+    );
+    // A grant of the wrong shape is refused before anything is written.
+    std::fs::write(
+        &config,
+        "[provisioning]\nsource = \"local\"\ndevice_id = \"d1\"\n\
+         [workload.certificates.server_names]\n\"tempsensor\" = [\"*.local\"]\n",
+    )
+    .unwrap();
+    let (ok, out, err) = apply(&config, root.path());
+    assert!(!ok, "{out}");
+    assert!(
+        err.contains("server_names") && err.contains("*.local"),
+        "{err}"
+    );
+}
+
 #[test]
 fn a_broken_file_is_named_and_changes_nothing() {
     let root = root();
