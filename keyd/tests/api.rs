@@ -871,11 +871,11 @@ async fn bad_input_gets_clear_4xx() {
         .unwrap();
     assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
 
-    // Over the 1 MiB cap: 413, and keyd keeps serving.
+    // Over the cap (256 KiB): 413, and keyd keeps serving.
     let huge = format!(
         r#"{{"handle":"{}","algorithm":"ecdsa-sha256","data":"{}"}}"#,
         pair.0,
-        "A".repeat(1024 * 1024)
+        "A".repeat(edgeid_keyd::config::DEFAULT_MAX_BODY_BYTES)
     );
     let (code, answer) = raw(&client, Method::POST, "/v1/sign", huge).await;
     assert_eq!(code, StatusCode::PAYLOAD_TOO_LARGE, "{answer}");
