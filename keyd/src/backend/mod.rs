@@ -274,6 +274,17 @@ pub(crate) fn bad_digest_len(alg: &'static digest::Algorithm) -> Error {
     ))
 }
 
+/// A new key's generation: 16 random bytes, hex. A key made again under an
+/// old id gets a new one, so handles to the old key stop working.
+pub(crate) fn new_generation() -> Result<String, Error> {
+    use aws_lc_rs::rand::{SecureRandom, SystemRandom};
+    let mut generation = [0u8; 16];
+    SystemRandom::new()
+        .fill(&mut generation)
+        .map_err(|_| Error::Internal("the random generator failed".into()))?;
+    Ok(generation.iter().map(|b| format!("{b:02x}")).collect())
+}
+
 /// Applies derivation inputs: each step is HMAC-SHA256(previous key, info).
 pub(crate) fn derive(base: &[u8], derivation: &[Vec<u8>]) -> Zeroizing<Vec<u8>> {
     derivation

@@ -22,8 +22,8 @@ use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
 use super::{
-    bad_digest_len, check_algorithm, decryption_failed, derive, no_such_key, not_a_ciphertext,
-    wrong_kind, KeyBackend, KeyKind, KeyRecord, PublicKey,
+    bad_digest_len, check_algorithm, decryption_failed, derive, new_generation, no_such_key,
+    not_a_ciphertext, wrong_kind, KeyBackend, KeyKind, KeyRecord, PublicKey,
 };
 use crate::api::{KeyPairSpec, SignAlgorithm, SymmetricKeyType};
 use crate::error::Error;
@@ -201,15 +201,11 @@ impl SoftwareBackend {
 
     /// Seals `secret`, writes the key file atomically, caches the key.
     fn store(&self, id: &KeyId, kind: KeyKind, secret: &[u8]) -> Result<Arc<LoadedKey>, Error> {
-        let mut generation = [0u8; 16];
-        self.rng
-            .fill(&mut generation)
-            .map_err(|_| Error::Internal("the random generator failed".into()))?;
         let mut file = KeyFile {
             format: FILE_FORMAT,
             id: id.as_str().to_owned(),
             kind: kind.to_string(),
-            generation: generation.iter().map(|b| format!("{b:02x}")).collect(),
+            generation: new_generation()?,
             sealed: String::new(),
         };
         let sealed = seal(&self.master, &self.rng, secret, &file.aad())?;

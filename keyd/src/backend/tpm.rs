@@ -50,8 +50,8 @@ use zeroize::Zeroizing;
 
 use super::encoding::{ec_spki, ecdsa_der, rsa_spki};
 use super::{
-    bad_digest_len, check_algorithm, derive, no_such_key, wrong_kind, Failure, KeyBackend, KeyKind,
-    KeyRecord, PublicKey,
+    bad_digest_len, check_algorithm, derive, new_generation, no_such_key, wrong_kind, Failure,
+    KeyBackend, KeyKind, KeyRecord, PublicKey,
 };
 use crate::api::{KeyPairSpec, SignAlgorithm, SymmetricKeyType};
 use crate::error::Error;
@@ -217,15 +217,6 @@ impl TpmBackend {
             .map_err(|e| Error::Internal(format!("cannot make a TPM auth value: {e}")))
     }
 
-    /// A fresh generation: 16 random bytes, hex.
-    fn new_generation() -> Result<String, Error> {
-        let mut generation = [0u8; 16];
-        SystemRandom::new()
-            .fill(&mut generation)
-            .map_err(|_| Error::Internal("the random generator failed".into()))?;
-        Ok(generation.iter().map(|b| format!("{b:02x}")).collect())
-    }
-
     /// Runs `op` with the connected TPM, off the reactor: on the multi-threaded
     /// runtime in place (`block_in_place` moves this worker's other tasks
     /// elsewhere), which spares the two thread hand-offs of a separate TPM
@@ -369,7 +360,7 @@ impl TpmBackend {
             None => None,
         };
         let what = kind.to_string();
-        let generation = Self::new_generation()?;
+        let generation = new_generation()?;
         let auth = self.auth_of(id, &generation)?;
         let key_auth = auth.clone();
         let (public, private) = self
@@ -1256,7 +1247,7 @@ impl TpmBackend {
         let blob = Arc::new(parse_activation(blob)?);
         let _writing = self.writes.lock().await;
         let public = blob.public.clone();
-        let generation = Self::new_generation()?;
+        let generation = new_generation()?;
         let auth = self.auth_of(id, &generation)?;
         let (key_id, key_auth) = (id.clone(), auth.clone());
         // Imported with the authValue the service chose (none), then given its own.
