@@ -176,10 +176,10 @@ fn build(raw: &Table, users: &Users) -> Vec<String> {
     pass(&mut keyd, "pkcs11", raw, &["keys", "pkcs11"]);
     // The bases of derivation: module keys, module encryption keys, and a
     // DPS group enrollment's key (the device key is derived from it).
-    let mut bases = vec![
-        "module-derivation".to_owned(),
-        "workload-encryption".to_owned(),
-    ];
+    let mut bases: Vec<String> = edgeid_keyd::config::DEFAULT_DERIVE_ONLY
+        .iter()
+        .map(|b| (*b).to_owned())
+        .collect();
     let attestation = at(raw, &["provisioning", "attestation"]);
     if attestation
         .and_then(|a| a.get("group"))

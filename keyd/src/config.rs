@@ -155,10 +155,13 @@ pub struct PrincipalConfig {
     pub export: Grants,
 }
 
-/// identityd's module key base and workloadd's encryption base, as their
-/// configs name them by default.
+/// The bases of derivation unless `derive_only` says otherwise: identityd's
+/// module key base and workloadd's encryption base, as their configs name
+/// them by default (`edgeidctl config apply` starts from these too).
+pub const DEFAULT_DERIVE_ONLY: &[&str] = &["module-derivation", "workload-encryption"];
+
 fn default_derive_only() -> Grants {
-    Grants::parse(&["module-derivation", "workload-encryption"]).unwrap_or_default()
+    Grants::parse(DEFAULT_DERIVE_ONLY).unwrap_or_default()
 }
 
 impl KeydConfig {

@@ -118,11 +118,10 @@ impl Keyd {
             open,
             tpm: tpm_store,
         };
-        let admins_again = admins.clone();
         let access = Access::new(
             "keyd",
             "key",
-            admins,
+            admins.clone(),
             config
                 .principals
                 .iter()
@@ -131,7 +130,7 @@ impl Keyd {
         let export = Access::new(
             "keyd",
             "export of keys derived from",
-            admins_again,
+            admins,
             config
                 .principals
                 .iter()
