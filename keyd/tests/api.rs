@@ -200,6 +200,9 @@ async fn a_base_key_derives_and_never_signs_and_only_a_granted_caller_exports() 
     ];
     let keyd = KeydFixture::configured(config, Admins::root_and_self()).await;
     let socket = keyd.socket();
+    let post = async |uid: u32, path: &str, body: &str| {
+        edgeid_testkit::request_as(uid, &socket, Method::POST, path, body).await
+    };
     let base_bytes = [7u8; 32];
     let base = keyd
         .client()
@@ -224,8 +227,7 @@ async fn a_base_key_derives_and_never_signs_and_only_a_granted_caller_exports() 
 
     // The attack, as each principal and as root: refused.
     for uid in [WORKLOADD, IDENTITYD] {
-        let (code, answer) =
-            edgeid_testkit::request_as(uid, &socket, Method::POST, "/v1/sign", &sign(&base)).await;
+        let (code, answer) = post(uid, "/v1/sign", &sign(&base)).await;
         let answer = String::from_utf8_lossy(&answer);
         assert_eq!(code, StatusCode::FORBIDDEN, "uid {uid}: {answer}");
         assert!(answer.contains("derive_only"), "{answer}");
@@ -241,21 +243,13 @@ async fn a_base_key_derives_and_never_signs_and_only_a_granted_caller_exports() 
     let derive = body(&base, &format!(r#","info":"{}""#, STANDARD.encode(info)));
     let mut derived = Vec::new();
     for uid in [WORKLOADD, IDENTITYD] {
-        let (code, answer) =
-            edgeid_testkit::request_as(uid, &socket, Method::POST, "/v1/derive", &derive).await;
+        let (code, answer) = post(uid, "/v1/derive", &derive).await;
         assert_eq!(code, StatusCode::OK, "{}", String::from_utf8_lossy(&answer));
         let handle: serde_json::Value = serde_json::from_slice(&answer).unwrap();
         derived.push(KeyHandle(handle["handle"].as_str().unwrap().to_owned()));
     }
     let expected_key = hmac_sha256(&base_bytes, info);
-    let (code, answer) = edgeid_testkit::request_as(
-        WORKLOADD,
-        &socket,
-        Method::POST,
-        "/v1/sign",
-        &sign(&derived[0]),
-    )
-    .await;
+    let (code, answer) = post(WORKLOADD, "/v1/sign", &sign(&derived[0])).await;
     assert_eq!(code, StatusCode::OK);
     let mac: serde_json::Value = serde_json::from_slice(&answer).unwrap();
     assert_eq!(
@@ -265,28 +259,14 @@ async fn a_base_key_derives_and_never_signs_and_only_a_granted_caller_exports() 
 
     // Export: workloadd is refused, identityd gets the bytes (checked
     // against HMAC(base, info) computed here).
-    let (code, answer) = edgeid_testkit::request_as(
-        WORKLOADD,
-        &socket,
-        Method::POST,
-        "/v1/export",
-        &body(&derived[0], ""),
-    )
-    .await;
+    let (code, answer) = post(WORKLOADD, "/v1/export", &body(&derived[0], "")).await;
     assert_eq!(
         code,
         StatusCode::FORBIDDEN,
         "{}",
         String::from_utf8_lossy(&answer)
     );
-    let (code, answer) = edgeid_testkit::request_as(
-        IDENTITYD,
-        &socket,
-        Method::POST,
-        "/v1/export",
-        &body(&derived[1], ""),
-    )
-    .await;
+    let (code, answer) = post(IDENTITYD, "/v1/export", &body(&derived[1], "")).await;
     assert_eq!(code, StatusCode::OK, "{}", String::from_utf8_lossy(&answer));
     let exported: serde_json::Value = serde_json::from_slice(&answer).unwrap();
     assert_eq!(
@@ -294,14 +274,7 @@ async fn a_base_key_derives_and_never_signs_and_only_a_granted_caller_exports() 
         expected_key
     );
     // Only a derived key is exported, not its base, nor a key that signs.
-    let (code, _) = edgeid_testkit::request_as(
-        IDENTITYD,
-        &socket,
-        Method::POST,
-        "/v1/export",
-        &body(&base, ""),
-    )
-    .await;
+    let (code, _) = post(IDENTITYD, "/v1/export", &body(&base, "")).await;
     assert_eq!(code, StatusCode::BAD_REQUEST);
 }
 
