@@ -799,6 +799,7 @@ async fn bad_input_gets_clear_4xx() {
         "/v1/sign",
         "/v1/key",
         "/v1/derive",
+        "/v1/export",
         "/v1/encrypt",
         "/v1/decrypt",
     ] {
@@ -817,6 +818,7 @@ async fn bad_input_gets_clear_4xx() {
         ("/v1/public-key", ""),
         ("/v1/sign", r#","algorithm":"hmac-sha256","data":"eA==""#),
         ("/v1/derive", r#","info":"eA==""#),
+        ("/v1/export", ""),
         ("/v1/encrypt", r#","data":"eA==""#),
         ("/v1/decrypt", r#","data":"eA==""#),
     ] {
