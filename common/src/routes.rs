@@ -80,6 +80,28 @@ impl<R: Copy> Routes<R> {
     }
 }
 
+/// Checks an `api-version` query value against the exact set a wire family
+/// serves (oldest first), as the IoT Edge and aziot servers do, before any
+/// route: missing or unknown is a 400 that begins as theirs and names the
+/// versions served. Answers the version's index, so later versions compare
+/// greater.
+pub fn check_api_version(version: Option<&str>, supported: &[&str]) -> Result<usize, ApiError> {
+    let list = || supported.join(", ");
+    match version {
+        None => Err(ApiError::bad_request(format!(
+            "api-version not specified; supported: {}",
+            list()
+        ))),
+        Some(v) => supported.iter().position(|s| *s == v).ok_or_else(|| {
+            let shown: String = v.chars().take(64).flat_map(char::escape_default).collect();
+            ApiError::bad_request(format!(
+                "invalid api-version \"{shown}\"; supported: {}",
+                list()
+            ))
+        }),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -110,6 +132,24 @@ mod tests {
         assert_eq!(r, R::Delete);
         assert_eq!(p.get("id"), Some("module/a"));
         assert_eq!(table().find(&Method::GET, "/v1/things").unwrap().0, R::List);
+    }
+
+    #[test]
+    fn api_versions_are_an_exact_set() {
+        let set = ["2020-09-01", "2021-05-01"];
+        assert_eq!(check_api_version(Some("2021-05-01"), &set).unwrap(), 1);
+        for bad in ["2021-05-02", "2020-09-01 ", "", "\u{1b}[31m"] {
+            let e = check_api_version(Some(bad), &set).unwrap_err();
+            assert_eq!(e.status, StatusCode::BAD_REQUEST);
+            assert!(
+                e.message.starts_with("invalid api-version"),
+                "{}",
+                e.message
+            );
+            assert!(!e.message.contains('\u{1b}'), "{}", e.message);
+        }
+        let e = check_api_version(None, &set).unwrap_err();
+        assert!(e.message.starts_with("api-version not specified"));
     }
 
     #[test]

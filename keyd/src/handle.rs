@@ -4,6 +4,11 @@
 //! generation (so a handle dies with its key, even if a new key takes the id)
 //! and any derivation inputs; the tag is HMAC-SHA256 under a per-install secret,
 //! so a handle cannot be forged or altered. A handle never contains key material.
+//!
+//! Two kinds of holder: a handle edgeid's `/v1` API issues names a key, and
+//! every use of it is checked against its caller's grants; a handle the aziot
+//! API issues is a *bearer* handle, as the reference's are: whoever holds it
+//! may use its key (the payload says which, so neither kind passes for the other).
 
 use std::path::Path;
 
@@ -21,6 +26,15 @@ const PREFIX: &str = "ek1.";
 /// A derivation input is at most this long.
 pub const MAX_INFO_LEN: usize = 1024;
 
+/// Who may use a handle being issued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Holder {
+    /// A caller whose grants name the key (edgeid's `/v1` API).
+    Grants,
+    /// Whoever holds the handle (the aziot API, as the reference).
+    Bearer,
+}
+
 /// What a handle refers to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyRef {
@@ -30,6 +44,9 @@ pub struct KeyRef {
     pub generation: String,
     /// Derivation inputs applied in order to the key (empty for the key itself).
     pub derivation: Vec<Vec<u8>>,
+    /// Issued by the aziot API: the handle is the capability, and its use
+    /// needs no grant (the reference's model). Derived handles inherit it.
+    pub bearer: bool,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -39,6 +56,9 @@ struct Payload {
     gen: String,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     derive: Vec<String>,
+    /// Absent in `/v1` handles, so those keep the form they always had.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    bearer: bool,
 }
 
 /// Issues and checks handles with this install's secret.
@@ -75,6 +95,7 @@ impl HandleAuthority {
                 .iter()
                 .map(|d| URL_SAFE_NO_PAD.encode(d))
                 .collect(),
+            bearer: key.bearer,
         };
         // Serializing a struct of strings cannot fail.
         let json = serde_json::to_vec(&payload).unwrap_or_default();
@@ -120,6 +141,7 @@ impl HandleAuthority {
             id: KeyId::new(&payload.id)?,
             generation: payload.gen,
             derivation,
+            bearer: payload.bearer,
         })
     }
 }
@@ -139,6 +161,7 @@ mod tests {
             id: KeyId::new("module/a").unwrap(),
             generation: "00ff".into(),
             derivation: vec![b"x".to_vec()],
+            bearer: false,
         }
     }
 
@@ -162,6 +185,32 @@ mod tests {
         for junk in ["", "ek1.", "ek1.x", "nope", "ek1.a.b.c", "ek1.!!.??"] {
             assert!(a.open(&KeyHandle(junk.into())).is_err(), "{junk}");
         }
+    }
+
+    #[test]
+    fn a_principal_handle_does_not_pass_for_a_bearer_one() {
+        let (_d, a) = authority();
+        let bearer = KeyRef {
+            bearer: true,
+            ..key()
+        };
+        assert!(a.open(&a.issue(&bearer)).unwrap().bearer);
+        assert!(!a.open(&a.issue(&key())).unwrap().bearer);
+        // The flag is inside the tagged payload: setting it in a principal
+        // handle breaks the tag.
+        let principal = a.issue(&key()).0;
+        let (body, tag) = principal.rsplit_once('.').unwrap();
+        let json = URL_SAFE_NO_PAD.decode(&body[PREFIX.len()..]).unwrap();
+        let mut value: serde_json::Value = serde_json::from_slice(&json).unwrap();
+        value["bearer"] = serde_json::Value::Bool(true);
+        let forged = format!(
+            "{PREFIX}{}.{tag}",
+            URL_SAFE_NO_PAD.encode(serde_json::to_vec(&value).unwrap())
+        );
+        assert!(matches!(
+            a.open(&KeyHandle(forged)),
+            Err(Error::ForeignHandle)
+        ));
     }
 
     #[test]

@@ -15,6 +15,7 @@ use crate::backend::tpm::TpmBackend;
 use crate::backend::{no_such_key, BackendKind, KeyBackend, KeyKind};
 use crate::config::KeydConfig;
 use crate::error::Error;
+pub use crate::handle::Holder;
 use crate::handle::{HandleAuthority, KeyRef, MAX_INFO_LEN};
 use crate::key_id::KeyId;
 
@@ -166,26 +167,30 @@ impl Keyd {
         Ok(id)
     }
 
-    /// Opens a handle, checks the caller may use its key, finds the store.
+    /// Opens a handle, checks the caller may use its key (unless the handle
+    /// is a bearer handle: then holding it is the grant), finds the store.
     fn open_handle(
         &self,
         caller: &Caller,
         handle: &KeyHandle,
     ) -> Result<(KeyRef, &Arc<dyn KeyBackend>), Error> {
         let key = self.handles.open(handle)?;
-        self.access
-            .check(caller, key.id.as_str())
-            .map_err(Error::Forbidden)?;
+        if !key.bearer {
+            self.access
+                .check(caller, key.id.as_str())
+                .map_err(Error::Forbidden)?;
+        }
         let store = self.stores.for_id(&key.id)?;
         Ok((key, store))
     }
 
-    fn handle_for(&self, id: KeyId, generation: String) -> HandleResponse {
+    fn handle_for(&self, id: KeyId, generation: String, holder: Holder) -> HandleResponse {
         HandleResponse {
             handle: self.handles.issue(&KeyRef {
                 id,
                 generation,
                 derivation: Vec::new(),
+                bearer: holder == Holder::Bearer,
             }),
         }
     }
@@ -195,6 +200,7 @@ impl Keyd {
         &self,
         caller: &Caller,
         req: CreateKeyPairRequest,
+        holder: Holder,
     ) -> Result<HandleResponse, Error> {
         let id = self.authorize(caller, &req.id)?;
         let record = self
@@ -202,7 +208,32 @@ impl Keyd {
             .for_id(&id)?
             .create_key_pair(&id, req.spec)
             .await?;
-        Ok(self.handle_for(id, record.generation))
+        Ok(self.handle_for(id, record.generation, holder))
+    }
+
+    /// The key pair `id` if it exists (whatever its spec), else a new one
+    /// of the first of `preferred` the store makes: the aziot API's
+    /// create-if-not-exists.
+    pub async fn load_or_create_key_pair(
+        &self,
+        caller: &Caller,
+        id: &str,
+        preferred: &[KeyPairSpec],
+        holder: Holder,
+    ) -> Result<HandleResponse, Error> {
+        let key_id = self.authorize(caller, id)?;
+        let store = self.stores.for_id(&key_id)?;
+        if let Some(record) = store.find(&key_id).await? {
+            record.check_class(true)?;
+            return Ok(self.handle_for(key_id, record.generation, holder));
+        }
+        let Some(spec) = preferred.first() else {
+            return Err(Error::BadRequest(
+                "no algorithm keyd makes is among the preferred algorithms".into(),
+            ));
+        };
+        let record = store.create_key_pair(&key_id, *spec).await?;
+        Ok(self.handle_for(key_id, record.generation, holder))
     }
 
     /// `GET /v1/keypair/{id}` (`pair`) and `GET /v1/key/{id}`.
@@ -211,6 +242,7 @@ impl Keyd {
         caller: &Caller,
         id: &str,
         pair: bool,
+        holder: Holder,
     ) -> Result<HandleResponse, Error> {
         let id = self.authorize(caller, id)?;
         let record = self
@@ -220,7 +252,7 @@ impl Keyd {
             .await?
             .ok_or_else(|| no_such_key(&id, pair))?;
         record.check_class(pair)?;
-        Ok(self.handle_for(id, record.generation))
+        Ok(self.handle_for(id, record.generation, holder))
     }
 
     /// `POST /v1/public-key`
@@ -229,12 +261,21 @@ impl Keyd {
         caller: &Caller,
         req: PublicKeyRequest,
     ) -> Result<PublicKeyResponse, Error> {
-        let (key, store) = self.open_handle(caller, &req.handle)?;
-        let public = store.public_key(&key).await?;
+        let public = self.public_key_of(caller, &req.handle).await?;
         Ok(PublicKeyResponse {
             spec: public.spec,
             pem: pem::encode(&pem::Pem::new("PUBLIC KEY", public.spki_der)),
         })
+    }
+
+    /// The public half of a key pair, as DER.
+    pub async fn public_key_of(
+        &self,
+        caller: &Caller,
+        handle: &KeyHandle,
+    ) -> Result<crate::backend::PublicKey, Error> {
+        let (key, store) = self.open_handle(caller, handle)?;
+        store.public_key(&key).await
     }
 
     /// `POST /v1/sign`
@@ -262,6 +303,7 @@ impl Keyd {
         &self,
         caller: &Caller,
         req: CreateKeyRequest,
+        holder: Holder,
     ) -> Result<HandleResponse, Error> {
         let id = self.authorize(caller, &req.id)?;
         let import = req.import.as_ref().map(|s| s.0.as_slice());
@@ -270,7 +312,7 @@ impl Keyd {
             .for_id(&id)?
             .create_key(&id, req.key_type, import)
             .await?;
-        Ok(self.handle_for(id, record.generation))
+        Ok(self.handle_for(id, record.generation, holder))
     }
 
     /// `POST /v1/derive`: a handle for HMAC-SHA256(base key, info). Nothing is
@@ -355,6 +397,7 @@ impl Keyd {
             id: key.id.clone(),
             generation: key.generation.clone(),
             derivation: Vec::new(),
+            bearer: key.bearer,
         };
         self.check_base(store, &base, true).await?;
         // HMAC(base, info) is the derived key; the store computes it as it
@@ -440,7 +483,7 @@ impl Keyd {
             )));
         }
         let record = tpm.activate_and_import(&id, &req.blob.0).await?;
-        Ok(self.handle_for(id, record.generation))
+        Ok(self.handle_for(id, record.generation, Holder::Grants))
     }
 
     fn tpm(&self) -> Result<&Arc<TpmBackend>, Error> {
@@ -455,6 +498,53 @@ impl Keyd {
     pub async fn delete(&self, caller: &Caller, id: &str, pair: bool) -> Result<(), Error> {
         let id = self.authorize(caller, id)?;
         self.stores.for_id(&id)?.delete(&id, pair).await
+    }
+
+    /// Renames key pair `from` to `to` (both granted to the caller, both in
+    /// one store), replacing what `to` named; a handle of the result.
+    pub async fn move_key_pair(
+        &self,
+        caller: &Caller,
+        from: &str,
+        to: &str,
+        holder: Holder,
+    ) -> Result<HandleResponse, Error> {
+        let from = self.authorize(caller, from)?;
+        let to = self.authorize(caller, to)?;
+        let (from_kind, to_kind) = (self.stores.kind_for(&from), self.stores.kind_for(&to));
+        if from_kind != to_kind {
+            return Err(Error::BadRequest(format!(
+                "key '{from}' is kept in the {from_kind} store and '{to}' in the {to_kind} store: a key does not move between stores"
+            )));
+        }
+        if from == to {
+            return self.find(caller, from.as_str(), true, holder).await;
+        }
+        let record = self.stores.for_id(&from)?.move_key_pair(&from, &to).await?;
+        Ok(self.handle_for(to, record.generation, holder))
+    }
+
+    /// Deletes the key a handle names (a key pair if `pair`, else a
+    /// symmetric key), if it is still the key the handle was issued for.
+    pub async fn delete_by_handle(
+        &self,
+        caller: &Caller,
+        handle: &KeyHandle,
+        pair: bool,
+    ) -> Result<(), Error> {
+        let (key, store) = self.open_handle(caller, handle)?;
+        if !key.derivation.is_empty() {
+            return Err(Error::BadRequest(
+                "a derived key is not stored, so it is not deleted: delete its base".into(),
+            ));
+        }
+        let record = store
+            .find(&key.id)
+            .await?
+            .ok_or_else(|| no_such_key(&key.id, pair))?;
+        record.check(&key)?;
+        record.check_class(pair)?;
+        store.delete(&key.id, pair).await
     }
 
     /// `GET /v1/health`: version and each store's state. Open to any caller.

@@ -735,10 +735,18 @@ async fn bad_input_gets_clear_4xx() {
         ),
         (
             Method::GET,
-            "/v2/sign",
+            "/v1/nothing",
             "".into(),
             StatusCode::NOT_FOUND,
             "no such path",
+        ),
+        // Outside /v1 is the aziot API, which asks for its api-version first.
+        (
+            Method::GET,
+            "/v2/sign",
+            "".into(),
+            StatusCode::BAD_REQUEST,
+            "api-version not specified",
         ),
         (
             Method::POST,

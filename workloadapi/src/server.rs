@@ -80,17 +80,7 @@ static ROUTES: LazyLock<Routes<Route>> = LazyLock::new(|| {
 /// Checks `api-version`: one of the runtime's, exactly; else a 400 that
 /// begins as the runtime's does and names the versions served.
 pub fn check_api_version(version: Option<&str>) -> Result<(), ApiError> {
-    let supported = API_VERSIONS.join(", ");
-    match version {
-        None => Err(ApiError::bad_request(format!(
-            "api-version not specified; supported: {supported}"
-        ))),
-        Some(v) if API_VERSIONS.contains(&v) => Ok(()),
-        Some(v) => Err(ApiError::bad_request(format!(
-            "invalid api-version \"{}\"; supported: {supported}",
-            edgeid_identityd::names::shown(v)
-        ))),
-    }
+    edgeid_common::routes::check_api_version(version, API_VERSIONS).map(|_| ())
 }
 
 /// Whether a path is one of edgeid's own, which take no `api-version`.

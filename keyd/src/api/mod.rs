@@ -2,9 +2,10 @@
 //! fronts and the typed clients:
 //! - [`edgeid`]: edgeid's own `/v1` API (ARCHITECTURE.md section 4),
 //!   re-exported here as `api::*`;
-//! - `aziot` (Azure IoT Identity Service's keys API) is the next family; it
-//!   goes beside it, as its own file, over the same domain ([`crate::keys`]).
+//! - [`aziot`]: Azure IoT Identity Service's keys API, over the same domain
+//!   ([`crate::keys`]).
 
+pub mod aziot;
 pub mod edgeid;
 
 pub use edgeid::*;

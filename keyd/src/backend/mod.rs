@@ -203,6 +203,16 @@ pub trait KeyBackend: Send + Sync + 'static {
     /// key), so neither path deletes the other kind of key.
     async fn delete(&self, id: &KeyId, pair: bool) -> Result<(), Error>;
 
+    /// Renames key pair `from` to `to`, replacing any key pair `to` names
+    /// (the aziot API's move, how a renewal with a new key takes the old
+    /// key's place).
+    async fn move_key_pair(&self, from: &KeyId, to: &KeyId) -> Result<KeyRecord, Error> {
+        let _ = (from, to);
+        Err(Error::BadRequest(
+            "this key store does not move keys yet (the software store does): create the key under its final id".into(),
+        ))
+    }
+
     /// `Ok` when the store is usable, else why not.
     async fn health(&self) -> Result<(), String>;
 

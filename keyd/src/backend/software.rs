@@ -166,6 +166,23 @@ impl SoftwareBackend {
     }
 
     fn unseal_file(&self, id: &KeyId, path: &Path, bytes: &[u8]) -> Result<LoadedKey, Error> {
+        let (record, secret) = self.unseal_secret(id, path, bytes)?;
+        let material = material_from(record.kind, &secret).map_err(|_| {
+            Error::Internal(format!(
+                "key file {} for '{id}' holds key material keyd cannot parse",
+                path.display()
+            ))
+        })?;
+        Ok(LoadedKey { record, material })
+    }
+
+    /// A key file's record and its unsealed secret.
+    fn unseal_secret(
+        &self,
+        id: &KeyId,
+        path: &Path,
+        bytes: &[u8],
+    ) -> Result<(KeyRecord, Zeroizing<Vec<u8>>), Error> {
         let damaged =
             |why: &str| Error::Internal(format!("key file {} for '{id}' {why}", path.display()));
         let file: KeyFile =
@@ -187,16 +204,14 @@ impl SoftwareBackend {
         let secret = open(&self.master, &sealed, &file.aad()).map_err(|_| {
             damaged("cannot be unsealed: the master key is not the one it was sealed with, or the file was altered")
         })?;
-        let material = material_from(kind, &secret)
-            .map_err(|_| damaged("holds key material keyd cannot parse"))?;
-        Ok(LoadedKey {
-            record: KeyRecord {
+        Ok((
+            KeyRecord {
                 id: id.clone(),
                 kind,
                 generation: file.generation,
             },
-            material,
-        })
+            secret,
+        ))
     }
 
     /// Seals `secret`, writes the key file atomically, caches the key.
@@ -387,6 +402,40 @@ impl KeyBackend for SoftwareBackend {
             .remove(id);
         tracing::info!(key = %id, "deleted key");
         Ok(())
+    }
+
+    /// Sealed again under `to` (with a new generation, so no handle of
+    /// either key names the result), then `from` removed. A crash between
+    /// the two leaves both: the move can be asked for again.
+    async fn move_key_pair(&self, from: &KeyId, to: &KeyId) -> Result<KeyRecord, Error> {
+        let _writing = self.writes.lock().await;
+        let path = self.path_of(from);
+        let bytes = match tokio::fs::read(&path).await {
+            Ok(b) => Zeroizing::new(b),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(no_such_key(from, true))
+            }
+            Err(e) => {
+                return Err(Error::Internal(format!(
+                    "cannot read key file {}: {e}",
+                    path.display()
+                )))
+            }
+        };
+        let (record, secret) = self.unseal_secret(from, &path, &bytes)?;
+        record.check_class(true)?;
+        let moved = self.store(to, record.kind, &secret)?;
+        std::fs::remove_file(&path)
+            .and_then(|()| std::fs::File::open(&self.keys_dir)?.sync_all())
+            .map_err(|e| {
+                Error::Internal(format!("cannot remove key file {}: {e}", path.display()))
+            })?;
+        self.cache
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(from);
+        tracing::info!(from = %from, to = %to, "moved key pair");
+        Ok(moved.record.clone())
     }
 
     async fn list(&self) -> Result<Vec<KeyRecord>, Error> {

@@ -1,12 +1,12 @@
-//! keyd's routes. Each handler parses, calls [`Keyd`], and maps the result.
+//! keyd's `/v1` routes. Each handler parses, calls [`Keyd`], and maps the result.
 
 use std::sync::LazyLock;
 
 use edgeid_common::routes::Routes;
-use edgeid_common::{ApiError, ApiRequest, ApiResponse, Caller, Handler};
+use edgeid_common::{ApiError, ApiRequest, ApiResponse, Caller};
 use http::{Method, StatusCode};
 
-use crate::keys::Keyd;
+use crate::keys::{Holder, Keyd};
 
 #[derive(Debug, Clone, Copy)]
 enum Route {
@@ -53,10 +53,10 @@ static ROUTES: LazyLock<Routes<Route>> = LazyLock::new(|| {
     ])
 });
 
-impl Handler for Keyd {
+impl Keyd {
     /// A caller who is neither an administrator nor a principal is refused
     /// before its body is read (health aside: anyone may ask).
-    fn admit(&self, caller: &Caller, _: &Method, path: &str) -> Option<ApiResponse> {
+    pub(super) fn admit_edgeid(&self, caller: &Caller, path: &str) -> Option<ApiResponse> {
         if matches!(path, "/v1/health") {
             return None;
         }
@@ -65,7 +65,7 @@ impl Handler for Keyd {
             .map(|why| ApiResponse::error(&ApiError::forbidden(why)))
     }
 
-    async fn handle(&self, req: ApiRequest) -> ApiResponse {
+    pub(super) async fn handle_edgeid(&self, req: ApiRequest) -> ApiResponse {
         let (route, params) = match ROUTES.find(&req.method, &req.path) {
             Ok(found) => found,
             Err(answer) => return answer,
@@ -74,9 +74,9 @@ impl Handler for Keyd {
         let id = params.get("id").unwrap_or_default();
         let ok = StatusCode::OK;
         macro_rules! with_body {
-            ($op:ident) => {
+            ($op:ident $(, $arg:expr)?) => {
                 match req.json() {
-                    Ok(body) => ApiResponse::from_result(ok, self.$op(caller, body).await),
+                    Ok(body) => ApiResponse::from_result(ok, self.$op(caller, body $(, $arg)?).await),
                     Err(e) => ApiResponse::error(&e),
                 }
             };
@@ -84,17 +84,21 @@ impl Handler for Keyd {
         match route {
             Route::Health => ApiResponse::json(ok, &self.health().await),
             Route::List => ApiResponse::from_result(ok, self.list(&req.caller).await),
-            Route::CreateKeyPair => with_body!(create_key_pair),
+            Route::CreateKeyPair => with_body!(create_key_pair, Holder::Grants),
             Route::PublicKey => with_body!(public_key),
             Route::Sign => with_body!(sign),
-            Route::CreateKey => with_body!(create_key),
+            Route::CreateKey => with_body!(create_key, Holder::Grants),
             Route::Derive => with_body!(derive),
             Route::Export => with_body!(export),
             Route::Encrypt => with_body!(encrypt),
             Route::Decrypt => with_body!(decrypt),
             Route::TpmActivate => with_body!(tpm_activate),
-            Route::GetKeyPair => ApiResponse::from_result(ok, self.find(caller, id, true).await),
-            Route::GetKey => ApiResponse::from_result(ok, self.find(caller, id, false).await),
+            Route::GetKeyPair => {
+                ApiResponse::from_result(ok, self.find(caller, id, true, Holder::Grants).await)
+            }
+            Route::GetKey => {
+                ApiResponse::from_result(ok, self.find(caller, id, false, Holder::Grants).await)
+            }
             Route::TpmAttestationKeys => {
                 ApiResponse::from_result(ok, self.tpm_attestation_keys(caller).await)
             }
