@@ -141,18 +141,26 @@ impl SoftwareBackend {
             return Ok(Some(k));
         }
         let path = self.path_of(id);
-        let bytes = match tokio::fs::read(&path).await {
-            Ok(b) => Zeroizing::new(b),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => {
-                return Err(Error::Internal(format!(
-                    "cannot read key file {}: {e}",
-                    path.display()
-                )))
-            }
+        let Some(bytes) = read_key_file(&path).await? else {
+            return Ok(None);
         };
         let key = self.unseal_file(id, &path, &bytes)?;
         Ok(Some(self.remember(key)))
+    }
+
+    /// Removes key `id`'s file (durably) and forgets it.
+    fn remove(&self, id: &KeyId) -> Result<(), Error> {
+        let path = self.path_of(id);
+        std::fs::remove_file(&path)
+            .and_then(|()| std::fs::File::open(&self.keys_dir)?.sync_all())
+            .map_err(|e| {
+                Error::Internal(format!("cannot delete key file {}: {e}", path.display()))
+            })?;
+        self.cache
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
+        Ok(())
     }
 
     /// The key a handle names, with its generation checked.
@@ -390,16 +398,7 @@ impl KeyBackend for SoftwareBackend {
         let _writing = self.writes.lock().await;
         let existing = self.load(id).await?.ok_or_else(|| no_such_key(id, pair))?;
         existing.record.check_class(pair)?;
-        let path = self.path_of(id);
-        std::fs::remove_file(&path)
-            .and_then(|()| std::fs::File::open(&self.keys_dir)?.sync_all())
-            .map_err(|e| {
-                Error::Internal(format!("cannot delete key file {}: {e}", path.display()))
-            })?;
-        self.cache
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(id);
+        self.remove(id)?;
         tracing::info!(key = %id, "deleted key");
         Ok(())
     }
@@ -410,30 +409,13 @@ impl KeyBackend for SoftwareBackend {
     async fn move_key_pair(&self, from: &KeyId, to: &KeyId) -> Result<KeyRecord, Error> {
         let _writing = self.writes.lock().await;
         let path = self.path_of(from);
-        let bytes = match tokio::fs::read(&path).await {
-            Ok(b) => Zeroizing::new(b),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(no_such_key(from, true))
-            }
-            Err(e) => {
-                return Err(Error::Internal(format!(
-                    "cannot read key file {}: {e}",
-                    path.display()
-                )))
-            }
-        };
+        let bytes = read_key_file(&path)
+            .await?
+            .ok_or_else(|| no_such_key(from, true))?;
         let (record, secret) = self.unseal_secret(from, &path, &bytes)?;
         record.check_class(true)?;
         let moved = self.store(to, record.kind, &secret)?;
-        std::fs::remove_file(&path)
-            .and_then(|()| std::fs::File::open(&self.keys_dir)?.sync_all())
-            .map_err(|e| {
-                Error::Internal(format!("cannot remove key file {}: {e}", path.display()))
-            })?;
-        self.cache
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(from);
+        self.remove(from)?;
         tracing::info!(from = %from, to = %to, "moved key pair");
         Ok(moved.record.clone())
     }
@@ -461,6 +443,18 @@ impl SoftwareBackend {
             }
             (_, kind) => Err(wrong_kind(&key.id, kind, "an aes-256-gcm key")),
         }
+    }
+}
+
+/// A key file's bytes, or `None` if there is none.
+async fn read_key_file(path: &Path) -> Result<Option<Zeroizing<Vec<u8>>>, Error> {
+    match tokio::fs::read(path).await {
+        Ok(b) => Ok(Some(Zeroizing::new(b))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::Internal(format!(
+            "cannot read key file {}: {e}",
+            path.display()
+        ))),
     }
 }
 
