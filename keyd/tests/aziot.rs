@@ -18,7 +18,7 @@ const V2: &str = "2021-05-01";
 
 /// One request as the reference's client sends it; status and JSON body.
 async fn call(keyd: &KeydFixture, method: Method, path: &str, body: Value) -> (StatusCode, Value) {
-    call_raw(keyd, method, path, body.to_string()).await
+    edgeid_testkit::aziot::call(&keyd.socket(), method, path, body).await
 }
 
 async fn call_raw(
@@ -27,19 +27,7 @@ async fn call_raw(
     path: &str,
     body: String,
 ) -> (StatusCode, Value) {
-    let (status, bytes) = keyd
-        .client()
-        .transport()
-        .raw(method, path, body.into())
-        .await
-        .unwrap();
-    let value = if bytes.is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_slice(&bytes)
-            .unwrap_or_else(|_| panic!("{path}: not JSON: {}", String::from_utf8_lossy(&bytes)))
-    };
-    (status, value)
+    edgeid_testkit::aziot::call_raw(&keyd.socket(), method, path, body).await
 }
 
 /// `POST` at `route?api-version=v` expecting 200; the JSON answer.

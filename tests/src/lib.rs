@@ -14,6 +14,7 @@
 //! - [`require_tool`]: a missing tool fails the test with the command that installs it;
 //! - [`clients`]: real clients nobody here wrote (Azure IoT SDKs, py-spiffe), run unchanged.
 
+pub mod aziot;
 pub mod certd;
 pub mod clients;
 pub mod cloud;

@@ -55,6 +55,13 @@ impl ApiRequest {
         })
     }
 
+    /// [`Self::json_or_unprocessable`] for a route that needs its body: an
+    /// empty one is a 400 "missing request body", as the aziot daemons say.
+    pub fn required_json_or_unprocessable<T: DeserializeOwned>(&self) -> Result<T, ApiError> {
+        self.json_or_unprocessable()?
+            .ok_or_else(|| ApiError::bad_request("missing request body"))
+    }
+
     /// The decoded value of a query parameter; of its last occurrence if it
     /// is given more than once (as IoT Edge's and the aziot servers read it).
     pub fn query_param(&self, name: &str) -> Option<String> {

@@ -303,13 +303,8 @@ impl Keyd {
 /// The body as the reference reads it: absent is a 400, not the JSON the
 /// route takes is a 422.
 fn body<T: DeserializeOwned>(req: &ApiRequest) -> Result<T, ApiResponse> {
-    match req.json_or_unprocessable() {
-        Ok(Some(body)) => Ok(body),
-        Ok(None) => Err(ApiResponse::error(&ApiError::bad_request(
-            "missing request body",
-        ))),
-        Err(e) => Err(ApiResponse::error(&e)),
-    }
+    req.required_json_or_unprocessable()
+        .map_err(|e| ApiResponse::error(&e))
 }
 
 fn answer<T: serde::Serialize>(ok: StatusCode, result: Result<T, Error>) -> ApiResponse {

@@ -1,0 +1,38 @@
+//! Requests to a daemon's aziot front as the reference's client crates send
+//! them (JSON bodies, `?api-version=` in the path), answers parsed as JSON.
+
+use std::path::Path;
+
+use edgeid_common::client::UdsClient;
+use http::{Method, StatusCode};
+use serde_json::Value;
+
+/// One request with a JSON body; status and JSON answer (`Null` if empty).
+pub async fn call(socket: &Path, method: Method, path: &str, body: Value) -> (StatusCode, Value) {
+    let body = if body.is_null() {
+        String::new()
+    } else {
+        body.to_string()
+    };
+    call_raw(socket, method, path, body).await
+}
+
+/// One request with a body as given (malformed ones included).
+pub async fn call_raw(
+    socket: &Path,
+    method: Method,
+    path: &str,
+    body: String,
+) -> (StatusCode, Value) {
+    let (status, bytes) = UdsClient::new(socket)
+        .raw(method, path, body.into())
+        .await
+        .unwrap_or_else(|e| panic!("{path}: {e}"));
+    let value = if bytes.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| panic!("{path}: not JSON: {}", String::from_utf8_lossy(&bytes)))
+    };
+    (status, value)
+}
