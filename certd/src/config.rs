@@ -24,6 +24,13 @@
 //! # password_file = "/etc/edgeid/certd.d/est.password"
 //! # bootstrap_cert = "est-bootstrap"   # a certd certificate with its key in keyd
 //!
+//! # How the aziot API's `POST /certificates` without an `issuer` issues an id
+//! # (the reference's [cert_issuance.<id>]); ids not named here need an issuer.
+//! [issuance."aziot-edged-ca"]
+//! method = "local-ca"       # or "self-signed" (by the keyd key `key_id`), "est"
+//! expiry_days = 90
+//! ca = true                 # its CSR may ask for CA rights
+//!
 //! [[principal]]
 //! name = "workloadd"
 //! uid = 993
@@ -31,6 +38,7 @@
 //! names = ["*.module.local", "spiffe://edge/*"]
 //! ```
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use edgeid_common::authz::Grants;
@@ -38,7 +46,7 @@ use edgeid_common::config::{ConfigError, ServerConfig};
 use edgeid_keyd::api::KeyPairSpec;
 use serde::Deserialize;
 
-use crate::api::RenewalPolicy;
+use crate::api::{IssuerKind, RenewalPolicy};
 
 /// Where certd listens unless configured otherwise.
 pub const DEFAULT_SOCKET: &str = "/run/edgeid/certd.sock";
@@ -69,9 +77,32 @@ pub struct CertdConfig {
     /// The EST server, if certificates are enrolled there.
     #[serde(default)]
     pub est: Option<EstConfig>,
+    /// Per certificate id, how a CSR without an issuer is issued (aziot API).
+    #[serde(default)]
+    pub issuance: BTreeMap<String, IssuanceConfig>,
     /// Callers other than administrators.
     #[serde(default, rename = "principal")]
     pub principals: Vec<PrincipalConfig>,
+}
+
+/// `[issuance."<id>"]`: how certd issues certificate `id` for a CSR that
+/// names no issuer (the aziot certificates API's `POST /certificates`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IssuanceConfig {
+    /// Who issues it.
+    pub method: IssuerKind,
+    /// Its lifetime (default `leaf_lifetime_days`).
+    #[serde(default)]
+    pub expiry_days: Option<u64>,
+    /// Whether its CSR may ask for CA rights (basicConstraints CA:TRUE):
+    /// an administrator's decision, made here.
+    #[serde(default)]
+    pub ca: bool,
+    /// For `self-signed`: the keyd key that signs it, which must be the
+    /// CSR's key (default: the certificate's id, as the reference has it).
+    #[serde(default)]
+    pub key_id: Option<String>,
 }
 
 fn default_keyd_socket() -> PathBuf {
@@ -232,6 +263,7 @@ impl CertdConfig {
             renewal: RenewalConfig::default(),
             leaf_lifetime_days: default_leaf_days(),
             est: None,
+            issuance: BTreeMap::new(),
             principals: Vec::new(),
         }
     }
@@ -256,6 +288,22 @@ impl CertdConfig {
         }
         for id in [&self.ca.cert_id, &self.ca.key_id] {
             edgeid_common::id::check(id).map_err(|why| format!("ca id '{id}': {why}"))?;
+        }
+        for (id, issuance) in &self.issuance {
+            edgeid_common::id::check(id).map_err(|why| format!("issuance id '{id}': {why}"))?;
+            if issuance.expiry_days == Some(0) {
+                return Err(format!("issuance.\"{id}\".expiry_days must be at least 1"));
+            }
+            if issuance.method == IssuerKind::Est && self.est.is_none() {
+                return Err(format!(
+                    "issuance.\"{id}\" has method \"est\" but there is no [est] table"
+                ));
+            }
+            if issuance.key_id.is_some() && issuance.method != IssuerKind::SelfSigned {
+                return Err(format!(
+                    "issuance.\"{id}\".key_id is for method \"self-signed\" only"
+                ));
+            }
         }
         if let Some(est) = &self.est {
             if est.username.is_some() != est.password_file.is_some() {

@@ -56,6 +56,22 @@ impl KeydKey {
         Self::from_handle(keyd, id, handle).await
     }
 
+    /// A key a caller handed certd by its handle (the aziot API's
+    /// `issuer.privateKeyHandle`): a handle keyd refuses is the caller's
+    /// mistake (400), not certd's; `label` names it in errors.
+    pub async fn for_callers_handle(
+        keyd: &KeydClient,
+        label: &str,
+        handle: KeyHandle,
+    ) -> Result<Self, Error> {
+        Self::from_handle(keyd, label, handle)
+            .await
+            .map_err(|e| match e {
+                Error::Unavailable(_) => e,
+                other => Error::BadRequest(format!("{label}: {other}")),
+            })
+    }
+
     async fn from_handle(keyd: &KeydClient, id: &str, handle: KeyHandle) -> Result<Self, Error> {
         let public = keyd
             .public_key(&handle)

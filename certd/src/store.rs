@@ -23,6 +23,9 @@ pub enum Origin {
     Issued(IssuerKind),
     /// Imported through the API; certd does not renew it.
     Imported,
+    /// Issued for a CSR by an issuer whose key the caller handed certd (the
+    /// aziot API's `issuer`); the caller renews it, as with the reference.
+    CallersIssuer,
 }
 
 /// One certificate and how it was made.

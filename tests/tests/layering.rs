@@ -37,7 +37,7 @@ const LONG_FILES: &[(&str, &str)] = &[
         "the PKCS#11 key store: one backend behind keyd's Backend trait",
     ),
     (
-        "certd/src/certs.rs",
+        "certd/src/certs/mod.rs",
         "certd's domain: one certificate's authorization, issuance, import and renewal",
     ),
     (

@@ -2,9 +2,10 @@
 //! fronts and the typed clients:
 //! - [`edgeid`]: edgeid's own `/v1` API (ARCHITECTURE.md section 5),
 //!   re-exported here as `api::*`;
-//! - `aziot` (Azure IoT Identity Service's certificates API) is the next
-//!   family; it goes beside it over the same domain ([`crate::certs`]).
+//! - [`aziot`]: Azure IoT Identity Service's certificates API, beside it
+//!   over the same domain ([`crate::certs`]).
 
+pub mod aziot;
 pub mod edgeid;
 
 pub use edgeid::*;

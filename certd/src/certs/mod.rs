@@ -1,5 +1,9 @@
 //! certd's domain: every API operation, authorized; issuance by each issuer;
 //! renewal of one certificate.
+//! - [`csr`]: issuance for a CSR as the aziot certificates API asks for it
+//!   (an issuer named by the caller, or the id's configured issuance).
+
+mod csr;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -663,7 +667,13 @@ impl Certd {
 /// A CSR's public key and names, after its signature is verified and its
 /// request checked: no CA rights unless the profile is `ca`.
 pub fn parse_csr(pem_text: &str, profile: Profile) -> Result<(Vec<u8>, Subject), Error> {
-    let csr = CertificateSigningRequestParams::from_pem(pem_text).map_err(|e| match e {
+    let csr = read_csr(pem_text)?;
+    csr_subject(&csr, profile)
+}
+
+/// A CSR, its signature verified (by rcgen, through x509-parser).
+fn read_csr(pem_text: &str) -> Result<CertificateSigningRequestParams, Error> {
+    CertificateSigningRequestParams::from_pem(pem_text).map_err(|e| match e {
         rcgen::Error::InvalidCertificationRequestSignature => {
             Error::BadRequest("the CSR's signature does not verify".into())
         }
@@ -671,7 +681,14 @@ pub fn parse_csr(pem_text: &str, profile: Profile) -> Result<(Vec<u8>, Subject),
             Error::BadRequest("the CSR asks for an extension certd does not issue".into())
         }
         other => Error::BadRequest(format!("not a valid PKCS#10 CSR: {other}")),
-    })?;
+    })
+}
+
+/// A read CSR's public key and names, for a certificate of `profile`.
+fn csr_subject(
+    csr: &CertificateSigningRequestParams,
+    profile: Profile,
+) -> Result<(Vec<u8>, Subject), Error> {
     if matches!(csr.params.is_ca, IsCa::Ca(_)) && profile != Profile::Ca {
         return Err(Error::BadRequest(
             "the CSR asks for CA rights (basicConstraints CA:TRUE) for a non-CA certificate".into(),

@@ -3,7 +3,7 @@
 use std::sync::LazyLock;
 
 use edgeid_common::routes::Routes;
-use edgeid_common::{ApiError, ApiRequest, ApiResponse, Caller, Handler};
+use edgeid_common::{ApiError, ApiRequest, ApiResponse, Caller};
 use http::{Method, StatusCode};
 
 use crate::certs::Certd;
@@ -33,10 +33,10 @@ static ROUTES: LazyLock<Routes<Route>> = LazyLock::new(|| {
     ])
 });
 
-impl Handler for Certd {
+impl Certd {
     /// A caller who is neither an administrator nor a principal is refused
     /// before its body is read (health and the trust bundle aside: anyone may ask).
-    fn admit(&self, caller: &Caller, _: &Method, path: &str) -> Option<ApiResponse> {
+    pub(super) fn admit_edgeid(&self, caller: &Caller, path: &str) -> Option<ApiResponse> {
         if matches!(path, "/v1/health" | "/v1/trust-bundle") {
             return None;
         }
@@ -45,7 +45,7 @@ impl Handler for Certd {
             .map(|why| ApiResponse::error(&ApiError::forbidden(why)))
     }
 
-    async fn handle(&self, req: ApiRequest) -> ApiResponse {
+    pub(super) async fn handle_edgeid(&self, req: ApiRequest) -> ApiResponse {
         let (route, params) = match ROUTES.find(&req.method, &req.path) {
             Ok(found) => found,
             Err(answer) => return answer,

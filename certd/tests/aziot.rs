@@ -1,0 +1,460 @@
+//! certd's aziot certificates API (issue 18) over its socket, with bodies
+//! as the reference's client (`aziot-cert-client-async`) builds them and the
+//! calls aziot-edged makes: its edge CA from a CSR with CA extensions, then
+//! module certificates signed by that CA through a keyd handle. Every chain
+//! is checked by `openssl verify` and read back with x509-parser.
+
+use std::process::Command;
+use std::sync::Arc;
+
+use edgeid_certd::config::{IssuanceConfig, PrincipalConfig};
+use edgeid_certd::issuer;
+use edgeid_certd::signer::KeydKey;
+use edgeid_common::authz::{Admins, Grants};
+use edgeid_testkit::aziot::{call, call_raw};
+use edgeid_testkit::{openssl, CertdFixture, KeydFixture};
+use http::{Method, StatusCode};
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyUsagePurpose};
+use serde_json::{json, Value};
+use x509_parser::prelude::*;
+
+const V: &str = "2020-09-01";
+const EDGE_CA: &str = "aziot-edged-ca";
+
+struct Suite {
+    dir: tempfile::TempDir,
+    keyd: KeydFixture,
+    certd: CertdFixture,
+}
+
+/// keyd and certd; certd issues `aziot-edged-ca` self-signed, as a CA, the
+/// way `iotedge config apply` configures the reference's quickstart, and
+/// `aziot-edged/by-local-ca` by its local CA, as a leaf only.
+async fn suite(principals: Vec<PrincipalConfig>, admins: Admins) -> Suite {
+    let dir = edgeid_testkit::temp_dir();
+    let keyd = KeydFixture::start_in(dir.path()).await;
+    let mut config = CertdFixture::config_in(dir.path(), &keyd.socket());
+    config.issuance.insert(
+        EDGE_CA.into(),
+        IssuanceConfig {
+            method: edgeid_certd::api::IssuerKind::SelfSigned,
+            expiry_days: Some(90),
+            ca: true,
+            key_id: None,
+        },
+    );
+    config.issuance.insert(
+        "aziot-edged/by-local-ca".into(),
+        IssuanceConfig {
+            method: edgeid_certd::api::IssuerKind::LocalCa,
+            expiry_days: None,
+            ca: false,
+            key_id: None,
+        },
+    );
+    config.principals = principals;
+    // Who may call is certd's decision here, not the socket's mode.
+    config.server.socket_mode = 0o666;
+    let certd = CertdFixture::configured(config, admins).await;
+    Suite { dir, keyd, certd }
+}
+
+/// `?api-version=` on a path.
+fn at(path: &str) -> String {
+    format!("{path}?api-version={V}")
+}
+
+/// A certificate id as the reference's client puts it in a path.
+fn segment(id: &str) -> String {
+    percent_encoding::utf8_percent_encode(id, percent_encoding::NON_ALPHANUMERIC).to_string()
+}
+
+/// What aziot-edged does first: its CA key in keyd (through keyd's aziot
+/// API, RSA-2048 as it asks), then a CSR with keyUsage and basicConstraints
+/// CA:TRUE pathlen 0 for it, and `POST /certificates` without an issuer.
+/// Returns the CA's PEM and a handle to its key.
+async fn edge_ca(s: &Suite) -> (String, Value) {
+    let (status, key) = call(
+        &s.keyd.socket(),
+        Method::POST,
+        "/keypair?api-version=2021-05-01",
+        json!({ "keyId": EDGE_CA, "preferredAlgorithms": "rsa-2048:*" }),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{key}");
+    let signer = Arc::new(KeydKey::load(&s.keyd.client(), EDGE_CA).await.unwrap());
+    let mut params = CertificateParams::default();
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "iotedge workload ca");
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyCertSign,
+    ];
+    let csr = issuer::csr(params, signer).await.unwrap();
+    let csr = ::pem::encode(&::pem::Pem::new("CERTIFICATE REQUEST", csr));
+    let (status, answer) = call(
+        &s.certd.socket(),
+        Method::POST,
+        &at("/certificates"),
+        json!({ "certId": EDGE_CA, "csr": csr }),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{answer}");
+    (
+        answer["pem"].as_str().unwrap().to_owned(),
+        key["keyHandle"].clone(),
+    )
+}
+
+/// A key and CSR made by openssl (a party that is not edgeid), as
+/// aziot-edged makes them for a module: CN, extensions given.
+fn openssl_csr(dir: &std::path::Path, name: &str, cn: &str, addext: &[&str]) -> String {
+    let tool = edgeid_testkit::require_tool("openssl", "openssl");
+    let csr = dir.join(format!("{name}.csr"));
+    let mut cmd = Command::new(tool);
+    cmd.args(["req", "-new", "-newkey", "ec", "-pkeyopt"])
+        .args(["ec_paramgen_curve:prime256v1", "-nodes", "-keyout"])
+        .arg(dir.join(format!("{name}.key")))
+        .args(["-subj", &format!("/CN={cn}"), "-out"])
+        .arg(&csr);
+    for ext in addext {
+        cmd.args(["-addext", ext]);
+    }
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::read_to_string(csr).unwrap()
+}
+
+fn ders(pem_text: &str) -> Vec<Vec<u8>> {
+    ::pem::parse_many(pem_text)
+        .unwrap()
+        .into_iter()
+        .map(|p| p.into_contents())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aziot_edged_gets_its_edge_ca_and_module_certificates_that_openssl_verifies() {
+    let s = suite(vec![], Admins::root_and_self()).await;
+    let (ca_pem, ca_handle) = edge_ca(&s).await;
+    let ca_der = ders(&ca_pem).remove(0);
+    let (_, ca) = X509Certificate::from_der(&ca_der).unwrap();
+    let bc = ca.basic_constraints().unwrap().unwrap().value;
+    assert!(
+        bc.ca && bc.path_len_constraint == Some(0),
+        "a CA, pathLen 0"
+    );
+    assert_eq!(ca.subject(), ca.issuer(), "self-signed, as configured");
+    assert!(ca.validity().time_to_expiration().unwrap().whole_days() <= 90);
+    openssl::verify_chain(&ca_pem, &ca_pem, "any").unwrap();
+
+    // A module's server certificate, as aziot-edged asks for it: its own
+    // id form, the CSR openssl made, the edge CA and its key handle.
+    let id = "aziot-edged/module/$edgeHub:638356473476598735:server";
+    let csr = openssl_csr(
+        s.dir.path(),
+        "server",
+        "edgeHub",
+        &[
+            "extendedKeyUsage=serverAuth",
+            "subjectAltName=DNS:edgehub.local",
+        ],
+    );
+    let issuer = json!({ "certId": EDGE_CA, "privateKeyHandle": ca_handle });
+    let (status, answer) = call(
+        &s.certd.socket(),
+        Method::POST,
+        &at("/certificates"),
+        json!({ "certId": id, "csr": csr, "issuer": issuer }),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{answer}");
+    let chain = answer["pem"].as_str().unwrap();
+    let chain_ders = ders(chain);
+    assert_eq!(
+        chain_ders.len(),
+        2,
+        "the leaf, then the issuer's stored chain"
+    );
+    assert_eq!(chain_ders[1], ca_der);
+    openssl::verify_chain(&ca_pem, chain, "sslserver").unwrap();
+    assert!(
+        openssl::verify_chain(&ca_pem, chain, "sslclient").is_err(),
+        "serverAuth only, as the CSR asked"
+    );
+    let (_, leaf) = X509Certificate::from_der(&chain_ders[0]).unwrap();
+    assert!(leaf.subject().to_string().contains("CN=edgeHub"));
+    let san = leaf.subject_alternative_name().unwrap().unwrap().value;
+    assert!(
+        matches!(
+            san.general_names[..],
+            [GeneralName::DNSName("edgehub.local")]
+        ),
+        "{san:?}"
+    );
+    assert!(leaf.validity().not_after <= ca.validity().not_after);
+
+    // The identity certificate (clientAuth) of another module.
+    let csr = openssl_csr(
+        s.dir.path(),
+        "identity",
+        "sensor",
+        &["extendedKeyUsage=clientAuth"],
+    );
+    let (status, answer) = call(
+        &s.certd.socket(),
+        Method::POST,
+        &at("/certificates"),
+        json!({ "certId": "aziot-edged/module/sensor:identity", "csr": csr, "issuer": issuer }),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{answer}");
+    openssl::verify_chain(&ca_pem, answer["pem"].as_str().unwrap(), "sslclient").unwrap();
+
+    // Get, import, delete: with the id percent-encoded, as the client sends it.
+    let path = at(&format!("/certificates/{}", segment(id)));
+    let (status, got) = call(&s.certd.socket(), Method::GET, &path, Value::Null).await;
+    assert_eq!(status, StatusCode::OK, "{got}");
+    assert_eq!(got["pem"], chain);
+    let renewed = at(&format!("/certificates/{}", segment(EDGE_CA)));
+    let (status, put) = call(
+        &s.certd.socket(),
+        Method::PUT,
+        &renewed,
+        json!({ "pem": ca_pem }),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{put}");
+    assert_eq!(put["pem"], ca_pem.as_str());
+    for _ in 0..2 {
+        // Deleting what is not there is done, as the reference answers it.
+        let (status, _) = call(&s.certd.socket(), Method::DELETE, &path, Value::Null).await;
+        assert_eq!(status, StatusCode::NO_CONTENT);
+    }
+    let (status, gone) = call(&s.certd.socket(), Method::GET, &path, Value::Null).await;
+    assert_eq!(
+        status,
+        StatusCode::BAD_REQUEST,
+        "a missing certificate is 400: {gone}"
+    );
+    assert!(gone["message"].as_str().unwrap().contains("does not exist"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_issuer_must_be_a_ca_with_the_very_key_the_handle_names() {
+    let s = suite(vec![], Admins::root_and_self()).await;
+    let (_, ca_handle) = edge_ca(&s).await;
+    let (status, other) = call(
+        &s.keyd.socket(),
+        Method::POST,
+        "/keypair?api-version=2020-09-01",
+        json!({ "keyId": "other", "preferredAlgorithms": "ec-p256" }),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let csr = openssl_csr(s.dir.path(), "m", "m", &["extendedKeyUsage=serverAuth"]);
+    let mut tampered = ca_handle.as_str().unwrap().to_owned();
+    let last = tampered.pop().unwrap();
+    tampered.push(if last == 'A' { 'B' } else { 'A' });
+    let cases = [
+        (
+            json!({ "certId": EDGE_CA, "privateKeyHandle": other["keyHandle"] }),
+            "is not the key of",
+        ),
+        (
+            json!({ "certId": EDGE_CA, "privateKeyHandle": tampered }),
+            "issuer.privateKeyHandle",
+        ),
+        (
+            json!({ "certId": "nothing", "privateKeyHandle": ca_handle }),
+            "not found",
+        ),
+    ];
+    for (issuer, why) in cases {
+        let (status, answer) = call(
+            &s.certd.socket(),
+            Method::POST,
+            &at("/certificates"),
+            json!({ "certId": "m", "csr": csr, "issuer": issuer }),
+        )
+        .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{issuer}: {answer}");
+        assert!(
+            answer["message"].as_str().unwrap().contains(why),
+            "{answer}"
+        );
+    }
+    // A leaf is not an issuer, even with its own key's handle.
+    let (_, leaf) = call(
+        &s.certd.socket(),
+        Method::POST,
+        &at("/certificates"),
+        json!({ "certId": "leaf", "csr": csr,
+                "issuer": { "certId": EDGE_CA, "privateKeyHandle": ca_handle } }),
+    )
+    .await;
+    assert!(leaf["pem"].is_string(), "{leaf}");
+    let (status, answer) = call(
+        &s.certd.socket(),
+        Method::POST,
+        &at("/certificates"),
+        json!({ "certId": "m", "csr": csr,
+                "issuer": { "certId": "leaf", "privateKeyHandle": other["keyHandle"] } }),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(
+        answer["message"].as_str().unwrap().contains("not a CA"),
+        "{answer}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_the_references_statuses_and_a_message() {
+    let s = suite(vec![], Admins::root_and_self()).await;
+    let csr = openssl_csr(s.dir.path(), "x", "x", &[]);
+    let code_signing = openssl_csr(s.dir.path(), "cs", "cs", &["extendedKeyUsage=codeSigning"]);
+    let mut forged = csr.clone();
+    forged.replace_range(100..101, if &csr[100..101] == "A" { "B" } else { "A" });
+    #[rustfmt::skip]
+    let cases: Vec<(Method, String, String, StatusCode, &str)> = vec![
+        (Method::POST, "/certificates".into(), json!({ "certId": "x", "csr": csr }).to_string(), StatusCode::BAD_REQUEST, "api-version"),
+        (Method::POST, "/certificates?api-version=2099-01-01".into(), "{}".into(), StatusCode::BAD_REQUEST, "api-version"),
+        (Method::POST, at("/certificates"), "{\"certId\":".into(), StatusCode::UNPROCESSABLE_ENTITY, "malformed JSON"),
+        (Method::POST, at("/certificates"), json!({ "certId": "x" }).to_string(), StatusCode::UNPROCESSABLE_ENTITY, "csr"),
+        (Method::POST, at("/certificates"), String::new(), StatusCode::BAD_REQUEST, "missing request body"),
+        (Method::PUT, at("/certificates/x"), String::new(), StatusCode::BAD_REQUEST, "missing request body"),
+        (Method::POST, at("/certificates"), json!({ "certId": "x", "csr": "not a CSR" }).to_string(), StatusCode::BAD_REQUEST, "CSR"),
+        (Method::POST, at("/certificates"), json!({ "certId": "x", "csr": forged }).to_string(), StatusCode::BAD_REQUEST, "CSR"),
+        (Method::POST, at("/certificates"), json!({ "certId": "x", "csr": csr }).to_string(), StatusCode::BAD_REQUEST, "needs an issuer"),
+        (Method::POST, at("/certificates"), json!({ "certId": "../x", "csr": csr }).to_string(), StatusCode::BAD_REQUEST, "invalid certificate id"),
+        (Method::POST, at("/certificates"), json!({ "certId": EDGE_CA, "csr": code_signing }).to_string(), StatusCode::BAD_REQUEST, "extended key usage"),
+        (Method::PUT, at("/certificates/x"), json!({ "pem": "junk" }).to_string(), StatusCode::BAD_REQUEST, ""),
+        (Method::PATCH, at("/certificates/x"), String::new(), StatusCode::METHOD_NOT_ALLOWED, ""),
+        (Method::GET, at("/nothing"), String::new(), StatusCode::NOT_FOUND, ""),
+    ];
+    for (method, path, body, status, why) in cases {
+        let (got, answer) = call_raw(&s.certd.socket(), method.clone(), &path, body).await;
+        assert_eq!(got, status, "{method} {path}: {answer}");
+        let message = answer["message"].as_str().unwrap_or_default();
+        assert!(message.contains(why), "{method} {path}: {answer}");
+    }
+    let stored = std::fs::read_dir(s.dir.path().join("certd/certs"))
+        .unwrap()
+        .count();
+    assert_eq!(stored, 0, "nothing stored by any of it");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callers_need_the_certificate_id_and_the_ca_rights_config_gives() {
+    if !edgeid_testkit::is_root() {
+        panic!("this test switches uids: run it as root (CI does)");
+    }
+    let principal = 64_301;
+    let stranger = 64_302;
+    let s = suite(
+        vec![PrincipalConfig {
+            name: "aziot-edged".into(),
+            uid: principal,
+            certs: Grants::parse(&["aziot-edged/**", EDGE_CA]).unwrap(),
+            names: Grants::parse(&["*"]).unwrap(),
+        }],
+        Admins::root_and_self(),
+    )
+    .await;
+    edgeid_testkit::open_to_others(s.dir.path());
+    let (ca_pem, ca_handle) = edge_ca(&s).await;
+    let socket = s.certd.socket();
+    let csr = openssl_csr(s.dir.path(), "p", "p", &["extendedKeyUsage=serverAuth"]);
+    let create = |id: &str| {
+        json!({ "certId": id, "csr": csr,
+                "issuer": { "certId": EDGE_CA, "privateKeyHandle": ca_handle } })
+        .to_string()
+    };
+    let path = at("/certificates");
+    let as_ = |uid, method, path: &str, body: String| {
+        let socket = socket.clone();
+        let path = path.to_owned();
+        async move {
+            let (status, body) =
+                edgeid_testkit::request_as(uid, &socket, method, &path, &body).await;
+            (status, String::from_utf8_lossy(&body).into_owned())
+        }
+    };
+    let (status, body) = as_(
+        principal,
+        Method::POST,
+        &path,
+        create("aziot-edged/module/a:server"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (status, body) = as_(principal, Method::POST, &path, create("device-id")).await;
+    assert_eq!(
+        status,
+        StatusCode::FORBIDDEN,
+        "an id it is not granted: {body}"
+    );
+    let own = at(&format!("/certificates/{}", segment(EDGE_CA)));
+    let (status, body) = as_(principal, Method::GET, &own, String::new()).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    for (method, path, body) in [
+        (
+            Method::POST,
+            path.clone(),
+            create("aziot-edged/module/b:server"),
+        ),
+        (Method::GET, own.clone(), String::new()),
+        (
+            Method::PUT,
+            own.clone(),
+            json!({ "pem": ca_pem }).to_string(),
+        ),
+        (Method::DELETE, own.clone(), String::new()),
+    ] {
+        let (status, answer) = as_(stranger, method.clone(), &path, body).await;
+        assert_eq!(
+            status,
+            StatusCode::FORBIDDEN,
+            "stranger {method} {path}: {answer}"
+        );
+    }
+    // CA rights without an issuer come from config only: the principal's
+    // CSR asking for them at an id configured without `ca = true` is refused.
+    let ca_csr = openssl_csr(
+        s.dir.path(),
+        "ca2",
+        "ca2",
+        &[
+            "basicConstraints=critical,CA:TRUE,pathlen:0",
+            "keyUsage=critical,keyCertSign",
+        ],
+    );
+    let body = json!({ "certId": "aziot-edged/ca2", "csr": ca_csr }).to_string();
+    let (status, answer) = as_(principal, Method::POST, &path, body).await;
+    assert_eq!(
+        status,
+        StatusCode::BAD_REQUEST,
+        "no issuance configured: {answer}"
+    );
+    let leaf_only = "aziot-edged/by-local-ca";
+    let body = json!({ "certId": leaf_only, "csr": ca_csr }).to_string();
+    let (status, answer) = as_(principal, Method::POST, &path, body).await;
+    assert_eq!(
+        status,
+        StatusCode::FORBIDDEN,
+        "configured without ca = true: {answer}"
+    );
+    let body = json!({ "certId": leaf_only, "csr": csr }).to_string();
+    let (status, answer) = as_(principal, Method::POST, &path, body).await;
+    assert_eq!(status, StatusCode::CREATED, "{answer}");
+    let chain: Value = serde_json::from_str(&answer).unwrap();
+    let bundle = s.certd.client().trust_bundle().await.unwrap();
+    openssl::verify_chain(&bundle, chain["pem"].as_str().unwrap(), "sslserver").unwrap();
+}
