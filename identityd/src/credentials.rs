@@ -18,16 +18,30 @@ use crate::store::KeyRef;
 pub(crate) struct Credentials<'a> {
     pub(crate) keyd: &'a KeydClient,
     pub(crate) certd: &'a CertdClient,
+    /// Which handles to answer.
+    pub(crate) handles: Handles,
+}
+
+/// Which keyd handles an identity carries: keyd's own, checked against
+/// the grants of whoever uses them (`/v1`), or bearer handles, usable by
+/// whoever holds them (the aziot API's, as aziot-edged and the SDKs use a
+/// module's `keyHandle` to sign through keyd).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Handles {
+    /// Checked against the grants of whoever uses them.
+    Granted,
+    /// A capability of their own.
+    Bearer,
 }
 
 impl Credentials<'_> {
     /// The keyd handle of a symmetric key, derivation applied.
     pub async fn symmetric_handle(&self, key: &KeyRef) -> Result<KeyHandle, Error> {
-        let handle = self
-            .keyd
-            .key(&key.id)
-            .await
-            .map_err(|e| Error::from_daemon("keyd", &format!("key '{}'", key.id), e))?;
+        let handle = match self.handles {
+            Handles::Granted => self.keyd.key(&key.id).await,
+            Handles::Bearer => self.keyd.bearer_key(&key.id).await,
+        }
+        .map_err(|e| Error::from_daemon("keyd", &format!("key '{}'", key.id), e))?;
         match &key.derive {
             None => Ok(handle),
             Some(info) => self
@@ -43,10 +57,11 @@ impl Credentials<'_> {
     /// The keyd handle of the key a certd certificate certifies now.
     pub async fn cert_key_handle(&self, cert_id: &str) -> Result<KeyHandle, Error> {
         let key_id = self.cert_key_id(cert_id).await?;
-        self.keyd
-            .key_pair(&key_id)
-            .await
-            .map_err(|e| Error::from_daemon("keyd", &format!("key '{key_id}'"), e))
+        match self.handles {
+            Handles::Granted => self.keyd.key_pair(&key_id).await,
+            Handles::Bearer => self.keyd.bearer_key_pair(&key_id).await,
+        }
+        .map_err(|e| Error::from_daemon("keyd", &format!("key '{key_id}'"), e))
     }
 
     pub async fn cert_key_id(&self, cert_id: &str) -> Result<String, Error> {

@@ -15,7 +15,7 @@ use crate::api::{
 use crate::config::Role;
 use crate::error::Error;
 use crate::hub::{Hub, ModuleCredential};
-use crate::identities::Identityd;
+use crate::identities::{Handles, Identityd};
 use crate::names;
 use crate::sas;
 use crate::store::{DeviceRecord, ModuleRecord};
@@ -31,6 +31,15 @@ impl Identityd {
 
     /// `GET /v1/identities/modules`: all for the orchestrator, its own for a module.
     pub async fn list_modules(&self, caller: &Caller) -> Result<ModuleList, Error> {
+        self.list_modules_as(caller, Handles::Granted).await
+    }
+
+    /// [`Self::list_modules`] with handles of the kind asked for.
+    pub async fn list_modules_as(
+        &self,
+        caller: &Caller,
+        handles: Handles,
+    ) -> Result<ModuleList, Error> {
         let orchestrator = self.admins.contains(caller)
             || matches!(self.role_of(caller), Some((Role::Orchestrator, _)));
         if !orchestrator && self.role_of(caller).is_none() {
@@ -44,7 +53,7 @@ impl Identityd {
         let mut modules = Vec::new();
         for record in records.values() {
             if orchestrator || self.authorize_module_quiet(caller, &record.module_id) {
-                modules.push(self.module_identity(record).await?);
+                modules.push(self.module_identity(record, handles).await?);
             }
         }
         Ok(ModuleList { modules })
@@ -63,9 +72,20 @@ impl Identityd {
         caller: &Caller,
         module_id: &str,
     ) -> Result<ModuleIdentity, Error> {
+        self.get_module_as(caller, module_id, Handles::Granted)
+            .await
+    }
+
+    /// [`Self::get_module`] with handles of the kind asked for.
+    pub async fn get_module_as(
+        &self,
+        caller: &Caller,
+        module_id: &str,
+        handles: Handles,
+    ) -> Result<ModuleIdentity, Error> {
         self.authorize_module(caller, module_id)?;
         let record = self.module_record(module_id)?;
-        self.module_identity(&record).await
+        self.module_identity(&record, handles).await
     }
 
     fn module_record(&self, module_id: &str) -> Result<ModuleRecord, Error> {
@@ -81,13 +101,17 @@ impl Identityd {
             })
     }
 
-    async fn module_identity(&self, record: &ModuleRecord) -> Result<ModuleIdentity, Error> {
+    async fn module_identity(
+        &self,
+        record: &ModuleRecord,
+        handles: Handles,
+    ) -> Result<ModuleIdentity, Error> {
         let auth = match record.auth {
             AuthType::Sas => Auth {
                 auth_type: AuthType::Sas,
-                key_handle: Some(self.module_key(record, "primary").await?),
+                key_handle: Some(self.module_key(record, "primary", handles).await?),
                 cert_id: None,
-                secondary_key_handle: Some(self.module_key(record, "secondary").await?),
+                secondary_key_handle: Some(self.module_key(record, "secondary", handles).await?),
             },
             AuthType::X509 => {
                 let cert_id = record
@@ -96,7 +120,11 @@ impl Identityd {
                     .unwrap_or_else(|| names::module_resource_id(&record.module_id));
                 Auth {
                     auth_type: AuthType::X509,
-                    key_handle: Some(self.credentials().cert_key_handle(&cert_id).await?),
+                    key_handle: Some(
+                        self.credentials_as(handles)
+                            .cert_key_handle(&cert_id)
+                            .await?,
+                    ),
                     cert_id: Some(cert_id),
                     secondary_key_handle: None,
                 }
@@ -118,17 +146,33 @@ impl Identityd {
         .into_bytes()
     }
 
-    async fn modules_base(&self) -> Result<KeyHandle, Error> {
+    async fn modules_base(&self, handles: Handles) -> Result<KeyHandle, Error> {
         let id = &self.config.keys.modules;
-        self.keyd
+        let what = || format!("module key base '{id}'");
+        let granted = self
+            .keyd
             .create_key(id, edgeid_keyd::api::SymmetricKeyType::HmacSha256, None)
             .await
-            .map_err(|e| Error::from_daemon("keyd", &format!("module key base '{id}'"), e))
+            .map_err(|e| Error::from_daemon("keyd", &what(), e))?;
+        match handles {
+            Handles::Granted => Ok(granted),
+            // What is derived from a bearer base is bearer too.
+            Handles::Bearer => self
+                .keyd
+                .bearer_key(id)
+                .await
+                .map_err(|e| Error::from_daemon("keyd", &what(), e)),
+        }
     }
 
     /// A module's SAS key handle, derived in keyd.
-    async fn module_key(&self, record: &ModuleRecord, which: &str) -> Result<KeyHandle, Error> {
-        let base = self.modules_base().await?;
+    async fn module_key(
+        &self,
+        record: &ModuleRecord,
+        which: &str,
+        handles: Handles,
+    ) -> Result<KeyHandle, Error> {
+        let base = self.modules_base(handles).await?;
         self.keyd
             .derive(&base, &Self::module_key_info(record, which))
             .await
@@ -144,7 +188,7 @@ impl Identityd {
         record: &ModuleRecord,
         which: &str,
     ) -> Result<Zeroizing<Vec<u8>>, Error> {
-        let handle = self.module_key(record, which).await?;
+        let handle = self.module_key(record, which, Handles::Granted).await?;
         self.keyd
             .export(&handle)
             .await
@@ -158,6 +202,16 @@ impl Identityd {
         caller: &Caller,
         req: CreateModuleRequest,
     ) -> Result<(ModuleIdentity, bool), Error> {
+        self.create_module_as(caller, req, Handles::Granted).await
+    }
+
+    /// [`Self::create_module`] with handles of the kind asked for.
+    pub async fn create_module_as(
+        &self,
+        caller: &Caller,
+        req: CreateModuleRequest,
+        handles: Handles,
+    ) -> Result<(ModuleIdentity, bool), Error> {
         self.authorize_orchestrator(caller)?;
         let module_id = req.module_id;
         names::check_module_id(&module_id).map_err(|e| {
@@ -168,7 +222,7 @@ impl Identityd {
         let key = Self::modules_key(&device);
         let mut modules = self.store.modules(&key)?;
         if let Some(existing) = modules.get(&module_id) {
-            return Ok((self.module_identity(existing).await?, false));
+            return Ok((self.module_identity(existing, handles).await?, false));
         }
         let mut record = ModuleRecord {
             module_id: module_id.clone(),
@@ -224,7 +278,7 @@ impl Identityd {
         modules.insert(module_id.clone(), record.clone());
         self.store.save_modules(&key_now, &modules)?;
         tracing::info!(module = %module_id, generation = %record.generation_id, "created module identity");
-        Ok((self.module_identity(&record).await?, true))
+        Ok((self.module_identity(&record, handles).await?, true))
     }
 
     fn hub<'a>(&'a self, device: &'a DeviceRecord) -> Hub<'a> {
@@ -311,7 +365,9 @@ impl Identityd {
             )));
         }
         let device = self.current()?;
-        let handle = self.module_key(&record, "primary").await?;
+        let handle = self
+            .module_key(&record, "primary", Handles::Granted)
+            .await?;
         let resource = sas::module_resource(&device.hub, &device.device_id, module_id);
         sas::sign(&self.keyd, &handle, &resource, expiry, None).await
     }

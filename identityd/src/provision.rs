@@ -91,6 +91,7 @@ impl Provisioner<'_> {
         Credentials {
             keyd: self.keyd,
             certd: self.certd,
+            handles: crate::credentials::Handles::Granted,
         }
     }
 

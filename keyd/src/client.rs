@@ -64,6 +64,28 @@ impl KeydClient {
             .handle)
     }
 
+    /// A bearer handle of the existing key pair `id` (the kind the aziot
+    /// keys API issues: whoever holds it may use it), for a caller granted
+    /// `id`; for handing on to aziot clients.
+    pub async fn bearer_key_pair(&self, id: &str) -> Result<KeyHandle, ClientError> {
+        self.bearer(&format!("/keypair/{}", encode(id))).await
+    }
+
+    /// A bearer handle of the existing symmetric key `id` (see
+    /// [`Self::bearer_key_pair`]); what is derived from it is bearer too.
+    pub async fn bearer_key(&self, id: &str) -> Result<KeyHandle, ClientError> {
+        self.bearer(&format!("/key/{}", encode(id))).await
+    }
+
+    async fn bearer(&self, path: &str) -> Result<KeyHandle, ClientError> {
+        let version = crate::api::aziot::API_VERSIONS[0];
+        Ok(self
+            .http
+            .get::<crate::api::aziot::HandleResponse>(&format!("{path}?api-version={version}"))
+            .await?
+            .handle)
+    }
+
     /// The public key, SubjectPublicKeyInfo PEM.
     pub async fn public_key(&self, handle: &KeyHandle) -> Result<PublicKeyResponse, ClientError> {
         self.http
