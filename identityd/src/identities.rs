@@ -22,6 +22,7 @@ use crate::api::{
 use crate::cloud::Cloud;
 use crate::config::{IdentitydConfig, Role};
 use crate::credentials::Credentials;
+pub use crate::credentials::Handles;
 use crate::error::Error;
 use crate::hub::DeviceProof;
 use crate::names;
@@ -37,6 +38,38 @@ const AUTH_BACKOFF_MAX: Duration = Duration::from_secs(3600);
 /// Waits between failed provisioning attempts in the background.
 const RETRY_MIN: Duration = Duration::from_secs(2);
 const RETRY_MAX: Duration = Duration::from_secs(300);
+
+/// How the device is provisioned ([`Identityd::provisioning_facts`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProvisioningFacts {
+    /// By hand; with a certificate or a shared key.
+    Manual {
+        /// X.509 (else SAS).
+        x509: bool,
+    },
+    /// By DPS.
+    Dps {
+        /// `symmetric_key`, `x509` or `tpm`.
+        auth: &'static str,
+        /// Its global endpoint.
+        endpoint: String,
+        /// Its ID scope.
+        scope_id: String,
+        /// The registration id.
+        registration_id: String,
+    },
+    /// No cloud.
+    Local,
+}
+
+/// Who a caller is ([`Identityd::caller_identity`]).
+#[derive(Debug, Clone)]
+pub enum CallerIdentity {
+    /// The device (the orchestrator, administrators).
+    Device(DeviceIdentity),
+    /// The caller's own module.
+    Module(crate::api::ModuleIdentity),
+}
 
 #[derive(Debug)]
 struct Status {
@@ -111,9 +144,14 @@ impl Identityd {
     }
 
     pub(crate) fn credentials(&self) -> Credentials<'_> {
+        self.credentials_as(Handles::Granted)
+    }
+
+    pub(crate) fn credentials_as(&self, handles: Handles) -> Credentials<'_> {
         Credentials {
             keyd: &self.keyd,
             certd: &self.certd,
+            handles,
         }
     }
 
@@ -228,6 +266,91 @@ impl Identityd {
         tracing::info!(%caller, "reprovisioning on request");
         self.provision_in_background();
         self.status(caller)
+    }
+
+    /// Provisions again now and waits for the outcome (the aziot API's
+    /// reprovision answers when it is done); the identity served until it
+    /// succeeds is the one provisioned before.
+    pub async fn reprovision_now(&self, caller: &Caller) -> Result<(), Error> {
+        self.authorize_orchestrator(caller)?;
+        tracing::info!(%caller, "reprovisioning on request, waiting for the outcome");
+        self.provision().await.map(|_| ())
+    }
+
+    /// How the device is provisioned, as configured: the source, how it
+    /// authenticates, and for DPS the endpoint, scope and registration id.
+    pub fn provisioning_facts(&self, caller: &Caller) -> Result<ProvisioningFacts, Error> {
+        self.admits(caller)?;
+        use crate::config::{AttestationConfig, DeviceAuthConfig, ProvisioningConfig};
+        Ok(match &self.config.provisioning {
+            ProvisioningConfig::Manual(manual) => ProvisioningFacts::Manual {
+                x509: matches!(manual.auth, Some(DeviceAuthConfig::X509 { .. })),
+            },
+            ProvisioningConfig::Dps(dps) => {
+                let (auth, registration_id) = match &dps.attestation {
+                    AttestationConfig::SymmetricKey {
+                        registration_id, ..
+                    } => ("symmetric_key", registration_id.clone()),
+                    AttestationConfig::Tpm { registration_id } => ("tpm", registration_id.clone()),
+                    AttestationConfig::X509 {
+                        registration_id, ..
+                    } => (
+                        "x509",
+                        // Without one, the certificate's CN, which the hub
+                        // made the device id.
+                        registration_id.clone().unwrap_or_else(|| {
+                            lock(&self.device)
+                                .as_ref()
+                                .map(|d| d.device_id.clone())
+                                .unwrap_or_default()
+                        }),
+                    ),
+                };
+                ProvisioningFacts::Dps {
+                    auth,
+                    endpoint: dps.global_endpoint.clone(),
+                    scope_id: dps.id_scope.clone(),
+                    registration_id,
+                }
+            }
+            ProvisioningConfig::Local(_) => ProvisioningFacts::Local,
+        })
+    }
+
+    /// Who the caller is: the device for the orchestrator and
+    /// administrators, its own module identity for a module.
+    pub async fn caller_identity(
+        &self,
+        caller: &Caller,
+        handles: Handles,
+    ) -> Result<CallerIdentity, Error> {
+        match self.role_of(caller) {
+            Some((Role::Module, module)) if !self.admins.contains(caller) => {
+                let module = module.to_owned();
+                Ok(CallerIdentity::Module(
+                    self.get_module_as(caller, &module, handles).await?,
+                ))
+            }
+            _ => Ok(CallerIdentity::Device(
+                self.device_as(caller, handles).await?,
+            )),
+        }
+    }
+
+    /// The device's hub and id, for callers who may see module identities
+    /// (the aziot API names them in every module identity).
+    pub fn device_names(&self) -> Result<(String, String), Error> {
+        let device = self.current()?;
+        Ok((device.hub, device.device_id))
+    }
+
+    /// The CA certificates modules should trust (certd's trust bundle).
+    pub async fn trust_bundle(&self, caller: &Caller) -> Result<String, Error> {
+        self.admits(caller)?;
+        self.certd
+            .trust_bundle()
+            .await
+            .map_err(|e| Error::from_daemon("certd", "the trust bundle", e))
     }
 
     /// Runs `op` against the hub; if the hub refuses the device's credential
@@ -348,26 +471,36 @@ impl Identityd {
 
     /// `GET /v1/identities/device`
     pub async fn device(&self, caller: &Caller) -> Result<DeviceIdentity, Error> {
+        self.device_as(caller, Handles::Granted).await
+    }
+
+    /// The device identity, with handles of the kind asked for.
+    pub async fn device_as(
+        &self,
+        caller: &Caller,
+        handles: Handles,
+    ) -> Result<DeviceIdentity, Error> {
         self.authorize_orchestrator(caller)?;
         let device = self.current()?;
         Ok(DeviceIdentity {
-            auth: self.device_auth(&device).await?,
+            auth: self.device_auth(&device, handles).await?,
             hub: device.hub,
             device_id: device.device_id,
         })
     }
 
-    async fn device_auth(&self, device: &DeviceRecord) -> Result<Auth, Error> {
+    async fn device_auth(&self, device: &DeviceRecord, handles: Handles) -> Result<Auth, Error> {
+        let credentials = self.credentials_as(handles);
         Ok(match &device.credential {
             Credential::Sas { key } => Auth {
                 auth_type: AuthType::Sas,
-                key_handle: Some(self.credentials().symmetric_handle(key).await?),
+                key_handle: Some(credentials.symmetric_handle(key).await?),
                 cert_id: None,
                 secondary_key_handle: None,
             },
             Credential::X509 { cert_id } => Auth {
                 auth_type: AuthType::X509,
-                key_handle: Some(self.credentials().cert_key_handle(cert_id).await?),
+                key_handle: Some(credentials.cert_key_handle(cert_id).await?),
                 cert_id: Some(cert_id.clone()),
                 secondary_key_handle: None,
             },

@@ -2,9 +2,10 @@
 //! server's fronts and the typed clients:
 //! - [`edgeid`]: edgeid's own `/v1` API (ARCHITECTURE.md section 6),
 //!   re-exported here as `api::*`;
-//! - `aziot` (Azure IoT Identity Service's identity API) is the next family;
-//!   it goes beside it over the same domain ([`crate::identities`]).
+//! - [`aziot`]: Azure IoT Identity Service's identity API, beside it over
+//!   the same domain ([`crate::identities`]).
 
+pub mod aziot;
 pub mod edgeid;
 
 pub use edgeid::*;

@@ -1,13 +1,13 @@
 //! identityd's routes. Each handler parses, calls [`Identityd`], and maps the result.
 
-use std::sync::{Arc, LazyLock};
+use std::sync::LazyLock;
 
 use edgeid_common::routes::Routes;
-use edgeid_common::{ApiRequest, ApiResponse, Caller, Handler};
+use edgeid_common::{ApiRequest, ApiResponse, Caller};
 use http::{Method, StatusCode};
 
+use super::Service;
 use crate::api::TokenRequest;
-use crate::identities::Identityd;
 
 #[derive(Debug, Clone, Copy)]
 enum Route {
@@ -50,20 +50,17 @@ static ROUTES: LazyLock<Routes<Route>> = LazyLock::new(|| {
     ])
 });
 
-/// identityd behind its socket (the background provisioning needs an `Arc`).
-pub struct Service(pub Arc<Identityd>);
-
-impl Handler for Service {
+impl Service {
     /// A caller who is neither an administrator nor a principal is refused
     /// before its body is read (health aside: anyone may ask).
-    fn admit(&self, caller: &Caller, _: &Method, path: &str) -> Option<ApiResponse> {
+    pub(super) fn admit_edgeid(&self, caller: &Caller, path: &str) -> Option<ApiResponse> {
         if path == "/v1/health" {
             return None;
         }
         self.0.admits(caller).err().map(|e| ApiResponse::error(&e))
     }
 
-    async fn handle(&self, req: ApiRequest) -> ApiResponse {
+    pub(super) async fn handle_edgeid(&self, req: ApiRequest) -> ApiResponse {
         let (route, params) = match ROUTES.find(&req.method, &req.path) {
             Ok(found) => found,
             Err(answer) => return answer,

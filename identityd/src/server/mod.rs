@@ -2,8 +2,44 @@
 //! family, authorizes the caller, calls the one domain
 //! ([`crate::identities::Identityd`]) and maps the result to its family's
 //! statuses and shapes; no domain logic lives in a front.
-//! - [`edgeid`]: edgeid's `/v1` API.
+//! - [`edgeid`]: edgeid's `/v1` API;
+//! - [`aziot`]: Azure IoT Identity Service's identity API (`/identities/...`,
+//!   `/trust-bundle` with `?api-version=`), as aziot-identityd serves it.
+//!
+//! Both answer on the same socket: the `/v1/` prefix picks the front.
 
+mod aziot;
 mod edgeid;
 
-pub use edgeid::Service;
+use std::sync::Arc;
+
+use edgeid_common::{ApiRequest, ApiResponse, Caller, Handler};
+use http::Method;
+
+use crate::identities::Identityd;
+
+/// identityd behind its socket (the background provisioning needs an `Arc`).
+pub struct Service(pub Arc<Identityd>);
+
+/// Whether a path is edgeid's own API (else it is the aziot API's).
+fn is_edgeid(path: &str) -> bool {
+    path.starts_with("/v1/")
+}
+
+impl Handler for Service {
+    fn admit(&self, caller: &Caller, _: &Method, path: &str) -> Option<ApiResponse> {
+        if is_edgeid(path) {
+            self.admit_edgeid(caller, path)
+        } else {
+            self.0.admits(caller).err().map(|e| ApiResponse::error(&e))
+        }
+    }
+
+    async fn handle(&self, req: ApiRequest) -> ApiResponse {
+        if is_edgeid(&req.path) {
+            self.handle_edgeid(req).await
+        } else {
+            self.handle_aziot(req).await
+        }
+    }
+}
