@@ -99,8 +99,18 @@ pub async fn run(
     // certd on the local CA (its key in the same keyd store), answering once
     // the device CA exists.
     let certd_socket = dir.join("certd.sock");
-    let certd_config =
+    let mut certd_config =
         edgeid_certd::CertdConfig::with_dirs(&dir.join("certd"), &certd_socket, &keyd_socket);
+    // aziot-edged's edge CA, as `iotedge config apply` sets up its quickstart.
+    certd_config.issuance.insert(
+        "aziot-edged-ca".into(),
+        edgeid_certd::config::IssuanceConfig {
+            method: edgeid_certd::api::IssuerKind::SelfSigned,
+            expiry_days: Some(90),
+            ca: true,
+            key_id: None,
+        },
+    );
     let mut certd = tokio::spawn(edgeid_certd::run(certd_config, wait_for(stop_rx.clone())));
     let certd_client = edgeid_certd::CertdClient::new(&certd_socket);
     let trust_bundle = ready("certd", &mut certd, started, 20, || {
@@ -234,6 +244,11 @@ pub async fn run(
         spiffe_socket.display(),
         device.device_id
     );
+    let aziot = link_aziot_sockets(&dir)?;
+    outln!(
+        "  aziot      {}/{{keyd,certd,identityd}}.sock   the same daemons, for Azure IoT Identity Service clients",
+        aziot.display()
+    );
     outln!("  modules    {}", declared.join(", "));
     if declared.len() > 1 {
         outln!("             (the others have identities in identityd; only dev-module is mapped to a caller)");
@@ -251,6 +266,10 @@ pub async fn run(
         "  curl -s --unix-socket {} 'http://localhost/trust-bundle?api-version={}'",
         workload_socket.display(),
         edgeid_workloadapi::api::CURRENT_API_VERSION
+    );
+    outln!(
+        "  curl -s --unix-socket {} 'http://localhost/identities/identity?api-version=2020-09-01'",
+        aziot.join("identityd.sock").display()
     );
     outln!();
     outln!("A module's environment (as IoT Edge sets it, and the SPIFFE endpoint):");
@@ -359,6 +378,31 @@ async fn wait_for(mut stop: tokio::sync::watch::Receiver<bool>) {
             return;
         }
     }
+}
+
+/// `DIR/aziot/{keyd,certd,identityd}.sock`: links to the daemons' sockets
+/// under the names aziot clients use (`/run/aziot/*.sock` on a device).
+fn link_aziot_sockets(dir: &Path) -> Result<PathBuf, String> {
+    let aziot = dir.join("aziot");
+    edgeid_common::fs::ensure_private_dir(&aziot)
+        .map_err(|e| format!("cannot use {}: {e}", aziot.display()))?;
+    for name in ["keyd.sock", "certd.sock", "identityd.sock"] {
+        let link = aziot.join(name);
+        match std::fs::symlink_metadata(&link) {
+            Ok(m) if m.file_type().is_symlink() => std::fs::remove_file(&link)
+                .map_err(|e| format!("cannot replace {}: {e}", link.display()))?,
+            Ok(_) => {
+                return Err(format!(
+                    "{} exists and is not a link; remove it",
+                    link.display()
+                ))
+            }
+            Err(_) => {}
+        }
+        std::os::unix::fs::symlink(Path::new("..").join(name), &link)
+            .map_err(|e| format!("cannot link {}: {e}", link.display()))?;
+    }
+    Ok(aziot)
 }
 
 fn absolute(dir: &Path) -> Result<PathBuf, String> {

@@ -65,6 +65,38 @@ async fn dev_mode_starts_fast_serves_everything_and_stops_clean() {
             .unwrap_or_else(|e| panic!("{socket}: {e}"));
         assert_eq!(health.status, "ok", "{socket}: {health:?}");
     }
+    // The same daemons under the names aziot clients use, printed.
+    assert!(
+        text.contains("/aziot/{keyd,certd,identityd}.sock"),
+        "{text}"
+    );
+    let aziot = dir.path().join("aziot");
+    let (status, me) = edgeid_testkit::aziot::call(
+        &aziot.join("identityd.sock"),
+        http::Method::GET,
+        "/identities/identity?api-version=2020-09-01",
+        serde_json::Value::Null,
+    )
+    .await;
+    assert_eq!(status, http::StatusCode::OK, "{me}");
+    assert_eq!(me["spec"]["auth"]["type"], "x509", "{me}");
+    let cert_id = me["spec"]["auth"]["certId"].as_str().unwrap();
+    let (status, cert) = edgeid_testkit::aziot::call(
+        &aziot.join("certd.sock"),
+        http::Method::GET,
+        &format!("/certificates/{cert_id}?api-version=2020-09-01"),
+        serde_json::Value::Null,
+    )
+    .await;
+    assert_eq!(status, http::StatusCode::OK, "{cert}");
+    let (status, key) = edgeid_testkit::aziot::call(
+        &aziot.join("keyd.sock"),
+        http::Method::POST,
+        "/parameters/algorithm?api-version=2020-09-01",
+        serde_json::json!({ "keyHandle": me["spec"]["auth"]["keyHandle"] }),
+    )
+    .await;
+    assert_eq!(status, http::StatusCode::OK, "{key}");
     // A SPIFFE client given the printed endpoint gets dev-module's SVID and a JWT-SVID.
     let mut spiffe = support::spiffe_client(&text).await;
     use edgeid_workloadapi::spiffe::proto::JwtsvidRequest;
