@@ -207,12 +207,22 @@ async fn bench_keyd(args: &Args, dir: &Path, store: &Store) -> Result<(), String
         .await
         .map_err(|e| e.to_string())?;
     let message = [7u8; 32];
+    // The same keys as the aziot keys API names them, by bearer handles.
+    let aziot_ec = client
+        .bearer_key_pair("bench/ec")
+        .await
+        .map_err(|e| e.to_string())?;
+    let aziot_mac = client
+        .bearer_key("bench/mac")
+        .await
+        .map_err(|e| e.to_string())?;
     println!("{}", store.describe());
     println!("{} s per run", args.seconds);
 
     // Everything through keyd first; then keyd stops (a swtpm serves one client
     // at a time) and the in-process baselines run on a quiet machine.
     let mut through = Vec::new();
+    let mut aziot = Vec::new();
     for op in &args.ops {
         let (handle, algorithm) = match op {
             Op::Ecdsa => (&ec, SignAlgorithm::EcdsaSha256),
@@ -223,6 +233,13 @@ async fn bench_keyd(args: &Args, dir: &Path, store: &Store) -> Result<(), String
             "algorithm": algorithm,
             "data": edgeid_common::encoding::to_base64(&message),
         })
+        .to_string();
+        let aziot_body = match op {
+            Op::Ecdsa => serde_json::json!({ "keyHandle": aziot_ec.0, "algorithm": "ECDSA",
+                "parameters": { "digest": edgeid_common::encoding::to_base64(&message) } }),
+            Op::Hmac => serde_json::json!({ "keyHandle": aziot_mac.0, "algorithm": "HMAC-SHA256",
+                "parameters": { "message": edgeid_common::encoding::to_base64(&message) } }),
+        }
         .to_string();
         for &n in &args.concurrency {
             through.push((
@@ -237,12 +254,41 @@ async fn bench_keyd(args: &Args, dir: &Path, store: &Store) -> Result<(), String
                 )
                 .await?,
             ));
+            aziot.push((
+                *op,
+                n,
+                through_socket(
+                    &socket,
+                    "/sign?api-version=2021-05-01",
+                    Bytes::from(aziot_body.clone()),
+                    n,
+                    args.seconds,
+                )
+                .await?,
+            ));
         }
     }
     if let Some(c) = &child {
         println!("keyd RSS after load: {} KiB", c.rss_kib().unwrap_or(0));
     }
     drop(child);
+
+    println!(
+        "| operation | concurrency | aziot /sign req/s | p50 | p99 | /v1/sign req/s | p50 | p99 |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    for ((op, n, a), (_, _, v1)) in aziot.iter().zip(&through) {
+        println!(
+            "| {op} | {n} | {:.0} | {:.0} µs | {:.0} µs | {:.0} | {:.0} µs | {:.0} µs |",
+            a.rate,
+            micros(a.p50),
+            micros(a.p99),
+            v1.rate,
+            micros(v1.p50),
+            micros(v1.p99)
+        );
+    }
+    println!();
 
     println!("| operation | concurrency | through keyd req/s | p50 | p99 | in-process ops/s | p50 | p99 | ratio |");
     println!("|---|---|---|---|---|---|---|---|---|");

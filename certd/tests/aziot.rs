@@ -64,9 +64,22 @@ fn at(path: &str) -> String {
     format!("{path}?api-version={V}")
 }
 
+/// The WHATWG URL path percent-encode set, which the reference's client
+/// applies to an id: a `/` in an id goes as it is.
+const PATH: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS
+    .add(b' ')
+    .add(b'"')
+    .add(b'#')
+    .add(b'<')
+    .add(b'>')
+    .add(b'?')
+    .add(b'`')
+    .add(b'{')
+    .add(b'}');
+
 /// A certificate id as the reference's client puts it in a path.
 fn segment(id: &str) -> String {
-    percent_encoding::utf8_percent_encode(id, percent_encoding::NON_ALPHANUMERIC).to_string()
+    percent_encoding::utf8_percent_encode(id, PATH).to_string()
 }
 
 /// What aziot-edged does first: its CA key in keyd (through keyd's aziot

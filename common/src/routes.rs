@@ -80,6 +80,12 @@ impl<R: Copy> Routes<R> {
     }
 }
 
+/// Whether a path is edgeid's own API (`/v1/...`); every other path of a
+/// daemon that serves a second family (the aziot APIs) is that family's.
+pub fn is_edgeid_path(path: &str) -> bool {
+    path.starts_with("/v1/")
+}
+
 /// Checks an `api-version` query value against the exact set a wire family
 /// serves (oldest first), as the IoT Edge and aziot servers do, before any
 /// route: missing or unknown is a 400 that begins as theirs and names the

@@ -29,9 +29,9 @@ enum Route {
 static ROUTES: LazyLock<Routes<Route>> = LazyLock::new(|| {
     Routes::new(&[
         (Method::POST, "/certificates", Route::Create),
-        (Method::GET, "/certificates/{id}", Route::Get),
-        (Method::PUT, "/certificates/{id}", Route::Import),
-        (Method::DELETE, "/certificates/{id}", Route::Delete),
+        (Method::GET, "/certificates/{*id}", Route::Get),
+        (Method::PUT, "/certificates/{*id}", Route::Import),
+        (Method::DELETE, "/certificates/{*id}", Route::Delete),
     ])
 });
 

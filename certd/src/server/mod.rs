@@ -11,19 +11,15 @@
 mod aziot;
 mod edgeid;
 
+use edgeid_common::routes::is_edgeid_path;
 use edgeid_common::{ApiRequest, ApiResponse, Caller, Handler};
 use http::Method;
 
 use crate::certs::Certd;
 
-/// Whether a path is edgeid's own API (else it is the aziot API's).
-fn is_edgeid(path: &str) -> bool {
-    path.starts_with("/v1/")
-}
-
 impl Handler for Certd {
     fn admit(&self, caller: &Caller, _: &Method, path: &str) -> Option<ApiResponse> {
-        if is_edgeid(path) {
+        if is_edgeid_path(path) {
             self.admit_edgeid(caller, path)
         } else {
             self.admit_aziot(caller)
@@ -31,7 +27,7 @@ impl Handler for Certd {
     }
 
     async fn handle(&self, req: ApiRequest) -> ApiResponse {
-        if is_edgeid(&req.path) {
+        if is_edgeid_path(&req.path) {
             self.handle_edgeid(req).await
         } else {
             self.handle_aziot(req).await

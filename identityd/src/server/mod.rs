@@ -13,6 +13,7 @@ mod edgeid;
 
 use std::sync::Arc;
 
+use edgeid_common::routes::is_edgeid_path;
 use edgeid_common::{ApiRequest, ApiResponse, Caller, Handler};
 use http::Method;
 
@@ -21,14 +22,9 @@ use crate::identities::Identityd;
 /// identityd behind its socket (the background provisioning needs an `Arc`).
 pub struct Service(pub Arc<Identityd>);
 
-/// Whether a path is edgeid's own API (else it is the aziot API's).
-fn is_edgeid(path: &str) -> bool {
-    path.starts_with("/v1/")
-}
-
 impl Handler for Service {
     fn admit(&self, caller: &Caller, _: &Method, path: &str) -> Option<ApiResponse> {
-        if is_edgeid(path) {
+        if is_edgeid_path(path) {
             self.admit_edgeid(caller, path)
         } else {
             self.0.admits(caller).err().map(|e| ApiResponse::error(&e))
@@ -36,7 +32,7 @@ impl Handler for Service {
     }
 
     async fn handle(&self, req: ApiRequest) -> ApiResponse {
-        if is_edgeid(&req.path) {
+        if is_edgeid_path(&req.path) {
             self.handle_edgeid(req).await
         } else {
             self.handle_aziot(req).await
