@@ -127,6 +127,24 @@ impl Chain {
     }
 }
 
+/// The notAfter of a PEM chain's leaf, as IoT Edge and the aziot daemons
+/// answer an `expiration` (RFC 3339, UTC written `+00:00`, as chrono's
+/// `to_rfc3339` does).
+pub fn leaf_not_after(chain_pem: &str) -> Result<String, Error> {
+    let unreadable = |e: String| Error::Internal(format!("an unreadable certificate: {e}"));
+    let leaf = pem::parse(chain_pem).map_err(|e| unreadable(e.to_string()))?;
+    let (_, cert) =
+        X509Certificate::from_der(leaf.contents()).map_err(|e| unreadable(e.to_string()))?;
+    let format =
+        time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]+00:00");
+    cert.validity()
+        .not_after
+        .to_datetime()
+        .to_offset(time::UtcOffset::UTC)
+        .format(&format)
+        .map_err(|e| unreadable(e.to_string()))
+}
+
 /// One certificate as PEM, with Unix line endings.
 pub fn certificate_pem(der: &[u8]) -> String {
     let config = pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF);

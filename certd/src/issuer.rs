@@ -169,6 +169,22 @@ pub async fn self_sign(params: CertificateParams, key: Arc<KeydKey>) -> Result<V
     .await
 }
 
+/// A fresh P-256 key made in this process and a PEM CSR for it naming
+/// `cn`: for a key its requester hands to a caller (IoT Edge's and SPIFFE's
+/// module certificates, aziot local identities), which certd never holds.
+pub fn fresh_key_and_csr(cn: &str) -> Result<(rcgen::KeyPair, String), Error> {
+    let key = rcgen::KeyPair::generate()
+        .map_err(|e| Error::Internal(format!("key generation failed: {e}")))?;
+    let mut params =
+        CertificateParams::new(Vec::<String>::new()).map_err(|e| Error::Internal(e.to_string()))?;
+    params.distinguished_name.push(DnType::CommonName, cn);
+    let csr = params
+        .serialize_request(&key)
+        .and_then(|c| c.pem())
+        .map_err(|e| Error::Internal(format!("cannot build the CSR: {e}")))?;
+    Ok((key, csr))
+}
+
 /// A PKCS#10 request for `key`, signed through keyd, DER. It asks for the
 /// names and usages of `params`; serial and validity are the issuer's to choose.
 pub async fn csr(params: CertificateParams, key: Arc<KeydKey>) -> Result<Vec<u8>, Error> {

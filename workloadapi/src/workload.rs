@@ -427,17 +427,8 @@ impl Workload {
         san: SubjectAltNames,
         lifetime: Duration,
     ) -> Result<(rcgen::KeyPair, String), Error> {
-        let key = rcgen::KeyPair::generate()
-            .map_err(|e| Error::Internal(format!("key generation failed: {e}")))?;
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new())
+        let (key, csr) = edgeid_certd::issuer::fresh_key_and_csr(cn)
             .map_err(|e| Error::Internal(e.to_string()))?;
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, cn);
-        let csr = params
-            .serialize_request(&key)
-            .and_then(|c| c.pem())
-            .map_err(|e| Error::Internal(format!("cannot build the CSR: {e}")))?;
         let id = format!("workload/{}/{kind}", names::module_resource_id(module_id));
         let chain = self
             .certd
@@ -522,21 +513,8 @@ fn lifetime(expiration: Option<&str>, max_days: u64) -> Result<Duration, Error> 
     Ok(Duration::try_from(left).unwrap_or(max).min(max))
 }
 
-/// The leaf's notAfter, RFC 3339 as the runtime writes it: whole seconds,
-/// `+00:00` (`2026-01-31T12:34:56+00:00`).
 fn not_after(chain_pem: &str) -> Result<String, Error> {
-    let leaf = pem::parse(chain_pem)
-        .map_err(|e| Error::Internal(format!("certd sent an unreadable chain: {e}")))?;
-    let (_, cert) = x509_parser::parse_x509_certificate(leaf.contents())
-        .map_err(|e| Error::Internal(format!("certd sent an unreadable certificate: {e}")))?;
-    let format =
-        time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]+00:00");
-    cert.validity()
-        .not_after
-        .to_datetime()
-        .to_offset(time::UtcOffset::UTC)
-        .format(&format)
-        .map_err(|e| Error::Internal(e.to_string()))
+    edgeid_certd::chain::leaf_not_after(chain_pem).map_err(|e| Error::Internal(e.to_string()))
 }
 
 #[cfg(test)]
