@@ -27,6 +27,7 @@ pub mod dps;
 pub mod error;
 pub mod hub;
 pub mod identities;
+pub mod local;
 mod modules;
 pub mod names;
 pub mod provision;

@@ -305,6 +305,19 @@ async fn one_module_through_both_apis_and_its_handle_signs_what_the_hub_checks()
     )
     .await;
     assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, _) = as_uid(
+        MODULE,
+        &socket,
+        Method::POST,
+        &at("/identities/modules", "2020-09-01"),
+        json!({ "type": "local", "moduleId": "sensor" }),
+    )
+    .await;
+    assert_eq!(
+        status,
+        StatusCode::FORBIDDEN,
+        "a module gets no local identity"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -318,7 +331,8 @@ async fn bad_input_gets_the_references_statuses_and_a_message() {
         (Method::GET, "/identities/provisioning?api-version=2020-09-01", "", StatusCode::BAD_REQUEST, "2021-12-01"),
         (Method::GET, "/identities/modules?api-version=2020-09-01", "", StatusCode::BAD_REQUEST, "type: missing parameter"),
         (Method::GET, "/identities/modules?api-version=2020-09-01&type=x", "", StatusCode::BAD_REQUEST, "invalid type: x"),
-        (Method::POST, "/identities/modules?api-version=2020-09-01", r#"{"type":"local","moduleId":"m"}"#, StatusCode::BAD_REQUEST, "type=local"),
+        (Method::GET, "/identities/modules?api-version=2020-09-01&type=local", "", StatusCode::BAD_REQUEST, "type=local"),
+        (Method::POST, "/identities/modules?api-version=2020-09-01", r#"{"type":"local","moduleId":"m","localIdOpts":{"type":"x509","attributes":"admin"}}"#, StatusCode::UNPROCESSABLE_ENTITY, "admin"),
         (Method::POST, "/identities/modules?api-version=2020-09-01", r#"{"type":"aziot""#, StatusCode::UNPROCESSABLE_ENTITY, "malformed JSON"),
         (Method::POST, "/identities/modules?api-version=2020-09-01", r#"{"type":"aziot"}"#, StatusCode::UNPROCESSABLE_ENTITY, "moduleId"),
         (Method::POST, "/identities/modules?api-version=2020-09-01", "", StatusCode::BAD_REQUEST, "missing request body"),
@@ -347,4 +361,70 @@ async fn bad_input_gets_the_references_statuses_and_a_message() {
     )
     .await;
     assert_eq!(status, StatusCode::OK, "{made}");
+}
+
+/// `openssl <args> -in <file of text>`'s output.
+fn openssl_out(args: &[&str], text: &str) -> String {
+    let tool = edgeid_testkit::require_tool("openssl", "openssl");
+    let dir = edgeid_testkit::temp_dir();
+    let file = dir.path().join("in.pem");
+    std::fs::write(&file, text).unwrap();
+    let out = std::process::Command::new(tool)
+        .args(args)
+        .arg("-in")
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn local_identities_are_a_fresh_key_and_a_certificate_openssl_verifies() {
+    let d = device().await;
+    let socket = d.identityd.socket();
+    let bundle = d.daemons.certd.client().trust_bundle().await.unwrap();
+    for (attributes, purpose, not) in [
+        (json!("server"), "sslserver", None),
+        (json!("client"), "sslclient", Some("sslserver")),
+        (Value::Null, "sslclient", Some("sslserver")),
+    ] {
+        let mut body = json!({ "type": "local", "moduleId": "hostproc" });
+        if !attributes.is_null() {
+            body["localIdOpts"] = json!({ "type": "x509", "attributes": attributes });
+        }
+        let (status, made) = call(
+            &socket,
+            Method::POST,
+            "/identities/modules?api-version=2022-08-01",
+            body,
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{made}");
+        assert_eq!(made["type"], "local");
+        assert_eq!(made["spec"]["moduleId"], "hostproc");
+        let auth = &made["spec"]["auth"];
+        let chain = auth["certificate"].as_str().unwrap();
+        edgeid_testkit::openssl::verify_chain(&bundle, chain, purpose).unwrap();
+        if let Some(not) = not {
+            assert!(edgeid_testkit::openssl::verify_chain(&bundle, chain, not).is_err());
+        }
+        // The key is the certificate's.
+        assert_eq!(
+            openssl_out(&["pkey", "-pubout"], auth["privateKey"].as_str().unwrap()),
+            openssl_out(&["x509", "-noout", "-pubkey"], chain)
+        );
+        let end = openssl_out(&["x509", "-noout", "-enddate"], chain);
+        let expiration = auth["expiration"].as_str().unwrap();
+        assert!(expiration.ends_with("+00:00"), "{expiration}");
+        assert!(end.contains(&expiration[..4]), "{end} vs {expiration}");
+    }
+    assert!(
+        d.cloud.modules_of("device-1").is_empty(),
+        "nothing in the hub"
+    );
 }

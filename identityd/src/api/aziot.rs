@@ -2,6 +2,7 @@
 //! `identity/aziot-identity-common-http` and `aziot-identity-common`), as
 //! its clients send and read them.
 
+use edgeid_common::encoding::SecretString;
 use edgeid_keyd::api::KeyHandle;
 use serde::{Deserialize, Serialize};
 
@@ -19,6 +20,54 @@ pub const ID_TYPE_LOCAL: &str = "local";
 pub enum Identity {
     /// A device or module identity in an IoT hub.
     Aziot(AzureIotSpec),
+    /// A local identity: a certificate from the device's CA and its key.
+    Local(LocalIdSpec),
+}
+
+/// A local identity.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LocalIdSpec {
+    /// The module id it names.
+    #[serde(rename = "moduleId")]
+    pub module_id: String,
+    /// Its key and certificate.
+    pub auth: LocalAuthenticationInfo,
+}
+
+/// A local identity's key (the caller's to keep) and certificate.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LocalAuthenticationInfo {
+    /// The private key, PKCS#8 PEM; never shown by `Debug`.
+    #[serde(rename = "privateKey")]
+    pub private_key: SecretString,
+    /// The certificate chain, PEM.
+    pub certificate: String,
+    /// Its notAfter, RFC 3339.
+    pub expiration: String,
+}
+
+/// `localIdOpts` of a local identity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type")]
+pub enum LocalIdOpts {
+    /// An X.509 certificate.
+    #[serde(rename = "x509")]
+    X509 {
+        /// A TLS client certificate, or one for either end.
+        #[serde(default)]
+        attributes: LocalIdAttr,
+    },
+}
+
+/// What a local identity's certificate is for.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LocalIdAttr {
+    /// A TLS client.
+    #[default]
+    Client,
+    /// A TLS server, which is also a client.
+    Server,
 }
 
 /// A hub identity.
@@ -81,7 +130,7 @@ pub struct ModuleRequest {
         default,
         skip_serializing_if = "Option::is_none"
     )]
-    pub local_id_opts: Option<serde_json::Value>,
+    pub local_id_opts: Option<LocalIdOpts>,
 }
 
 /// `GET /identities/modules`

@@ -8,7 +8,9 @@
 //! Who may do what is identityd's principal model, as on `/v1`: the
 //! orchestrator (aziot-edged) and administrators see the device and manage
 //! modules; a module principal sees its own identity. `type=local`
-//! identities are not served (a 400 saying so).
+//! identities are issued on `POST /identities/modules` (a fresh key and a
+//! certificate from certd's local CA each time, kept by no one), so the
+//! other routes answer `type=local` with a 400 saying so.
 
 use std::sync::LazyLock;
 
@@ -22,6 +24,7 @@ use crate::api::aziot::*;
 use crate::api::{Auth, AuthType, CreateModuleRequest, DeviceIdentity, ModuleIdentity};
 use crate::error::Error;
 use crate::identities::{CallerIdentity, Handles, ProvisioningFacts};
+use crate::local::LocalIdentity;
 
 #[derive(Debug, Clone, Copy)]
 enum Route {
@@ -133,6 +136,18 @@ impl Service {
             }
             Route::CreateModule => {
                 let body = body!(ModuleRequest);
+                if body.id_type == ID_TYPE_LOCAL {
+                    let server = matches!(
+                        body.local_id_opts,
+                        Some(LocalIdOpts::X509 {
+                            attributes: LocalIdAttr::Server
+                        })
+                    );
+                    let issued = me
+                        .issue_local_identity(caller, &body.module_id, server)
+                        .await;
+                    return answer(ok, issued.map(local_identity));
+                }
                 hub_type!(Some(&body.id_type));
                 let create = CreateModuleRequest {
                     module_id: body.module_id,
@@ -182,11 +197,22 @@ fn hub_type(id_type: Option<&str>) -> Result<(), ApiError> {
     match id_type {
         Some(ID_TYPE_AZIOT) => Ok(()),
         Some(ID_TYPE_LOCAL) => Err(ApiError::bad_request(
-            "type=local identities are not served by edgeid; use type=aziot, or edgeid's certificates API for a local certificate",
+            "type=local identities are issued anew by POST /identities/modules and kept by no one; there is none to read, list, update or delete",
         )),
         Some(other) => Err(ApiError::bad_request(format!("invalid type: {other}"))),
         None => Err(ApiError::bad_request("type: missing parameter")),
     }
+}
+
+fn local_identity(local: LocalIdentity) -> Identity {
+    Identity::Local(LocalIdSpec {
+        module_id: local.module_id,
+        auth: LocalAuthenticationInfo {
+            private_key: local.private_key,
+            certificate: local.certificate,
+            expiration: local.expiration,
+        },
+    })
 }
 
 fn device_identity(device: DeviceIdentity) -> Identity {

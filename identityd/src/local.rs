@@ -1,0 +1,73 @@
+//! Local identities (the aziot identity API's `type=local`): an X.509
+//! identity for a host process that has no hub identity, its key made here
+//! and handed to the caller once with a certificate from certd's local CA.
+//! Nothing is stored, as with the reference: each request issues anew.
+
+use edgeid_certd::api::{CreateCertificateRequest, IssuerKind, Profile};
+use edgeid_common::encoding::SecretString;
+use edgeid_common::Caller;
+
+use crate::error::Error;
+use crate::identities::Identityd;
+use crate::names;
+
+/// A local identity, as issued.
+#[derive(Debug, Clone)]
+pub struct LocalIdentity {
+    /// The module id it names.
+    pub module_id: String,
+    /// Its private key, PKCS#8 PEM: the caller's to keep.
+    pub private_key: SecretString,
+    /// Its certificate chain, PEM, leaf first.
+    pub certificate: String,
+    /// The leaf's notAfter, RFC 3339 (`+00:00`).
+    pub expiration: String,
+}
+
+impl Identityd {
+    /// Issues a local identity for `module_id`: a TLS client certificate,
+    /// or with `server` one for both ends (the reference's `server`
+    /// attribute "also has client attributes"). The orchestrator's and
+    /// administrators' to ask for.
+    pub async fn issue_local_identity(
+        &self,
+        caller: &Caller,
+        module_id: &str,
+        server: bool,
+    ) -> Result<LocalIdentity, Error> {
+        self.authorize_orchestrator(caller)?;
+        names::check_module_id(module_id).map_err(|e| {
+            Error::BadRequest(format!("module id '{}': {e}", names::shown(module_id)))
+        })?;
+        let (key, csr) =
+            edgeid_certd::issuer::fresh_key_and_csr(module_id).map_err(Error::from_certd)?;
+        let chain = self
+            .certd
+            .create(&CreateCertificateRequest {
+                id: names::module_resource_id(module_id),
+                issuer: IssuerKind::LocalCa,
+                profile: if server {
+                    Profile::ClientServer
+                } else {
+                    Profile::Client
+                },
+                csr: Some(csr),
+                key_id: None,
+                key_spec: None,
+                subject_cn: Some(module_id.to_owned()),
+                san: None,
+                lifetime_secs: Some(self.config.modules.cert_lifetime_days.max(1) * 86400),
+                renewal: None,
+                transient: true,
+            })
+            .await
+            .map_err(|e| Error::from_daemon("certd", "issuing a local identity", e))?;
+        tracing::info!(module = %module_id, server, "issued a local identity");
+        Ok(LocalIdentity {
+            module_id: module_id.to_owned(),
+            private_key: key.serialize_pem().into(),
+            expiration: edgeid_certd::chain::leaf_not_after(&chain).map_err(Error::from_certd)?,
+            certificate: chain,
+        })
+    }
+}
