@@ -17,6 +17,7 @@
 //! Without `--socket`, it starts `edgeid-keyd` (from the same build directory)
 //! on a temp dir as a separate process, and also reports keyd's RSS.
 
+mod aziot;
 mod load;
 mod spiffe;
 
@@ -77,6 +78,9 @@ enum Target {
     /// (`--socket DIR/spiffe.sock`): time to the first X.509-SVID on a fresh
     /// connection, and FetchJWTSVID req/s, beside keyd's ECDSA sign.
     Spiffe,
+    /// The aziot keys API's sign on the keyd or aziot-keyd at `--socket`,
+    /// with keys made through that API.
+    Aziot,
     /// A load test of the workload socket of a running `edgeidctl dev`
     /// (`--socket DIR/workload.sock`): `--connections` clients signing and
     /// asking for server certificates for `--seconds`.
@@ -122,6 +126,10 @@ fn main() -> Result<(), String> {
         Target::Spiffe => {
             let runtime = edgeid_common::runtime::build().map_err(|e| e.to_string())?;
             return runtime.block_on(spiffe::bench(&args));
+        }
+        Target::Aziot => {
+            let runtime = edgeid_common::runtime::build().map_err(|e| e.to_string())?;
+            return runtime.block_on(aziot::bench(&args));
         }
         Target::Load => {
             edgeid_common::runtime::raise_fd_limit().map_err(|e| e.to_string())?;
