@@ -7,7 +7,7 @@ use http::{Method, StatusCode};
 use percent_encoding::percent_decode_str;
 
 use crate::error::ApiError;
-use crate::server::ApiResponse;
+use crate::server::{ApiRequest, ApiResponse};
 
 /// A route table mapping (method, path pattern) to a daemon's own route value.
 /// Patterns use `{name}` for one segment and `{*name}` for the rest of the path.
@@ -47,6 +47,22 @@ impl<R: Copy> Routes<R> {
             }
         }
         Self { router }
+    }
+
+    /// For a family whose every route takes `?api-version=` (the aziot
+    /// APIs): the version first, as the reference's servers check it, so a
+    /// request without one is a 400 whatever its path ([`check_api_version`]);
+    /// then the route. Answers the version's index, the route and its
+    /// parameters.
+    pub fn find_versioned(
+        &self,
+        req: &ApiRequest,
+        versions: &[&str],
+    ) -> Result<(usize, R, Params), ApiResponse> {
+        let version = check_api_version(req.query_param("api-version").as_deref(), versions)
+            .map_err(|e| ApiResponse::error(&e))?;
+        let (route, params) = self.find(&req.method, &req.path)?;
+        Ok((version, route, params))
     }
 
     /// Finds the route for a request, or the 404 / 405 / 400 answer.

@@ -9,7 +9,7 @@
 
 use std::sync::LazyLock;
 
-use edgeid_common::routes::{check_api_version, Routes};
+use edgeid_common::routes::Routes;
 use edgeid_common::{ApiError, ApiRequest, ApiResponse, Caller};
 use http::{Method, StatusCode};
 
@@ -45,10 +45,7 @@ impl Certd {
     }
 
     pub(super) async fn handle_aziot(&self, req: ApiRequest) -> ApiResponse {
-        if let Err(e) = check_api_version(req.query_param("api-version").as_deref(), API_VERSIONS) {
-            return ApiResponse::error(&e);
-        }
-        let (route, params) = match ROUTES.find(&req.method, &req.path) {
+        let (_, route, params) = match ROUTES.find_versioned(&req, API_VERSIONS) {
             Ok(found) => found,
             Err(answer) => return answer,
         };

@@ -14,7 +14,7 @@
 
 use std::sync::LazyLock;
 
-use edgeid_common::routes::{check_api_version, Routes};
+use edgeid_common::routes::Routes;
 use edgeid_common::{ApiError, ApiRequest, ApiResponse};
 use http::{Method, StatusCode};
 use serde::Serialize;
@@ -68,12 +68,7 @@ const PROVISIONING_SINCE: usize = 1;
 
 impl Service {
     pub(super) async fn handle_aziot(&self, req: ApiRequest) -> ApiResponse {
-        let version =
-            match check_api_version(req.query_param("api-version").as_deref(), API_VERSIONS) {
-                Ok(version) => version,
-                Err(e) => return ApiResponse::error(&e),
-            };
-        let (route, params) = match ROUTES.find(&req.method, &req.path) {
+        let (version, route, params) = match ROUTES.find_versioned(&req, API_VERSIONS) {
             Ok(found) => found,
             Err(answer) => return answer,
         };
@@ -82,6 +77,7 @@ impl Service {
         let id = params.get("id").unwrap_or_default();
         let ok = StatusCode::OK;
         let bearer = Handles::Bearer;
+        let one_module = |m: ModuleIdentity| me.device_names().map(|d| module_identity(&d, m));
         macro_rules! body {
             ($t:ty) => {
                 match req.required_json_or_unprocessable::<$t>() {
@@ -102,7 +98,7 @@ impl Service {
                 ok,
                 match me.caller_identity(caller, bearer).await {
                     Ok(CallerIdentity::Device(device)) => Ok(device_identity(device)),
-                    Ok(CallerIdentity::Module(module)) => self.module_identity(module),
+                    Ok(CallerIdentity::Module(module)) => one_module(module),
                     Err(e) => Err(e),
                 },
             ),
@@ -125,11 +121,12 @@ impl Service {
             Route::ListModules => {
                 hub_type!(req.query_param("type").as_deref());
                 let listed = me.list_modules_as(caller, bearer).await.and_then(|list| {
+                    let device = me.device_names()?;
                     let identities = list
                         .modules
                         .into_iter()
-                        .map(|m| self.module_identity(m))
-                        .collect::<Result<_, _>>()?;
+                        .map(|m| module_identity(&device, m))
+                        .collect();
                     Ok(IdentityList { identities })
                 });
                 answer(ok, listed)
@@ -153,14 +150,14 @@ impl Service {
                     module_id: body.module_id,
                 };
                 let created = me.create_module_as(caller, create, bearer).await;
-                answer(ok, created.and_then(|(m, _)| self.module_identity(m)))
+                answer(ok, created.and_then(|(m, _)| one_module(m)))
             }
             Route::GetModule | Route::UpdateModule => {
                 // Keys are derived from the module id and generation, so an
                 // update has nothing to change: it answers the identity.
                 hub_type!(req.query_param("type").as_deref());
                 let module = me.get_module_as(caller, id, bearer).await;
-                answer(ok, module.and_then(|m| self.module_identity(m)))
+                answer(ok, module.and_then(one_module))
             }
             Route::DeleteModule => {
                 hub_type!(req.query_param("type").as_deref());
@@ -177,19 +174,18 @@ impl Service {
             ),
         }
     }
+}
 
-    /// A module identity in the aziot shape, with the device's hub and id.
-    fn module_identity(&self, module: ModuleIdentity) -> Result<Identity, Error> {
-        let (hub, device_id) = self.0.device_names()?;
-        Ok(Identity::Aziot(AzureIotSpec {
-            gateway_host: hub.clone(),
-            hub_name: hub,
-            device_id,
-            module_id: Some(module.module_id),
-            gen_id: Some(module.generation_id),
-            auth: Some(auth(module.auth)),
-        }))
-    }
+/// A module identity in the aziot shape, with the device's hub and id.
+fn module_identity((hub, device_id): &(String, String), module: ModuleIdentity) -> Identity {
+    Identity::Aziot(AzureIotSpec {
+        hub_name: hub.clone(),
+        gateway_host: hub.clone(),
+        device_id: device_id.clone(),
+        module_id: Some(module.module_id),
+        gen_id: Some(module.generation_id),
+        auth: Some(auth(module.auth)),
+    })
 }
 
 /// The `type` of a request: `aziot`, or a 400 saying what is wrong.
