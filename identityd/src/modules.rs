@@ -107,12 +107,15 @@ impl Identityd {
         handles: Handles,
     ) -> Result<ModuleIdentity, Error> {
         let auth = match record.auth {
-            AuthType::Sas => Auth {
-                auth_type: AuthType::Sas,
-                key_handle: Some(self.module_key(record, "primary", handles).await?),
-                cert_id: None,
-                secondary_key_handle: Some(self.module_key(record, "secondary", handles).await?),
-            },
+            AuthType::Sas => {
+                let base = self.modules_base(handles).await?;
+                Auth {
+                    auth_type: AuthType::Sas,
+                    key_handle: Some(self.module_key(&base, record, "primary").await?),
+                    cert_id: None,
+                    secondary_key_handle: Some(self.module_key(&base, record, "secondary").await?),
+                }
+            }
             AuthType::X509 => {
                 let cert_id = record
                     .cert_id
@@ -165,16 +168,16 @@ impl Identityd {
         }
     }
 
-    /// A module's SAS key handle, derived in keyd.
+    /// A module's SAS key handle, derived in keyd from `base` (a handle of
+    /// [`Self::modules_base`]; bearer if it is).
     async fn module_key(
         &self,
+        base: &KeyHandle,
         record: &ModuleRecord,
         which: &str,
-        handles: Handles,
     ) -> Result<KeyHandle, Error> {
-        let base = self.modules_base(handles).await?;
         self.keyd
-            .derive(&base, &Self::module_key_info(record, which))
+            .derive(base, &Self::module_key_info(record, which))
             .await
             .map_err(|e| Error::from_daemon("keyd", "deriving a module key", e))
     }
@@ -188,7 +191,8 @@ impl Identityd {
         record: &ModuleRecord,
         which: &str,
     ) -> Result<Zeroizing<Vec<u8>>, Error> {
-        let handle = self.module_key(record, which, Handles::Granted).await?;
+        let base = self.modules_base(Handles::Granted).await?;
+        let handle = self.module_key(&base, record, which).await?;
         self.keyd
             .export(&handle)
             .await
@@ -365,9 +369,8 @@ impl Identityd {
             )));
         }
         let device = self.current()?;
-        let handle = self
-            .module_key(&record, "primary", Handles::Granted)
-            .await?;
+        let base = self.modules_base(Handles::Granted).await?;
+        let handle = self.module_key(&base, &record, "primary").await?;
         let resource = sas::module_resource(&device.hub, &device.device_id, module_id);
         sas::sign(&self.keyd, &handle, &resource, expiry, None).await
     }
