@@ -11,7 +11,7 @@ use edgeid_certd::config::{IssuanceConfig, PrincipalConfig};
 use edgeid_certd::issuer;
 use edgeid_certd::signer::KeydKey;
 use edgeid_common::authz::{Admins, Grants};
-use edgeid_testkit::aziot::{call, call_raw};
+use edgeid_testkit::aziot::{call, call_as, call_raw};
 use edgeid_testkit::{openssl, CertdFixture, KeydFixture};
 use http::{Method, StatusCode};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyUsagePurpose};
@@ -388,34 +388,26 @@ async fn callers_need_the_certificate_id_and_the_ca_rights_config_gives() {
     let create = |id: &str| {
         json!({ "certId": id, "csr": csr,
                 "issuer": { "certId": EDGE_CA, "privateKeyHandle": ca_handle } })
-        .to_string()
     };
     let path = at("/certificates");
-    let as_ = |uid, method, path: &str, body: String| {
-        let socket = socket.clone();
-        let path = path.to_owned();
-        async move {
-            let (status, body) =
-                edgeid_testkit::request_as(uid, &socket, method, &path, &body).await;
-            (status, String::from_utf8_lossy(&body).into_owned())
-        }
-    };
-    let (status, body) = as_(
+    let (status, body) = call_as(
         principal,
+        &socket,
         Method::POST,
         &path,
         create("aziot-edged/module/a:server"),
     )
     .await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
-    let (status, body) = as_(principal, Method::POST, &path, create("device-id")).await;
+    let (status, body) =
+        call_as(principal, &socket, Method::POST, &path, create("device-id")).await;
     assert_eq!(
         status,
         StatusCode::FORBIDDEN,
         "an id it is not granted: {body}"
     );
     let own = at(&format!("/certificates/{}", segment(EDGE_CA)));
-    let (status, body) = as_(principal, Method::GET, &own, String::new()).await;
+    let (status, body) = call_as(principal, &socket, Method::GET, &own, Value::Null).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     for (method, path, body) in [
         (
@@ -423,15 +415,11 @@ async fn callers_need_the_certificate_id_and_the_ca_rights_config_gives() {
             path.clone(),
             create("aziot-edged/module/b:server"),
         ),
-        (Method::GET, own.clone(), String::new()),
-        (
-            Method::PUT,
-            own.clone(),
-            json!({ "pem": ca_pem }).to_string(),
-        ),
-        (Method::DELETE, own.clone(), String::new()),
+        (Method::GET, own.clone(), Value::Null),
+        (Method::PUT, own.clone(), json!({ "pem": ca_pem })),
+        (Method::DELETE, own.clone(), Value::Null),
     ] {
-        let (status, answer) = as_(stranger, method.clone(), &path, body).await;
+        let (status, answer) = call_as(stranger, &socket, method.clone(), &path, body).await;
         assert_eq!(
             status,
             StatusCode::FORBIDDEN,
@@ -449,25 +437,24 @@ async fn callers_need_the_certificate_id_and_the_ca_rights_config_gives() {
             "keyUsage=critical,keyCertSign",
         ],
     );
-    let body = json!({ "certId": "aziot-edged/ca2", "csr": ca_csr }).to_string();
-    let (status, answer) = as_(principal, Method::POST, &path, body).await;
+    let body = json!({ "certId": "aziot-edged/ca2", "csr": ca_csr });
+    let (status, answer) = call_as(principal, &socket, Method::POST, &path, body).await;
     assert_eq!(
         status,
         StatusCode::BAD_REQUEST,
         "no issuance configured: {answer}"
     );
     let leaf_only = "aziot-edged/by-local-ca";
-    let body = json!({ "certId": leaf_only, "csr": ca_csr }).to_string();
-    let (status, answer) = as_(principal, Method::POST, &path, body).await;
+    let body = json!({ "certId": leaf_only, "csr": ca_csr });
+    let (status, answer) = call_as(principal, &socket, Method::POST, &path, body).await;
     assert_eq!(
         status,
         StatusCode::FORBIDDEN,
         "configured without ca = true: {answer}"
     );
-    let body = json!({ "certId": leaf_only, "csr": csr }).to_string();
-    let (status, answer) = as_(principal, Method::POST, &path, body).await;
-    assert_eq!(status, StatusCode::CREATED, "{answer}");
-    let chain: Value = serde_json::from_str(&answer).unwrap();
+    let body = json!({ "certId": leaf_only, "csr": csr });
+    let (status, chain) = call_as(principal, &socket, Method::POST, &path, body).await;
+    assert_eq!(status, StatusCode::CREATED, "{chain}");
     let bundle = s.certd.client().trust_bundle().await.unwrap();
     openssl::verify_chain(&bundle, chain["pem"].as_str().unwrap(), "sslserver").unwrap();
 }

@@ -12,7 +12,7 @@ use base64::Engine;
 use common::{dps_symmetric, provisioned, random_key, Daemons};
 use edgeid_common::authz::Admins;
 use edgeid_identityd::config::{PrincipalConfig, Role};
-use edgeid_testkit::aziot::{call, call_raw};
+use edgeid_testkit::aziot::{call, call_as, call_raw};
 use edgeid_testkit::cloud::{CloudService, Enrollment};
 use edgeid_testkit::IdentitydFixture;
 use http::{Method, StatusCode};
@@ -67,24 +67,6 @@ async fn device() -> Device {
     }
 }
 
-/// One request as `uid`; status and JSON answer.
-async fn as_uid(
-    uid: u32,
-    socket: &std::path::Path,
-    method: Method,
-    path: &str,
-    body: Value,
-) -> (StatusCode, Value) {
-    let body = if body.is_null() {
-        String::new()
-    } else {
-        body.to_string()
-    };
-    let (status, bytes) = edgeid_testkit::request_as(uid, socket, method, path, &body).await;
-    let value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-    (status, value)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn one_module_through_both_apis_and_its_handle_signs_what_the_hub_checks() {
     assert!(
@@ -97,7 +79,7 @@ async fn one_module_through_both_apis_and_its_handle_signs_what_the_hub_checks()
     let at = |path: &str, v: &str| format!("{path}?api-version={v}");
 
     // aziot-edged creates a module, as the reference's client sends it.
-    let (status, made) = as_uid(
+    let (status, made) = call_as(
         ORCHESTRATOR,
         &socket,
         Method::POST,
@@ -127,7 +109,7 @@ async fn one_module_through_both_apis_and_its_handle_signs_what_the_hub_checks()
     // aziot API: the MAC is the one the hub computes with the keys
     // identityd registered.
     let data = format!("{hub}/devices/device-1/modules/sensor\n1900000000");
-    let (status, mac) = as_uid(
+    let (status, mac) = call_as(
         MODULE,
         &d.daemons.keyd.socket(),
         Method::POST,
@@ -145,7 +127,7 @@ async fn one_module_through_both_apis_and_its_handle_signs_what_the_hub_checks()
     );
 
     // Who each caller is.
-    let (status, me) = as_uid(
+    let (status, me) = call_as(
         MODULE,
         &socket,
         Method::GET,
@@ -156,7 +138,7 @@ async fn one_module_through_both_apis_and_its_handle_signs_what_the_hub_checks()
     assert_eq!(status, StatusCode::OK, "{me}");
     assert_eq!(me["spec"]["moduleId"], "sensor");
     assert_eq!(me["spec"]["genId"], gen_id.as_str());
-    let (status, me) = as_uid(
+    let (status, me) = call_as(
         ORCHESTRATOR,
         &socket,
         Method::GET,
@@ -167,7 +149,7 @@ async fn one_module_through_both_apis_and_its_handle_signs_what_the_hub_checks()
     assert_eq!(status, StatusCode::OK, "{me}");
     assert_eq!(me["spec"]["deviceId"], "device-1");
     assert!(me["spec"].get("moduleId").is_none(), "the device: {me}");
-    let (status, _) = as_uid(
+    let (status, _) = call_as(
         STRANGER,
         &socket,
         Method::GET,
@@ -181,13 +163,13 @@ async fn one_module_through_both_apis_and_its_handle_signs_what_the_hub_checks()
     // not read another.
     let other = d.identityd.client().create_module("other").await.unwrap();
     let path = at("/identities/modules/other", "2020-09-01") + "&type=aziot";
-    let (status, got) = as_uid(ORCHESTRATOR, &socket, Method::GET, &path, Value::Null).await;
+    let (status, got) = call_as(ORCHESTRATOR, &socket, Method::GET, &path, Value::Null).await;
     assert_eq!(status, StatusCode::OK, "{got}");
     assert_eq!(got["spec"]["genId"], other.generation_id.as_str());
-    let (status, _) = as_uid(MODULE, &socket, Method::GET, &path, Value::Null).await;
+    let (status, _) = call_as(MODULE, &socket, Method::GET, &path, Value::Null).await;
     assert_eq!(status, StatusCode::FORBIDDEN, "a module reads only itself");
     let list = at("/identities/modules", "2020-09-01") + "&type=aziot";
-    let (status, listed) = as_uid(ORCHESTRATOR, &socket, Method::GET, &list, Value::Null).await;
+    let (status, listed) = call_as(ORCHESTRATOR, &socket, Method::GET, &list, Value::Null).await;
     assert_eq!(status, StatusCode::OK);
     let mut ids: Vec<&str> = listed["identities"]
         .as_array()
@@ -200,7 +182,7 @@ async fn one_module_through_both_apis_and_its_handle_signs_what_the_hub_checks()
 
     // Update keeps the generation; delete removes it from the hub too.
     let sensor = at("/identities/modules/sensor", "2020-09-01") + "&type=aziot";
-    let (status, updated) = as_uid(
+    let (status, updated) = call_as(
         ORCHESTRATOR,
         &socket,
         Method::PUT,
@@ -210,13 +192,13 @@ async fn one_module_through_both_apis_and_its_handle_signs_what_the_hub_checks()
     .await;
     assert_eq!(status, StatusCode::OK, "{updated}");
     assert_eq!(updated["spec"]["genId"], gen_id.as_str());
-    let (status, _) = as_uid(ORCHESTRATOR, &socket, Method::DELETE, &sensor, Value::Null).await;
+    let (status, _) = call_as(ORCHESTRATOR, &socket, Method::DELETE, &sensor, Value::Null).await;
     assert_eq!(status, StatusCode::NO_CONTENT);
     assert!(!d
         .cloud
         .modules_of("device-1")
         .contains(&"sensor".to_string()));
-    let (status, gone) = as_uid(ORCHESTRATOR, &socket, Method::GET, &sensor, Value::Null).await;
+    let (status, gone) = call_as(ORCHESTRATOR, &socket, Method::GET, &sensor, Value::Null).await;
     assert_eq!(
         status,
         StatusCode::BAD_REQUEST,
@@ -224,7 +206,7 @@ async fn one_module_through_both_apis_and_its_handle_signs_what_the_hub_checks()
     );
 
     // The device, the trust bundle, provisioning, reprovisioning.
-    let (status, device) = as_uid(
+    let (status, device) = call_as(
         ORCHESTRATOR,
         &socket,
         Method::POST,
@@ -235,7 +217,7 @@ async fn one_module_through_both_apis_and_its_handle_signs_what_the_hub_checks()
     assert_eq!(status, StatusCode::OK, "{device}");
     assert_eq!(device["spec"]["deviceId"], "device-1");
     assert!(device["spec"]["auth"]["keyHandle"].is_string());
-    let (status, _) = as_uid(
+    let (status, _) = call_as(
         MODULE,
         &socket,
         Method::POST,
@@ -248,7 +230,7 @@ async fn one_module_through_both_apis_and_its_handle_signs_what_the_hub_checks()
         StatusCode::FORBIDDEN,
         "a module does not read the device"
     );
-    let (status, bundle) = as_uid(
+    let (status, bundle) = call_as(
         ORCHESTRATOR,
         &socket,
         Method::GET,
@@ -267,7 +249,7 @@ async fn one_module_through_both_apis_and_its_handle_signs_what_the_hub_checks()
             .unwrap()
             .as_str()
     );
-    let (status, info) = as_uid(
+    let (status, info) = call_as(
         ORCHESTRATOR,
         &socket,
         Method::GET,
@@ -282,7 +264,7 @@ async fn one_module_through_both_apis_and_its_handle_signs_what_the_hub_checks()
                 "scope_id": d.cloud.id_scope, "registration_id": "device-1", "payload": null })
     );
     let registrations = d.cloud.registrations();
-    let (status, _) = as_uid(
+    let (status, _) = call_as(
         ORCHESTRATOR,
         &socket,
         Method::POST,
@@ -296,7 +278,7 @@ async fn one_module_through_both_apis_and_its_handle_signs_what_the_hub_checks()
         registrations + 1,
         "answered once DPS was asked again"
     );
-    let (status, _) = as_uid(
+    let (status, _) = call_as(
         MODULE,
         &socket,
         Method::POST,
@@ -305,7 +287,7 @@ async fn one_module_through_both_apis_and_its_handle_signs_what_the_hub_checks()
     )
     .await;
     assert_eq!(status, StatusCode::FORBIDDEN);
-    let (status, _) = as_uid(
+    let (status, _) = call_as(
         MODULE,
         &socket,
         Method::POST,

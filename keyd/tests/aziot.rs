@@ -508,27 +508,21 @@ async fn ids_need_a_grant_handles_are_the_capability_and_v1_handles_stay_checked
     }];
     let keyd = KeydFixture::configured(config, edgeid_common::authz::Admins::root_and_self()).await;
     let socket = keyd.socket();
-    let as_uid = async |uid: u32, method: Method, path: &str, body: Value| {
-        let (status, bytes) =
-            edgeid_testkit::request_as(uid, &socket, method, path, &body.to_string()).await;
-        (
-            status,
-            serde_json::from_slice::<Value>(&bytes).unwrap_or(Value::Null),
-        )
-    };
     let create = |id: &str| json!({ "keyId": id, "preferredAlgorithms": "*" });
 
     // A principal creates what its grant names, not beyond it.
-    let (status, mine) = as_uid(
+    let (status, mine) = edgeid_testkit::aziot::call_as(
         PRINCIPAL,
+        &socket,
         Method::POST,
         "/keypair?api-version=2020-09-01",
         create("agent/one"),
     )
     .await;
     assert_eq!(status, StatusCode::OK, "{mine}");
-    let (status, body) = as_uid(
+    let (status, body) = edgeid_testkit::aziot::call_as(
         PRINCIPAL,
+        &socket,
         Method::POST,
         "/keypair?api-version=2020-09-01",
         create("device-ca"),
@@ -558,15 +552,17 @@ async fn ids_need_a_grant_handles_are_the_capability_and_v1_handles_stay_checked
             json!({ "from": "agent/one" }),
         ),
     ] {
-        let (status, answer) = as_uid(STRANGER, method.clone(), path, body).await;
+        let (status, answer) =
+            edgeid_testkit::aziot::call_as(STRANGER, &socket, method.clone(), path, body).await;
         assert_eq!(status, StatusCode::FORBIDDEN, "{method} {path}: {answer}");
     }
     // The handle is the capability (the reference's model): whoever holds
     // the principal's handle signs with it.
     let digest = Sha256::digest(b"signed by whoever holds the handle");
     let sign = |handle: &Value| json!({ "keyHandle": handle, "algorithm": "ECDSA", "parameters": { "digest": b64(&digest) } });
-    let (status, signed) = as_uid(
+    let (status, signed) = edgeid_testkit::aziot::call_as(
         STRANGER,
+        &socket,
         Method::POST,
         "/sign?api-version=2020-09-01",
         sign(&mine["keyHandle"]),
@@ -584,16 +580,18 @@ async fn ids_need_a_grant_handles_are_the_capability_and_v1_handles_stay_checked
     // A handle edgeid's own API issued names a key, not a capability: on
     // the aziot routes too, its use is checked against the caller's grants.
     let v1 = keyd.client().key_pair("agent/one").await.unwrap();
-    let (status, body) = as_uid(
+    let (status, body) = edgeid_testkit::aziot::call_as(
         STRANGER,
+        &socket,
         Method::POST,
         "/sign?api-version=2020-09-01",
         sign(&json!(v1.0)),
     )
     .await;
     assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
-    let (status, _) = as_uid(
+    let (status, _) = edgeid_testkit::aziot::call_as(
         PRINCIPAL,
+        &socket,
         Method::POST,
         "/sign?api-version=2020-09-01",
         sign(&json!(v1.0)),
@@ -615,8 +613,9 @@ async fn ids_need_a_grant_handles_are_the_capability_and_v1_handles_stay_checked
         json!({ "baseKeyHandle": base["keyHandle"], "derivationData": b64(b"m") }),
     )
     .await;
-    let (status, body) = as_uid(
+    let (status, body) = edgeid_testkit::aziot::call_as(
         STRANGER,
+        &socket,
         Method::POST,
         "/derivedkey/export?api-version=2020-09-01",
         json!({ "keyHandle": derived["keyHandle"] }),

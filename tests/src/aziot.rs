@@ -17,6 +17,23 @@ pub async fn call(socket: &Path, method: Method, path: &str, body: Value) -> (St
     call_raw(socket, method, path, body).await
 }
 
+/// [`call`] on a connection made as `uid` (the test process must be root).
+pub async fn call_as(
+    uid: u32,
+    socket: &Path,
+    method: Method,
+    path: &str,
+    body: Value,
+) -> (StatusCode, Value) {
+    let body = if body.is_null() {
+        String::new()
+    } else {
+        body.to_string()
+    };
+    let (status, bytes) = crate::request_as(uid, socket, method, path, &body).await;
+    (status, json_or_null(path, &bytes))
+}
+
 /// One request with a body as given (malformed ones included).
 pub async fn call_raw(
     socket: &Path,
@@ -28,11 +45,14 @@ pub async fn call_raw(
         .raw(method, path, body.into())
         .await
         .unwrap_or_else(|e| panic!("{path}: {e}"));
-    let value = if bytes.is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_slice(&bytes)
-            .unwrap_or_else(|_| panic!("{path}: not JSON: {}", String::from_utf8_lossy(&bytes)))
-    };
-    (status, value)
+    (status, json_or_null(path, &bytes))
+}
+
+/// An answer's JSON; `Null` if it is empty.
+fn json_or_null(path: &str, bytes: &[u8]) -> Value {
+    if bytes.is_empty() {
+        return Value::Null;
+    }
+    serde_json::from_slice(bytes)
+        .unwrap_or_else(|_| panic!("{path}: not JSON: {}", String::from_utf8_lossy(bytes)))
 }
