@@ -30,6 +30,37 @@ async fn keys_survive_sigkill_whole_or_not_at_all() {
         vec![],
     )
     .await;
+    // How long a round of eight creations takes on this machine, now: the
+    // kills are spread over twice that, so they land both mid-write and after
+    // on a loaded CI machine (slow fsyncs) as on an idle one. A fixed window
+    // once let every kill land before any creation finished.
+    let window_us = {
+        let client = Arc::new(keyd.client());
+        let started = std::time::Instant::now();
+        let mut tasks = Vec::new();
+        for i in 0..8 {
+            let client = client.clone();
+            tasks.push(tokio::spawn(async move {
+                let id = format!("calibrate/k{i}");
+                if i % 2 == 0 {
+                    client
+                        .create_key_pair(&id, KeyPairSpec::EcP256)
+                        .await
+                        .is_ok()
+                } else {
+                    client
+                        .create_key(&id, SymmetricKeyType::HmacSha256, None)
+                        .await
+                        .is_ok()
+                }
+            }));
+        }
+        for t in tasks {
+            assert!(t.await.unwrap(), "keyd creates keys before any kill");
+        }
+        let round_us = started.elapsed().as_micros() as u64;
+        (2 * round_us).clamp(20_000, 2_000_000)
+    };
     let mut confirmed: Vec<(String, bool)> = Vec::new();
     let mut killed_mid_write = 0usize;
     for round in 0..rounds {
@@ -55,7 +86,7 @@ async fn keys_survive_sigkill_whole_or_not_at_all() {
                 (id, pair, ok)
             }));
         }
-        tokio::time::sleep(Duration::from_micros(rng.below(60_000))).await;
+        tokio::time::sleep(Duration::from_micros(rng.below(window_us))).await;
         keyd.kill_and_restart().await;
         let mut answered = 0;
         for t in tasks {
@@ -133,7 +164,7 @@ async fn keys_survive_sigkill_whole_or_not_at_all() {
         assert!(listed.contains(id), "{id} was confirmed, then lost");
     }
     println!(
-        "{rounds} kills, {killed_mid_write} with creations still in flight, {} keys confirmed and kept",
+        "{rounds} kills within {window_us} us, {killed_mid_write} with creations still in flight, {} keys confirmed and kept",
         confirmed.len()
     );
     assert!(
