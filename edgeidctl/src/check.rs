@@ -154,9 +154,9 @@ fn config_checks(opts: &Check, f: &mut Findings) {
         }
     }
     for (daemon, user) in [
-        ("keyd", "edgeid-ks"),
-        ("certd", "edgeid-cs"),
-        ("identityd", "edgeid-id"),
+        ("keyd", "aziotks"),
+        ("certd", "aziotcs"),
+        ("identityd", "aziotid"),
     ] {
         let dir = opts.root.join(format!("var/lib/edgeid/{daemon}"));
         let check = format!("{daemon} state directory");
@@ -254,7 +254,22 @@ async fn daemon_checks(opts: &Check, f: &mut Findings) -> Vec<(String, Health)> 
         let daemon = d.name;
         let socket = opts.run_dir.join(d.socket);
         let check = format!("{daemon} answers");
-        match d.health(&opts.run_dir).await {
+        // A daemon this check woke (socket activation) may still be provisioning
+        // the device: that is a moment, not a failure; wait for its outcome.
+        let settle_until = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        let mut health = d.health(&opts.run_dir).await;
+        while let Ok(h) = &health {
+            let in_progress = h.backends.values().any(|v| v == "provisioning")
+                && h.backends
+                    .values()
+                    .all(|v| v == "ok" || v == "provisioning");
+            if !in_progress || std::time::Instant::now() >= settle_until {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+            health = d.health(&opts.run_dir).await;
+        }
+        match health {
             Ok(h) if h.status == "ok" => {
                 f.pass(check, format!("{} ({})", socket.display(), h.version));
                 healths.push((daemon.to_owned(), h));
