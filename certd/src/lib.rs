@@ -62,3 +62,15 @@ pub async fn run_with(
     let _ = renewal.await;
     served.map_err(|e| Error::Setup(format!("server failed: {e}")))
 }
+
+/// The `edgeid-certd` program (`--config <file>`): its own binary's `main`,
+/// and what the multi-call `edgeidctl` runs when invoked as `edgeid-certd`.
+pub fn main() -> std::process::ExitCode {
+    edgeid_common::daemon::main(
+        "certd",
+        "edgeid certificate service: issues, enrolls, stores and renews certificates.",
+        CertdConfig::load,
+        CertdConfig::validate,
+        |config| run(config, edgeid_common::server::shutdown_signal()),
+    )
+}

@@ -25,19 +25,19 @@ pub struct Daemon {
 pub const DAEMONS: [Daemon; 4] = [
     Daemon {
         name: "keyd",
-        user: "edgeid-ks",
+        user: "aziotks",
         socket: "keyd.sock",
         health: "/v1/health",
     },
     Daemon {
         name: "certd",
-        user: "edgeid-cs",
+        user: "aziotcs",
         socket: "certd.sock",
         health: "/v1/health",
     },
     Daemon {
         name: "identityd",
-        user: "edgeid-id",
+        user: "aziotid",
         socket: "identityd.sock",
         health: "/v1/health",
     },

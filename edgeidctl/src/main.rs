@@ -1,4 +1,7 @@
-//! `edgeidctl`: the operator's command line.
+//! `edgeidctl`: the operator's command line, and the package's one binary:
+//! invoked by another name (a link: `edgeid-keyd`, `aziot-keyd`, ...) it is
+//! that daemon, as the reference's `aziotd` is. Each daemon still runs as its
+//! own process and user; only the file is shared.
 
 #[macro_use]
 mod out;
@@ -135,7 +138,25 @@ struct RunDir {
     run_dir: PathBuf,
 }
 
+/// The program a link name stands for: a daemon's `main`, or none (the CLI).
+fn daemon_named(name: &str) -> Option<fn() -> ExitCode> {
+    Some(match name {
+        "edgeid-keyd" | "aziot-keyd" => edgeid_keyd::main,
+        "edgeid-certd" | "aziot-certd" => edgeid_certd::main,
+        "edgeid-identityd" | "aziot-identityd" => edgeid_identityd::main,
+        "edgeid-workloadd" => edgeid_workloadapi::main,
+        _ => return None,
+    })
+}
+
 fn main() -> ExitCode {
+    let invoked_as = std::env::args_os()
+        .next()
+        .map(PathBuf::from)
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()));
+    if let Some(daemon) = invoked_as.as_deref().and_then(daemon_named) {
+        return daemon();
+    }
     edgeid_common::logging::init();
     let cli = Cli::parse();
     let runtime = match edgeid_common::runtime::build() {

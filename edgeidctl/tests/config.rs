@@ -8,9 +8,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 const USERS: &str = "root:x:0:0::/root:/bin/sh\n\
-edgeid-ks:x:994:994::/:/usr/sbin/nologin\n\
-edgeid-cs:x:993:993::/:/usr/sbin/nologin\n\
-edgeid-id:x:992:992::/:/usr/sbin/nologin\n\
+aziotks:x:994:994::/:/usr/sbin/nologin\n\
+aziotcs:x:993:993::/:/usr/sbin/nologin\n\
+aziotid:x:992:992::/:/usr/sbin/nologin\n\
 edgeid-wl:x:991:991::/:/usr/sbin/nologin\n";
 
 fn template() -> PathBuf {
@@ -241,7 +241,7 @@ fn a_broken_file_is_named_and_changes_nothing() {
     .unwrap();
     let (ok, _, err) = apply(&template(), bare.path());
     assert!(
-        !ok && err.contains("edgeid-ks") && err.contains("sysusers"),
+        !ok && err.contains("aziotks") && err.contains("sysusers"),
         "{err}"
     );
     assert!(!bare.path().join("etc/edgeid").exists());

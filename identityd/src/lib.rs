@@ -78,3 +78,15 @@ pub async fn run_with(
     let _ = stop.send(true);
     served.map_err(|e| Error::Setup(format!("server failed: {e}")))
 }
+
+/// The `edgeid-identityd` program (`--config <file>`): its own binary's `main`,
+/// and what the multi-call `edgeidctl` runs when invoked as `edgeid-identityd`.
+pub fn main() -> std::process::ExitCode {
+    edgeid_common::daemon::main(
+        "identityd",
+        "edgeid identity service: provisions the device and manages module identities.",
+        IdentitydConfig::load,
+        IdentitydConfig::validate,
+        |config| run(config, edgeid_common::server::shutdown_signal()),
+    )
+}

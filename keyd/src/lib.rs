@@ -40,3 +40,15 @@ pub async fn run(config: KeydConfig, shutdown: impl Future<Output = ()>) -> Resu
         .await
         .map_err(|e| Error::Setup(format!("server failed: {e}")))
 }
+
+/// The `edgeid-keyd` program (`--config <file>`): its own binary's `main`,
+/// and what the multi-call `edgeidctl` runs when invoked as `edgeid-keyd`.
+pub fn main() -> std::process::ExitCode {
+    edgeid_common::daemon::main(
+        "keyd",
+        "edgeid key service: holds the device's keys and signs with them.",
+        KeydConfig::load,
+        |_| Ok(()),
+        |config| run(config, edgeid_common::server::shutdown_signal()),
+    )
+}

@@ -16,28 +16,10 @@ fn packaging() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging")
 }
 
-/// This build's binary directory (`cargo test --workspace` builds them all).
+/// This build's binary directory: the package holds its edgeidctl.
 fn bin_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("test binary path");
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target directory")
-        .to_owned();
-    for b in [
-        "edgeid-keyd",
-        "edgeid-certd",
-        "edgeid-identityd",
-        "edgeid-workloadd",
-        "edgeidctl",
-    ] {
-        assert!(
-            dir.join(b).exists(),
-            "{b} is missing from {}: run the workspace tests (cargo test --workspace)",
-            dir.display()
-        );
-    }
-    dir
+    let edgeidctl = edgeid_testkit::process::build_binary("edgeidctl");
+    edgeidctl.parent().expect("a directory").to_owned()
 }
 
 fn run(cmd: &mut Command) -> String {
@@ -51,13 +33,15 @@ fn run(cmd: &mut Command) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-const FILES: [&str; 11] = [
+const FILES: [&str; 13] = [
     "usr/bin/edgeid-keyd",
     "usr/bin/edgeid-certd",
     "usr/bin/edgeid-identityd",
     "usr/bin/edgeid-workloadd",
     "usr/bin/edgeidctl",
     "usr/lib/systemd/system/edgeid-keyd.socket",
+    "usr/lib/systemd/system/aziot-keyd.socket",
+    "usr/lib/systemd/system/aziot-identityd.service",
     "usr/lib/systemd/system/edgeid-workloadd.service",
     "usr/lib/sysusers.d/edgeid.conf",
     "usr/lib/tmpfiles.d/edgeid.conf",
@@ -90,6 +74,53 @@ fn the_deb_installs_removes_and_purges_in_a_throwaway_root() {
             .any(|l| l.starts_with("-rw-------") && l.ends_with("./etc/edgeid/config.toml")),
         "the admin's config is 0600:\n{listing}"
     );
+    // One binary; each daemon is a link to it, and the reference's units are
+    // aliases of edgeid's.
+    for (link, target) in [
+        ("usr/bin/edgeid-keyd", "edgeidctl"),
+        ("usr/bin/edgeid-certd", "edgeidctl"),
+        ("usr/bin/edgeid-identityd", "edgeidctl"),
+        ("usr/bin/edgeid-workloadd", "edgeidctl"),
+        (
+            "usr/lib/systemd/system/aziot-keyd.service",
+            "edgeid-keyd.service",
+        ),
+        (
+            "usr/lib/systemd/system/aziot-keyd.socket",
+            "edgeid-keyd.socket",
+        ),
+        (
+            "usr/lib/systemd/system/aziot-certd.service",
+            "edgeid-certd.service",
+        ),
+        (
+            "usr/lib/systemd/system/aziot-certd.socket",
+            "edgeid-certd.socket",
+        ),
+        (
+            "usr/lib/systemd/system/aziot-identityd.service",
+            "edgeid-identityd.service",
+        ),
+        (
+            "usr/lib/systemd/system/aziot-identityd.socket",
+            "edgeid-identityd.socket",
+        ),
+    ] {
+        assert!(
+            listing
+                .lines()
+                .any(|l| l.starts_with('l') && l.ends_with(&format!("./{link} -> {target}"))),
+            "{link} -> {target} not in the .deb:\n{listing}"
+        );
+    }
+    // aziot-edge depends on aziot-identity-service (= 1.6.0-1) exactly.
+    let field = |name: &str| run(Command::new("dpkg-deb").arg("-f").arg(&deb).arg(name));
+    assert_eq!(
+        field("Provides").trim(),
+        "aziot-identity-service (= 1.6.0-1)"
+    );
+    assert_eq!(field("Conflicts").trim(), "aziot-identity-service");
+    assert_eq!(field("Replaces").trim(), "aziot-identity-service");
     let depends = run(Command::new("dpkg-deb")
         .args(["-f"])
         .arg(&deb)
@@ -141,9 +172,9 @@ fn the_deb_installs_removes_and_purges_in_a_throwaway_root() {
             .unwrap_or_else(|| panic!("no {user}:\n{passwd}"))
     };
     for (daemon, user) in [
-        ("keyd", "edgeid-ks"),
-        ("certd", "edgeid-cs"),
-        ("identityd", "edgeid-id"),
+        ("keyd", "aziotks"),
+        ("certd", "aziotcs"),
+        ("identityd", "aziotid"),
         ("workloadd", "edgeid-wl"),
     ] {
         let config = r.join(format!("etc/edgeid/{daemon}.d/config.toml"));
@@ -155,7 +186,7 @@ fn the_deb_installs_removes_and_purges_in_a_throwaway_root() {
     let keyd_state = r.join("var/lib/edgeid/keyd");
     let meta = std::fs::metadata(&keyd_state).unwrap();
     assert_eq!(meta.permissions().mode() & 0o777, 0o700);
-    assert_eq!(meta.uid(), uid_of("edgeid-ks"));
+    assert_eq!(meta.uid(), uid_of("aziotks"));
 
     // Removal keeps state and the admin's file; purge deletes them.
     std::fs::write(keyd_state.join("a-key"), "state").unwrap();
@@ -199,6 +230,13 @@ fn the_rpm_holds_the_same_files() {
             .lines()
             .any(|l| l.starts_with("-rw-------") && l.ends_with("/etc/edgeid/config.toml")),
         "{verbose}"
+    );
+    let provides = run(Command::new("rpm").args(["-qp", "--provides"]).arg(&rpm));
+    assert!(
+        provides
+            .lines()
+            .any(|l| l.trim() == "aziot-identity-service = 1.6.0-1"),
+        "{provides}"
     );
     let scripts = run(Command::new("rpm").args(["-qp", "--scripts"]).arg(&rpm));
     assert!(

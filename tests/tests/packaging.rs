@@ -105,7 +105,7 @@ fn sysusers_and_tmpfiles_make_users_and_private_state_dirs() {
             .and_then(|u| u.parse().ok())
             .unwrap_or_else(|| panic!("no user {user}:\n{passwd}"))
     };
-    for user in ["edgeid-ks", "edgeid-cs", "edgeid-id", "edgeid-wl"] {
+    for user in ["aziotks", "aziotcs", "aziotid", "aziottpm", "edgeid-wl"] {
         let line = passwd
             .lines()
             .find(|l| l.starts_with(&format!("{user}:")))
@@ -121,10 +121,13 @@ fn sysusers_and_tmpfiles_make_users_and_private_state_dirs() {
             .unwrap_or_default()
             .to_owned()
     };
-    assert_eq!(members("edgeid-keyd"), "edgeid-cs,edgeid-id,edgeid-wl");
-    assert_eq!(members("edgeid-identityd"), "edgeid-wl");
+    // The sockets' groups are the daemons' own, as the reference's are.
+    assert_eq!(members("aziotks"), "aziotcs,aziotid,edgeid-wl");
+    assert_eq!(members("aziotcs"), "aziotid,edgeid-wl");
+    assert_eq!(members("aziotid"), "edgeid-wl");
+    assert_eq!(members("aziottpm"), "aziotid");
     assert!(
-        members("tss").contains("edgeid-ks"),
+        members("tss").contains("aziotks"),
         "keyd reaches /dev/tpmrm0"
     );
 
@@ -136,13 +139,21 @@ fn sysusers_and_tmpfiles_make_users_and_private_state_dirs() {
         .unwrap();
     assert!(status.success());
     for (dir, user) in [
-        ("keyd", "edgeid-ks"),
-        ("certd", "edgeid-cs"),
-        ("identityd", "edgeid-id"),
+        ("keyd", "aziotks"),
+        ("certd", "aziotcs"),
+        ("identityd", "aziotid"),
     ] {
         let meta = std::fs::metadata(root.path().join("var/lib/edgeid").join(dir)).unwrap();
         assert_eq!(meta.permissions().mode() & 0o777, 0o700, "{dir}");
         assert_eq!(meta.uid(), uid_of(user), "{dir} belongs to {user}");
+    }
+    // The reference's socket paths lead to edgeid's sockets.
+    for d in ["keyd", "certd", "identityd"] {
+        let link = root.path().join(format!("run/aziot/{d}.sock"));
+        assert_eq!(
+            std::fs::read_link(&link).unwrap_or_else(|e| panic!("{}: {e}", link.display())),
+            Path::new(&format!("/run/edgeid/{d}.sock"))
+        );
     }
 }
 
@@ -280,4 +291,40 @@ async fn every_daemon_serves_a_socket_activated_socket() {
     for a in [workloadd, identityd, certd, keyd] {
         a.stop();
     }
+}
+
+/// The package's one binary is each daemon under its link names, edgeid's
+/// and the reference's, and the CLI under its own.
+#[test]
+fn edgeidctl_is_the_daemon_its_link_names() {
+    let dir = edgeid_testkit::temp_dir();
+    let edgeidctl = edgeid_testkit::process::build_binary("edgeidctl");
+    for (link, program) in [
+        ("edgeid-keyd", "edgeid-keyd"),
+        ("aziot-keyd", "edgeid-keyd"),
+        ("edgeid-certd", "edgeid-certd"),
+        ("aziot-certd", "edgeid-certd"),
+        ("edgeid-identityd", "edgeid-identityd"),
+        ("aziot-identityd", "edgeid-identityd"),
+        ("edgeid-workloadd", "edgeid-workloadd"),
+        ("edgeidctl", "edgeidctl"),
+    ] {
+        let path = dir.path().join(link);
+        std::os::unix::fs::symlink(&edgeidctl, &path).unwrap();
+        let out = Command::new(&path).arg("--version").output().unwrap();
+        assert!(out.status.success(), "{link} --version");
+        let said = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            said.starts_with(&format!("{program} ")),
+            "{link} is {program}: {said}"
+        );
+    }
+    // A daemon by its link: a bad config is that daemon's refusal, exit 2.
+    let path = dir.path().join("aziot-keyd");
+    let out = Command::new(&path)
+        .args(["--config", "/nonexistent/keyd.toml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/keyd.toml"));
 }

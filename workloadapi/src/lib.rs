@@ -97,3 +97,15 @@ pub async fn run(config: WorkloadConfig, shutdown: impl Future<Output = ()>) -> 
     }
     served.map_err(|e| Error::Setup(format!("server failed: {e}")))
 }
+
+/// The `edgeid-workloadd` program (`--config <file>`): its own binary's `main`,
+/// and what the multi-call `edgeidctl` runs when invoked as `edgeid-workloadd`.
+pub fn main() -> std::process::ExitCode {
+    edgeid_common::daemon::main(
+        "workloadd",
+        "edgeid workload API: what modules call for signatures, encryption, certificates and trust bundles.",
+        WorkloadConfig::load,
+        WorkloadConfig::validate,
+        |config| run(config, edgeid_common::server::shutdown_signal()),
+    )
+}
