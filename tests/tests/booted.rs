@@ -1,0 +1,623 @@
+//! The package on a booted Debian: a bookworm root file system
+//! (`scripts/booted-rootfs`, cached under target/booted/) booted with
+//! `systemd-nspawn -b`, commands run inside with `nsenter`. Inside it:
+//! - the .deb installs with apt, its dependencies from the archive;
+//! - every socket listens, `edgeidctl check` finds no failure, and each
+//!   daemon runs as its own user;
+//! - the reference's socket paths and unit names work: keys made through
+//!   `/run/aziot/keyd.sock`, identities through `/run/aziot/identityd.sock`;
+//! - a module user runs the unchanged azure-iot-device SDK against the
+//!   workload socket and gets a SAS token keyd's aziot API confirms; a user
+//!   who is no module is refused, and a user outside the socket's group
+//!   cannot connect;
+//! - after every unit restarts (some by the reference's names) and after the
+//!   package is reinstalled, every key signs as before (HMAC: the same MAC;
+//!   ECDSA: verified with the public key read before);
+//! - `systemd-analyze security` rates every service at most 2.0 ("OK");
+//! - purge removes state and config.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use edgeid_testkit::require_tool;
+use serde_json::{json, Value};
+
+fn top() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn b64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+fn unb64(v: &Value) -> Vec<u8> {
+    base64::engine::general_purpose::STANDARD
+        .decode(v.as_str().unwrap_or_else(|| panic!("not a string: {v}")))
+        .unwrap_or_else(|e| panic!("not base64: {v}: {e}"))
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// This build's binary directory: the package holds its edgeidctl.
+fn bin_dir() -> PathBuf {
+    let edgeidctl = edgeid_testkit::process::build_binary("edgeidctl");
+    edgeidctl.parent().expect("a directory").to_owned()
+}
+
+/// A booted copy of the cached root file system.
+struct Booted {
+    nspawn: Child,
+    leader: u32,
+    _root: tempfile::TempDir,
+}
+
+impl Booted {
+    fn boot(rootfs: &Path, files: &[(&Path, &str)]) -> Self {
+        let root = edgeid_testkit::temp_dir();
+        let tree = root.path().join("root");
+        let out = Command::new("cp")
+            .arg("-a")
+            .arg(rootfs)
+            .arg(&tree)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "copy the rootfs: {}", text(&out));
+        let dest = tree.join("opt/edgeid-test");
+        std::fs::create_dir_all(&dest).unwrap();
+        for (from, name) in files {
+            std::fs::copy(from, dest.join(name))
+                .unwrap_or_else(|e| panic!("{}: {e}", from.display()));
+        }
+        let machine = format!("edgeid-booted-{}", std::process::id());
+        let log = std::fs::File::create(root.path().join("console.log")).unwrap();
+        // --keep-unit and --register=no: no host systemd or machined needed.
+        let nspawn = Command::new("systemd-nspawn")
+            .args(["-q", "-b", "--register=no", "--keep-unit"])
+            .arg(format!("--machine={machine}"))
+            .arg("-D")
+            .arg(&tree)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("run systemd-nspawn");
+        let mut vm = Booted {
+            leader: 0,
+            nspawn,
+            _root: root,
+        };
+        let started = Instant::now();
+        vm.leader = loop {
+            if let Some(pid) = vm.init_pid() {
+                break pid;
+            }
+            if let Ok(Some(status)) = vm.nspawn.try_wait() {
+                panic!("systemd-nspawn exited: {status}: {}", vm.console());
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "no init in the container: {}",
+                vm.console()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        // Until systemd's own socket is up, systemctl cannot reach it.
+        let state = loop {
+            let out = vm.run(&["systemctl", "is-system-running", "--wait"]);
+            let state = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+            if !state.is_empty() || started.elapsed() > Duration::from_secs(120) {
+                break state;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        };
+        assert_eq!(
+            state,
+            "running",
+            "the container booted: {}",
+            text(&vm.run(&["systemctl", "--failed", "--no-legend"]))
+        );
+        vm
+    }
+
+    /// The container's PID 1 (systemd), as seen from here.
+    fn init_pid(&self) -> Option<u32> {
+        let tasks = std::fs::read_dir(format!("/proc/{}/task", self.nspawn.id())).ok()?;
+        for task in tasks.flatten() {
+            let children =
+                std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+            for pid in children
+                .split_whitespace()
+                .filter_map(|p| p.parse::<u32>().ok())
+            {
+                let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+                if comm.trim() == "systemd" {
+                    return Some(pid);
+                }
+            }
+        }
+        None
+    }
+
+    fn console(&self) -> String {
+        std::fs::read_to_string(self._root.path().join("console.log")).unwrap_or_default()
+    }
+
+    /// `argv` inside the container, with nothing of this environment but PATH.
+    fn run(&self, argv: &[&str]) -> Output {
+        Command::new("nsenter")
+            .arg("-t")
+            .arg(self.leader.to_string())
+            .args([
+                "-a",
+                "--",
+                "env",
+                "-i",
+                "PATH=/usr/sbin:/usr/bin:/sbin:/bin",
+                "LANG=C.UTF-8",
+            ])
+            .args(argv)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run nsenter")
+    }
+
+    /// As `run`, which must succeed; its stdout.
+    fn ok(&self, argv: &[&str]) -> String {
+        let out = self.run(argv);
+        assert!(out.status.success(), "{argv:?}: {}", text(&out));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn sh(&self, script: &str) -> String {
+        self.ok(&["sh", "-ec", script])
+    }
+
+    /// One HTTP request over `socket` as `user` (uds_http.py).
+    fn http(
+        &self,
+        user: &str,
+        socket: &str,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> Value {
+        let body = body.map(|b| b.to_string());
+        let mut argv = vec![
+            "runuser",
+            "-u",
+            user,
+            "--",
+            "python3",
+            "/opt/edgeid-test/uds_http.py",
+            socket,
+            method,
+            path,
+        ];
+        if let Some(b) = &body {
+            argv.push(b);
+        }
+        let out = self.ok(&argv);
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{argv:?}: {e}: {out}"))
+    }
+
+    /// As `http` as root, which must answer `status`; the body.
+    fn call(
+        &self,
+        socket: &str,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+        status: u64,
+    ) -> Value {
+        let answer = self.http("root", socket, method, path, body);
+        assert_eq!(answer["status"], json!(status), "{method} {path}: {answer}");
+        answer["body"].clone()
+    }
+
+    /// The last lines `service` logged.
+    fn journal(&self, service: &str) -> String {
+        text(&self.run(&["journalctl", "-q", "--no-pager", "-n", "30", "-u", service]))
+    }
+
+    fn main_pid(&self, service: &str) -> String {
+        self.ok(&["systemctl", "show", "-p", "MainPID", "--value", service])
+            .trim()
+            .to_owned()
+    }
+}
+
+impl Drop for Booted {
+    fn drop(&mut self) {
+        // SIGTERM: systemd-nspawn asks the container's systemd to power off.
+        unsafe { libc::kill(self.nspawn.id() as i32, libc::SIGTERM) };
+        let until = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < until {
+            if let Ok(Some(_)) = self.nspawn.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.nspawn.kill();
+        let _ = self.nspawn.wait();
+    }
+}
+
+const KEYD: &str = "/run/aziot/keyd.sock";
+const IDENTITYD: &str = "/run/aziot/identityd.sock";
+const WORKLOAD: &str = "/run/edgeid/workload.sock";
+
+/// What must sign as before after restarts and a reinstall.
+struct Keys {
+    hmac_handle: Value,
+    mac: Vec<u8>,
+    pair_id: &'static str,
+    point: Vec<u8>,
+    module_genid: String,
+    module_digest: Value,
+}
+
+fn make_keys(vm: &Booted, genid: &str) -> Keys {
+    let key = vm.call(
+        KEYD,
+        "POST",
+        "/key?api-version=2021-05-01",
+        Some(json!({ "keyId": "booted-hmac", "keyBytes": b64(&[7; 32]), "usage": "sign" })),
+        200,
+    );
+    let mac = sign_hmac(vm, &key["keyHandle"], b"booted");
+    let pair = vm.call(
+        KEYD,
+        "POST",
+        "/keypair?api-version=2020-09-01",
+        Some(json!({ "keyId": "booted-pair", "preferredAlgorithms": "ec-p256:*" })),
+        200,
+    );
+    let point = vm.call(
+        KEYD,
+        "POST",
+        "/parameters/ec-point?api-version=2020-09-01",
+        Some(json!({ "keyHandle": pair["keyHandle"] })),
+        200,
+    );
+    Keys {
+        hmac_handle: key["keyHandle"].clone(),
+        mac,
+        pair_id: "booted-pair",
+        point: unb64(&point["value"]),
+        module_genid: genid.to_owned(),
+        module_digest: module_sign(vm, genid),
+    }
+}
+
+fn sign_hmac(vm: &Booted, handle: &Value, message: &[u8]) -> Vec<u8> {
+    let signed = vm.call(
+        KEYD,
+        "POST",
+        "/sign?api-version=2020-09-01",
+        Some(json!({ "keyHandle": handle, "algorithm": "HMAC-SHA256", "parameters": { "message": b64(message) } })),
+        200,
+    );
+    unb64(&signed["signature"])
+}
+
+/// The module's key through the workload API, as the module user.
+fn module_sign(vm: &Booted, genid: &str) -> Value {
+    let answer = vm.http(
+        "tempsensor",
+        WORKLOAD,
+        "POST",
+        &format!("/modules/tempsensor/genid/{genid}/sign?api-version=2019-01-30"),
+        Some(json!({ "keyId": "primary", "algo": "HMACSHA256", "data": b64(b"booted") })),
+    );
+    assert_eq!(answer["status"], json!(200), "{answer}");
+    answer["body"]["digest"].clone()
+}
+
+fn keys_sign_as_before(vm: &Booted, keys: &Keys, when: &str) {
+    assert_eq!(
+        sign_hmac(vm, &keys.hmac_handle, b"booted"),
+        keys.mac,
+        "{when}: the HMAC key signs as before"
+    );
+    let pair = vm.call(
+        KEYD,
+        "GET",
+        &format!("/keypair/{}?api-version=2020-09-01", keys.pair_id),
+        None,
+        200,
+    );
+    let digest: [u8; 32] = {
+        use sha2::Digest as _;
+        sha2::Sha256::digest(when.as_bytes()).into()
+    };
+    let signed = vm.call(
+        KEYD,
+        "POST",
+        "/sign?api-version=2020-09-01",
+        Some(json!({ "keyHandle": pair["keyHandle"], "algorithm": "ECDSA", "parameters": { "digest": b64(&digest) } })),
+        200,
+    );
+    let verifier = p256::ecdsa::VerifyingKey::from_sec1_bytes(&keys.point).unwrap();
+    let signature = p256::ecdsa::Signature::from_der(&unb64(&signed["signature"])).unwrap();
+    use p256::ecdsa::signature::hazmat::PrehashVerifier as _;
+    verifier
+        .verify_prehash(&digest, &signature)
+        .unwrap_or_else(|e| panic!("{when}: the key pair is the one from before: {e}"));
+    assert_eq!(
+        module_sign(vm, &keys.module_genid),
+        keys.module_digest,
+        "{when}: the module's key signs as before"
+    );
+}
+
+#[test]
+fn the_package_on_a_booted_debian() {
+    require_tool("systemd-nspawn", "systemd-container");
+    require_tool("debootstrap", "debootstrap");
+    require_tool("nsenter", "util-linux");
+    assert!(edgeid_testkit::is_root(), "booting a container needs root");
+    let rootfs = Command::new(top().join("scripts/booted-rootfs"))
+        .output()
+        .expect("run scripts/booted-rootfs");
+    assert!(
+        rootfs.status.success(),
+        "scripts/booted-rootfs: {}",
+        text(&rootfs)
+    );
+    let rootfs = PathBuf::from(String::from_utf8_lossy(&rootfs.stdout).trim());
+
+    let out = edgeid_testkit::temp_dir();
+    let deb = Command::new(top().join("packaging/build-deb"))
+        .arg("--bin-dir")
+        .arg(bin_dir())
+        .arg("--out")
+        .arg(out.path())
+        .output()
+        .unwrap();
+    assert!(deb.status.success(), "build-deb: {}", text(&deb));
+    let deb = PathBuf::from(String::from_utf8_lossy(&deb.stdout).trim());
+    let python = top().join("tests/clients/python");
+    let vm = Booted::boot(
+        &rootfs,
+        &[
+            (&deb, "edgeid.deb"),
+            (&python.join("uds_http.py"), "uds_http.py"),
+            (&python.join("edge_module.py"), "edge_module.py"),
+        ],
+    );
+
+    // Installed with apt: the dependencies (libtss2, ...) come from the archive.
+    vm.ok(&[
+        "apt-get",
+        "install",
+        "-y",
+        "-q",
+        "--no-install-recommends",
+        "/opt/edgeid-test/edgeid.deb",
+    ]);
+    vm.ok(&[
+        "systemctl",
+        "is-active",
+        "edgeid-keyd.socket",
+        "edgeid-certd.socket",
+        "edgeid-identityd.socket",
+        "edgeid-workloadd.socket",
+        "aziot-keyd.socket",
+        "aziot-certd.socket",
+        "aziot-identityd.socket",
+    ]);
+    let check = vm.run(&["edgeidctl", "check"]);
+    assert!(check.status.success(), "edgeidctl check: {}", text(&check));
+    for (service, user) in [
+        ("edgeid-keyd.service", "aziotks"),
+        ("edgeid-certd.service", "aziotcs"),
+        ("edgeid-identityd.service", "aziotid"),
+        ("edgeid-workloadd.service", "edgeid-wl"),
+    ] {
+        let pid = vm.main_pid(service);
+        assert_ne!(pid, "0", "{service} runs after edgeidctl check");
+        let owner = vm.ok(&["stat", "-c", "%U", &format!("/proc/{pid}")]);
+        assert_eq!(owner.trim(), user, "{service} runs as {user}");
+    }
+    for sock in ["keyd", "certd", "identityd"] {
+        let mode = vm.ok(&[
+            "stat",
+            "-L",
+            "-c",
+            "%a %U %G",
+            &format!("/run/aziot/{sock}.sock"),
+        ]);
+        let user = match sock {
+            "keyd" => "aziotks",
+            "certd" => "aziotcs",
+            _ => "aziotid",
+        };
+        assert_eq!(
+            mode.trim(),
+            format!("660 {user} {user}"),
+            "/run/aziot/{sock}.sock as the reference's"
+        );
+    }
+
+    // A module, made through the reference's identity API, and its user.
+    vm.sh(
+        "useradd -r -G edgeid-modules -s /usr/sbin/nologin tempsensor
+         useradd -r -G edgeid-modules -s /usr/sbin/nologin intruder
+         useradd -r -s /usr/sbin/nologin outsider
+         printf '\\n[[module]]\\nname = \"tempsensor\"\\nuid = %s\\n' \"$(id -u tempsensor)\" >> /etc/edgeid/config.toml
+         edgeidctl config apply",
+    );
+    let module = vm.call(
+        IDENTITYD,
+        "POST",
+        "/identities/modules?api-version=2020-09-01",
+        Some(json!({ "type": "aziot", "moduleId": "tempsensor" })),
+        200,
+    );
+    let spec = &module["spec"];
+    let genid = spec["genId"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{module}"))
+        .to_owned();
+    let sdk_env = |user: &str| -> Vec<String> {
+        vec![
+            "runuser".into(),
+            "-u".into(),
+            user.into(),
+            "--".into(),
+            "env".into(),
+            "IOTEDGE_WORKLOADURI=unix:///run/edgeid/workload.sock".into(),
+            "IOTEDGE_MODULEID=tempsensor".into(),
+            format!("IOTEDGE_MODULEGENERATIONID={genid}"),
+            format!("IOTEDGE_DEVICEID={}", spec["deviceId"].as_str().unwrap()),
+            format!(
+                "IOTEDGE_IOTHUBHOSTNAME={}",
+                spec["hubName"].as_str().unwrap()
+            ),
+            "IOTEDGE_GATEWAYHOSTNAME=gateway.local".into(),
+            "IOTEDGE_APIVERSION=2019-01-30".into(),
+            "IOTEDGE_AUTHSCHEME=sasToken".into(),
+            "/opt/sdk/bin/python".into(),
+            "/opt/edgeid-test/edge_module.py".into(),
+        ]
+    };
+    let argv = sdk_env("tempsensor");
+    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+    let sdk = vm.run(&argv);
+    assert!(
+        sdk.status.success(),
+        "the SDK as the module: {}\nthe trust bundle as the module: {}\nworkloadd: {}",
+        text(&sdk),
+        vm.http(
+            "tempsensor",
+            WORKLOAD,
+            "GET",
+            "/trust-bundle?api-version=2019-01-30",
+            None
+        ),
+        vm.journal("edgeid-workloadd.service")
+    );
+    let answer: Value = serde_json::from_slice(&sdk.stdout).unwrap();
+    // Its token's signature is the module key's HMAC (keyd's aziot API, by
+    // the module's keyHandle) of what the token says it signs.
+    let sas = answer["sas"].as_str().unwrap();
+    let field = |name: &str| -> String {
+        sas.trim_start_matches("SharedAccessSignature ")
+            .split('&')
+            .find_map(|kv| kv.strip_prefix(&format!("{name}=")))
+            .unwrap_or_else(|| panic!("{name} in {sas}"))
+            .to_owned()
+    };
+    let sig = percent_encoding::percent_decode_str(&field("sig"))
+        .decode_utf8()
+        .unwrap()
+        .into_owned();
+    let to_sign = format!("{}\n{}", field("sr"), field("se"));
+    assert_eq!(
+        b64(&sign_hmac(
+            &vm,
+            &spec["auth"]["keyHandle"],
+            to_sign.as_bytes()
+        )),
+        sig,
+        "the SDK's token is signed with the module's key"
+    );
+    // A user in the socket's group who is no module: the SDK is refused.
+    let argv = sdk_env("intruder");
+    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+    let refused = vm.run(&argv);
+    assert!(
+        !refused.status.success(),
+        "intruder acts as the module: {}",
+        text(&refused)
+    );
+    let said = text(&refused);
+    assert!(said.contains("SasToken"), "the SDK fails signing: {said}");
+    // What it was told: 403, for the module's key, asked by the wrong uid.
+    let answer = vm.http(
+        "intruder",
+        WORKLOAD,
+        "POST",
+        &format!("/modules/tempsensor/genid/{genid}/sign?api-version=2019-01-30"),
+        Some(json!({ "keyId": "primary", "algo": "HMACSHA256", "data": b64(b"x") })),
+    );
+    assert_eq!(answer["status"], json!(403), "{answer}");
+    // A user outside the group cannot even connect.
+    let outsider = vm.http(
+        "outsider",
+        WORKLOAD,
+        "GET",
+        "/trust-bundle?api-version=2019-01-30",
+        None,
+    );
+    assert!(
+        outsider["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("PermissionError")),
+        "{outsider}"
+    );
+
+    let keys = make_keys(&vm, &genid);
+
+    // Every unit restarted, keyd's and identityd's by the reference's names.
+    let keyd_before = vm.main_pid("edgeid-keyd.service");
+    vm.ok(&["systemctl", "restart", "aziot-keyd", "aziot-identityd"]);
+    assert_ne!(
+        vm.main_pid("edgeid-keyd.service"),
+        keyd_before,
+        "aziot-keyd is edgeid's keyd"
+    );
+    vm.sh(
+        "systemctl stop edgeid-workloadd.socket edgeid-identityd.socket edgeid-certd.socket edgeid-keyd.socket
+         systemctl start edgeid-keyd.socket edgeid-certd.socket edgeid-identityd.socket edgeid-workloadd.socket",
+    );
+    keys_sign_as_before(&vm, &keys, "after every unit restarted");
+
+    vm.ok(&[
+        "apt-get",
+        "install",
+        "-y",
+        "-q",
+        "--reinstall",
+        "/opt/edgeid-test/edgeid.deb",
+    ]);
+    keys_sign_as_before(&vm, &keys, "after a reinstall");
+
+    // Each service's exposure, as systemd rates it (README, packaging/).
+    for service in [
+        "edgeid-keyd.service",
+        "edgeid-certd.service",
+        "edgeid-identityd.service",
+        "edgeid-workloadd.service",
+    ] {
+        let out = vm.ok(&["systemd-analyze", "security", "--no-pager", service]);
+        let score: f64 = out
+            .lines()
+            .find_map(|l| l.split("Overall exposure level for").nth(1))
+            .and_then(|l| l.split(':').nth(1))
+            .and_then(|l| l.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no exposure level: {out}"));
+        println!("systemd-analyze security {service}: {score}");
+        assert!(score <= 2.0, "{service}: exposure {score} > 2.0:\n{out}");
+    }
+
+    vm.ok(&["apt-get", "purge", "-y", "-q", "edgeid"]);
+    for gone in [
+        "/var/lib/edgeid",
+        "/var/secrets/edgeid",
+        "/etc/edgeid",
+        "/usr/bin/edgeidctl",
+    ] {
+        let out = vm.run(&["test", "-e", gone]);
+        assert!(!out.status.success(), "{gone} is left after purge");
+    }
+}
