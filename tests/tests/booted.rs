@@ -616,8 +616,12 @@ fn the_package_on_a_booted_debian() {
         "/var/secrets/edgeid",
         "/etc/edgeid",
         "/usr/bin/edgeidctl",
+        "/run/aziot/keyd.sock",
+        "/run/aziot/certd.sock",
+        "/run/aziot/identityd.sock",
     ] {
-        let out = vm.run(&["test", "-e", gone]);
+        // Neither a file nor a link (test -e alone passes a dangling link).
+        let out = vm.run(&["sh", "-c", "test -e \"$0\" || test -L \"$0\"", gone]);
         assert!(!out.status.success(), "{gone} is left after purge");
     }
 }
