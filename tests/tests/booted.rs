@@ -394,7 +394,9 @@ fn the_package_on_a_booted_debian() {
         ],
     );
 
-    // Installed with apt: the dependencies (libtss2, ...) come from the archive.
+    // Installed with apt: the dependencies (libtss2, ...) come from the archive,
+    // by lists fetched now (a cached root's lists name superseded versions).
+    vm.ok(&["apt-get", "update", "-qq"]);
     vm.ok(&[
         "apt-get",
         "install",
