@@ -17,6 +17,35 @@ use edgeid_testkit::faults::{files_under, rounds, Rng};
 use edgeid_testkit::openssl::assert_verifies;
 use edgeid_testkit::KeydProcess;
 
+/// Eight creations in flight, half key pairs, half HMAC keys, ids
+/// `<prefix>/k<i>`: each answers (id, is a pair, answered 2xx).
+fn creations(
+    client: &Arc<edgeid_keyd::KeydClient>,
+    prefix: &str,
+) -> Vec<tokio::task::JoinHandle<(String, bool, bool)>> {
+    (0..8)
+        .map(|i| {
+            let client = client.clone();
+            let id = format!("{prefix}/k{i}");
+            tokio::spawn(async move {
+                let pair = i % 2 == 0;
+                let ok = if pair {
+                    client
+                        .create_key_pair(&id, KeyPairSpec::EcP256)
+                        .await
+                        .is_ok()
+                } else {
+                    client
+                        .create_key(&id, SymmetricKeyType::HmacSha256, None)
+                        .await
+                        .is_ok()
+                };
+                (id, pair, ok)
+            })
+        })
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_survive_sigkill_whole_or_not_at_all() {
     let rounds = rounds(150);
@@ -37,26 +66,9 @@ async fn keys_survive_sigkill_whole_or_not_at_all() {
     let window_us = {
         let client = Arc::new(keyd.client());
         let started = std::time::Instant::now();
-        let mut tasks = Vec::new();
-        for i in 0..8 {
-            let client = client.clone();
-            tasks.push(tokio::spawn(async move {
-                let id = format!("calibrate/k{i}");
-                if i % 2 == 0 {
-                    client
-                        .create_key_pair(&id, KeyPairSpec::EcP256)
-                        .await
-                        .is_ok()
-                } else {
-                    client
-                        .create_key(&id, SymmetricKeyType::HmacSha256, None)
-                        .await
-                        .is_ok()
-                }
-            }));
-        }
+        let tasks = creations(&client, "calibrate");
         for t in tasks {
-            assert!(t.await.unwrap(), "keyd creates keys before any kill");
+            assert!(t.await.unwrap().2, "keyd creates keys before any kill");
         }
         let round_us = started.elapsed().as_micros() as u64;
         (2 * round_us).clamp(20_000, 2_000_000)
@@ -65,27 +77,7 @@ async fn keys_survive_sigkill_whole_or_not_at_all() {
     let mut killed_mid_write = 0usize;
     for round in 0..rounds {
         let client = Arc::new(keyd.client());
-        // Eight creations in flight, half key pairs, half HMAC keys.
-        let mut tasks = Vec::new();
-        for i in 0..8 {
-            let client = client.clone();
-            let id = format!("r{round}/k{i}");
-            tasks.push(tokio::spawn(async move {
-                let pair = i % 2 == 0;
-                let ok = if pair {
-                    client
-                        .create_key_pair(&id, KeyPairSpec::EcP256)
-                        .await
-                        .is_ok()
-                } else {
-                    client
-                        .create_key(&id, SymmetricKeyType::HmacSha256, None)
-                        .await
-                        .is_ok()
-                };
-                (id, pair, ok)
-            }));
-        }
+        let tasks = creations(&client, &format!("r{round}"));
         tokio::time::sleep(Duration::from_micros(rng.below(window_us))).await;
         keyd.kill_and_restart().await;
         let mut answered = 0;

@@ -308,15 +308,20 @@ fn sign_hmac(vm: &Booted, handle: &Value, message: &[u8]) -> Vec<u8> {
     unb64(&signed["signature"])
 }
 
-/// The module's key through the workload API, as the module user.
-fn module_sign(vm: &Booted, genid: &str) -> Value {
-    let answer = vm.http(
-        "tempsensor",
+/// tempsensor's key asked to sign `data` through the workload API, by `user`.
+fn module_sign_as(vm: &Booted, user: &str, genid: &str, data: &[u8]) -> Value {
+    vm.http(
+        user,
         WORKLOAD,
         "POST",
         &format!("/modules/tempsensor/genid/{genid}/sign?api-version=2019-01-30"),
-        Some(json!({ "keyId": "primary", "algo": "HMACSHA256", "data": b64(b"booted") })),
-    );
+        Some(json!({ "keyId": "primary", "algo": "HMACSHA256", "data": b64(data) })),
+    )
+}
+
+/// The module's key through the workload API, as the module user.
+fn module_sign(vm: &Booted, genid: &str) -> Value {
+    let answer = module_sign_as(vm, "tempsensor", genid, b"booted");
     assert_eq!(answer["status"], json!(200), "{answer}");
     answer["body"]["digest"].clone()
 }
@@ -544,13 +549,7 @@ fn the_package_on_a_booted_debian() {
     let said = text(&refused);
     assert!(said.contains("SasToken"), "the SDK fails signing: {said}");
     // What it was told: 403, for the module's key, asked by the wrong uid.
-    let answer = vm.http(
-        "intruder",
-        WORKLOAD,
-        "POST",
-        &format!("/modules/tempsensor/genid/{genid}/sign?api-version=2019-01-30"),
-        Some(json!({ "keyId": "primary", "algo": "HMACSHA256", "data": b64(b"x") })),
-    );
+    let answer = module_sign_as(&vm, "intruder", &genid, b"x");
     assert_eq!(answer["status"], json!(403), "{answer}");
     // A user outside the group cannot even connect.
     let outsider = vm.http(
