@@ -334,6 +334,9 @@ pub enum Role {
     Orchestrator,
     /// May read its own module identity and get its tokens.
     Module,
+    /// May read the device identity and nothing else (the reference's
+    /// `idtype = ["device"]`: a host process that acts as the device).
+    Device,
 }
 
 /// `[[principal]]`
@@ -346,7 +349,9 @@ pub struct PrincipalConfig {
     pub uid: u32,
     /// What it may do.
     pub role: Role,
-    /// For `module`: its module id (default: `name`).
+    /// For `module`: its module id (default: `name`). A uid may have one
+    /// `device` and one `module` principal: then it is the device to
+    /// `GET /identities/identity` and may also read its module.
     #[serde(default)]
     pub module_id: Option<String>,
 }

@@ -400,7 +400,14 @@ impl Identityd {
             .iter()
             .filter(|p| p.uid == caller.uid)
             .map(|p| (p.role, p.module()))
-            .max_by_key(|(role, _)| *role == Role::Orchestrator)
+            // The widest role a uid has: orchestrator, then device (the
+            // reference answers the device to a host process that may read
+            // both), then module.
+            .max_by_key(|(role, _)| match role {
+                Role::Orchestrator => 2,
+                Role::Device => 1,
+                Role::Module => 0,
+            })
     }
 
     /// Whether the caller is somebody here (an administrator or a
@@ -428,11 +435,27 @@ impl Identityd {
                     caller.uid
                 ),
             )),
+            Some((Role::Device, _)) => Err(self.refuse(
+                caller,
+                format!(
+                    "uid {} may read the device identity only; only the orchestrator may do this",
+                    caller.uid
+                ),
+            )),
             None => Err(self.refuse(
                 caller,
                 format!("uid {} is not a principal of identityd", caller.uid),
             )),
         }
+    }
+
+    /// The orchestrator, an administrator, or a `device` principal: who may
+    /// read the device identity (and so sign as the device).
+    pub(crate) fn authorize_device_reader(&self, caller: &Caller) -> Result<(), Error> {
+        if matches!(self.role_of(caller), Some((Role::Device, _))) {
+            return Ok(());
+        }
+        self.authorize_orchestrator(caller)
     }
 
     /// The orchestrator, an administrator, or the module itself.
@@ -445,13 +468,20 @@ impl Identityd {
             .principals
             .iter()
             .filter(|p| p.uid == caller.uid)
-            .any(|p| p.role == Role::Orchestrator || p.module() == module_id);
+            .any(|p| {
+                p.role == Role::Orchestrator || (p.role == Role::Module && p.module() == module_id)
+            });
         if mine {
             return Ok(());
         }
         Err(self.refuse(
             caller,
             match self.role_of(caller) {
+                Some((Role::Device, _)) => format!(
+                    "uid {} may read the device identity only; not module '{}'",
+                    caller.uid,
+                    names::shown(module_id)
+                ),
                 Some((_, own)) => format!(
                     "uid {} is module '{own}'; it may not read module '{}'",
                     caller.uid,
@@ -480,7 +510,7 @@ impl Identityd {
         caller: &Caller,
         handles: Handles,
     ) -> Result<DeviceIdentity, Error> {
-        self.authorize_orchestrator(caller)?;
+        self.authorize_device_reader(caller)?;
         let device = self.current()?;
         Ok(DeviceIdentity {
             auth: self.device_auth(&device, handles).await?,
@@ -509,7 +539,7 @@ impl Identityd {
 
     /// `POST /v1/identities/device/token`
     pub async fn device_token(&self, caller: &Caller, req: TokenRequest) -> Result<Token, Error> {
-        self.authorize_orchestrator(caller)?;
+        self.authorize_device_reader(caller)?;
         let expiry = sas::expiry_for(req.expiry_secs)?;
         let device = self.current()?;
         let Credential::Sas { key } = &device.credential else {

@@ -106,6 +106,10 @@ async fn modules_cannot_read_each_other() {
         principal("agent", 4100, Role::Orchestrator),
         principal("module-a", 4101, Role::Module),
         principal("module-b", 4102, Role::Module),
+        // The reference's idtype = ["device"], and ["device", "module"].
+        principal("host-agent", 4103, Role::Device),
+        principal("both", 4104, Role::Device),
+        principal("module-a", 4104, Role::Module),
     ];
     let identityd = IdentitydFixture::configured(config, Admins::root_and_self()).await;
     provisioned(&identityd.client()).await;
@@ -193,6 +197,42 @@ async fn modules_cannot_read_each_other() {
     }
     let (code, _) = call(4100, Method::GET, "/v1/provisioning", "").await;
     assert_eq!(code, StatusCode::OK);
+    // A device principal reads the device identity and signs as it, and
+    // nothing else: not a module that shares its name, not the orchestrator's work.
+    let (code, body) = call(4103, Method::GET, "/v1/identities/device", "").await;
+    assert_eq!(code, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+    for (method, path, body) in [
+        (Method::GET, "/v1/identities/modules/host-agent", ""),
+        (Method::GET, "/v1/identities/modules/module-a", ""),
+        (
+            Method::POST,
+            "/v1/identities/modules",
+            "{\"module_id\":\"host-agent\"}",
+        ),
+        (Method::DELETE, "/v1/identities/modules/module-a", ""),
+        (Method::POST, "/v1/reprovision", ""),
+    ] {
+        let (code, answer) = call(4103, method.clone(), path, body).await;
+        assert_eq!(
+            code,
+            StatusCode::FORBIDDEN,
+            "a device principal: {method} {path}"
+        );
+        assert!(
+            String::from_utf8_lossy(&answer).contains("may read the device identity only"),
+            "{}",
+            String::from_utf8_lossy(&answer)
+        );
+    }
+    // Device and module at once: both reads, still no management.
+    let (code, _) = call(4104, Method::GET, "/v1/identities/device", "").await;
+    assert_eq!(code, StatusCode::OK);
+    let (code, _) = call(4104, Method::GET, "/v1/identities/modules/module-a", "").await;
+    assert_eq!(code, StatusCode::OK);
+    let (code, _) = call(4104, Method::GET, "/v1/identities/modules/module-b", "").await;
+    assert_eq!(code, StatusCode::FORBIDDEN);
+    let (code, _) = call(4104, Method::DELETE, "/v1/identities/modules/module-b", "").await;
+    assert_eq!(code, StatusCode::FORBIDDEN);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
