@@ -90,6 +90,25 @@ pub struct KeydConfig {
     /// Who may use which keys (besides root and keyd's own uid).
     #[serde(default, rename = "principal")]
     pub principals: Vec<PrincipalConfig>,
+    /// Symmetric keys an administrator keeps in a file (the reference's
+    /// `preloaded_keys` with a `file:` location, such as the device's SAS
+    /// key that `iotedge config apply` writes to
+    /// `/var/secrets/aziot/keyd/device-id`).
+    #[serde(default, rename = "preloaded_key")]
+    pub preloaded_keys: Vec<PreloadedKey>,
+}
+
+/// `[[preloaded_key]]`: at every start keyd imports the file's bytes (raw,
+/// as the reference keeps them) as the hmac-sha256 key `id`, replacing a
+/// key of that id whose bytes differ: the file is the key, as in the
+/// reference, so a new file (a new connection string applied) is a new key.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PreloadedKey {
+    /// The key id.
+    pub id: String,
+    /// The file holding its bytes.
+    pub file: PathBuf,
 }
 
 /// `[backend]`: the default store and per-key overrides.
@@ -183,6 +202,7 @@ impl KeydConfig {
             tpm: None,
             derive_only: default_derive_only(),
             principals: Vec::new(),
+            preloaded_keys: Vec::new(),
         }
     }
 

@@ -137,6 +137,9 @@ impl Keyd {
                 .iter()
                 .map(|p| (p.name.clone(), p.uid, p.export.clone())),
         );
+        for preloaded in &config.preloaded_keys {
+            preload(&stores, preloaded).await?;
+        }
         Ok(Self {
             stores,
             handles,
@@ -576,5 +579,43 @@ impl Keyd {
             backends.insert(kind.to_string(), state);
         }
         Health::of(backends)
+    }
+}
+
+/// Largest preloaded key file read (the reference's SAS keys are 32 or 64 bytes).
+const MAX_PRELOADED_LEN: u64 = 1024;
+
+/// Imports a `[[preloaded_key]]` file as its hmac-sha256 key; a key of that
+/// id with other bytes is replaced (the file is the key). Errors name the
+/// file and the key id, never the bytes.
+async fn preload(stores: &Stores, preloaded: &crate::config::PreloadedKey) -> Result<(), Error> {
+    use std::io::Read;
+    let file = preloaded.file.display();
+    let setup =
+        |why: String| Error::Setup(format!("preloaded key '{}' ({file}): {why}", preloaded.id));
+    let id = KeyId::new(&preloaded.id).map_err(|e| setup(e.to_string()))?;
+    let mut bytes = zeroize::Zeroizing::new(Vec::new());
+    std::fs::File::open(&preloaded.file)
+        .and_then(|f| f.take(MAX_PRELOADED_LEN + 1).read_to_end(&mut bytes))
+        .map_err(|e| setup(format!("cannot read it: {e}")))?;
+    if bytes.len() as u64 > MAX_PRELOADED_LEN {
+        return Err(setup(format!(
+            "larger than {MAX_PRELOADED_LEN} bytes: not a symmetric key"
+        )));
+    }
+    let store = stores.for_id(&id)?;
+    let key_type = SymmetricKeyType::HmacSha256;
+    match store.create_key(&id, key_type, Some(&bytes)).await {
+        Ok(_) => Ok(()),
+        Err(Error::Conflict(_)) => {
+            store.delete(&id, false).await?;
+            store
+                .create_key(&id, key_type, Some(&bytes))
+                .await
+                .map_err(|e| setup(e.to_string()))?;
+            tracing::info!(key = %id, file = %file, "preloaded key replaced: its file changed");
+            Ok(())
+        }
+        Err(e) => Err(setup(e.to_string())),
     }
 }

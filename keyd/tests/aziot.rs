@@ -5,6 +5,7 @@
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
+use edgeid_common::authz::Admins;
 use edgeid_keyd::api::SignAlgorithm;
 use edgeid_testkit::KeydFixture;
 use hmac::{Hmac, Mac};
@@ -623,4 +624,82 @@ async fn ids_need_a_grant_handles_are_the_capability_and_v1_handles_stay_checked
     .await;
     assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
     assert!(body.get("key").is_none());
+}
+
+/// The reference's `preloaded_keys` with a `file:` location: the file's raw
+/// bytes are the key, read at every start; a new file is a new key.
+#[tokio::test]
+async fn a_preloaded_key_file_is_the_key_and_a_new_file_a_new_key() {
+    let dir = edgeid_testkit::temp_dir();
+    let file = dir.path().join("device-id");
+    let first: Vec<u8> = (0u8..32).collect();
+    std::fs::write(&file, &first).unwrap();
+    let mut config = KeydFixture::config_in(dir.path());
+    config.preloaded_keys = vec![edgeid_keyd::config::PreloadedKey {
+        id: "device-id".into(),
+        file: file.clone(),
+    }];
+    let mut keyd = KeydFixture::configured(config.clone(), Admins::root_and_self()).await;
+    let mac_now = |keyd: &KeydFixture| {
+        let socket = keyd.socket();
+        async move {
+            let (status, key) = edgeid_testkit::aziot::call(
+                &socket,
+                Method::GET,
+                "/key/device-id?api-version=2020-09-01",
+                Value::Null,
+            )
+            .await;
+            assert_eq!(status, StatusCode::OK, "{key}");
+            let (status, mac) = edgeid_testkit::aziot::call(
+                &socket,
+                Method::POST,
+                "/sign?api-version=2020-09-01",
+                json!({ "keyHandle": key["keyHandle"], "algorithm": "HMAC-SHA256", "parameters": { "message": b64(b"sr\n1700000000") } }),
+            )
+            .await;
+            assert_eq!(status, StatusCode::OK, "{mac}");
+            unb64(&mac["signature"])
+        }
+    };
+    assert_eq!(mac_now(&keyd).await, hmac_sha256(&first, b"sr\n1700000000"));
+    keyd.restart().await;
+    assert_eq!(
+        mac_now(&keyd).await,
+        hmac_sha256(&first, b"sr\n1700000000"),
+        "the same file, the same key"
+    );
+    let second: Vec<u8> = (100u8..164).collect();
+    std::fs::write(&file, &second).unwrap();
+    keyd.restart().await;
+    assert_eq!(
+        mac_now(&keyd).await,
+        hmac_sha256(&second, b"sr\n1700000000"),
+        "a new file (a new connection string applied) is a new key"
+    );
+    keyd.stop().await;
+
+    // A missing or oversized file stops keyd, naming the key and the file.
+    for (content, wanted) in [
+        (None, "cannot read it"),
+        (Some(vec![7u8; 4096]), "larger than"),
+    ] {
+        let dir = edgeid_testkit::temp_dir();
+        let file = dir.path().join("device-id");
+        if let Some(bytes) = &content {
+            std::fs::write(&file, bytes).unwrap();
+        }
+        let mut config = KeydFixture::config_in(dir.path());
+        config.preloaded_keys = vec![edgeid_keyd::config::PreloadedKey {
+            id: "device-id".into(),
+            file: file.clone(),
+        }];
+        let err = match edgeid_keyd::Keyd::open(&config, Admins::root_and_self()).await {
+            Ok(_) => panic!("keyd opened with {content:?}"),
+            Err(e) => e.to_string(),
+        };
+        assert!(err.contains("preloaded key 'device-id'"), "{err}");
+        assert!(err.contains(&file.display().to_string()), "{err}");
+        assert!(err.contains(wanted), "{err}");
+    }
 }
