@@ -83,6 +83,26 @@ pub struct CertdConfig {
     /// Callers other than administrators.
     #[serde(default, rename = "principal")]
     pub principals: Vec<PrincipalConfig>,
+    /// Certificates certd neither issues nor stores but serves as an
+    /// administrator keeps them (the reference's `preloaded_certs`).
+    #[serde(default)]
+    pub preloaded: BTreeMap<String, PreloadedCert>,
+}
+
+/// `[preloaded."<id>"]`: a PEM file, read at each request (so a file an
+/// administrator replaces is served at once), or a list of certificate ids
+/// whose PEMs are served one after another (IoT Edge's
+/// `aziot-edged-trust-bundle = ["aziot-edged-ca", ...]`). Certificates are
+/// public: any caller certd admits may read these, as in the reference.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PreloadedCert {
+    /// The PEM file.
+    #[serde(default)]
+    pub file: Option<PathBuf>,
+    /// Or the certificate ids it is made of.
+    #[serde(default)]
+    pub ids: Option<Vec<String>>,
 }
 
 /// `[issuance."<id>"]`: how certd issues certificate `id` for a CSR that
@@ -265,6 +285,7 @@ impl CertdConfig {
             est: None,
             issuance: BTreeMap::new(),
             principals: Vec::new(),
+            preloaded: BTreeMap::new(),
         }
     }
 
@@ -303,6 +324,23 @@ impl CertdConfig {
                 return Err(format!(
                     "issuance.\"{id}\".key_id is for method \"self-signed\" only"
                 ));
+            }
+        }
+        for (id, preloaded) in &self.preloaded {
+            edgeid_common::id::check(id).map_err(|why| format!("preloaded id '{id}': {why}"))?;
+            match (&preloaded.file, &preloaded.ids) {
+                (Some(file), None) if file.is_absolute() => {}
+                (None, Some(ids)) if !ids.is_empty() => {
+                    for part in ids {
+                        edgeid_common::id::check(part)
+                            .map_err(|why| format!("preloaded.\"{id}\".ids: '{part}': {why}"))?;
+                    }
+                }
+                _ => {
+                    return Err(format!(
+                    "preloaded.\"{id}\": give file (an absolute path) or ids (not empty), not both"
+                ))
+                }
             }
         }
         if let Some(est) = &self.est {

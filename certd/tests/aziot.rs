@@ -31,6 +31,15 @@ struct Suite {
 /// way `iotedge config apply` configures the reference's quickstart, and
 /// `aziot-edged/by-local-ca` by its local CA, as a leaf only.
 async fn suite(principals: Vec<PrincipalConfig>, admins: Admins) -> Suite {
+    suite_with(principals, admins, |_, _| {}).await
+}
+
+/// [`suite`], its certd config changed by `edit` (given the directory) first.
+async fn suite_with(
+    principals: Vec<PrincipalConfig>,
+    admins: Admins,
+    edit: impl FnOnce(&std::path::Path, &mut edgeid_certd::CertdConfig),
+) -> Suite {
     let dir = edgeid_testkit::temp_dir();
     let keyd = KeydFixture::start_in(dir.path()).await;
     let mut config = CertdFixture::config_in(dir.path(), &keyd.socket());
@@ -53,6 +62,7 @@ async fn suite(principals: Vec<PrincipalConfig>, admins: Admins) -> Suite {
         },
     );
     config.principals = principals;
+    edit(dir.path(), &mut config);
     // Who may call is certd's decision here, not the socket's mode.
     config.server.socket_mode = 0o666;
     let certd = CertdFixture::configured(config, admins).await;
@@ -457,4 +467,131 @@ async fn callers_need_the_certificate_id_and_the_ca_rights_config_gives() {
     assert_eq!(status, StatusCode::CREATED, "{chain}");
     let bundle = s.certd.client().trust_bundle().await.unwrap();
     openssl::verify_chain(&bundle, chain["pem"].as_str().unwrap(), "sslserver").unwrap();
+}
+
+/// The reference's `preloaded_certs`: a file served as it is at each read,
+/// and IoT Edge's `aziot-edged-trust-bundle = ["aziot-edged-ca", ...]`, the
+/// PEMs of those ids one after another; readable by any caller certd
+/// admits, as in the reference; a list that names itself is a 400.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn preloaded_certificates_are_files_and_lists_of_ids() {
+    if !edgeid_testkit::is_root() {
+        panic!("this test switches uids: run it as root (CI does)");
+    }
+    let reader = 64_311;
+    let tool = edgeid_testkit::require_tool("openssl", "openssl");
+    let s = suite_with(
+        vec![PrincipalConfig {
+            name: "reader".into(),
+            uid: reader,
+            certs: Grants::parse(&["nothing-of-these"]).unwrap(),
+            names: Grants::parse(&["*"]).unwrap(),
+        }],
+        Admins::root_and_self(),
+        |dir, config| {
+            let user = dir.join("user-ca.pem");
+            let out = Command::new(&tool)
+                .args([
+                    "req",
+                    "-x509",
+                    "-newkey",
+                    "ec",
+                    "-pkeyopt",
+                    "ec_paramgen_curve:prime256v1",
+                ])
+                .args([
+                    "-nodes",
+                    "-days",
+                    "30",
+                    "-subj",
+                    "/CN=user trust",
+                    "-keyout",
+                ])
+                .arg(dir.join("user-ca.key"))
+                .arg("-out")
+                .arg(&user)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let file = |f: std::path::PathBuf| edgeid_certd::config::PreloadedCert {
+                file: Some(f),
+                ids: None,
+            };
+            let ids = |ids: &[&str]| edgeid_certd::config::PreloadedCert {
+                file: None,
+                ids: Some(ids.iter().map(|i| (*i).to_owned()).collect()),
+            };
+            config
+                .preloaded
+                .insert("trust-bundle-user".into(), file(user));
+            config
+                .preloaded
+                .insert("missing".into(), file(dir.join("nowhere.pem")));
+            config.preloaded.insert(
+                "aziot-edged-trust-bundle".into(),
+                ids(&[EDGE_CA, "trust-bundle-user"]),
+            );
+            config.preloaded.insert("loop".into(), ids(&["loop"]));
+        },
+    )
+    .await;
+    edgeid_testkit::open_to_others(s.dir.path());
+    let (ca_pem, _) = edge_ca(&s).await;
+    let user_pem = std::fs::read_to_string(s.dir.path().join("user-ca.pem")).unwrap();
+    let socket = s.certd.socket();
+    let (status, body) = call_as(
+        reader,
+        &socket,
+        Method::GET,
+        &at("/certificates/aziot-edged-trust-bundle"),
+        Value::Null,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let bundle = ders(body["pem"].as_str().unwrap());
+    let mut expected = ders(&ca_pem)[..1].to_vec();
+    expected.extend(ders(&user_pem));
+    assert_eq!(bundle[0], expected[0], "the edge CA first");
+    assert_eq!(
+        bundle.last(),
+        expected.last(),
+        "then the user's trust bundle"
+    );
+    // The file is read at each request: a replaced file is served at once.
+    std::fs::write(s.dir.path().join("user-ca.pem"), &ca_pem).unwrap();
+    let (status, body) = call_as(
+        reader,
+        &socket,
+        Method::GET,
+        &at("/certificates/trust-bundle-user"),
+        Value::Null,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(ders(body["pem"].as_str().unwrap())[0], ders(&ca_pem)[0]);
+    let (status, body) = call(&socket, Method::GET, &at("/certificates/loop"), Value::Null).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("nest deeper"),
+        "{body}"
+    );
+    let (status, body) = call(
+        &socket,
+        Method::GET,
+        &at("/certificates/missing"),
+        Value::Null,
+    )
+    .await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("see the daemon's log"),
+        "{body}"
+    );
 }
