@@ -105,6 +105,7 @@ fn config_checks(opts: &Check, f: &mut Findings) {
         root: opts.root.clone(),
         dry_run: true,
         no_restart: true,
+        only: None,
     };
     match crate::config_apply::check_only(&apply) {
         Ok(()) => f.pass("config", format!("{} is valid", opts.config.display())),

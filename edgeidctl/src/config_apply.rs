@@ -97,6 +97,9 @@ pub struct Apply {
     pub dry_run: bool,
     /// Do not restart daemons whose config changed.
     pub no_restart: bool,
+    /// Write this daemon's config alone (its unit's `ExecStartPre`, so
+    /// that a restart reads `/etc/aziot` anew, as the reference's does).
+    pub only: Option<String>,
 }
 
 /// A daemon user's uid and gid from `etc/passwd` under the root.
@@ -149,8 +152,8 @@ fn pass(out: &mut Table, to: &str, raw: &Table, from: &[&str]) {
     }
 }
 
-/// The four daemon configs as TOML text, in `DAEMONS` order.
-fn build(raw: &Table, users: &Users) -> Vec<String> {
+/// The four daemon configs, in `DAEMONS` order.
+fn build(raw: &Table, users: &Users) -> [Table; 4] {
     let [_ks, cs, id, wl] = users.map(|(u, _)| u);
     let server = |sock: &str| table(vec![("socket", s(&format!("/run/edgeid/{sock}")))]);
 
@@ -355,14 +358,16 @@ fn build(raw: &Table, users: &Users) -> Vec<String> {
     workloadd.insert("module".into(), Value::Array(parties("module")));
 
     [keyd, certd, identityd, workloadd]
-        .into_iter()
-        .map(|t| {
-            format!(
-                "# Written by `edgeidctl config apply` from /etc/edgeid/config.toml; edit that file, not this one.\n{}",
-                toml::to_string(&t).unwrap_or_default()
-            )
-        })
-        .collect()
+}
+
+/// A daemon's config as the text written.
+fn config_text(config: &Table, aziot: bool) -> String {
+    format!(
+        "# Written by `edgeidctl config apply` from /etc/edgeid/config.toml{}; edit {}, not this one.\n{}",
+        if aziot { " and the reference's files under /etc/aziot" } else { "" },
+        if aziot { "those" } else { "that file" },
+        toml::to_string(config).unwrap_or_default()
+    )
 }
 
 /// Checks a generated config with the daemon's own config type.
@@ -397,8 +402,9 @@ pub fn check_only(opts: &Apply) -> Result<(), String> {
 }
 
 /// The user's file checked, the users found, every daemon's config built
-/// and checked by the daemon's own types.
-fn prepare(opts: &Apply) -> Result<(Vec<String>, Users), String> {
+/// (with what the reference's files under `/etc/aziot` say) and checked by
+/// the daemon's own types.
+fn prepare(opts: &Apply) -> Result<(Vec<String>, Users, crate::aziot::Overlay), String> {
     // 1. The user's file, checked with file, line and key in every message.
     let _typed: EdgeidConfig =
         edgeid_common::config::load(&opts.config).map_err(|e| e.to_string())?;
@@ -413,16 +419,36 @@ fn prepare(opts: &Apply) -> Result<(Vec<String>, Users), String> {
         users[i] = user(&opts.root, d.user)?;
     }
     // 3. Every daemon's config, checked by the daemon's own types, before anything is written.
-    let configs = build(&raw, &users);
+    let mut tables = build(&raw, &users);
+    let mut named: Vec<(&str, &mut Table)> = DAEMONS
+        .iter()
+        .map(|d| d.name)
+        .zip(tables.iter_mut())
+        .collect();
+    let overlay = crate::aziot::overlay(&opts.root, &mut named, opts.only.as_deref())?;
+    let aziot = !overlay.notes.is_empty();
+    let configs: Vec<String> = tables.iter().map(|t| config_text(t, aziot)).collect();
     for (d, text) in DAEMONS.iter().zip(&configs) {
-        check_generated(d.name, text)?;
+        if opts.only.as_deref().is_none_or(|o| o == d.name) {
+            check_generated(d.name, text)?;
+        }
     }
-    Ok((configs, users))
+    Ok((configs, users, overlay))
 }
 
 /// `edgeidctl config apply`.
 pub fn apply(opts: &Apply) -> Result<(), String> {
-    let (configs, users) = prepare(opts)?;
+    if let Some(only) = &opts.only {
+        if !DAEMONS.iter().any(|d| d.name == only) {
+            return Err(format!(
+                "--only {only}: not a daemon (keyd, certd, identityd, workloadd)"
+            ));
+        }
+    }
+    let (configs, users, overlay) = prepare(opts)?;
+    for note in &overlay.notes {
+        outln!("{note}");
+    }
     if opts.dry_run {
         outln!(
             "{}: good; nothing written (--dry-run)",
@@ -434,9 +460,15 @@ pub fn apply(opts: &Apply) -> Result<(), String> {
     let etc = opts.root.join("etc/edgeid");
     edgeid_common::fs::ensure_dir(&etc, 0o755)
         .map_err(|e| format!("cannot make {}: {e}", etc.display()))?;
+    if let Some(key) = &overlay.device_key {
+        write_device_key(opts, key, users[0])?;
+    }
     let mut changed = Vec::new();
     for ((d, text), (uid, gid)) in DAEMONS.iter().zip(&configs).zip(users) {
         let daemon = d.name;
+        if opts.only.as_deref().is_some_and(|o| o != daemon) {
+            continue;
+        }
         let dir = opts.root.join(format!("etc/edgeid/{daemon}.d"));
         let file = dir.join("config.toml");
         if std::fs::read_to_string(&file).ok().as_deref() == Some(text.as_str()) {
@@ -475,5 +507,31 @@ pub fn apply(opts: &Apply) -> Result<(), String> {
         }
         outln!("restarted (if running): {}", units.join(" "));
     }
+    Ok(())
+}
+
+/// An inline key of `/etc/aziot/config.toml`, where aziotctl would put it
+/// (`/var/secrets/aziot/keyd/device-id`: raw bytes, 0600 in a 0700
+/// directory, keyd's user's), written atomically and only when it changed.
+fn write_device_key(opts: &Apply, key: &[u8], (uid, gid): (u32, u32)) -> Result<(), String> {
+    let file = opts.root.join(crate::aziot::superconfig::DEVICE_KEY_FILE);
+    if std::fs::read(&file).ok().as_deref() == Some(key) {
+        return Ok(());
+    }
+    let dir = file.parent().unwrap_or(&opts.root);
+    edgeid_common::fs::ensure_dir(dir, 0o700)
+        .map_err(|e| format!("cannot make {}: {e}", dir.display()))?;
+    edgeid_common::fs::write_atomic(&file, key, 0o600)
+        .map_err(|e| format!("cannot write {}: {e}", file.display()))?;
+    if edgeid_common::current_uid() == 0 {
+        for path in [dir, file.as_path()] {
+            std::os::unix::fs::chown(path, Some(uid), Some(gid))
+                .map_err(|e| format!("cannot give {} to uid {uid}: {e}", path.display()))?;
+        }
+    }
+    outln!(
+        "keyd       written    {} (the device key of /etc/aziot/config.toml)",
+        file.display()
+    );
     Ok(())
 }

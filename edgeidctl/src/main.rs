@@ -6,6 +6,7 @@
 #[macro_use]
 mod out;
 
+mod aziot;
 mod check;
 mod config_apply;
 mod daemons;
@@ -127,6 +128,11 @@ enum ConfigAction {
         /// Do not restart the daemons whose config changed.
         #[arg(long)]
         no_restart: bool,
+        /// Write this daemon's config alone (keyd, certd, identityd,
+        /// workloadd); its unit runs this before it starts, so that a
+        /// restart reads /etc/aziot anew.
+        #[arg(long, value_name = "DAEMON")]
+        only: Option<String>,
     },
 }
 
@@ -204,12 +210,14 @@ fn main() -> ExitCode {
                     root,
                     dry_run,
                     no_restart,
+                    only,
                 },
         } => config_apply::apply(&config_apply::Apply {
             config,
             root,
             dry_run,
             no_restart,
+            only,
         }),
         Command::Factory { run, args, action } => {
             runtime.block_on(factory::run(&run.run_dir, &args, &action))

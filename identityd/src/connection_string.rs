@@ -63,7 +63,7 @@ impl ConnectionString {
 }
 
 /// A base64 symmetric key (16-64 bytes), decoded into memory that is wiped on drop.
-pub(crate) fn decode_key(text: &str) -> Result<Zeroizing<Vec<u8>>, String> {
+pub fn decode_key(text: &str) -> Result<Zeroizing<Vec<u8>>, String> {
     let key = Zeroizing::new(
         STANDARD
             .decode(text.trim())

@@ -1,0 +1,499 @@
+//! What the reference's per-daemon configs say, written into edgeid's own
+//! daemon configs (the tables `config apply` builds): each key the schema
+//! lets through is either carried over here or named in the docs as
+//! accepted with no effect on edgeid (and why). Errors name the file and
+//! line where the value was set.
+
+use toml::{Table, Value};
+
+use super::Layered;
+
+/// `t[path]`, if present.
+fn get<'a>(t: &'a Table, path: &[&str]) -> Option<&'a Value> {
+    let (first, rest) = path.split_first()?;
+    rest.iter().try_fold(t.get(*first)?, |v, k| v.get(*k))
+}
+
+/// Reading typed values, with the place of a bad one in the error.
+struct Reader<'a>(&'a Layered);
+
+impl Reader<'_> {
+    fn bad(&self, path: &[&str], what: &str) -> String {
+        format!("{}: key '{}' {what}", self.0.at(path), path.join("."))
+    }
+
+    fn str(&self, path: &[&str]) -> Result<Option<String>, String> {
+        match get(&self.0.merged, path) {
+            None => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.clone())),
+            Some(_) => Err(self.bad(path, "must be a string")),
+        }
+    }
+
+    fn need_str(&self, path: &[&str]) -> Result<String, String> {
+        self.str(path)?.ok_or_else(|| {
+            format!(
+                "the reference's {} config ({}): key '{}' is missing",
+                self.0.daemon,
+                self.files(),
+                path.join(".")
+            )
+        })
+    }
+
+    fn uint(&self, path: &[&str]) -> Result<Option<i64>, String> {
+        match get(&self.0.merged, path) {
+            None => Ok(None),
+            Some(Value::Integer(n)) if *n >= 0 => Ok(Some(*n)),
+            Some(_) => Err(self.bad(path, "must be a non-negative integer")),
+        }
+    }
+
+    fn bool(&self, path: &[&str]) -> Result<Option<bool>, String> {
+        match get(&self.0.merged, path) {
+            None => Ok(None),
+            Some(Value::Boolean(b)) => Ok(Some(*b)),
+            Some(_) => Err(self.bad(path, "must be true or false")),
+        }
+    }
+
+    fn strings(&self, path: &[&str]) -> Result<Vec<String>, String> {
+        match get(&self.0.merged, path) {
+            None => Ok(Vec::new()),
+            Some(Value::Array(a)) => a
+                .iter()
+                .map(|v| v.as_str().map(str::to_owned))
+                .collect::<Option<Vec<_>>>()
+                .ok_or_else(|| self.bad(path, "must be an array of strings")),
+            Some(_) => Err(self.bad(path, "must be an array of strings")),
+        }
+    }
+
+    fn files(&self) -> String {
+        let names: Vec<String> = self
+            .0
+            .layers
+            .iter()
+            .map(|l| l.path.display().to_string())
+            .collect();
+        names.join(", ")
+    }
+
+    /// The `[[principal]]` entries, each with its index.
+    fn principals(&self) -> Vec<&Table> {
+        match get(&self.0.merged, &["principal"]) {
+            Some(Value::Array(a)) => a.iter().filter_map(Value::as_table).collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// A principal's `key`, typed by `f`, with the place of the principal.
+    fn principal_field<T>(
+        &self,
+        p: &Table,
+        key: &str,
+        f: impl Fn(&Value) -> Option<T>,
+        what: &str,
+    ) -> Result<T, String> {
+        p.get(key).and_then(&f).ok_or_else(|| {
+            format!(
+                "{}: a [[principal]] ({}) {}",
+                self.0.at(&["principal", key]),
+                principal_shown(p),
+                if p.contains_key(key) {
+                    format!("has a bad '{key}': it must be {what}")
+                } else {
+                    format!("has no '{key}'")
+                }
+            )
+        })
+    }
+}
+
+fn principal_shown(p: &Table) -> String {
+    p.iter()
+        .filter(|(k, _)| *k == "uid" || *k == "name")
+        .map(|(k, v)| format!("{k} = {v}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn as_uid(v: &Value) -> Option<u32> {
+    v.as_integer().and_then(|n| u32::try_from(n).ok())
+}
+
+fn string_list(v: &Value) -> Option<Vec<Value>> {
+    let a = v.as_array()?;
+    a.iter().all(Value::is_str).then(|| a.clone())
+}
+
+fn sub<'a>(t: &'a mut Table, key: &str) -> &'a mut Table {
+    let v = t
+        .entry(key.to_owned())
+        .or_insert_with(|| Value::Table(Table::new()));
+    if !v.is_table() {
+        *v = Value::Table(Table::new());
+    }
+    match v {
+        Value::Table(t) => t,
+        _ => unreachable_table(),
+    }
+}
+
+fn unreachable_table() -> ! {
+    // `sub` has just made it a table.
+    unreachable!("a table was just inserted")
+}
+
+fn push(t: &mut Table, key: &str, v: Value) {
+    match t
+        .entry(key.to_owned())
+        .or_insert_with(|| Value::Array(Vec::new()))
+    {
+        Value::Array(a) => a.push(v),
+        other => *other = Value::Array(vec![v]),
+    }
+}
+
+/// `max_requests` (concurrent requests per uid in the reference) becomes the
+/// connections one uid may hold, the same share by another count.
+fn max_requests(r: &Reader, out: &mut Table) -> Result<(), String> {
+    if let Some(n) = r.uint(&["max_requests"])? {
+        if n == 0 {
+            return Err(r.bad(&["max_requests"], "must be at least 1"));
+        }
+        sub(out, "server").insert("max_connections_per_caller".into(), Value::Integer(n));
+    }
+    Ok(())
+}
+
+/// The path of a `file:` URI, as the reference writes them (`file:///abs/path`).
+fn file_uri(r: &Reader, path: &[&str], uri: &str) -> Result<String, String> {
+    if uri.starts_with("pkcs11:") {
+        return Err(r.bad(
+            path,
+            "names a key in a PKCS#11 token: edgeid cannot take a token's own objects yet; \
+             let keyd create the key in its [keys.pkcs11] token instead",
+        ));
+    }
+    let Some(file) = uri.strip_prefix("file://") else {
+        return Err(r.bad(
+            path,
+            &format!("'{uri}': unrecognized scheme (file: or pkcs11:)"),
+        ));
+    };
+    if !file.starts_with('/') || file.contains(['%', '?', '#']) {
+        return Err(r.bad(
+            path,
+            &format!("'{uri}': give a file:///absolute/path with no %-escapes, query or fragment"),
+        ));
+    }
+    Ok(file.to_owned())
+}
+
+/// keyd: `max_requests`, `preloaded_keys` (symmetric keys in files),
+/// `[[principal]] uid, keys`. `[aziot_keys] homedir_path` is accepted: the
+/// reference's key directory, read only when its state is imported.
+pub fn keyd(l: &Layered, out: &mut Table) -> Result<(), String> {
+    let r = Reader(l);
+    max_requests(&r, out)?;
+    r.str(&["aziot_keys", "homedir_path"])?;
+    if let Some(Value::Table(keys)) = get(&l.merged, &["preloaded_keys"]) {
+        for (id, location) in keys {
+            let path = ["preloaded_keys", id.as_str()];
+            let uri = location
+                .as_str()
+                .ok_or_else(|| r.bad(&path, "must be a string (a file: or pkcs11: URI)"))?;
+            let file = file_uri(&r, &path, uri)?;
+            push(
+                out,
+                "preloaded_key",
+                Value::Table(Table::from_iter([
+                    ("id".to_owned(), Value::String(id.clone())),
+                    ("file".to_owned(), Value::String(file)),
+                ])),
+            );
+        }
+    }
+    for p in r.principals() {
+        let uid = r.principal_field(p, "uid", as_uid, "a uid")?;
+        let keys = r.principal_field(p, "keys", string_list, "an array of key ids or globs")?;
+        push(out, "principal", aziot_principal(uid, "keys", keys));
+    }
+    Ok(())
+}
+
+fn aziot_principal(uid: u32, what: &str, grants: Vec<Value>) -> Value {
+    Value::Table(Table::from_iter([
+        (
+            "name".to_owned(),
+            Value::String(format!("aziot principal uid {uid}")),
+        ),
+        ("uid".to_owned(), Value::Integer(i64::from(uid))),
+        (what.to_owned(), Value::Array(grants)),
+    ]))
+}
+
+/// certd: `max_requests`, `[cert_issuance.<id>]` (method, expiry_days),
+/// `preloaded_certs` (files and lists of ids), `[[principal]] uid, certs`.
+/// `homedir_path` is accepted: the reference's certificate directory.
+pub fn certd(l: &Layered, out: &mut Table) -> Result<(), String> {
+    let r = Reader(l);
+    max_requests(&r, out)?;
+    r.str(&["homedir_path"])?;
+    if let Some(Value::Table(certs)) = get(&l.merged, &["cert_issuance"]) {
+        for id in certs.keys() {
+            let method = r.need_str(&["cert_issuance", id, "method"])?;
+            let method = match method.as_str() {
+                "self_signed" => "self-signed",
+                "local_ca" => "local-ca",
+                "est" => "est",
+                other => {
+                    return Err(r.bad(
+                        &["cert_issuance", id, "method"],
+                        &format!("'{other}': one of self_signed, local_ca, est"),
+                    ))
+                }
+            };
+            let mut issuance = Table::from_iter([
+                ("method".to_owned(), Value::String(method.into())),
+                // The reference issues whatever the CSR asks for, CA rights
+                // too; an administrator wrote this entry.
+                ("ca".to_owned(), Value::Boolean(true)),
+            ]);
+            if let Some(days) = r.uint(&["cert_issuance", id, "expiry_days"])? {
+                if days == 0 {
+                    return Err(r.bad(&["cert_issuance", id, "expiry_days"], "must be at least 1"));
+                }
+                issuance.insert("expiry_days".into(), Value::Integer(days));
+            }
+            sub(out, "issuance").insert(id.clone(), Value::Table(issuance));
+        }
+    }
+    if let Some(Value::Table(certs)) = get(&l.merged, &["preloaded_certs"]) {
+        for (id, location) in certs {
+            let path = ["preloaded_certs", id.as_str()];
+            let entry = match location {
+                Value::String(uri) => Table::from_iter([(
+                    "file".to_owned(),
+                    Value::String(file_uri(&r, &path, uri)?),
+                )]),
+                Value::Array(_) => Table::from_iter([(
+                    "ids".to_owned(),
+                    Value::Array(r.strings(&path)?.into_iter().map(Value::String).collect()),
+                )]),
+                _ => return Err(r.bad(&path, "must be a file: URI or an array of certificate ids")),
+            };
+            sub(out, "preloaded").insert(id.clone(), Value::Table(entry));
+        }
+    }
+    for p in r.principals() {
+        let uid = r.principal_field(p, "uid", as_uid, "a uid")?;
+        let certs = r.principal_field(
+            p,
+            "certs",
+            string_list,
+            "an array of certificate ids or globs",
+        )?;
+        let Value::Table(mut principal) = aziot_principal(uid, "certs", certs) else {
+            continue;
+        };
+        // The reference checks no names in a CSR; its principals may ask for any.
+        principal.insert(
+            "names".into(),
+            Value::Array(vec![Value::String("**".into())]),
+        );
+        push(out, "principal", Value::Table(principal));
+    }
+    Ok(())
+}
+
+/// tpmd: only `max_requests` gets this far (the schema refuses the TPM
+/// settings); edgeid has no tpmd of its own, so it has no effect.
+pub fn tpmd(l: &Layered) -> Result<(), String> {
+    Reader(l).uint(&["max_requests"]).map(|_| ())
+}
+
+/// identityd: provisioning (replacing `/etc/edgeid/config.toml`'s, which
+/// is reported), principals with their idtypes, cloud timeout and retries,
+/// `max_requests`. Accepted with no effect: `homedir` (the reference's
+/// state, read only when imported) and `prefer_module_identity_cache`
+/// (edgeid answers module identities from its own store either way).
+/// Returns whether provisioning was set.
+pub fn identityd(l: &Layered, out: &mut Table) -> Result<bool, String> {
+    let r = Reader(l);
+    max_requests(&r, out)?;
+    r.str(&["homedir"])?;
+    r.bool(&["prefer_module_identity_cache"])?;
+    let hostname = r.str(&["hostname"])?;
+    if let Some(secs) = r.uint(&["cloud_timeout_sec"])? {
+        if secs < 70 {
+            return Err(r.bad(
+                &["cloud_timeout_sec"],
+                "must be at least 70 (as in the reference)",
+            ));
+        }
+        sub(out, "cloud").insert("timeout_secs".into(), Value::Integer(secs));
+    }
+    if let Some(retries) = r.uint(&["cloud_retries"])? {
+        sub(out, "cloud").insert("attempts".into(), Value::Integer(retries.saturating_add(1)));
+    }
+    let provisioning = match get(&l.merged, &["provisioning"]) {
+        Some(_) => Some(provisioning(&r, hostname.as_deref())?),
+        None => None,
+    };
+    let set = provisioning.is_some();
+    if let Some(p) = provisioning {
+        out.insert("provisioning".into(), Value::Table(p));
+    }
+    principals(&r, out)?;
+    Ok(set)
+}
+
+fn provisioning(r: &Reader, hostname: Option<&str>) -> Result<Table, String> {
+    let p = |k: &'static str| ["provisioning", k];
+    let s = |k: &str, v: String| (k.to_owned(), Value::String(v));
+    let source = r.need_str(&p("source"))?;
+    Ok(match source.as_str() {
+        "manual" => {
+            let at = |k: &'static str| ["provisioning", "authentication", k];
+            let method = r.need_str(&at("method"))?;
+            let auth = match method.as_str() {
+                "sas" => Table::from_iter([
+                    s("method", "sas".into()),
+                    s("key_id", r.need_str(&at("device_id_pk"))?),
+                ]),
+                "x509" => Table::from_iter([
+                    s("method", "x509".into()),
+                    s("cert_id", r.need_str(&at("identity_cert"))?),
+                    s("key_id", r.need_str(&at("identity_pk"))?),
+                ]),
+                other => return Err(r.bad(&at("method"), &format!("'{other}': sas or x509"))),
+            };
+            Table::from_iter([
+                s("source", "manual".into()),
+                s("hub", r.need_str(&p("iothub_hostname"))?),
+                s("device_id", r.need_str(&p("device_id"))?),
+                ("auth".to_owned(), Value::Table(auth)),
+            ])
+        }
+        "dps" => {
+            let at = |k: &'static str| ["provisioning", "attestation", k];
+            let method = r.need_str(&at("method"))?;
+            let mut attestation = Table::from_iter([s("method", method.clone())]);
+            match method.as_str() {
+                "symmetric_key" => {
+                    attestation.extend([
+                        s("registration_id", r.need_str(&at("registration_id"))?),
+                        s("key_id", r.need_str(&at("symmetric_key"))?),
+                    ]);
+                }
+                "x509" => {
+                    if let Some(id) = r.str(&at("registration_id"))? {
+                        attestation.extend([s("registration_id", id)]);
+                    }
+                    attestation.extend([
+                        s("cert_id", r.need_str(&at("identity_cert"))?),
+                        s("key_id", r.need_str(&at("identity_pk"))?),
+                    ]);
+                }
+                "tpm" => {
+                    attestation.extend([s("registration_id", r.need_str(&at("registration_id"))?)]);
+                }
+                other => {
+                    return Err(r.bad(
+                        &at("method"),
+                        &format!("'{other}': symmetric_key, x509 or tpm"),
+                    ))
+                }
+            }
+            Table::from_iter([
+                s("source", "dps".into()),
+                s("global_endpoint", r.need_str(&p("global_endpoint"))?),
+                s("id_scope", r.need_str(&p("scope_id"))?),
+                ("attestation".to_owned(), Value::Table(attestation)),
+            ])
+        }
+        // No cloud: edgeid's local provisioning, the device named by the host name.
+        "none" => {
+            let device = match hostname {
+                Some(h) => h.to_owned(),
+                None => crate::daemons::hostname()?,
+            };
+            Table::from_iter([s("source", "local".into()), s("device_id", device)])
+        }
+        other => return Err(r.bad(&p("source"), &format!("'{other}': manual, dps or none"))),
+    })
+}
+
+/// The reference's principals: no idtype is the one daemon (the first such;
+/// the reference ignores later ones, edgeid refuses them), `device` reads
+/// the device identity, `module` and `local` are the module named `name`.
+fn principals(r: &Reader, out: &mut Table) -> Result<(), String> {
+    let mut daemon: Option<String> = None;
+    let mut names = std::collections::BTreeSet::new();
+    for p in r.principals() {
+        let uid = r.principal_field(p, "uid", as_uid, "a uid")?;
+        let name = r.principal_field(p, "name", |v| v.as_str().map(str::to_owned), "a string")?;
+        if !names.insert(name.clone()) {
+            return Err(format!(
+                "{}: two principals are named '{name}' (the reference refuses this too)",
+                r.0.at(&["principal", "name"])
+            ));
+        }
+        let idtypes = match p.get("idtype") {
+            None => None,
+            Some(_) => Some(r.principal_field(
+                p,
+                "idtype",
+                |v| {
+                    v.as_array()?
+                        .iter()
+                        .map(|t| match t.as_str()? {
+                            t @ ("device" | "module" | "local") => Some(t.to_owned()),
+                            _ => None,
+                        })
+                        .collect::<Option<Vec<_>>>()
+                },
+                "an array of \"device\", \"module\", \"local\"",
+            )?),
+        };
+        let entry = |role: &str, module: bool| {
+            let mut t = Table::from_iter([
+                ("name".to_owned(), Value::String(name.clone())),
+                ("uid".to_owned(), Value::Integer(i64::from(uid))),
+                ("role".to_owned(), Value::String(role.to_owned())),
+            ]);
+            if module {
+                t.insert("module_id".into(), Value::String(name.clone()));
+            }
+            Value::Table(t)
+        };
+        match idtypes {
+            None => {
+                if let Some(first) = &daemon {
+                    return Err(format!(
+                        "{}: principal '{name}' has no idtype, and '{first}' already is the one \
+                         principal without (the reference would ignore '{name}'); give it an idtype",
+                        r.0.at(&["principal", "name"])
+                    ));
+                }
+                daemon = Some(name.clone());
+                push(out, "principal", entry("orchestrator", false));
+            }
+            Some(types) => {
+                if types.iter().any(|t| t == "device") {
+                    let Value::Table(mut t) = entry("device", false) else {
+                        continue;
+                    };
+                    t.insert("name".into(), Value::String(format!("{name} (device)")));
+                    push(out, "principal", Value::Table(t));
+                }
+                if types.iter().any(|t| t == "module" || t == "local") {
+                    push(out, "principal", entry("module", true));
+                }
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,385 @@
+//! Every key the reference's configs accept (read from its `*-config`
+//! crates and `aziotctl-common`'s super-config, 1.6.0), as a tree. Each key
+//! a file holds is checked against it, with the file and line in the
+//! message: a key the reference does not know is refused (the reference
+//! ignores it, so a typo there is silent), and a key edgeid cannot honour
+//! yet is refused with what to do instead. Types are checked where a value
+//! is read ([`super::map`]).
+
+/// What a key may hold.
+pub enum Rule {
+    /// A value, checked where it is read.
+    Value,
+    /// A table with these keys.
+    Table(&'static [(&'static str, Rule)]),
+    /// A table with these keys, and any other key holding the second rule.
+    Open(&'static [(&'static str, Rule)], &'static Rule),
+    /// A table with any keys, each holding this.
+    Map(&'static Rule),
+    /// An array of these.
+    Array(&'static Rule),
+    /// A key the reference has and edgeid refuses, and why.
+    Refused(&'static str),
+    /// A key that belongs to another program (aziot-edged's tables in the
+    /// IoT Edge super-config): left to it, not read here.
+    Foreign,
+}
+
+use Rule::*;
+
+const ENDPOINTS: Rule = Refused(
+    "[endpoints] is a setting of the reference's debug builds only (its release builds ignore it); \
+     edgeid's sockets are /run/aziot/*.sock, links to /run/edgeid/*.sock",
+);
+
+const PKCS11: Rule = Refused(
+    "edgeid does not read the reference's PKCS#11 settings yet; put the token in \
+     /etc/edgeid/config.toml [keys.pkcs11] and [keys] backend = \"pkcs11\"",
+);
+
+const CSR_SUBJECT: Rule = Refused(
+    "edgeid takes the device certificate's subject from the CSR identityd makes (CN = the \
+     device or registration id); a subject table is not supported yet",
+);
+
+const LOCAL_ID: Rule = Refused(
+    "edgeid does not read [localid] yet: its local identities take their options from the \
+     request (localIdOpts) and their CN is the module id",
+);
+
+/// `/etc/aziot/keyd/config.toml` and its drop-ins.
+pub const KEYD: Rule = Table(&[
+    ("max_requests", Value),
+    (
+        "aziot_keys",
+        Table(&[
+            ("homedir_path", Value),
+            ("pkcs11_lib_path", PKCS11),
+            ("pkcs11_base_slot", PKCS11),
+        ]),
+    ),
+    ("preloaded_keys", Map(&Value)),
+    ("endpoints", ENDPOINTS),
+    (
+        "principal",
+        Array(&Table(&[("uid", Value), ("keys", Value)])),
+    ),
+]);
+
+const EST: Rule = Refused(
+    "edgeid does not read the reference's EST settings yet; configure EST in \
+     /etc/edgeid/config.toml [certificates.est]",
+);
+
+/// `/etc/aziot/certd/config.toml` and its drop-ins.
+pub const CERTD: Rule = Table(&[
+    ("homedir_path", Value),
+    ("max_requests", Value),
+    (
+        "cert_issuance",
+        Open(
+            &[
+                ("est", EST),
+                (
+                    "local_ca",
+                    Refused(
+                        "edgeid's local CA is certd's own ([certificates.ca] in /etc/edgeid/config.toml); \
+                         a local CA from preloaded certificates is not supported yet",
+                    ),
+                ),
+            ],
+            // Any other key is a certificate id.
+            &CERTD_ISSUANCE,
+        ),
+    ),
+    ("preloaded_certs", Map(&Value)),
+    ("endpoints", ENDPOINTS),
+    ("principal", Array(&Table(&[("uid", Value), ("certs", Value)]))),
+]);
+
+/// `[cert_issuance.<cert id>]` in certd's config.
+pub const CERTD_ISSUANCE: Rule = Table(&[
+    ("method", Value),
+    ("expiry_days", Value),
+    ("url", EST),
+    ("username", EST),
+    ("password", EST),
+    ("identity_cert", EST),
+    ("identity_pk", EST),
+    ("bootstrap_identity_cert", EST),
+    ("bootstrap_identity_pk", EST),
+    (
+        "common_name",
+        Refused(
+            "edgeid issues the subject the CSR asks for; a subject set here is not supported yet",
+        ),
+    ),
+    (
+        "subject",
+        Refused(
+            "edgeid issues the subject the CSR asks for; a subject set here is not supported yet",
+        ),
+    ),
+]);
+
+const TPMD_SETTING: Rule = Refused(
+    "edgeid has no tpmd: keyd holds the TPM; give its settings in /etc/edgeid/config.toml \
+     [keys.tpm] (tcti, owner_auth_file)",
+);
+
+/// `/etc/aziot/tpmd/config.toml` and its drop-ins.
+pub const TPMD: Rule = Table(&[
+    ("max_requests", Value),
+    ("tcti", TPMD_SETTING),
+    ("auth_key_index", TPMD_SETTING),
+    ("hierarchy_authorization", TPMD_SETTING),
+    ("endpoints", ENDPOINTS),
+]);
+
+/// `/etc/aziot/identityd/config.toml` and its drop-ins.
+pub const IDENTITYD: Rule = Table(&[
+    ("hostname", Value),
+    ("homedir", Value),
+    ("prefer_module_identity_cache", Value),
+    ("max_requests", Value),
+    ("cloud_timeout_sec", Value),
+    ("cloud_retries", Value),
+    (
+        "provisioning",
+        Table(&[
+            ("source", Value),
+            (
+                "local_gateway_hostname",
+                Refused("nested IoT Edge (a parent gateway) is not supported by edgeid yet"),
+            ),
+            ("iothub_hostname", Value),
+            ("device_id", Value),
+            (
+                "authentication",
+                Table(&[
+                    ("method", Value),
+                    ("device_id_pk", Value),
+                    ("identity_cert", Value),
+                    ("identity_pk", Value),
+                    ("csr_subject", CSR_SUBJECT),
+                ]),
+            ),
+            ("global_endpoint", Value),
+            ("scope_id", Value),
+            (
+                "attestation",
+                Table(&[
+                    ("method", Value),
+                    ("registration_id", Value),
+                    ("symmetric_key", Value),
+                    ("identity_cert", Value),
+                    ("identity_pk", Value),
+                    (
+                        "identity_auto_renew",
+                        Refused(
+                            "edgeid renews the device certificate by certd's policy \
+                             ([certificates.renewal] in /etc/edgeid/config.toml)",
+                        ),
+                    ),
+                ]),
+            ),
+            (
+                "payload",
+                Refused("edgeid does not send a DPS registration payload yet"),
+            ),
+        ]),
+    ),
+    (
+        "principal",
+        Array(&Table(&[
+            ("uid", Value),
+            ("name", Value),
+            ("idtype", Value),
+            ("localid", LOCAL_ID),
+        ])),
+    ),
+    ("localid", LOCAL_ID),
+    ("endpoints", ENDPOINTS),
+]);
+
+const SUPER_SYMMETRIC_KEY: Rule = Table(&[("value", Value), ("uri", Value)]);
+
+const SUPER_NOT_YET: Rule = Refused(
+    "edgeid reads this part of /etc/aziot/config.toml only as `iotedge config apply` or \
+     `aziotctl config apply` writes it out: run one of them, or give it in /etc/edgeid/config.toml",
+);
+
+/// `/etc/aziot/config.toml`, the super-config (aziotctl's and, with the
+/// tables only aziot-edged reads, IoT Edge's).
+pub const SUPER: Rule = Table(&[
+    ("hostname", Value),
+    (
+        "local_gateway_hostname",
+        Refused("nested IoT Edge (a parent gateway) is not supported by edgeid yet"),
+    ),
+    (
+        "parent_hostname",
+        Refused("nested IoT Edge (a parent gateway) is not supported by edgeid yet"),
+    ),
+    ("cloud_timeout_sec", Value),
+    ("cloud_retries", Value),
+    (
+        "aziot_max_requests",
+        Table(&[
+            ("keyd", Value),
+            ("certd", Value),
+            ("tpmd", Value),
+            ("identityd", Value),
+        ]),
+    ),
+    ("prefer_module_identity_cache", Value),
+    (
+        "provisioning",
+        Table(&[
+            ("source", Value),
+            ("connection_string", Value),
+            ("iothub_hostname", Value),
+            ("device_id", Value),
+            (
+                "authentication",
+                Table(&[
+                    ("method", Value),
+                    ("device_id_pk", SUPER_SYMMETRIC_KEY),
+                    ("identity_cert", SUPER_NOT_YET),
+                    ("identity_pk", SUPER_NOT_YET),
+                ]),
+            ),
+            ("global_endpoint", Value),
+            ("id_scope", Value),
+            (
+                "attestation",
+                Table(&[
+                    ("method", Value),
+                    ("registration_id", Value),
+                    ("symmetric_key", SUPER_SYMMETRIC_KEY),
+                    ("identity_cert", SUPER_NOT_YET),
+                    ("identity_pk", SUPER_NOT_YET),
+                    ("auto_renew", SUPER_NOT_YET),
+                ]),
+            ),
+            (
+                "payload",
+                Refused("edgeid does not send a DPS registration payload yet"),
+            ),
+        ]),
+    ),
+    ("localid", LOCAL_ID),
+    (
+        "aziot_keys",
+        Table(&[
+            ("homedir_path", Value),
+            ("pkcs11_lib_path", PKCS11),
+            ("pkcs11_base_slot", PKCS11),
+        ]),
+    ),
+    ("preloaded_keys", SUPER_NOT_YET),
+    ("cert_issuance", SUPER_NOT_YET),
+    ("preloaded_certs", SUPER_NOT_YET),
+    (
+        "tpm",
+        Table(&[
+            ("tcti", TPMD_SETTING),
+            ("auth_key_index", TPMD_SETTING),
+            ("hierarchy_authorization", TPMD_SETTING),
+        ]),
+    ),
+    ("endpoints", ENDPOINTS),
+    // IoT Edge's own (edgelet/iotedge/src/config/super_config.rs): aziot-edged's.
+    ("trust_bundle_cert", Foreign),
+    ("allow_elevated_docker_permissions", Foreign),
+    ("auto_reprovisioning_mode", Foreign),
+    ("imported_master_encryption_key", Foreign),
+    ("additional_info", Foreign),
+    ("iotedge_max_requests", Foreign),
+    ("manifest_trust_bundle_cert", Foreign),
+    ("agent", Foreign),
+    ("connect", Foreign),
+    ("listen", Foreign),
+    ("watchdog", Foreign),
+    ("edge_ca", Foreign),
+    ("moby_runtime", Foreign),
+    ("image_garbage_collection", Foreign),
+]);
+
+/// Checks `table` against `rule`; the first problem, with its place
+/// (`at` names the file and line of a key path).
+pub fn check(
+    rule: &Rule,
+    table: &dyn toml_edit::TableLike,
+    path: &mut Vec<String>,
+    at: &dyn Fn(&[String]) -> String,
+) -> Result<(), String> {
+    let (keys, other): (&[(&str, Rule)], Option<&Rule>) = match rule {
+        Table(keys) => (keys, None),
+        Open(keys, other) => (keys, Some(other)),
+        _ => return Ok(()),
+    };
+    for (key, item) in table.iter() {
+        path.push(key.to_owned());
+        let sub = keys
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, r)| r)
+            .or(other);
+        let Some(sub) = sub else {
+            return Err(format!(
+                "{}: unknown key '{}' (not a key the reference reads here; a misspelling?)",
+                at(path),
+                path.join(".")
+            ));
+        };
+        check_item(sub, item, path, at)?;
+        path.pop();
+    }
+    Ok(())
+}
+
+fn check_item(
+    rule: &Rule,
+    item: &toml_edit::Item,
+    path: &mut Vec<String>,
+    at: &dyn Fn(&[String]) -> String,
+) -> Result<(), String> {
+    let here =
+        |path: &[String], what: &str| format!("{}: key '{}' {what}", at(path), path.join("."));
+    match rule {
+        Value | Foreign => Ok(()),
+        Refused(why) => Err(here(path, &format!("is not supported: {why}"))),
+        Table(_) | Open(..) => match item.as_table_like() {
+            Some(t) => check(rule, t, path, at),
+            None => Err(here(path, "must be a table")),
+        },
+        Map(each) => match item.as_table_like() {
+            Some(t) => {
+                for (key, sub) in t.iter() {
+                    path.push(key.to_owned());
+                    check_item(each, sub, path, at)?;
+                    path.pop();
+                }
+                Ok(())
+            }
+            None => Err(here(path, "must be a table")),
+        },
+        Array(each) => match item {
+            toml_edit::Item::ArrayOfTables(a) => a.iter().try_for_each(|t| match each {
+                Table(_) | Open(..) => check(each, t, path, at),
+                _ => Err(here(path, "must be an array of values")),
+            }),
+            toml_edit::Item::Value(toml_edit::Value::Array(a)) => {
+                a.iter().try_for_each(|v| match (each, v) {
+                    (Table(_) | Open(..), toml_edit::Value::InlineTable(t)) => {
+                        check(each, t, path, at)
+                    }
+                    (Table(_) | Open(..), _) => Err(here(path, "must be an array of tables")),
+                    _ => Ok(()),
+                })
+            }
+            _ => Err(here(path, "must be an array")),
+        },
+    }
+}

@@ -1,0 +1,226 @@
+//! `/etc/aziot/config.toml` turned into each daemon's part, as
+//! `aziotctl config apply` turns it into `config.d/00-super.toml` (its
+//! `aziotctl-common/src/config/apply.rs`, for the parts edgeid reads; the
+//! schema refuses the rest). An inline device key goes where aziotctl puts
+//! it: `/var/secrets/aziot/keyd/device-id`, raw bytes, 0600, keyd's user's.
+
+use std::path::{Path, PathBuf};
+
+use toml::{Table, Value};
+use zeroize::Zeroizing;
+
+use super::{schema, Layer};
+
+/// The key id aziotctl gives the device's key.
+const DEVICE_KEY: &str = "device-id";
+/// Where aziotctl writes an inline device key.
+pub const DEVICE_KEY_FILE: &str = "var/secrets/aziot/keyd/device-id";
+
+/// Each daemon's part of the super-config, and the device key to write.
+pub struct Parts {
+    /// keyd, certd, identityd, tpmd.
+    pub parts: [(&'static str, Table); 4],
+    /// An inline key's bytes, for [`DEVICE_KEY_FILE`].
+    pub device_key: Option<Zeroizing<Vec<u8>>>,
+    /// The file they came from.
+    pub path: PathBuf,
+}
+
+impl Parts {
+    /// `daemon`'s part as a layer standing for its `00-super.toml`.
+    pub fn layer(&self, daemon: &str) -> Result<Option<Layer>, String> {
+        let Some((_, table)) = self.parts.iter().find(|(d, _)| *d == daemon) else {
+            return Ok(None);
+        };
+        let shown = PathBuf::from(format!("{} (its {daemon} part)", self.path.display()));
+        Layer::synthetic(&shown, table).map(Some)
+    }
+}
+
+/// Reads `<root>/etc/aziot/config.toml`, if there is one.
+pub fn read(root: &Path) -> Result<Option<Parts>, String> {
+    let path = root.join("etc/aziot/config.toml");
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+    };
+    let layer = Layer::parse(&path, text)?;
+    schema::check(
+        &schema::SUPER,
+        layer.doc.as_table(),
+        &mut Vec::new(),
+        &|p| layer.at(p),
+    )?;
+    let c = layer.table()?;
+    let here = |keys: &[&str], what: &str| {
+        let keys: Vec<String> = keys.iter().map(|k| (*k).to_owned()).collect();
+        format!("{}: key '{}' {what}", layer.at(&keys), keys.join("."))
+    };
+    let get = |keys: &[&str]| -> Option<Value> {
+        let (first, rest) = keys.split_first()?;
+        rest.iter()
+            .try_fold(c.get(*first)?, |v, k| v.get(*k))
+            .cloned()
+    };
+    let string = |keys: &[&str]| -> Result<Option<String>, String> {
+        match get(keys) {
+            None => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s)),
+            Some(_) => Err(here(keys, "must be a string")),
+        }
+    };
+    let need = |keys: &[&str]| -> Result<String, String> {
+        string(keys)?.ok_or_else(|| here(keys, "is missing"))
+    };
+    let s = |k: &str, v: &str| (k.to_owned(), Value::String(v.to_owned()));
+    // A `{ value = base64 }` or `{ uri = ... }` key: where keyd finds it,
+    // and the bytes to write there for a value.
+    type Key = (String, Option<Zeroizing<Vec<u8>>>);
+    let key_location = |keys: &[&str]| -> Result<Key, String> {
+        let mut value = keys.to_vec();
+        value.push("value");
+        if let Some(b64) = string(&value)? {
+            let bytes = edgeid_identityd::connection_string::decode_key(&b64)
+                .map_err(|e| here(&value, &e))?;
+            return Ok((format!("file:///{DEVICE_KEY_FILE}"), Some(bytes)));
+        }
+        let mut uri = keys.to_vec();
+        uri.push("uri");
+        let uri = string(&uri)?.ok_or_else(|| here(keys, "needs value or uri"))?;
+        Ok((uri, None))
+    };
+    let mut device_key = None;
+
+    let mut identityd = Table::from_iter([s("homedir", "/var/lib/aziot/identityd")]);
+    let hostname = match string(&["hostname"])? {
+        Some(h) => h,
+        None => crate::daemons::hostname()?,
+    };
+    identityd.insert("hostname".into(), Value::String(hostname));
+    for key in [
+        "prefer_module_identity_cache",
+        "cloud_timeout_sec",
+        "cloud_retries",
+    ] {
+        if let Some(v) = get(&[key]) {
+            identityd.insert(key.into(), v);
+        }
+    }
+    let mut keyd_keys = Table::new();
+    let source = need(&["provisioning", "source"])?;
+    let mut provisioning = Table::from_iter([s("source", &source)]);
+    match source.as_str() {
+        "manual" => {
+            let (hub, device) = if let Some(cs) = string(&["provisioning", "connection_string"])? {
+                let cs = edgeid_identityd::connection_string::ConnectionString::parse(&cs)
+                    .map_err(|e| here(&["provisioning", "connection_string"], &e))?;
+                device_key = Some(cs.key.clone());
+                keyd_keys.insert(
+                    DEVICE_KEY.into(),
+                    Value::String(format!("file:///{DEVICE_KEY_FILE}")),
+                );
+                (cs.hub.clone(), cs.device_id.clone())
+            } else {
+                let method = need(&["provisioning", "authentication", "method"])?;
+                if method != "sas" {
+                    return Err(here(
+                        &["provisioning", "authentication", "method"],
+                        "is not supported here: only sas is read from the super-config (x509: run `iotedge config apply`)",
+                    ));
+                }
+                let (location, bytes) =
+                    key_location(&["provisioning", "authentication", "device_id_pk"])?;
+                device_key = bytes;
+                keyd_keys.insert(DEVICE_KEY.into(), Value::String(location));
+                (
+                    need(&["provisioning", "iothub_hostname"])?,
+                    need(&["provisioning", "device_id"])?,
+                )
+            };
+            provisioning.extend([
+                s("iothub_hostname", &hub),
+                s("device_id", &device),
+                (
+                    "authentication".to_owned(),
+                    Value::Table(Table::from_iter([
+                        s("method", "sas"),
+                        s("device_id_pk", DEVICE_KEY),
+                    ])),
+                ),
+            ]);
+        }
+        "dps" => {
+            let method = need(&["provisioning", "attestation", "method"])?;
+            let mut attestation = Table::from_iter([
+                s("method", &method),
+                s(
+                    "registration_id",
+                    &need(&["provisioning", "attestation", "registration_id"])?,
+                ),
+            ]);
+            match method.as_str() {
+                "symmetric_key" => {
+                    let (location, bytes) =
+                        key_location(&["provisioning", "attestation", "symmetric_key"])?;
+                    device_key = bytes;
+                    keyd_keys.insert(DEVICE_KEY.into(), Value::String(location));
+                    attestation.extend([s("symmetric_key", DEVICE_KEY)]);
+                }
+                "tpm" => {}
+                _ => {
+                    return Err(here(
+                        &["provisioning", "attestation", "method"],
+                        "is not supported here: symmetric_key or tpm (x509: run `iotedge config apply`)",
+                    ))
+                }
+            }
+            provisioning.extend([
+                s(
+                    "global_endpoint",
+                    &need(&["provisioning", "global_endpoint"])?,
+                ),
+                s("scope_id", &need(&["provisioning", "id_scope"])?),
+                ("attestation".to_owned(), Value::Table(attestation)),
+            ]);
+        }
+        "none" => {}
+        other => {
+            return Err(here(
+                &["provisioning", "source"],
+                &format!("'{other}': manual, dps or none"),
+            ))
+        }
+    }
+    identityd.insert("provisioning".into(), Value::Table(provisioning));
+
+    let mut keyd = Table::from_iter([(
+        "aziot_keys".to_owned(),
+        Value::Table(Table::from_iter([s("homedir_path", "/var/lib/aziot/keyd")])),
+    )]);
+    if !keyd_keys.is_empty() {
+        keyd.insert("preloaded_keys".into(), Value::Table(keyd_keys));
+    }
+    let mut certd = Table::from_iter([s("homedir_path", "/var/lib/aziot/certd")]);
+    let mut tpmd = Table::new();
+    for (name, part) in [
+        ("keyd", &mut keyd),
+        ("certd", &mut certd),
+        ("identityd", &mut identityd),
+        ("tpmd", &mut tpmd),
+    ] {
+        if let Some(n) = get(&["aziot_max_requests", name]) {
+            part.insert("max_requests".into(), n);
+        }
+    }
+    Ok(Some(Parts {
+        parts: [
+            ("keyd", keyd),
+            ("certd", certd),
+            ("identityd", identityd),
+            ("tpmd", tpmd),
+        ],
+        device_key,
+        path,
+    }))
+}
