@@ -97,9 +97,28 @@ pub struct Apply {
     pub dry_run: bool,
     /// Do not restart daemons whose config changed.
     pub no_restart: bool,
-    /// Write this daemon's config alone (its unit's `ExecStartPre`, so
-    /// that a restart reads `/etc/aziot` anew, as the reference's does).
+    /// Write this daemon's config and those of the daemons it calls (its
+    /// unit's `ExecStartPre`, so that a restart reads `/etc/aziot` anew, as
+    /// the reference's does); see [`scope`].
     pub only: Option<String>,
+}
+
+/// The daemons `--only <daemon>` brings up to date: that daemon, and the
+/// daemons it calls, whose configs must match its own (identityd's device
+/// key is keyd's preloaded key; certd's issuing keys are keyd's). Those
+/// others are restarted if their config changed and they run; the daemon
+/// itself is being started by its unit.
+fn scope(only: Option<&str>) -> Vec<&'static str> {
+    match only {
+        None => DAEMONS.iter().map(|d| d.name).collect(),
+        Some("identityd") => vec!["identityd", "keyd", "certd"],
+        Some("certd") => vec!["certd", "keyd"],
+        Some(one) => DAEMONS
+            .iter()
+            .map(|d| d.name)
+            .filter(|d| *d == one)
+            .collect(),
+    }
 }
 
 /// A daemon user's uid and gid from `etc/passwd` under the root.
@@ -425,11 +444,12 @@ fn prepare(opts: &Apply) -> Result<(Vec<String>, Users, crate::aziot::Overlay), 
         .map(|d| d.name)
         .zip(tables.iter_mut())
         .collect();
-    let overlay = crate::aziot::overlay(&opts.root, &mut named, opts.only.as_deref())?;
+    let scope = scope(opts.only.as_deref());
+    let overlay = crate::aziot::overlay(&opts.root, &mut named, &|d: &str| scope.contains(&d))?;
     let aziot = !overlay.notes.is_empty();
     let configs: Vec<String> = tables.iter().map(|t| config_text(t, aziot)).collect();
     for (d, text) in DAEMONS.iter().zip(&configs) {
-        if opts.only.as_deref().is_none_or(|o| o == d.name) {
+        if scope.contains(&d.name) {
             check_generated(d.name, text)?;
         }
     }
@@ -460,13 +480,17 @@ pub fn apply(opts: &Apply) -> Result<(), String> {
     let etc = opts.root.join("etc/edgeid");
     edgeid_common::fs::ensure_dir(&etc, 0o755)
         .map_err(|e| format!("cannot make {}: {e}", etc.display()))?;
-    if let Some(key) = &overlay.device_key {
-        write_device_key(opts, key, users[0])?;
-    }
     let mut changed = Vec::new();
+    if let Some(key) = &overlay.device_key {
+        // keyd imports it at start: a new key restarts keyd.
+        if write_device_key(opts, key, users[0])? && opts.only.as_deref() != Some("keyd") {
+            changed.push("keyd");
+        }
+    }
+    let scope = scope(opts.only.as_deref());
     for ((d, text), (uid, gid)) in DAEMONS.iter().zip(&configs).zip(users) {
         let daemon = d.name;
-        if opts.only.as_deref().is_some_and(|o| o != daemon) {
+        if !scope.contains(&daemon) {
             continue;
         }
         let dir = opts.root.join(format!("etc/edgeid/{daemon}.d"));
@@ -486,7 +510,9 @@ pub fn apply(opts: &Apply) -> Result<(), String> {
             }
         }
         outln!("{daemon:<10} written    {}", file.display());
-        changed.push(daemon);
+        if opts.only.as_deref() != Some(daemon) && !changed.contains(&daemon) {
+            changed.push(daemon);
+        }
     }
     let systemd = opts.root == Path::new("/") && Path::new("/run/systemd/system").exists();
     if !opts.no_restart && systemd && !changed.is_empty() {
@@ -513,10 +539,11 @@ pub fn apply(opts: &Apply) -> Result<(), String> {
 /// An inline key of `/etc/aziot/config.toml`, where aziotctl would put it
 /// (`/var/secrets/aziot/keyd/device-id`: raw bytes, 0600 in a 0700
 /// directory, keyd's user's), written atomically and only when it changed.
-fn write_device_key(opts: &Apply, key: &[u8], (uid, gid): (u32, u32)) -> Result<(), String> {
+/// Whether it was written.
+fn write_device_key(opts: &Apply, key: &[u8], (uid, gid): (u32, u32)) -> Result<bool, String> {
     let file = opts.root.join(crate::aziot::superconfig::DEVICE_KEY_FILE);
     if std::fs::read(&file).ok().as_deref() == Some(key) {
-        return Ok(());
+        return Ok(false);
     }
     let dir = file.parent().unwrap_or(&opts.root);
     edgeid_common::fs::ensure_dir(dir, 0o700)
@@ -533,5 +560,5 @@ fn write_device_key(opts: &Apply, key: &[u8], (uid, gid): (u32, u32)) -> Result<
         "keyd       written    {} (the device key of /etc/aziot/config.toml)",
         file.display()
     );
-    Ok(())
+    Ok(true)
 }

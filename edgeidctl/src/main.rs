@@ -128,9 +128,10 @@ enum ConfigAction {
         /// Do not restart the daemons whose config changed.
         #[arg(long)]
         no_restart: bool,
-        /// Write this daemon's config alone (keyd, certd, identityd,
-        /// workloadd); its unit runs this before it starts, so that a
-        /// restart reads /etc/aziot anew.
+        /// Write this daemon's config (keyd, certd, identityd, workloadd)
+        /// and those of the daemons it calls, restarting those that changed;
+        /// its unit runs this before it starts, so that a restart reads
+        /// /etc/aziot anew.
         #[arg(long, value_name = "DAEMON")]
         only: Option<String>,
     },

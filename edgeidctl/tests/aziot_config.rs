@@ -260,15 +260,27 @@ fn what_iotedge_config_apply_writes_reaches_each_daemon_with_drop_ins() {
         .iter()
         .any(|p| p["uid"].as_integer() == Some(5558)));
 
-    // Again: nothing changes. --only writes one daemon's file alone.
+    // Again: nothing changes. --only writes a daemon's file and those of
+    // the daemons it calls (identityd: keyd and certd; keyd: none).
     let (ok, out) = apply(r, &[]);
     assert!(ok && !out.contains(" written "), "{out}");
-    std::fs::remove_file(r.join("etc/edgeid/keyd.d/config.toml")).unwrap();
-    std::fs::remove_file(r.join("etc/edgeid/identityd.d/config.toml")).unwrap();
+    let file = |d: &str| r.join(format!("etc/edgeid/{d}.d/config.toml"));
+    for d in ["keyd", "certd", "identityd", "workloadd"] {
+        std::fs::remove_file(file(d)).unwrap();
+    }
+    let (ok, out) = apply(r, &["--only", "keyd"]);
+    assert!(ok, "{out}");
+    assert!(
+        file("keyd").exists() && !file("identityd").exists(),
+        "{out}"
+    );
     let (ok, out) = apply(r, &["--only", "identityd"]);
     assert!(ok, "{out}");
-    assert!(r.join("etc/edgeid/identityd.d/config.toml").exists());
-    assert!(!r.join("etc/edgeid/keyd.d/config.toml").exists(), "{out}");
+    assert!(
+        file("identityd").exists() && file("certd").exists(),
+        "{out}"
+    );
+    assert!(!file("workloadd").exists(), "{out}");
     let (ok, out) = apply(r, &["--only", "tpmd"]);
     assert!(!ok && out.contains("--only tpmd: not a daemon"), "{out}");
 }

@@ -221,16 +221,15 @@ pub struct Overlay {
 }
 
 /// Reads the reference's configs under `root` and writes what they say into
-/// edgeid's daemon configs (`keyd`, `certd`, `identityd` by name; `only`:
-/// that daemon's alone). Nothing there: nothing changes.
+/// edgeid's daemon configs (`keyd`, `certd`, `identityd` by name; those
+/// `wanted` only). Nothing there: nothing changes.
 pub fn overlay(
     root: &Path,
     configs: &mut [(&str, &mut Table)],
-    only: Option<&str>,
+    wanted: &dyn Fn(&str) -> bool,
 ) -> Result<Overlay, String> {
     let parts = superconfig::read(root)?;
     let mut out = Overlay::default();
-    let wanted = |d: &str| only.is_none_or(|o| o == d);
     for (daemon, config) in configs.iter_mut() {
         let (name, rule): (&'static str, &schema::Rule) = match *daemon {
             "keyd" => ("keyd", &schema::KEYD),
