@@ -605,17 +605,30 @@ async fn preload(stores: &Stores, preloaded: &crate::config::PreloadedKey) -> Re
     }
     let store = stores.for_id(&id)?;
     let key_type = SymmetricKeyType::HmacSha256;
+    // The id holds other bytes (Conflict), or a key pair (the one edgeid's
+    // default local provisioning made before this device was configured
+    // as the reference's): the file is the key, so it replaces them.
     match store.create_key(&id, key_type, Some(&bytes)).await {
-        Ok(_) => Ok(()),
-        Err(Error::Conflict(_)) => {
-            store.delete(&id, false).await?;
+        Ok(_) => return Ok(()),
+        Err(Error::Conflict(_)) => {}
+        Err(e) => return Err(setup(e.to_string())),
+    }
+    let pair = match store.delete(&id, false).await {
+        Ok(()) => false,
+        // Not a symmetric key: a key pair.
+        Err(Error::NotFound(_)) => {
             store
-                .create_key(&id, key_type, Some(&bytes))
+                .delete(&id, true)
                 .await
                 .map_err(|e| setup(e.to_string()))?;
-            tracing::info!(key = %id, file = %file, "preloaded key replaced: its file changed");
-            Ok(())
+            true
         }
-        Err(e) => Err(setup(e.to_string())),
-    }
+        Err(e) => return Err(setup(e.to_string())),
+    };
+    store
+        .create_key(&id, key_type, Some(&bytes))
+        .await
+        .map_err(|e| setup(e.to_string()))?;
+    tracing::warn!(key = %id, file = %file, replaced = if pair { "a key pair" } else { "other key bytes" }, "preloaded key replaced what the id held");
+    Ok(())
 }

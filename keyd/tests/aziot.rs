@@ -639,6 +639,21 @@ async fn a_preloaded_key_file_is_the_key_and_a_new_file_a_new_key() {
         id: "device-id".into(),
         file: file.clone(),
     }];
+    // The id already holds a key pair (as edgeid's default local
+    // provisioning makes one): the file replaces it.
+    {
+        let keyd =
+            KeydFixture::configured(KeydFixture::config_in(dir.path()), Admins::root_and_self())
+                .await;
+        let (status, pair) = edgeid_testkit::aziot::call(
+            &keyd.socket(),
+            Method::POST,
+            "/keypair?api-version=2021-05-01",
+            json!({ "keyId": "device-id", "preferredAlgorithms": "ec-p256:*" }),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{pair}");
+    }
     let mut keyd = KeydFixture::configured(config.clone(), Admins::root_and_self()).await;
     let mac_now = |keyd: &KeydFixture| {
         let socket = keyd.socket();
