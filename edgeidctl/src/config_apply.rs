@@ -546,8 +546,13 @@ fn write_device_key(opts: &Apply, key: &[u8], (uid, gid): (u32, u32)) -> Result<
         return Ok(false);
     }
     let dir = file.parent().unwrap_or(&opts.root);
-    edgeid_common::fs::ensure_dir(dir, 0o700)
-        .map_err(|e| format!("cannot make {}: {e}", dir.display()))?;
+    // /var/secrets/aziot open to be passed through (keyd's user must reach
+    // its own directory below it), as aziotctl leaves it.
+    let parent = dir.parent().unwrap_or(&opts.root);
+    for (path, mode) in [(parent, 0o755), (dir, 0o700)] {
+        edgeid_common::fs::ensure_dir(path, mode)
+            .map_err(|e| format!("cannot make {}: {e}", path.display()))?;
+    }
     edgeid_common::fs::write_atomic(&file, key, 0o600)
         .map_err(|e| format!("cannot write {}: {e}", file.display()))?;
     if edgeid_common::current_uid() == 0 {
