@@ -13,6 +13,9 @@
 //! - after every unit restarts (some by the reference's names) and after the
 //!   package is reinstalled, every key signs as before (HMAC: the same MAC;
 //!   ECDSA: verified with the public key read before);
+//! - the reference's `/etc/aziot/config.toml` (manual provisioning to a
+//!   test hub) and a principal drop-in in `/etc/aziot/identityd/config.d`
+//!   are honoured after `systemctl restart aziot-identityd`;
 //! - `systemd-analyze security` rates every service at most 2.0 ("OK");
 //! - purge removes state and config.
 
@@ -363,6 +366,119 @@ fn keys_sign_as_before(vm: &Booted, keys: &Keys, when: &str) {
     );
 }
 
+/// The reference's configuration on the device: `/etc/aziot/config.toml`
+/// with manual provisioning (a connection string to the test hub, which
+/// runs here on the host network the container shares) and a host
+/// package's principal in `/etc/aziot/identityd/config.d`, honoured after
+/// `systemctl restart aziot-identityd` alone: the device is the hub's, its
+/// key (put in keyd through the reference's preloaded file) signs what the
+/// hub verifies, and the drop-in's uid is its module and nothing more.
+fn aziot_config_and_a_principal_drop_in(vm: &Booted) {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let cloud = rt.block_on(edgeid_testkit::cloud::CloudService::start(None));
+    let key: Vec<u8> = (0u8..32).map(|b| b.wrapping_mul(7)).collect();
+    cloud.add_sas_device("booted-dev", &key);
+    vm.sh(&format!(
+        "grep -qw localhost /etc/hosts 2>/dev/null || echo '127.0.0.1 localhost' >> /etc/hosts
+         cat > /usr/local/share/ca-certificates/edgeid-test-cloud.crt <<'PEM'
+{ca}
+PEM
+         update-ca-certificates >/dev/null
+         useradd -r -G aziotid -s /usr/sbin/nologin hostmod
+         useradd -r -G aziotid -s /usr/sbin/nologin hoststranger
+         mkdir -p /etc/aziot/identityd/config.d
+         cat > /etc/aziot/config.toml <<'TOML'
+hostname = \"booted-dev\"
+[provisioning]
+source = \"manual\"
+connection_string = \"HostName={hub};DeviceId=booted-dev;SharedAccessKey={key}\"
+TOML
+         printf '[[principal]]\\nuid = %s\\nname = \"hostmod\"\\nidtype = [\"module\"]\\n' \"$(id -u hostmod)\" \\
+             > /etc/aziot/identityd/config.d/50-hostmod.toml
+         systemctl restart aziot-identityd",
+        ca = cloud.tls_ca_pem,
+        hub = cloud.hub,
+        key = b64(&key),
+    ));
+    // Provisioning runs in the background: 503 until it is done.
+    let until = Instant::now() + Duration::from_secs(60);
+    let device = loop {
+        let answer = vm.http(
+            "root",
+            IDENTITYD,
+            "POST",
+            "/identities/device?api-version=2020-09-01",
+            Some(json!({ "type": "aziot" })),
+        );
+        if answer["status"] == json!(200) {
+            break answer["body"].clone();
+        }
+        assert!(
+            answer["status"] == json!(503) && Instant::now() < until,
+            "{answer}\n{}\n{}",
+            vm.journal("edgeid-identityd.service"),
+            vm.journal("edgeid-keyd.service")
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    let spec = &device["spec"];
+    assert_eq!(
+        spec["hubName"],
+        json!(cloud.hub),
+        "{device}\n{}",
+        vm.journal("edgeid-identityd.service")
+    );
+    assert_eq!(spec["deviceId"], json!("booted-dev"), "{device}");
+    use hmac::Mac;
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&key).unwrap();
+    mac.update(b"booted-dev\n1700000000");
+    assert_eq!(
+        sign_hmac(vm, &spec["auth"]["keyHandle"], b"booted-dev\n1700000000"),
+        mac.finalize().into_bytes().to_vec(),
+        "the device key is the connection string's, in keyd through /var/secrets/aziot/keyd/device-id"
+    );
+    let mode = vm.ok(&["stat", "-c", "%a %U", "/var/secrets/aziot/keyd/device-id"]);
+    assert_eq!(mode.trim(), "600 aziotks", "as aziotctl writes it");
+    // A module the hub registers (the device's key signs what it verifies),
+    // read by the drop-in's uid as its own identity; a module it is not,
+    // and a uid no drop-in names, refused.
+    vm.call(
+        IDENTITYD,
+        "POST",
+        "/identities/modules?api-version=2020-09-01",
+        Some(json!({ "type": "aziot", "moduleId": "hostmod" })),
+        200,
+    );
+    assert!(cloud
+        .modules_of("booted-dev")
+        .contains(&"hostmod".to_owned()));
+    let mine = vm.http(
+        "hostmod",
+        IDENTITYD,
+        "GET",
+        "/identities/identity?api-version=2020-09-01",
+        None,
+    );
+    assert_eq!(mine["status"], json!(200), "{mine}");
+    assert_eq!(mine["body"]["spec"]["moduleId"], json!("hostmod"), "{mine}");
+    let other = vm.http(
+        "hostmod",
+        IDENTITYD,
+        "GET",
+        "/identities/modules/tempsensor?type=aziot&api-version=2020-09-01",
+        None,
+    );
+    assert_eq!(other["status"], json!(403), "{other}");
+    let stranger = vm.http(
+        "hoststranger",
+        IDENTITYD,
+        "GET",
+        "/identities/identity?api-version=2020-09-01",
+        None,
+    );
+    assert_eq!(stranger["status"], json!(403), "{stranger}");
+}
+
 #[test]
 fn the_package_on_a_booted_debian() {
     require_tool("systemd-nspawn", "systemd-container");
@@ -591,6 +707,8 @@ fn the_package_on_a_booted_debian() {
         "/opt/edgeid-test/edgeid.deb",
     ]);
     keys_sign_as_before(&vm, &keys, "after a reinstall");
+
+    aziot_config_and_a_principal_drop_in(&vm);
 
     // Each service's exposure, as systemd rates it (README, packaging/).
     for service in [
