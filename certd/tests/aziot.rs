@@ -531,6 +531,12 @@ async fn preloaded_certificates_are_files_and_lists_of_ids() {
             config
                 .preloaded
                 .insert("missing".into(), file(dir.join("nowhere.pem")));
+            config
+                .preloaded
+                .insert("unreadable".into(), file(dir.to_owned()));
+            config
+                .preloaded
+                .insert("none-yet".into(), ids(&["missing", "not-issued"]));
             config.preloaded.insert(
                 "aziot-edged-trust-bundle".into(),
                 ids(&[EDGE_CA, "trust-bundle-user"]),
@@ -579,13 +585,19 @@ async fn preloaded_certificates_are_files_and_lists_of_ids() {
         body["message"].as_str().unwrap().contains("nest deeper"),
         "{body}"
     );
-    let (status, body) = call(
-        &socket,
-        Method::GET,
-        &at("/certificates/missing"),
-        Value::Null,
-    )
-    .await;
+    // As the reference: a missing file, or a list none of whose members
+    // exist yet, is a certificate that does not exist (400, saying so).
+    for id in ["missing", "none-yet"] {
+        let path = at(&format!("/certificates/{id}"));
+        let (status, body) = call(&socket, Method::GET, &path, Value::Null).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{id}: {body}");
+        assert!(
+            body["message"].as_str().unwrap().contains("does not exist"),
+            "{body}"
+        );
+    }
+    let path = at("/certificates/unreadable");
+    let (status, body) = call(&socket, Method::GET, &path, Value::Null).await;
     assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{body}");
     assert!(
         body["message"]

@@ -48,11 +48,15 @@ impl Certd {
                 let mut text = String::new();
                 std::fs::File::open(file)
                     .and_then(|f| f.take(MAX_FILE_BYTES).read_to_string(&mut text))
-                    .map_err(|e| {
-                        Error::Internal(format!(
+                    .map_err(|e| match e.kind() {
+                        // As the reference: a file not there is a certificate not there.
+                        std::io::ErrorKind::NotFound => Error::NotFound(format!(
+                            "certificate '{id}' does not exist (its preloaded file is missing)"
+                        )),
+                        _ => Error::Internal(format!(
                             "preloaded certificate '{id}': cannot read {}: {e}",
                             file.display()
-                        ))
+                        )),
                     })?;
                 // Served only if it is certificates, whole.
                 Chain::from_pem(&text).map_err(|e| {
@@ -64,11 +68,22 @@ impl Certd {
                 Ok(text)
             }
             (None, Some(ids)) => {
+                // As the reference: members not there (an edge CA not issued
+                // yet) are left out; none there is a certificate not there.
                 let mut pem = String::new();
                 for part in ids {
-                    let text = self.preloaded_pem(part, depth + 1)?;
+                    let text = match self.preloaded_pem(part, depth + 1) {
+                        Err(Error::NotFound(_)) => continue,
+                        other => other?,
+                    };
                     pem.push_str(text.trim_end());
                     pem.push('\n');
+                }
+                if pem.is_empty() {
+                    return Err(Error::NotFound(format!(
+                        "certificate '{id}' does not exist (none of {} does yet)",
+                        ids.join(", ")
+                    )));
                 }
                 Ok(pem)
             }
