@@ -204,6 +204,41 @@ async fn one_module_through_both_apis_and_its_handle_signs_what_the_hub_checks()
         StatusCode::BAD_REQUEST,
         "a missing module is 400: {gone}"
     );
+    // aziot-edged's watchdog updates $edgeAgent (IoT Hub makes it for every
+    // edge device; edgeid has not): registered with edgeid's keys, the hub's
+    // MAC is the handle's. A module may not update, even itself.
+    let agent = at("/identities/modules/$edgeAgent", "2020-09-01") + "&type=aziot";
+    let body = json!({ "type": "aziot", "moduleId": "$edgeAgent" });
+    let (status, _) = call_as(MODULE, &socket, Method::PUT, &agent, body.clone()).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, adopted) = call_as(ORCHESTRATOR, &socket, Method::PUT, &agent, body.clone()).await;
+    assert_eq!(status, StatusCode::OK, "{adopted}");
+    assert!(adopted["spec"]["genId"].is_string(), "{adopted}");
+    assert!(d
+        .cloud
+        .modules_of("device-1")
+        .contains(&"$edgeAgent".to_string()));
+    let data = format!("{hub}/devices/device-1/modules/$edgeAgent\n1900000000");
+    let (status, mac) = call(
+        &d.daemons.keyd.socket(),
+        Method::POST,
+        "/sign?api-version=2020-09-01",
+        json!({ "keyHandle": adopted["spec"]["auth"]["keyHandle"], "algorithm": "HMAC-SHA256",
+                "parameters": { "message": STANDARD.encode(&data) } }),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{mac}");
+    assert_eq!(
+        STANDARD.decode(mac["signature"].as_str().unwrap()).ok(),
+        d.cloud
+            .module_hmac("device-1", "$edgeAgent", data.as_bytes())
+    );
+    let (status, again) = call_as(ORCHESTRATOR, &socket, Method::PUT, &agent, body).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        again["spec"]["genId"], adopted["spec"]["genId"],
+        "updated again: the same module"
+    );
 
     // The device, the trust bundle, provisioning, reprovisioning.
     let (status, device) = call_as(

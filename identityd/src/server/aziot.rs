@@ -152,12 +152,24 @@ impl Service {
                 let created = me.create_module_as(caller, create, bearer).await;
                 answer(ok, created.and_then(|(m, _)| one_module(m)))
             }
-            Route::GetModule | Route::UpdateModule => {
-                // Keys are derived from the module id and generation, so an
-                // update has nothing to change: it answers the identity.
+            Route::GetModule => {
                 hub_type!(req.query_param("type").as_deref());
                 let module = me.get_module_as(caller, id, bearer).await;
                 answer(ok, module.and_then(one_module))
+            }
+            Route::UpdateModule => {
+                // Keys are derived from the module id and generation, so an
+                // update of a module here has nothing to change: it answers
+                // the identity. One not here is registered with the hub
+                // with edgeid's keys, replacing the hub's: aziot-edged's
+                // watchdog updates $edgeAgent, which IoT Hub makes for
+                // every edge device, and the reference answers it so.
+                hub_type!(req.query_param("type").as_deref());
+                let update = CreateModuleRequest {
+                    module_id: id.to_owned(),
+                };
+                let module = me.create_module_as(caller, update, bearer).await;
+                answer(ok, module.and_then(|(m, _)| one_module(m)))
             }
             Route::DeleteModule => {
                 hub_type!(req.query_param("type").as_deref());
