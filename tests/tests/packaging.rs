@@ -34,10 +34,26 @@ fn units_verify_clean() {
             let name = format!("edgeid-{daemon}.{kind}");
             let text = std::fs::read_to_string(packaging().join("systemd").join(&name)).unwrap();
             // verify checks that ExecStart exists: point it at this build's binary.
-            let text = text.replace(
-                &format!("ExecStart=/usr/bin/edgeid-{daemon} "),
-                &format!("ExecStart={} ", binary(daemon).display()),
-            );
+            let text = text
+                .replace(
+                    &format!("ExecStart=/usr/bin/edgeid-{daemon} "),
+                    &format!("ExecStart={} ", binary(daemon).display()),
+                )
+                .replace(
+                    "ExecStartPre=+/usr/bin/edgeidctl ",
+                    &format!(
+                        "ExecStartPre=+{} ",
+                        edgeid_testkit::process::build_binary("edgeidctl").display()
+                    ),
+                );
+            if kind == "service" && daemon != "workloadd" {
+                // Each start reads the reference's config anew (and its
+                // own daemons' configs), as root, before the daemon runs.
+                assert!(
+                    text.contains(&format!("config apply --only {daemon}\n")),
+                    "{name} applies its config before it starts"
+                );
+            }
             if kind == "service" {
                 assert!(text.contains("NoNewPrivileges=yes"), "{name} is hardened");
                 assert!(text.contains("ProtectSystem=strict"), "{name} is hardened");
