@@ -386,7 +386,6 @@ PEM
          update-ca-certificates >/dev/null
          useradd -r -G aziotid -s /usr/sbin/nologin hostmod
          useradd -r -G aziotid -s /usr/sbin/nologin hoststranger
-         mkdir -p /etc/aziot/identityd/config.d
          cat > /etc/aziot/config.toml <<'TOML'
 hostname = \"booted-dev\"
 [provisioning]
@@ -536,6 +535,7 @@ fn the_package_on_a_booted_debian() {
         "aziot-keyd.socket",
         "aziot-certd.socket",
         "aziot-identityd.socket",
+        "aziot-tpmd.socket",
     ]);
     let check = vm.run(&["edgeidctl", "check"]);
     assert!(check.status.success(), "edgeidctl check: {}", text(&check));
@@ -567,6 +567,22 @@ fn the_package_on_a_booted_debian() {
             mode.trim(),
             format!("660 {user} {user}"),
             "/run/aziot/{sock}.sock as the reference's"
+        );
+    }
+
+    // The reference's config directories, as its package makes them
+    // (`iotedge config apply` writes into them and fails if they are missing).
+    for (dir, user) in [
+        ("keyd", "aziotks"),
+        ("certd", "aziotcs"),
+        ("identityd", "aziotid"),
+        ("tpmd", "aziottpm"),
+    ] {
+        let mode = vm.ok(&["stat", "-c", "%a %U", &format!("/etc/aziot/{dir}/config.d")]);
+        assert_eq!(
+            mode.trim(),
+            format!("700 {user}"),
+            "/etc/aziot/{dir}/config.d"
         );
     }
 

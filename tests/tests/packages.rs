@@ -90,6 +90,14 @@ fn the_deb_installs_removes_and_purges_in_a_throwaway_root() {
             "edgeid-keyd.socket",
         ),
         (
+            "usr/lib/systemd/system/aziot-tpmd.service",
+            "edgeid-keyd.service",
+        ),
+        (
+            "usr/lib/systemd/system/aziot-tpmd.socket",
+            "edgeid-keyd.socket",
+        ),
+        (
             "usr/lib/systemd/system/aziot-certd.service",
             "edgeid-certd.service",
         ),
