@@ -354,6 +354,10 @@ pub struct PrincipalConfig {
     /// `GET /identities/identity` and may also read its module.
     #[serde(default)]
     pub module_id: Option<String>,
+    /// For `module`: identityd makes its module identity once the device is
+    /// provisioned, if it is missing (the reference's `idtype = ["module"]`).
+    #[serde(default)]
+    pub keep_module: bool,
 }
 
 impl PrincipalConfig {
@@ -508,9 +512,9 @@ impl IdentitydConfig {
                 crate::names::check_module_id(p.module()).map_err(|e| {
                     format!("principal '{}': module id '{}': {e}", p.name, p.module())
                 })?;
-            } else if p.module_id.is_some() {
+            } else if p.module_id.is_some() || p.keep_module {
                 return Err(format!(
-                    "principal '{}': module_id belongs to role \"module\"",
+                    "principal '{}': module_id and keep_module belong to role \"module\"",
                     p.name
                 ));
             }

@@ -224,6 +224,7 @@ impl Identityd {
                     break;
                 }
                 if me.provision().await.is_ok() {
+                    me.ensure_principal_modules().await;
                     break;
                 }
                 tokio::select! {

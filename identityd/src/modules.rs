@@ -217,7 +217,41 @@ impl Identityd {
         handles: Handles,
     ) -> Result<(ModuleIdentity, bool), Error> {
         self.authorize_orchestrator(caller)?;
-        let module_id = req.module_id;
+        self.create_module_unchecked(req.module_id, handles).await
+    }
+
+    /// The modules identityd keeps for its principals (`keep_module`): made
+    /// where missing once the device is provisioned, as the reference makes
+    /// the hub identities of its `idtype = ["module"]` principals (a host
+    /// process such as the Device Update agent finds its module there).
+    pub(crate) async fn ensure_principal_modules(&self) {
+        let kept = self
+            .config
+            .principals
+            .iter()
+            .filter(|p| p.role == Role::Module && p.keep_module);
+        for p in kept {
+            match self
+                .create_module_unchecked(p.module().to_owned(), Handles::Granted)
+                .await
+            {
+                Ok((_, true)) => {
+                    tracing::info!(module = %p.module(), principal = %p.name, "made the module identity of a principal")
+                }
+                Ok((_, false)) => {}
+                Err(e) => {
+                    tracing::warn!(module = %p.module(), error = %e, "cannot make the module identity of a principal")
+                }
+            }
+        }
+    }
+
+    /// [`Self::create_module_as`] for a caller already authorized.
+    async fn create_module_unchecked(
+        &self,
+        module_id: String,
+        handles: Handles,
+    ) -> Result<(ModuleIdentity, bool), Error> {
         names::check_module_id(&module_id).map_err(|e| {
             Error::BadRequest(format!("module id '{}': {e}", names::shown(&module_id)))
         })?;

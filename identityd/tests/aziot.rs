@@ -21,6 +21,9 @@ use serde_json::{json, Value};
 const ORCHESTRATOR: u32 = 4300;
 const MODULE: u32 = 4301;
 const STRANGER: u32 = 4999;
+/// A host process the reference's config names with idtype = ["module"]
+/// (as the Device Update agent is): identityd makes its module itself.
+const HOST_PROCESS: u32 = 4302;
 
 struct Device {
     daemons: Daemons,
@@ -50,12 +53,21 @@ async fn device() -> Device {
             uid: ORCHESTRATOR,
             role: Role::Orchestrator,
             module_id: None,
+            keep_module: false,
         },
         PrincipalConfig {
             name: "sensor".into(),
             uid: MODULE,
             role: Role::Module,
             module_id: None,
+            keep_module: false,
+        },
+        PrincipalConfig {
+            name: "adu-agent".into(),
+            uid: HOST_PROCESS,
+            role: Role::Module,
+            module_id: None,
+            keep_module: true,
         },
     ];
     let identityd = IdentitydFixture::configured(config, Admins::root_and_self()).await;
@@ -126,6 +138,31 @@ async fn one_module_through_both_apis_and_its_handle_signs_what_the_hub_checks()
         "signed with the key the hub holds for the module"
     );
 
+    // The host process's module was made by identityd once the device was
+    // provisioned, registered with the hub; it reads it as its identity.
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !d
+        .cloud
+        .modules_of("device-1")
+        .contains(&"adu-agent".to_string())
+    {
+        assert!(
+            std::time::Instant::now() < until,
+            "identityd made no module for adu-agent"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let (status, me) = call_as(
+        HOST_PROCESS,
+        &socket,
+        Method::GET,
+        &at("/identities/identity", "2020-09-01"),
+        Value::Null,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{me}");
+    assert_eq!(me["spec"]["moduleId"], "adu-agent");
+
     // Who each caller is.
     let (status, me) = call_as(
         MODULE,
@@ -178,7 +215,7 @@ async fn one_module_through_both_apis_and_its_handle_signs_what_the_hub_checks()
         .map(|i| i["spec"]["moduleId"].as_str().unwrap())
         .collect();
     ids.sort();
-    assert_eq!(ids, ["other", "sensor"]);
+    assert_eq!(ids, ["adu-agent", "other", "sensor"]);
 
     // Update keeps the generation; delete removes it from the hub too.
     let sensor = at("/identities/modules/sensor", "2020-09-01") + "&type=aziot";
@@ -366,8 +403,11 @@ async fn bad_input_gets_the_references_statuses_and_a_message() {
         assert!(message.contains(why), "{method} {path}: {answer}");
     }
     assert!(
-        d.cloud.modules_of("device-1").is_empty(),
-        "no module made by any of it"
+        d.cloud
+            .modules_of("device-1")
+            .iter()
+            .all(|m| m == "adu-agent"),
+        "no module made by any of it (but the host process's own module)"
     );
     // And a well-formed request from the same caller works.
     let (status, made) = call(
@@ -441,7 +481,10 @@ async fn local_identities_are_a_fresh_key_and_a_certificate_openssl_verifies() {
         assert!(end.contains(&expiration[..4]), "{end} vs {expiration}");
     }
     assert!(
-        d.cloud.modules_of("device-1").is_empty(),
-        "nothing in the hub"
+        d.cloud
+            .modules_of("device-1")
+            .iter()
+            .all(|m| m == "adu-agent"),
+        "nothing in the hub (but the host process's own module)"
     );
 }

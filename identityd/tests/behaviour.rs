@@ -101,6 +101,7 @@ async fn modules_cannot_read_each_other() {
         uid,
         role,
         module_id: None,
+        keep_module: false,
     };
     config.principals = vec![
         principal("agent", 4100, Role::Orchestrator),
