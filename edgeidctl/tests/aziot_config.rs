@@ -213,6 +213,16 @@ fn what_iotedge_config_apply_writes_reaches_each_daemon_with_drop_ins() {
         role_of(6001),
         vec![("module".to_owned(), Some("hostmod".to_owned()))]
     );
+    let kept = |uid: i64| {
+        ps.iter()
+            .filter(|p| p["uid"].as_integer() == Some(uid))
+            .any(|p| p.get("keep_module").and_then(|k| k.as_bool()) == Some(true))
+    };
+    assert!(kept(6001), "idtype module: identityd makes its module");
+    assert!(
+        !kept(6002),
+        "idtype local alone: no hub module, as the reference"
+    );
     assert_eq!(
         role_of(6002),
         vec![

@@ -438,19 +438,22 @@ TOML
     );
     let mode = vm.ok(&["stat", "-c", "%a %U", "/var/secrets/aziot/keyd/device-id"]);
     assert_eq!(mode.trim(), "600 aziotks", "as aziotctl writes it");
-    // A module the hub registers (the device's key signs what it verifies),
-    // read by the drop-in's uid as its own identity; a module it is not,
-    // and a uid no drop-in names, refused.
-    vm.call(
-        IDENTITYD,
-        "POST",
-        "/identities/modules?api-version=2020-09-01",
-        Some(json!({ "type": "aziot", "moduleId": "hostmod" })),
-        200,
-    );
-    assert!(cloud
+    // The drop-in's module, made by identityd itself (as the reference
+    // makes an idtype module principal's) and registered with the hub (the
+    // device's key signs what it verifies), read by the drop-in's uid as
+    // its own identity; a module it is not, and a uid no drop-in names, refused.
+    let until = Instant::now() + Duration::from_secs(30);
+    while !cloud
         .modules_of("booted-dev")
-        .contains(&"hostmod".to_owned()));
+        .contains(&"hostmod".to_owned())
+    {
+        assert!(
+            Instant::now() < until,
+            "identityd made no module for the drop-in's principal: {}",
+            vm.journal("edgeid-identityd.service")
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
     let mine = vm.http(
         "hostmod",
         IDENTITYD,

@@ -458,7 +458,9 @@ fn principals(r: &Reader, out: &mut Table) -> Result<(), String> {
                 "an array of \"device\", \"module\", \"local\"",
             )?),
         };
-        let entry = |role: &str, module: bool| {
+        // `module`: the module named `name`; `keep`: identityd makes its
+        // identity (idtype module, not local alone, as the reference).
+        let entry = |role: &str, module: bool, keep: bool| {
             let mut t = Table::from_iter([
                 ("name".to_owned(), Value::String(name.clone())),
                 ("uid".to_owned(), Value::Integer(i64::from(uid))),
@@ -466,6 +468,9 @@ fn principals(r: &Reader, out: &mut Table) -> Result<(), String> {
             ]);
             if module {
                 t.insert("module_id".into(), Value::String(name.clone()));
+            }
+            if keep {
+                t.insert("keep_module".into(), Value::Boolean(true));
             }
             Value::Table(t)
         };
@@ -479,18 +484,19 @@ fn principals(r: &Reader, out: &mut Table) -> Result<(), String> {
                     ));
                 }
                 daemon = Some(name.clone());
-                push(out, "principal", entry("orchestrator", false));
+                push(out, "principal", entry("orchestrator", false, false));
             }
             Some(types) => {
                 if types.iter().any(|t| t == "device") {
-                    let Value::Table(mut t) = entry("device", false) else {
+                    let Value::Table(mut t) = entry("device", false, false) else {
                         continue;
                     };
                     t.insert("name".into(), Value::String(format!("{name} (device)")));
                     push(out, "principal", Value::Table(t));
                 }
                 if types.iter().any(|t| t == "module" || t == "local") {
-                    push(out, "principal", entry("module", true));
+                    let keep = types.iter().any(|t| t == "module");
+                    push(out, "principal", entry("module", true, keep));
                 }
             }
         }
