@@ -71,6 +71,7 @@ impl Findings {
 pub async fn check(opts: &Check) -> Result<(), String> {
     let mut f = Findings::default();
     config_checks(opts, &mut f);
+    aziot_state_check(opts, &mut f);
     grant_checks(opts, &mut f);
     let healths = daemon_checks(opts, &mut f).await;
     backend_checks(&healths, &mut f);
@@ -96,6 +97,21 @@ pub async fn check(opts: &Check) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!("{failed} check(s) failed"))
+    }
+}
+
+/// What an aziot-identity-service this package replaced left behind.
+fn aziot_state_check(opts: &Check, f: &mut Findings) {
+    let left = crate::aziot::state::not_imported(&opts.root);
+    if !left.is_empty() {
+        f.warn(
+            "aziot state",
+            format!(
+                "the reference's state in /var/lib/aziot is not imported: {}",
+                left.join("; ")
+            ),
+            "nothing to do if that is acceptable (the device's identity is kept); keep /var/lib/aziot until it is, or reinstall aziot-identity-service",
+        );
     }
 }
 

@@ -18,6 +18,7 @@
 
 pub mod map;
 pub mod schema;
+pub mod state;
 pub mod superconfig;
 
 use std::path::{Path, PathBuf};
