@@ -603,6 +603,13 @@ async fn preload(stores: &Stores, preloaded: &crate::config::PreloadedKey) -> Re
             "larger than {MAX_PRELOADED_LEN} bytes: not a symmetric key"
         )));
     }
+    // The reference also preloads key pairs (an X.509 identity's PEM key);
+    // edgeid does not yet, and must not take one for a symmetric key.
+    if bytes.starts_with(b"-----BEGIN") {
+        return Err(setup(
+            "a PEM file (a key pair): edgeid preloads symmetric keys only (raw bytes); let keyd make the key pair and certd the certificate".into(),
+        ));
+    }
     let store = stores.for_id(&id)?;
     let key_type = SymmetricKeyType::HmacSha256;
     // The id holds other bytes (Conflict), or a key pair (the one edgeid's

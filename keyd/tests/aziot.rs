@@ -694,10 +694,14 @@ async fn a_preloaded_key_file_is_the_key_and_a_new_file_a_new_key() {
     );
     keyd.stop().await;
 
-    // A missing or oversized file stops keyd, naming the key and the file.
+    // A missing or oversized file, or a PEM key pair (the reference
+    // preloads those too; edgeid does not yet), stops keyd, naming the key
+    // and the file.
+    let pem = b"-----BEGIN PRIVATE KEY-----\nMIGHAgEA\n-----END PRIVATE KEY-----\n".to_vec();
     for (content, wanted) in [
         (None, "cannot read it"),
         (Some(vec![7u8; 4096]), "larger than"),
+        (Some(pem), "a PEM file (a key pair)"),
     ] {
         let dir = edgeid_testkit::temp_dir();
         let file = dir.path().join("device-id");
