@@ -4,6 +4,7 @@
 
 pub(crate) mod encoding;
 pub mod pkcs11;
+pub mod preload;
 mod seal;
 pub mod software;
 pub mod tpm;
