@@ -326,46 +326,7 @@ impl Default for CloudConfig {
     }
 }
 
-/// A caller's role.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    /// May read the device identity and manage module identities.
-    Orchestrator,
-    /// May read its own module identity and get its tokens.
-    Module,
-    /// May read the device identity and nothing else (the reference's
-    /// `idtype = ["device"]`: a host process that acts as the device).
-    Device,
-}
-
-/// `[[principal]]`
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PrincipalConfig {
-    /// A name for logs and errors.
-    pub name: String,
-    /// The caller's uid.
-    pub uid: u32,
-    /// What it may do.
-    pub role: Role,
-    /// For `module`: its module id (default: `name`). A uid may have one
-    /// `device` and one `module` principal: then it is the device to
-    /// `GET /identities/identity` and may also read its module.
-    #[serde(default)]
-    pub module_id: Option<String>,
-    /// For `module`: identityd makes its module identity once the device is
-    /// provisioned, if it is missing (the reference's `idtype = ["module"]`).
-    #[serde(default)]
-    pub keep_module: bool,
-}
-
-impl PrincipalConfig {
-    /// The module a `module` principal is.
-    pub fn module(&self) -> &str {
-        self.module_id.as_deref().unwrap_or(&self.name)
-    }
-}
+pub use crate::principal::{PrincipalConfig, Role};
 
 impl IdentitydConfig {
     /// Reads the config file.
@@ -513,9 +474,9 @@ impl IdentitydConfig {
                     format!("principal '{}': module id '{}': {e}", p.name, p.module())
                 })?;
             } else if p.module_id.is_some() || p.keep_module {
+                let name = &p.name;
                 return Err(format!(
-                    "principal '{}': module_id and keep_module belong to role \"module\"",
-                    p.name
+                    "principal '{name}': module_id, keep_module: role module only"
                 ));
             }
         }

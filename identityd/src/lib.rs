@@ -30,6 +30,7 @@ pub mod identities;
 pub mod local;
 mod modules;
 pub mod names;
+pub mod principal;
 pub mod provision;
 pub mod sas;
 pub mod server;
