@@ -449,6 +449,21 @@ fn the_super_config_is_read_where_no_tool_wrote_00_super() {
         "the key is not copied into identityd's config"
     );
 
+    // A broken line holding the key: the place and what is wrong, never
+    // the line's text.
+    let broken = self::root();
+    write(
+        broken.path(),
+        "etc/aziot/config.toml",
+        &format!(
+            "[provisioning]\nsource = \"manual\"\nconnection_string = \"HostName=h;DeviceId=d;SharedAccessKey={b64}\n"
+        ),
+    );
+    let (ok, out) = apply(broken.path(), &[]);
+    assert!(!ok, "{out}");
+    assert!(out.contains("config.toml, line 3: not TOML"), "{out}");
+    assert!(!out.contains(&b64), "the key is not shown: {out}");
+
     // Once a tool wrote identityd's 00-super.toml, that file counts (as on
     // the reference, where the super-config is read only by `config apply`).
     write(

@@ -6,7 +6,7 @@
 
 use toml::{Table, Value};
 
-use super::Layered;
+use super::files::Layered;
 
 /// `t[path]`, if present.
 fn get<'a>(t: &'a Table, path: &[&str]) -> Option<&'a Value> {

@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 use toml::{Table, Value};
 use zeroize::Zeroizing;
 
-use super::{schema, Layer};
+use super::files::Layer;
+use super::schema;
 
 /// The key id aziotctl gives the device's key.
 const DEVICE_KEY: &str = "device-id";
@@ -46,12 +47,7 @@ pub fn read(root: &Path) -> Result<Option<Parts>, String> {
         Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
     };
     let layer = Layer::parse(&path, text)?;
-    schema::check(
-        &schema::SUPER,
-        layer.doc.as_table(),
-        &mut Vec::new(),
-        &|p| layer.at(p),
-    )?;
+    layer.check(&schema::SUPER)?;
     let c = layer.table()?;
     let here = |keys: &[&str], what: &str| {
         let keys: Vec<String> = keys.iter().map(|k| (*k).to_owned()).collect();
