@@ -481,3 +481,32 @@ fn the_super_config_is_read_where_no_tool_wrote_00_super() {
         Some("applied.example.net")
     );
 }
+
+/// With principals in several drop-ins, a bad one is named in its own file,
+/// at its own line, not at the last file that has principals.
+#[test]
+fn a_bad_principal_is_named_in_its_own_file_and_line() {
+    let root = root();
+    let r = root.path();
+    let dir = "etc/aziot/identityd/config.d";
+    write(
+        r,
+        &format!("{dir}/10-good.toml"),
+        "[[principal]]\nuid = 1\nname = \"one\"\nidtype = [\"module\"]\n",
+    );
+    write(
+        r,
+        &format!("{dir}/20-bad.toml"),
+        "[[principal]]\nuid = 2\nname = \"two\"\nidtype = [\"module\"]\n\n\
+         [[principal]]\nuid = 3\nname = \"three\"\nidtype = [\"modul\"]\n",
+    );
+    write(
+        r,
+        &format!("{dir}/30-good.toml"),
+        "[[principal]]\nuid = 4\nname = \"four\"\nidtype = [\"device\"]\n",
+    );
+    let (ok, out) = apply(r, &[]);
+    assert!(!ok, "{out}");
+    assert!(out.contains("20-bad.toml, line 9"), "{out}");
+    assert!(out.contains("name = \"three\""), "{out}");
+}

@@ -80,6 +80,24 @@ impl Layer {
         )
     }
 
+    /// The line of `key` in the `index`th `[[principal]]` (or of that
+    /// principal, if it has no such key).
+    fn line_of_principal(&self, index: usize, key: &str) -> Option<usize> {
+        let item = self.doc.as_table().get("principal")?;
+        let span = match item {
+            toml_edit::Item::ArrayOfTables(a) => {
+                let t = a.get(index)?;
+                t.get_key_value(key)
+                    .and_then(|(k, _)| k.span())
+                    .or_else(|| t.span())
+            }
+            toml_edit::Item::Value(toml_edit::Value::Array(a)) => a.get(index)?.span(),
+            _ => None,
+        }?;
+        let raw = self.doc.raw();
+        Some(raw[..span.start.min(raw.len())].matches('\n').count() + 1)
+    }
+
     /// Whether it was made from another file (the super-config).
     pub fn is_synthetic(&self) -> bool {
         self.synthetic
@@ -119,6 +137,29 @@ impl Layered {
             .find(|l| l.line_of(&path).is_some())
             .map(|l| l.at(&path))
             .unwrap_or_else(|| format!("the reference's {} config", self.daemon))
+    }
+
+    /// Where the `[[principal]]` `p` is (the last file that holds one equal
+    /// to it), with the line of its `key` (or of the principal).
+    pub fn at_principal(&self, p: &Table, key: &str) -> String {
+        for layer in self.layers.iter().rev() {
+            let Ok(table) = layer.table() else { continue };
+            let Some(index) = table
+                .get("principal")
+                .and_then(Value::as_array)
+                .and_then(|a| a.iter().position(|x| x.as_table() == Some(p)))
+            else {
+                continue;
+            };
+            return match layer
+                .line_of_principal(index, key)
+                .filter(|_| !layer.synthetic)
+            {
+                Some(line) => format!("{}, line {line}", layer.path.display()),
+                None => layer.path.display().to_string(),
+            };
+        }
+        self.at(&["principal", key])
     }
 
     /// Whether any file was found.

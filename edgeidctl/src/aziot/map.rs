@@ -98,7 +98,7 @@ impl Reader<'_> {
         p.get(key).and_then(&f).ok_or_else(|| {
             format!(
                 "{}: a [[principal]] ({}) {}",
-                self.0.at(&["principal", key]),
+                self.0.at_principal(p, key),
                 principal_shown(p),
                 if p.contains_key(key) {
                     format!("has a bad '{key}': it must be {what}")
@@ -438,7 +438,7 @@ fn principals(r: &Reader, out: &mut Table) -> Result<(), String> {
         if !names.insert(name.clone()) {
             return Err(format!(
                 "{}: two principals are named '{name}' (the reference refuses this too)",
-                r.0.at(&["principal", "name"])
+                r.0.at_principal(p, "name")
             ));
         }
         let idtypes = match p.get("idtype") {
@@ -480,7 +480,7 @@ fn principals(r: &Reader, out: &mut Table) -> Result<(), String> {
                     return Err(format!(
                         "{}: principal '{name}' has no idtype, and '{first}' already is the one \
                          principal without (the reference would ignore '{name}'); give it an idtype",
-                        r.0.at(&["principal", "name"])
+                        r.0.at_principal(p, "name")
                     ));
                 }
                 daemon = Some(name.clone());
