@@ -694,14 +694,13 @@ async fn a_preloaded_key_file_is_the_key_and_a_new_file_a_new_key() {
     );
     keyd.stop().await;
 
-    // A missing or oversized file, or a PEM key pair (the reference
-    // preloads those too; edgeid does not yet), stops keyd, naming the key
-    // and the file.
+    // A missing or oversized file, or a PEM that is no key pair, stops
+    // keyd, naming the key and the file.
     let pem = b"-----BEGIN PRIVATE KEY-----\nMIGHAgEA\n-----END PRIVATE KEY-----\n".to_vec();
     for (content, wanted) in [
         (None, "cannot read it"),
         (Some(vec![7u8; 4096]), "larger than"),
-        (Some(pem), "a PEM file (a key pair)"),
+        (Some(pem), "not a key pair keyd holds"),
     ] {
         let dir = edgeid_testkit::temp_dir();
         let file = dir.path().join("device-id");
@@ -721,4 +720,131 @@ async fn a_preloaded_key_file_is_the_key_and_a_new_file_a_new_key() {
         assert!(err.contains(&file.display().to_string()), "{err}");
         assert!(err.contains(wanted), "{err}");
     }
+}
+
+/// The reference's preloaded key pairs (an X.509 identity's `identity_pk =
+/// "file:///...pem"`): PKCS#8 and SEC1 PEM files made by openssl become
+/// keyd key pairs whose public key is openssl's and whose ECDSA signature
+/// openssl verifies; a restart keeps the same key (its handle still signs);
+/// a PKCS#1 RSA file is refused with how to convert it.
+#[tokio::test]
+async fn preloaded_pem_key_pairs_are_openssls_keys() {
+    let openssl = edgeid_testkit::require_tool("openssl", "openssl");
+    let dir = edgeid_testkit::temp_dir();
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(&openssl)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    };
+    let path = |name: &str| dir.path().join(name).display().to_string();
+    run(&[
+        "genpkey",
+        "-algorithm",
+        "EC",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-out",
+        &path("p256.pem"),
+    ]);
+    run(&[
+        "ecparam",
+        "-name",
+        "secp384r1",
+        "-genkey",
+        "-noout",
+        "-out",
+        &path("p384-sec1.pem"),
+    ]);
+    run(&[
+        "genpkey",
+        "-algorithm",
+        "RSA",
+        "-pkeyopt",
+        "rsa_keygen_bits:2048",
+        "-out",
+        &path("rsa.pem"),
+    ]);
+    assert!(std::fs::read_to_string(path("p384-sec1.pem"))
+        .unwrap()
+        .contains("BEGIN EC PRIVATE KEY"));
+    let mut config = KeydFixture::config_in(dir.path());
+    config.preloaded_keys = ["p256", "p384-sec1", "rsa"]
+        .iter()
+        .map(|id| edgeid_keyd::config::PreloadedKey {
+            id: (*id).into(),
+            file: dir.path().join(format!("{id}.pem")),
+        })
+        .collect();
+    let mut keyd = KeydFixture::configured(config.clone(), Admins::root_and_self()).await;
+    let mut handles = Vec::new();
+    for id in ["p256", "p384-sec1", "rsa"] {
+        let handle = keyd.client().key_pair(id).await.unwrap();
+        let ours = keyd.client().public_key(&handle).await.unwrap().pem;
+        let theirs = run(&["pkey", "-in", &path(&format!("{id}.pem")), "-pubout"]);
+        assert_eq!(
+            ours.replace("\r\n", "\n").trim(),
+            String::from_utf8_lossy(&theirs).trim(),
+            "{id}: openssl's public key"
+        );
+        handles.push((id, handle));
+    }
+    keyd.restart().await;
+    let (status, pair) = call(
+        &keyd,
+        Method::GET,
+        "/keypair/p256?api-version=2020-09-01",
+        Value::Null,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{pair}");
+    let digest = Sha256::digest(b"signed by a preloaded key");
+    let signed = post_ok(
+        &keyd,
+        "/sign",
+        V1,
+        json!({ "keyHandle": pair["keyHandle"], "algorithm": "ECDSA", "parameters": { "digest": b64(&digest) } }),
+    )
+    .await;
+    std::fs::write(dir.path().join("data"), b"signed by a preloaded key").unwrap();
+    std::fs::write(dir.path().join("sig"), unb64(&signed["signature"])).unwrap();
+    std::fs::write(
+        dir.path().join("pub.pem"),
+        run(&["pkey", "-in", &path("p256.pem"), "-pubout"]),
+    )
+    .unwrap();
+    run(&[
+        "dgst",
+        "-sha256",
+        "-verify",
+        &path("pub.pem"),
+        "-signature",
+        &path("sig"),
+        &path("data"),
+    ]);
+    for (id, handle) in &handles {
+        assert!(
+            keyd.client().public_key(handle).await.is_ok(),
+            "{id}: the handle from before the restart still names the key (not imported anew)"
+        );
+    }
+    keyd.stop().await;
+
+    run(&["genrsa", "-traditional", "-out", &path("pkcs1.pem"), "2048"]);
+    let mut config = KeydFixture::config_in(&dir.path().join("other"));
+    config.preloaded_keys = vec![edgeid_keyd::config::PreloadedKey {
+        id: "pkcs1".into(),
+        file: dir.path().join("pkcs1.pem"),
+    }];
+    let err = match edgeid_keyd::Keyd::open(&config, Admins::root_and_self()).await {
+        Ok(_) => panic!("a PKCS#1 key was taken"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains("openssl pkcs8 -topk8"), "{err}");
 }

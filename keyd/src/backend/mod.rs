@@ -205,6 +205,15 @@ pub trait KeyBackend: Send + Sync + 'static {
     /// key), so neither path deletes the other kind of key.
     async fn delete(&self, id: &KeyId, pair: bool) -> Result<(), Error>;
 
+    /// Imports a key pair (PKCS#8), or returns the key pair of this id if it
+    /// is the same key (a different key, or a symmetric key, is a conflict).
+    async fn import_key_pair(&self, id: &KeyId, pkcs8: &[u8]) -> Result<KeyRecord, Error> {
+        let _ = (id, pkcs8);
+        Err(Error::BadRequest(
+            "this key store does not import key pairs (the software store does): let keyd make the key here".into(),
+        ))
+    }
+
     /// Renames key pair `from` to `to`, replacing any key pair `to` names
     /// (the aziot API's move, how a renewal with a new key takes the old
     /// key's place).

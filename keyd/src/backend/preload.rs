@@ -3,18 +3,25 @@
 
 use std::io::Read;
 
+use aws_lc_rs::signature::{self, EcdsaKeyPair};
+use zeroize::Zeroizing;
+
 use super::KeyBackend;
 use crate::api::SymmetricKeyType;
 use crate::config::PreloadedKey;
 use crate::error::Error;
 use crate::key_id::KeyId;
 
-/// Largest preloaded key file read (the reference's SAS keys are 32 or 64 bytes).
-const MAX_PRELOADED_LEN: u64 = 1024;
+/// Largest symmetric key file read (the reference's SAS keys are 32 or 64 bytes).
+const MAX_SYMMETRIC_LEN: usize = 1024;
+/// Largest file read (a PEM RSA-4096 key is about 3.3 KB).
+const MAX_FILE_LEN: u64 = 16 * 1024;
 
-/// Imports a `[[preloaded_key]]` file as its hmac-sha256 key; a key of that
-/// id with other bytes is replaced (the file is the key). Errors name the
-/// file and the key id, never the bytes.
+/// Imports a `[[preloaded_key]]` file: raw bytes as the hmac-sha256 key, or
+/// a PEM private key (PKCS#8, or SEC1 for EC) as the key pair, in the store
+/// `store`. The file is the key: what the id held before (other bytes,
+/// another key) is replaced. Errors name the file and the key id, never the
+/// bytes.
 pub async fn import(
     store: &dyn KeyBackend,
     id: &KeyId,
@@ -23,34 +30,28 @@ pub async fn import(
     let file = preloaded.file.display();
     let setup =
         |why: String| Error::Setup(format!("preloaded key '{}' ({file}): {why}", preloaded.id));
-    let mut bytes = zeroize::Zeroizing::new(Vec::new());
+    let mut bytes = Zeroizing::new(Vec::new());
     std::fs::File::open(&preloaded.file)
-        .and_then(|f| f.take(MAX_PRELOADED_LEN + 1).read_to_end(&mut bytes))
+        .and_then(|f| f.take(MAX_FILE_LEN + 1).read_to_end(&mut bytes))
         .map_err(|e| setup(format!("cannot read it: {e}")))?;
-    if bytes.len() as u64 > MAX_PRELOADED_LEN {
+    let pair = if bytes.starts_with(b"-----BEGIN") {
+        Some(pkcs8_of_pem(&bytes).map_err(setup)?)
+    } else if bytes.len() > MAX_SYMMETRIC_LEN {
         return Err(setup(format!(
-            "larger than {MAX_PRELOADED_LEN} bytes: not a symmetric key"
+            "larger than {MAX_SYMMETRIC_LEN} bytes and not PEM: not a key"
         )));
-    }
-    // The reference also preloads key pairs (an X.509 identity's PEM key);
-    // edgeid does not yet, and must not take one for a symmetric key.
-    if bytes.starts_with(b"-----BEGIN") {
-        return Err(setup(
-            "a PEM file (a key pair): edgeid preloads symmetric keys only (raw bytes); let keyd make the key pair and certd the certificate".into(),
-        ));
-    }
-    let key_type = SymmetricKeyType::HmacSha256;
-    // The id holds other bytes (Conflict), or a key pair (the one edgeid's
-    // default local provisioning made before this device was configured
-    // as the reference's): the file is the key, so it replaces them.
-    match store.create_key(id, key_type, Some(&bytes)).await {
+    } else {
+        None
+    };
+    match import_once(store, id, pair.as_ref().map(|p| p.as_slice()), &bytes).await {
         Ok(_) => return Ok(()),
         Err(Error::Conflict(_)) => {}
         Err(e) => return Err(setup(e.to_string())),
     }
-    let pair = match store.delete(id, false).await {
+    // The id holds another key (the one edgeid's default local provisioning
+    // made before this device was configured as the reference's, say).
+    let was_pair = match store.delete(id, false).await {
         Ok(()) => false,
-        // Not a symmetric key: a key pair.
         Err(Error::NotFound(_)) => {
             store
                 .delete(id, true)
@@ -60,10 +61,51 @@ pub async fn import(
         }
         Err(e) => return Err(setup(e.to_string())),
     };
-    store
-        .create_key(id, key_type, Some(&bytes))
+    import_once(store, id, pair.as_ref().map(|p| p.as_slice()), &bytes)
         .await
         .map_err(|e| setup(e.to_string()))?;
-    tracing::warn!(key = %id, file = %file, replaced = if pair { "a key pair" } else { "other key bytes" }, "preloaded key replaced what the id held");
+    tracing::warn!(key = %id, file = %file, replaced = if was_pair { "a key pair" } else { "a symmetric key" }, "preloaded key replaced what the id held");
     Ok(())
+}
+
+/// One attempt: the key pair (PKCS#8) if there is one, else the bytes as an hmac key.
+async fn import_once(
+    store: &dyn KeyBackend,
+    id: &KeyId,
+    pair: Option<&[u8]>,
+    bytes: &[u8],
+) -> Result<crate::backend::KeyRecord, Error> {
+    match pair {
+        Some(pkcs8) => store.import_key_pair(id, pkcs8).await,
+        None => {
+            store
+                .create_key(id, SymmetricKeyType::HmacSha256, Some(bytes))
+                .await
+        }
+    }
+}
+
+/// The PKCS#8 of a PEM private key: PKCS#8 as it is, SEC1 (`EC PRIVATE KEY`)
+/// converted; others refused with what to do.
+fn pkcs8_of_pem(text: &[u8]) -> Result<Zeroizing<Vec<u8>>, String> {
+    let block = pem::parse(text).map_err(|e| format!("not a PEM key: {e}"))?;
+    let der = Zeroizing::new(block.contents().to_vec());
+    match block.tag() {
+        "PRIVATE KEY" => Ok(der),
+        "EC PRIVATE KEY" => [
+            &signature::ECDSA_P256_SHA256_ASN1_SIGNING,
+            &signature::ECDSA_P384_SHA384_ASN1_SIGNING,
+        ]
+        .into_iter()
+        .find_map(|alg| EcdsaKeyPair::from_private_key_der(alg, &der).ok())
+        .and_then(|k| k.to_pkcs8v1().ok())
+        .map(|d| Zeroizing::new(d.as_ref().to_vec()))
+        .ok_or_else(|| "an EC key keyd does not hold (P-256 and P-384 only)".to_owned()),
+        "RSA PRIVATE KEY" => Err(
+            "a PKCS#1 RSA key: convert it to PKCS#8 (openssl pkcs8 -topk8 -nocrypt -in KEY -out KEY.p8)"
+                .into(),
+        ),
+        "ENCRYPTED PRIVATE KEY" => Err("an encrypted key: keyd takes it unencrypted (0600, keyd's)".into()),
+        other => Err(format!("a PEM '{other}', not a private key")),
+    }
 }

@@ -312,20 +312,35 @@ impl KeyBackend for SoftwareBackend {
         Ok(self.load(id).await?.map(|k| k.record.clone()))
     }
 
+    async fn import_key_pair(&self, id: &KeyId, pkcs8: &[u8]) -> Result<KeyRecord, Error> {
+        let (spec, public) = pkcs8_pair(pkcs8).ok_or_else(|| {
+            Error::BadRequest(
+                "not a key pair keyd holds (PKCS#8 P-256, P-384, RSA 2048/3072/4096 or Ed25519)"
+                    .into(),
+            )
+        })?;
+        let _writing = self.writes.lock().await;
+        if let Some(existing) = self.load(id).await? {
+            return if public_of(&existing.material).as_deref() == Some(public.as_slice()) {
+                Ok(existing.record.clone())
+            } else {
+                Err(Error::Conflict(format!(
+                    "key '{id}' already exists as {} with other key material",
+                    existing.record.kind
+                )))
+            };
+        }
+        let loaded = self.store(id, KeyKind::Pair(spec), pkcs8)?;
+        tracing::info!(key = %id, %spec, "imported key pair");
+        Ok(loaded.record.clone())
+    }
+
     async fn public_key(&self, key: &KeyRef) -> Result<PublicKey, Error> {
         let loaded = self.resolve(key).await?;
         let KeyKind::Pair(spec) = loaded.record.kind else {
             return Err(wrong_kind(&key.id, loaded.record.kind, "a key pair"));
         };
-        let der = match &loaded.material {
-            Material::Ecdsa(k) => k.public_key().as_der().map(|d| d.as_ref().to_vec()),
-            Material::Rsa(k) => k.public_key().as_der().map(|d| d.as_ref().to_vec()),
-            Material::Ed25519(k) => k.public_key().as_der().map(|d| d.as_ref().to_vec()),
-            Material::Symmetric(_) => {
-                return Err(wrong_kind(&key.id, loaded.record.kind, "a key pair"))
-            }
-        };
-        let spki_der = der.map_err(|_| {
+        let spki_der = public_of(&loaded.material).ok_or_else(|| {
             Error::Internal(format!("cannot encode the public key of '{}'", key.id))
         })?;
         Ok(PublicKey { spec, spki_der })
@@ -482,6 +497,39 @@ fn generate_pkcs8(spec: KeyPairSpec) -> Result<Zeroizing<Vec<u8>>, Error> {
         }
     };
     bytes.map(Zeroizing::new).map_err(|_| failed())
+}
+
+/// The spec and public key of a PKCS#8 key pair keyd can hold.
+fn pkcs8_pair(pkcs8: &[u8]) -> Option<(KeyPairSpec, Vec<u8>)> {
+    let spec = if EcdsaKeyPair::from_pkcs8(&signature::ECDSA_P256_SHA256_ASN1_SIGNING, pkcs8)
+        .is_ok()
+    {
+        KeyPairSpec::EcP256
+    } else if EcdsaKeyPair::from_pkcs8(&signature::ECDSA_P384_SHA384_ASN1_SIGNING, pkcs8).is_ok() {
+        KeyPairSpec::EcP384
+    } else if Ed25519KeyPair::from_pkcs8(pkcs8).is_ok() {
+        KeyPairSpec::Ed25519
+    } else {
+        match RsaKeyPair::from_pkcs8(pkcs8).ok()?.public_modulus_len() {
+            256 => KeyPairSpec::Rsa2048,
+            384 => KeyPairSpec::Rsa3072,
+            512 => KeyPairSpec::Rsa4096,
+            _ => return None,
+        }
+    };
+    let public = public_of(&material_from(KeyKind::Pair(spec), pkcs8).ok()?)?;
+    Some((spec, public))
+}
+
+/// A key pair's public key (SubjectPublicKeyInfo); none for a symmetric key.
+fn public_of(material: &Material) -> Option<Vec<u8>> {
+    let der = match material {
+        Material::Ecdsa(k) => k.public_key().as_der(),
+        Material::Rsa(k) => k.public_key().as_der(),
+        Material::Ed25519(k) => k.public_key().as_der(),
+        Material::Symmetric(_) => return None,
+    };
+    der.ok().map(|d| d.as_ref().to_vec())
 }
 
 fn material_from(kind: KeyKind, secret: &[u8]) -> Result<Material, ()> {
