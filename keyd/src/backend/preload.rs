@@ -89,8 +89,10 @@ async fn import_once(
 /// converted; others refused with what to do.
 fn pkcs8_of_pem(text: &[u8]) -> Result<Zeroizing<Vec<u8>>, String> {
     let block = pem::parse(text).map_err(|e| format!("not a PEM key: {e}"))?;
-    let der = Zeroizing::new(block.contents().to_vec());
-    match block.tag() {
+    let tag = block.tag().to_owned();
+    // The key's bytes move into memory that is wiped on drop.
+    let der = Zeroizing::new(block.into_contents());
+    match tag.as_str() {
         "PRIVATE KEY" => Ok(der),
         "EC PRIVATE KEY" => [
             &signature::ECDSA_P256_SHA256_ASN1_SIGNING,
