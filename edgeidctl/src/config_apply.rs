@@ -17,6 +17,7 @@ use edgeid_workloadapi::config::CertificatePolicy;
 use serde::Deserialize;
 use toml::{Table, Value};
 
+use crate::aziot::files::value_at as at;
 use crate::daemons::DAEMONS;
 
 /// The user-edited file, typed so that every mistake is reported with the
@@ -152,16 +153,6 @@ fn strings(v: &[&str]) -> Value {
 
 fn uid(v: u32) -> Value {
     Value::Integer(i64::from(v))
-}
-
-/// `raw[path]`, if present.
-fn at<'a>(raw: &'a Table, path: &[&str]) -> Option<&'a Value> {
-    let (first, rest) = path.split_first()?;
-    let mut v = raw.get(*first)?;
-    for key in rest {
-        v = v.get(*key)?;
-    }
-    Some(v)
 }
 
 /// Copies `raw[from]` into `out[to]` when present.
@@ -499,16 +490,7 @@ pub fn apply(opts: &Apply) -> Result<(), String> {
             outln!("{daemon:<10} unchanged  {}", file.display());
             continue;
         }
-        edgeid_common::fs::ensure_dir(&dir, 0o700)
-            .map_err(|e| format!("cannot make {}: {e}", dir.display()))?;
-        edgeid_common::fs::write_atomic(&file, text.as_bytes(), 0o600)
-            .map_err(|e| format!("cannot write {}: {e}", file.display()))?;
-        if edgeid_common::current_uid() == 0 {
-            for path in [&dir, &file] {
-                std::os::unix::fs::chown(path, Some(uid), Some(gid))
-                    .map_err(|e| format!("cannot give {} to uid {uid}: {e}", path.display()))?;
-            }
-        }
+        write_private(&file, text.as_bytes(), (uid, gid))?;
         outln!("{daemon:<10} written    {}", file.display());
         if opts.only.as_deref() != Some(daemon) && !changed.contains(&daemon) {
             changed.push(daemon);
@@ -545,25 +527,35 @@ fn write_device_key(opts: &Apply, key: &[u8], (uid, gid): (u32, u32)) -> Result<
     if std::fs::read(&file).ok().as_deref() == Some(key) {
         return Ok(false);
     }
-    let dir = file.parent().unwrap_or(&opts.root);
     // /var/secrets/aziot open to be passed through (keyd's user must reach
     // its own directory below it), as aziotctl leaves it.
-    let parent = dir.parent().unwrap_or(&opts.root);
-    for (path, mode) in [(parent, 0o755), (dir, 0o700)] {
-        edgeid_common::fs::ensure_dir(path, mode)
-            .map_err(|e| format!("cannot make {}: {e}", path.display()))?;
+    if let Some(parent) = file.parent().and_then(Path::parent) {
+        edgeid_common::fs::ensure_dir(parent, 0o755)
+            .map_err(|e| format!("cannot make {}: {e}", parent.display()))?;
     }
-    edgeid_common::fs::write_atomic(&file, key, 0o600)
-        .map_err(|e| format!("cannot write {}: {e}", file.display()))?;
-    if edgeid_common::current_uid() == 0 {
-        for path in [dir, file.as_path()] {
-            std::os::unix::fs::chown(path, Some(uid), Some(gid))
-                .map_err(|e| format!("cannot give {} to uid {uid}: {e}", path.display()))?;
-        }
-    }
+    write_private(&file, key, (uid, gid))?;
     outln!(
         "keyd       written    {} (the device key of /etc/aziot/config.toml)",
         file.display()
     );
     Ok(true)
+}
+
+/// `bytes` into `file`, atomically, 0600 in a 0700 directory, both given to
+/// `uid`:`gid` when run as root: a daemon's config, keyd's device key.
+fn write_private(file: &Path, bytes: &[u8], (uid, gid): (u32, u32)) -> Result<(), String> {
+    let dir = file
+        .parent()
+        .ok_or_else(|| format!("{} has no directory", file.display()))?;
+    edgeid_common::fs::ensure_dir(dir, 0o700)
+        .map_err(|e| format!("cannot make {}: {e}", dir.display()))?;
+    edgeid_common::fs::write_atomic(file, bytes, 0o600)
+        .map_err(|e| format!("cannot write {}: {e}", file.display()))?;
+    if edgeid_common::current_uid() == 0 {
+        for path in [dir, file] {
+            std::os::unix::fs::chown(path, Some(uid), Some(gid))
+                .map_err(|e| format!("cannot give {} to uid {uid}: {e}", path.display()))?;
+        }
+    }
+    Ok(())
 }

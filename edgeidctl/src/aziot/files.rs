@@ -162,10 +162,26 @@ impl Layered {
         self.at(&["principal", key])
     }
 
+    /// Its files, in the order merged, for messages.
+    pub fn files(&self) -> String {
+        let names: Vec<String> = self
+            .layers
+            .iter()
+            .map(|l| l.path.display().to_string())
+            .collect();
+        names.join(", ")
+    }
+
     /// Whether any file was found.
     pub fn is_empty(&self) -> bool {
         self.layers.is_empty()
     }
+}
+
+/// `t[path]`, if present.
+pub fn value_at<'a>(t: &'a Table, path: &[&str]) -> Option<&'a Value> {
+    let (first, rest) = path.split_first()?;
+    rest.iter().try_fold(t.get(*first)?, |v, k| v.get(*k))
 }
 
 /// The reference's merge: tables key by key (recursively), arrays

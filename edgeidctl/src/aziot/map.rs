@@ -6,13 +6,7 @@
 
 use toml::{Table, Value};
 
-use super::files::Layered;
-
-/// `t[path]`, if present.
-fn get<'a>(t: &'a Table, path: &[&str]) -> Option<&'a Value> {
-    let (first, rest) = path.split_first()?;
-    rest.iter().try_fold(t.get(*first)?, |v, k| v.get(*k))
-}
+use super::files::{value_at as get, Layered};
 
 /// Reading typed values, with the place of a bad one in the error.
 struct Reader<'a>(&'a Layered);
@@ -35,7 +29,7 @@ impl Reader<'_> {
             format!(
                 "the reference's {} config ({}): key '{}' is missing",
                 self.0.daemon,
-                self.files(),
+                self.0.files(),
                 path.join(".")
             )
         })
@@ -67,16 +61,6 @@ impl Reader<'_> {
                 .ok_or_else(|| self.bad(path, "must be an array of strings")),
             Some(_) => Err(self.bad(path, "must be an array of strings")),
         }
-    }
-
-    fn files(&self) -> String {
-        let names: Vec<String> = self
-            .0
-            .layers
-            .iter()
-            .map(|l| l.path.display().to_string())
-            .collect();
-        names.join(", ")
     }
 
     /// The `[[principal]]` entries, each with its index.

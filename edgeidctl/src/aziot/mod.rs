@@ -57,30 +57,20 @@ pub fn overlay(
         if !wanted(name) {
             continue;
         }
-        let part = match &parts {
-            Some(p) => p.layer(name)?,
-            None => None,
-        };
+        // A daemon's part of the super-config, standing for its 00-super.toml.
+        let part_of = |d: &str| parts.as_ref().map(|p| p.layer(d)).transpose();
         if name == "keyd" {
             // keyd holds the TPM: tpmd's settings are checked with it.
-            let tpm_part = match &parts {
-                Some(p) => p.layer("tpmd")?,
-                None => None,
-            };
-            map::tpmd(&read(root, "tpmd", &schema::TPMD, tpm_part)?)?;
+            let tpmd = read(root, "tpmd", &schema::TPMD, part_of("tpmd")?.flatten())?;
+            map::tpmd(&tpmd)?;
         }
-        let layered = read(root, name, rule, part)?;
+        let layered = read(root, name, rule, part_of(name)?.flatten())?;
         if layered.is_empty() {
             continue;
         }
-        let files: Vec<String> = layered
-            .layers
-            .iter()
-            .map(|l| l.path.display().to_string())
-            .collect();
         out.notes.push(format!(
             "{name:<10} reads the reference's {}",
-            files.join(", ")
+            layered.files()
         ));
         match name {
             "keyd" => {

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use toml::{Table, Value};
 use zeroize::Zeroizing;
 
-use super::files::Layer;
+use super::files::{value_at, Layer};
 use super::schema;
 
 /// The key id aziotctl gives the device's key.
@@ -53,12 +53,7 @@ pub fn read(root: &Path) -> Result<Option<Parts>, String> {
         let keys: Vec<String> = keys.iter().map(|k| (*k).to_owned()).collect();
         format!("{}: key '{}' {what}", layer.at(&keys), keys.join("."))
     };
-    let get = |keys: &[&str]| -> Option<Value> {
-        let (first, rest) = keys.split_first()?;
-        rest.iter()
-            .try_fold(c.get(*first)?, |v, k| v.get(*k))
-            .cloned()
-    };
+    let get = |keys: &[&str]| value_at(&c, keys).cloned();
     let string = |keys: &[&str]| -> Result<Option<String>, String> {
         match get(keys) {
             None => Ok(None),
