@@ -137,6 +137,15 @@ fn the_deb_installs_removes_and_purges_in_a_throwaway_root() {
         depends.contains("libtss2-esys") && depends.contains("systemd"),
         "{depends}"
     );
+    // The binary is linked with packed relative relocations, which need
+    // glibc 2.36's loader: the package must say so, or an older system would
+    // install a binary its loader refuses.
+    require_tool("readelf", "binutils");
+    let versions = run(Command::new("readelf")
+        .arg("-V")
+        .arg(bin_dir().join("edgeidctl")));
+    assert!(versions.contains("GLIBC_ABI_DT_RELR"), "{versions}");
+    assert!(depends.contains("libc6 (>= 2.36)"), "{depends}");
     let conffiles = run(Command::new("dpkg-deb")
         .arg("--info")
         .arg(&deb)
