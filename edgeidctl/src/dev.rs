@@ -63,6 +63,7 @@ impl BackendArgs {
                         .software
                         .master_key_file
                         .with_file_name("keyd-tpm-auth.key"),
+                    event_logs: Default::default(),
                 });
                 "tpm"
             }

@@ -236,6 +236,52 @@ impl KeydClient {
             .handle)
     }
 
+    /// The attestation key's public parts (keyd makes it on first use).
+    pub async fn tpm_ak(&self) -> Result<TpmAttestationKey, ClientError> {
+        self.http.get("/v1/tpm/ak").await
+    }
+
+    /// The secret of a credential made for the EK and the AK's name.
+    pub async fn tpm_ak_activate(
+        &self,
+        credential: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, ClientError> {
+        let req = TpmAkActivateRequest {
+            credential: Base64Bytes(credential.to_vec()),
+        };
+        let answer: TpmAkActivateResponse = self.http.post("/v1/tpm/ak/activate", &req).await?;
+        Ok(answer.secret.0)
+    }
+
+    /// A quote of `pcrs` (bank name, indexes) over `nonce`, with the IMA
+    /// log from `ima_offset`.
+    pub async fn tpm_quote(
+        &self,
+        nonce: &[u8],
+        pcrs: &[(String, Vec<u32>)],
+        ima_offset: u64,
+    ) -> Result<TpmQuoteResponse, ClientError> {
+        let req = TpmQuoteRequest {
+            nonce: Base64Bytes(nonce.to_vec()),
+            pcrs: pcrs.iter().cloned().collect(),
+            ima_offset,
+        };
+        self.http.post("/v1/tpm/quote", &req).await
+    }
+
+    /// The AK's certification of a TPM key, over `nonce` if given.
+    pub async fn tpm_certify(
+        &self,
+        handle: &KeyHandle,
+        nonce: Option<&[u8]>,
+    ) -> Result<TpmCertifyResponse, ClientError> {
+        let req = TpmCertifyRequest {
+            handle: handle.clone(),
+            nonce: nonce.map(|n| Base64Bytes(n.to_vec())),
+        };
+        self.http.post("/v1/tpm/certify", &req).await
+    }
+
     /// keyd's version and backend states.
     pub async fn health(&self) -> Result<Health, ClientError> {
         self.http.get("/v1/health").await

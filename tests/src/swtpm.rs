@@ -89,6 +89,7 @@ impl Swtpm {
             loaded_keys: 2,
             // keyd's secret, kept beside this TPM's state for the test.
             auth_key_file: self.dir.path().join("keyd-tpm-auth.key"),
+            event_logs: Default::default(),
         }
     }
 

@@ -1,6 +1,7 @@
 //! The keyd API on the wire (ARCHITECTURE.md section 4). JSON bodies; binary
 //! fields are standard base64.
 
+use std::collections::BTreeMap;
 use std::fmt;
 
 use edgeid_common::encoding::{Base64Bytes, SecretBytes};
@@ -234,6 +235,132 @@ pub struct TpmActivateRequest {
     /// What the provisioning service sent (DPS: `authenticationKey`): a
     /// credential for this TPM's EK and an HMAC key wrapped to its storage key.
     pub blob: Base64Bytes,
+}
+
+/// `GET /v1/tpm/ak`: the attestation key, a restricted ECDSA P-256 signing
+/// key in the TPM that signs only what the TPM itself produced.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TpmAttestationKey {
+    /// TPM2B_PUBLIC, marshalled (what `tpm2_checkquote -u` and `tpm2_print` read).
+    pub public: Base64Bytes,
+    /// SubjectPublicKeyInfo, PEM.
+    pub pem: String,
+    /// Its TPM name (nameAlg ‖ digest), what `tpm2_makecredential -n` takes.
+    pub name: Base64Bytes,
+}
+
+/// `POST /v1/tpm/ak/activate`: proves the AK is in the TPM whose EK a
+/// verifier knows.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TpmAkActivateRequest {
+    /// `tpm2_makecredential`'s output file (or its TPM2B_ID_OBJECT ‖
+    /// TPM2B_ENCRYPTED_SECRET), made for the EK and the AK's name.
+    pub credential: Base64Bytes,
+}
+
+/// The credential's secret, which only the TPM holding both keys recovers.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TpmAkActivateResponse {
+    /// The secret the verifier chose.
+    pub secret: SecretBytes,
+}
+
+/// `POST /v1/tpm/quote`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TpmQuoteRequest {
+    /// The verifier's nonce, 8-64 bytes: the quote's qualifying data.
+    pub nonce: Base64Bytes,
+    /// PCRs to quote per bank: `{"sha256": [0, 1, 2, 3, 7]}`.
+    pub pcrs: BTreeMap<String, Vec<u32>>,
+    /// Where in IMA's measurement list to start (a byte offset: what the
+    /// last answer's `offset` plus its data's length was).
+    #[serde(default)]
+    pub ima_offset: u64,
+}
+
+/// A quote: what the AK signed, the PCR values it covers, the event logs
+/// that explain them.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TpmQuoteResponse {
+    /// TPMS_ATTEST, marshalled (`tpm2_checkquote -m`).
+    pub attest: Base64Bytes,
+    /// TPMT_SIGNATURE, marshalled (`tpm2_checkquote -s`).
+    pub signature: Base64Bytes,
+    /// The same ECDSA signature, DER-encoded, over SHA-256(`attest`).
+    pub signature_der: Base64Bytes,
+    /// The quoted PCR values, per bank and index.
+    pub pcrs: BTreeMap<String, BTreeMap<u32, Base64Bytes>>,
+    /// The TPM's clock when it signed (also inside `attest`).
+    pub clock: TpmClock,
+    /// The kernel's event logs.
+    pub event_logs: TpmEventLogs,
+}
+
+/// TPMS_CLOCK_INFO and the firmware version, from a quote.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TpmClock {
+    /// Milliseconds the TPM has run since its clock was set.
+    pub clock: u64,
+    /// Reboots of the TPM.
+    pub reset_count: u32,
+    /// Resumes since the last reboot.
+    pub restart_count: u32,
+    /// The clock has never gone back.
+    pub safe: bool,
+    /// The TPM's firmware version.
+    pub firmware_version: u64,
+}
+
+/// The event logs a quote carries.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TpmEventLogs {
+    /// The firmware's TCG event log (PCRs 0-7).
+    pub firmware: TpmEventLog,
+    /// IMA's binary measurement list (PCR 10), from `ima_offset`.
+    pub ima: TpmEventLog,
+}
+
+/// One event log, or why it is missing.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TpmEventLog {
+    /// Where `data` starts in the log.
+    pub offset: u64,
+    /// The log's bytes from `offset`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<Base64Bytes>,
+    /// Nothing follows `data` (else ask again from `offset` + its length).
+    pub complete: bool,
+    /// Why there is no data (no such log on this device, or not readable).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// `POST /v1/tpm/certify`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TpmCertifyRequest {
+    /// A key in the TPM store.
+    pub handle: KeyHandle,
+    /// The verifier's nonce (8-64 bytes), if it wants one in the attestation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nonce: Option<Base64Bytes>,
+}
+
+/// TPM2_Certify of a key by the AK.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TpmCertifyResponse {
+    /// TPMS_ATTEST (TPM_ST_ATTEST_CERTIFY), marshalled.
+    pub attest: Base64Bytes,
+    /// TPMT_SIGNATURE by the AK.
+    pub signature: Base64Bytes,
+    /// The same ECDSA signature, DER-encoded, over SHA-256(`attest`).
+    pub signature_der: Base64Bytes,
+    /// The certified key's TPM2B_PUBLIC: hashed, it is the name in `attest`.
+    pub public: Base64Bytes,
+    /// The certified key's name.
+    pub name: Base64Bytes,
 }
 
 /// One key in `GET /v1/keys`.

@@ -25,6 +25,10 @@ enum Route {
     Decrypt,
     TpmAttestationKeys,
     TpmActivate,
+    TpmAk,
+    TpmAkActivate,
+    TpmQuote,
+    TpmCertify,
     List,
 }
 
@@ -50,6 +54,10 @@ static ROUTES: LazyLock<Routes<Route>> = LazyLock::new(|| {
             Route::TpmAttestationKeys,
         ),
         (Method::POST, "/v1/tpm/activate", Route::TpmActivate),
+        (Method::GET, "/v1/tpm/ak", Route::TpmAk),
+        (Method::POST, "/v1/tpm/ak/activate", Route::TpmAkActivate),
+        (Method::POST, "/v1/tpm/quote", Route::TpmQuote),
+        (Method::POST, "/v1/tpm/certify", Route::TpmCertify),
     ])
 });
 
@@ -93,6 +101,10 @@ impl Keyd {
             Route::Encrypt => with_body!(encrypt),
             Route::Decrypt => with_body!(decrypt),
             Route::TpmActivate => with_body!(tpm_activate),
+            Route::TpmAkActivate => with_body!(tpm_ak_activate),
+            Route::TpmQuote => with_body!(tpm_quote),
+            Route::TpmCertify => with_body!(tpm_certify),
+            Route::TpmAk => ApiResponse::from_result(ok, self.tpm_ak(caller).await),
             Route::GetKeyPair => {
                 ApiResponse::from_result(ok, self.find(caller, id, true, Holder::Grants).await)
             }

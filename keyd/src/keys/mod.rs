@@ -19,8 +19,9 @@ pub use crate::handle::Holder;
 use crate::handle::{HandleAuthority, KeyRef, MAX_INFO_LEN};
 use crate::key_id::KeyId;
 
-/// The id a caller must be granted to read the TPM's attestation keys.
-pub const ATTESTATION_KEYS_ID: &str = "tpm/attestation-keys";
+mod tpm;
+
+pub use tpm::{ATTESTATION_KEYS_ID, QUOTE_ID};
 
 /// keyd's domain: every API operation, authorized.
 pub struct Keyd {
@@ -449,53 +450,6 @@ impl Keyd {
         };
         Ok(CryptResponse {
             data: Base64Bytes(data),
-        })
-    }
-
-    /// `GET /v1/tpm/attestation-keys`: the EK (and its certificate) and the
-    /// storage key. Granted like a key, as the id `tpm/attestation-keys`.
-    pub async fn tpm_attestation_keys(&self, caller: &Caller) -> Result<TpmAttestationKeys, Error> {
-        self.authorize(caller, ATTESTATION_KEYS_ID)?;
-        let keys = self.tpm()?.attestation_keys().await?;
-        let pem = |der: Vec<u8>| pem::encode(&pem::Pem::new("PUBLIC KEY", der));
-        Ok(TpmAttestationKeys {
-            endorsement_key: TpmPublicKey {
-                public: Base64Bytes(keys.endorsement_public),
-                pem: pem(keys.endorsement_spki),
-            },
-            endorsement_certificate: keys.endorsement_certificate.map(Base64Bytes),
-            storage_key: TpmPublicKey {
-                public: Base64Bytes(keys.storage_public),
-                pem: pem(keys.storage_spki),
-            },
-        })
-    }
-
-    /// `POST /v1/tpm/activate`: completes TPM attestation with a provisioning
-    /// service: activates the credential it sent and imports the HMAC key it
-    /// wraps, as `id` (which must be kept in the TPM store).
-    pub async fn tpm_activate(
-        &self,
-        caller: &Caller,
-        req: TpmActivateRequest,
-    ) -> Result<HandleResponse, Error> {
-        let id = self.authorize(caller, &req.id)?;
-        let tpm = self.tpm()?;
-        let kind = self.stores.kind_for(&id);
-        if kind != BackendKind::Tpm {
-            return Err(Error::BadRequest(format!(
-                "key '{id}' is kept in the {kind} store; a key imported into the TPM needs an id the TPM store serves ([[backend.override]])"
-            )));
-        }
-        let record = tpm.activate_and_import(&id, &req.blob.0).await?;
-        Ok(self.handle_for(id, record.generation, Holder::Grants))
-    }
-
-    fn tpm(&self) -> Result<&Arc<TpmBackend>, Error> {
-        self.stores.tpm.as_ref().ok_or_else(|| {
-            Error::NotFound(
-                "keyd has no TPM configured ([tpm] and a backend setting naming it)".into(),
-            )
         })
     }
 

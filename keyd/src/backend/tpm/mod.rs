@@ -20,27 +20,22 @@ use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use serde::{Deserialize, Serialize};
-use tss_esapi::abstraction::ek::{create_ek_object, retrieve_ek_pubcert};
-use tss_esapi::abstraction::{AsymmetricAlgorithmSelection, DefaultKey};
 use tss_esapi::attributes::ObjectAttributesBuilder;
 use tss_esapi::constants::response_code::Tss2ResponseCodeKind;
 use tss_esapi::constants::tss::{TPM2_RH_NULL, TPM2_ST_HASHCHECK, TPM2_TRANSIENT_FIRST};
-use tss_esapi::constants::{CapabilityType, SessionType};
-use tss_esapi::handles::{
-    AuthHandle, KeyHandle, ObjectHandle, PersistentTpmHandle, SessionHandle, TpmHandle,
-};
-use tss_esapi::interface_types::algorithm::AsymmetricAlgorithm;
+use tss_esapi::constants::CapabilityType;
+use tss_esapi::handles::{KeyHandle, ObjectHandle, PersistentTpmHandle, TpmHandle};
 use tss_esapi::interface_types::algorithm::{HashingAlgorithm, PublicAlgorithm};
 use tss_esapi::interface_types::dynamic_handles::Persistent;
 use tss_esapi::interface_types::ecc::EccCurve;
 use tss_esapi::interface_types::key_bits::RsaKeyBits;
 use tss_esapi::interface_types::resource_handles::{Hierarchy, Provision};
-use tss_esapi::interface_types::session_handles::{AuthSession, PolicySession};
+use tss_esapi::interface_types::session_handles::AuthSession;
 use tss_esapi::structures::{
-    Auth, CapabilityData, Data, Digest, EccScheme, EncryptedSecret, HashScheme, HashcheckTicket,
-    IdObject, KeyedHashScheme, MaxBuffer, Private, Public, PublicBuilder, PublicKeyRsa,
-    PublicKeyedHashParameters, PublicRsaParametersBuilder, RsaExponent, RsaScheme, SensitiveData,
-    Signature, SignatureScheme, SymmetricDefinition, SymmetricDefinitionObject,
+    Auth, CapabilityData, Digest, EccScheme, HashScheme, HashcheckTicket, KeyedHashScheme,
+    MaxBuffer, Private, Public, PublicBuilder, PublicKeyRsa, PublicKeyedHashParameters,
+    PublicRsaParametersBuilder, RsaExponent, RsaScheme, SensitiveData, Signature, SignatureScheme,
+    SymmetricDefinitionObject,
 };
 use tss_esapi::tcti_ldr::TctiNameConf;
 use tss_esapi::traits::{Marshall, UnMarshall};
@@ -57,6 +52,18 @@ use crate::api::{KeyPairSpec, SignAlgorithm, SymmetricKeyType};
 use crate::error::Error;
 use crate::handle::KeyRef;
 use crate::key_id::KeyId;
+
+mod attest;
+mod event_logs;
+mod pcrs;
+mod provisioning;
+
+pub use attest::{
+    AkSignature, AttestationKey, Certification, ClockInfo, PcrValues, Quote, NONCE_LEN,
+};
+pub use event_logs::{EventLog, EventLogs};
+pub use pcrs::{PcrBank, PcrSelection};
+pub use provisioning::AttestationKeys;
 
 /// `[tpm]` in keyd's config.
 #[derive(Debug, Clone, Deserialize)]
@@ -79,6 +86,9 @@ pub struct TpmConfig {
     /// TPM, a key still neither loads into use nor signs without it.
     #[serde(default = "default_auth_key_file")]
     pub auth_key_file: PathBuf,
+    /// Where the kernel shows the event logs a quote carries.
+    #[serde(default)]
+    pub event_logs: EventLogs,
 }
 
 /// Where the TPM keys' auth secret lives unless configured otherwise.
@@ -127,6 +137,14 @@ struct BlobFile {
     auth: u32,
 }
 
+/// What the TPM made for a key, before its blob file is written.
+struct Made {
+    generation: String,
+    public: Public,
+    private: Private,
+    auth: Auth,
+}
+
 /// A key known from its blob file.
 struct StoredKey {
     record: KeyRecord,
@@ -151,6 +169,10 @@ pub struct TpmBackend {
     writes: tokio::sync::Mutex<()>,
     /// What every key's authValue is derived from.
     auth_secret: hmac::Key,
+    /// The attestation key, once read or made.
+    ak: RwLock<Option<Arc<StoredKey>>>,
+    /// The event logs' paths.
+    event_logs: EventLogs,
 }
 
 impl TpmBackend {
@@ -203,6 +225,8 @@ impl TpmBackend {
             keys: RwLock::new(HashMap::new()),
             writes: tokio::sync::Mutex::new(()),
             auth_secret,
+            ak: RwLock::new(None),
+            event_logs: config.event_logs.clone(),
         })
     }
 
@@ -253,7 +277,18 @@ impl TpmBackend {
         if let Some(k) = self.keys.read().unwrap_or_else(|p| p.into_inner()).get(id) {
             return Ok(Some(k.clone()));
         }
-        let path = self.path_of(id);
+        let Some(key) = self.read_blob(id, &self.path_of(id)).await? else {
+            return Ok(None);
+        };
+        self.keys
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.clone(), key.clone());
+        Ok(Some(key))
+    }
+
+    /// Key `id` from the blob file at `path`, if there is one.
+    async fn read_blob(&self, id: &KeyId, path: &Path) -> Result<Option<Arc<StoredKey>>, Error> {
         let bytes = match tokio::fs::read(&path).await {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -299,13 +334,9 @@ impl TpmBackend {
                 private,
                 auth,
             }),
-            AUTH_NONE => self.migrate(record, public, private, auth).await?,
+            AUTH_NONE => self.migrate(record, public, private, auth, path).await?,
             other => return Err(damaged(format!("has an unknown auth scheme {other}"))),
         };
-        self.keys
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(id.clone(), key.clone());
         Ok(Some(key))
     }
 
@@ -329,13 +360,14 @@ impl TpmBackend {
         public: Public,
         private: Private,
         auth: Auth,
+        path: &Path,
     ) -> Result<Arc<StoredKey>, Error> {
         let id = record.id.clone();
         let (p, a) = (public.clone(), auth.clone());
         let private = self
             .run(move |tpm| tpm.change_auth(&p, &private, &a, &id))
             .await?;
-        self.write_blob(&record, &public, &private)?;
+        self.write_blob(&record, &public, &private, path)?;
         tracing::info!(key = %record.id, "gave a TPM key made without an authValue its own");
         Ok(Arc::new(StoredKey {
             record,
@@ -353,6 +385,21 @@ impl TpmBackend {
         template: Public,
         import: Option<&[u8]>,
     ) -> Result<KeyRecord, Error> {
+        let made = self.make(id, kind, template, import).await?;
+        let record = self.save(id, kind, made)?;
+        tracing::info!(key = %id, kind = %kind, "created key in the TPM");
+        Ok(record)
+    }
+
+    /// Has the TPM make key `id` of a new generation (with its derived
+    /// authValue) under the storage key; nothing is written yet.
+    async fn make(
+        &self,
+        id: &KeyId,
+        kind: KeyKind,
+        template: Public,
+        import: Option<&[u8]>,
+    ) -> Result<Made, Error> {
         let sensitive = match import {
             Some(bytes) => Some(SensitiveData::try_from(bytes.to_vec()).map_err(|_| {
                 Error::BadRequest("the TPM cannot import a key of that size".into())
@@ -383,38 +430,45 @@ impl TpmBackend {
                 Ok((created.out_public, created.out_private))
             })
             .await?;
-        let record = self.save(id, kind, generation, public, private, auth)?;
-        tracing::info!(key = %id, kind = %kind, "created key in the TPM");
-        Ok(record)
-    }
-
-    /// Writes a key's blobs atomically under `generation` and caches them.
-    fn save(
-        &self,
-        id: &KeyId,
-        kind: KeyKind,
-        generation: String,
-        public: Public,
-        private: Private,
-        auth: Auth,
-    ) -> Result<KeyRecord, Error> {
-        let record = KeyRecord {
-            id: id.clone(),
-            kind,
+        Ok(Made {
             generation,
-        };
-        self.write_blob(&record, &public, &private)?;
-        let stored = Arc::new(StoredKey {
-            record: record.clone(),
             public,
             private,
             auth,
-        });
+        })
+    }
+
+    /// Writes a key's blobs atomically under `generation` and caches them.
+    fn save(&self, id: &KeyId, kind: KeyKind, made: Made) -> Result<KeyRecord, Error> {
+        let stored = Arc::new(self.write_made(id, kind, made, &self.path_of(id))?);
+        let record = stored.record.clone();
         self.keys
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .insert(id.clone(), stored);
         Ok(record)
+    }
+
+    /// Writes what the TPM made as key `id`'s blob file at `path`.
+    fn write_made(
+        &self,
+        id: &KeyId,
+        kind: KeyKind,
+        made: Made,
+        path: &Path,
+    ) -> Result<StoredKey, Error> {
+        let record = KeyRecord {
+            id: id.clone(),
+            kind,
+            generation: made.generation,
+        };
+        self.write_blob(&record, &made.public, &made.private, path)?;
+        Ok(StoredKey {
+            record,
+            public: made.public,
+            private: made.private,
+            auth: made.auth,
+        })
     }
 
     /// The blob file of a key whose authValue is derived, written atomically.
@@ -423,6 +477,7 @@ impl TpmBackend {
         record: &KeyRecord,
         public: &Public,
         private: &Private,
+        path: &Path,
     ) -> Result<(), Error> {
         let id = &record.id;
         let public_bytes = public
@@ -438,9 +493,8 @@ impl TpmBackend {
             auth: AUTH_DERIVED,
         };
         let json = serde_json::to_vec_pretty(&file).map_err(|e| Error::Internal(e.to_string()))?;
-        let path = self.path_of(id);
-        edgeid_common::fs::write_atomic(&path, &json, 0o600)
-            .map_err(|e| Error::writing(id.as_str(), &path, &e))
+        edgeid_common::fs::write_atomic(path, &json, 0o600)
+            .map_err(|e| Error::writing(id.as_str(), path, &e))
     }
 }
 
@@ -1035,6 +1089,16 @@ pub fn hmac_template(generated: bool) -> Result<Public, Error> {
         .map_err(bad)
 }
 
+/// TPM2B_PUBLIC: the TPMT_PUBLIC that tss-esapi marshals, after its size.
+fn tpm2b_public(public: &Public) -> Result<Vec<u8>, Error> {
+    let body = public
+        .marshall()
+        .map_err(|e| Error::Internal(format!("cannot marshal a TPM public: {e}")))?;
+    let size =
+        u16::try_from(body.len()).map_err(|_| Error::Internal("TPM public too large".into()))?;
+    Ok([size.to_be_bytes().as_slice(), &body].concat())
+}
+
 /// SubjectPublicKeyInfo (DER) for a TPM public area.
 fn spki_of(public: &Public) -> Result<Vec<u8>, Error> {
     match public {
@@ -1071,77 +1135,6 @@ fn spki_of(public: &Public) -> Result<Vec<u8>, Error> {
     }
 }
 
-/// The TPM's endorsement key and storage key, as a provisioning service asks
-/// for them (TPM attestation), and the EK certificate if the maker stored one.
-#[derive(Debug, Clone)]
-pub struct AttestationKeys {
-    /// The RSA-2048 EK (TCG default template), as TPM2B_PUBLIC.
-    pub endorsement_public: Vec<u8>,
-    /// The same key as SubjectPublicKeyInfo DER.
-    pub endorsement_spki: Vec<u8>,
-    /// The EK certificate (DER) from its NV index, if present.
-    pub endorsement_certificate: Option<Vec<u8>>,
-    /// keyd's storage key, as TPM2B_PUBLIC.
-    pub storage_public: Vec<u8>,
-    /// The same key as SubjectPublicKeyInfo DER.
-    pub storage_spki: Vec<u8>,
-}
-
-impl TpmBackend {
-    /// The endorsement and storage keys' public parts.
-    pub async fn attestation_keys(&self) -> Result<AttestationKeys, Error> {
-        let (ek, certificate, srk) = self.run(|tpm| tpm.attestation_keys()).await?;
-        // TPM2B_PUBLIC: the TPMT_PUBLIC that tss-esapi marshals, after its size.
-        let marshal = |p: &Public| -> Result<Vec<u8>, Error> {
-            let body = p
-                .marshall()
-                .map_err(|e| Error::Internal(format!("cannot marshal a TPM public: {e}")))?;
-            let size = u16::try_from(body.len())
-                .map_err(|_| Error::Internal("TPM public too large".into()))?;
-            Ok([size.to_be_bytes().as_slice(), &body].concat())
-        };
-        Ok(AttestationKeys {
-            endorsement_public: marshal(&ek)?,
-            endorsement_spki: spki_of(&ek)?,
-            endorsement_certificate: certificate,
-            storage_public: marshal(&srk)?,
-            storage_spki: spki_of(&srk)?,
-        })
-    }
-}
-
-impl Tpm {
-    fn attestation_keys(&mut self) -> Result<(Public, Option<Vec<u8>>, Public), Failure> {
-        // The EK helpers start sessions of their own (StartAuthSession refuses
-        // our password session) and leave none set: clear ours, restore it after.
-        self.ctx.clear_sessions();
-        let ek = create_ek_object(&mut self.ctx, AsymmetricAlgorithm::Rsa, None::<DefaultKey>);
-        self.ctx
-            .set_sessions((Some(AuthSession::Password), None, None));
-        let ek =
-            ek.map_err(|e| self.classify(e, "the TPM refused to create its endorsement key"))?;
-        let ek_public = self.ctx.execute_without_session(|c| c.read_public(ek));
-        let _ = self.ctx.flush_context(ek.into());
-        let (ek_public, _, _) = ek_public
-            .map_err(|e| self.classify(e, "the TPM refused to read its endorsement key"))?;
-        // No certificate is normal on a TPM whose maker stored none (swtpm).
-        self.ctx.clear_sessions();
-        let certificate = retrieve_ek_pubcert(
-            &mut self.ctx,
-            AsymmetricAlgorithmSelection::Rsa(RsaKeyBits::Rsa2048),
-        )
-        .ok();
-        self.ctx
-            .set_sessions((Some(AuthSession::Password), None, None));
-        let primary = self.primary;
-        let (srk_public, _, _) = self
-            .ctx
-            .execute_without_session(|c| c.read_public(primary))
-            .map_err(|e| self.classify(e, "the TPM refused to read its storage key"))?;
-        Ok((ek_public, certificate, srk_public))
-    }
-}
-
 /// "No ticket": an unrestricted key signs any digest.
 fn null_ticket() -> Result<HashcheckTicket, Failure> {
     HashcheckTicket::try_from(TPMT_TK_HASHCHECK {
@@ -1162,198 +1155,4 @@ fn left_pad(bytes: &[u8], size: usize) -> Result<Vec<u8>, Error> {
     let mut out = vec![0u8; size - bytes.len()];
     out.extend_from_slice(bytes);
     Ok(out)
-}
-
-/// What a provisioning service sends to finish TPM attestation (Azure DPS's
-/// `authenticationKey`): a credential made with `TPM2_MakeCredential` for this
-/// TPM's EK and bound to its storage key, whose secret is the inner wrapping
-/// key of an HMAC key duplicated to the storage key. Only this TPM can take the
-/// credential and so unwrap the key: its bytes never exist outside the TPM.
-struct ActivationBlob {
-    credential: IdObject,
-    secret: EncryptedSecret,
-    duplicate: Private,
-    seed: EncryptedSecret,
-    public: Public,
-}
-
-/// The layout of the blob: five TPM2B structures, one after another,
-/// `TPM2B_ID_OBJECT ‖ TPM2B_ENCRYPTED_SECRET ‖ TPM2B_PRIVATE ‖
-/// TPM2B_ENCRYPTED_SECRET ‖ TPM2B_PUBLIC`; DPS appends a 2-byte length of
-/// encrypted data it does not use, which is ignored.
-fn parse_activation(blob: &[u8]) -> Result<ActivationBlob, Error> {
-    let mut rest = blob;
-    let mut next = |what: &str| -> Result<Vec<u8>, Error> {
-        let bad = || {
-            Error::BadRequest(format!(
-                "the activation blob is truncated or malformed at its {what}"
-            ))
-        };
-        let (size, tail) = rest.split_first_chunk::<2>().ok_or_else(bad)?;
-        let size = usize::from(u16::from_be_bytes(*size));
-        if size == 0 || tail.len() < size {
-            return Err(bad());
-        }
-        let (field, tail) = tail.split_at(size);
-        rest = tail;
-        Ok(field.to_vec())
-    };
-    let malformed =
-        |what: &str| Error::BadRequest(format!("the activation blob's {what} is malformed"));
-    let credential =
-        IdObject::try_from(next("credential")?).map_err(|_| malformed("credential"))?;
-    let secret = EncryptedSecret::try_from(next("credential secret")?)
-        .map_err(|_| malformed("credential secret"))?;
-    let duplicate =
-        Private::try_from(next("wrapped key")?).map_err(|_| malformed("wrapped key"))?;
-    let seed = EncryptedSecret::try_from(next("wrapping seed")?)
-        .map_err(|_| malformed("wrapping seed"))?;
-    let public = Public::unmarshall(&next("key's public area")?)
-        .map_err(|_| malformed("key's public area"))?;
-    // keyd stores it as an hmac-sha256 key: it must be one.
-    let hmac = match &public {
-        Public::KeyedHash {
-            object_attributes,
-            parameters,
-            ..
-        } => {
-            object_attributes.sign_encrypt()
-                && !object_attributes.decrypt()
-                && [KeyedHashScheme::Null, KeyedHashScheme::HMAC_SHA_256]
-                    .iter()
-                    .any(|s| *parameters == PublicKeyedHashParameters::new(*s))
-        }
-        _ => false,
-    };
-    if !hmac {
-        return Err(Error::BadRequest(
-            "the wrapped key is not an HMAC-SHA256 signing key".into(),
-        ));
-    }
-    Ok(ActivationBlob {
-        credential,
-        secret,
-        duplicate,
-        seed,
-        public,
-    })
-}
-
-impl TpmBackend {
-    /// Activates the credential in `blob` with the EK and imports the HMAC key
-    /// it unwraps under the storage key, as `id` (replacing a key of that id:
-    /// reprovisioning brings a new one). Old handles to `id` stop working.
-    pub async fn activate_and_import(&self, id: &KeyId, blob: &[u8]) -> Result<KeyRecord, Error> {
-        let blob = Arc::new(parse_activation(blob)?);
-        let _writing = self.writes.lock().await;
-        let public = blob.public.clone();
-        let generation = new_generation()?;
-        let auth = self.auth_of(id, &generation)?;
-        let (key_id, key_auth) = (id.clone(), auth.clone());
-        // Imported with the authValue the service chose (none), then given its own.
-        let private = self
-            .run(move |tpm| {
-                let imported = tpm.activate_and_import(&blob)?;
-                tpm.change_auth(&blob.public, &imported, &key_auth, &key_id)
-            })
-            .await?;
-        let record = self.save(
-            id,
-            KeyKind::Symmetric(SymmetricKeyType::HmacSha256),
-            generation,
-            public,
-            private,
-            auth,
-        )?;
-        tracing::info!(key = %id, "imported a key wrapped to this TPM (credential activated)");
-        Ok(record)
-    }
-}
-
-impl Tpm {
-    fn activate_and_import(&mut self, blob: &ActivationBlob) -> Result<Private, Failure> {
-        // The EK helper and StartAuthSession refuse our password session.
-        self.ctx.clear_sessions();
-        let inner = self.activate_credential(blob);
-        self.ctx
-            .set_sessions((Some(AuthSession::Password), None, None));
-        let inner = inner.map_err(|e| {
-            self.classify(
-                e,
-                "the TPM refused the credential (was it made for this TPM's endorsement and storage keys?)",
-            )
-        })?;
-        let inner = Data::try_from(inner.value().to_vec())
-            .map_err(|_| Failure::internal("the credential is not a wrapping key"))?;
-        let primary = self.primary;
-        self.ctx
-            .import(
-                primary.into(),
-                Some(inner),
-                blob.public.clone(),
-                blob.duplicate.clone(),
-                blob.seed.clone(),
-                SymmetricDefinitionObject::AES_128_CFB,
-            )
-            .map_err(|e| {
-                self.classify(
-                    e,
-                    "the TPM refused to import the wrapped key (was it wrapped to this TPM's storage key?)",
-                )
-            })
-    }
-
-    /// TPM2_ActivateCredential: the EK (authorized by the TCG default EK
-    /// policy, PolicySecret(endorsement)) decrypts the credential, and the TPM
-    /// checks it names our storage key. Needs no sessions set on entry.
-    fn activate_credential(&mut self, blob: &ActivationBlob) -> Result<Digest, tss_esapi::Error> {
-        let ek = create_ek_object(&mut self.ctx, AsymmetricAlgorithm::Rsa, None::<DefaultKey>)?;
-        let session = self.ctx.start_auth_session(
-            None,
-            None,
-            None,
-            SessionType::Policy,
-            SymmetricDefinition::AES_128_CFB,
-            HashingAlgorithm::Sha256,
-        );
-        let result = match session {
-            Ok(Some(session)) => {
-                let activated = self.activate_with(session, ek, blob);
-                // Ended by the TPM after ActivateCredential unless that failed.
-                let _ = self.ctx.flush_context(SessionHandle::from(session).into());
-                activated
-            }
-            Ok(None) => Err(tss_esapi::Error::WrapperError(
-                tss_esapi::WrapperErrorKind::WrongValueFromTpm,
-            )),
-            Err(e) => Err(e),
-        };
-        let _ = self.ctx.flush_context(ek.into());
-        result
-    }
-
-    fn activate_with(
-        &mut self,
-        session: AuthSession,
-        ek: KeyHandle,
-        blob: &ActivationBlob,
-    ) -> Result<Digest, tss_esapi::Error> {
-        let policy = PolicySession::try_from(session)?;
-        self.ctx
-            .execute_with_session(Some(AuthSession::Password), |c| {
-                c.policy_secret(
-                    policy,
-                    AuthHandle::Endorsement,
-                    Default::default(),
-                    Default::default(),
-                    Default::default(),
-                    None,
-                )
-            })?;
-        let primary = self.primary;
-        self.ctx
-            .execute_with_sessions((Some(AuthSession::Password), Some(session), None), |c| {
-                c.activate_credential(primary, ek, blob.credential.clone(), blob.secret.clone())
-            })
-    }
 }

@@ -1,0 +1,127 @@
+//! PCR selections: which banks and PCRs a quote covers, checked, in the
+//! order the TPM and a verifier's PCR file list them.
+
+use tss_esapi::interface_types::algorithm::HashingAlgorithm;
+use tss_esapi::structures::{
+    PcrSelectSize, PcrSelection as TpmPcrSelection, PcrSelectionList, PcrSlot,
+};
+use tss_esapi::tss2_esys::TPML_PCR_SELECTION;
+
+use crate::backend::Failure;
+use crate::error::Error;
+
+/// PCRs a PC Client TPM has (0-23).
+const PCR_COUNT: u32 = 24;
+
+/// A PCR bank a quote may select.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum PcrBank {
+    /// SHA-1 (old firmware measures only into it).
+    Sha1,
+    /// SHA-256.
+    Sha256,
+    /// SHA-384.
+    Sha384,
+}
+
+impl PcrBank {
+    /// The bank of a name as the API spells it (`sha256`).
+    pub fn parse(name: &str) -> Result<Self, Error> {
+        match name {
+            "sha1" => Ok(Self::Sha1),
+            "sha256" => Ok(Self::Sha256),
+            "sha384" => Ok(Self::Sha384),
+            other => Err(Error::BadRequest(format!(
+                "unknown PCR bank '{}' (sha1, sha256 or sha384)",
+                edgeid_common::id::shown(other)
+            ))),
+        }
+    }
+
+    /// Its name on the wire.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Sha1 => "sha1",
+            Self::Sha256 => "sha256",
+            Self::Sha384 => "sha384",
+        }
+    }
+
+    pub(super) fn algorithm(self) -> HashingAlgorithm {
+        match self {
+            Self::Sha1 => HashingAlgorithm::Sha1,
+            Self::Sha256 => HashingAlgorithm::Sha256,
+            Self::Sha384 => HashingAlgorithm::Sha384,
+        }
+    }
+}
+
+/// What a quote covers: PCR indexes per bank, each list sorted and non-empty.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PcrSelection(Vec<(PcrBank, Vec<u32>)>);
+
+impl PcrSelection {
+    /// Checks a request's selection: known banks, PCRs 0-23, no repeats, at
+    /// least one PCR.
+    pub fn new(banks: &[(String, Vec<u32>)]) -> Result<Self, Error> {
+        let mut out: Vec<(PcrBank, Vec<u32>)> = Vec::new();
+        for (name, pcrs) in banks {
+            let bank = PcrBank::parse(name)?;
+            if out.iter().any(|(b, _)| *b == bank) {
+                return Err(Error::BadRequest(format!("PCR bank {name} is named twice")));
+            }
+            let mut sorted = pcrs.clone();
+            sorted.sort_unstable();
+            if let Some(bad) = sorted.iter().find(|p| **p >= PCR_COUNT) {
+                return Err(Error::BadRequest(format!(
+                    "PCR {bad} does not exist (a TPM has PCRs 0-{})",
+                    PCR_COUNT - 1
+                )));
+            }
+            if sorted.windows(2).any(|w| w[0] == w[1]) {
+                return Err(Error::BadRequest(format!(
+                    "PCR bank {name} names a PCR twice"
+                )));
+            }
+            if sorted.is_empty() {
+                return Err(Error::BadRequest(format!("PCR bank {name} names no PCR")));
+            }
+            out.push((bank, sorted));
+        }
+        if out.is_empty() {
+            return Err(Error::BadRequest("a quote needs at least one PCR".into()));
+        }
+        out.sort();
+        Ok(Self(out))
+    }
+
+    /// The banks and their PCRs, in the order the TPM reports them.
+    pub fn banks(&self) -> &[(PcrBank, Vec<u32>)] {
+        &self.0
+    }
+
+    /// The TPM's selection, banks in this selection's order: the quote's
+    /// digest covers the values in that order, and a verifier's PCR file
+    /// lists them so. (tss-esapi's builder orders banks by a hash map.)
+    pub(super) fn to_tpm(&self) -> Result<PcrSelectionList, Failure> {
+        let bad = |e: tss_esapi::Error| Failure::internal(&format!("PCR selection: {e}"));
+        let mut list = TPML_PCR_SELECTION::default();
+        for (i, (bank, pcrs)) in self.0.iter().enumerate() {
+            let slots = pcrs
+                .iter()
+                .map(|p| PcrSlot::try_from(1u32 << p))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(bad)?;
+            let selection =
+                TpmPcrSelection::create(bank.algorithm(), PcrSelectSize::ThreeOctets, &slots)
+                    .map_err(bad)?;
+            let slot = list
+                .pcrSelections
+                .get_mut(i)
+                .ok_or_else(|| Failure::internal("too many PCR banks"))?;
+            *slot = selection.into();
+            list.count += 1;
+        }
+        PcrSelectionList::try_from(list).map_err(bad)
+    }
+}
