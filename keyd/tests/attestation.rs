@@ -3,12 +3,14 @@
 //! of its own) for the AK's activation, tpm2_checkquote for quotes,
 //! tpm2_print for attestation structures, openssl for signatures.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Command, Output};
 
+use edgeid_attest::{Bank, PcrValues};
 use edgeid_common::authz::{Admins, Grants};
 use edgeid_common::client::ClientError;
-use edgeid_keyd::api::tpm2_tools::pcrs_file;
+use edgeid_common::encoding::Base64Bytes;
 use edgeid_keyd::api::{KeyPairSpec, SignAlgorithm, SymmetricKeyType, TpmQuoteResponse};
 use edgeid_keyd::backend::BackendKind;
 use edgeid_keyd::config::PrincipalConfig;
@@ -62,6 +64,21 @@ fn write(dir: &Path, name: &str, bytes: &[u8]) -> String {
     let path = dir.join(name);
     std::fs::write(&path, bytes).unwrap();
     path.display().to_string()
+}
+
+/// The PCR file tpm2_checkquote reads, for the values keyd answered.
+fn pcrs_file(pcrs: &BTreeMap<String, BTreeMap<u32, Base64Bytes>>) -> Vec<u8> {
+    let values: PcrValues = pcrs
+        .iter()
+        .map(|(bank, values)| {
+            let bank = Bank::parse(bank).unwrap();
+            (
+                bank,
+                values.iter().map(|(i, v)| (*i, v.0.clone())).collect(),
+            )
+        })
+        .collect();
+    edgeid_attest::pcr_file::write(&values).unwrap()
 }
 
 /// A reset (all-zero) SHA-256 PCR after extending it with `digests`.
@@ -279,11 +296,7 @@ async fn a_quote_verifies_with_tpm2_checkquote() {
     let check = |quote: &TpmQuoteResponse, pem: &str, nonce: &[u8], tag: &str| -> Output {
         let msg = write(&work, &format!("{tag}.msg"), &quote.attest.0);
         let sig = write(&work, &format!("{tag}.sig"), &quote.signature.0);
-        let pcrs = write(
-            &work,
-            &format!("{tag}.pcrs"),
-            &pcrs_file(&quote.pcrs).unwrap(),
-        );
+        let pcrs = write(&work, &format!("{tag}.pcrs"), &pcrs_file(&quote.pcrs));
         tool(
             "tpm2_checkquote",
             &[

@@ -3,11 +3,9 @@
 //! - [`edgeid`]: edgeid's own `/v1` API (ARCHITECTURE.md section 4),
 //!   re-exported here as `api::*`;
 //! - [`aziot`]: Azure IoT Identity Service's keys API, over the same domain
-//!   ([`crate::keys`]);
-//! - [`tpm2_tools`]: the files tpm2-tools reads, made from the TPM API's answers.
+//!   ([`crate::keys`]).
 
 pub mod aziot;
 pub mod edgeid;
-pub mod tpm2_tools;
 
 pub use edgeid::*;

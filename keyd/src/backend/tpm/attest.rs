@@ -26,7 +26,7 @@ use tss_esapi::structures::{
 use tss_esapi::traits::Marshall;
 
 use super::event_logs::{event_logs, EventLog};
-use super::pcrs::{PcrBank, PcrSelection};
+use super::pcrs::{algorithm, PcrSelection};
 use super::{left_pad, spki_of, tpm2b_public, StoredKey, Tpm, TpmBackend};
 use crate::api::KeyPairSpec;
 use crate::backend::encoding::ecdsa_der;
@@ -34,6 +34,7 @@ use crate::backend::{Failure, KeyKind};
 use crate::error::Error;
 use crate::handle::KeyRef;
 use crate::key_id::KeyId;
+use edgeid_attest::Bank;
 
 /// The AK's blob file, in the TPM store's directory. Key files are named
 /// `<base64url id>.blob`: this name is none of them.
@@ -80,7 +81,7 @@ pub struct Quote {
     pub signature: AkSignature,
     /// The quoted PCRs' values, per bank in the selection's order; their
     /// digest is the one in `attest`.
-    pub pcrs: Vec<(PcrBank, PcrValues)>,
+    pub pcrs: Vec<(Bank, BankValues)>,
     /// From `attest`, decoded.
     pub clock: ClockInfo,
     /// The firmware's event log.
@@ -90,7 +91,7 @@ pub struct Quote {
 }
 
 /// One bank's quoted PCRs: index and value.
-pub type PcrValues = Vec<(u32, Vec<u8>)>;
+pub type BankValues = Vec<(u32, Vec<u8>)>;
 
 /// The AK's signature, in the two forms verifiers read.
 #[derive(Debug, Clone)]
@@ -263,7 +264,7 @@ impl Tpm {
             let mut values = Vec::new();
             let mut all = Vec::new();
             for (bank, indexes) in pcrs.banks() {
-                let tpm_bank = read.pcr_bank(bank.algorithm()).ok_or_else(|| {
+                let tpm_bank = read.pcr_bank(algorithm(*bank)).ok_or_else(|| {
                     Failure::Request(Error::BadRequest(format!(
                         "this TPM has no {} PCR bank",
                         bank.name()

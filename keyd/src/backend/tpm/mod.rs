@@ -59,10 +59,10 @@ mod pcrs;
 mod provisioning;
 
 pub use attest::{
-    AkSignature, AttestationKey, Certification, ClockInfo, PcrValues, Quote, NONCE_LEN,
+    AkSignature, AttestationKey, BankValues, Certification, ClockInfo, Quote, NONCE_LEN,
 };
 pub use event_logs::{EventLog, EventLogs};
-pub use pcrs::{PcrBank, PcrSelection};
+pub use pcrs::PcrSelection;
 pub use provisioning::AttestationKeys;
 
 /// `[tpm]` in keyd's config.

@@ -7,66 +7,44 @@ use tss_esapi::structures::{
 };
 use tss_esapi::tss2_esys::TPML_PCR_SELECTION;
 
+use edgeid_attest::Bank;
+
 use crate::backend::Failure;
 use crate::error::Error;
 
 /// PCRs a PC Client TPM has (0-23).
 const PCR_COUNT: u32 = 24;
 
-/// A PCR bank a quote may select.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum PcrBank {
-    /// SHA-1 (old firmware measures only into it).
-    Sha1,
-    /// SHA-256.
-    Sha256,
-    /// SHA-384.
-    Sha384,
+/// The bank of a name as the API spells it (`sha256`).
+fn parse_bank(name: &str) -> Result<Bank, Error> {
+    Bank::parse(name).ok_or_else(|| {
+        Error::BadRequest(format!(
+            "unknown PCR bank '{}' (sha1, sha256 or sha384)",
+            edgeid_common::id::shown(name)
+        ))
+    })
 }
 
-impl PcrBank {
-    /// The bank of a name as the API spells it (`sha256`).
-    pub fn parse(name: &str) -> Result<Self, Error> {
-        match name {
-            "sha1" => Ok(Self::Sha1),
-            "sha256" => Ok(Self::Sha256),
-            "sha384" => Ok(Self::Sha384),
-            other => Err(Error::BadRequest(format!(
-                "unknown PCR bank '{}' (sha1, sha256 or sha384)",
-                edgeid_common::id::shown(other)
-            ))),
-        }
-    }
-
-    /// Its name on the wire.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Sha1 => "sha1",
-            Self::Sha256 => "sha256",
-            Self::Sha384 => "sha384",
-        }
-    }
-
-    pub(super) fn algorithm(self) -> HashingAlgorithm {
-        match self {
-            Self::Sha1 => HashingAlgorithm::Sha1,
-            Self::Sha256 => HashingAlgorithm::Sha256,
-            Self::Sha384 => HashingAlgorithm::Sha384,
-        }
+/// A bank's hash algorithm, as tss-esapi names it.
+pub(super) fn algorithm(bank: Bank) -> HashingAlgorithm {
+    match bank {
+        Bank::Sha1 => HashingAlgorithm::Sha1,
+        Bank::Sha256 => HashingAlgorithm::Sha256,
+        Bank::Sha384 => HashingAlgorithm::Sha384,
     }
 }
 
 /// What a quote covers: PCR indexes per bank, each list sorted and non-empty.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PcrSelection(Vec<(PcrBank, Vec<u32>)>);
+pub struct PcrSelection(Vec<(Bank, Vec<u32>)>);
 
 impl PcrSelection {
     /// Checks a request's selection: known banks, PCRs 0-23, no repeats, at
     /// least one PCR.
     pub fn new(banks: &[(String, Vec<u32>)]) -> Result<Self, Error> {
-        let mut out: Vec<(PcrBank, Vec<u32>)> = Vec::new();
+        let mut out: Vec<(Bank, Vec<u32>)> = Vec::new();
         for (name, pcrs) in banks {
-            let bank = PcrBank::parse(name)?;
+            let bank = parse_bank(name)?;
             if out.iter().any(|(b, _)| *b == bank) {
                 return Err(Error::BadRequest(format!("PCR bank {name} is named twice")));
             }
@@ -96,7 +74,7 @@ impl PcrSelection {
     }
 
     /// The banks and their PCRs, in the order the TPM reports them.
-    pub fn banks(&self) -> &[(PcrBank, Vec<u32>)] {
+    pub fn banks(&self) -> &[(Bank, Vec<u32>)] {
         &self.0
     }
 
@@ -113,7 +91,7 @@ impl PcrSelection {
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(bad)?;
             let selection =
-                TpmPcrSelection::create(bank.algorithm(), PcrSelectSize::ThreeOctets, &slots)
+                TpmPcrSelection::create(algorithm(*bank), PcrSelectSize::ThreeOctets, &slots)
                     .map_err(bad)?;
             let slot = list
                 .pcrSelections
