@@ -6,6 +6,7 @@
 #[macro_use]
 mod out;
 
+mod attest;
 mod aziot;
 mod check;
 mod config_apply;
@@ -107,6 +108,13 @@ enum Command {
         run: RunDir,
         #[command(subcommand)]
         action: ops::CertAction,
+    },
+    /// TPM attestation: quote PCRs on the device; verify a quote anywhere.
+    Attest {
+        #[command(flatten)]
+        run: RunDir,
+        #[command(subcommand)]
+        action: attest::AttestAction,
     },
 }
 
@@ -228,6 +236,9 @@ fn main() -> ExitCode {
         }
         Command::Cert { run, action } => {
             runtime.block_on(ops::cert(&ops::Sockets::new(&run.run_dir), &action))
+        }
+        Command::Attest { run, action } => {
+            runtime.block_on(attest::run(&run.run_dir.join("keyd.sock"), &action))
         }
     };
     match result {

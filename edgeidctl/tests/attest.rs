@@ -1,0 +1,322 @@
+//! `edgeidctl attest quote` on a device (keyd on swtpm, PCRs extended by
+//! tpm2-tools as firmware and IMA would, with event logs to match) and
+//! `edgeidctl attest verify` anywhere. tpm2_checkquote checks the same
+//! files; every tampering is refused with the check that caught it.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use edgeid_attest::{firmware_log, ima_log, Bank};
+use edgeid_common::authz::Admins;
+use edgeid_keyd::backend::BackendKind;
+use edgeid_testkit::{require_tool, KeydFixture, Swtpm};
+
+const NONCE: &str = "00112233445566778899aabbccddeeff";
+
+fn edgeidctl(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_edgeidctl"))
+        .args(args)
+        .env_remove("EDGEID_RUN_DIR")
+        .output()
+        .expect("run edgeidctl")
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn verify(dir: &Path, nonce: &str, policy: Option<&Path>) -> Output {
+    let dir = dir.display().to_string();
+    let mut args = vec!["attest", "verify", "--nonce", nonce, dir.as_str()];
+    let policy = policy.map(|p| p.display().to_string());
+    if let Some(p) = &policy {
+        args.extend(["--policy", p.as_str()]);
+    }
+    edgeidctl(&args)
+}
+
+/// The firmware's events: (PCR, type, data), measured as their SHA-256.
+const FIRMWARE: &[(u32, u32, &[u8])] = &[
+    (0, 0x8, b"S-CRTM version 1.0"),
+    (0, 0x1, b"POST code"),
+    (4, 0x8000_0003, b"\\EFI\\BOOT\\shimx64.efi"),
+    (7, 0x8000_00e0, b"SecureBoot=1"),
+];
+
+fn files_in(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quote_from_the_device_verifies_anywhere_and_tampering_is_named() {
+    require_tool("tpm2_checkquote", "tpm2-tools");
+    let mut tpm = Swtpm::start();
+    let dir = edgeid_testkit::temp_dir();
+    // What the firmware and IMA measured, extended into the TPM by tpm2-tools.
+    let firmware = firmware_log::build(&[Bank::Sha256], FIRMWARE);
+    let mut ima = ima_log::build_entry("/usr/bin/edge-agent", b"agent v1");
+    ima.extend(ima_log::build_entry("/etc/edgeid/config.toml", b"[keyd]"));
+    let mut script = String::new();
+    for (pcr, _, data) in FIRMWARE {
+        script += &format!(
+            "tpm2_pcrextend {pcr}:sha256={} && ",
+            hex::encode(Bank::Sha256.hash(data))
+        );
+    }
+    for entry in ima_log::parse(&ima).unwrap() {
+        script += &format!(
+            "tpm2_pcrextend 10:sha256={} && ",
+            hex::encode(entry.measurement(Bank::Sha256))
+        );
+    }
+    script += "true";
+    let out = tpm.tpm2_script(&script);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::write(dir.path().join("firmware.log"), &firmware).unwrap();
+    std::fs::write(dir.path().join("ima.log"), &ima).unwrap();
+
+    let mut config = KeydFixture::config_in(dir.path());
+    config.backend.default = BackendKind::Tpm;
+    let mut tpm_config = tpm.keyd_config();
+    tpm_config.event_logs.firmware = dir.path().join("firmware.log");
+    tpm_config.event_logs.ima = dir.path().join("ima.log");
+    config.tpm = Some(tpm_config);
+    let _keyd = KeydFixture::configured(config, Admins::root_and_self()).await;
+
+    let run_dir = dir.path().display().to_string();
+    let evidence = dir.path().join("evidence");
+    let out_dir = evidence.display().to_string();
+    let quoted = edgeidctl(&[
+        "attest",
+        "--run-dir",
+        &run_dir,
+        "quote",
+        "--nonce",
+        NONCE,
+        "--pcrs",
+        "sha256:0,1,2,3,4,5,6,7,10",
+        "--out",
+        &out_dir,
+    ]);
+    assert!(quoted.status.success(), "{}", text(&quoted));
+    assert!(
+        text(&quoted).contains("quoted sha256:0,1,2,3,4,5,6,7,10"),
+        "{}",
+        text(&quoted)
+    );
+    assert_eq!(
+        files_in(&evidence),
+        [
+            "ak.pem",
+            "eventlog",
+            "eventlog.ima",
+            "quote.msg",
+            "quote.pcrs",
+            "quote.sig"
+        ]
+    );
+    assert_eq!(std::fs::read(evidence.join("eventlog")).unwrap(), firmware);
+
+    // tpm2-tools, with nothing of edgeid's, accepts the files.
+    let file = |name: &str| evidence.join(name).display().to_string();
+    let checked = Command::new("tpm2_checkquote")
+        .args([
+            "-u",
+            &file("ak.pem"),
+            "-m",
+            &file("quote.msg"),
+            "-s",
+            &file("quote.sig"),
+        ])
+        .args(["-f", &file("quote.pcrs"), "-g", "sha256", "-q", NONCE])
+        .output()
+        .unwrap();
+    assert!(checked.status.success(), "{}", text(&checked));
+
+    // Our verifier: every check passes, the logs replay.
+    let ok = verify(&evidence, NONCE, None);
+    assert!(ok.status.success(), "{}", text(&ok));
+    let report = text(&ok);
+    for line in [
+        "ok   signature",
+        "ok   nonce",
+        "ok   pcr digest",
+        "ok   pcr sha256:0",
+        "ok   pcr 10 (ima)",
+    ] {
+        assert!(report.contains(line), "{line}: {report}");
+    }
+    assert!(report.contains("the first 2 of 2 IMA entries"), "{report}");
+
+    // A policy that holds: PCR 0's value, the shim's event, the agent's digest.
+    let mut pcr0 = vec![0; 32];
+    for (pcr, _, data) in FIRMWARE {
+        if *pcr == 0 {
+            Bank::Sha256.extend(&mut pcr0, &Bank::Sha256.hash(data));
+        }
+    }
+    let agent = format!("sha256:{}", hex::encode(Bank::Sha256.hash(b"agent v1")));
+    let policy = dir.path().join("policy.toml");
+    let write_policy = |agent_digest: &str| {
+        std::fs::write(
+            &policy,
+            format!(
+                "[pcrs.sha256]\n0 = \"{}\"\n\n[[events]]\npcr = 4\nbank = \"sha256\"\ndigest = \"{}\"\nname = \"shim\"\n\n[[files]]\npath = \"/usr/bin/edge-agent\"\ndigest = \"{agent_digest}\"\n",
+                hex::encode(&pcr0),
+                hex::encode(Bank::Sha256.hash(FIRMWARE[2].2)),
+            ),
+        )
+        .unwrap();
+    };
+    write_policy(&agent);
+    let held = verify(&evidence, NONCE, Some(&policy));
+    assert!(held.status.success(), "{}", text(&held));
+    // Another agent build than the policy allows: that file is named.
+    write_policy(&format!(
+        "sha256:{}",
+        hex::encode(Bank::Sha256.hash(b"agent v2"))
+    ));
+    let broken = verify(&evidence, NONCE, Some(&policy));
+    assert!(!broken.status.success());
+    assert!(
+        text(&broken).contains("FAIL policy file /usr/bin/edge-agent"),
+        "{}",
+        text(&broken)
+    );
+
+    // IMA measured more after the quote: the quote covers the first two.
+    let mut longer = ima.clone();
+    longer.extend(ima_log::build_entry("/usr/bin/late", b"late"));
+    std::fs::write(evidence.join("eventlog.ima"), &longer).unwrap();
+    let later = verify(&evidence, NONCE, None);
+    assert!(later.status.success(), "{}", text(&later));
+    assert!(
+        text(&later).contains("the first 2 of 3 IMA entries"),
+        "{}",
+        text(&later)
+    );
+
+    // Each tampering, and the check that names it.
+    let tamper = |name: &str, change: &dyn Fn(&mut Vec<u8>), nonce: &str, expect: &str| {
+        let copy = dir
+            .path()
+            .join(format!("tampered-{}", name.replace('.', "-")));
+        std::fs::create_dir_all(&copy).unwrap();
+        for f in files_in(&evidence) {
+            std::fs::copy(evidence.join(&f), copy.join(&f)).unwrap();
+        }
+        let mut bytes = std::fs::read(copy.join(name)).unwrap();
+        change(&mut bytes);
+        std::fs::write(copy.join(name), bytes).unwrap();
+        let out = verify(&copy, nonce, None);
+        assert!(!out.status.success(), "{name}: passed\n{}", text(&out));
+        assert!(
+            text(&out).contains(expect),
+            "{name}: {expect}\n{}",
+            text(&out)
+        );
+    };
+    let same = |_: &mut Vec<u8>| {};
+    tamper(
+        "quote.msg",
+        &same,
+        "ffeeddccbbaa99887766554433221100",
+        "FAIL nonce",
+    );
+    // A firmware event changed: PCR 4's replay no longer matches.
+    let shim = b"\\EFI\\BOOT\\shimx64.efi";
+    let evil = firmware_log::build(
+        &[Bank::Sha256],
+        &[
+            FIRMWARE[0],
+            FIRMWARE[1],
+            (4, 0x8000_0003, b"\\EFI\\BOOT\\evil64.efi"),
+            FIRMWARE[3],
+        ],
+    );
+    assert_ne!(&shim[..], b"\\EFI\\BOOT\\evil64.efi");
+    tamper(
+        "eventlog",
+        &|b| *b = evil.clone(),
+        NONCE,
+        "FAIL pcr sha256:4",
+    );
+    tamper("eventlog.ima", &|b| b[50] ^= 1, NONCE, "FAIL pcr 10 (ima)");
+    tamper(
+        "quote.msg",
+        &|b| *b.last_mut().unwrap() ^= 1,
+        NONCE,
+        "FAIL signature",
+    );
+    tamper("quote.pcrs", &|b| b[0x8e] ^= 1, NONCE, "FAIL pcr digest");
+    tamper("quote.sig", &|b| b[10] ^= 1, NONCE, "FAIL signature");
+    // Another key than the AK.
+    let other = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let other_pem = other.public_key_pem();
+    tamper(
+        "ak.pem",
+        &|b| *b = other_pem.as_bytes().to_vec(),
+        NONCE,
+        "FAIL signature",
+    );
+
+    // Bad input: a clear message, exit non-zero, no panic.
+    let bad = edgeidctl(&[
+        "attest",
+        "--run-dir",
+        &run_dir,
+        "quote",
+        "--nonce",
+        "abc",
+        "--out",
+        &out_dir,
+    ]);
+    assert!(
+        !bad.status.success() && text(&bad).contains("not hex"),
+        "{}",
+        text(&bad)
+    );
+    let bad = edgeidctl(&[
+        "attest",
+        "--run-dir",
+        &run_dir,
+        "quote",
+        "--nonce",
+        NONCE,
+        "--pcrs",
+        "md5:0",
+        "--out",
+        &out_dir,
+    ]);
+    assert!(
+        !bad.status.success() && text(&bad).contains("unknown bank"),
+        "{}",
+        text(&bad)
+    );
+    let missing = verify(&dir.path().join("nowhere"), NONCE, None);
+    assert!(
+        !missing.status.success() && text(&missing).contains("cannot read"),
+        "{}",
+        text(&missing)
+    );
+    std::fs::write(&policy, "[pcrs.sha256]\n0 = \"zz\"\n").unwrap();
+    let bad_policy = verify(&evidence, NONCE, Some(&policy));
+    assert!(
+        !bad_policy.status.success() && text(&bad_policy).contains("pcrs.sha256.0"),
+        "{}",
+        text(&bad_policy)
+    );
+}
