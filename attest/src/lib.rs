@@ -27,3 +27,23 @@ pub type PcrValues = BTreeMap<Bank, BTreeMap<u32, Vec<u8>>>;
 
 /// Quoted PCR values in the quote's order: per bank, (PCR index, value).
 pub type PcrList = Vec<(Bank, Vec<(u32, Vec<u8>)>)>;
+
+/// What a module's quote carries as qualifying data (edgeid's workload API,
+/// `POST /modules/{name}/genid/{genid}/attest`): SHA-256 over
+/// `"edgeid module attestation v1\n" ‖ device ‖ "\n" ‖ module ‖ "\n" ‖
+/// spiffe_id ‖ "\n" ‖ nonce`, so a quote asked for by one module cannot be
+/// passed off as another's. Ids never hold a newline.
+pub fn module_qualifying_data(
+    device: &str,
+    module: &str,
+    spiffe_id: Option<&str>,
+    nonce: &[u8],
+) -> Vec<u8> {
+    let mut input = format!(
+        "edgeid module attestation v1\n{device}\n{module}\n{}\n",
+        spiffe_id.unwrap_or_default()
+    )
+    .into_bytes();
+    input.extend_from_slice(nonce);
+    Bank::Sha256.hash(&input)
+}

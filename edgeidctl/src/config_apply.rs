@@ -239,6 +239,8 @@ fn build(raw: &Table, users: &Users) -> [Table; 4] {
                         "module-derivation",
                         "module/*",
                         "module-hex/*",
+                        // DPS TPM attestation reads the EK and SRK.
+                        "tpm/attestation-keys",
                     ]),
                 ),
                 // Module keys go to the hub when a module is registered.
@@ -249,7 +251,14 @@ fn build(raw: &Table, users: &Users) -> [Table; 4] {
                 ("uid", uid(wl)),
                 (
                     "keys",
-                    strings(&["module-derivation", "workload-encryption", "spiffe-jwt/*"]),
+                    strings(&[
+                        "module-derivation",
+                        "workload-encryption",
+                        "spiffe-jwt/*",
+                        // Quotes for modules, and the EK they are proved by.
+                        "tpm/quote",
+                        "tpm/attestation-keys",
+                    ]),
                 ),
             ]),
         ]),

@@ -174,6 +174,22 @@ fn derivation_bases_exports_and_server_names_reach_their_daemons() {
     }
     assert!(!keyd.derive_only.allows("device-id"));
     for p in &keyd.principals {
+        // DPS TPM attestation (identityd) and quotes for modules (workloadd)
+        // need the TPM's grants; certd needs neither.
+        assert_eq!(
+            p.keys.allows("tpm/attestation-keys"),
+            p.name != "certd",
+            "{}",
+            p.name
+        );
+        assert_eq!(
+            p.keys.allows("tpm/quote"),
+            p.name == "workloadd",
+            "{}",
+            p.name
+        );
+    }
+    for p in &keyd.principals {
         assert_eq!(
             p.export.allows("module-derivation"),
             p.name == "identityd",

@@ -50,7 +50,24 @@ impl Stack {
         cloud: Option<&crate::cloud::CloudService>,
         modules: &[&str],
     ) -> Self {
-        let keyd = crate::KeydFixture::start_in(dir).await;
+        Self::start_on(
+            crate::KeydFixture::start_in(dir).await,
+            dir,
+            provisioning,
+            cloud,
+            modules,
+        )
+        .await
+    }
+
+    /// As [`Stack::start`], on a keyd already started (a TPM one, say).
+    pub async fn start_on(
+        keyd: crate::KeydFixture,
+        dir: &std::path::Path,
+        provisioning: edgeid_identityd::config::ProvisioningConfig,
+        cloud: Option<&crate::cloud::CloudService>,
+        modules: &[&str],
+    ) -> Self {
         let certd = crate::CertdFixture::start_in(dir, &keyd).await;
         let config = crate::IdentitydFixture::config_in(dir, provisioning, cloud);
         let identityd = crate::IdentitydFixture::configured(config, Admins::root_and_self()).await;

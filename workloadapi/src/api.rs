@@ -184,3 +184,80 @@ pub struct RuntimeStatus {
     /// The module's state.
     pub status: String,
 }
+
+/// `POST /modules/{name}/genid/{genid}/attest` (an edgeid addition): a TPM
+/// quote bound to the calling module.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AttestRequest {
+    /// The module's backend's nonce, 8-64 bytes, base64.
+    pub nonce: String,
+    /// Where in IMA's log to start (bytes); the whole firmware log is always sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ima_offset: Option<u64>,
+}
+
+/// Evidence that this module runs on a device in the quoted state. The
+/// quote's qualifying data is `qualifyingData`: SHA-256 over
+/// `"edgeid module attestation v1\n" ‖ deviceId ‖ "\n" ‖ moduleId ‖ "\n" ‖
+/// spiffeId (empty without SPIFFE) ‖ "\n" ‖ nonce`, which the backend
+/// recomputes from what it expects.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AttestResponse {
+    /// The device, as identityd has it.
+    pub device_id: String,
+    /// The calling module.
+    pub module_id: String,
+    /// Its SPIFFE ID, where the SPIFFE Workload API is on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spiffe_id: Option<String>,
+    /// What the quote carries as qualifying data, base64.
+    pub qualifying_data: String,
+    /// The quote.
+    pub quote: AttestQuote,
+    /// The TPM's attestation key.
+    pub attestation_key: AttestKey,
+    /// The TPM's endorsement key, which the AK is proved against.
+    pub endorsement_key: AttestKey,
+    /// The EK certificate (DER, base64), where the TPM's maker stored one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endorsement_certificate: Option<String>,
+}
+
+/// A TPM quote, as `tpm2_checkquote` and `edgeidctl attest verify` read it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AttestQuote {
+    /// TPMS_ATTEST, base64.
+    pub attest: String,
+    /// TPMT_SIGNATURE, base64.
+    pub signature: String,
+    /// The same ECDSA signature, DER, base64.
+    pub signature_der: String,
+    /// Quoted PCR values: bank → index → value (base64).
+    pub pcrs: std::collections::BTreeMap<String, std::collections::BTreeMap<u32, String>>,
+    /// The TPM's reboot count when it quoted.
+    pub reset_count: u32,
+    /// The TPM's clock (ms) when it quoted.
+    pub clock: u64,
+    /// The firmware event log, base64, where keyd can read it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub firmware_log: Option<String>,
+    /// IMA's log from `imaOffset`, base64, where keyd can read it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ima_log: Option<String>,
+}
+
+/// A TPM public key.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AttestKey {
+    /// TPM2B_PUBLIC, base64.
+    pub public: String,
+    /// SubjectPublicKeyInfo, PEM.
+    pub pem: String,
+    /// Its TPM name, base64 (the AK's; empty for the EK).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub name: String,
+}

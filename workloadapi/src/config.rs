@@ -86,6 +86,32 @@ pub struct WorkloadConfig {
     /// The SPIFFE Workload API; not served without it.
     #[serde(default)]
     pub spiffe: Option<SpiffeConfig>,
+    /// `[attestation]`: what a module's quote covers.
+    #[serde(default)]
+    pub attestation: AttestationConfig,
+}
+
+/// `[attestation]`: module quotes (`POST /modules/{name}/genid/{genid}/attest`
+/// and the `edgeid.attestation.v1` gRPC service), through keyd's TPM.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AttestationConfig {
+    /// PCRs each module quote covers, per bank (keyd checks them).
+    #[serde(default = "default_attestation_pcrs")]
+    pub pcrs: std::collections::BTreeMap<String, Vec<u32>>,
+}
+
+impl Default for AttestationConfig {
+    fn default() -> Self {
+        Self {
+            pcrs: default_attestation_pcrs(),
+        }
+    }
+}
+
+/// The firmware's PCRs (0-7) and IMA's (10).
+fn default_attestation_pcrs() -> std::collections::BTreeMap<String, Vec<u32>> {
+    std::collections::BTreeMap::from([("sha256".to_owned(), vec![0, 1, 2, 3, 4, 5, 6, 7, 10])])
 }
 
 /// Where the SPIFFE Workload API listens unless configured otherwise.
@@ -305,6 +331,7 @@ impl WorkloadConfig {
             orchestrator_uids: Vec::new(),
             sockets_dir: socket.parent().unwrap_or(Path::new("/tmp")).join("modules"),
             spiffe: None,
+            attestation: AttestationConfig::default(),
         }
     }
 

@@ -7,7 +7,8 @@
 //! - plain data: [`api`] (the IoT Edge wire types), [`config`], [`error`];
 //! - the domain, [`workload`]: each operation through identityd, keyd and
 //!   certd; `callers` beside it: which module a caller is, whether it is
-//!   somebody here, whether it is the orchestrator;
+//!   somebody here, whether it is the orchestrator; `attestation`: TPM
+//!   quotes bound to the calling module;
 //! - [`sockets`]: per-module sockets (binding; what answers on them is
 //!   handed in by the front);
 //! - the fronts, one per wire family: [`server`] (the IoT Edge workload
@@ -16,6 +17,7 @@
 //!   types, `grpc` the front, `x509` and `jwt` what it serves).
 
 pub mod api;
+pub mod attestation;
 mod callers;
 pub mod config;
 pub mod error;

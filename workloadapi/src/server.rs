@@ -12,7 +12,8 @@ use edgeid_common::{ApiError, ApiRequest, ApiResponse, Caller, Handler};
 use http::{Method, StatusCode};
 use serde::de::DeserializeOwned;
 
-use crate::api::API_VERSIONS;
+use crate::api::{AttestKey, AttestQuote, AttestRequest, AttestResponse, API_VERSIONS};
+use crate::attestation::ModuleQuote;
 use crate::sockets::{ModuleSockets, Owner, ServeModule};
 use crate::workload::{Who, Workload};
 
@@ -23,6 +24,7 @@ enum Route {
     Sign,
     Encrypt,
     Decrypt,
+    Attest,
     IdentityCert,
     ServerCert,
     TrustBundle,
@@ -51,6 +53,11 @@ static ROUTES: LazyLock<Routes<Route>> = LazyLock::new(|| {
             Method::POST,
             "/modules/{name}/genid/{genid}/decrypt",
             Route::Decrypt,
+        ),
+        (
+            Method::POST,
+            "/modules/{name}/genid/{genid}/attest",
+            Route::Attest,
         ),
         (
             Method::POST,
@@ -189,6 +196,18 @@ impl Handler for Service {
                 Ok(body) => ApiResponse::from_result(ok, me.decrypt(who, name, genid, body).await),
                 Err(e) => ApiResponse::error(&e),
             },
+            Route::Attest => match body::<AttestRequest>(&req, "missing request body") {
+                Ok(body) => match decode_nonce(&body.nonce) {
+                    Ok(nonce) => ApiResponse::from_result(
+                        ok,
+                        me.attest(who, name, Some(genid), &nonce, body.ima_offset.unwrap_or(0))
+                            .await
+                            .map(attest_response),
+                    ),
+                    Err(e) => ApiResponse::error(&e),
+                },
+                Err(e) => ApiResponse::error(&e),
+            },
             Route::IdentityCert => match req.json_or_unprocessable() {
                 Ok(body) => ApiResponse::from_result(
                     created,
@@ -225,6 +244,58 @@ impl Handler for Service {
             },
         }
     }
+}
+
+/// A module's quote in the workload API's shape: camelCase, base64.
+fn attest_response(q: ModuleQuote) -> AttestResponse {
+    use base64::Engine;
+    let b64 = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);
+    let quote = q.quote;
+    AttestResponse {
+        device_id: q.device_id,
+        module_id: q.module_id,
+        spiffe_id: q.spiffe_id,
+        qualifying_data: b64(&q.qualifying_data),
+        quote: AttestQuote {
+            attest: b64(&quote.attest.0),
+            signature: b64(&quote.signature.0),
+            signature_der: b64(&quote.signature_der.0),
+            pcrs: quote
+                .pcrs
+                .iter()
+                .map(|(bank, values)| {
+                    let values = values.iter().map(|(i, v)| (*i, b64(&v.0))).collect();
+                    (bank.clone(), values)
+                })
+                .collect(),
+            reset_count: quote.clock.reset_count,
+            clock: quote.clock.clock,
+            firmware_log: quote.event_logs.firmware.data.as_ref().map(|d| b64(&d.0)),
+            ima_log: quote.event_logs.ima.data.as_ref().map(|d| b64(&d.0)),
+        },
+        attestation_key: AttestKey {
+            public: b64(&q.attestation_key.public.0),
+            pem: q.attestation_key.pem,
+            name: b64(&q.attestation_key.name.0),
+        },
+        endorsement_key: AttestKey {
+            public: b64(&q.endorsement.endorsement_key.public.0),
+            pem: q.endorsement.endorsement_key.pem,
+            name: String::new(),
+        },
+        endorsement_certificate: q.endorsement.endorsement_certificate.map(|c| b64(&c.0)),
+    }
+}
+
+/// A module's nonce (base64, at most 64 bytes: longer is refused before decoding).
+fn decode_nonce(text: &str) -> Result<Vec<u8>, ApiError> {
+    use base64::Engine;
+    if text.len() > 128 {
+        return Err(ApiError::bad_request("nonce is longer than 64 bytes"));
+    }
+    base64::engine::general_purpose::STANDARD
+        .decode(text.trim())
+        .map_err(|_| ApiError::bad_request("nonce is not base64"))
 }
 
 /// A workload route's body, read as the runtime reads it: not JSON of the

@@ -43,7 +43,7 @@ pub struct Who<'a> {
 /// workloadd.
 pub struct Workload {
     pub(crate) config: WorkloadConfig,
-    keyd: KeydClient,
+    pub(crate) keyd: KeydClient,
     certd: CertdClient,
     identityd: IdentitydClient,
     pub(crate) by_uid: HashMap<u32, String>,

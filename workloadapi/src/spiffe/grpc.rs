@@ -40,7 +40,7 @@ pub fn status(e: Error) -> Status {
 
 impl Spiffe {
     /// The caller's module, after the security header check.
-    fn module<T>(&self, request: &Request<T>) -> Result<String, Status> {
+    pub(super) fn module<T>(&self, request: &Request<T>) -> Result<String, Status> {
         let header = request.metadata().get(SECURITY_HEADER);
         if header.and_then(|v| v.to_str().ok()) != Some("true") {
             return Err(Status::invalid_argument(

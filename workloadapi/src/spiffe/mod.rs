@@ -6,8 +6,10 @@
 //! - [`proto`]: the specification's messages, server and client (generated);
 //!   `client` (feature `client`): connecting to the socket.
 //! - [`id`]: SPIFFE IDs; [`x509`]: X.509-SVIDs and the bundle; [`jwt`]:
-//!   JWT-SVIDs, their keys and JWK set; [`grpc`]: the service.
+//!   JWT-SVIDs, their keys and JWK set; [`grpc`]: the service;
+//!   [`attestation`]: edgeid's module quotes, a service of its own beside it.
 
+pub mod attestation;
 #[cfg(feature = "client")]
 pub mod client;
 pub mod grpc;
@@ -26,11 +28,15 @@ use edgeid_keyd::KeydClient;
 use crate::config::SpiffeConfig;
 use crate::error::Error;
 use crate::workload::Workload;
+use proto::attestation::module_attestation_server::ModuleAttestationServer;
 use proto::spiffe_workload_api_server::SpiffeWorkloadApiServer;
 
 /// Largest request message accepted (the requests are a few hundred bytes;
 /// a JWT-SVID to validate is the largest).
 const MAX_REQUEST: usize = 64 * 1024;
+
+/// The gRPC path prefix of edgeid's module attestation service.
+const ATTESTATION_PATH: &str = "/edgeid.attestation.v1.ModuleAttestation/";
 
 /// The SPIFFE side of workloadd.
 pub struct Spiffe {
@@ -75,13 +81,24 @@ impl Spiffe {
         };
         tokio::spawn(self.x509.clone().run(stopped()));
         tokio::spawn(rotate_jwt_keys(self.jwt.clone(), stopped()));
-        let grpc = SpiffeWorkloadApiServer::new(self).max_decoding_message_size(MAX_REQUEST);
+        let me = Arc::new(self);
+        let grpc =
+            SpiffeWorkloadApiServer::from_arc(me.clone()).max_decoding_message_size(MAX_REQUEST);
+        let attestation =
+            ModuleAttestationServer::from_arc(me).max_decoding_message_size(MAX_REQUEST);
         let served = edgeid_common::server::serve_h2(listener, limits, shutdown, move |caller| {
-            let grpc = grpc.clone();
+            let (grpc, attestation) = (grpc.clone(), attestation.clone());
             hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
                 req.extensions_mut().insert(caller);
-                let mut grpc = grpc.clone();
-                async move { tonic::codegen::Service::call(&mut grpc, req).await }
+                let (mut grpc, mut attestation) = (grpc.clone(), attestation.clone());
+                async move {
+                    // One socket, two services: the path names the service.
+                    if req.uri().path().starts_with(ATTESTATION_PATH) {
+                        tonic::codegen::Service::call(&mut attestation, req).await
+                    } else {
+                        tonic::codegen::Service::call(&mut grpc, req).await
+                    }
+                }
             })
         })
         .await;
