@@ -51,6 +51,9 @@ struct KeysSection {
     #[serde(default, rename = "override")]
     overrides: Vec<BackendOverride>,
     master_key_file: Option<PathBuf>,
+    master_key: Option<edgeid_keyd::config::MasterKey>,
+    #[serde(default)]
+    seal_pcrs: std::collections::BTreeMap<String, Vec<u32>>,
     tpm: Option<TpmConfig>,
     pkcs11: Option<Pkcs11Config>,
 }
@@ -179,11 +182,17 @@ fn build(raw: &Table, users: &Users) -> [Table; 4] {
     );
     pass(&mut backend, "override", raw, &["keys", "override"]);
     keyd.insert("backend".into(), Value::Table(backend));
-    if let Some(m) = at(raw, &["keys", "master_key_file"]) {
-        keyd.insert(
-            "software".into(),
-            table(vec![("master_key_file", m.clone())]),
-        );
+    let mut software = Table::new();
+    pass(
+        &mut software,
+        "master_key_file",
+        raw,
+        &["keys", "master_key_file"],
+    );
+    pass(&mut software, "master_key", raw, &["keys", "master_key"]);
+    pass(&mut software, "seal_pcrs", raw, &["keys", "seal_pcrs"]);
+    if !software.is_empty() {
+        keyd.insert("software".into(), Value::Table(software));
     }
     pass(&mut keyd, "tpm", raw, &["keys", "tpm"]);
     pass(&mut keyd, "pkcs11", raw, &["keys", "pkcs11"]);

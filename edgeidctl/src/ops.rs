@@ -196,9 +196,17 @@ pub enum IdentityAction {
 pub enum KeyAction {
     /// Key ids, their types and the store holding each.
     List,
+    /// With keyd stopped: seal the software store's master key again to the
+    /// PCRs as they are now (after an expected firmware or boot change),
+    /// unsealing it with the TPM owner's authorization if they moved.
+    Reseal {
+        /// keyd's config file.
+        #[arg(long, default_value = "/etc/edgeid/keyd.d/config.toml")]
+        keyd_config: PathBuf,
+    },
 }
 
-/// `edgeidctl key list`.
+/// `edgeidctl key list|reseal`.
 pub async fn key(s: &Sockets, action: &KeyAction) -> Result<(), String> {
     match action {
         KeyAction::List => {
@@ -211,7 +219,34 @@ pub async fn key(s: &Sockets, action: &KeyAction) -> Result<(), String> {
                 outln!("{}\t{}\t{}", k.id, k.kind, k.backend);
             }
         }
+        KeyAction::Reseal { keyd_config } => reseal(keyd_config).await?,
     }
+    Ok(())
+}
+
+/// `edgeidctl key reseal`: the file is written as whoever runs this (root),
+/// then given to the owner of its directory (keyd's user), who reads it.
+async fn reseal(keyd_config: &Path) -> Result<(), String> {
+    let config = edgeid_keyd::KeydConfig::load(keyd_config).map_err(|e| e.to_string())?;
+    let done = edgeid_keyd::keys::reseal_master_key(&config)
+        .await
+        .map_err(|e| e.to_string())?;
+    if let Some(dir) = done.path.parent() {
+        let owner = std::fs::metadata(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        use std::os::unix::fs::MetadataExt;
+        std::os::unix::fs::chown(&done.path, Some(owner.uid()), Some(owner.gid()))
+            .map_err(|e| format!("cannot give {} to keyd's user: {e}", done.path.display()))?;
+    }
+    outln!("sealed the master key again: {}", done.path.display());
+    if done.pcrs.is_empty() {
+        outln!("  to this TPM alone (no PCRs)");
+    }
+    for (bank, values) in &done.pcrs {
+        for (index, value) in values {
+            outln!("  {}:{index} = {}", bank.name(), hex::encode(value));
+        }
+    }
+    outln!("start keyd again");
     Ok(())
 }
 

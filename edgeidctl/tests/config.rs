@@ -162,13 +162,21 @@ fn derivation_bases_exports_and_server_names_reach_their_daemons() {
          [provisioning.attestation]\nmethod = \"symmetric_key\"\nregistration_id = \"d1\"\n\
          key_file = \"/etc/edgeid/group.key\"\ngroup = true\n\
          [workload.certificates]\ngateway_hostname = \"gw.example.com\"\n\
-         [workload.certificates.server_names]\n\"tempsensor\" = [\"tempsensor.local\"]\n",
+         [workload.certificates.server_names]\n\"tempsensor\" = [\"tempsensor.local\"]\n\
+         [keys]\nmaster_key = \"tpm\"\nseal_pcrs = { sha256 = [0, 7] }\n\
+         [keys.tpm]\ntcti = \"device:/dev/tpmrm0\"\n",
     )
     .unwrap();
     let (ok, out, err) = apply(&config, root.path());
     assert!(ok, "{out}{err}");
     let etc = root.path().join("etc/edgeid");
     let keyd = edgeid_keyd::KeydConfig::load(&etc.join("keyd.d/config.toml")).unwrap();
+    // The master key sealed to the TPM, as [keys] says.
+    assert_eq!(
+        keyd.software.master_key,
+        edgeid_keyd::config::MasterKey::Tpm
+    );
+    assert_eq!(keyd.software.seal_pcrs["sha256"], vec![0, 7]);
     for base in ["module-derivation", "workload-encryption", "dps-enrollment"] {
         assert!(keyd.derive_only.allows(base), "{base}");
     }

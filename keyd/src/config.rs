@@ -11,6 +11,9 @@
 //!
 //! [software]
 //! master_key_file = "/var/secrets/edgeid/keyd/master.key"
+//! # or sealed to the TPM ([tpm]), optionally to PCRs:
+//! # master_key = "tpm"
+//! # seal_pcrs = { sha256 = [0, 2, 4, 7] }
 //!
 //! # [pkcs11]
 //! # library = "/usr/lib/softhsm/libsofthsm2.so"
@@ -145,14 +148,42 @@ pub struct BackendOverride {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SoftwareConfig {
-    /// The 32-byte master key (created 0600 on first start).
+    /// Where the master key is: a file (`master_key_file`), or sealed to
+    /// the TPM (`[tpm]`).
+    #[serde(default)]
+    pub master_key: MasterKey,
+    /// The 32-byte master key (created 0600 on first start). With
+    /// `master_key = "tpm"`, a key found here is sealed and the file removed.
+    #[serde(default = "default_master_key_file")]
     pub master_key_file: PathBuf,
+    /// With `master_key = "tpm"`: the PCRs (`{ sha256 = [0, 7] }`) the key is
+    /// sealed to, at their values when it is sealed. Empty: bound to the TPM
+    /// alone.
+    #[serde(default)]
+    pub seal_pcrs: std::collections::BTreeMap<String, Vec<u32>>,
+}
+
+/// `[software] master_key`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MasterKey {
+    /// In `master_key_file`.
+    #[default]
+    File,
+    /// Sealed to the TPM.
+    Tpm,
+}
+
+fn default_master_key_file() -> PathBuf {
+    PathBuf::from(DEFAULT_MASTER_KEY)
 }
 
 impl Default for SoftwareConfig {
     fn default() -> Self {
         Self {
-            master_key_file: PathBuf::from(DEFAULT_MASTER_KEY),
+            master_key: MasterKey::File,
+            master_key_file: default_master_key_file(),
+            seal_pcrs: Default::default(),
         }
     }
 }
@@ -197,6 +228,7 @@ impl KeydConfig {
             backend: BackendConfig::default(),
             software: SoftwareConfig {
                 master_key_file: master_key_file.to_owned(),
+                ..SoftwareConfig::default()
             },
             pkcs11: None,
             tpm: None,

@@ -89,6 +89,13 @@ impl SoftwareBackend {
     /// Opens the store in `state_dir/keys`, loading the master key from
     /// `master_key_file` or creating it (0600, in a 0700 directory) on first start.
     pub fn open(state_dir: &Path, master_key_file: &Path) -> Result<Self, Error> {
+        let master = load_or_create_master(master_key_file, &SystemRandom::new())?;
+        Self::with_master(state_dir, &master, &master_key_file.display().to_string())
+    }
+
+    /// Opens the store in `state_dir/keys` under `master` (from `source`,
+    /// for messages): the TPM's sealed key, or a file's.
+    pub fn with_master(state_dir: &Path, master: &[u8], source: &str) -> Result<Self, Error> {
         let keys_dir = state_dir.join("keys");
         edgeid_common::fs::ensure_private_dir(&keys_dir).map_err(|e| {
             Error::Setup(format!(
@@ -96,18 +103,12 @@ impl SoftwareBackend {
                 keys_dir.display()
             ))
         })?;
-        let rng = SystemRandom::new();
-        let master_bytes = load_or_create_master(master_key_file, &rng)?;
-        let master = aes_key(&master_bytes).map_err(|_| {
-            Error::Setup(format!(
-                "master key {} is unusable",
-                master_key_file.display()
-            ))
-        })?;
+        let master = aes_key(master)
+            .map_err(|_| Error::Setup(format!("master key {source} is unusable")))?;
         Ok(Self {
             keys_dir,
             master,
-            rng,
+            rng: SystemRandom::new(),
             cache: RwLock::new(HashMap::new()),
             writes: tokio::sync::Mutex::new(()),
         })

@@ -1,7 +1,7 @@
 //! The key service: who may use which key, which store holds it, and the
 //! handles that name keys on the wire.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use edgeid_common::authz::{Access, Admins, Caller, Grants};
@@ -9,17 +9,18 @@ use edgeid_common::encoding::{Base64Bytes, SecretBytes};
 use edgeid_common::server::Health;
 
 use crate::api::*;
-use crate::backend::pkcs11::Pkcs11Backend;
-use crate::backend::software::SoftwareBackend;
-use crate::backend::tpm::TpmBackend;
-use crate::backend::{no_such_key, BackendKind, KeyBackend, KeyKind};
+use crate::backend::{no_such_key, KeyBackend, KeyKind};
 use crate::config::KeydConfig;
 use crate::error::Error;
 pub use crate::handle::Holder;
 use crate::handle::{HandleAuthority, KeyRef, MAX_INFO_LEN};
 use crate::key_id::KeyId;
 
+mod stores;
 mod tpm;
+
+pub use stores::reseal_master_key;
+use stores::Stores;
 
 pub use tpm::{ATTESTATION_KEYS_ID, QUOTE_ID};
 
@@ -32,31 +33,6 @@ pub struct Keyd {
     derive_only: Grants,
     /// Whose derived keys each principal may export (config `export`).
     export: Access,
-}
-
-/// The configured stores and which key ids each serves.
-struct Stores {
-    default: BackendKind,
-    overrides: Vec<(Grants, BackendKind)>,
-    open: HashMap<BackendKind, Arc<dyn KeyBackend>>,
-    /// The TPM store again, for what only a TPM does (attestation keys).
-    tpm: Option<Arc<TpmBackend>>,
-}
-
-impl Stores {
-    fn kind_for(&self, id: &KeyId) -> BackendKind {
-        self.overrides
-            .iter()
-            .find(|(keys, _)| keys.allows(id.as_str()))
-            .map_or(self.default, |(_, kind)| *kind)
-    }
-
-    fn for_id(&self, id: &KeyId) -> Result<&Arc<dyn KeyBackend>, Error> {
-        let kind = self.kind_for(id);
-        self.open
-            .get(&kind)
-            .ok_or_else(|| Error::Internal(format!("backend {kind} is not open")))
-    }
 }
 
 impl Keyd {
@@ -75,51 +51,7 @@ impl Keyd {
             ))
         })?;
         let handles = HandleAuthority::load_or_create(&config.state_dir.join("handle.key"))?;
-        let mut open: HashMap<BackendKind, Arc<dyn KeyBackend>> = HashMap::new();
-        let mut tpm_store = None;
-        let wanted = std::iter::once(config.backend.default)
-            .chain(config.backend.overrides.iter().map(|o| o.backend));
-        for kind in wanted {
-            if open.contains_key(&kind) {
-                continue;
-            }
-            let store: Arc<dyn KeyBackend> = match kind {
-                BackendKind::Software => Arc::new(SoftwareBackend::open(
-                    &config.state_dir,
-                    &config.software.master_key_file,
-                )?),
-                BackendKind::Pkcs11 => {
-                    let pkcs11 = config.pkcs11.as_ref().ok_or_else(|| {
-                        Error::Setup(
-                            "the config names backend \"pkcs11\" but has no [pkcs11] table".into(),
-                        )
-                    })?;
-                    Arc::new(Pkcs11Backend::open(pkcs11)?)
-                }
-                BackendKind::Tpm => {
-                    let tpm = config.tpm.as_ref().ok_or_else(|| {
-                        Error::Setup(
-                            "the config names backend \"tpm\" but has no [tpm] table".into(),
-                        )
-                    })?;
-                    let store = Arc::new(TpmBackend::open(&config.state_dir, tpm)?);
-                    tpm_store = Some(store.clone());
-                    store
-                }
-            };
-            open.insert(kind, store);
-        }
-        let stores = Stores {
-            default: config.backend.default,
-            overrides: config
-                .backend
-                .overrides
-                .iter()
-                .map(|o| (o.keys.clone(), o.backend))
-                .collect(),
-            open,
-            tpm: tpm_store,
-        };
+        let stores = Stores::open(config).await?;
         let access = Access::new(
             "keyd",
             "key",

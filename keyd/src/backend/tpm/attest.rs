@@ -14,19 +14,18 @@
 use std::sync::Arc;
 
 use aws_lc_rs::digest;
-use tss_esapi::abstraction::pcr::read_all;
 use tss_esapi::attributes::ObjectAttributesBuilder;
 use tss_esapi::interface_types::algorithm::{HashingAlgorithm, PublicAlgorithm};
 use tss_esapi::interface_types::ecc::EccCurve;
 use tss_esapi::structures::{
     Attest, AttestInfo, Data, EccPoint, EccScheme, EncryptedSecret, HashScheme, IdObject,
-    KeyDerivationFunctionScheme, PcrSlot, Public, PublicBuilder, PublicEccParametersBuilder,
-    Signature, SignatureScheme, SymmetricDefinitionObject,
+    KeyDerivationFunctionScheme, Public, PublicBuilder, PublicEccParametersBuilder, Signature,
+    SignatureScheme, SymmetricDefinitionObject,
 };
 use tss_esapi::traits::Marshall;
 
 use super::event_logs::{event_logs, EventLog};
-use super::pcrs::{algorithm, PcrSelection};
+use super::pcrs::{BankValues, PcrSelection};
 use super::{left_pad, spki_of, tpm2b_public, StoredKey, Tpm, TpmBackend};
 use crate::api::KeyPairSpec;
 use crate::backend::encoding::ecdsa_der;
@@ -89,9 +88,6 @@ pub struct Quote {
     /// IMA's measurement list, from the offset asked for.
     pub ima_log: EventLog,
 }
-
-/// One bank's quoted PCRs: index and value.
-pub type BankValues = Vec<(u32, Vec<u8>)>;
 
 /// The AK's signature, in the two forms verifiers read.
 #[derive(Debug, Clone)]
@@ -257,34 +253,11 @@ impl Tpm {
                     selection.clone(),
                 )
                 .map_err(|e| self.classify(e, "the TPM refused to quote"))?;
-            let read = self
-                .ctx
-                .execute_without_session(|c| read_all(c, selection.clone()))
-                .map_err(|e| self.classify(e, "the TPM refused to read its PCRs"))?;
-            let mut values = Vec::new();
-            let mut all = Vec::new();
-            for (bank, indexes) in pcrs.banks() {
-                let tpm_bank = read.pcr_bank(algorithm(*bank)).ok_or_else(|| {
-                    Failure::Request(Error::BadRequest(format!(
-                        "this TPM has no {} PCR bank",
-                        bank.name()
-                    )))
-                })?;
-                let mut bank_values = Vec::new();
-                for index in indexes {
-                    let slot = PcrSlot::try_from(1u32 << index)
-                        .map_err(|_| Failure::internal("PCR slot"))?;
-                    let value = tpm_bank.get_digest(slot).ok_or_else(|| {
-                        Failure::Request(Error::BadRequest(format!(
-                            "this TPM did not read PCR {index} of its {} bank",
-                            bank.name()
-                        )))
-                    })?;
-                    all.extend_from_slice(value.value());
-                    bank_values.push((*index, value.value().to_vec()));
-                }
-                values.push((*bank, bank_values));
-            }
+            let values = self.read_pcrs(pcrs)?;
+            let all: Vec<u8> = values
+                .iter()
+                .flat_map(|(_, bank)| bank.iter().flat_map(|(_, v)| v.iter().copied()))
+                .collect();
             let AttestInfo::Quote { info } = attest.attested() else {
                 return Err(Failure::internal(
                     "TPM2_Quote returned another kind of attestation",

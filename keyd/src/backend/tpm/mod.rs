@@ -57,13 +57,14 @@ mod attest;
 mod event_logs;
 mod pcrs;
 mod provisioning;
+mod seal_policy;
+mod sealed;
 
-pub use attest::{
-    AkSignature, AttestationKey, BankValues, Certification, ClockInfo, Quote, NONCE_LEN,
-};
+pub use attest::{AkSignature, AttestationKey, Certification, ClockInfo, Quote, NONCE_LEN};
 pub use event_logs::{EventLog, EventLogs};
-pub use pcrs::PcrSelection;
+pub use pcrs::{BankValues, PcrSelection};
 pub use provisioning::AttestationKeys;
+pub use sealed::Resealed;
 
 /// `[tpm]` in keyd's config.
 #[derive(Debug, Clone, Deserialize)]

@@ -1,6 +1,7 @@
 //! PCR selections: which banks and PCRs a quote covers, checked, in the
 //! order the TPM and a verifier's PCR file list them.
 
+use tss_esapi::abstraction::pcr::read_all;
 use tss_esapi::interface_types::algorithm::HashingAlgorithm;
 use tss_esapi::structures::{
     PcrSelectSize, PcrSelection as TpmPcrSelection, PcrSelectionList, PcrSlot,
@@ -9,6 +10,7 @@ use tss_esapi::tss2_esys::TPML_PCR_SELECTION;
 
 use edgeid_attest::Bank;
 
+use super::Tpm;
 use crate::backend::Failure;
 use crate::error::Error;
 
@@ -33,6 +35,9 @@ pub(super) fn algorithm(bank: Bank) -> HashingAlgorithm {
         Bank::Sha384 => HashingAlgorithm::Sha384,
     }
 }
+
+/// One bank's PCRs read (or quoted): index and value.
+pub type BankValues = Vec<(u32, Vec<u8>)>;
 
 /// What a quote covers: PCR indexes per bank, each list sorted and non-empty.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -101,5 +106,42 @@ impl PcrSelection {
             list.count += 1;
         }
         PcrSelectionList::try_from(list).map_err(bad)
+    }
+}
+
+impl Tpm {
+    /// The values of the PCRs `pcrs` selects, bank by bank in its order.
+    pub(super) fn read_pcrs(
+        &mut self,
+        pcrs: &PcrSelection,
+    ) -> Result<Vec<(Bank, BankValues)>, Failure> {
+        let selection = pcrs.to_tpm()?;
+        let read = self
+            .ctx
+            .execute_without_session(|c| read_all(c, selection.clone()))
+            .map_err(|e| self.classify(e, "the TPM refused to read its PCRs"))?;
+        let mut values = Vec::new();
+        for (bank, indexes) in pcrs.banks() {
+            let tpm_bank = read.pcr_bank(algorithm(*bank)).ok_or_else(|| {
+                Failure::Request(Error::BadRequest(format!(
+                    "this TPM has no {} PCR bank",
+                    bank.name()
+                )))
+            })?;
+            let mut bank_values = Vec::new();
+            for index in indexes {
+                let slot =
+                    PcrSlot::try_from(1u32 << index).map_err(|_| Failure::internal("PCR slot"))?;
+                let value = tpm_bank.get_digest(slot).ok_or_else(|| {
+                    Failure::Request(Error::BadRequest(format!(
+                        "this TPM did not read PCR {index} of its {} bank",
+                        bank.name()
+                    )))
+                })?;
+                bank_values.push((*index, value.value().to_vec()));
+            }
+            values.push((*bank, bank_values));
+        }
+        Ok(values)
     }
 }
