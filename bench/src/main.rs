@@ -17,6 +17,7 @@
 //! Without `--socket`, it starts `edgeid-keyd` (from the same build directory)
 //! on a temp dir as a separate process, and also reports keyd's RSS.
 
+mod attest;
 mod aziot;
 mod load;
 mod spiffe;
@@ -71,6 +72,9 @@ enum Target {
     Pkcs11,
     /// keyd on a swtpm.
     Tpm,
+    /// keyd's TPM attestation on a swtpm: quote and certify, beside raw
+    /// tss-esapi; opening a store whose master key is sealed to PCRs.
+    Attest,
     /// The workload API's sign (IoT Edge's) of a running `edgeidctl dev`
     /// (`--socket DIR/workload.sock`), beside keyd's HMAC and in-process HMAC.
     Workload,
@@ -135,6 +139,10 @@ fn main() -> Result<(), String> {
             edgeid_common::runtime::raise_fd_limit().map_err(|e| e.to_string())?;
             let runtime = edgeid_common::runtime::build().map_err(|e| e.to_string())?;
             return runtime.block_on(load::run(&args));
+        }
+        Target::Attest => {
+            let runtime = edgeid_common::runtime::build().map_err(|e| e.to_string())?;
+            return runtime.block_on(attest::bench(&args, dir.path()));
         }
         Target::Keyd => Store::Software,
         Target::Pkcs11 => Store::Pkcs11(SoftHsmToken::create(dir.path())?),

@@ -312,7 +312,7 @@ impl Tpm {
 /// The AK template: restricted ECDSA-SHA256 on P-256, made in the TPM,
 /// used with its authValue (what `tpm2_createak -G ecc` makes, but under the
 /// storage key instead of the EK, so it loads like keyd's other keys).
-fn ak_template() -> Result<Public, Error> {
+pub fn ak_template() -> Result<Public, Error> {
     let bad = |e: tss_esapi::Error| Error::Internal(format!("cannot build the AK template: {e}"));
     let attributes = ObjectAttributesBuilder::new()
         .with_restricted(true)

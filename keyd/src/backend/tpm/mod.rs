@@ -60,7 +60,9 @@ mod provisioning;
 mod seal_policy;
 mod sealed;
 
-pub use attest::{AkSignature, AttestationKey, Certification, ClockInfo, Quote, NONCE_LEN};
+pub use attest::{
+    ak_template, AkSignature, AttestationKey, Certification, ClockInfo, Quote, NONCE_LEN,
+};
 pub use event_logs::{EventLog, EventLogs};
 pub use pcrs::{BankValues, PcrSelection};
 pub use provisioning::AttestationKeys;
