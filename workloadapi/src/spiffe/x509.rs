@@ -190,8 +190,7 @@ impl X509Authority {
             let v = cert.validity();
             (v.not_before.to_datetime(), v.not_after.to_datetime())
         };
-        let span = not_after - not_before;
-        let renew_at = not_before + span * (f64::from(self.threshold_percent) / 100.0);
+        let renew_at = renewal_time(not_before, not_after, self.threshold_percent, jitter());
         let svid = Svid {
             spiffe_id,
             chain: blocks
@@ -298,4 +297,67 @@ impl X509Authority {
 /// Whether `svid` (if any) is due for replacement at `now`.
 fn due_at(svid: Option<&Arc<Svid>>, now: OffsetDateTime) -> bool {
     svid.is_none_or(|s| now >= s.renew_at)
+}
+
+/// Largest departure from the renewal threshold, as a fraction of it: SVIDs
+/// issued together (a device's modules, at boot) renew spread over ±10% of
+/// the threshold, not in one burst at certd and keyd.
+const JITTER: f64 = 0.10;
+
+/// When an SVID valid from `not_before` to `not_after` is renewed: at
+/// `threshold_percent` of its lifetime, moved by `jitter` (-1..=1) times
+/// [`JITTER`] of that, and never before 1% or after 99% of it.
+fn renewal_time(
+    not_before: OffsetDateTime,
+    not_after: OffsetDateTime,
+    threshold_percent: u8,
+    jitter: f64,
+) -> OffsetDateTime {
+    let span = not_after - not_before;
+    let at = f64::from(threshold_percent) / 100.0 * (1.0 + JITTER * jitter.clamp(-1.0, 1.0));
+    not_before + span * at.clamp(0.01, 0.99)
+}
+
+/// A uniform draw in -1..=1 (0 if the system's generator fails: the
+/// threshold itself).
+fn jitter() -> f64 {
+    let mut bytes = [0u8; 4];
+    if aws_lc_rs::rand::fill(&mut bytes).is_err() {
+        return 0.0;
+    }
+    f64::from(u32::from_le_bytes(bytes)) / f64::from(u32::MAX) * 2.0 - 1.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renewals_of_svids_issued_together_spread_over_the_threshold_plus_minus_ten_percent() {
+        let not_before = OffsetDateTime::UNIX_EPOCH + time::Duration::days(20_000);
+        let not_after = not_before + time::Duration::hours(1);
+        // 50 modules' SVIDs, issued in the same second, threshold 50%.
+        let mut times: Vec<OffsetDateTime> = (0..50)
+            .map(|_| renewal_time(not_before, not_after, 50, jitter()))
+            .collect();
+        times.sort();
+        let earliest = not_before + time::Duration::seconds(1620); // 45% of an hour
+        let latest = not_before + time::Duration::seconds(1980); // 55%
+        assert!(times[0] >= earliest && times[49] <= latest, "{times:?}");
+        // Spread: they fill most of the 6-minute window, and no second has more than 5 (3 would fail one run in 200).
+        assert!(
+            times[49] - times[0] > time::Duration::seconds(240),
+            "{times:?}"
+        );
+        let mut per_second = std::collections::HashMap::new();
+        for t in &times {
+            *per_second.entry(t.unix_timestamp()).or_insert(0) += 1;
+        }
+        assert!(per_second.values().all(|n| *n <= 5), "{per_second:?}");
+        // The bounds hold at the extremes, and never leave the lifetime.
+        assert_eq!(renewal_time(not_before, not_after, 50, -1.0), earliest);
+        assert_eq!(renewal_time(not_before, not_after, 50, 1.0), latest);
+        assert!(renewal_time(not_before, not_after, 99, 1.0) < not_after);
+        assert!(renewal_time(not_before, not_after, 1, -1.0) > not_before);
+    }
 }
