@@ -1,6 +1,6 @@
 //! Generates the SPIFFE Workload API's messages, server and client from
 //! `proto/workload.proto`, and edgeid's module attestation service from
-//! `proto/attestation.proto`. The .proto is compiled by protox (pure Rust), so
+//! `proto/attestation.proto`, and their descriptors for server reflection. The .proto is compiled by protox (pure Rust), so
 //! building needs no `protoc` on the machine.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -9,6 +9,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let descriptors = protox::compile(
         ["proto/workload.proto", "proto/attestation.proto"],
         ["proto"],
+    )?;
+    // The descriptors again, for gRPC server reflection.
+    let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
+    std::fs::write(
+        out.join("descriptors.bin"),
+        prost::Message::encode_to_vec(&descriptors),
     )?;
     tonic_prost_build::configure()
         // Clients connect over a Unix socket with their own connector; the

@@ -146,6 +146,9 @@ pub struct SpiffeConfig {
     /// How often certd's trust bundle is read for changes.
     #[serde(default = "default_bundle_refresh")]
     pub bundle_refresh_secs: u64,
+    /// How often gRPC health asks keyd, certd and identityd whether they answer.
+    #[serde(default = "default_health_check")]
+    pub health_check_secs: u64,
 }
 
 fn default_spiffe_socket() -> PathBuf {
@@ -166,6 +169,9 @@ fn default_jwt_rotation() -> u64 {
 fn default_bundle_refresh() -> u64 {
     60
 }
+fn default_health_check() -> u64 {
+    10
+}
 
 impl SpiffeConfig {
     /// The defaults for `trust_domain`, its socket at `socket`.
@@ -178,6 +184,7 @@ impl SpiffeConfig {
             jwt_svid_lifetime_secs: default_jwt_lifetime(),
             jwt_key_rotation_secs: default_jwt_rotation(),
             bundle_refresh_secs: default_bundle_refresh(),
+            health_check_secs: default_health_check(),
         }
     }
 
@@ -193,8 +200,10 @@ impl SpiffeConfig {
         if self.jwt_key_rotation_secs < 2 {
             return Err("spiffe.jwt_key_rotation_secs must be at least 2".into());
         }
-        if self.bundle_refresh_secs == 0 {
-            return Err("spiffe.bundle_refresh_secs must be at least 1".into());
+        if self.bundle_refresh_secs == 0 || self.health_check_secs == 0 {
+            return Err(
+                "spiffe.bundle_refresh_secs and spiffe.health_check_secs must be at least 1".into(),
+            );
         }
         Ok(())
     }

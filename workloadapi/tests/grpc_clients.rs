@@ -20,21 +20,27 @@ const TD: &str = "edge.test";
 
 struct Suite {
     _workload: WorkloadFixture,
-    _stack: Stack,
+    stack: Stack,
     dir: tempfile::TempDir,
 }
 
 impl Suite {
     async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    async fn start_with(change: impl FnOnce(&mut SpiffeConfig)) -> Self {
         let dir = edgeid_testkit::temp_dir();
         let stack = Stack::local(dir.path(), &["mod-a"]).await;
         let mut config =
             stack.workload_config(dir.path(), &[("mod-a", edgeid_common::current_uid())]);
-        config.spiffe = Some(SpiffeConfig::new(TD, &dir.path().join("spiffe.sock")));
+        let mut spiffe = SpiffeConfig::new(TD, &dir.path().join("spiffe.sock"));
+        change(&mut spiffe);
+        config.spiffe = Some(spiffe);
         let workload = WorkloadFixture::configured(config).await;
         Self {
             _workload: workload,
-            _stack: stack,
+            stack,
             dir,
         }
     }
@@ -82,6 +88,95 @@ async fn py_spiffe_on_the_newest_grpcio_fetches_and_validates() {
     assert!(!answer["jwt_keys"].as_array().unwrap().is_empty());
     let refused = answer["other_audience"].as_str().unwrap();
     assert!(refused.contains("audience"), "{refused}");
+}
+
+/// `tests/clients/python/grpc_probe.py` against the suite's socket.
+async fn probe(suite: &Suite) -> Value {
+    let mut python = clients::python();
+    python.arg(clients::script("python/grpc_probe.py")).env(
+        "SPIFFE_ENDPOINT_SOCKET",
+        format!("unix://{}", suite.socket()),
+    );
+    let (ok, answer, stderr) = tokio::task::spawn_blocking(move || clients::run_json(python))
+        .await
+        .unwrap();
+    assert!(ok, "grpc_probe: {answer} {stderr}");
+    answer
+}
+
+/// grpcio's own health and reflection clients, and the WIT-SVID RPCs; then
+/// keyd stops, and health says NOT_SERVING.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn grpc_health_reflection_and_unimplemented_wit_svids_for_grpcio_clients() {
+    let mut suite = Suite::start_with(|s| s.health_check_secs = 1).await;
+    let answer = probe(&suite).await;
+    for service in [
+        "",
+        "SpiffeWorkloadAPI",
+        "edgeid.attestation.v1.ModuleAttestation",
+    ] {
+        assert_eq!(answer[format!("check:{service}")], "SERVING", "{answer}");
+    }
+    assert_eq!(answer["check:unknown"], "NOT_FOUND", "{answer}");
+    assert_eq!(answer["watch"], "SERVING", "{answer}");
+    let services: Vec<&str> = answer["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    for service in [
+        "SpiffeWorkloadAPI",
+        "edgeid.attestation.v1.ModuleAttestation",
+        "grpc.health.v1.Health",
+    ] {
+        assert!(services.contains(&service), "{service}: {services:?}");
+    }
+    let methods: Vec<&str> = answer["methods"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert_eq!(
+        methods,
+        [
+            "FetchJWTBundles",
+            "FetchJWTSVID",
+            "FetchWITBundles",
+            "FetchWITSVID",
+            "FetchX509Bundles",
+            "FetchX509SVID",
+            "ValidateJWTSVID"
+        ]
+    );
+    // The specification's field numbers, as reflection tells them.
+    assert_eq!(answer["x509svid_fields"]["x509_svid_key"], 3, "{answer}");
+    assert_eq!(answer["x509svid_fields"]["hint"], 5, "{answer}");
+    assert_eq!(answer["attestation_methods"][0], "Quote");
+    for method in ["FetchWITSVID", "FetchWITBundles"] {
+        assert_eq!(
+            answer[method]["code"], "UNIMPLEMENTED",
+            "{method}: {answer}"
+        );
+        let details = answer[method]["details"].as_str().unwrap();
+        assert!(details.contains("WIT-SVID"), "{details}");
+    }
+
+    suite.stack.keyd.stop().await;
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    let answer = probe(&suite).await;
+    for service in [
+        "",
+        "SpiffeWorkloadAPI",
+        "edgeid.attestation.v1.ModuleAttestation",
+    ] {
+        assert_eq!(
+            answer[format!("check:{service}")],
+            "NOT_SERVING",
+            "{answer}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

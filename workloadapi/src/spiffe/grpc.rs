@@ -141,6 +141,8 @@ impl SpiffeWorkloadApi for Spiffe {
     type FetchX509SVIDStream = Stream<X509svidResponse>;
     type FetchX509BundlesStream = Stream<X509BundlesResponse>;
     type FetchJWTBundlesStream = Stream<JwtBundlesResponse>;
+    type FetchWITSVIDStream = Stream<WitsvidResponse>;
+    type FetchWITBundlesStream = Stream<WitBundlesResponse>;
 
     async fn fetch_x509svid(
         &self,
@@ -241,6 +243,29 @@ impl SpiffeWorkloadApi for Spiffe {
             claims: Some(to_struct(claims)),
         }))
     }
+
+    async fn fetch_witsvid(
+        &self,
+        request: Request<WitsvidRequest>,
+    ) -> Result<Response<Self::FetchWITSVIDStream>, Status> {
+        self.module(&request)?;
+        Err(no_wit_svids())
+    }
+
+    async fn fetch_wit_bundles(
+        &self,
+        request: Request<WitBundlesRequest>,
+    ) -> Result<Response<Self::FetchWITBundlesStream>, Status> {
+        self.module(&request)?;
+        Err(no_wit_svids())
+    }
+}
+
+/// The specification's answer where the WIT-SVID profile is not served.
+fn no_wit_svids() -> Status {
+    Status::unimplemented(
+        "this Workload API endpoint does not serve the WIT-SVID profile: use X.509-SVIDs or JWT-SVIDs",
+    )
 }
 
 /// JSON claims as a protobuf `Struct`.

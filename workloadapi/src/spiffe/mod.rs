@@ -7,12 +7,14 @@
 //!   `client` (feature `client`): connecting to the socket.
 //! - [`id`]: SPIFFE IDs; [`x509`]: X.509-SVIDs and the bundle; [`jwt`]:
 //!   JWT-SVIDs, their keys and JWK set; [`grpc`]: the service;
-//!   [`attestation`]: edgeid's module quotes, a service of its own beside it.
+//!   [`attestation`]: edgeid's module quotes, a service of its own beside it;
+//!   `health`: gRPC health and server reflection.
 
 pub mod attestation;
 #[cfg(feature = "client")]
 pub mod client;
 pub mod grpc;
+mod health;
 pub mod id;
 pub mod jwt;
 pub mod proto;
@@ -46,6 +48,8 @@ pub struct Spiffe {
     /// SPIFFE IDs by module, and when they were read (a module map's size:
     /// only mapped modules get here).
     ids: std::sync::Mutex<std::collections::HashMap<String, (String, std::time::Instant)>>,
+    /// How often gRPC health asks the daemons behind workloadd.
+    health_every: std::time::Duration,
 }
 
 impl Spiffe {
@@ -61,6 +65,7 @@ impl Spiffe {
             )),
             workload,
             ids: std::sync::Mutex::new(std::collections::HashMap::new()),
+            health_every: std::time::Duration::from_secs(config.health_check_secs),
         }
     }
 
@@ -81,20 +86,45 @@ impl Spiffe {
         };
         tokio::spawn(self.x509.clone().run(stopped()));
         tokio::spawn(rotate_jwt_keys(self.jwt.clone(), stopped()));
+        let (reporter, health) = health::health();
+        tokio::spawn(health::report(
+            reporter,
+            self.workload.clone(),
+            self.health_every,
+            stopped(),
+        ));
+        let (reflection, reflection_alpha) = health::reflection().map_err(Error::Setup)?;
         let me = Arc::new(self);
         let grpc =
             SpiffeWorkloadApiServer::from_arc(me.clone()).max_decoding_message_size(MAX_REQUEST);
         let attestation =
             ModuleAttestationServer::from_arc(me).max_decoding_message_size(MAX_REQUEST);
+        let health = health.max_decoding_message_size(MAX_REQUEST);
+        let reflection = reflection.max_decoding_message_size(MAX_REQUEST);
+        let reflection_alpha = reflection_alpha.max_decoding_message_size(MAX_REQUEST);
         let served = edgeid_common::server::serve_h2(listener, limits, shutdown, move |caller| {
-            let (grpc, attestation) = (grpc.clone(), attestation.clone());
+            let services = (
+                grpc.clone(),
+                attestation.clone(),
+                health.clone(),
+                reflection.clone(),
+                reflection_alpha.clone(),
+            );
             hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
                 req.extensions_mut().insert(caller);
-                let (mut grpc, mut attestation) = (grpc.clone(), attestation.clone());
+                let (mut grpc, mut attestation, mut health, mut reflection, mut reflection_alpha) =
+                    services.clone();
                 async move {
-                    // One socket, two services: the path names the service.
-                    if req.uri().path().starts_with(ATTESTATION_PATH) {
+                    // One socket, several services: the path names the service.
+                    let path = req.uri().path();
+                    if path.starts_with(ATTESTATION_PATH) {
                         tonic::codegen::Service::call(&mut attestation, req).await
+                    } else if path.starts_with(health::HEALTH_PATH) {
+                        tonic::codegen::Service::call(&mut health, req).await
+                    } else if path.starts_with(health::REFLECTION_V1_PATH) {
+                        tonic::codegen::Service::call(&mut reflection, req).await
+                    } else if path.starts_with(health::REFLECTION_V1ALPHA_PATH) {
+                        tonic::codegen::Service::call(&mut reflection_alpha, req).await
                     } else {
                         tonic::codegen::Service::call(&mut grpc, req).await
                     }
