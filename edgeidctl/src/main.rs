@@ -14,6 +14,7 @@ mod daemons;
 mod dev;
 mod factory;
 mod ops;
+mod spiffe;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -108,6 +109,14 @@ enum Command {
         run: RunDir,
         #[command(subcommand)]
         action: ops::CertAction,
+    },
+    /// The SPIFFE Workload API as a module sees it (what `spire-agent api`
+    /// and `spire-agent healthcheck` do).
+    Spiffe {
+        #[command(flatten)]
+        args: spiffe::SpiffeArgs,
+        #[command(subcommand)]
+        action: spiffe::SpiffeAction,
     },
     /// TPM attestation: quote PCRs on the device; verify a quote anywhere.
     Attest {
@@ -237,6 +246,7 @@ fn main() -> ExitCode {
         Command::Cert { run, action } => {
             runtime.block_on(ops::cert(&ops::Sockets::new(&run.run_dir), &action))
         }
+        Command::Spiffe { args, action } => runtime.block_on(spiffe::run(&args, &action)),
         Command::Attest { run, action } => {
             runtime.block_on(attest::run(&run.run_dir.join("keyd.sock"), &action))
         }

@@ -1,0 +1,261 @@
+//! `edgeidctl spiffe` as a module runs it against workloadd's SPIFFE
+//! socket, each answer checked by a second party: the files `fetch x509
+//! --write` leaves pass `openssl verify` and the key is the certificate's;
+//! the JWT `fetch jwt` writes validates for its audience only; `watch`
+//! prints each rotation with a new serial; a caller who is no module, a
+//! directory that cannot be written, a bad token and a socket that is not
+//! there all exit 1 with a message. The test process's uid is `mod-a`.
+
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+use edgeid_testkit::workload::Stack;
+use edgeid_testkit::WorkloadFixture;
+use edgeid_workloadapi::config::SpiffeConfig;
+use serde_json::Value;
+
+const TD: &str = "edge.test";
+
+struct Suite {
+    _workload: WorkloadFixture,
+    _stack: Stack,
+    dir: tempfile::TempDir,
+}
+
+impl Suite {
+    async fn start(svid_lifetime_secs: u64) -> Self {
+        let dir = edgeid_testkit::temp_dir();
+        edgeid_testkit::open_to_others(dir.path());
+        let stack = Stack::local(dir.path(), &["mod-a"]).await;
+        let mut config =
+            stack.workload_config(dir.path(), &[("mod-a", edgeid_common::current_uid())]);
+        config.server.socket_mode = 0o666;
+        let mut spiffe = SpiffeConfig::new(TD, &dir.path().join("spiffe.sock"));
+        spiffe.svid_lifetime_secs = svid_lifetime_secs;
+        config.spiffe = Some(spiffe);
+        let workload = WorkloadFixture::configured(config).await;
+        Self {
+            _workload: workload,
+            _stack: stack,
+            dir,
+        }
+    }
+
+    fn socket(&self) -> String {
+        self.dir.path().join("spiffe.sock").display().to_string()
+    }
+}
+
+fn spiffe_cmd(socket: &str, args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_edgeidctl"));
+    cmd.arg("spiffe")
+        .args(args)
+        .env("SPIFFE_ENDPOINT_SOCKET", format!("unix://{socket}"));
+    cmd
+}
+
+async fn run(mut cmd: Command) -> Output {
+    tokio::task::spawn_blocking(move || cmd.output().expect("run edgeidctl"))
+        .await
+        .unwrap()
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn mode(path: &Path) -> u32 {
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fetch_write_validate_and_healthcheck_as_spire_agent_api_does() {
+    let suite = Suite::start(3600).await;
+    let socket = suite.socket();
+    let id = format!("spiffe://{TD}/edge-1/mod-a");
+
+    // fetch x509: spire-agent's text, and the files.
+    let out_dir = suite.dir.path().join("svid");
+    std::fs::create_dir(&out_dir).unwrap();
+    let out = run(spiffe_cmd(
+        &socket,
+        &["fetch", "x509", "--write", out_dir.to_str().unwrap()],
+    ))
+    .await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.starts_with("Received 1 svid after "), "{text}");
+    assert!(text.contains(&format!("SPIFFE ID:\t\t{id}")), "{text}");
+    assert!(
+        text.contains("SVID Valid Until:\t") && text.contains(" +0000 UTC"),
+        "{text}"
+    );
+    assert!(text.contains("CA #1 Valid After:\t"), "{text}");
+    assert!(text.contains("Writing key #0 to file "), "{text}");
+    let (chain, key, bundle) = (
+        out_dir.join("svid.0.pem"),
+        out_dir.join("svid.0.key"),
+        out_dir.join("bundle.0.pem"),
+    );
+    assert_eq!(
+        (mode(&chain), mode(&key), mode(&bundle)),
+        (0o644, 0o600, 0o644)
+    );
+    let chain_pem = std::fs::read_to_string(&chain).unwrap();
+    let bundle_pem = std::fs::read_to_string(&bundle).unwrap();
+    for purpose in ["sslclient", "sslserver"] {
+        edgeid_testkit::openssl::verify_chain(&bundle_pem, &chain_pem, purpose).unwrap();
+    }
+    let pair = rcgen::KeyPair::from_pem(&std::fs::read_to_string(&key).unwrap()).unwrap();
+    let leaf = pem::parse(&chain_pem).unwrap();
+    let (_, cert) = x509_parser::parse_x509_certificate(leaf.contents()).unwrap();
+    assert_eq!(
+        cert.public_key().subject_public_key.data.as_ref(),
+        pair.public_key_raw(),
+        "the key written is the certificate's"
+    );
+
+    // --output json: protobuf's JSON names, bytes in base64.
+    let out = run(spiffe_cmd(&socket, &["fetch", "x509", "--output", "json"])).await;
+    let answer: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(answer["svids"][0]["spiffe_id"], id.as_str());
+    assert!(answer["svids"][0]["x509_svid_key"].as_str().unwrap().len() > 40);
+
+    // fetch jwt --write, then validate: for its audience, not another.
+    let out = run(spiffe_cmd(
+        &socket,
+        &[
+            "fetch",
+            "jwt",
+            "--audience",
+            "backend",
+            "--write",
+            out_dir.to_str().unwrap(),
+        ],
+    ))
+    .await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).starts_with(&format!("token({id}):\n\t")),
+        "{}",
+        stdout(&out)
+    );
+    let token_file = out_dir.join("jwt_svid.0.token");
+    assert_eq!(mode(&token_file), 0o600);
+    assert_eq!(mode(&out_dir.join("jwt_bundle.0.json")), 0o644);
+    let token = std::fs::read_to_string(&token_file).unwrap();
+    let out = run(spiffe_cmd(
+        &socket,
+        &["validate", "jwt", "--audience", "backend", &token],
+    ))
+    .await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        text.starts_with(&format!("SVID is valid.\nSPIFFE ID : {id}\n")),
+        "{text}"
+    );
+    assert!(text.contains("\"aud\":[\"backend\"]"), "{text}");
+    for (audience, token, why) in [
+        ("someone-else", token.as_str(), "aud"),
+        ("backend", "not.a-token", "not valid"),
+    ] {
+        let out = run(spiffe_cmd(
+            &socket,
+            &["validate", "jwt", "--audience", audience, "--svid", token],
+        ))
+        .await;
+        assert_eq!(out.status.code(), Some(1));
+        assert!(
+            stderr(&out).contains("SVID is not valid: "),
+            "{}",
+            stderr(&out)
+        );
+        assert!(stderr(&out).contains(why), "{}", stderr(&out));
+    }
+
+    // healthcheck, through SPIFFE_ENDPOINT_SOCKET alone.
+    let out = run(spiffe_cmd(&socket, &["healthcheck"])).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    // Failures exit 1 and say what failed.
+    let missing = suite.dir.path().join("no-such-dir");
+    let blocked = suite.dir.path().join("a-file");
+    std::fs::write(&blocked, b"").unwrap();
+    for (args, said) in [
+        (
+            vec!["fetch", "x509", "--write", missing.to_str().unwrap()],
+            "cannot write",
+        ),
+        (
+            vec!["fetch", "x509", "--write", blocked.to_str().unwrap()],
+            "cannot write",
+        ),
+        (
+            vec!["--socket", "/nonexistent/spiffe.sock", "healthcheck"],
+            "unhealthy",
+        ),
+        (vec!["fetch", "jwt"], "--audience"),
+    ] {
+        let out = run(spiffe_cmd(&socket, &args)).await;
+        assert_ne!(out.status.code(), Some(0), "{args:?}");
+        assert!(stderr(&out).contains(said), "{args:?}: {}", stderr(&out));
+    }
+    assert!(!missing.exists());
+
+    // A local user who is no module gets nothing, and exit 1.
+    if edgeid_testkit::is_root() {
+        for args in [vec!["healthcheck"], vec!["fetch", "x509"]] {
+            let mut cmd = spiffe_cmd(&socket, &args);
+            cmd.uid(65534).gid(65534);
+            let out = run(cmd).await;
+            assert_eq!(out.status.code(), Some(1), "{args:?}");
+            assert!(
+                stderr(&out).contains("PermissionDenied"),
+                "{}",
+                stderr(&out)
+            );
+            assert!(out.stdout.is_empty());
+        }
+    } else {
+        eprintln!("not root: the stranger's refusal is tested by workloadapi/tests/spiffe.rs only");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn watch_prints_each_rotation_with_its_serial() {
+    // 4 s SVIDs renew after about 2 s.
+    let suite = Suite::start(4).await;
+    let mut cmd = spiffe_cmd(&suite.socket(), &["watch"]);
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let serials = tokio::task::spawn_blocking(move || {
+        use std::io::BufRead;
+        let mut serials = Vec::new();
+        for line in std::io::BufReader::new(stdout).lines() {
+            let line = line.unwrap();
+            if let Some(serial) = line.strip_prefix("Serial:\t\t\t") {
+                serials.push(serial.to_owned());
+                if serials.len() == 2 {
+                    break;
+                }
+            }
+        }
+        serials
+    });
+    let serials = tokio::time::timeout(std::time::Duration::from_secs(20), serials)
+        .await
+        .expect("two updates within 20 s")
+        .unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(serials.len(), 2);
+    assert_ne!(serials[0], serials[1], "a rotation is a new certificate");
+}
