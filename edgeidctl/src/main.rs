@@ -15,6 +15,7 @@ mod dev;
 mod factory;
 mod ops;
 mod spiffe;
+mod spiffe_helper;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -50,6 +50,16 @@ pub enum SpiffeAction {
     /// Print every X.509-SVID update as it arrives (serial, not-after, the
     /// renewal to expect), until interrupted or the stream ends.
     Watch,
+    /// Keep files of the caller's X.509-SVID up to date for programs that
+    /// read only files, and tell them on every rotation (spiffe-helper).
+    Helper {
+        /// The helper's config (TOML: socket, [[consumer]] tables).
+        #[arg(long)]
+        config: PathBuf,
+        /// Write the files once and exit.
+        #[arg(long)]
+        once: bool,
+    },
     /// Exit 0 when the socket serves this caller an X.509-SVID in time.
     Healthcheck {
         /// Say nothing on success.
@@ -260,6 +270,9 @@ pub async fn run(args: &SpiffeArgs, action: &SpiffeAction) -> Result<(), String>
             Ok(())
         }
         SpiffeAction::Watch => watch(connect().await?, json).await,
+        SpiffeAction::Helper { config, once } => {
+            crate::spiffe_helper::run(config, args.socket.as_deref(), *once).await
+        }
         SpiffeAction::Healthcheck { silent } => {
             let healthy = async { first_x509(connect().await?, timeout).await };
             match healthy.await {
@@ -418,7 +431,7 @@ fn validity(what: &str, der: &[u8]) -> Result<(), String> {
 
 /// The DER certificates one after another in `bytes`, as the Workload API
 /// sends chains and bundles.
-fn certificates(mut bytes: &[u8]) -> Result<Vec<&[u8]>, String> {
+pub(crate) fn certificates(mut bytes: &[u8]) -> Result<Vec<&[u8]>, String> {
     let mut out = Vec::new();
     while !bytes.is_empty() {
         let (rest, _) = x509_parser::parse_x509_certificate(bytes)
@@ -430,7 +443,7 @@ fn certificates(mut bytes: &[u8]) -> Result<Vec<&[u8]>, String> {
     Ok(out)
 }
 
-fn pem_of(label: &str, ders: &[&[u8]]) -> String {
+pub(crate) fn pem_of(label: &str, ders: &[&[u8]]) -> String {
     ders.iter()
         .map(|d| pem::encode(&pem::Pem::new(label, d.to_vec())))
         .collect()

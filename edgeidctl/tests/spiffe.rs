@@ -259,3 +259,146 @@ async fn watch_prints_each_rotation_with_its_serial() {
     assert_eq!(serials.len(), 2);
     assert_ne!(serials[0], serials[1], "a rotation is a new certificate");
 }
+
+/// Polls `check` every 100 ms for up to `secs`.
+async fn eventually(secs: u64, what: &str, check: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while !check() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what} within {secs} s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+fn lines(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn helper_rewrites_files_on_rotation_and_tells_each_consumer() {
+    edgeid_testkit::require_tool("openssl", "openssl");
+    let suite = Suite::start(4).await;
+    let root = suite.dir.path();
+    let (a, b) = (root.join("a"), root.join("b"));
+    std::fs::create_dir(&a).unwrap();
+    std::fs::create_dir(&b).unwrap();
+    // Consumer a's command checks, at each rotation, that the key file is
+    // the certificate file's key (openssl), reading the certificate first.
+    let check = format!(
+        "c=$(openssl x509 -noout -pubkey -in {a}/svid.pem); k=$(openssl pkey -pubout -in {a}/svid_key.pem); \
+         s=$(openssl x509 -noout -serial -in {a}/svid.pem); \
+         if [ \"$c\" = \"$k\" ]; then echo \"match $s\"; else echo \"MISMATCH $s\"; fi >> {a}/rotations",
+        a = a.display()
+    );
+    // Consumer b is a process that reloads on SIGHUP.
+    let hups = b.join("hups");
+    let pid_file = b.join("server.pid");
+    let mut server = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "trap 'echo hup >> {}' HUP; echo $$ > {}; while true; do sleep 0.1; done",
+            hups.display(),
+            pid_file.display()
+        ))
+        .spawn()
+        .unwrap();
+    eventually(5, "the server's pid file", || pid_file.exists()).await;
+    let config = root.join("helper.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[consumer]]\nname = \"a\"\ndir = \"{a}\"\ncombined_file = \"combined.pem\"\n\
+             on_rotation = {{ command = [\"sh\", \"-c\", {check:?}] }}\n\
+             [[consumer]]\nname = \"b\"\ndir = \"{b}\"\ncert_file = \"tls.crt\"\nkey_file = \"tls.key\"\n\
+             on_rotation = {{ signal = \"SIGHUP\", pid_file = \"{pid}\" }}\n\
+             [[consumer]]\nname = \"gone\"\ndir = \"{b}\"\ncert_file = \"g.crt\"\nkey_file = \"g.key\"\nbundle_file = \"g.pem\"\n\
+             on_rotation = {{ signal = \"SIGHUP\", pid_file = \"{root}/no-such.pid\" }}\n",
+            a = a.display(),
+            b = b.display(),
+            pid = pid_file.display(),
+            root = root.display(),
+        ),
+    )
+    .unwrap();
+    let mut helper = spiffe_cmd(
+        &suite.socket(),
+        &["helper", "--config", config.to_str().unwrap()],
+    );
+    helper.stderr(Stdio::piped());
+    let mut helper = helper.spawn().unwrap();
+    let rotations = a.join("rotations");
+    eventually(20, "three deliveries to consumer a", || {
+        lines(&rotations).len() >= 3
+    })
+    .await;
+    eventually(10, "consumer b's reloads", || lines(&hups).len() >= 2).await;
+    let _ = helper.kill();
+    let out = helper.wait_with_output().unwrap();
+    let _ = server.kill();
+    let _ = server.wait();
+
+    let seen = lines(&rotations);
+    assert!(seen.iter().all(|l| l.starts_with("match ")), "{seen:?}");
+    let mut serials: Vec<&String> = seen.iter().collect();
+    serials.dedup();
+    assert!(serials.len() >= 2, "new certificates: {seen:?}");
+    assert_eq!(mode(&a.join("svid_key.pem")), 0o600);
+    assert_eq!(mode(&a.join("combined.pem")), 0o600);
+    assert_eq!(mode(&b.join("tls.crt")), 0o644);
+    let combined = std::fs::read_to_string(a.join("combined.pem")).unwrap();
+    assert!(
+        combined.starts_with("-----BEGIN PRIVATE KEY-----"),
+        "{combined}"
+    );
+    assert!(combined.contains("-----BEGIN CERTIFICATE-----"));
+    // The consumer whose process is gone is named each time; the others go on.
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("gone: cannot read pid file"), "{said}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn helper_refuses_configs_and_directories_it_cannot_use() {
+    let suite = Suite::start(3600).await;
+    let root = suite.dir.path();
+    let dir = root.join("out");
+    std::fs::create_dir(&dir).unwrap();
+    let d = dir.display();
+    for (config, said) in [
+        (format!("[[consumer]]\nname = \"x\"\ndir = \"{d}\"\nkey_mode = 0o644\n"), "lets every user read"),
+        (format!("[[consumer]]\nname = \"x\"\ndir = \"{d}\"\nkey_file = \"../k\"\n"), "plain name"),
+        (format!("[[consumer]]\nname = \"x\"\ndir = \"{d}\"\nrestart = true\n"), "restart"),
+        (
+            format!("[[consumer]]\nname = \"x\"\ndir = \"{d}\"\non_rotation = {{ signal = \"SIGKILL\", pid_file = \"/p\" }}\n"),
+            "SIGKILL",
+        ),
+        (format!("[[consumer]]\nname = \"x\"\ndir = \"{d}/missing\"\n"), "cannot write"),
+    ] {
+        let path = root.join("helper.toml");
+        std::fs::write(&path, &config).unwrap();
+        let out = run(spiffe_cmd(&suite.socket(), &["helper", "--config", path.to_str().unwrap()])).await;
+        assert_eq!(out.status.code(), Some(1), "{config}");
+        assert!(stderr(&out).contains(said), "{config}: {}", stderr(&out));
+    }
+    // --once: the files, then exit 0.
+    let path = root.join("helper.toml");
+    std::fs::write(
+        &path,
+        format!("[[consumer]]\nname = \"x\"\ndir = \"{d}\"\n"),
+    )
+    .unwrap();
+    let out = run(spiffe_cmd(
+        &suite.socket(),
+        &["helper", "--once", "--config", path.to_str().unwrap()],
+    ))
+    .await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    for name in ["svid.pem", "svid_key.pem", "svid_bundle.pem"] {
+        assert!(dir.join(name).exists(), "{name}");
+    }
+}
