@@ -285,8 +285,10 @@ fn signal_number(name: &str) -> Result<i32, String> {
         "USR1" => libc::SIGUSR1,
         "USR2" => libc::SIGUSR2,
         "WINCH" => libc::SIGWINCH,
-        _ => return Err(format!(
+        _ => {
+            return Err(format!(
             "signal '{name}': one of SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2, SIGWINCH"
-        )),
+        ))
+        }
     })
 }

@@ -47,6 +47,12 @@ impl Spiffe {
                 "security header missing from request: set metadata 'workload.spiffe.io: true'",
             ));
         }
+        self.caller_module(request)
+    }
+
+    /// The caller's module, by its uid alone (Envoy's SDS sends no security
+    /// header).
+    pub(super) fn caller_module<T>(&self, request: &Request<T>) -> Result<String, Status> {
         let caller = request
             .extensions()
             .get::<Caller>()
@@ -63,7 +69,7 @@ impl Spiffe {
 
     /// The module's SPIFFE ID, once identityd confirms the module exists;
     /// reused for `identity_cache_secs`, as module identities are.
-    async fn spiffe_id_of(&self, module: &str) -> Result<String, Status> {
+    pub(super) async fn spiffe_id_of(&self, module: &str) -> Result<String, Status> {
         let ttl = std::time::Duration::from_secs(self.workload.config.identity_cache_secs);
         let cached = lock(&self.ids)
             .get(module)
@@ -114,7 +120,10 @@ where
 }
 
 /// Merges two watches into one that changes when either does.
-fn join<A, B>(mut a: watch::Receiver<A>, mut b: watch::Receiver<B>) -> watch::Receiver<(A, B)>
+pub(super) fn join<A, B>(
+    mut a: watch::Receiver<A>,
+    mut b: watch::Receiver<B>,
+) -> watch::Receiver<(A, B)>
 where
     A: Clone + Send + Sync + 'static,
     B: Clone + Send + Sync + 'static,

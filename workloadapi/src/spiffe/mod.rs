@@ -8,7 +8,8 @@
 //! - [`id`]: SPIFFE IDs; [`x509`]: X.509-SVIDs and the bundle; [`jwt`]:
 //!   JWT-SVIDs, their keys and JWK set; [`grpc`]: the service;
 //!   [`attestation`]: edgeid's module quotes, a service of its own beside it;
-//!   `health`: gRPC health and server reflection.
+//!   `health`: gRPC health and server reflection; `sds`: Envoy's Secret
+//!   Discovery Service.
 
 pub mod attestation;
 #[cfg(feature = "client")]
@@ -18,6 +19,7 @@ mod health;
 pub mod id;
 pub mod jwt;
 pub mod proto;
+mod sds;
 pub mod x509;
 
 use std::future::Future;
@@ -31,6 +33,7 @@ use crate::config::SpiffeConfig;
 use crate::error::Error;
 use crate::workload::Workload;
 use proto::attestation::module_attestation_server::ModuleAttestationServer;
+use proto::envoy::service::secret::v3::secret_discovery_service_server::SecretDiscoveryServiceServer;
 use proto::spiffe_workload_api_server::SpiffeWorkloadApiServer;
 
 /// Largest request message accepted (the requests are a few hundred bytes;
@@ -98,12 +101,14 @@ impl Spiffe {
         let grpc =
             SpiffeWorkloadApiServer::from_arc(me.clone()).max_decoding_message_size(MAX_REQUEST);
         let attestation =
-            ModuleAttestationServer::from_arc(me).max_decoding_message_size(MAX_REQUEST);
+            ModuleAttestationServer::from_arc(me.clone()).max_decoding_message_size(MAX_REQUEST);
+        let sds = SecretDiscoveryServiceServer::from_arc(me).max_decoding_message_size(MAX_REQUEST);
         let health = health.max_decoding_message_size(MAX_REQUEST);
         let reflection = reflection.max_decoding_message_size(MAX_REQUEST);
         let reflection_alpha = reflection_alpha.max_decoding_message_size(MAX_REQUEST);
         let served = edgeid_common::server::serve_h2(listener, limits, shutdown, move |caller| {
             let services = (
+                sds.clone(),
                 grpc.clone(),
                 attestation.clone(),
                 health.clone(),
@@ -112,12 +117,20 @@ impl Spiffe {
             );
             hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
                 req.extensions_mut().insert(caller);
-                let (mut grpc, mut attestation, mut health, mut reflection, mut reflection_alpha) =
-                    services.clone();
+                let (
+                    mut sds,
+                    mut grpc,
+                    mut attestation,
+                    mut health,
+                    mut reflection,
+                    mut reflection_alpha,
+                ) = services.clone();
                 async move {
                     // One socket, several services: the path names the service.
                     let path = req.uri().path();
-                    if path.starts_with(ATTESTATION_PATH) {
+                    if path.starts_with(sds::SDS_PATH) {
+                        tonic::codegen::Service::call(&mut sds, req).await
+                    } else if path.starts_with(ATTESTATION_PATH) {
                         tonic::codegen::Service::call(&mut attestation, req).await
                     } else if path.starts_with(health::HEALTH_PATH) {
                         tonic::codegen::Service::call(&mut health, req).await
