@@ -26,6 +26,10 @@ struct Suite {
 
 impl Suite {
     async fn start(svid_lifetime_secs: u64) -> Self {
+        Self::start_with(|s| s.svid_lifetime_secs = svid_lifetime_secs).await
+    }
+
+    async fn start_with(tune: impl FnOnce(&mut SpiffeConfig)) -> Self {
         let dir = edgeid_testkit::temp_dir();
         edgeid_testkit::open_to_others(dir.path());
         let stack = Stack::local(dir.path(), &["mod-a"]).await;
@@ -33,7 +37,7 @@ impl Suite {
             stack.workload_config(dir.path(), &[("mod-a", edgeid_common::current_uid())]);
         config.server.socket_mode = 0o666;
         let mut spiffe = SpiffeConfig::new(TD, &dir.path().join("spiffe.sock"));
-        spiffe.svid_lifetime_secs = svid_lifetime_secs;
+        tune(&mut spiffe);
         config.spiffe = Some(spiffe);
         let workload = WorkloadFixture::configured(config).await;
         Self {
@@ -401,4 +405,77 @@ async fn helper_refuses_configs_and_directories_it_cannot_use() {
     for name in ["svid.pem", "svid_key.pem", "svid_bundle.pem"] {
         assert!(dir.join(name).exists(), "{name}");
     }
+}
+
+/// A self-signed CA of `trust_domain`, PEM.
+fn foreign_ca(trust_domain: &str) -> String {
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, format!("{trust_domain} CA"));
+    let key = rcgen::KeyPair::generate().unwrap();
+    params.self_signed(&key).unwrap().pem()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn federated_bundles_and_hints_reach_the_module_and_follow_their_files() {
+    let dir = edgeid_testkit::temp_dir();
+    let other = dir.path().join("other.pem");
+    let first = foreign_ca("other.test");
+    std::fs::write(&other, &first).unwrap();
+    let other_path = other.clone();
+    let suite = Suite::start_with(move |s| {
+        s.federation.insert("other.test".into(), other_path);
+        s.hints.insert("mod-a".into(), "internal".into());
+        s.bundle_refresh_secs = 1;
+    })
+    .await;
+    let socket = suite.socket();
+    let out_dir = suite.dir.path().join("out");
+    std::fs::create_dir(&out_dir).unwrap();
+    let fetch = || {
+        spiffe_cmd(
+            &socket,
+            &["fetch", "x509", "--write", out_dir.to_str().unwrap()],
+        )
+    };
+    let out = run(fetch()).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.contains("Hint:\t\t\tinternal"), "{text}");
+    assert!(text.contains("[other.test] CA #1 Valid After:\t"), "{text}");
+    let written = out_dir.join("federated_bundle.0.0.pem");
+    let der = |pem_text: &str| pem::parse(pem_text).unwrap().contents().to_vec();
+    assert_eq!(
+        der(&std::fs::read_to_string(&written).unwrap()),
+        der(&first)
+    );
+    assert_eq!(mode(&written), 0o644);
+    let out = run(spiffe_cmd(&socket, &["fetch", "jwt", "--audience", "x"])).await;
+    assert!(
+        stdout(&out).contains("hint(spiffe://edge.test/edge-1/mod-a):\n\tinternal"),
+        "{}",
+        stdout(&out)
+    );
+
+    // The other trust domain rolls its CA: the next read of the file is served.
+    let second = foreign_ca("other.test");
+    std::fs::write(&other, &second).unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    let out = run(fetch()).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        der(&std::fs::read_to_string(&written).unwrap()),
+        der(&second)
+    );
+    // A file that goes bad keeps the last good bundle.
+    std::fs::write(&other, "not a bundle").unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    let out = run(fetch()).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        der(&std::fs::read_to_string(&written).unwrap()),
+        der(&second)
+    );
 }

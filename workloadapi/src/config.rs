@@ -149,6 +149,15 @@ pub struct SpiffeConfig {
     /// How often gRPC health asks keyd, certd and identityd whether they answer.
     #[serde(default = "default_health_check")]
     pub health_check_secs: u64,
+    /// Foreign trust domains whose X.509 bundles (PEM files, reread every
+    /// `bundle_refresh_secs`) are sent as federated bundles: trust domain
+    /// name → file.
+    #[serde(default)]
+    pub federation: std::collections::BTreeMap<String, PathBuf>,
+    /// Each module's SVID hint (the specification's operator guidance,
+    /// e.g. `internal`): module id → hint.
+    #[serde(default)]
+    pub hints: std::collections::BTreeMap<String, String>,
 }
 
 fn default_spiffe_socket() -> PathBuf {
@@ -185,6 +194,8 @@ impl SpiffeConfig {
             jwt_key_rotation_secs: default_jwt_rotation(),
             bundle_refresh_secs: default_bundle_refresh(),
             health_check_secs: default_health_check(),
+            federation: Default::default(),
+            hints: Default::default(),
         }
     }
 
@@ -199,6 +210,22 @@ impl SpiffeConfig {
         }
         if self.jwt_key_rotation_secs < 2 {
             return Err("spiffe.jwt_key_rotation_secs must be at least 2".into());
+        }
+        for td in self.federation.keys() {
+            crate::spiffe::id::check_trust_domain(td)
+                .map_err(|e| format!("spiffe.federation: trust domain '{td}': {e}"))?;
+            if *td == self.trust_domain {
+                return Err(format!(
+                    "spiffe.federation names '{td}', this device's own trust domain"
+                ));
+            }
+        }
+        for (module, hint) in &self.hints {
+            if hint.is_empty() || hint.len() > 64 || hint.chars().any(char::is_control) {
+                return Err(format!(
+                    "spiffe.hints: module '{module}': a hint is 1-64 printable characters"
+                ));
+            }
         }
         if self.bundle_refresh_secs == 0 || self.health_check_secs == 0 {
             return Err(
@@ -372,5 +399,28 @@ impl WorkloadConfig {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn federation_and_hints_are_checked() {
+        let mut s = SpiffeConfig::new("edge.test", Path::new("/s"));
+        s.federation.insert("other.test".into(), "/b.pem".into());
+        s.hints.insert("mod-a".into(), "internal".into());
+        assert!(s.validate().is_ok());
+        let mut own = s.clone();
+        own.federation.insert("edge.test".into(), "/b.pem".into());
+        assert!(own.validate().unwrap_err().contains("own trust domain"));
+        let mut bad = s.clone();
+        bad.federation
+            .insert("Not A Domain".into(), "/b.pem".into());
+        assert!(bad.validate().unwrap_err().contains("spiffe.federation"));
+        let mut hint = s;
+        hint.hints.insert("mod-b".into(), "x\n".into());
+        assert!(hint.validate().unwrap_err().contains("spiffe.hints"));
     }
 }

@@ -160,20 +160,28 @@ impl SpiffeWorkloadApi for Spiffe {
         let module = self.module(&request)?;
         let svid = self.x509.subscribe(&module).await.map_err(status)?;
         let bundle = self.x509.bundle().await.map_err(status)?;
-        let stream = watch_stream(join(svid, bundle), |(svid, bundle)| {
-            let svid = svid.as_ref()?;
-            Some(X509svidResponse {
-                svids: vec![X509svid {
-                    spiffe_id: svid.spiffe_id.clone(),
-                    x509_svid: svid.chain.clone(),
-                    x509_svid_key: svid.key.to_vec(),
-                    bundle: bundle.to_vec(),
-                    hint: String::new(),
-                }],
-                crl: Vec::new(),
-                federated_bundles: HashMap::new(),
-            })
-        });
+        let federated = self.x509.federated().await;
+        let hint = self.hints.get(&module).cloned().unwrap_or_default();
+        let stream = watch_stream(
+            join(join(svid, bundle), federated),
+            move |((svid, bundle), federated)| {
+                let svid = svid.as_ref()?;
+                Some(X509svidResponse {
+                    svids: vec![X509svid {
+                        spiffe_id: svid.spiffe_id.clone(),
+                        x509_svid: svid.chain.clone(),
+                        x509_svid_key: svid.key.to_vec(),
+                        bundle: bundle.to_vec(),
+                        hint: hint.clone(),
+                    }],
+                    crl: Vec::new(),
+                    federated_bundles: federated
+                        .iter()
+                        .map(|(td, der)| (td.clone(), der.clone()))
+                        .collect(),
+                })
+            },
+        );
         Ok(Response::new(stream))
     }
 
@@ -183,11 +191,17 @@ impl SpiffeWorkloadApi for Spiffe {
     ) -> Result<Response<Self::FetchX509BundlesStream>, Status> {
         self.module(&request)?;
         let bundle = self.x509.bundle().await.map_err(status)?;
+        let federated = self.x509.federated().await;
         let td = self.x509.trust_domain_id();
-        let stream = watch_stream(bundle, move |bundle| {
+        let stream = watch_stream(join(bundle, federated), move |(bundle, federated)| {
+            let mut bundles: HashMap<String, Vec<u8>> = federated
+                .iter()
+                .map(|(td, der)| (td.clone(), der.clone()))
+                .collect();
+            bundles.insert(td.clone(), bundle.to_vec());
             Some(X509BundlesResponse {
                 crl: Vec::new(),
-                bundles: HashMap::from([(td.clone(), bundle.to_vec())]),
+                bundles,
             })
         });
         Ok(Response::new(stream))
@@ -218,7 +232,7 @@ impl SpiffeWorkloadApi for Spiffe {
             svids: vec![Jwtsvid {
                 spiffe_id,
                 svid,
-                hint: String::new(),
+                hint: self.hints.get(&module).cloned().unwrap_or_default(),
             }],
         }))
     }

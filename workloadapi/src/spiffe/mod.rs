@@ -53,6 +53,8 @@ pub struct Spiffe {
     ids: std::sync::Mutex<std::collections::HashMap<String, (String, std::time::Instant)>>,
     /// How often gRPC health asks the daemons behind workloadd.
     health_every: std::time::Duration,
+    /// `[spiffe] hints`: module → hint.
+    hints: std::collections::BTreeMap<String, String>,
 }
 
 impl Spiffe {
@@ -69,6 +71,7 @@ impl Spiffe {
             workload,
             ids: std::sync::Mutex::new(std::collections::HashMap::new()),
             health_every: std::time::Duration::from_secs(config.health_check_secs),
+            hints: config.hints.clone(),
         }
     }
 

@@ -4,7 +4,8 @@
 //! again on every rotation. Resource names: `default` (the caller's SVID),
 //! its SPIFFE ID (the same SVID under that name), `ROOTCA` (its trust
 //! domain's bundle), `spiffe://<trust domain>` (the same bundle under that
-//! name); none asked for: the SVID and the bundle under their SPIFFE names.
+//! name), `spiffe://<federated trust domain>` (its bundle); none asked for:
+//! the SVID and every bundle under their SPIFFE names.
 //! The caller's module is its uid's, as on the Workload API; Envoy sends no
 //! security header, so none is asked for.
 //!
@@ -31,7 +32,7 @@ use super::proto::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
 };
 use super::proto::envoy::service::secret::v3::secret_discovery_service_server::SecretDiscoveryService;
-use super::x509::{Bundle, Svid};
+use super::x509::{Bundle, Federated, Svid};
 use super::Spiffe;
 
 /// The type URL of every resource here.
@@ -44,7 +45,7 @@ pub(super) const SDS_PATH: &str = "/envoy.service.secret.v3.SecretDiscoveryServi
 /// How long FetchSecrets waits for a first SVID.
 const FIRST_SVID: Duration = Duration::from_secs(10);
 
-type State = (Option<Arc<Svid>>, Bundle);
+type State = ((Option<Arc<Svid>>, Bundle), Federated);
 
 /// What a stream's requests and pushes need to know.
 struct Names {
@@ -55,8 +56,15 @@ struct Names {
 impl Names {
     /// The secrets for `asked` (all, when empty); InvalidArgument naming
     /// any name this caller has no secret for.
-    fn secrets(&self, asked: &[String], svid: &Svid, bundle: &[u8]) -> Result<Vec<Secret>, Status> {
-        let all = [self.spiffe_id.clone(), self.trust_domain.clone()];
+    fn secrets(
+        &self,
+        asked: &[String],
+        svid: &Svid,
+        bundle: &[u8],
+        federated: &Federated,
+    ) -> Result<Vec<Secret>, Status> {
+        let mut all = vec![self.spiffe_id.clone(), self.trust_domain.clone()];
+        all.extend(federated.keys().cloned());
         let asked = if asked.is_empty() { &all[..] } else { asked };
         let mut out = Vec::new();
         let mut unknown = Vec::new();
@@ -65,6 +73,8 @@ impl Names {
                 out.push(tls_certificate(name, svid)?);
             } else if name == "ROOTCA" || *name == self.trust_domain {
                 out.push(validation_context(name, bundle)?);
+            } else if let Some(foreign) = federated.get(name) {
+                out.push(validation_context(name, foreign)?);
             } else {
                 unknown.push(name.as_str());
             }
@@ -174,7 +184,8 @@ impl Spiffe {
             spiffe_id,
             trust_domain: self.x509.trust_domain_id(),
         };
-        Ok((module, names, join(svid, bundle)))
+        let federated = self.x509.federated().await;
+        Ok((module, names, join(join(svid, bundle), federated)))
     }
 }
 
@@ -231,12 +242,12 @@ impl SecretDiscoveryService for Spiffe {
                     }
                     () = tx.closed() => return,
                 }
-                let (Some(svid), bundle) = state.borrow_and_update().clone() else {
+                let ((Some(svid), bundle), federated) = state.borrow_and_update().clone() else {
                     continue; // no SVID yet: sent once it is issued
                 };
                 let Some(names_asked) = &asked else { continue };
                 let sent = names
-                    .secrets(names_asked, &svid, &bundle)
+                    .secrets(names_asked, &svid, &bundle, &federated)
                     .and_then(|secrets| {
                         version += 1;
                         response(secrets, version)
@@ -264,15 +275,20 @@ impl SecretDiscoveryService for Spiffe {
     ) -> Result<Response<DiscoveryResponse>, Status> {
         check_type(request.get_ref())?;
         let (_, names, mut state) = self.sds_state(&request).await?;
-        let current = tokio::time::timeout(FIRST_SVID, state.wait_for(|s| s.0.is_some()))
+        let current = tokio::time::timeout(FIRST_SVID, state.wait_for(|s| s.0 .0.is_some()))
             .await
             .map_err(|_| Status::unavailable("no SVID yet; ask again"))?
             .map_err(|_| Status::unavailable("the SVID source stopped"))?
             .clone();
-        let (Some(svid), bundle) = current else {
+        let ((Some(svid), bundle), federated) = current else {
             return Err(Status::unavailable("no SVID yet; ask again"));
         };
-        let secrets = names.secrets(&request.get_ref().resource_names, &svid, &bundle)?;
+        let secrets = names.secrets(
+            &request.get_ref().resource_names,
+            &svid,
+            &bundle,
+            &federated,
+        )?;
         Ok(Response::new(response(secrets, 1)?))
     }
 }

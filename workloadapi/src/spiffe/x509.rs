@@ -40,6 +40,10 @@ pub struct Svid {
 /// The trust domain's CA certificates, DER, one after the other.
 pub type Bundle = Arc<Vec<u8>>;
 
+/// Foreign trust domains' bundles (DER certificates), by trust domain
+/// SPIFFE ID.
+pub type Federated = Arc<std::collections::BTreeMap<String, Vec<u8>>>;
+
 /// What is kept per module.
 struct Slot {
     svid: watch::Sender<Option<Arc<Svid>>>,
@@ -59,6 +63,9 @@ pub struct X509Authority {
     bundle_refresh: Duration,
     slots: Mutex<HashMap<String, Slot>>,
     bundle: watch::Sender<Bundle>,
+    /// `[spiffe] federation`: the files, and what they last held.
+    federation: std::collections::BTreeMap<String, std::path::PathBuf>,
+    federated: watch::Sender<Federated>,
     /// Wakes the renewal task when a new SVID is issued.
     wake: Notify,
 }
@@ -74,6 +81,8 @@ impl X509Authority {
             bundle_refresh: Duration::from_secs(config.bundle_refresh_secs),
             slots: Mutex::new(HashMap::new()),
             bundle: watch::channel(Arc::new(Vec::new())).0,
+            federation: config.federation.clone(),
+            federated: watch::channel(Arc::new(Default::default())).0,
             wake: Notify::new(),
         }
     }
@@ -122,6 +131,38 @@ impl X509Authority {
             self.refresh_bundle().await?;
         }
         Ok(self.bundle.subscribe())
+    }
+
+    /// The federated bundles, as they change.
+    pub async fn federated(&self) -> watch::Receiver<Federated> {
+        if self.federated.borrow().is_empty() && !self.federation.is_empty() {
+            self.refresh_federation();
+        }
+        self.federated.subscribe()
+    }
+
+    /// Rereads the federated bundles' files; a file that cannot be read
+    /// keeps its last bundle (and is said once per read).
+    fn refresh_federation(&self) {
+        let mut next = (**self.federated.borrow()).clone();
+        for (td, path) in &self.federation {
+            match read_bundle_file(path) {
+                Ok(der) => {
+                    next.insert(id::of_trust_domain(td), der);
+                }
+                Err(e) => {
+                    tracing::warn!(trust_domain = %td, error = %e, "cannot read a federated bundle; keeping the last one")
+                }
+            }
+        }
+        self.federated.send_if_modified(|current| {
+            if **current == next {
+                return false;
+            }
+            tracing::info!(trust_domains = next.len(), "the federated bundles changed");
+            *current = Arc::new(next);
+            true
+        });
     }
 
     /// The trust domain's bundle key (`spiffe://<trust domain>`).
@@ -221,6 +262,7 @@ impl X509Authority {
                 if let Err(e) = self.refresh_bundle().await {
                     tracing::warn!(error = %e, "cannot read the trust bundle; keeping the last one");
                 }
+                self.refresh_federation();
                 next_bundle = now + self.bundle_refresh;
             }
             for module in self.due(now) {
@@ -297,6 +339,22 @@ impl X509Authority {
 /// Whether `svid` (if any) is due for replacement at `now`.
 fn due_at(svid: Option<&Arc<Svid>>, now: OffsetDateTime) -> bool {
     svid.is_none_or(|s| now >= s.renew_at)
+}
+
+/// The DER certificates of a PEM bundle file (at least one).
+fn read_bundle_file(path: &std::path::Path) -> Result<Vec<u8>, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let blocks = pem::parse_many(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut der = Vec::new();
+    for block in blocks.iter().filter(|b| b.tag() == "CERTIFICATE") {
+        x509_parser::parse_x509_certificate(block.contents())
+            .map_err(|e| format!("{}: not a certificate: {e}", path.display()))?;
+        der.extend_from_slice(block.contents());
+    }
+    if der.is_empty() {
+        return Err(format!("{}: no CERTIFICATE in it", path.display()));
+    }
+    Ok(der)
 }
 
 /// Largest departure from the renewal threshold, as a fraction of it: SVIDs
