@@ -14,6 +14,7 @@ mod daemons;
 mod dev;
 mod factory;
 mod ops;
+mod pem_chain;
 mod spiffe;
 mod spiffe_helper;
 

@@ -14,6 +14,8 @@ use edgeid_workloadapi::spiffe::proto::{
     X509svidResponse,
 };
 use serde_json::{json, Value};
+
+use crate::pem_chain::{certificates, pem_of};
 use time::OffsetDateTime;
 
 /// Where the socket is unless `--socket` or `SPIFFE_ENDPOINT_SOCKET` say.
@@ -427,26 +429,6 @@ fn validity(what: &str, der: &[u8]) -> Result<(), String> {
     outln!("{what} Valid After:\t{}", shown(v.not_before.to_datetime()));
     outln!("{what} Valid Until:\t{}", shown(v.not_after.to_datetime()));
     Ok(())
-}
-
-/// The DER certificates one after another in `bytes`, as the Workload API
-/// sends chains and bundles.
-pub(crate) fn certificates(mut bytes: &[u8]) -> Result<Vec<&[u8]>, String> {
-    let mut out = Vec::new();
-    while !bytes.is_empty() {
-        let (rest, _) = x509_parser::parse_x509_certificate(bytes)
-            .map_err(|e| format!("a chain or bundle holds something not a certificate: {e}"))?;
-        let used = bytes.len() - rest.len();
-        out.push(&bytes[..used]);
-        bytes = rest;
-    }
-    Ok(out)
-}
-
-pub(crate) fn pem_of(label: &str, ders: &[&[u8]]) -> String {
-    ders.iter()
-        .map(|d| pem::encode(&pem::Pem::new(label, d.to_vec())))
-        .collect()
 }
 
 /// `--write DIR` of `fetch x509`. The key is written before the chain, each

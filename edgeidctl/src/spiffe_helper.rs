@@ -37,7 +37,7 @@ use edgeid_workloadapi::spiffe::client;
 use edgeid_workloadapi::spiffe::proto::{X509svidRequest, X509svidResponse};
 use serde::Deserialize;
 
-use crate::spiffe::{certificates, pem_of};
+use crate::pem_chain::{certificates, pem_of};
 
 /// The helper's config file.
 #[derive(Debug, Deserialize)]

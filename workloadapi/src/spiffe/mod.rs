@@ -40,6 +40,9 @@ use proto::spiffe_workload_api_server::SpiffeWorkloadApiServer;
 /// a JWT-SVID to validate is the largest).
 const MAX_REQUEST: usize = 64 * 1024;
 
+/// The gRPC path prefix of Envoy's Secret Discovery Service (`sds`).
+const SDS_PATH: &str = "/envoy.service.secret.v3.SecretDiscoveryService/";
+
 /// The gRPC path prefix of edgeid's module attestation service.
 const ATTESTATION_PATH: &str = "/edgeid.attestation.v1.ModuleAttestation/";
 
@@ -131,7 +134,7 @@ impl Spiffe {
                 async move {
                     // One socket, several services: the path names the service.
                     let path = req.uri().path();
-                    if path.starts_with(sds::SDS_PATH) {
+                    if path.starts_with(SDS_PATH) {
                         tonic::codegen::Service::call(&mut sds, req).await
                     } else if path.starts_with(ATTESTATION_PATH) {
                         tonic::codegen::Service::call(&mut attestation, req).await

@@ -39,9 +39,6 @@ use super::Spiffe;
 pub(super) const SECRET_TYPE: &str =
     "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
 
-/// The gRPC path prefix of the service.
-pub(super) const SDS_PATH: &str = "/envoy.service.secret.v3.SecretDiscoveryService/";
-
 /// How long FetchSecrets waits for a first SVID.
 const FIRST_SVID: Duration = Duration::from_secs(10);
 
