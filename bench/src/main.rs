@@ -19,6 +19,7 @@
 
 mod attest;
 mod aziot;
+mod floor;
 mod load;
 mod spiffe;
 
@@ -75,6 +76,10 @@ enum Target {
     /// keyd's TPM attestation on a swtpm: quote and certify, beside raw
     /// tss-esapi; opening a store whose master key is sealed to PCRs.
     Attest,
+    /// The floor server alone (`--socket`, the first `--op`), which the
+    /// `keyd` bench starts as its own process.
+    #[value(hide = true)]
+    FloorServer,
     /// The workload API's sign (IoT Edge's) of a running `edgeidctl dev`
     /// (`--socket DIR/workload.sock`), beside keyd's HMAC and in-process HMAC.
     Workload,
@@ -109,6 +114,7 @@ impl std::fmt::Display for Op {
 }
 
 /// Throughput and latency of one run.
+#[derive(Clone, Copy)]
 struct Measured {
     rate: f64,
     p50: Duration,
@@ -139,6 +145,13 @@ fn main() -> Result<(), String> {
             edgeid_common::runtime::raise_fd_limit().map_err(|e| e.to_string())?;
             let runtime = edgeid_common::runtime::build().map_err(|e| e.to_string())?;
             return runtime.block_on(load::run(&args));
+        }
+        Target::FloorServer => {
+            let socket = args
+                .socket
+                .as_deref()
+                .ok_or("floor-server needs --socket")?;
+            return floor::serve(socket, args.ops.first().copied().unwrap_or(Op::Ecdsa));
         }
         Target::Attest => {
             let runtime = edgeid_common::runtime::build().map_err(|e| e.to_string())?;
@@ -305,6 +318,30 @@ async fn bench_keyd(args: &Args, dir: &Path, store: &Store) -> Result<(), String
         );
     }
     println!();
+
+    // The floor (issue 22): the same work behind a socket with nothing of
+    // edgeid's; for the software store, whose work is the same aws-lc call.
+    if matches!(store, Store::Software) {
+        println!("| operation | concurrency | through keyd req/s | p50 | p99 | floor req/s | p50 | p99 | keyd/floor |");
+        println!("|---|---|---|---|---|---|---|---|---|");
+        for op in &args.ops {
+            let server = floor::FloorServer::start(dir, *op)?;
+            for (_, n, keyd) in through.iter().filter(|(o, _, _)| o == op) {
+                let f = server.measure(*n, args.seconds)?;
+                println!(
+                    "| {op} | {n} | {:.0} | {:.0} µs | {:.0} µs | {:.0} | {:.0} µs | {:.0} µs | {:.2} |",
+                    keyd.rate,
+                    micros(keyd.p50),
+                    micros(keyd.p99),
+                    f.rate,
+                    micros(f.p50),
+                    micros(f.p99),
+                    keyd.rate / f.rate
+                );
+            }
+        }
+        println!();
+    }
 
     println!("| operation | concurrency | through keyd req/s | p50 | p99 | in-process ops/s | p50 | p99 | ratio |");
     println!("|---|---|---|---|---|---|---|---|---|");

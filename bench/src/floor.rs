@@ -1,0 +1,141 @@
+//! The floor (issue 22): what any socket service pays, with nothing of
+//! edgeid's. A server process of its own (this binary, `floor-server`) on a
+//! Unix socket: a thread per connection reads a fixed 300-byte request, does
+//! keyd's work on its first 32 bytes with aws-lc (ECDSA P-256 sign, or
+//! HMAC-SHA256) and writes a fixed 200-byte answer; no HTTP, no JSON, no
+//! async runtime. `n` blocking client threads, one connection each, do
+//! round trips for the run. keyd's rate over the floor's says what edgeid's
+//! HTTP, JSON, authorization and runtime cost on top of the transport.
+
+use std::io::{Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use aws_lc_rs::rand::SystemRandom;
+use aws_lc_rs::signature::{EcdsaKeyPair, ECDSA_P256_SHA256_ASN1_SIGNING};
+
+use crate::{summarize, Measured, Op};
+
+/// A request and an answer, as large as keyd's sign request and answer.
+const REQUEST: usize = 300;
+const ANSWER: usize = 200;
+
+/// `edgeid-bench floor-server --socket S --op O`: serves until killed.
+pub fn serve(socket: &Path, op: Op) -> Result<(), String> {
+    let _ = std::fs::remove_file(socket);
+    let listener = UnixListener::bind(socket).map_err(|e| format!("{}: {e}", socket.display()))?;
+    let rng = SystemRandom::new();
+    let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &rng)
+        .map_err(|_| "cannot make a P-256 key")?;
+    let ec = std::sync::Arc::new(
+        EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, pkcs8.as_ref())
+            .map_err(|_| "cannot load the P-256 key")?,
+    );
+    let mac = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, &[9u8; 32]);
+    for stream in listener.incoming() {
+        let Ok(mut stream) = stream else { continue };
+        let (ec, mac) = (ec.clone(), mac.clone());
+        std::thread::spawn(move || {
+            let rng = SystemRandom::new();
+            let mut request = [0u8; REQUEST];
+            let mut answer = [0u8; ANSWER];
+            while stream.read_exact(&mut request).is_ok() {
+                let data = &request[..32];
+                let len = match op {
+                    Op::Ecdsa => match ec.sign(&rng, data) {
+                        Ok(sig) => copy(sig.as_ref(), &mut answer),
+                        Err(_) => return,
+                    },
+                    Op::Hmac => copy(aws_lc_rs::hmac::sign(&mac, data).as_ref(), &mut answer),
+                };
+                std::hint::black_box(len);
+                if stream.write_all(&answer).is_err() {
+                    return;
+                }
+            }
+        });
+    }
+    Ok(())
+}
+
+fn copy(from: &[u8], to: &mut [u8]) -> usize {
+    let n = from.len().min(to.len());
+    to[..n].copy_from_slice(&from[..n]);
+    n
+}
+
+/// The floor server as a process of its own, for one operation.
+pub struct FloorServer {
+    child: Child,
+    socket: PathBuf,
+}
+
+impl FloorServer {
+    pub fn start(dir: &Path, op: Op) -> Result<Self, String> {
+        let socket = dir.join(format!("floor-{}.sock", op_name(op)));
+        let _ = std::fs::remove_file(&socket);
+        let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+        let child = Command::new(exe)
+            .arg("floor-server")
+            .arg("--socket")
+            .arg(&socket)
+            .arg("--op")
+            .arg(op_name(op))
+            .stdout(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("cannot start the floor server: {e}"))?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while UnixStream::connect(&socket).is_err() {
+            if Instant::now() > deadline {
+                return Err("the floor server did not start".into());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Ok(Self { child, socket })
+    }
+
+    /// `n` client threads doing round trips for `seconds`.
+    pub fn measure(&self, n: usize, seconds: u64) -> Result<Measured, String> {
+        let deadline = Instant::now() + Duration::from_secs(seconds);
+        let threads: Vec<_> = (0..n)
+            .map(|_| {
+                let socket = self.socket.clone();
+                std::thread::spawn(move || -> Result<Vec<Duration>, String> {
+                    let mut stream = UnixStream::connect(&socket).map_err(|e| e.to_string())?;
+                    let request = [7u8; REQUEST];
+                    let mut answer = [0u8; ANSWER];
+                    let mut latencies = Vec::new();
+                    while Instant::now() < deadline {
+                        let started = Instant::now();
+                        stream.write_all(&request).map_err(|e| e.to_string())?;
+                        stream.read_exact(&mut answer).map_err(|e| e.to_string())?;
+                        latencies.push(started.elapsed());
+                    }
+                    Ok(latencies)
+                })
+            })
+            .collect();
+        let mut all = Vec::new();
+        for t in threads {
+            all.extend(t.join().map_err(|_| "a floor client panicked")??);
+        }
+        Ok(summarize(all, seconds))
+    }
+}
+
+impl Drop for FloorServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.socket);
+    }
+}
+
+fn op_name(op: Op) -> &'static str {
+    match op {
+        Op::Ecdsa => "ecdsa",
+        Op::Hmac => "hmac",
+    }
+}
