@@ -314,15 +314,9 @@ impl TpmBackend {
         }
         let kind = KeyKind::parse(&file.kind)
             .ok_or_else(|| damaged(format!("has unknown kind '{}'", file.kind)))?;
-        let public = STANDARD
-            .decode(&file.public)
-            .ok()
-            .and_then(|b| Public::unmarshall(&b).ok())
-            .ok_or_else(|| damaged("has a damaged public part".into()))?;
-        let private = STANDARD
-            .decode(&file.private)
-            .ok()
-            .and_then(|b| Private::try_from(b).ok())
+        let public =
+            public_of(&file.public).ok_or_else(|| damaged("has a damaged public part".into()))?;
+        let private = private_of(&file.private)
             .ok_or_else(|| damaged("has a damaged private part".into()))?;
         let record = KeyRecord {
             id: id.clone(),
@@ -483,16 +477,13 @@ impl TpmBackend {
         path: &Path,
     ) -> Result<(), Error> {
         let id = &record.id;
-        let public_bytes = public
-            .marshall()
-            .map_err(|e| Error::Internal(format!("cannot marshal a TPM public: {e}")))?;
         let file = BlobFile {
             format: FILE_FORMAT,
             id: id.as_str().to_owned(),
             kind: record.kind.to_string(),
             generation: record.generation.clone(),
-            public: STANDARD.encode(public_bytes),
-            private: STANDARD.encode(private.value()),
+            public: public_text(public)?,
+            private: private_text(private),
             auth: AUTH_DERIVED,
         };
         let json = serde_json::to_vec_pretty(&file).map_err(|e| Error::Internal(e.to_string()))?;
@@ -1090,6 +1081,36 @@ pub fn hmac_template(generated: bool) -> Result<Public, Error> {
         .with_keyed_hash_unique_identifier(Digest::default())
         .build()
         .map_err(bad)
+}
+
+/// A TPM object's public part as blob files keep it: TPMT_PUBLIC, base64.
+fn public_text(public: &Public) -> Result<String, Error> {
+    let bytes = public
+        .marshall()
+        .map_err(|e| Error::Internal(format!("cannot marshal a TPM public: {e}")))?;
+    Ok(STANDARD.encode(bytes))
+}
+
+/// A TPM object's private part as blob files keep it: TPM2B_PRIVATE's
+/// contents, base64.
+fn private_text(private: &Private) -> String {
+    STANDARD.encode(private.value())
+}
+
+/// [`public_text`] read back; `None` if it is not one.
+fn public_of(text: &str) -> Option<Public> {
+    STANDARD
+        .decode(text)
+        .ok()
+        .and_then(|b| Public::unmarshall(&b).ok())
+}
+
+/// [`private_text`] read back; `None` if it is not one.
+fn private_of(text: &str) -> Option<Private> {
+    STANDARD
+        .decode(text)
+        .ok()
+        .and_then(|b| Private::try_from(b).ok())
 }
 
 /// TPM2B_PUBLIC: the TPMT_PUBLIC that tss-esapi marshals, after its size.

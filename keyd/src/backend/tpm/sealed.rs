@@ -16,16 +16,13 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use base64::engine::general_purpose::STANDARD;
-use base64::Engine;
 use serde::{Deserialize, Serialize};
-use tss_esapi::structures::{Private, Public, SensitiveData};
-use tss_esapi::traits::{Marshall, UnMarshall};
+use tss_esapi::structures::SensitiveData;
 use zeroize::Zeroizing;
 
 use super::pcrs::{BankValues, PcrSelection};
 use super::seal_policy::{sealed_template, Branch};
-use super::TpmBackend;
+use super::{private_of, private_text, public_of, public_text, TpmBackend};
 use crate::backend::Failure;
 use crate::error::Error;
 use edgeid_attest::Bank;
@@ -89,8 +86,14 @@ impl TpmBackend {
                 }
             };
             self.seal_master(&key, pcrs).await?;
-            // Unsealed once before the only other copy goes.
-            let back = self.unseal_master(Branch::Pcrs).await?;
+            // Read back from disk and unsealed once before the only other copy goes.
+            let written = read_sealed(&path)?.ok_or_else(|| {
+                Error::Setup(format!(
+                    "{} is gone right after it was written",
+                    path.display()
+                ))
+            })?;
+            let back = self.unseal_master(&written, Branch::Pcrs).await?;
             if back.as_slice() != key.as_slice() {
                 return Err(Error::Setup(format!(
                     "the master key sealed in {} does not unseal to itself; nothing was removed",
@@ -101,7 +104,7 @@ impl TpmBackend {
             tracing::info!(path = %path.display(), pcrs = %shown_selection(pcrs), "sealed the software store's master key to the TPM");
             return Ok(key);
         };
-        let key = self.unseal_master(Branch::Pcrs).await?;
+        let key = self.unseal_master(&file, Branch::Pcrs).await?;
         remove_legacy(legacy, &key);
         if selection_of(&file)? != pcrs.cloned() {
             self.seal_master(&key, pcrs).await?;
@@ -125,9 +128,9 @@ impl TpmBackend {
             Some(p) => Some(p.clone()),
             None => selection_of(&file)?,
         };
-        let key = match self.unseal_master(Branch::Pcrs).await {
+        let key = match self.unseal_master(&file, Branch::Pcrs).await {
             Ok(key) => key,
-            Err(_) => self.unseal_master(Branch::Owner).await?,
+            Err(_) => self.unseal_master(&file, Branch::Owner).await?,
         };
         let values = self.seal_master(&key, pcrs.as_ref()).await?;
         Ok(Resealed { path, pcrs: values })
@@ -170,12 +173,8 @@ impl TpmBackend {
             .await?;
         let file = SealedFile {
             format: FILE_FORMAT,
-            public: STANDARD.encode(
-                public
-                    .marshall()
-                    .map_err(|e| Error::Internal(format!("cannot marshal a TPM public: {e}")))?,
-            ),
-            private: STANDARD.encode(private.value()),
+            public: public_text(&public)?,
+            private: private_text(&private),
             pcrs: values
                 .iter()
                 .map(|(bank, values)| {
@@ -194,29 +193,25 @@ impl TpmBackend {
         Ok(values)
     }
 
-    /// The master key, unsealed through `branch`; refused with which PCRs
-    /// changed when they did.
-    async fn unseal_master(&self, branch: Branch) -> Result<Zeroizing<Vec<u8>>, Error> {
+    /// The master key of `file` (as read from the sealed file), unsealed
+    /// through `branch`; refused with which PCRs changed when they did.
+    async fn unseal_master(
+        &self,
+        file: &SealedFile,
+        branch: Branch,
+    ) -> Result<Zeroizing<Vec<u8>>, Error> {
         let path = self.sealed_path();
-        let file = read_sealed(&path)?.ok_or_else(|| {
-            Error::Setup(format!("{} disappeared while keyd read it", path.display()))
-        })?;
         let bad = |what: &str| {
             Error::Setup(format!(
                 "{} is damaged ({what}); restore it from a backup of this device",
                 path.display()
             ))
         };
-        let public_bytes = STANDARD.decode(&file.public).map_err(|_| bad("public"))?;
-        let public = Public::unmarshall(&public_bytes).map_err(|_| bad("public"))?;
-        let private = STANDARD
-            .decode(&file.private)
-            .ok()
-            .and_then(|b| Private::try_from(b).ok())
-            .ok_or_else(|| bad("private"))?;
-        let pcrs = selection_of(&file)?;
+        let public = public_of(&file.public).ok_or_else(|| bad("public"))?;
+        let private = private_of(&file.private).ok_or_else(|| bad("private"))?;
+        let pcrs = selection_of(file)?;
         let sealed = match &pcrs {
-            Some(p) => sealed_values(&file, p).map_err(|_| bad("PCR values"))?,
+            Some(p) => sealed_values(file, p).map_err(|_| bad("PCR values"))?,
             None => Vec::new(),
         };
         let shown = path.display().to_string();
