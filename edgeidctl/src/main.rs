@@ -14,7 +14,6 @@ mod daemons;
 mod dev;
 mod factory;
 mod ops;
-mod pem_chain;
 mod spiffe;
 mod spiffe_helper;
 

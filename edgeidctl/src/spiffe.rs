@@ -15,7 +15,7 @@ use edgeid_workloadapi::spiffe::proto::{
 };
 use serde_json::{json, Value};
 
-use crate::pem_chain::{certificates, pem_of};
+use edgeid_workloadapi::spiffe::x509::{certificates, certificates_pem};
 use time::OffsetDateTime;
 
 /// Where the socket is unless `--socket` or `SPIFFE_ENDPOINT_SOCKET` say.
@@ -446,10 +446,10 @@ fn write_x509(dir: &Path, answer: &X509svidResponse) -> Result<(), String> {
         say("key", &format!("svid.{i}.key"));
         put(dir, &format!("svid.{i}.key"), key.as_bytes(), 0o600)?;
         say("SVID", &format!("svid.{i}.pem"));
-        let chain = pem_of("CERTIFICATE", &certificates(&svid.x509_svid)?);
+        let chain = certificates_pem(&svid.x509_svid)?;
         put(dir, &format!("svid.{i}.pem"), chain.as_bytes(), 0o644)?;
         say("bundle", &format!("bundle.{i}.pem"));
-        let bundle = pem_of("CERTIFICATE", &certificates(&svid.bundle)?);
+        let bundle = certificates_pem(&svid.bundle)?;
         put(dir, &format!("bundle.{i}.pem"), bundle.as_bytes(), 0o644)?;
         let mut federated: Vec<_> = answer.federated_bundles.iter().collect();
         federated.sort();
@@ -459,7 +459,7 @@ fn write_x509(dir: &Path, answer: &X509svidResponse) -> Result<(), String> {
                 "Writing federated bundle #{j} for trust domain {td} to file {}.",
                 dir.join(&name).display()
             );
-            let pem = pem_of("CERTIFICATE", &certificates(bundle)?);
+            let pem = certificates_pem(bundle)?;
             put(dir, &name, pem.as_bytes(), 0o644)?;
         }
     }

@@ -37,7 +37,7 @@ use edgeid_workloadapi::spiffe::client;
 use edgeid_workloadapi::spiffe::proto::{X509svidRequest, X509svidResponse};
 use serde::Deserialize;
 
-use crate::pem_chain::{certificates, pem_of};
+use edgeid_workloadapi::spiffe::x509::certificates_pem;
 
 /// The helper's config file.
 #[derive(Debug, Deserialize)]
@@ -215,12 +215,12 @@ fn deliver(c: &Consumer, update: &X509svidResponse) -> Result<(), String> {
         .svids
         .first()
         .ok_or("the Workload API sent no SVID")?;
-    let chain = pem_of("CERTIFICATE", &certificates(&svid.x509_svid)?);
+    let chain = certificates_pem(&svid.x509_svid)?;
     let key = zeroize::Zeroizing::new(pem::encode(&pem::Pem::new(
         "PRIVATE KEY",
         svid.x509_svid_key.clone(),
     )));
-    let bundle = pem_of("CERTIFICATE", &certificates(&svid.bundle)?);
+    let bundle = certificates_pem(&svid.bundle)?;
     let put = |name: &str, bytes: &[u8], mode: u32| {
         let path = c.dir.join(name);
         edgeid_common::fs::write_atomic(&path, bytes, mode)

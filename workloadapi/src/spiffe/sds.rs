@@ -32,7 +32,7 @@ use super::proto::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
 };
 use super::proto::envoy::service::secret::v3::secret_discovery_service_server::SecretDiscoveryService;
-use super::x509::{Bundle, Federated, Svid};
+use super::x509::{certificates_pem, Bundle, Federated, Svid};
 use super::Spiffe;
 
 /// The type URL of every resource here.
@@ -118,19 +118,11 @@ fn inline(bytes: Vec<u8>) -> DataSource {
 }
 
 /// DER certificates one after another, as PEM.
-fn pem_chain(mut der: &[u8]) -> Result<String, Status> {
-    let mut out = String::new();
-    while !der.is_empty() {
-        let (rest, _) = x509_parser::parse_x509_certificate(der)
-            .map_err(|_| Status::internal("an SVID or bundle holds something not a certificate"))?;
-        let used = der.len() - rest.len();
-        out.push_str(&pem::encode(&pem::Pem::new(
-            "CERTIFICATE",
-            der[..used].to_vec(),
-        )));
-        der = rest;
-    }
-    Ok(out)
+fn pem_chain(der: &[u8]) -> Result<String, Status> {
+    certificates_pem(der).map_err(|e| {
+        tracing::error!(error = %e, "an SVID or bundle is not certificates");
+        Status::internal("an SVID or bundle holds something not a certificate")
+    })
 }
 
 /// A DiscoveryResponse of `secrets` at `version`, with a fresh nonce.

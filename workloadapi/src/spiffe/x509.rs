@@ -341,6 +341,28 @@ fn due_at(svid: Option<&Arc<Svid>>, now: OffsetDateTime) -> bool {
     svid.is_none_or(|s| now >= s.renew_at)
 }
 
+/// The DER certificates one after another in `bytes`, as the Workload API
+/// sends chains and bundles, each checked to be one.
+pub fn certificates(mut bytes: &[u8]) -> Result<Vec<&[u8]>, String> {
+    let mut out = Vec::new();
+    while !bytes.is_empty() {
+        let (rest, _) = x509_parser::parse_x509_certificate(bytes)
+            .map_err(|e| format!("a chain or bundle holds something not a certificate: {e}"))?;
+        let used = bytes.len() - rest.len();
+        out.push(&bytes[..used]);
+        bytes = rest;
+    }
+    Ok(out)
+}
+
+/// Those certificates as PEM, as files and Envoy hold them.
+pub fn certificates_pem(bytes: &[u8]) -> Result<String, String> {
+    Ok(certificates(bytes)?
+        .iter()
+        .map(|d| pem::encode(&pem::Pem::new("CERTIFICATE", d.to_vec())))
+        .collect())
+}
+
 /// The DER certificates of a PEM bundle file (at least one).
 fn read_bundle_file(path: &std::path::Path) -> Result<Vec<u8>, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
