@@ -237,7 +237,7 @@ impl UdsClient {
                 .await
                 .map_err(|e| ClientError::Unreachable {
                     socket: self.socket.to_path_buf(),
-                    reason: describe_hyper_error(&e),
+                    reason: error_chain(&e),
                 })?;
             let status = resp.status();
             // The answer may carry a secret: kept in a buffer that is wiped.
@@ -291,12 +291,17 @@ impl SizeHintExt for Full<Bytes> {
     }
 }
 
-fn describe_hyper_error(e: &hyper_util::client::legacy::Error) -> String {
+/// An error and its causes, `: `-separated; a cause whose text the message
+/// already ends with (wrappers that repeat their source) is said once.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
-    let mut source = std::error::Error::source(e);
+    let mut source = e.source();
     while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
+        let said = s.to_string();
+        if !text.ends_with(&said) {
+            text.push_str(": ");
+            text.push_str(&said);
+        }
         source = s.source();
     }
     text

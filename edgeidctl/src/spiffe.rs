@@ -125,9 +125,12 @@ pub async fn run(args: &SpiffeArgs, action: &SpiffeAction) -> Result<(), String>
     };
     let json = args.output == "json";
     let connect = || async {
-        client::connect(&socket)
-            .await
-            .map_err(|e| format!("cannot reach the Workload API at {socket}: {}", chain(&e)))
+        client::connect(&socket).await.map_err(|e| {
+            format!(
+                "cannot reach the Workload API at {socket}: {}",
+                edgeid_common::client::error_chain(&e)
+            )
+        })
     };
     match action {
         SpiffeAction::Fetch {
@@ -518,21 +521,6 @@ fn value_json(v: &prost_types::Value) -> Value {
         Some(Kind::StructValue(s)) => struct_json(s),
         Some(Kind::ListValue(l)) => Value::Array(l.values.iter().map(value_json).collect()),
     }
-}
-
-/// An error and its causes, `: `-separated.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        let said = c.to_string();
-        if !out.ends_with(&said) {
-            out.push_str(": ");
-            out.push_str(&said);
-        }
-        cause = c.source();
-    }
-    out
 }
 
 /// A time as spire-agent prints it (Go's `2006-01-02 15:04:05 -0700 MST`, in UTC).
