@@ -107,22 +107,12 @@ fn ms(d: Duration) -> f64 {
 /// What keyd does per quote, straight on tss-esapi: TPM2_Quote with a key
 /// of keyd's AK template under the same storage key, then TPM2_PCR_Read.
 fn raw_quote(tpm: &SwtpmProcess, seconds: u64) -> Result<crate::Measured, String> {
-    use std::str::FromStr;
     use tss_esapi::abstraction::pcr::read_all;
-    use tss_esapi::handles::{KeyHandle, PersistentTpmHandle, TpmHandle};
     use tss_esapi::interface_types::algorithm::HashingAlgorithm;
-    use tss_esapi::interface_types::session_handles::AuthSession;
     use tss_esapi::structures::{Data, PcrSelectionListBuilder, PcrSlot, SignatureScheme};
 
     let err = |e: tss_esapi::Error| e.to_string();
-    let tcti = tss_esapi::tcti_ldr::TctiNameConf::from_str(&tpm.tcti()).map_err(err)?;
-    let mut ctx = tss_esapi::Context::new(tcti).map_err(err)?;
-    let srk = PersistentTpmHandle::new(0x8100_0001).map_err(err)?;
-    let primary: KeyHandle = ctx
-        .execute_without_session(|c| c.tr_from_tpm_public(TpmHandle::Persistent(srk)))
-        .map_err(err)?
-        .into();
-    ctx.set_sessions((Some(AuthSession::Password), None, None));
+    let (mut ctx, primary) = tpm.raw()?;
     let template = edgeid_keyd::backend::tpm::ak_template().map_err(|e| e.to_string())?;
     let created = ctx
         .create(primary, template, None, None, None, None)

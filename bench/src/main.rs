@@ -862,28 +862,36 @@ impl SwtpmProcess {
         )
     }
 
+    /// A raw tss-esapi connection to it, with keyd's storage key (made by
+    /// keyd at 0x81000001) and a password session set.
+    fn raw(&self) -> Result<(tss_esapi::Context, tss_esapi::handles::KeyHandle), String> {
+        use std::str::FromStr;
+        use tss_esapi::handles::{PersistentTpmHandle, TpmHandle};
+        use tss_esapi::interface_types::session_handles::AuthSession;
+        let err = |e: tss_esapi::Error| e.to_string();
+        let tcti = tss_esapi::tcti_ldr::TctiNameConf::from_str(&self.tcti()).map_err(err)?;
+        let mut ctx = tss_esapi::Context::new(tcti).map_err(err)?;
+        let srk = PersistentTpmHandle::new(0x8100_0001).map_err(err)?;
+        let primary = ctx
+            .execute_without_session(|c| c.tr_from_tpm_public(TpmHandle::Persistent(srk)))
+            .map_err(err)?
+            .into();
+        ctx.set_sessions((Some(AuthSession::Password), None, None));
+        Ok((ctx, primary))
+    }
+
     /// One thread doing what keyd does per request, straight on tss-esapi: hash
     /// with aws-lc and TPM2_Sign the digest with a loaded P-256 key, or
     /// TPM2_HMAC with a loaded HMAC key, both under keyd's storage key.
     fn in_process(&self, op: Op, seconds: u64) -> Result<Measured, String> {
-        use std::str::FromStr;
         use tss_esapi::constants::tss::{TPM2_RH_NULL, TPM2_ST_HASHCHECK};
-        use tss_esapi::handles::{KeyHandle, PersistentTpmHandle, TpmHandle};
         use tss_esapi::interface_types::algorithm::HashingAlgorithm;
-        use tss_esapi::interface_types::session_handles::AuthSession;
         use tss_esapi::structures::{
             Digest, HashScheme, HashcheckTicket, MaxBuffer, SignatureScheme,
         };
 
         let err = |e: tss_esapi::Error| e.to_string();
-        let tcti = tss_esapi::tcti_ldr::TctiNameConf::from_str(&self.tcti()).map_err(err)?;
-        let mut ctx = tss_esapi::Context::new(tcti).map_err(err)?;
-        let srk = PersistentTpmHandle::new(0x8100_0001).map_err(err)?;
-        let primary: KeyHandle = ctx
-            .execute_without_session(|c| c.tr_from_tpm_public(TpmHandle::Persistent(srk)))
-            .map_err(err)?
-            .into();
-        ctx.set_sessions((Some(AuthSession::Password), None, None));
+        let (mut ctx, primary) = self.raw()?;
         // The very templates keyd uses, so both sides sign with the same kind of key.
         let template = match op {
             Op::Ecdsa => edgeid_keyd::backend::tpm::signing_template(KeyPairSpec::EcP256),
