@@ -116,13 +116,10 @@ async fn fetch_write_validate_and_healthcheck_as_spire_agent_api_does() {
     for purpose in ["sslclient", "sslserver"] {
         edgeid_testkit::openssl::verify_chain(&bundle_pem, &chain_pem, purpose).unwrap();
     }
-    let pair = rcgen::KeyPair::from_pem(&std::fs::read_to_string(&key).unwrap()).unwrap();
-    let leaf = pem::parse(&chain_pem).unwrap();
-    let (_, cert) = x509_parser::parse_x509_certificate(leaf.contents()).unwrap();
-    assert_eq!(
-        cert.public_key().subject_public_key.data.as_ref(),
-        pair.public_key_raw(),
-        "the key written is the certificate's"
+    edgeid_testkit::assert_leaf_certifies(
+        &chain_pem,
+        &std::fs::read_to_string(&key).unwrap(),
+        "the files fetch x509 --write leaves",
     );
 
     // --output json: protobuf's JSON names, bytes in base64.

@@ -331,3 +331,18 @@ pub async fn request_as(
 ) -> (StatusCode, Bytes) {
     request_on(connect_as(uid, uid, socket), method, path, body).await
 }
+
+/// Fails the test unless the first certificate of `chain_pem` certifies the
+/// public half of the private key `key_pem` (PKCS#8): what a service handed
+/// a module is a key and the certificate for it, not two strangers.
+pub fn assert_leaf_certifies(chain_pem: &str, key_pem: &str, what: &str) {
+    let key = rcgen::KeyPair::from_pem(key_pem).unwrap_or_else(|e| panic!("{what}: key: {e}"));
+    let leaf = pem::parse(chain_pem).unwrap_or_else(|e| panic!("{what}: chain: {e}"));
+    let (_, cert) = x509_parser::parse_x509_certificate(leaf.contents())
+        .unwrap_or_else(|e| panic!("{what}: leaf: {e}"));
+    assert_eq!(
+        cert.public_key().subject_public_key.data.as_ref(),
+        key.public_key_raw(),
+        "{what}: the leaf does not certify the key"
+    );
+}
