@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::signature::{EcdsaKeyPair, ECDSA_P256_SHA256_ASN1_SIGNING};
 
-use crate::{summarize, Measured, Op};
+use crate::{wire, Measured, Op};
 
 /// A request and an answer, as large as keyd's sign request and answer.
 const REQUEST: usize = 300;
@@ -60,6 +60,35 @@ pub fn serve(socket: &Path, op: Op) -> Result<(), String> {
     Ok(())
 }
 
+/// `edgeid-bench floor-server --socket S --upstream U`: the first hop of the
+/// two-hop floor, as the workload API is in front of keyd. A thread per
+/// connection, each with its own connection to `upstream`: a request read is
+/// written there, and the answer read from there is written back.
+pub fn relay(socket: &Path, upstream: &Path) -> Result<(), String> {
+    let _ = std::fs::remove_file(socket);
+    let listener = UnixListener::bind(socket).map_err(|e| format!("{}: {e}", socket.display()))?;
+    for stream in listener.incoming() {
+        let Ok(mut stream) = stream else { continue };
+        let Ok(mut next) = UnixStream::connect(upstream) else {
+            continue;
+        };
+        std::thread::spawn(move || {
+            let mut request = [0u8; REQUEST];
+            let mut answer = [0u8; ANSWER];
+            while stream.read_exact(&mut request).is_ok() {
+                let relayed = next
+                    .write_all(&request)
+                    .and_then(|()| next.read_exact(&mut answer))
+                    .and_then(|()| stream.write_all(&answer));
+                if relayed.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+    Ok(())
+}
+
 fn copy(from: &[u8], to: &mut [u8]) -> usize {
     let n = from.len().min(to.len());
     to[..n].copy_from_slice(&from[..n]);
@@ -73,16 +102,33 @@ pub struct FloorServer {
 }
 
 impl FloorServer {
+    /// The one-hop floor: a server doing `op`.
     pub fn start(dir: &Path, op: Op) -> Result<Self, String> {
         let socket = dir.join(format!("floor-{}.sock", op_name(op)));
+        Self::spawn(socket, &["--op", op_name(op)])
+    }
+
+    /// The two-hop floor: a relay in front of `worker`, as the workload API
+    /// is in front of keyd.
+    pub fn relay(worker: &FloorServer) -> Result<Self, String> {
+        let socket = worker.socket.with_extension("relay.sock");
+        Self::spawn(
+            socket,
+            &[
+                std::ffi::OsStr::new("--upstream"),
+                worker.socket.as_os_str(),
+            ],
+        )
+    }
+
+    fn spawn<S: AsRef<std::ffi::OsStr>>(socket: PathBuf, args: &[S]) -> Result<Self, String> {
         let _ = std::fs::remove_file(&socket);
         let exe = std::env::current_exe().map_err(|e| e.to_string())?;
         let child = Command::new(exe)
             .arg("floor-server")
             .arg("--socket")
             .arg(&socket)
-            .arg("--op")
-            .arg(op_name(op))
+            .args(args)
             .stdout(Stdio::null())
             .spawn()
             .map_err(|e| format!("cannot start the floor server: {e}"))?;
@@ -96,32 +142,21 @@ impl FloorServer {
         Ok(Self { child, socket })
     }
 
-    /// `n` client threads doing round trips for `seconds`.
+    /// `n` client threads doing round trips for `seconds` ([`wire::drive`],
+    /// as for edgeid's rows).
     pub fn measure(&self, n: usize, seconds: u64) -> Result<Measured, String> {
-        let deadline = Instant::now() + Duration::from_secs(seconds);
-        let threads: Vec<_> = (0..n)
-            .map(|_| {
-                let socket = self.socket.clone();
-                std::thread::spawn(move || -> Result<Vec<Duration>, String> {
-                    let mut stream = UnixStream::connect(&socket).map_err(|e| e.to_string())?;
-                    let request = [7u8; REQUEST];
-                    let mut answer = [0u8; ANSWER];
-                    let mut latencies = Vec::new();
-                    while Instant::now() < deadline {
-                        let started = Instant::now();
-                        stream.write_all(&request).map_err(|e| e.to_string())?;
-                        stream.read_exact(&mut answer).map_err(|e| e.to_string())?;
-                        latencies.push(started.elapsed());
-                    }
-                    Ok(latencies)
-                })
-            })
-            .collect();
-        let mut all = Vec::new();
-        for t in threads {
-            all.extend(t.join().map_err(|_| "a floor client panicked")??);
-        }
-        Ok(summarize(all, seconds))
+        let socket = self.socket.clone();
+        wire::drive(
+            n,
+            seconds,
+            move || UnixStream::connect(&socket).map_err(|e| e.to_string()),
+            |stream| {
+                let request = [7u8; REQUEST];
+                let mut answer = [0u8; ANSWER];
+                stream.write_all(&request).map_err(|e| e.to_string())?;
+                stream.read_exact(&mut answer).map_err(|e| e.to_string())
+            },
+        )
     }
 }
 

@@ -13,8 +13,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::{Method, Request};
 use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
 
-use crate::{connect, micros, proc_status_kib, Args, Sender};
+use crate::{micros, proc_status_kib, Args};
 
 /// What one client connection saw.
 #[derive(Default)]
@@ -286,3 +287,18 @@ fn report(args: &Args, runs: &[ClientRun], opened_in: Duration, [idle, peak, aft
         after as f64 / 1024.0
     );
 }
+
+/// An HTTP/1.1 connection to `socket`, driven on its own task: a thousand
+/// of them are held open, so this load is async, unlike the rate rows.
+async fn connect(socket: &Path) -> Result<Sender, String> {
+    let stream = tokio::net::UnixStream::connect(socket)
+        .await
+        .map_err(|e| e.to_string())?;
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    Ok(sender)
+}
+
+type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;

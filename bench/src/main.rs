@@ -19,9 +19,11 @@
 
 mod attest;
 mod aziot;
+mod count;
 mod floor;
 mod load;
 mod spiffe;
+mod wire;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -34,9 +36,6 @@ use bytes::Bytes;
 use clap::{Parser, ValueEnum};
 use edgeid_keyd::api::{KeyPairSpec, SignAlgorithm, SymmetricKeyType};
 use edgeid_keyd::KeydClient;
-use http::{Method, Request, StatusCode};
-use http_body_util::{BodyExt, Full};
-use hyper_util::rt::TokioIo;
 
 #[derive(Parser)]
 #[command(about = "Benchmarks edgeid daemons over their sockets against in-process baselines")]
@@ -63,6 +62,13 @@ struct Args {
     /// certificate (a new key and a CA signature); the others sign.
     #[arg(long, default_value_t = 20)]
     cert_every: u64,
+    /// `trips`: how many requests.
+    #[arg(long, default_value_t = 1000, hide = true)]
+    requests: u64,
+    /// `floor-server`: relay each request to the floor server on this
+    /// socket instead of doing the work (the two-hop floor).
+    #[arg(long, hide = true)]
+    upstream: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, PartialEq, ValueEnum)]
@@ -90,6 +96,11 @@ enum Target {
     /// The aziot keys API's sign on the keyd or aziot-keyd at `--socket`,
     /// with keys made through that API.
     Aziot,
+    /// Exactly `--requests` `/v1/sign` requests on one connection to the
+    /// keyd at `--socket`, untimed: for instruction and allocation counts
+    /// (`scripts/bench-instructions`).
+    #[value(hide = true)]
+    Trips,
     /// A load test of the workload socket of a running `edgeidctl dev`
     /// (`--socket DIR/workload.sock`): `--connections` clients signing and
     /// asking for server certificates for `--seconds`.
@@ -146,12 +157,22 @@ fn main() -> Result<(), String> {
             let runtime = edgeid_common::runtime::build().map_err(|e| e.to_string())?;
             return runtime.block_on(load::run(&args));
         }
+        Target::Trips => {
+            let socket = args.socket.as_deref().ok_or("trips needs --socket")?;
+            let op = args.ops.first().copied().unwrap_or(Op::Hmac);
+            let runtime = edgeid_common::runtime::build().map_err(|e| e.to_string())?;
+            return runtime.block_on(count::trips(socket, op, args.requests));
+        }
         Target::FloorServer => {
             let socket = args
                 .socket
                 .as_deref()
                 .ok_or("floor-server needs --socket")?;
-            return floor::serve(socket, args.ops.first().copied().unwrap_or(Op::Ecdsa));
+            let op = args.ops.first().copied().unwrap_or(Op::Ecdsa);
+            return match &args.upstream {
+                Some(upstream) => floor::relay(socket, upstream),
+                None => floor::serve(socket, op),
+            };
         }
         Target::Attest => {
             let runtime = edgeid_common::runtime::build().map_err(|e| e.to_string())?;
@@ -392,8 +413,13 @@ async fn bench_workload(args: &Args) -> Result<(), String> {
         socket.display(),
         args.seconds
     );
-    println!("| concurrency | workload req/s | p50 | p99 | keyd hmac req/s | p50 | p99 | in-process ops/s | p50 | p99 |");
-    println!("|---|---|---|---|---|---|---|---|---|---|");
+    // The floors (issue 22): keyd's one hop, and the workload API's two (a
+    // relay in front of the same work).
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let floor = floor::FloorServer::start(dir.path(), Op::Hmac)?;
+    let two_hops = floor::FloorServer::relay(&floor)?;
+    println!("| concurrency | workload req/s | p50 | p99 | two-hop floor req/s | p50 | p99 | workload/floor | keyd hmac req/s | p50 | p99 | floor req/s | keyd/floor | in-process ops/s |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for &n in &args.concurrency {
         let w = through_socket(
             &socket,
@@ -411,12 +437,16 @@ async fn bench_workload(args: &Args) -> Result<(), String> {
             args.seconds,
         )
         .await?;
+        let f2 = two_hops.measure(n, args.seconds)?;
+        let f1 = floor.measure(n, args.seconds)?;
         let l = in_process(Op::Hmac, n, args.seconds);
         println!(
-            "| {n} | {:.0} | {:.0} µs | {:.0} µs | {:.0} | {:.0} µs | {:.0} µs | {:.0} | {:.1} µs | {:.1} µs |",
+            "| {n} | {:.0} | {:.0} µs | {:.0} µs | {:.0} | {:.0} µs | {:.0} µs | {:.2} | {:.0} | {:.0} µs | {:.0} µs | {:.0} | {:.2} | {:.0} |",
             w.rate, micros(w.p50), micros(w.p99),
+            f2.rate, micros(f2.p50), micros(f2.p99), w.rate / f2.rate,
             k.rate, micros(k.p50), micros(k.p99),
-            l.rate, micros(l.p50), micros(l.p99)
+            f1.rate, k.rate / f1.rate,
+            l.rate,
         );
     }
     Ok(())
@@ -439,7 +469,9 @@ async fn wait_ready(client: &KeydClient) -> Result<(), String> {
     }
 }
 
-/// `n` connections, each sending sign requests back to back for `seconds`.
+/// `n` connections, each sending `POST uri` back to back for `seconds`,
+/// from the blocking client threads the floor's rows use too
+/// ([`wire::drive`]): a ratio between the two compares servers.
 async fn through_socket(
     socket: &Path,
     uri: &str,
@@ -447,53 +479,11 @@ async fn through_socket(
     n: usize,
     seconds: u64,
 ) -> Result<Measured, String> {
-    let deadline = Instant::now() + Duration::from_secs(seconds);
-    let mut tasks = Vec::new();
-    for _ in 0..n {
-        let mut sender = connect(socket).await?;
-        let body = body.clone();
-        let uri = uri.to_owned();
-        tasks.push(tokio::spawn(async move {
-            let mut latencies = Vec::with_capacity(200_000);
-            while Instant::now() < deadline {
-                let req = Request::builder()
-                    .method(Method::POST)
-                    .uri(uri.as_str())
-                    .header("host", "localhost")
-                    .header("content-type", "application/json")
-                    .body(Full::new(body.clone()))
-                    .map_err(|e| e.to_string())?;
-                let started = Instant::now();
-                let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
-                let status = resp.status();
-                resp.into_body()
-                    .collect()
-                    .await
-                    .map_err(|e| e.to_string())?;
-                if status != StatusCode::OK {
-                    return Err(format!("{uri} answered {status}"));
-                }
-                latencies.push(started.elapsed());
-            }
-            Ok::<_, String>(latencies)
-        }));
-    }
-    gather(tasks, seconds).await
-}
-
-/// An HTTP/1.1 connection to `socket`, driven on its own task.
-async fn connect(socket: &Path) -> Result<Sender, String> {
-    let stream = tokio::net::UnixStream::connect(socket)
+    let (socket, uri) = (socket.to_owned(), uri.to_owned());
+    tokio::task::spawn_blocking(move || wire::post_loop(&socket, &uri, &body, n, seconds))
         .await
-        .map_err(|e| e.to_string())?;
-    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| e.to_string())?;
-    tokio::spawn(conn);
-    Ok(sender)
+        .map_err(|e| e.to_string())?
 }
-
-type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
 
 /// Waits for the client tasks and summarizes the latencies they measured.
 async fn gather(

@@ -67,9 +67,15 @@ pub async fn bench(args: &Args) -> Result<(), String> {
         "data": edgeid_common::encoding::to_base64(&[7u8; 32]),
     })
     .to_string();
+    // The two-hop ECDSA floor (issue 22): a relay in front of the signature,
+    // as workloadd is in front of keyd. Its client is the floor's blocking
+    // loop; FetchJWTSVID's is tonic's, which costs the client more.
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let floor = crate::floor::FloorServer::start(dir.path(), crate::Op::Ecdsa)?;
+    let two_hops = crate::floor::FloorServer::relay(&floor)?;
     println!("FetchJWTSVID, {} s per run:", args.seconds);
-    println!("| concurrency | same audience req/s | p50 | p99 | new audience req/s | p50 | p99 | keyd ecdsa req/s | p50 | p99 |");
-    println!("|---|---|---|---|---|---|---|---|---|---|");
+    println!("| concurrency | same audience req/s | p50 | p99 | new audience req/s | p50 | p99 | two-hop ecdsa floor req/s | new/floor | keyd ecdsa req/s | p50 | p99 |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
     for &n in &args.concurrency {
         let same = fetch_jwts(&endpoint, n, args.seconds, false).await?;
         let fresh = fetch_jwts(&endpoint, n, args.seconds, true).await?;
@@ -81,10 +87,12 @@ pub async fn bench(args: &Args) -> Result<(), String> {
             args.seconds,
         )
         .await?;
+        let f = two_hops.measure(n, args.seconds)?;
         println!(
-            "| {n} | {:.0} | {:.0} µs | {:.0} µs | {:.0} | {:.0} µs | {:.0} µs | {:.0} | {:.0} µs | {:.0} µs |",
+            "| {n} | {:.0} | {:.0} µs | {:.0} µs | {:.0} | {:.0} µs | {:.0} µs | {:.0} | {:.2} | {:.0} | {:.0} µs | {:.0} µs |",
             same.rate, micros(same.p50), micros(same.p99),
             fresh.rate, micros(fresh.p50), micros(fresh.p99),
+            f.rate, fresh.rate / f.rate,
             k.rate, micros(k.p50), micros(k.p99)
         );
     }
