@@ -642,7 +642,7 @@ async fn a_preloaded_key_file_is_the_key_and_a_new_file_a_new_key() {
     // The id already holds a key pair (as edgeid's default local
     // provisioning makes one): the file replaces it.
     {
-        let keyd =
+        let mut keyd =
             KeydFixture::configured(KeydFixture::config_in(dir.path()), Admins::root_and_self())
                 .await;
         let (status, pair) = edgeid_testkit::aziot::call(
@@ -653,6 +653,9 @@ async fn a_preloaded_key_file_is_the_key_and_a_new_file_a_new_key() {
         )
         .await;
         assert_eq!(status, StatusCode::OK, "{pair}");
+        // Stopped, not only dropped: the next keyd binds the same socket,
+        // which a keyd still draining would hold (that raced, once in a while).
+        keyd.stop().await;
     }
     let mut keyd = KeydFixture::configured(config.clone(), Admins::root_and_self()).await;
     let mac_now = |keyd: &KeydFixture| {

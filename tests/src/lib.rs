@@ -122,11 +122,21 @@ impl KeydFixture {
         let keyd = edgeid_keyd::Keyd::open(&self.config, self.admins.clone())
             .await
             .expect("keyd opens");
-        let listener = edgeid_common::listener::Listener::bind(
-            &self.config.socket(),
-            self.config.server.socket_mode,
-        )
-        .expect("keyd binds its socket");
+        // A keyd of the same directory that was dropped rather than stopped
+        // may still be draining, and holds the socket for a moment.
+        let mut tries = 0;
+        let listener = loop {
+            match edgeid_common::listener::Listener::bind(
+                &self.config.socket(),
+                self.config.server.socket_mode,
+            ) {
+                Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && tries < 100 => {
+                    tries += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+                bound => break bound.expect("keyd binds its socket"),
+            }
+        };
         let (tx, rx) = oneshot::channel();
         let limits = self.config.limits();
         self.task = Some(tokio::spawn(async move {
