@@ -10,7 +10,9 @@
 //! API issues is a *bearer* handle, as the reference's are: whoever holds it
 //! may use its key (the payload says which, so neither kind passes for the other).
 
+use std::collections::HashMap;
 use std::path::Path;
+use std::sync::{Arc, RwLock};
 
 use aws_lc_rs::hmac;
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
@@ -61,9 +63,23 @@ struct Payload {
     bearer: bool,
 }
 
+/// Handles remembered once verified, at most (then the memory is emptied
+/// and fills again with the handles in use).
+const REMEMBERED: usize = 4096;
+/// Longer handles (long derivation inputs) are verified every time.
+const REMEMBERED_LEN: usize = 512;
+
 /// Issues and checks handles with this install's secret.
 pub struct HandleAuthority {
     key: hmac::Key,
+    /// Handles already verified, by their text, and what they refer to. A
+    /// handle's meaning cannot change while this process runs (its secret is
+    /// fixed), so checking one again would only repeat the tag, the base64
+    /// and the JSON of each request; whether its key still exists, and is of
+    /// that generation, is the store's check on every use, as before. Only a
+    /// handle whose tag verified is remembered: a forged text is never in
+    /// here, and is verified (and refused) every time.
+    verified: RwLock<HashMap<Box<str>, Arc<KeyRef>>>,
 }
 
 impl HandleAuthority {
@@ -82,6 +98,7 @@ impl HandleAuthority {
         })?;
         Ok(Self {
             key: hmac::Key::new(hmac::HMAC_SHA256, &secret),
+            verified: RwLock::new(HashMap::new()),
         })
     }
 
@@ -105,8 +122,31 @@ impl HandleAuthority {
     }
 
     /// What a handle refers to, if this keyd issued it unaltered.
-    pub fn open(&self, handle: &KeyHandle) -> Result<KeyRef, Error> {
+    pub fn open(&self, handle: &KeyHandle) -> Result<Arc<KeyRef>, Error> {
         let text = handle.0.as_str();
+        // A poisoned lock only means a panic elsewhere: the map is still whole.
+        let remembered = self
+            .verified
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(text)
+            .cloned();
+        if let Some(key) = remembered {
+            return Ok(key);
+        }
+        let key = Arc::new(self.verify(text)?);
+        if text.len() <= REMEMBERED_LEN {
+            let mut verified = self.verified.write().unwrap_or_else(|p| p.into_inner());
+            if verified.len() >= REMEMBERED {
+                verified.clear();
+            }
+            verified.insert(text.into(), key.clone());
+        }
+        Ok(key)
+    }
+
+    /// Checks a handle's tag and reads its payload.
+    fn verify(&self, text: &str) -> Result<KeyRef, Error> {
         if !text.starts_with(PREFIX) {
             return Err(Error::MalformedHandle("it does not start with 'ek1.'"));
         }
@@ -168,7 +208,33 @@ mod tests {
     #[test]
     fn round_trip() {
         let (_d, a) = authority();
-        assert_eq!(a.open(&a.issue(&key())).unwrap(), key());
+        assert_eq!(*a.open(&a.issue(&key())).unwrap(), key());
+    }
+
+    #[test]
+    fn remembered_handles_mean_what_they_said_and_forgeries_are_still_refused() {
+        let (_d, a) = authority();
+        let h = a.issue(&key());
+        assert_eq!(*a.open(&h).unwrap(), key());
+        assert_eq!(*a.open(&h).unwrap(), key(), "from memory");
+        // The same text with its tag's last character changed: not remembered.
+        let mut forged = h.0.clone();
+        let last = forged.pop().unwrap();
+        forged.push(if last == 'A' { 'B' } else { 'A' });
+        assert!(matches!(
+            a.open(&KeyHandle(forged)),
+            Err(Error::ForeignHandle) | Err(Error::MalformedHandle(_))
+        ));
+        // Bounded: many handles in use do not grow the memory past its size.
+        for i in 0..(REMEMBERED + 10) {
+            let k = KeyRef {
+                generation: format!("{i:08x}"),
+                ..key()
+            };
+            assert_eq!(*a.open(&a.issue(&k)).unwrap(), k);
+        }
+        assert!(a.verified.read().unwrap().len() <= REMEMBERED);
+        assert_eq!(*a.open(&h).unwrap(), key(), "verified again after emptying");
     }
 
     #[test]
@@ -221,7 +287,7 @@ mod tests {
             .unwrap()
             .issue(&key());
         assert_eq!(
-            HandleAuthority::load_or_create(&path)
+            *HandleAuthority::load_or_create(&path)
                 .unwrap()
                 .open(&h)
                 .unwrap(),

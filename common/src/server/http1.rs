@@ -212,18 +212,19 @@ async fn respond<H: Handler>(
     let _work = activity.begin_work();
     let request = ApiRequest {
         caller,
-        method: parts.method,
+        // A standard method's clone copies no bytes.
+        method: parts.method.clone(),
         path: parts.uri.path().to_owned(),
         query: parts.uri.query().map(str::to_owned),
         body,
     };
-    let method = request.method.clone();
-    let path = request.path.clone();
+    // For the log lines below, without a second copy of the path.
+    let (method, path) = (&parts.method, parts.uri.path());
     let answer = AssertUnwindSafe(handler.handle(request)).catch_unwind();
     let response = match tokio::time::timeout(limits.request_timeout, answer).await {
         Ok(Ok(response)) => response,
         Ok(Err(_panic)) => {
-            tracing::error!(%method, %path, "handler panicked");
+            tracing::error!(%method, path, "handler panicked");
             ApiResponse::error(&ApiError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal error",
@@ -238,7 +239,7 @@ async fn respond<H: Handler>(
         )),
     };
     tracing::debug!(
-        %method, %path, caller = %caller, status = response.status().as_u16(),
+        %method, path, caller = %caller, status = response.status().as_u16(),
         micros = started.elapsed().as_micros() as u64, "request"
     );
     response

@@ -59,7 +59,9 @@ enum Material {
     Ecdsa(EcdsaKeyPair),
     Rsa(RsaKeyPair),
     Ed25519(Ed25519KeyPair),
-    Symmetric(Zeroizing<Vec<u8>>),
+    /// The key's bytes, and (HMAC keys) its HMAC key schedule, made once
+    /// rather than on every signature; a derived key's is made per use.
+    Symmetric(Zeroizing<Vec<u8>>, Option<Box<hmac::Key>>),
 }
 
 /// A key file on disk. Everything but `sealed` is public; all of it is bound
@@ -280,7 +282,7 @@ impl KeyBackend for SoftwareBackend {
             let same_type = existing.record.kind == KeyKind::Symmetric(key_type);
             let same_bytes = match (&existing.material, import) {
                 (_, None) => true,
-                (Material::Symmetric(held), Some(given)) => {
+                (Material::Symmetric(held, _), Some(given)) => {
                     verify_slices_are_equal(held, given).is_ok()
                 }
                 _ => false,
@@ -382,9 +384,14 @@ impl KeyBackend for SoftwareBackend {
                     .map_err(|e| Error::Internal(format!("signing task failed: {e}")))?
             }
             Material::Ed25519(k) => Ok(k.sign(data).as_ref().to_vec()),
-            Material::Symmetric(base) => {
-                let derived = derive(base, &key.derivation);
-                let tag = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, &derived), data);
+            Material::Symmetric(base, mac) => {
+                let tag = match mac {
+                    Some(mac) if key.derivation.is_empty() => hmac::sign(mac, data),
+                    _ => {
+                        let derived = derive(base, &key.derivation);
+                        hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, &derived), data)
+                    }
+                };
                 Ok(tag.as_ref().to_vec())
             }
         }
@@ -453,7 +460,7 @@ impl SoftwareBackend {
     async fn aes_material(&self, key: &KeyRef) -> Result<Zeroizing<Vec<u8>>, Error> {
         let loaded = self.resolve(key).await?;
         match (&loaded.material, loaded.record.kind) {
-            (Material::Symmetric(base), KeyKind::Symmetric(SymmetricKeyType::Aes256Gcm)) => {
+            (Material::Symmetric(base, _), KeyKind::Symmetric(SymmetricKeyType::Aes256Gcm)) => {
                 Ok(derive(base, &key.derivation))
             }
             (_, kind) => Err(wrong_kind(&key.id, kind, "an aes-256-gcm key")),
@@ -528,7 +535,7 @@ fn public_of(material: &Material) -> Option<Vec<u8>> {
         Material::Ecdsa(k) => k.public_key().as_der(),
         Material::Rsa(k) => k.public_key().as_der(),
         Material::Ed25519(k) => k.public_key().as_der(),
-        Material::Symmetric(_) => return None,
+        Material::Symmetric(..) => return None,
     };
     der.ok().map(|d| d.as_ref().to_vec())
 }
@@ -547,7 +554,11 @@ fn material_from(kind: KeyKind, secret: &[u8]) -> Result<Material, ()> {
             Material::Ed25519(Ed25519KeyPair::from_pkcs8(secret).map_err(drop)?)
         }
         KeyKind::Pair(_) => Material::Rsa(RsaKeyPair::from_pkcs8(secret).map_err(drop)?),
-        KeyKind::Symmetric(_) => Material::Symmetric(Zeroizing::new(secret.to_vec())),
+        KeyKind::Symmetric(kind) => Material::Symmetric(
+            Zeroizing::new(secret.to_vec()),
+            (kind == SymmetricKeyType::HmacSha256)
+                .then(|| Box::new(hmac::Key::new(hmac::HMAC_SHA256, secret))),
+        ),
     })
 }
 

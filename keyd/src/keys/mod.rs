@@ -111,7 +111,7 @@ impl Keyd {
         &self,
         caller: &Caller,
         handle: &KeyHandle,
-    ) -> Result<(KeyRef, &Arc<dyn KeyBackend>), Error> {
+    ) -> Result<(Arc<KeyRef>, &Arc<dyn KeyBackend>), Error> {
         let key = self.handles.open(handle)?;
         if !key.bearer {
             self.access
@@ -262,7 +262,8 @@ impl Keyd {
         caller: &Caller,
         req: DeriveRequest,
     ) -> Result<HandleResponse, Error> {
-        let (mut key, store) = self.open_handle(caller, &req.handle)?;
+        let (key, store) = self.open_handle(caller, &req.handle)?;
+        let mut key = KeyRef::clone(&key);
         if req.info.0.len() > MAX_INFO_LEN {
             return Err(Error::BadRequest(format!(
                 "derivation info is longer than {MAX_INFO_LEN} bytes"
