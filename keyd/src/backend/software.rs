@@ -11,11 +11,9 @@ use async_trait::async_trait;
 use aws_lc_rs::aead::LessSafeKey;
 use aws_lc_rs::constant_time::verify_slices_are_equal;
 use aws_lc_rs::digest;
-use aws_lc_rs::encoding::AsDer;
 use aws_lc_rs::hmac;
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
-use aws_lc_rs::rsa::KeySize;
-use aws_lc_rs::signature::{self, EcdsaKeyPair, Ed25519KeyPair, KeyPair, RsaKeyPair};
+use aws_lc_rs::signature;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use serde::{Deserialize, Serialize};
@@ -30,6 +28,10 @@ use crate::api::{KeyPairSpec, SignAlgorithm, SymmetricKeyType};
 use crate::error::Error;
 use crate::handle::KeyRef;
 use crate::key_id::KeyId;
+
+mod material;
+
+use material::{generate_pkcs8, material_from, pkcs8_pair, public_of, Material};
 
 /// Format of key files; bump when the layout changes.
 const FILE_FORMAT: u32 = 1;
@@ -53,15 +55,6 @@ pub struct SoftwareBackend {
 struct LoadedKey {
     record: KeyRecord,
     material: Material,
-}
-
-enum Material {
-    Ecdsa(EcdsaKeyPair),
-    Rsa(RsaKeyPair),
-    Ed25519(Ed25519KeyPair),
-    /// The key's bytes, and (HMAC keys) its HMAC key schedule, made once
-    /// rather than on every signature; a derived key's is made per use.
-    Symmetric(Zeroizing<Vec<u8>>, Option<Box<hmac::Key>>),
 }
 
 /// A key file on disk. Everything but `sealed` is public; all of it is bound
@@ -478,88 +471,6 @@ async fn read_key_file(path: &Path) -> Result<Option<Zeroizing<Vec<u8>>>, Error>
             path.display()
         ))),
     }
-}
-
-fn generate_pkcs8(spec: KeyPairSpec) -> Result<Zeroizing<Vec<u8>>, Error> {
-    let rng = SystemRandom::new();
-    let failed = || Error::Internal(format!("{spec} key generation failed"));
-    let bytes = match spec {
-        KeyPairSpec::EcP256 => {
-            EcdsaKeyPair::generate_pkcs8(&signature::ECDSA_P256_SHA256_ASN1_SIGNING, &rng)
-                .map(|d| d.as_ref().to_vec())
-        }
-        KeyPairSpec::EcP384 => {
-            EcdsaKeyPair::generate_pkcs8(&signature::ECDSA_P384_SHA384_ASN1_SIGNING, &rng)
-                .map(|d| d.as_ref().to_vec())
-        }
-        KeyPairSpec::Ed25519 => Ed25519KeyPair::generate_pkcs8(&rng).map(|d| d.as_ref().to_vec()),
-        KeyPairSpec::Rsa2048 | KeyPairSpec::Rsa3072 | KeyPairSpec::Rsa4096 => {
-            let size = match spec {
-                KeyPairSpec::Rsa2048 => KeySize::Rsa2048,
-                KeyPairSpec::Rsa3072 => KeySize::Rsa3072,
-                _ => KeySize::Rsa4096,
-            };
-            RsaKeyPair::generate(size)
-                .and_then(|k| k.as_der())
-                .map(|d| d.as_ref().to_vec())
-        }
-    };
-    bytes.map(Zeroizing::new).map_err(|_| failed())
-}
-
-/// The spec and public key of a PKCS#8 key pair keyd can hold.
-fn pkcs8_pair(pkcs8: &[u8]) -> Option<(KeyPairSpec, Vec<u8>)> {
-    let spec = if EcdsaKeyPair::from_pkcs8(&signature::ECDSA_P256_SHA256_ASN1_SIGNING, pkcs8)
-        .is_ok()
-    {
-        KeyPairSpec::EcP256
-    } else if EcdsaKeyPair::from_pkcs8(&signature::ECDSA_P384_SHA384_ASN1_SIGNING, pkcs8).is_ok() {
-        KeyPairSpec::EcP384
-    } else if Ed25519KeyPair::from_pkcs8(pkcs8).is_ok() {
-        KeyPairSpec::Ed25519
-    } else {
-        match RsaKeyPair::from_pkcs8(pkcs8).ok()?.public_modulus_len() {
-            256 => KeyPairSpec::Rsa2048,
-            384 => KeyPairSpec::Rsa3072,
-            512 => KeyPairSpec::Rsa4096,
-            _ => return None,
-        }
-    };
-    let public = public_of(&material_from(KeyKind::Pair(spec), pkcs8).ok()?)?;
-    Some((spec, public))
-}
-
-/// A key pair's public key (SubjectPublicKeyInfo); none for a symmetric key.
-fn public_of(material: &Material) -> Option<Vec<u8>> {
-    let der = match material {
-        Material::Ecdsa(k) => k.public_key().as_der(),
-        Material::Rsa(k) => k.public_key().as_der(),
-        Material::Ed25519(k) => k.public_key().as_der(),
-        Material::Symmetric(..) => return None,
-    };
-    der.ok().map(|d| d.as_ref().to_vec())
-}
-
-fn material_from(kind: KeyKind, secret: &[u8]) -> Result<Material, ()> {
-    Ok(match kind {
-        KeyKind::Pair(KeyPairSpec::EcP256) => Material::Ecdsa(
-            EcdsaKeyPair::from_pkcs8(&signature::ECDSA_P256_SHA256_ASN1_SIGNING, secret)
-                .map_err(drop)?,
-        ),
-        KeyKind::Pair(KeyPairSpec::EcP384) => Material::Ecdsa(
-            EcdsaKeyPair::from_pkcs8(&signature::ECDSA_P384_SHA384_ASN1_SIGNING, secret)
-                .map_err(drop)?,
-        ),
-        KeyKind::Pair(KeyPairSpec::Ed25519) => {
-            Material::Ed25519(Ed25519KeyPair::from_pkcs8(secret).map_err(drop)?)
-        }
-        KeyKind::Pair(_) => Material::Rsa(RsaKeyPair::from_pkcs8(secret).map_err(drop)?),
-        KeyKind::Symmetric(kind) => Material::Symmetric(
-            Zeroizing::new(secret.to_vec()),
-            (kind == SymmetricKeyType::HmacSha256)
-                .then(|| Box::new(hmac::Key::new(hmac::HMAC_SHA256, secret))),
-        ),
-    })
 }
 
 fn rsa_sign(
