@@ -16,16 +16,63 @@ use std::time::{Duration, Instant};
 use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::signature::{EcdsaKeyPair, ECDSA_P256_SHA256_ASN1_SIGNING};
 
+use crate::pkcs11::RawToken;
 use crate::{wire, Measured, Op};
 
 /// A request and an answer, as large as keyd's sign request and answer.
 const REQUEST: usize = 300;
 const ANSWER: usize = 200;
 
-/// `edgeid-bench floor-server --socket S --op O`: serves until killed.
-pub fn serve(socket: &Path, op: Op) -> Result<(), String> {
+/// What one connection's thread does with a request's first 32 bytes: the
+/// answer written into the buffer.
+type Work = Box<dyn FnMut(&[u8], &mut [u8]) -> Result<(), String> + Send>;
+
+/// `edgeid-bench floor-server --socket S --op O [--pkcs11 LIBRARY]`: serves
+/// until killed. The work is aws-lc's (keyd's software store), or with
+/// `--pkcs11` raw cryptoki on the bench token, a session per connection
+/// (keyd's PKCS#11 store).
+pub fn serve(socket: &Path, op: Op, pkcs11: Option<&Path>) -> Result<(), String> {
+    let mut _login = None;
+    let work: Box<dyn Fn() -> Result<Work, String>> = match pkcs11 {
+        None => software(op)?,
+        Some(library) => {
+            let (raw, login) = RawToken::open(library, op)?;
+            _login = Some(login);
+            let raw = std::sync::Arc::new(raw);
+            Box::new(move || {
+                let session = raw.session()?;
+                let raw = raw.clone();
+                Ok(Box::new(move |data: &[u8], answer: &mut [u8]| {
+                    copy(&raw.sign(&session, data)?, answer);
+                    Ok(())
+                }) as Work)
+            })
+        }
+    };
     let _ = std::fs::remove_file(socket);
     let listener = UnixListener::bind(socket).map_err(|e| format!("{}: {e}", socket.display()))?;
+    for stream in listener.incoming() {
+        let Ok(mut stream) = stream else { continue };
+        let Ok(mut work) = work() else { continue };
+        std::thread::spawn(move || {
+            let mut request = [0u8; REQUEST];
+            let mut answer = [0u8; ANSWER];
+            while stream.read_exact(&mut request).is_ok() {
+                if work(&request[..32], &mut answer).is_err() {
+                    return;
+                }
+                if stream.write_all(&answer).is_err() {
+                    return;
+                }
+            }
+        });
+    }
+    Ok(())
+}
+
+/// keyd's software-store work with aws-lc: ECDSA P-256, or HMAC-SHA256
+/// with a 32-byte key.
+fn software(op: Op) -> Result<Box<dyn Fn() -> Result<Work, String>>, String> {
     let rng = SystemRandom::new();
     let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &rng)
         .map_err(|_| "cannot make a P-256 key")?;
@@ -34,30 +81,19 @@ pub fn serve(socket: &Path, op: Op) -> Result<(), String> {
             .map_err(|_| "cannot load the P-256 key")?,
     );
     let mac = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, &[9u8; 32]);
-    for stream in listener.incoming() {
-        let Ok(mut stream) = stream else { continue };
-        let (ec, mac) = (ec.clone(), mac.clone());
-        std::thread::spawn(move || {
-            let rng = SystemRandom::new();
-            let mut request = [0u8; REQUEST];
-            let mut answer = [0u8; ANSWER];
-            while stream.read_exact(&mut request).is_ok() {
-                let data = &request[..32];
-                let len = match op {
-                    Op::Ecdsa => match ec.sign(&rng, data) {
-                        Ok(sig) => copy(sig.as_ref(), &mut answer),
-                        Err(_) => return,
-                    },
-                    Op::Hmac => copy(aws_lc_rs::hmac::sign(&mac, data).as_ref(), &mut answer),
-                };
-                std::hint::black_box(len);
-                if stream.write_all(&answer).is_err() {
-                    return;
+    Ok(Box::new(move || {
+        let (ec, mac, rng) = (ec.clone(), mac.clone(), SystemRandom::new());
+        Ok(Box::new(move |data: &[u8], answer: &mut [u8]| {
+            match op {
+                Op::Ecdsa => {
+                    let sig = ec.sign(&rng, data).map_err(|_| "cannot sign")?;
+                    copy(sig.as_ref(), answer)
                 }
-            }
-        });
-    }
-    Ok(())
+                Op::Hmac => copy(aws_lc_rs::hmac::sign(&mac, data).as_ref(), answer),
+            };
+            Ok(())
+        }) as Work)
+    }))
 }
 
 /// `edgeid-bench floor-server --socket S --upstream U`: the first hop of the
@@ -102,10 +138,20 @@ pub struct FloorServer {
 }
 
 impl FloorServer {
-    /// The one-hop floor: a server doing `op`.
+    /// The one-hop floor: a server doing `op` with aws-lc.
     pub fn start(dir: &Path, op: Op) -> Result<Self, String> {
-        let socket = dir.join(format!("floor-{}.sock", op_name(op)));
-        Self::spawn(socket, &["--op", op_name(op)])
+        Self::start_with(dir, op, &[])
+    }
+
+    /// The one-hop floor with more `floor-server` arguments (`--pkcs11`).
+    pub fn start_with(dir: &Path, op: Op, more: &[&std::ffi::OsStr]) -> Result<Self, String> {
+        let socket = dir.join(format!("floor-{}-{}.sock", op_name(op), more.len()));
+        let mut args = vec![
+            std::ffi::OsStr::new("--op"),
+            std::ffi::OsStr::new(op_name(op)),
+        ];
+        args.extend_from_slice(more);
+        Self::spawn(socket, &args)
     }
 
     /// The two-hop floor: a relay in front of `worker`, as the workload API

@@ -22,6 +22,7 @@ mod aziot;
 mod count;
 mod floor;
 mod load;
+mod pkcs11;
 mod spiffe;
 mod wire;
 
@@ -65,6 +66,10 @@ struct Args {
     /// `trips`: how many requests.
     #[arg(long, default_value_t = 1000, hide = true)]
     requests: u64,
+    /// `floor-server`: do the work with raw cryptoki on the bench token,
+    /// through this PKCS#11 module.
+    #[arg(long, hide = true)]
+    pkcs11: Option<PathBuf>,
     /// `floor-server`: relay each request to the floor server on this
     /// socket instead of doing the work (the two-hop floor).
     #[arg(long, hide = true)]
@@ -171,7 +176,7 @@ fn main() -> Result<(), String> {
             let op = args.ops.first().copied().unwrap_or(Op::Ecdsa);
             return match &args.upstream {
                 Some(upstream) => floor::relay(socket, upstream),
-                None => floor::serve(socket, op),
+                None => floor::serve(socket, op, args.pkcs11.as_deref()),
             };
         }
         Target::Attest => {
@@ -179,7 +184,7 @@ fn main() -> Result<(), String> {
             return runtime.block_on(attest::bench(&args, dir.path()));
         }
         Target::Keyd => Store::Software,
-        Target::Pkcs11 => Store::Pkcs11(SoftHsmToken::create(dir.path())?),
+        Target::Pkcs11 => Store::Pkcs11(pkcs11::SoftHsmToken::create(dir.path())?),
         Target::Tpm => Store::Tpm(SwtpmProcess::start(dir.path())?),
     };
     let runtime = edgeid_common::runtime::build().map_err(|e| e.to_string())?;
@@ -189,7 +194,7 @@ fn main() -> Result<(), String> {
 /// Where keyd keeps the keys in this run, and the in-process baseline for it.
 enum Store {
     Software,
-    Pkcs11(SoftHsmToken),
+    Pkcs11(pkcs11::SoftHsmToken),
     Tpm(SwtpmProcess),
 }
 
@@ -209,7 +214,7 @@ impl Store {
             }
             Store::Pkcs11(t) => format!(
                 "every key on a SoftHSMv2 token ({}); in-process = raw cryptoki on the same token",
-                t.library.display()
+                t.library().display()
             ),
             Store::Tpm(t) => format!(
                 "every key in a swtpm ({}); in-process = raw tss-esapi on the same swtpm, \
@@ -341,28 +346,42 @@ async fn bench_keyd(args: &Args, dir: &Path, store: &Store) -> Result<(), String
     println!();
 
     // The floor (issue 22): the same work behind a socket with nothing of
-    // edgeid's; for the software store, whose work is the same aws-lc call.
-    if matches!(store, Store::Software) {
+    // edgeid's: aws-lc for the software store, raw cryptoki on the same
+    // token for PKCS#11 (raw + floor).
+    let floor_of = |op: Op| match store {
+        Store::Software => Some(floor::FloorServer::start(dir, op)),
+        Store::Pkcs11(token) => Some(floor::FloorServer::start_with(
+            dir,
+            op,
+            &[
+                std::ffi::OsStr::new("--pkcs11"),
+                token.library().as_os_str(),
+            ],
+        )),
+        Store::Tpm(_) => None,
+    };
+    if !matches!(store, Store::Tpm(_)) {
         println!("| operation | concurrency | through keyd req/s | p50 | p99 | floor req/s | p50 | p99 | keyd/floor |");
         println!("|---|---|---|---|---|---|---|---|---|");
-        for op in &args.ops {
-            let server = floor::FloorServer::start(dir, *op)?;
-            for (_, n, keyd) in through.iter().filter(|(o, _, _)| o == op) {
-                let f = server.measure(*n, args.seconds)?;
-                println!(
-                    "| {op} | {n} | {:.0} | {:.0} µs | {:.0} µs | {:.0} | {:.0} µs | {:.0} µs | {:.2} |",
-                    keyd.rate,
-                    micros(keyd.p50),
-                    micros(keyd.p99),
-                    f.rate,
-                    micros(f.p50),
-                    micros(f.p99),
-                    keyd.rate / f.rate
-                );
-            }
-        }
-        println!();
     }
+    for op in &args.ops {
+        let Some(server) = floor_of(*op) else { break };
+        let server = server?;
+        for (_, n, keyd) in through.iter().filter(|(o, _, _)| o == op) {
+            let f = server.measure(*n, args.seconds)?;
+            println!(
+                "| {op} | {n} | {:.0} | {:.0} µs | {:.0} µs | {:.0} | {:.0} µs | {:.0} µs | {:.2} |",
+                keyd.rate,
+                micros(keyd.p50),
+                micros(keyd.p99),
+                f.rate,
+                micros(f.p50),
+                micros(f.p99),
+                keyd.rate / f.rate
+            );
+        }
+    }
+    println!();
 
     println!("| operation | concurrency | through keyd req/s | p50 | p99 | in-process ops/s | p50 | p99 | ratio |");
     println!("|---|---|---|---|---|---|---|---|---|");
@@ -618,180 +637,6 @@ impl Drop for KeydProcess {
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
-    }
-}
-
-/// A SoftHSMv2 token created for the benchmark, and raw cryptoki access to it.
-struct SoftHsmToken {
-    library: PathBuf,
-    pin_file: PathBuf,
-}
-
-const BENCH_TOKEN: &str = "edgeid-bench";
-const BENCH_PIN: &str = "1234";
-
-impl SoftHsmToken {
-    fn create(dir: &Path) -> Result<Self, String> {
-        let library = [
-            "/usr/lib/softhsm/libsofthsm2.so",
-            "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so",
-        ]
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.exists())
-        .ok_or("libsofthsm2.so not found: sudo apt-get install -y softhsm2")?;
-        let tokens = dir.join("tokens");
-        std::fs::create_dir_all(&tokens).map_err(|e| e.to_string())?;
-        let conf = dir.join("softhsm2.conf");
-        let text = format!(
-            "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
-            tokens.display()
-        );
-        std::fs::write(&conf, text).map_err(|e| e.to_string())?;
-        // Set before any other thread exists; keyd inherits it.
-        std::env::set_var("SOFTHSM2_CONF", &conf);
-        let status = Command::new("softhsm2-util")
-            .args([
-                "--init-token",
-                "--free",
-                "--label",
-                BENCH_TOKEN,
-                "--pin",
-                BENCH_PIN,
-                "--so-pin",
-                "5678",
-            ])
-            .stdout(Stdio::null())
-            .status()
-            .map_err(|e| format!("softhsm2-util: {e} (sudo apt-get install -y softhsm2)"))?;
-        if !status.success() {
-            return Err("softhsm2-util --init-token failed".into());
-        }
-        let pin_file = dir.join("pin");
-        std::fs::write(&pin_file, BENCH_PIN).map_err(|e| e.to_string())?;
-        std::fs::set_permissions(
-            &pin_file,
-            std::os::unix::fs::PermissionsExt::from_mode(0o600),
-        )
-        .map_err(|e| e.to_string())?;
-        Ok(Self { library, pin_file })
-    }
-
-    fn keyd_config(&self) -> String {
-        format!(
-            "[backend]\ndefault = \"pkcs11\"\n[pkcs11]\nlibrary = \"{}\"\ntoken_label = \"{BENCH_TOKEN}\"\npin_file = \"{}\"\n",
-            self.library.display(),
-            self.pin_file.display()
-        )
-    }
-
-    /// `n` threads, each with its own logged-in session, doing what keyd does
-    /// per request: hash with aws-lc, sign the digest with CKM_ECDSA (or HMAC
-    /// with CKM_SHA256_HMAC), on a key made as keyd makes its keys (a token
-    /// object, sensitive, not extractable) on the same token.
-    fn in_process(&self, op: Op, n: usize, seconds: u64) -> Result<Measured, String> {
-        use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
-        use cryptoki::mechanism::Mechanism;
-        use cryptoki::object::Attribute;
-        use cryptoki::session::UserType;
-        use cryptoki::types::AuthPin;
-
-        let err = |e: cryptoki::error::Error| e.to_string();
-        let ctx = Pkcs11::new(&self.library).map_err(err)?;
-        match ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
-            Ok(())
-            | Err(cryptoki::error::Error::Pkcs11(
-                cryptoki::error::RvError::CryptokiAlreadyInitialized,
-                _,
-            )) => {}
-            Err(e) => return Err(e.to_string()),
-        }
-        let slot = ctx
-            .get_slots_with_initialized_token()
-            .map_err(err)?
-            .into_iter()
-            .find(|s| {
-                ctx.get_token_info(*s)
-                    .is_ok_and(|i| i.label().trim_end() == BENCH_TOKEN)
-            })
-            .ok_or("bench token not found")?;
-        let session = ctx.open_rw_session(slot).map_err(err)?;
-        match session.login(UserType::User, Some(&AuthPin::from(BENCH_PIN.to_owned()))) {
-            Ok(())
-            | Err(cryptoki::error::Error::Pkcs11(
-                cryptoki::error::RvError::UserAlreadyLoggedIn,
-                _,
-            )) => {}
-            Err(e) => return Err(e.to_string()),
-        }
-        let label = Attribute::Label(b"raw-bench".to_vec());
-        let key = match op {
-            Op::Ecdsa => {
-                let p256_oid = vec![0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
-                let public = [
-                    Attribute::Token(false),
-                    Attribute::EcParams(p256_oid),
-                    label.clone(),
-                ];
-                let private = [
-                    Attribute::Token(true),
-                    Attribute::Private(true),
-                    Attribute::Sign(true),
-                    Attribute::Sensitive(true),
-                    Attribute::Extractable(false),
-                    label,
-                ];
-                session
-                    .generate_key_pair(&Mechanism::EccKeyPairGen, &public, &private)
-                    .map_err(err)?
-                    .1
-            }
-            Op::Hmac => {
-                let template = [
-                    Attribute::Token(true),
-                    Attribute::Private(true),
-                    Attribute::Sign(true),
-                    Attribute::Sensitive(true),
-                    Attribute::Extractable(false),
-                    Attribute::ValueLen(32u64.into()),
-                    label,
-                ];
-                session
-                    .generate_key(&Mechanism::GenericSecretKeyGen, &template)
-                    .map_err(err)?
-            }
-        };
-        let deadline = Instant::now() + Duration::from_secs(seconds);
-        let threads: Vec<_> = (0..n)
-            .map(|_| {
-                let ctx = ctx.clone();
-                std::thread::spawn(move || -> Result<Vec<Duration>, String> {
-                    let session = ctx.open_rw_session(slot).map_err(|e| e.to_string())?;
-                    let message = [7u8; 32];
-                    let mut latencies = Vec::with_capacity(100_000);
-                    while Instant::now() < deadline {
-                        let started = Instant::now();
-                        let result = match op {
-                            Op::Ecdsa => {
-                                let digest =
-                                    aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &message);
-                                session.sign(&Mechanism::Ecdsa, key, digest.as_ref())
-                            }
-                            Op::Hmac => session.sign(&Mechanism::Sha256Hmac, key, &message),
-                        };
-                        std::hint::black_box(result.map_err(|e| e.to_string())?);
-                        latencies.push(started.elapsed());
-                    }
-                    Ok(latencies)
-                })
-            })
-            .collect();
-        let mut all = Vec::new();
-        for t in threads {
-            all.extend(t.join().map_err(|_| "bench thread panicked".to_owned())??);
-        }
-        drop(session);
-        Ok(summarize(all, seconds))
     }
 }
 
