@@ -3,6 +3,7 @@
 //! the async reactor (a worker thread or `spawn_blocking`), inside the trait.
 
 pub(crate) mod encoding;
+mod pace;
 pub mod pkcs11;
 pub mod preload;
 mod seal;

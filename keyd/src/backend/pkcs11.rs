@@ -80,6 +80,8 @@ pub struct Pkcs11Backend {
     shared: Arc<Shared>,
     /// Bounds the blocking calls in flight to the session pool size.
     permits: Arc<Semaphore>,
+    /// How fast this token answers: where its calls run.
+    pace: super::pace::Pace,
 }
 
 struct Shared {
@@ -152,6 +154,7 @@ impl Pkcs11Backend {
                 refused: Mutex::new(None),
             }),
             permits: Arc::new(Semaphore::new(config.sessions.max(1))),
+            pace: super::pace::Pace::default(),
         };
         if let Err(e) = backend.shared.token() {
             tracing::warn!(error = %e, "PKCS#11 token not available yet; its keys answer 503 until it is");
@@ -159,10 +162,11 @@ impl Pkcs11Backend {
         Ok(backend)
     }
 
-    /// Runs `op` with a logged-in session, off the reactor. On the multi-threaded
-    /// runtime it runs on this worker thread (`block_in_place` hands the worker's
-    /// other tasks to another thread), which saves the two thread hand-offs of
-    /// `spawn_blocking`: measured, those cost more than a SoftHSM signature.
+    /// Runs `op` with a logged-in session. A token whose calls have been
+    /// fast runs it on this worker ([`super::pace`]); otherwise it runs off
+    /// the reactor: on the multi-threaded runtime on this thread
+    /// (`block_in_place` hands the worker's other tasks to another thread),
+    /// which saves the two thread hand-offs of `spawn_blocking`.
     async fn run<T, F>(&self, op: F) -> Result<T, Error>
     where
         T: Send + 'static,
@@ -174,7 +178,10 @@ impl Pkcs11Backend {
             .await
             .map_err(|_| Error::Internal("session pool closed".into()))?;
         let shared = self.shared.clone();
-        if tokio::runtime::Handle::current().runtime_flavor()
+        let started = std::time::Instant::now();
+        let result = if self.pace.on_worker() {
+            shared.call(&op)
+        } else if tokio::runtime::Handle::current().runtime_flavor()
             == tokio::runtime::RuntimeFlavor::MultiThread
         {
             tokio::task::block_in_place(|| shared.call(&op))
@@ -182,7 +189,9 @@ impl Pkcs11Backend {
             tokio::task::spawn_blocking(move || shared.call(&op))
                 .await
                 .map_err(|e| Error::Internal(format!("PKCS#11 task failed: {e}")))?
-        }
+        };
+        self.pace.record(started.elapsed());
+        result
     }
 
     /// The key with this id, from the cache or found on the token.
