@@ -19,13 +19,56 @@ impl fmt::Debug for Base64Bytes {
 
 impl Serialize for Base64Bytes {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&STANDARD.encode(&self.0))
+        encoded(&self.0, false, |text| s.serialize_str(text))
     }
 }
 
 impl<'de> Deserialize<'de> for Base64Bytes {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        decode::<D>(d).map(|v| Self(v.to_vec()))
+        d.deserialize_str(Base64Visitor).map(Self)
+    }
+}
+
+/// Base64 text up to this long is made on the stack, not in a `String`
+/// (a signature, a digest, a nonce: what most answers carry).
+const STACK_TEXT: usize = 1024;
+
+/// Calls `with` on the base64 text of `bytes`, made in a stack buffer when
+/// it is short, else in a `String`; the text of a `secret` is wiped after.
+fn encoded<T>(bytes: &[u8], secret: bool, with: impl FnOnce(&str) -> T) -> T {
+    use zeroize::Zeroize;
+    let mut buf = [0u8; STACK_TEXT];
+    let Ok(n) = STANDARD.encode_slice(bytes, &mut buf[..]) else {
+        let mut text = STANDARD.encode(bytes);
+        let answer = with(&text);
+        if secret {
+            text.zeroize();
+        }
+        return answer;
+    };
+    // base64's alphabet is ASCII: this is never the empty fallback.
+    let answer = with(std::str::from_utf8(&buf[..n]).unwrap_or_default());
+    if secret {
+        buf[..n].zeroize();
+    }
+    answer
+}
+
+/// Decodes a base64 string where it lies (serde_json lends its text),
+/// without a copy of it first.
+struct Base64Visitor;
+
+impl serde::de::Visitor<'_> for Base64Visitor {
+    type Value = Vec<u8>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a base64 string")
+    }
+
+    fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Vec<u8>, E> {
+        STANDARD
+            .decode(text.as_bytes())
+            .map_err(|e| E::custom(format!("not valid base64 ({e})")))
     }
 }
 
@@ -42,8 +85,7 @@ impl fmt::Debug for SecretBytes {
 
 impl Serialize for SecretBytes {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let text = Zeroizing::new(STANDARD.encode(self.0.as_slice()));
-        s.serialize_str(&text)
+        encoded(self.0.as_slice(), true, |text| s.serialize_str(text))
     }
 }
 
@@ -90,11 +132,7 @@ impl<'de> Deserialize<'de> for SecretString {
 }
 
 fn decode<'de, D: Deserializer<'de>>(d: D) -> Result<Zeroizing<Vec<u8>>, D::Error> {
-    let text = Zeroizing::new(String::deserialize(d)?);
-    STANDARD
-        .decode(text.as_bytes())
-        .map(Zeroizing::new)
-        .map_err(|e| serde::de::Error::custom(format!("not valid base64 ({e})")))
+    d.deserialize_str(Base64Visitor).map(Zeroizing::new)
 }
 
 /// Encodes bytes as standard base64.
@@ -174,6 +212,22 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("base64"), "{err}");
+        let err = serde_json::from_str::<Base64Bytes>("42")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("a base64 string"), "{err}");
+        // Short text is made on the stack, long text in a String: both the same.
+        for len in [0, 1, 767, 768, 769, 5000] {
+            let v = Base64Bytes((0..len).map(|i| i as u8).collect());
+            let json = serde_json::to_string(&v).unwrap();
+            assert_eq!(json, format!("\"{}\"", STANDARD.encode(&v.0)), "{len}");
+            assert_eq!(serde_json::from_str::<Base64Bytes>(&json).unwrap(), v);
+            let secret: SecretBytes = serde_json::from_str(&json).unwrap();
+            assert_eq!(serde_json::to_string(&secret).unwrap(), json);
+        }
+        // Escaped text (serde_json decodes it into its scratch first) too.
+        let v: Base64Bytes = serde_json::from_str("\"aG\\u006b=\"").unwrap();
+        assert_eq!(v.0, b"hi");
     }
 
     #[test]
