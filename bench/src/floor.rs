@@ -17,15 +17,12 @@ use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::signature::{EcdsaKeyPair, ECDSA_P256_SHA256_ASN1_SIGNING};
 
 use crate::pkcs11::RawToken;
-use crate::{wire, Measured, Op};
+use crate::wire::{self, Work, WorkFactory};
+use crate::{Measured, Op};
 
 /// A request and an answer, as large as keyd's sign request and answer.
 const REQUEST: usize = 300;
 const ANSWER: usize = 200;
-
-/// What one connection's thread does with a request's first 32 bytes: the
-/// answer written into the buffer.
-type Work = Box<dyn FnMut(&[u8], &mut [u8]) -> Result<(), String> + Send>;
 
 /// `edgeid-bench floor-server --socket S --op O [--pkcs11 LIBRARY]`: serves
 /// until killed. The work is aws-lc's (keyd's software store), or with
@@ -33,20 +30,12 @@ type Work = Box<dyn FnMut(&[u8], &mut [u8]) -> Result<(), String> + Send>;
 /// (keyd's PKCS#11 store).
 pub fn serve(socket: &Path, op: Op, pkcs11: Option<&Path>) -> Result<(), String> {
     let mut _login = None;
-    let work: Box<dyn Fn() -> Result<Work, String>> = match pkcs11 {
+    let work = match pkcs11 {
         None => software(op)?,
         Some(library) => {
             let (raw, login) = RawToken::open(library, op)?;
             _login = Some(login);
-            let raw = std::sync::Arc::new(raw);
-            Box::new(move || {
-                let session = raw.session()?;
-                let raw = raw.clone();
-                Ok(Box::new(move |data: &[u8], answer: &mut [u8]| {
-                    copy(&raw.sign(&session, data)?, answer);
-                    Ok(())
-                }) as Work)
-            })
+            std::sync::Arc::new(raw).work()
         }
     };
     let _ = std::fs::remove_file(socket);
@@ -72,7 +61,7 @@ pub fn serve(socket: &Path, op: Op, pkcs11: Option<&Path>) -> Result<(), String>
 
 /// keyd's software-store work with aws-lc: ECDSA P-256, or HMAC-SHA256
 /// with a 32-byte key.
-fn software(op: Op) -> Result<Box<dyn Fn() -> Result<Work, String>>, String> {
+pub fn software(op: Op) -> Result<WorkFactory, String> {
     let rng = SystemRandom::new();
     let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &rng)
         .map_err(|_| "cannot make a P-256 key")?;
@@ -125,7 +114,7 @@ pub fn relay(socket: &Path, upstream: &Path) -> Result<(), String> {
     Ok(())
 }
 
-fn copy(from: &[u8], to: &mut [u8]) -> usize {
+pub fn copy(from: &[u8], to: &mut [u8]) -> usize {
     let n = from.len().min(to.len());
     to[..n].copy_from_slice(&from[..n]);
     n

@@ -28,11 +28,8 @@ mod wire;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use aws_lc_rs::rand::SystemRandom;
-use aws_lc_rs::signature::{EcdsaKeyPair, ECDSA_P256_SHA256_ASN1_SIGNING};
 use bytes::Bytes;
 use clap::{Parser, ValueEnum};
 use edgeid_keyd::api::{KeyPairSpec, SignAlgorithm, SymmetricKeyType};
@@ -226,7 +223,7 @@ impl Store {
 
     fn in_process(&self, op: Op, n: usize, seconds: u64) -> Result<Measured, String> {
         match self {
-            Store::Software => Ok(in_process(op, n, seconds)),
+            Store::Software => in_process(op, n, seconds),
             Store::Pkcs11(t) => t.in_process(op, n, seconds),
             Store::Tpm(t) => t.in_process(op, seconds),
         }
@@ -458,7 +455,7 @@ async fn bench_workload(args: &Args) -> Result<(), String> {
         .await?;
         let f2 = two_hops.measure(n, args.seconds)?;
         let f1 = floor.measure(n, args.seconds)?;
-        let l = in_process(Op::Hmac, n, args.seconds);
+        let l = in_process(Op::Hmac, n, args.seconds)?;
         println!(
             "| {n} | {:.0} | {:.0} µs | {:.0} µs | {:.0} | {:.0} µs | {:.0} µs | {:.2} | {:.0} | {:.0} µs | {:.0} µs | {:.0} | {:.2} | {:.0} |",
             w.rate, micros(w.p50), micros(w.p99),
@@ -517,47 +514,8 @@ async fn gather(
 }
 
 /// `n` threads doing the same operation directly with aws-lc-rs.
-fn in_process(op: Op, n: usize, seconds: u64) -> Measured {
-    let rng = SystemRandom::new();
-    let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &rng)
-        .expect("generate a P-256 key");
-    let ec = Arc::new(
-        EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, pkcs8.as_ref()).expect("load it"),
-    );
-    let mac = Arc::new(aws_lc_rs::hmac::Key::new(
-        aws_lc_rs::hmac::HMAC_SHA256,
-        &[9u8; 32],
-    ));
-    let deadline = Instant::now() + Duration::from_secs(seconds);
-    let threads: Vec<_> = (0..n)
-        .map(|_| {
-            let ec = ec.clone();
-            let mac = mac.clone();
-            std::thread::spawn(move || {
-                let rng = SystemRandom::new();
-                let message = [7u8; 32];
-                let mut latencies = Vec::with_capacity(1_000_000);
-                while Instant::now() < deadline {
-                    let started = Instant::now();
-                    match op {
-                        Op::Ecdsa => {
-                            let _ = std::hint::black_box(ec.sign(&rng, &message));
-                        }
-                        Op::Hmac => {
-                            let _ = std::hint::black_box(aws_lc_rs::hmac::sign(&mac, &message));
-                        }
-                    }
-                    latencies.push(started.elapsed());
-                }
-                latencies
-            })
-        })
-        .collect();
-    let all = threads
-        .into_iter()
-        .flat_map(|t| t.join().unwrap_or_default())
-        .collect();
-    summarize(all, seconds)
+fn in_process(op: Op, n: usize, seconds: u64) -> Result<Measured, String> {
+    wire::in_process(n, seconds, floor::software(op)?)
 }
 
 fn summarize(mut latencies: Vec<Duration>, seconds: u64) -> Measured {

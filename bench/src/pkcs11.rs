@@ -4,7 +4,6 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::mechanism::Mechanism;
@@ -13,7 +12,8 @@ use cryptoki::session::{Session, UserType};
 use cryptoki::slot::Slot;
 use cryptoki::types::AuthPin;
 
-use crate::{summarize, Measured, Op};
+use crate::wire::{self, Work, WorkFactory};
+use crate::{Measured, Op};
 
 /// A SoftHSMv2 token created for the benchmark, and raw cryptoki access to it.
 pub struct SoftHsmToken {
@@ -83,28 +83,7 @@ impl SoftHsmToken {
     /// request ([`RawToken::sign`]) on the same token, in this process.
     pub fn in_process(&self, op: Op, n: usize, seconds: u64) -> Result<Measured, String> {
         let (raw, _login) = RawToken::open(&self.library, op)?;
-        let raw = std::sync::Arc::new(raw);
-        let deadline = Instant::now() + Duration::from_secs(seconds);
-        let threads: Vec<_> = (0..n)
-            .map(|_| {
-                let raw = raw.clone();
-                std::thread::spawn(move || -> Result<Vec<Duration>, String> {
-                    let session = raw.session()?;
-                    let mut latencies = Vec::with_capacity(100_000);
-                    while Instant::now() < deadline {
-                        let started = Instant::now();
-                        std::hint::black_box(raw.sign(&session, &[7u8; 32])?);
-                        latencies.push(started.elapsed());
-                    }
-                    Ok(latencies)
-                })
-            })
-            .collect();
-        let mut all = Vec::new();
-        for t in threads {
-            all.extend(t.join().map_err(|_| "bench thread panicked".to_owned())??);
-        }
-        Ok(summarize(all, seconds))
+        wire::in_process(n, seconds, std::sync::Arc::new(raw).work())
     }
 
     /// The PKCS#11 module, which `floor-server --pkcs11` loads for the floor.
@@ -200,6 +179,18 @@ impl RawToken {
         self.ctx
             .open_rw_session(self.slot)
             .map_err(|e| e.to_string())
+    }
+
+    /// Each thread's work: [`Self::sign`] with a session of its own.
+    pub fn work(self: std::sync::Arc<Self>) -> WorkFactory {
+        Box::new(move || {
+            let session = self.session()?;
+            let raw = self.clone();
+            Ok(Box::new(move |data: &[u8], answer: &mut [u8]| {
+                crate::floor::copy(&raw.sign(&session, data)?, answer);
+                Ok(())
+            }) as Work)
+        })
     }
 
     /// What keyd does per request: hash with aws-lc and sign the digest with

@@ -15,6 +15,23 @@ use std::time::{Duration, Instant};
 
 use crate::{summarize, Measured};
 
+/// One thread's work on a request's bytes, the answer written into the
+/// buffer: what the floor server does per request, and the in-process
+/// baselines per operation.
+pub type Work = Box<dyn FnMut(&[u8], &mut [u8]) -> Result<(), String> + Send>;
+
+/// Makes each thread's [`Work`] (its own RNG, session, ...).
+pub type WorkFactory = Box<dyn Fn() -> Result<Work, String> + Send + Sync>;
+
+/// `n` threads doing `work` on a 32-byte message for `seconds`, in this
+/// process: the in-process baselines.
+pub fn in_process(n: usize, seconds: u64, work: WorkFactory) -> Result<Measured, String> {
+    drive(n, seconds, work, |work| {
+        let mut answer = [0u8; 512];
+        work(&[7u8; 32], &mut answer)
+    })
+}
+
 /// `n` threads, each with its connection from `connect`, calling `trip`
 /// until `seconds` have passed; the latencies of every trip, summarized.
 pub fn drive<C>(
