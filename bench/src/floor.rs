@@ -76,9 +76,9 @@ pub fn software(op: Op) -> Result<WorkFactory, String> {
             match op {
                 Op::Ecdsa => {
                     let sig = ec.sign(&rng, data).map_err(|_| "cannot sign")?;
-                    copy(sig.as_ref(), answer)
+                    wire::copy(sig.as_ref(), answer)
                 }
-                Op::Hmac => copy(aws_lc_rs::hmac::sign(&mac, data).as_ref(), answer),
+                Op::Hmac => wire::copy(aws_lc_rs::hmac::sign(&mac, data).as_ref(), answer),
             };
             Ok(())
         }) as Work)
@@ -112,12 +112,6 @@ pub fn relay(socket: &Path, upstream: &Path) -> Result<(), String> {
         });
     }
     Ok(())
-}
-
-pub fn copy(from: &[u8], to: &mut [u8]) -> usize {
-    let n = from.len().min(to.len());
-    to[..n].copy_from_slice(&from[..n]);
-    n
 }
 
 /// The floor server as a process of its own, for one operation.

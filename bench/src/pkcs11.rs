@@ -187,7 +187,7 @@ impl RawToken {
             let session = self.session()?;
             let raw = self.clone();
             Ok(Box::new(move |data: &[u8], answer: &mut [u8]| {
-                crate::floor::copy(&raw.sign(&session, data)?, answer);
+                wire::copy(&raw.sign(&session, data)?, answer);
                 Ok(())
             }) as Work)
         })

@@ -23,6 +23,13 @@ pub type Work = Box<dyn FnMut(&[u8], &mut [u8]) -> Result<(), String> + Send>;
 /// Makes each thread's [`Work`] (its own RNG, session, ...).
 pub type WorkFactory = Box<dyn Fn() -> Result<Work, String> + Send + Sync>;
 
+/// Copies what fits of `from` into `to`; how much.
+pub fn copy(from: &[u8], to: &mut [u8]) -> usize {
+    let n = from.len().min(to.len());
+    to[..n].copy_from_slice(&from[..n]);
+    n
+}
+
 /// `n` threads doing `work` on a 32-byte message for `seconds`, in this
 /// process: the in-process baselines.
 pub fn in_process(n: usize, seconds: u64, work: WorkFactory) -> Result<Measured, String> {
