@@ -11,17 +11,25 @@ use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
-use edgeid_testkit::workload::Stack;
-use edgeid_testkit::WorkloadFixture;
+use edgeid_testkit::workload::SpiffeFixture;
 use edgeid_workloadapi::config::SpiffeConfig;
 use serde_json::Value;
 
 const TD: &str = "edge.test";
 
-struct Suite {
-    _workload: WorkloadFixture,
-    _stack: Stack,
-    dir: tempfile::TempDir,
+struct Suite(SpiffeFixture);
+
+impl std::ops::Deref for Suite {
+    type Target = SpiffeFixture;
+    fn deref(&self) -> &SpiffeFixture {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Suite {
+    fn deref_mut(&mut self) -> &mut SpiffeFixture {
+        &mut self.0
+    }
 }
 
 impl Suite {
@@ -30,23 +38,9 @@ impl Suite {
     }
 
     async fn start_with(tune: impl FnOnce(&mut SpiffeConfig)) -> Self {
-        let dir = edgeid_testkit::temp_dir();
-        edgeid_testkit::open_to_others(dir.path());
-        let stack = Stack::local(dir.path(), &["mod-a"]).await;
-        let mut config =
-            stack.workload_config(dir.path(), &[("mod-a", edgeid_common::current_uid())]);
-        config.server.socket_mode = 0o666;
-        let mut spiffe = SpiffeConfig::new(TD, &dir.path().join("spiffe.sock"));
-        tune(&mut spiffe);
-        config.spiffe = Some(spiffe);
-        let workload = WorkloadFixture::configured(config).await;
-        Self {
-            _workload: workload,
-            _stack: stack,
-            dir,
-        }
+        let modules = [("mod-a", edgeid_common::current_uid())];
+        Self(SpiffeFixture::start(TD, &modules, |_, spiffe| tune(spiffe)).await)
     }
-
     fn socket(&self) -> String {
         self.dir.path().join("spiffe.sock").display().to_string()
     }

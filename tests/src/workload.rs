@@ -134,3 +134,45 @@ impl Stack {
         config
     }
 }
+
+/// A workloadd with its SPIFFE socket (`<dir>/spiffe.sock`) on a local
+/// [`Stack`] of `modules` (name, uid), in a directory other uids can reach
+/// (who must then be refused by the API), its workload socket mode 0666:
+/// what every SPIFFE test stands on.
+pub struct SpiffeFixture {
+    /// workloadd.
+    pub workload: WorkloadFixture,
+    /// keyd, certd and identityd under it.
+    pub stack: Stack,
+    /// Where all of them keep their state and sockets.
+    pub dir: tempfile::TempDir,
+}
+
+impl SpiffeFixture {
+    /// Serving once this returns; `tune` changes the workloadd config and
+    /// its SPIFFE section (trust domain `trust_domain`) before it starts.
+    pub async fn start(
+        trust_domain: &str,
+        modules: &[(&str, u32)],
+        tune: impl FnOnce(&mut WorkloadConfig, &mut edgeid_workloadapi::config::SpiffeConfig),
+    ) -> Self {
+        let dir = crate::temp_dir();
+        crate::open_to_others(dir.path());
+        let names: Vec<&str> = modules.iter().map(|(name, _)| *name).collect();
+        let stack = Stack::local(dir.path(), &names).await;
+        let mut config = stack.workload_config(dir.path(), modules);
+        config.server.socket_mode = 0o666;
+        let mut spiffe = edgeid_workloadapi::config::SpiffeConfig::new(
+            trust_domain,
+            &dir.path().join("spiffe.sock"),
+        );
+        tune(&mut config, &mut spiffe);
+        config.spiffe = Some(spiffe);
+        let workload = WorkloadFixture::configured(config).await;
+        Self {
+            workload,
+            stack,
+            dir,
+        }
+    }
+}

@@ -11,17 +11,26 @@
 use std::path::Path;
 use std::process::Command;
 
-use edgeid_testkit::workload::Stack;
-use edgeid_testkit::{clients, WorkloadFixture};
+use edgeid_testkit::clients;
+use edgeid_testkit::workload::SpiffeFixture;
 use edgeid_workloadapi::config::SpiffeConfig;
 use serde_json::Value;
 
 const TD: &str = "edge.test";
 
-struct Suite {
-    _workload: WorkloadFixture,
-    stack: Stack,
-    dir: tempfile::TempDir,
+struct Suite(SpiffeFixture);
+
+impl std::ops::Deref for Suite {
+    type Target = SpiffeFixture;
+    fn deref(&self) -> &SpiffeFixture {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Suite {
+    fn deref_mut(&mut self) -> &mut SpiffeFixture {
+        &mut self.0
+    }
 }
 
 impl Suite {
@@ -30,24 +39,9 @@ impl Suite {
     }
 
     async fn start_with(change: impl FnOnce(&mut SpiffeConfig)) -> Self {
-        let dir = edgeid_testkit::temp_dir();
-        // Reachable by other uids, who must then be refused by the API.
-        edgeid_testkit::open_to_others(dir.path());
-        let stack = Stack::local(dir.path(), &["mod-a"]).await;
-        let mut config =
-            stack.workload_config(dir.path(), &[("mod-a", edgeid_common::current_uid())]);
-        config.server.socket_mode = 0o666;
-        let mut spiffe = SpiffeConfig::new(TD, &dir.path().join("spiffe.sock"));
-        change(&mut spiffe);
-        config.spiffe = Some(spiffe);
-        let workload = WorkloadFixture::configured(config).await;
-        Self {
-            _workload: workload,
-            stack,
-            dir,
-        }
+        let modules = [("mod-a", edgeid_common::current_uid())];
+        Self(SpiffeFixture::start(TD, &modules, |_, spiffe| change(spiffe)).await)
     }
-
     fn socket(&self) -> String {
         self.dir.path().join("spiffe.sock").display().to_string()
     }

@@ -11,8 +11,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use edgeid_testkit::workload::Stack;
-use edgeid_testkit::WorkloadFixture;
+use edgeid_testkit::workload::SpiffeFixture;
 use edgeid_workloadapi::config::SpiffeConfig;
 use edgeid_workloadapi::spiffe::client::{self, Client};
 use edgeid_workloadapi::spiffe::proto::spiffe_workload_api_client::SpiffeWorkloadApiClient;
@@ -24,10 +23,19 @@ const TD: &str = "edge.test";
 const OTHER_UID: u32 = 4201;
 const NOBODY_UID: u32 = 4202;
 
-struct Suite {
-    workload: WorkloadFixture,
-    stack: Stack,
-    dir: tempfile::TempDir,
+struct Suite(SpiffeFixture);
+
+impl std::ops::Deref for Suite {
+    type Target = SpiffeFixture;
+    fn deref(&self) -> &SpiffeFixture {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Suite {
+    fn deref_mut(&mut self) -> &mut SpiffeFixture {
+        &mut self.0
+    }
 }
 
 impl Suite {
@@ -39,23 +47,15 @@ impl Suite {
         tune: impl FnOnce(&mut SpiffeConfig),
         server: impl FnOnce(&mut edgeid_common::config::ServerConfig),
     ) -> Self {
-        let dir = edgeid_testkit::temp_dir();
-        edgeid_testkit::open_to_others(dir.path());
-        let stack = Stack::local(dir.path(), &["mod-a", "mod-b"]).await;
-        let mut config = stack.workload_config(dir.path(), &[("mod-a", 0), ("mod-b", OTHER_UID)]);
-        config.server.socket_mode = 0o666;
-        server(&mut config.server);
-        let mut spiffe = SpiffeConfig::new(TD, &dir.path().join("spiffe.sock"));
-        tune(&mut spiffe);
-        config.spiffe = Some(spiffe);
-        let workload = WorkloadFixture::configured(config).await;
-        Self {
-            workload,
-            stack,
-            dir,
-        }
+        let modules = [("mod-a", 0), ("mod-b", OTHER_UID)];
+        Self(
+            SpiffeFixture::start(TD, &modules, |config, spiffe| {
+                server(&mut config.server);
+                tune(spiffe);
+            })
+            .await,
+        )
     }
-
     fn socket(&self) -> String {
         self.dir.path().join("spiffe.sock").display().to_string()
     }
