@@ -9,7 +9,7 @@ use std::path::Path;
 use edgeid_keyd::api::{KeyPairSpec, SignAlgorithm, SymmetricKeyType};
 use edgeid_keyd::KeydClient;
 
-use crate::wire::HttpConn;
+use crate::wire::{self, HttpConn};
 use crate::{wait_ready, Op};
 
 pub async fn trips(socket: &Path, op: Op, requests: u64) -> Result<(), String> {
@@ -36,15 +36,12 @@ pub async fn trips(socket: &Path, op: Op, requests: u64) -> Result<(), String> {
         "data": edgeid_common::encoding::to_base64(&[7u8; 32]),
     })
     .to_string();
-    let request = format!(
-        "POST /v1/sign HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
-        body.len()
-    );
+    let request = wire::post_request("/v1/sign", body.as_bytes());
     let socket = socket.to_owned();
     tokio::task::spawn_blocking(move || {
         let mut conn = HttpConn::connect(&socket)?;
         for _ in 0..requests {
-            match conn.round_trip(request.as_bytes())? {
+            match conn.round_trip(&request)? {
                 200 => {}
                 status => return Err(format!("/v1/sign answered {status}")),
             }

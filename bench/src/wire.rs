@@ -82,12 +82,7 @@ pub fn post_loop(
     n: usize,
     seconds: u64,
 ) -> Result<Measured, String> {
-    let mut request = format!(
-        "POST {uri} HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
-        body.len()
-    )
-    .into_bytes();
-    request.extend_from_slice(body);
+    let request = post_request(uri, body);
     let socket: PathBuf = socket.to_owned();
     let uri = uri.to_owned();
     drive(
@@ -99,6 +94,17 @@ pub fn post_loop(
             status => Err(format!("{uri} answered {status}")),
         },
     )
+}
+
+/// `POST uri` with a JSON `body`, as the bytes of an HTTP/1.1 request.
+pub fn post_request(uri: &str, body: &[u8]) -> Vec<u8> {
+    let mut request = format!(
+        "POST {uri} HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    request.extend_from_slice(body);
+    request
 }
 
 /// A kept-alive HTTP/1.1 connection over a Unix socket.
