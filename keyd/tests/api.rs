@@ -598,12 +598,20 @@ async fn callers_with_other_uids_are_refused() {
     edgeid_testkit::open_to_others(dir.path());
     let mut config = KeydFixture::config_in(dir.path());
     config.server.socket_mode = 0o666;
-    config.principals = vec![PrincipalConfig {
-        name: "module-runner".into(),
-        uid: 65534,
-        keys: Grants::parse(&["module/*"]).unwrap(),
-        export: Grants::default(),
-    }];
+    config.principals = vec![
+        PrincipalConfig {
+            name: "module-runner".into(),
+            uid: 65534,
+            keys: Grants::parse(&["module/*"]).unwrap(),
+            export: Grants::default(),
+        },
+        PrincipalConfig {
+            name: "other-runner".into(),
+            uid: 65533,
+            keys: Grants::parse(&["other/*"]).unwrap(),
+            export: Grants::default(),
+        },
+    ];
     let keyd = KeydFixture::configured(config, Admins::root_and_self()).await;
     let socket = keyd.socket();
     let create = |id: &str| format!(r#"{{"id":"{id}","type":"hmac-sha256"}}"#);
@@ -638,6 +646,19 @@ async fn callers_with_other_uids_are_refused() {
     let (code, _) =
         edgeid_testkit::request_as(65534, &socket, Method::POST, "/v1/sign", &sign).await;
     assert_eq!(code, StatusCode::OK);
+    // keyd now remembers that handle as verified: that is no grant, and a
+    // principal of other keys, or a stranger, is still refused with it.
+    let (code, body) =
+        edgeid_testkit::request_as(65533, &socket, Method::POST, "/v1/sign", &sign).await;
+    assert_eq!(
+        code,
+        StatusCode::FORBIDDEN,
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
+    let (code, _) =
+        edgeid_testkit::request_as(4242, &socket, Method::POST, "/v1/sign", &sign).await;
+    assert_eq!(code, StatusCode::FORBIDDEN);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
