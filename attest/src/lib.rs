@@ -20,7 +20,7 @@ pub mod verify;
 
 pub use bank::Bank;
 pub use evidence::Evidence;
-pub use verify::{verify, Check, Report};
+pub use verify::{verify, AkTrust, Check, Report};
 
 /// Quoted PCR values: bank → PCR index → value.
 pub type PcrValues = BTreeMap<Bank, BTreeMap<u32, Vec<u8>>>;

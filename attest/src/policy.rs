@@ -1,6 +1,14 @@
 //! What a verifier expects of a device, as TOML:
 //!
 //! ```toml
+//! # The attestation key the quote must be signed by: the one proved to be
+//! # in the device's TPM (tpm2_makecredential, POST /v1/tpm/ak/activate).
+//! ak = """
+//! -----BEGIN PUBLIC KEY-----
+//! ...
+//! -----END PUBLIC KEY-----
+//! """
+//!
 //! # PCR values, per bank (hex).
 //! [pcrs.sha256]
 //! 0 = "a3f1..."
@@ -29,6 +37,9 @@ use crate::Bank;
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Policy {
+    /// The attestation key (PEM) the quote must be signed by.
+    #[serde(default)]
+    pub ak: Option<String>,
     /// Expected PCR values: bank name → PCR index → hex value.
     #[serde(default)]
     pub pcrs: BTreeMap<String, BTreeMap<String, String>>,
@@ -68,6 +79,8 @@ pub struct RequiredFile {
 /// A checked policy: banks known, values hex of the bank's size.
 #[derive(Debug, Clone, Default)]
 pub struct Checked {
+    /// The attestation key (PEM) the quote must be signed by.
+    pub ak: Option<String>,
     /// Expected PCR values.
     pub pcrs: BTreeMap<(Bank, u32), Vec<u8>>,
     /// Required events: PCR, bank, digest, name.
@@ -101,6 +114,13 @@ impl Policy {
             Ok(bytes)
         };
         let mut out = Checked::default();
+        if let Some(ak) = &self.ak {
+            let pem = pem::parse(ak).map_err(|e| format!("ak: not PEM: {e}"))?;
+            if pem.tag() != "PUBLIC KEY" {
+                return Err(format!("ak: a {} PEM, not a PUBLIC KEY", pem.tag()));
+            }
+            out.ak = Some(ak.clone());
+        }
         for (name, pcrs) in &self.pcrs {
             let b = bank(name)?;
             for (key, text) in pcrs {

@@ -58,14 +58,74 @@ impl Report {
     }
 }
 
-/// Checks `evidence` for `nonce` and, if given, `policy`.
-pub fn verify(evidence: &Evidence, nonce: &[u8], policy: Option<&Checked>) -> Report {
+/// Which attestation key the quote must be signed by.
+#[derive(Debug, Clone, Copy)]
+pub enum AkTrust<'a> {
+    /// This one (PEM): the AK the verifier proved to be in the device's TPM
+    /// (`tpm2_makecredential` over its EK and the AK's name, then
+    /// `POST /v1/tpm/ak/activate`). The evidence's `ak.pem` must be it.
+    Pinned(&'a str),
+    /// Whatever `ak.pem` in the evidence is. That proves nothing by itself —
+    /// anyone can sign a made-up quote with a key of their own and put it
+    /// there — so only for evidence that came over a channel that already
+    /// authenticates the device. Reported as a check of its own.
+    FromEvidence,
+    /// None given: the `ak` check fails, saying how to pin one.
+    Unpinned,
+}
+
+/// Checks `evidence` for `nonce`, signed by the AK `ak` names, and, if
+/// given, `policy`.
+pub fn verify(
+    evidence: &Evidence,
+    nonce: &[u8],
+    ak: AkTrust<'_>,
+    policy: Option<&Checked>,
+) -> Report {
     let mut report = Report {
         checks: Vec::new(),
         reset_count: None,
         clock: None,
     };
-    match check_signature(evidence) {
+    let signer = match ak {
+        AkTrust::Pinned(pem) => {
+            match (
+                spki_der(pem, "the pinned AK"),
+                spki_der(&evidence.ak_pem, "ak.pem"),
+            ) {
+                (Ok(pinned), Ok(given)) if pinned == given => {
+                    report.add("ak", true, "ak.pem is the pinned attestation key");
+                }
+                (Ok(_), Ok(_)) => {
+                    report.add("ak", false, "ak.pem is not the pinned attestation key");
+                }
+                (Ok(_), Err(why)) => {
+                    report.add("ak", false, why);
+                }
+                (Err(why), _) => {
+                    report.add("ak", false, why);
+                }
+            }
+            pem
+        }
+        AkTrust::FromEvidence => {
+            report.add(
+                "ak",
+                true,
+                "taken from ak.pem as given: the quote proves the device's state only if that file came from a channel that authenticates the device",
+            );
+            evidence.ak_pem.as_str()
+        }
+        AkTrust::Unpinned => {
+            report.add(
+                "ak",
+                false,
+                "no attestation key is pinned, and anyone can sign a quote with a key of their own and call it ak.pem: pass --ak with the AK you proved with tpm2_makecredential (or set `ak` in the policy), or --trust-evidence-ak if the files came over a channel that authenticates the device",
+            );
+            evidence.ak_pem.as_str()
+        }
+    };
+    match check_signature(signer, &evidence.signature, &evidence.attest) {
         Ok(()) => report.add("signature", true, "the attestation key signed the quote"),
         Err(why) => report.add("signature", false, why),
     };
@@ -116,11 +176,19 @@ pub fn verify(evidence: &Evidence, nonce: &[u8], policy: Option<&Checked>) -> Re
     report
 }
 
-fn check_signature(evidence: &Evidence) -> Result<(), String> {
-    let pem = pem::parse(&evidence.ak_pem).map_err(|e| format!("ak.pem is not PEM: {e}"))?;
-    let (_, spki) = SubjectPublicKeyInfo::from_der(pem.contents())
-        .map_err(|e| format!("ak.pem is not a public key: {e}"))?;
-    let signature = Signature::unmarshall(&evidence.signature)
+/// The DER of the public key in `text` (PEM), checked to be one.
+fn spki_der(text: &str, what: &str) -> Result<Vec<u8>, String> {
+    let pem = pem::parse(text).map_err(|e| format!("{what} is not PEM: {e}"))?;
+    SubjectPublicKeyInfo::from_der(pem.contents())
+        .map_err(|e| format!("{what} is not a public key: {e}"))?;
+    Ok(pem.into_contents())
+}
+
+fn check_signature(ak_pem: &str, signature: &[u8], attest: &[u8]) -> Result<(), String> {
+    let der = spki_der(ak_pem, "the attestation key")?;
+    let (_, spki) = SubjectPublicKeyInfo::from_der(&der)
+        .map_err(|e| format!("the attestation key is not a public key: {e}"))?;
+    let signature = Signature::unmarshall(signature)
         .map_err(|e| format!("quote.sig is not a TPMT_SIGNATURE: {e}"))?;
     let Signature::EcDsa(ecdsa) = signature else {
         return Err("quote.sig is not an ECDSA signature (edgeid's AK signs ECDSA P-256)".into());
@@ -140,8 +208,8 @@ fn check_signature(evidence: &Evidence) -> Result<(), String> {
         &ECDSA_P256_SHA256_FIXED,
         spki.subject_public_key.data.as_ref(),
     )
-    .verify(&evidence.attest, &raw)
-    .map_err(|_| "the signature does not verify with ak.pem over quote.msg".to_owned())
+    .verify(attest, &raw)
+    .map_err(|_| "the signature does not verify with the attestation key over quote.msg".to_owned())
 }
 
 fn decode_quote(bytes: &[u8]) -> Result<Attest, String> {
@@ -268,10 +336,19 @@ fn check_firmware_log(
                 .join(",")
         ),
     );
+    // The (bank, PCR) pairs whose events the quote vouches for: a log's
+    // digest counts only where its replay gave the quoted value.
+    let mut vouched = std::collections::BTreeSet::new();
+    let mut unreplayable = std::collections::BTreeSet::new();
     for (&(bank, pcr), quoted) in pcrs {
         let name = format!("pcr {bank}:{pcr}");
+        if FIRMWARE_PCRS.contains(&pcr) && !log.banks.contains(&bank) {
+            unreplayable.insert(bank);
+            continue;
+        }
         match replayed.get(&(bank, pcr)) {
             Some(value) if value == quoted => {
+                vouched.insert((bank, pcr));
                 report.add(name, true, "the firmware log replays to the quoted value");
             }
             Some(value) => {
@@ -303,21 +380,34 @@ fn check_firmware_log(
             None => {}
         }
     }
+    for bank in unreplayable {
+        report.add(
+            format!("firmware log {bank}"),
+            false,
+            format!(
+                "the quote covers firmware PCRs in {bank}, but the log carries only {}: it cannot be replayed against them; quote a bank the log carries",
+                log.banks.iter().map(|b| b.name()).collect::<Vec<_>>().join(",")
+            ),
+        );
+    }
     for (pcr, bank, digest, name) in policy.map_or(&[][..], |p| p.events.as_slice()) {
         let found = log
             .events
             .iter()
             .any(|e| e.pcr == *pcr && e.digests.iter().any(|(b, d)| b == bank && d == digest));
+        let vouched = vouched.contains(&(*bank, *pcr));
         report.add(
             format!("event {name}"),
-            found,
-            if found {
-                format!("in the firmware log, PCR {pcr}")
-            } else {
-                format!(
+            found && vouched,
+            match (found, vouched) {
+                (true, true) => format!("in the firmware log, PCR {pcr}"),
+                (true, false) => format!(
+                    "in the firmware log, but the quote does not vouch for it: PCR {bank}:{pcr} is not quoted or does not replay"
+                ),
+                (false, _) => format!(
                     "not in the firmware log (PCR {pcr}, {bank} {})",
                     hex::encode(digest)
-                )
+                ),
             },
         );
     }
@@ -360,6 +450,20 @@ fn check_ima_log(
     for (n, entry) in entries.iter().enumerate() {
         if entry.pcr != 10 {
             continue;
+        }
+        // The SHA-1 bank takes the stored template digest, not the data: a
+        // rewritten path or file digest would replay unnoticed there.
+        if !entry.is_violation() && Bank::Sha1.hash(&entry.data) != entry.template_digest {
+            report.add(
+                "pcr 10 (ima)",
+                false,
+                format!(
+                    "IMA entry {} ({}): its template digest is not the SHA-1 of its data",
+                    n + 1,
+                    entry.path().unwrap_or_default()
+                ),
+            );
+            return None;
         }
         for ((bank, _), value) in quoted.iter().zip(values.iter_mut()) {
             bank.extend(value, &entry.measurement(*bank));
@@ -432,7 +536,8 @@ fn check_policy(
         };
         let seen: Vec<String> = entries
             .iter()
-            .filter(|e| e.path().as_deref() == Some(path.as_str()))
+            // A violation's data is not what the kernel extended: no proof.
+            .filter(|e| !e.is_violation() && e.path().as_deref() == Some(path.as_str()))
             .filter_map(|e| e.file_digest())
             .collect();
         if seen.is_empty() {

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use clap::Subcommand;
 use edgeid_attest::policy::Policy;
+use edgeid_attest::AkTrust;
 use edgeid_attest::{Bank, Evidence};
 use edgeid_keyd::api::{TpmEventLog, TpmQuoteResponse};
 use edgeid_keyd::KeydClient;
@@ -45,6 +46,14 @@ pub enum AttestAction {
         /// Expected PCR values, events and IMA-measured files (TOML).
         #[arg(long)]
         policy: Option<PathBuf>,
+        /// The attestation key the quote must be signed by (PEM): the one
+        /// you proved is in the device's TPM. Overrides the policy's `ak`.
+        #[arg(long)]
+        ak: Option<PathBuf>,
+        /// Accept the directory's own ak.pem: only for files that came over
+        /// a channel that already authenticates the device.
+        #[arg(long, conflicts_with = "ak")]
+        trust_evidence_ak: bool,
         /// `text` or `json`.
         #[arg(long, default_value = "text", value_parser = ["text", "json"])]
         output: String,
@@ -62,9 +71,18 @@ pub async fn run(keyd: &Path, action: &AttestAction) -> Result<(), String> {
         AttestAction::Verify {
             nonce,
             policy,
+            ak,
+            trust_evidence_ak,
             output,
             dir,
-        } => verify(nonce, policy.as_deref(), output == "json", dir),
+        } => verify(
+            nonce,
+            policy.as_deref(),
+            ak.as_deref(),
+            *trust_evidence_ak,
+            output == "json",
+            dir,
+        ),
     }
 }
 
@@ -226,12 +244,19 @@ fn summarize(quote: &TpmQuoteResponse, evidence: &Evidence, ak_name: &[u8], out:
     );
     outln!("wrote {}", out.display());
     outln!(
-        "check anywhere: edgeidctl attest verify --nonce NONCE {0}   (or tpm2_checkquote -u {0}/ak.pem -m {0}/quote.msg -s {0}/quote.sig -f {0}/quote.pcrs -g sha256 -q NONCE)",
+        "check anywhere: edgeidctl attest verify --nonce NONCE --ak PROVED-AK.pem {0}   (or tpm2_checkquote -u {0}/ak.pem -m {0}/quote.msg -s {0}/quote.sig -f {0}/quote.pcrs -g sha256 -q NONCE)",
         out.display()
     );
 }
 
-fn verify(nonce: &str, policy: Option<&Path>, json: bool, dir: &Path) -> Result<(), String> {
+fn verify(
+    nonce: &str,
+    policy: Option<&Path>,
+    ak: Option<&Path>,
+    trust_evidence_ak: bool,
+    json: bool,
+    dir: &Path,
+) -> Result<(), String> {
     let nonce = hex::decode(nonce.trim()).map_err(|_| format!("--nonce '{nonce}' is not hex"))?;
     let policy = match policy {
         Some(path) => {
@@ -241,8 +266,20 @@ fn verify(nonce: &str, policy: Option<&Path>, json: bool, dir: &Path) -> Result<
         }
         None => None,
     };
+    let pinned = match ak {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read {}: {e}", path.display()))?,
+        ),
+        None => policy.as_ref().and_then(|p| p.ak.clone()),
+    };
+    let trust = match &pinned {
+        Some(pem) => AkTrust::Pinned(pem),
+        None if trust_evidence_ak => AkTrust::FromEvidence,
+        None => AkTrust::Unpinned,
+    };
     let evidence = Evidence::read(dir)?;
-    let report = edgeid_attest::verify(&evidence, &nonce, policy.as_ref());
+    let report = edgeid_attest::verify(&evidence, &nonce, trust, policy.as_ref());
     if json {
         let text = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
         outln!("{text}");

@@ -29,14 +29,57 @@ fn text(out: &Output) -> String {
     )
 }
 
-fn verify(dir: &Path, nonce: &str, policy: Option<&Path>) -> Output {
+/// `attest verify` of `dir`; with `pin`, the AK pinned to the one the test
+/// took from keyd itself (`proved-ak.pem` beside `dir`).
+fn verify_with(
+    dir: &Path,
+    nonce: &str,
+    policy: Option<&Path>,
+    pin: bool,
+    extra: &[&str],
+) -> Output {
+    let proved = dir
+        .parent()
+        .unwrap()
+        .join("proved-ak.pem")
+        .display()
+        .to_string();
     let dir = dir.display().to_string();
     let mut args = vec!["attest", "verify", "--nonce", nonce, dir.as_str()];
     let policy = policy.map(|p| p.display().to_string());
     if let Some(p) = &policy {
         args.extend(["--policy", p.as_str()]);
     }
+    if pin {
+        args.extend(["--ak", proved.as_str()]);
+    }
+    args.extend(extra);
     edgeidctl(&args)
+}
+
+fn verify(dir: &Path, nonce: &str, policy: Option<&Path>) -> Output {
+    verify_with(dir, nonce, policy, true, &[])
+}
+
+/// `message` signed by `key` as a TPM would marshal it: TPMT_SIGNATURE
+/// with TPM_ALG_ECDSA, TPM_ALG_SHA256, then r and s as TPM2B values.
+fn tpm_ecdsa_signature(key: &rcgen::KeyPair, message: &[u8]) -> Vec<u8> {
+    use aws_lc_rs::signature::{EcdsaKeyPair, KeyPair as _, ECDSA_P256_SHA256_FIXED_SIGNING};
+    let pair =
+        EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &key.serialize_der()).unwrap();
+    assert!(!pair.public_key().as_ref().is_empty());
+    let rs = pair
+        .sign(&aws_lc_rs::rand::SystemRandom::new(), message)
+        .unwrap();
+    let (r, s) = rs.as_ref().split_at(32);
+    let mut out = Vec::new();
+    out.extend_from_slice(&0x0018u16.to_be_bytes());
+    out.extend_from_slice(&0x000bu16.to_be_bytes());
+    for v in [r, s] {
+        out.extend_from_slice(&32u16.to_be_bytes());
+        out.extend_from_slice(v);
+    }
+    out
 }
 
 /// The firmware's events: (PCR, type, data), measured as their SHA-256.
@@ -74,8 +117,9 @@ async fn a_quote_from_the_device_verifies_anywhere_and_tampering_is_named() {
     }
     for entry in ima_log::parse(&ima).unwrap() {
         script += &format!(
-            "tpm2_pcrextend 10:sha256={} && ",
-            hex::encode(entry.measurement(Bank::Sha256))
+            "tpm2_pcrextend 10:sha256={},sha1={} && ",
+            hex::encode(entry.measurement(Bank::Sha256)),
+            hex::encode(entry.measurement(Bank::Sha1))
         );
     }
     script += "true";
@@ -129,6 +173,9 @@ async fn a_quote_from_the_device_verifies_anywhere_and_tampering_is_named() {
         ]
     );
     assert_eq!(std::fs::read(evidence.join("eventlog")).unwrap(), firmware);
+    // The operator's AK, as proved to be in this TPM (keyd's attestation
+    // tests prove it with tpm2_makecredential): pinned for every verify.
+    std::fs::copy(evidence.join("ak.pem"), dir.path().join("proved-ak.pem")).unwrap();
 
     // tpm2-tools, with nothing of edgeid's, accepts the files.
     let file = |name: &str| evidence.join(name).display().to_string();
@@ -151,6 +198,7 @@ async fn a_quote_from_the_device_verifies_anywhere_and_tampering_is_named() {
     assert!(ok.status.success(), "{}", text(&ok));
     let report = text(&ok);
     for line in [
+        "ok   ak",
         "ok   signature",
         "ok   nonce",
         "ok   pcr digest",
@@ -270,7 +318,137 @@ async fn a_quote_from_the_device_verifies_anywhere_and_tampering_is_named() {
         "ak.pem",
         &|b| *b = other_pem.as_bytes().to_vec(),
         NONCE,
-        "FAIL signature",
+        "FAIL ak",
+    );
+
+    // A forgery: a quote signed by a key of the forger's own, which is the
+    // evidence's ak.pem. Its signature holds over it, so only the pinned
+    // AK tells it apart (before the AK was pinned, this passed).
+    let forged = dir.path().join("forged");
+    std::fs::create_dir_all(&forged).unwrap();
+    for f in files_in(&evidence) {
+        std::fs::copy(evidence.join(&f), forged.join(&f)).unwrap();
+    }
+    let msg = std::fs::read(forged.join("quote.msg")).unwrap();
+    std::fs::write(forged.join("quote.sig"), tpm_ecdsa_signature(&other, &msg)).unwrap();
+    std::fs::write(forged.join("ak.pem"), &other_pem).unwrap();
+    let taken = verify_with(&forged, NONCE, None, false, &["--trust-evidence-ak"]);
+    assert!(
+        text(&taken).contains("ok   signature"),
+        "the forgery is self-consistent: {}",
+        text(&taken)
+    );
+    for (out, expect) in [
+        (verify(&forged, NONCE, None), "FAIL ak"),
+        (verify(&forged, NONCE, None), "FAIL signature"),
+        (verify_with(&forged, NONCE, None, false, &[]), "FAIL ak"),
+    ] {
+        assert!(!out.status.success(), "forgery passed: {}", text(&out));
+        assert!(text(&out).contains(expect), "{expect}: {}", text(&out));
+    }
+    // Nothing pinned: refused, saying how to pin.
+    let unpinned = verify_with(&evidence, NONCE, None, false, &[]);
+    assert!(!unpinned.status.success());
+    assert!(
+        text(&unpinned).contains("no attestation key is pinned"),
+        "{}",
+        text(&unpinned)
+    );
+    // The policy's `ak` pins it as --ak does.
+    let pinned_policy = dir.path().join("ak-policy.toml");
+    std::fs::write(
+        &pinned_policy,
+        format!(
+            "ak = \"\"\"\n{}\"\"\"\n",
+            std::fs::read_to_string(evidence.join("ak.pem")).unwrap()
+        ),
+    )
+    .unwrap();
+    let by_policy = verify_with(&evidence, NONCE, Some(&pinned_policy), false, &[]);
+    assert!(by_policy.status.success(), "{}", text(&by_policy));
+    let forged_by_policy = verify_with(&forged, NONCE, Some(&pinned_policy), false, &[]);
+    assert!(
+        !forged_by_policy.status.success() && text(&forged_by_policy).contains("FAIL ak"),
+        "{}",
+        text(&forged_by_policy)
+    );
+
+    // A policy that does not hold: each differing PCR and missing event named.
+    std::fs::write(
+        &policy,
+        format!(
+            "[pcrs.sha256]\n0 = \"{}\"\n\n[[events]]\npcr = 4\nbank = \"sha256\"\ndigest = \"{}\"\nname = \"grub\"\n",
+            hex::encode([0x5a; 32]),
+            hex::encode(Bank::Sha256.hash(b"grubx64.efi")),
+        ),
+    )
+    .unwrap();
+    let differs = verify(&evidence, NONCE, Some(&policy));
+    assert!(!differs.status.success());
+    for line in [
+        "FAIL policy pcr sha256:0",
+        "the policy expects 5a5a",
+        "FAIL event grub",
+    ] {
+        assert!(text(&differs).contains(line), "{line}: {}", text(&differs));
+    }
+
+    // A quote that leaves PCR 4 out does not vouch for the log's PCR 4
+    // events: a required one there is not taken on the log's word (before,
+    // any event anywhere in the log counted).
+    let quote_into = |pcrs: &str, out: &Path| {
+        let quoted = edgeidctl(&[
+            "attest",
+            "--run-dir",
+            &run_dir,
+            "quote",
+            "--nonce",
+            NONCE,
+            "--pcrs",
+            pcrs,
+            "--out",
+            &out.display().to_string(),
+        ]);
+        assert!(quoted.status.success(), "{}", text(&quoted));
+    };
+    let narrow = dir.path().join("evidence-narrow");
+    quote_into("sha256:0,10", &narrow);
+    write_policy(&agent);
+    let unvouched = verify(&narrow, NONCE, Some(&policy));
+    assert!(!unvouched.status.success());
+    assert!(
+        text(&unvouched).contains("FAIL event shim")
+            && text(&unvouched).contains("does not vouch for it"),
+        "{}",
+        text(&unvouched)
+    );
+
+    // The SHA-1 bank: IMA extends its stored template digest, so a path
+    // rewritten under an unchanged digest replays the same; the verifier
+    // hashes the data (before, this passed). The firmware log has no SHA-1
+    // digests, so a SHA-1 firmware PCR cannot be replayed: said so.
+    let sha1 = dir.path().join("evidence-sha1");
+    quote_into("sha1:0,10", &sha1);
+    let plain = verify(&sha1, NONCE, None);
+    assert!(
+        text(&plain).contains("ok   pcr 10 (ima)")
+            && text(&plain).contains("FAIL firmware log sha1"),
+        "{}",
+        text(&plain)
+    );
+    let mut rewritten = std::fs::read(sha1.join("eventlog.ima")).unwrap();
+    let at = rewritten
+        .windows(b"edge-agent".len())
+        .position(|w| w == b"edge-agent")
+        .unwrap();
+    rewritten[at..at + b"edge-agent".len()].copy_from_slice(b"evil-agent");
+    std::fs::write(sha1.join("eventlog.ima"), &rewritten).unwrap();
+    let caught = verify(&sha1, NONCE, None);
+    assert!(
+        text(&caught).contains("FAIL pcr 10 (ima)")
+            && text(&caught).contains("not the SHA-1 of its data"),
+        "{}",
+        text(&caught)
     );
 
     // Bad input: a clear message, exit non-zero, no panic.

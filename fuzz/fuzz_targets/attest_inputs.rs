@@ -31,5 +31,5 @@ fuzz_target!(|data: &[u8]| {
         firmware_log: Some(d.to_vec()),
         ima_log: Some(c.to_vec()),
     };
-    let _ = edgeid_attest::verify(&evidence, a, None);
+    let _ = edgeid_attest::verify(&evidence, a, edgeid_attest::AkTrust::FromEvidence, None);
 });
