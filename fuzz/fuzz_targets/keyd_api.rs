@@ -1,6 +1,7 @@
 //! keyd's whole request path in process: routing, path ids, JSON bodies,
 //! handles, authorization, and the software store behind them.
 //! Input: a method byte, a caller byte, the path up to `\n`, then the body.
+//! The same bytes are also parsed as an AK activation credential.
 #![no_main]
 
 use std::sync::OnceLock;
@@ -53,6 +54,9 @@ fn fixture() -> &'static Fixture {
 }
 
 fuzz_target!(|data: &[u8]| {
+    // A verifier's credential for `POST /v1/tpm/ak/activate`, parsed
+    // before any TPM sees it.
+    let _ = edgeid_keyd::backend::tpm::parse_credential(data);
     if data.len() < 2 {
         return;
     }

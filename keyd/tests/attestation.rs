@@ -491,14 +491,21 @@ async fn certify_proves_a_key_is_in_this_tpm() {
         .await
         .unwrap();
     let err = client.tpm_certify(&soft, None).await.unwrap_err();
+    let said = err.to_string();
     assert_eq!(status(err), StatusCode::BAD_REQUEST);
+    assert!(
+        said.contains("'soft/x' is kept in the software store, not in the TPM"),
+        "{said}"
+    );
     let base = client
         .create_key("base", SymmetricKeyType::HmacSha256, None)
         .await
         .unwrap();
     let derived = client.derive(&base, b"module").await.unwrap();
     let err = client.tpm_certify(&derived, None).await.unwrap_err();
+    let said = err.to_string();
     assert_eq!(status(err), StatusCode::BAD_REQUEST);
+    assert!(said.contains("computed outside the TPM"), "{said}");
     // A short nonce: 400.
     let err = client
         .tpm_certify(&handle, Some(b"short"))

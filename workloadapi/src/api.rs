@@ -247,6 +247,22 @@ pub struct AttestQuote {
     /// IMA's log from `imaOffset`, base64, where keyd can read it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ima_log: Option<String>,
+    /// `firmwareLog` is the whole log (else it was cut at 4 MiB).
+    #[serde(default)]
+    pub firmware_log_complete: bool,
+    /// Why there is no firmware log (none on this device, or not readable).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub firmware_log_error: Option<String>,
+    /// Where `imaLog` starts in IMA's log.
+    #[serde(default)]
+    pub ima_log_offset: u64,
+    /// `imaLog` reaches the log's end (else ask again from `imaLogOffset`
+    /// plus its length).
+    #[serde(default)]
+    pub ima_log_complete: bool,
+    /// Why there is no IMA log.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ima_log_error: Option<String>,
 }
 
 /// A TPM public key.

@@ -272,6 +272,11 @@ fn attest_response(q: ModuleQuote) -> AttestResponse {
             clock: quote.clock.clock,
             firmware_log: quote.event_logs.firmware.data.as_ref().map(|d| b64(&d.0)),
             ima_log: quote.event_logs.ima.data.as_ref().map(|d| b64(&d.0)),
+            firmware_log_complete: quote.event_logs.firmware.complete,
+            firmware_log_error: quote.event_logs.firmware.error,
+            ima_log_offset: quote.event_logs.ima.offset,
+            ima_log_complete: quote.event_logs.ima.complete,
+            ima_log_error: quote.event_logs.ima.error,
         },
         attestation_key: AttestKey {
             public: b64(&q.attestation_key.public.0),

@@ -65,6 +65,7 @@ fn checkquote(dir: &std::path::Path, evidence: &Evidence, q: &[u8]) -> bool {
 
 fn evidence_from_json(v: &Value) -> Evidence {
     let b = |v: &Value| STANDARD.decode(v.as_str().unwrap()).unwrap();
+    let log = |v: &Value| v.as_str().map(|t| STANDARD.decode(t).unwrap());
     let quote = &v["quote"];
     let mut pcrs = Vec::new();
     for (bank, values) in quote["pcrs"].as_object().unwrap() {
@@ -84,20 +85,64 @@ fn evidence_from_json(v: &Value) -> Evidence {
         attest: b(&quote["attest"]),
         signature: b(&quote["signature"]),
         pcrs,
-        firmware_log: None,
-        ima_log: None,
+        firmware_log: log(&quote["firmwareLog"]),
+        ima_log: log(&quote["imaLog"]),
     }
+}
+
+/// What the firmware measured (PCR, event type, data) and what IMA did, as
+/// logs, with the TPM's PCRs extended to match by tpm2-tools.
+fn measure_boot(tpm: &mut Swtpm, dir: &std::path::Path) -> (Vec<u8>, Vec<u8>) {
+    let firmware = edgeid_attest::firmware_log::build(
+        &[Bank::Sha256],
+        &[
+            (0, 0x8, b"S-CRTM version 1.0"),
+            (4, 0x8000_0003, b"\\EFI\\BOOT\\shimx64.efi"),
+        ],
+    );
+    let ima = edgeid_attest::ima_log::build_entry("/usr/bin/module-a", b"v1");
+    let log = edgeid_attest::firmware_log::parse(&firmware).unwrap();
+    let mut script = String::new();
+    for event in &log.events {
+        for (bank, digest) in &event.digests {
+            script += &format!(
+                "tpm2_pcrextend {}:{bank}={} && ",
+                event.pcr,
+                hex::encode(digest)
+            );
+        }
+    }
+    for entry in edgeid_attest::ima_log::parse(&ima).unwrap() {
+        script += &format!(
+            "tpm2_pcrextend 10:sha256={} && ",
+            hex::encode(entry.measurement(Bank::Sha256))
+        );
+    }
+    script += "true";
+    let out = tpm.tpm2_script(&script);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::write(dir.join("firmware.log"), &firmware).unwrap();
+    std::fs::write(dir.join("ima.log"), &ima).unwrap();
+    (firmware, ima)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_module_gets_a_quote_bound_to_itself_that_tpm2_checkquote_accepts() {
     require_tool("tpm2_checkquote", "tpm2-tools");
-    let tpm = Swtpm::start();
+    let mut tpm = Swtpm::start();
     let dir = edgeid_testkit::temp_dir();
     edgeid_testkit::open_to_others(dir.path());
+    let (firmware, ima) = measure_boot(&mut tpm, dir.path());
     let mut keyd_config = KeydFixture::config_in(dir.path());
     keyd_config.backend.default = BackendKind::Tpm;
-    keyd_config.tpm = Some(tpm.keyd_config());
+    let mut tpm_config = tpm.keyd_config();
+    tpm_config.event_logs.firmware = dir.path().join("firmware.log");
+    tpm_config.event_logs.ima = dir.path().join("ima.log");
+    keyd_config.tpm = Some(tpm_config);
     let keyd = KeydFixture::configured(keyd_config, Admins::root_and_self()).await;
     let provisioning = edgeid_identityd::config::ProvisioningConfig::Local(
         edgeid_identityd::config::LocalConfig {
@@ -170,6 +215,36 @@ async fn a_module_gets_a_quote_bound_to_itself_that_tpm2_checkquote_accepts() {
         .as_str()
         .unwrap()
         .contains("PUBLIC KEY"));
+    // The event logs come whole, say so, and replay to the quoted PCRs for
+    // a verifier that pins the AK keyd showed.
+    assert_eq!(evidence.firmware_log.as_deref(), Some(&firmware[..]));
+    assert_eq!(evidence.ima_log.as_deref(), Some(&ima[..]));
+    assert_eq!(a["quote"]["firmwareLogComplete"], true);
+    assert_eq!(a["quote"]["imaLogComplete"], true);
+    assert_eq!(a["quote"]["imaLogOffset"], 0);
+    assert!(a["quote"].get("imaLogError").is_none());
+    let report = edgeid_attest::verify(
+        &evidence,
+        &expected,
+        edgeid_attest::AkTrust::Pinned(&ak.pem.replace("\r\n", "\n")),
+        None,
+    );
+    assert!(report.ok(), "{:#?}", report.checks);
+    for name in ["ak", "pcr sha256:0", "pcr sha256:4", "pcr 10 (ima)"] {
+        assert!(
+            report.checks.iter().any(|c| c.name == name && c.ok),
+            "{name}: {:#?}",
+            report.checks
+        );
+    }
+    // From past IMA's end: nothing more, complete, and where it starts.
+    let body_past = json!({ "nonce": STANDARD.encode(nonce), "imaOffset": ima.len() + 10 });
+    let (code, bytes) =
+        edgeid_testkit::request_as(0, &socket, Method::POST, &path, &body_past.to_string()).await;
+    assert_eq!(code, StatusCode::OK, "{}", String::from_utf8_lossy(&bytes));
+    let past: Value = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(past["quote"]["imaLogOffset"], ima.len() + 10);
+    assert_eq!(past["quote"]["imaLogComplete"], true);
 
     // mod-b (uid 4201) gets its own; asking in mod-a's name is refused.
     let path_b = format!("/modules/mod-b/genid/{genid_b}/attest?{V}");
@@ -242,6 +317,10 @@ async fn a_module_gets_a_quote_bound_to_itself_that_tpm2_checkquote_accepts() {
         .into_inner();
     assert_eq!(q.module_id, "mod-a");
     assert_eq!(q.qualifying_data, expected);
+    assert_eq!(q.firmware_log, firmware);
+    assert_eq!(q.ima_log, ima);
+    assert!(q.firmware_log_complete && q.ima_log_complete && q.ima_log_offset == 0);
+    assert!(q.firmware_log_error.is_empty() && q.ima_log_error.is_empty());
     let grpc_evidence = Evidence {
         ak_pem: q.ak_pem.replace("\r\n", "\n"),
         attest: q.attest,

@@ -64,6 +64,11 @@ impl ModuleAttestation for Spiffe {
                 .endorsement_certificate
                 .map(|c| c.0)
                 .unwrap_or_default(),
+            firmware_log_complete: quote.event_logs.firmware.complete,
+            firmware_log_error: quote.event_logs.firmware.error.unwrap_or_default(),
+            ima_log_offset: quote.event_logs.ima.offset,
+            ima_log_complete: quote.event_logs.ima.complete,
+            ima_log_error: quote.event_logs.ima.error.unwrap_or_default(),
             firmware_log: quote
                 .event_logs
                 .firmware

@@ -411,8 +411,9 @@ const CREDENTIAL_MAGIC: [u8; 4] = [0xBA, 0xDC, 0xC0, 0xDE];
 
 /// A credential as `tpm2_makecredential -o` writes it (magic, version,
 /// then the two structures) or as the bare `TPM2B_ID_OBJECT ‖
-/// TPM2B_ENCRYPTED_SECRET`.
-fn parse_credential(bytes: &[u8]) -> Result<(IdObject, EncryptedSecret), Error> {
+/// TPM2B_ENCRYPTED_SECRET`. Public for the fuzz target: these bytes come
+/// from the verifier, over the API.
+pub fn parse_credential(bytes: &[u8]) -> Result<(IdObject, EncryptedSecret), Error> {
     let mut rest = match bytes.strip_prefix(&CREDENTIAL_MAGIC[..]) {
         Some(tail) => match tail.split_first_chunk::<4>() {
             Some((version, tail)) if u32::from_be_bytes(*version) == 1 => tail,

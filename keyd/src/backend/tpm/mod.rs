@@ -61,7 +61,8 @@ mod seal_policy;
 mod sealed;
 
 pub use attest::{
-    ak_template, AkSignature, AttestationKey, Certification, ClockInfo, Quote, NONCE_LEN,
+    ak_template, parse_credential, AkSignature, AttestationKey, Certification, ClockInfo, Quote,
+    NONCE_LEN,
 };
 pub use event_logs::{EventLog, EventLogs};
 pub use pcrs::{BankValues, PcrSelection};
