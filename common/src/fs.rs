@@ -15,38 +15,67 @@ use zeroize::Zeroizing;
 /// the old content or the new one, never a mix; a crash leaves at most a stray
 /// temp file that the next write replaces.
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
-    let dir = parent_dir(path)?;
-    let name = path
-        .file_name()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?;
-    let mut tmp_name = std::ffi::OsString::from(".");
-    tmp_name.push(name);
-    tmp_name.push(".tmp");
-    let tmp = dir.join(tmp_name);
-    // A stale temp file from a crash is ours to replace.
-    match fs::remove_file(&tmp) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e),
-    }
+    write_atomic_all(&[(path, bytes, mode)])
+}
+
+/// Writes every file as [`write_atomic`] does, but renames none until all
+/// are written and synced; then renames them in the order given and syncs
+/// their directories. A reader sees, per name, the old file or the new one,
+/// and the window between the first rename and the last holds no writing.
+/// On an error before the renames no file changes.
+pub fn write_atomic_all(files: &[(&Path, &[u8], u32)]) -> io::Result<()> {
+    let mut staged: Vec<(PathBuf, &Path, PathBuf)> = Vec::with_capacity(files.len());
     let result = (|| {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .open(&tmp)?;
-        // The umask may have narrowed the mode; set it exactly.
-        f.set_permissions(Permissions::from_mode(mode))?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        drop(f);
-        fs::rename(&tmp, path)?;
-        File::open(&dir)?.sync_all()
+        for (path, bytes, mode) in files {
+            let dir = parent_dir(path)?;
+            let name = path.file_name().ok_or_else(|| {
+                io::Error::new(io::ErrorKind::InvalidInput, "path has no file name")
+            })?;
+            let mut tmp_name = std::ffi::OsString::from(".");
+            tmp_name.push(name);
+            tmp_name.push(".tmp");
+            let tmp = dir.join(tmp_name);
+            // A stale temp file from a crash is ours to replace.
+            match fs::remove_file(&tmp) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+            let mut f = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(*mode)
+                .open(&tmp)?;
+            staged.push((tmp.clone(), path, dir));
+            // The umask may have narrowed the mode; set it exactly.
+            f.set_permissions(Permissions::from_mode(*mode))?;
+            f.write_all(bytes)?;
+            f.sync_all()?;
+        }
+        Ok(())
     })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
+    if let Err(e) = result {
+        for (tmp, _, _) in &staged {
+            let _ = fs::remove_file(tmp);
+        }
+        return Err(e);
     }
-    result
+    let mut dirs: Vec<&PathBuf> = Vec::new();
+    for (at, (tmp, path, dir)) in staged.iter().enumerate() {
+        if let Err(e) = fs::rename(tmp, path) {
+            for (tmp, _, _) in &staged[at..] {
+                let _ = fs::remove_file(tmp);
+            }
+            return Err(e);
+        }
+        if !dirs.contains(&dir) {
+            dirs.push(dir);
+        }
+    }
+    for dir in dirs {
+        File::open(dir)?.sync_all()?;
+    }
+    Ok(())
 }
 
 /// Whether a write failed because the file system is full (or the quota is
@@ -264,6 +293,31 @@ fn parent_dir(path: &Path) -> io::Result<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn files_written_together_change_all_or_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        write_atomic_all(&[(&a, b"a1", 0o644), (&b, b"b1", 0o600)]).unwrap();
+        assert_eq!(
+            (fs::read(&a).unwrap(), fs::read(&b).unwrap()),
+            (b"a1".to_vec(), b"b1".to_vec())
+        );
+        assert_eq!(
+            fs::metadata(&b).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        // The second cannot be written: the first is not replaced either,
+        // and no temp file is left.
+        let missing = dir.path().join("missing/c");
+        assert!(write_atomic_all(&[(&a, b"a2", 0o644), (&missing, b"c", 0o644)]).is_err());
+        assert_eq!(fs::read(&a).unwrap(), b"a1");
+        let names: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names.len(), 2, "{names:?}");
+    }
 
     #[test]
     fn atomic_write_sets_mode_and_replaces() {

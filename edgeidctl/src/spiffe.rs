@@ -124,13 +124,18 @@ pub async fn run(args: &SpiffeArgs, action: &SpiffeAction) -> Result<(), String>
         secs => Duration::from_secs(secs),
     };
     let json = args.output == "json";
+    // `--timeout` bounds the connection too: a socket whose server accepts
+    // and never answers the HTTP/2 handshake would otherwise hang a script.
     let connect = || async {
-        client::connect(&socket).await.map_err(|e| {
-            format!(
-                "cannot reach the Workload API at {socket}: {}",
-                edgeid_common::client::error_chain(&e)
-            )
-        })
+        tokio::time::timeout(timeout, client::connect(&socket))
+            .await
+            .map_err(|_| timed_out(timeout))?
+            .map_err(|e| {
+                format!(
+                    "cannot reach the Workload API at {socket}: {}",
+                    edgeid_common::client::error_chain(&e)
+                )
+            })
     };
     match action {
         SpiffeAction::Fetch {
@@ -139,14 +144,20 @@ pub async fn run(args: &SpiffeArgs, action: &SpiffeAction) -> Result<(), String>
             let started = Instant::now();
             let first = first_x509(connect().await?, timeout).await?;
             if json {
-                outln!("{}", x509_json(&first));
+                // The files too, without the lines that would break the JSON.
+                if let Some(dir) = write {
+                    write_x509(dir, &first, false)?;
+                }
+                if !silent {
+                    outln!("{}", x509_json(&first));
+                }
                 return Ok(());
             }
             if !silent {
                 print_update(&first, started.elapsed())?;
             }
             if let Some(dir) = write {
-                write_x509(dir, &first)?;
+                write_x509(dir, &first, true)?;
             }
             Ok(())
         }
@@ -437,14 +448,18 @@ fn validity(what: &str, der: &[u8]) -> Result<(), String> {
 /// `--write DIR` of `fetch x509`. The key is written before the chain, each
 /// atomically: a reader that reads the chain, then the key, finds the new
 /// chain's key already there (read the other way round, it may not).
-fn write_x509(dir: &Path, answer: &X509svidResponse) -> Result<(), String> {
+/// Writes the SVIDs' files into `dir`; with `tell`, a line for each as
+/// spire-agent prints them.
+fn write_x509(dir: &Path, answer: &X509svidResponse, tell: bool) -> Result<(), String> {
     for (i, svid) in answer.svids.iter().enumerate() {
         let key = zeroize::Zeroizing::new(pem::encode(&pem::Pem::new(
             "PRIVATE KEY",
             svid.x509_svid_key.clone(),
         )));
         let say = |what: &str, name: &str| {
-            outln!("Writing {what} #{i} to file {}.", dir.join(name).display());
+            if tell {
+                outln!("Writing {what} #{i} to file {}.", dir.join(name).display());
+            }
         };
         say("key", &format!("svid.{i}.key"));
         put(dir, &format!("svid.{i}.key"), key.as_bytes(), 0o600)?;
@@ -458,10 +473,12 @@ fn write_x509(dir: &Path, answer: &X509svidResponse) -> Result<(), String> {
         federated.sort();
         for (j, (td, bundle)) in federated.iter().enumerate() {
             let name = format!("federated_bundle.{i}.{j}.pem");
-            outln!(
-                "Writing federated bundle #{j} for trust domain {td} to file {}.",
-                dir.join(&name).display()
-            );
+            if tell {
+                outln!(
+                    "Writing federated bundle #{j} for trust domain {td} to file {}.",
+                    dir.join(&name).display()
+                );
+            }
             let pem = certificates_pem(bundle)?;
             put(dir, &name, pem.as_bytes(), 0o644)?;
         }

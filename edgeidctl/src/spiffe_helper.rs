@@ -4,12 +4,16 @@
 //! rewrites each consumer's files and then tells the consumer: runs a
 //! command, signals the process of a pid file, or nothing.
 //!
-//! Order of writing, per consumer: the bundle, then the key, then the
-//! combined file, then the certificate, each atomically (a temp file,
-//! fsync, rename). There is never a moment when the certificate file is
-//! new and the key file old: a program that reads the certificate, then the
-//! key, never pairs a new certificate with an old key. The combined file
-//! (key and chain in one) is one rename, consistent whatever the order.
+//! Order of writing, per consumer: every file is first written whole and
+//! synced under a temp name; only then are they renamed over the old ones,
+//! the bundle, then the key, then the combined file, then the certificate
+//! (and the directory synced). There is never a moment when the certificate
+//! file is new and the key file old: a program that reads the certificate,
+//! then the key, never pairs a new certificate with an old key. (One that
+//! reads the key first may, in the microseconds between two renames, pair a
+//! new key with the old certificate, and its TLS library refuses that pair
+//! rather than use it: read the certificate first, or use the combined
+//! file, key and chain in one rename, consistent whatever the order.)
 //! This puts a private key on disk, readable by whoever can read the
 //! directory and `key_mode` allows.
 //!
@@ -221,18 +225,33 @@ fn deliver(c: &Consumer, update: &X509svidResponse) -> Result<(), String> {
         svid.x509_svid_key.clone(),
     )));
     let bundle = certificates_pem(&svid.bundle)?;
-    let put = |name: &str, bytes: &[u8], mode: u32| {
-        let path = c.dir.join(name);
-        edgeid_common::fs::write_atomic(&path, bytes, mode)
-            .map_err(|e| format!("cannot write {}: {e}", path.display()))
-    };
-    put(&c.bundle_file, bundle.as_bytes(), c.bundle_mode)?;
-    put(&c.key_file, key.as_bytes(), c.key_mode)?;
-    if let Some(name) = &c.combined_file {
-        let combined = zeroize::Zeroizing::new(format!("{}{chain}", key.as_str()));
-        put(name, combined.as_bytes(), c.key_mode)?;
+    let combined = c.combined_file.as_ref().map(|name| {
+        (
+            c.dir.join(name),
+            zeroize::Zeroizing::new(format!("{}{chain}", key.as_str())),
+        )
+    });
+    let (bundle_path, key_path, cert_path) = (
+        c.dir.join(&c.bundle_file),
+        c.dir.join(&c.key_file),
+        c.dir.join(&c.cert_file),
+    );
+    // All written and synced first, then renamed in this order.
+    let mut files: Vec<(&Path, &[u8], u32)> = vec![
+        (&bundle_path, bundle.as_bytes(), c.bundle_mode),
+        (&key_path, key.as_bytes(), c.key_mode),
+    ];
+    if let Some((path, text)) = &combined {
+        files.push((path, text.as_bytes(), c.key_mode));
     }
-    put(&c.cert_file, chain.as_bytes(), c.cert_mode)
+    files.push((&cert_path, chain.as_bytes(), c.cert_mode));
+    edgeid_common::fs::write_atomic_all(&files).map_err(|e| {
+        format!(
+            "cannot write consumer {}'s files in {}: {e}",
+            c.name,
+            c.dir.display()
+        )
+    })
 }
 
 /// Runs the command, or signals the pid file's process.

@@ -183,25 +183,59 @@ async fn fetch_write_validate_and_healthcheck_as_spire_agent_api_does() {
     let missing = suite.dir.path().join("no-such-dir");
     let blocked = suite.dir.path().join("a-file");
     std::fs::write(&blocked, b"").unwrap();
-    for (args, said) in [
+    // (A usage error is clap's exit 2, as spire-agent's flag parsing
+    // exits non-zero; every failure of the request itself is 1.)
+    for (args, said, code) in [
         (
             vec!["fetch", "x509", "--write", missing.to_str().unwrap()],
             "cannot write",
+            1,
         ),
         (
             vec!["fetch", "x509", "--write", blocked.to_str().unwrap()],
             "cannot write",
+            1,
         ),
         (
             vec!["--socket", "/nonexistent/spiffe.sock", "healthcheck"],
             "unhealthy",
+            1,
         ),
-        (vec!["fetch", "jwt"], "--audience"),
+        (
+            vec!["--socket", "/nonexistent/spiffe.sock", "fetch", "x509"],
+            "cannot reach the Workload API",
+            1,
+        ),
+        (vec!["fetch", "jwt"], "--audience", 2),
     ] {
         let out = run(spiffe_cmd(&socket, &args)).await;
-        assert_ne!(out.status.code(), Some(0), "{args:?}");
+        assert_eq!(out.status.code(), Some(code), "{args:?}");
         assert!(stderr(&out).contains(said), "{args:?}: {}", stderr(&out));
     }
+    // --output json still writes the files --write asks for (it did not).
+    let json_dir = suite.dir.path().join("svid-json");
+    std::fs::create_dir(&json_dir).unwrap();
+    let out = run(spiffe_cmd(
+        &socket,
+        &[
+            "--output",
+            "json",
+            "fetch",
+            "x509",
+            "--write",
+            json_dir.to_str().unwrap(),
+        ],
+    ))
+    .await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let answer: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(answer["svids"][0]["spiffe_id"], id);
+    assert_eq!(
+        std::fs::read_to_string(json_dir.join("svid.0.pem")).unwrap(),
+        std::fs::read_to_string(&chain).unwrap(),
+        "the same SVID, written"
+    );
+    assert_eq!(mode(&json_dir.join("svid.0.key")), 0o600);
     assert!(!missing.exists());
 
     // A local user who is no module gets nothing, and exit 1.
@@ -373,6 +407,8 @@ async fn helper_refuses_configs_and_directories_it_cannot_use() {
             "SIGKILL",
         ),
         (format!("[[consumer]]\nname = \"x\"\ndir = \"{d}/missing\"\n"), "cannot write"),
+        // A directory that is there but takes no new files, even root's.
+        ("[[consumer]]\nname = \"x\"\ndir = \"/proc\"\n".to_owned(), "cannot write consumer x's files in /proc"),
     ] {
         let path = root.join("helper.toml");
         std::fs::write(&path, &config).unwrap();
@@ -396,6 +432,33 @@ async fn helper_refuses_configs_and_directories_it_cannot_use() {
     for name in ["svid.pem", "svid_key.pem", "svid_bundle.pem"] {
         assert!(dir.join(name).exists(), "{name}");
     }
+    // A pid file whose process is gone: the files are written, the signal
+    // fails and says why (ESRCH), and the helper goes on.
+    let mut gone = Command::new("true").spawn().unwrap();
+    let dead = gone.id();
+    gone.wait().unwrap();
+    let pid_file = root.join("dead.pid");
+    std::fs::write(&pid_file, format!("{dead}\n")).unwrap();
+    std::fs::write(
+        &path,
+        format!(
+            "[[consumer]]\nname = \"x\"\ndir = \"{d}\"\non_rotation = {{ signal = \"SIGHUP\", pid_file = \"{}\" }}\n",
+            pid_file.display()
+        ),
+    )
+    .unwrap();
+    let out = run(spiffe_cmd(
+        &suite.socket(),
+        &["helper", "--once", "--config", path.to_str().unwrap()],
+    ))
+    .await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&format!("cannot send SIGHUP to pid {dead}"))
+            && stderr(&out).contains("No such process"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 /// A self-signed CA of `trust_domain`, PEM.

@@ -108,6 +108,7 @@ async fn grpc_health_reflection_and_unimplemented_wit_svids_for_grpcio_clients()
     for service in [
         "",
         "SpiffeWorkloadAPI",
+        "envoy.service.secret.v3.SecretDiscoveryService",
         "edgeid.attestation.v1.ModuleAttestation",
     ] {
         assert_eq!(answer[format!("check:{service}")], "SERVING", "{answer}");
@@ -164,6 +165,7 @@ async fn grpc_health_reflection_and_unimplemented_wit_svids_for_grpcio_clients()
     for service in [
         "",
         "SpiffeWorkloadAPI",
+        "envoy.service.secret.v3.SecretDiscoveryService",
         "edgeid.attestation.v1.ModuleAttestation",
     ] {
         assert_eq!(

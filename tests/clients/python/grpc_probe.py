@@ -25,7 +25,7 @@ def main():
     out = {"grpcio": grpc.__version__}
     with grpc.insecure_channel(target) as channel:
         health = health_pb2_grpc.HealthStub(channel)
-        for name in ["", "SpiffeWorkloadAPI", "edgeid.attestation.v1.ModuleAttestation"]:
+        for name in ["", "SpiffeWorkloadAPI", "envoy.service.secret.v3.SecretDiscoveryService", "edgeid.attestation.v1.ModuleAttestation"]:
             answer = health.Check(health_pb2.HealthCheckRequest(service=name), timeout=10)
             out[f"check:{name}"] = health_pb2.HealthCheckResponse.ServingStatus.Name(answer.status)
         try:

@@ -1,6 +1,7 @@
 //! What the SPIFFE socket serves beside the Workload API, as the
 //! specification recommends of an endpoint: gRPC health
-//! (`grpc.health.v1.Health`: `""`, `SpiffeWorkloadAPI` and
+//! (`grpc.health.v1.Health`: `""`, `SpiffeWorkloadAPI`,
+//! `envoy.service.secret.v3.SecretDiscoveryService` and
 //! `edgeid.attestation.v1.ModuleAttestation`, SERVING while keyd, certd and
 //! identityd answer workloadd (asked every `health_check_secs`), NOT_SERVING otherwise and on shutdown) and
 //! server reflection (`grpc.reflection.v1` and `v1alpha`, from the
@@ -22,9 +23,10 @@ use crate::workload::Workload;
 const DESCRIPTORS: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/descriptors.bin"));
 
 /// The services health reports on, by their gRPC names.
-const SERVICES: [&str; 3] = [
+const SERVICES: [&str; 4] = [
     "",
     "SpiffeWorkloadAPI",
+    "envoy.service.secret.v3.SecretDiscoveryService",
     "edgeid.attestation.v1.ModuleAttestation",
 ];
 

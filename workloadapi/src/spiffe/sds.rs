@@ -213,15 +213,24 @@ impl SecretDiscoveryService for Spiffe {
                             let _ = tx.send(Err(s)).await;
                             return;
                         }
-                        if !req.response_nonce.is_empty() && req.response_nonce != last_nonce {
-                            continue; // stale: a response was sent since
+                        // Stale: a response was sent since. A nonce on a stream
+                        // that has been sent nothing (one kept over a
+                        // reconnect) is no answer to anything: a subscription.
+                        if !req.response_nonce.is_empty()
+                            && !last_nonce.is_empty()
+                            && req.response_nonce != last_nonce
+                        {
+                            continue;
                         }
                         if let Some(nack) = &req.error_detail {
                             tracing::warn!(module, version = %req.version_info, error = %nack.message.escape_default(), "Envoy rejected the secrets sent (NACK)");
                             continue;
                         }
-                        if !req.response_nonce.is_empty() && asked.as_ref() == Some(&req.resource_names) {
-                            continue; // an ACK
+                        if !last_nonce.is_empty()
+                            && req.response_nonce == last_nonce
+                            && asked.as_deref().is_some_and(|a| same_names(a, &req.resource_names))
+                        {
+                            continue; // an ACK: the same names, in any order
                         }
                         asked = Some(req.resource_names);
                     }
@@ -280,4 +289,11 @@ impl SecretDiscoveryService for Spiffe {
         )?;
         Ok(Response::new(response(secrets, 1)?))
     }
+}
+
+/// Whether two subscriptions name the same resources (xDS sets: order and
+/// repeats carry no meaning).
+fn same_names(a: &[String], b: &[String]) -> bool {
+    use std::collections::BTreeSet;
+    a.iter().collect::<BTreeSet<&String>>() == b.iter().collect::<BTreeSet<&String>>()
 }
