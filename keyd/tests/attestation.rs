@@ -457,6 +457,17 @@ async fn certify_proves_a_key_is_in_this_tpm() {
         assert_eq!(attest.kind, 0x8017, "TPM_ST_ATTEST_CERTIFY");
         assert_eq!(attest.extra_data, nonce);
         assert_eq!(attest.name, name, "{id}: the certified name");
+        // And as libtss2's own unmarshaller (tss-esapi's `Attest`) reads it.
+        {
+            use tss_esapi::structures::{Attest, AttestInfo};
+            use tss_esapi::traits::UnMarshall;
+            let decoded = Attest::unmarshall(&certified.attest.0).unwrap();
+            assert_eq!(decoded.extra_data().value(), nonce);
+            let AttestInfo::Certify { info } = decoded.attested() else {
+                panic!("{id}: not a TPMS_CERTIFY_INFO");
+            };
+            assert_eq!(info.name().value(), &name[..], "{id}: libtss2's name");
+        }
         let public = write(&work, &format!("{id}.pub"), &certified.public.0);
         let shown = ok(
             &tool("tpm2_print", &["-t", "TPM2B_PUBLIC", &public]),
