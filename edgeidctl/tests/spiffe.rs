@@ -461,6 +461,17 @@ async fn helper_refuses_configs_and_directories_it_cannot_use() {
     );
 }
 
+/// The next message of a FetchX509Bundles stream, within 10 s.
+async fn next_bundles(
+    stream: &mut tonic::Streaming<edgeid_workloadapi::spiffe::proto::X509BundlesResponse>,
+) -> edgeid_workloadapi::spiffe::proto::X509BundlesResponse {
+    tokio::time::timeout(std::time::Duration::from_secs(10), stream.message())
+        .await
+        .expect("a bundle update within 10 s")
+        .unwrap()
+        .unwrap()
+}
+
 /// A self-signed CA of `trust_domain`, PEM.
 fn foreign_ca(trust_domain: &str) -> String {
     let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
@@ -513,10 +524,39 @@ async fn federated_bundles_and_hints_reach_the_module_and_follow_their_files() {
         stdout(&out)
     );
 
-    // The other trust domain rolls its CA: the next read of the file is served.
+    // An open FetchX509Bundles stream has both trust domains' bundles.
+    let mut grpc = edgeid_workloadapi::spiffe::client::connect(&socket)
+        .await
+        .unwrap();
+    let mut bundles = grpc
+        .fetch_x509_bundles(edgeid_workloadapi::spiffe::proto::X509BundlesRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let now = next_bundles(&mut bundles).await;
+    assert_eq!(
+        now.bundles.get("spiffe://other.test"),
+        Some(&der(&first)),
+        "{:?}",
+        now.bundles.keys()
+    );
+    assert!(
+        now.bundles.contains_key("spiffe://edge.test"),
+        "{:?}",
+        now.bundles.keys()
+    );
+
+    // The other trust domain rolls its CA: the next read of the file is
+    // served, and pushed on the open stream.
     let second = foreign_ca("other.test");
     std::fs::write(&other, &second).unwrap();
-    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    let pushed = next_bundles(&mut bundles).await;
+    assert_eq!(
+        pushed.bundles.get("spiffe://other.test"),
+        Some(&der(&second)),
+        "pushed"
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
     let out = run(fetch()).await;
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(
