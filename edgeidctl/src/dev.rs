@@ -247,7 +247,7 @@ pub async fn run(
     );
     let aziot = link_aziot_sockets(&dir)?;
     outln!(
-        "  aziot      {}/{{keyd,certd,identityd}}.sock   the same daemons, for Azure IoT Identity Service clients",
+        "  aziot      {}/{{keyd,certd,identityd,tpmd}}.sock   the same daemons, for Azure IoT Identity Service clients",
         aziot.display()
     );
     outln!("  modules    {}", declared.join(", "));
@@ -381,13 +381,19 @@ async fn wait_for(mut stop: tokio::sync::watch::Receiver<bool>) {
     }
 }
 
-/// `DIR/aziot/{keyd,certd,identityd}.sock`: links to the daemons' sockets
-/// under the names aziot clients use (`/run/aziot/*.sock` on a device).
+/// `DIR/aziot/{keyd,certd,identityd,tpmd}.sock`: links to the daemons'
+/// sockets under the names aziot clients use (`/run/aziot/*.sock` on a
+/// device); tpmd's is keyd's, which holds the TPM.
 fn link_aziot_sockets(dir: &Path) -> Result<PathBuf, String> {
     let aziot = dir.join("aziot");
     edgeid_common::fs::ensure_private_dir(&aziot)
         .map_err(|e| format!("cannot use {}: {e}", aziot.display()))?;
-    for name in ["keyd.sock", "certd.sock", "identityd.sock"] {
+    for (name, target) in [
+        ("keyd.sock", "keyd.sock"),
+        ("certd.sock", "certd.sock"),
+        ("identityd.sock", "identityd.sock"),
+        ("tpmd.sock", "keyd.sock"),
+    ] {
         let link = aziot.join(name);
         match std::fs::symlink_metadata(&link) {
             Ok(m) if m.file_type().is_symlink() => std::fs::remove_file(&link)
@@ -400,7 +406,7 @@ fn link_aziot_sockets(dir: &Path) -> Result<PathBuf, String> {
             }
             Err(_) => {}
         }
-        std::os::unix::fs::symlink(Path::new("..").join(name), &link)
+        std::os::unix::fs::symlink(Path::new("..").join(target), &link)
             .map_err(|e| format!("cannot link {}: {e}", link.display()))?;
     }
     Ok(aziot)

@@ -67,10 +67,19 @@ async fn dev_mode_starts_fast_serves_everything_and_stops_clean() {
     }
     // The same daemons under the names aziot clients use, printed.
     assert!(
-        text.contains("/aziot/{keyd,certd,identityd}.sock"),
+        text.contains("/aziot/{keyd,certd,identityd,tpmd}.sock"),
         "{text}"
     );
     let aziot = dir.path().join("aziot");
+    // tpmd's is keyd's socket; dev mode has no TPM, and says so.
+    let (status, none) = edgeid_testkit::aziot::call(
+        &aziot.join("tpmd.sock"),
+        http::Method::GET,
+        "/get_tpm_keys?api-version=2020-09-01",
+        serde_json::Value::Null,
+    )
+    .await;
+    assert_eq!(status, http::StatusCode::NOT_FOUND, "{none}");
     let (status, me) = edgeid_testkit::aziot::call(
         &aziot.join("identityd.sock"),
         http::Method::GET,

@@ -702,6 +702,28 @@ fn the_package_on_a_booted_debian() {
     );
 
     let keys = make_keys(&vm, &genid);
+    // aziot-tpmd's socket is keyd's: it answers (this container has no
+    // TPM, so that is what it says) and refuses an api-version it lacks.
+    let none = vm.call(
+        "/run/aziot/tpmd.sock",
+        "GET",
+        "/get_tpm_keys?api-version=2020-09-01",
+        None,
+        404,
+    );
+    assert!(
+        none["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("no TPM")),
+        "{none}"
+    );
+    vm.call(
+        "/run/aziot/tpmd.sock",
+        "GET",
+        "/get_tpm_keys?api-version=2099-01-01",
+        None,
+        400,
+    );
 
     // Every unit restarted, keyd's and identityd's by the reference's names.
     let keyd_before = vm.main_pid("edgeid-keyd.service");
@@ -757,6 +779,7 @@ fn the_package_on_a_booted_debian() {
         "/run/aziot/keyd.sock",
         "/run/aziot/certd.sock",
         "/run/aziot/identityd.sock",
+        "/run/aziot/tpmd.sock",
     ] {
         // Neither a file nor a link (test -e alone passes a dangling link).
         let out = vm.run(&["sh", "-c", "test -e \"$0\" || test -L \"$0\"", gone]);

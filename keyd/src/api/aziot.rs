@@ -172,3 +172,49 @@ pub struct ExportRequest {
 pub struct ExportResponse {
     pub key: SecretBytes,
 }
+
+/// The TPM API of Azure IoT Identity Service (aziot-tpmd 1.6), which keyd
+/// serves since it holds the TPM: the reference's
+/// `tpm/aziot-tpm-common-http` shapes, snake_case, bytes standard base64.
+pub mod tpmd {
+    use edgeid_common::encoding::Base64Bytes;
+    use serde::{Deserialize, Serialize};
+
+    /// The one api-version aziot-tpmd serves.
+    pub const API_VERSIONS: &[&str] = &["2020-09-01"];
+
+    /// The paths, each its own route (the reference's `from_uri`).
+    pub const PATHS: &[&str] = &["/get_tpm_keys", "/import_auth_key", "/sign_with_auth_key"];
+
+    /// The id keyd keeps the imported auth key under (in the TPM store,
+    /// whatever the default store is).
+    pub const AUTH_KEY_ID: &str = "aziot-tpmd/auth-key";
+
+    /// `GET /get_tpm_keys`: TPM2B_PUBLIC of the endorsement key and of the
+    /// storage key keyd imports under.
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    pub struct GetTpmKeysResponse {
+        pub endorsement_key: Base64Bytes,
+        pub storage_root_key: Base64Bytes,
+    }
+
+    /// `POST /import_auth_key`: what DPS sends as `authenticationKey` — a
+    /// credential for the EK and an HMAC key wrapped to the storage key
+    /// (only this TPM unwraps it: no secret in the clear).
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    pub struct ImportAuthKeyRequest {
+        pub key: Base64Bytes,
+    }
+
+    /// `POST /sign_with_auth_key`: HMAC-SHA256 of `data` by the auth key.
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    pub struct SignWithAuthKeyRequest {
+        pub data: Base64Bytes,
+    }
+
+    /// The MAC (the reference calls it a digest).
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    pub struct SignWithAuthKeyResponse {
+        pub digest: Base64Bytes,
+    }
+}

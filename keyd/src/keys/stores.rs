@@ -23,8 +23,9 @@ pub(super) struct Stores {
 }
 
 impl Stores {
-    /// Opens each store the config names. The TPM store opens first when
-    /// the software store's master key is sealed to it.
+    /// Opens each store the config names, and the TPM wherever there is a
+    /// `[tpm]` table. The TPM store opens first when the software store's
+    /// master key is sealed to it.
     pub(super) async fn open(config: &KeydConfig) -> Result<Self, Error> {
         let wanted: Vec<BackendKind> = std::iter::once(config.backend.default)
             .chain(config.backend.overrides.iter().map(|o| o.backend))
@@ -36,7 +37,9 @@ impl Stores {
                 "software.seal_pcrs needs software.master_key = \"tpm\"".into(),
             ));
         }
-        let tpm = if wanted.contains(&BackendKind::Tpm) || sealed {
+        // A [tpm] table opens the TPM even where no store setting names it:
+        // attestation and aziot-tpmd's API are the TPM's own.
+        let tpm = if wanted.contains(&BackendKind::Tpm) || sealed || config.tpm.is_some() {
             let tpm = config.tpm.as_ref().ok_or_else(|| {
                 Error::Setup(if sealed {
                     "software.master_key = \"tpm\" needs a [tpm] table".into()
@@ -83,6 +86,12 @@ impl Stores {
             };
             open.insert(kind, store);
         }
+        // The TPM store serves the aziot-tpmd auth key even where no
+        // backend setting names it (the TPM opened only to seal the
+        // software store's master key).
+        if let Some(tpm) = &tpm {
+            open.entry(BackendKind::Tpm).or_insert_with(|| tpm.clone());
+        }
         Ok(Stores {
             default: config.backend.default,
             overrides: config
@@ -97,6 +106,11 @@ impl Stores {
     }
 
     pub(super) fn kind_for(&self, id: &KeyId) -> BackendKind {
+        // aziot-tpmd's auth key is the TPM's by its nature (DPS wrapped it
+        // to this TPM's storage key): never another store's.
+        if self.tpm.is_some() && id.as_str() == crate::api::aziot::tpmd::AUTH_KEY_ID {
+            return BackendKind::Tpm;
+        }
         self.overrides
             .iter()
             .find(|(keys, _)| keys.allows(id.as_str()))

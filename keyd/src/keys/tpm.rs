@@ -60,11 +60,10 @@ impl Keyd {
     }
 
     fn tpm(&self) -> Result<&Arc<TpmBackend>, Error> {
-        self.stores.tpm.as_ref().ok_or_else(|| {
-            Error::NotFound(
-                "keyd has no TPM configured ([tpm] and a backend setting naming it)".into(),
-            )
-        })
+        self.stores
+            .tpm
+            .as_ref()
+            .ok_or_else(|| Error::NotFound("keyd has no TPM configured (a [tpm] table)".into()))
     }
 
     /// `GET /v1/tpm/ak`: the attestation key (made on first use).

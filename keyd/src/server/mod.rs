@@ -4,12 +4,16 @@
 //! lives in a front, and the plumbing is `edgeid_common::server`'s.
 //! - [`edgeid`]: edgeid's `/v1` API;
 //! - [`aziot`]: Azure IoT Identity Service's keys API (`/keypair`, `/sign`,
-//!   ... with `?api-version=`), as aziot-keyd serves it.
+//!   ... with `?api-version=`), as aziot-keyd serves it;
+//! - [`tpmd`]: its TPM API (`/get_tpm_keys`, `/import_auth_key`,
+//!   `/sign_with_auth_key`), as aziot-tpmd serves it.
 //!
-//! Both answer on the same socket: the `/v1/` prefix picks the front.
+//! All answer on the same socket: the `/v1/` prefix, or one of tpmd's three
+//! paths, picks the front.
 
 mod aziot;
 mod edgeid;
+mod tpmd;
 
 use edgeid_common::routes::is_edgeid_path;
 use edgeid_common::{ApiRequest, ApiResponse, Caller, Handler};
@@ -21,6 +25,8 @@ impl Handler for Keyd {
     fn admit(&self, caller: &Caller, method: &Method, path: &str) -> Option<ApiResponse> {
         if is_edgeid_path(path) {
             self.admit_edgeid(caller, path)
+        } else if tpmd::is_tpmd_path(path) {
+            self.admit_tpmd(caller)
         } else {
             self.admit_aziot(caller, method, path)
         }
@@ -29,6 +35,8 @@ impl Handler for Keyd {
     async fn handle(&self, req: ApiRequest) -> ApiResponse {
         if is_edgeid_path(&req.path) {
             self.handle_edgeid(req).await
+        } else if tpmd::is_tpmd_path(&req.path) {
+            self.handle_tpmd(req).await
         } else {
             self.handle_aziot(req).await
         }
