@@ -10,21 +10,14 @@ use edgeid_common::client::ClientError;
 use edgeid_keyd::api::{KeyHandle, KeyPairSpec, SignAlgorithm, SymmetricKeyType};
 use edgeid_keyd::config::PrincipalConfig;
 use edgeid_keyd::KeydClient;
+use edgeid_testkit::hmac_sha256;
 use edgeid_testkit::openssl;
 use edgeid_testkit::KeydFixture;
-use hmac::{Hmac, Mac};
 use http::{Method, StatusCode};
-use sha2::Sha256;
 
 fn status(err: ClientError) -> StatusCode {
     err.status()
         .unwrap_or_else(|| panic!("expected an HTTP error status, got: {err}"))
-}
-
-fn hmac_sha256(key: &[u8], data: &[u8]) -> Vec<u8> {
-    let mut mac = Hmac::<Sha256>::new_from_slice(key).unwrap();
-    mac.update(data);
-    mac.finalize().into_bytes().to_vec()
 }
 
 async fn raw(

@@ -3,12 +3,11 @@
 //! answer checked by a second party (signatures by the `p256` crate and
 //! `openssl`, MACs and derived keys recomputed with the `hmac` crate).
 
-use base64::engine::general_purpose::STANDARD;
-use base64::Engine;
 use edgeid_common::authz::Admins;
 use edgeid_keyd::api::SignAlgorithm;
+use edgeid_testkit::aziot::{b64, unb64};
+use edgeid_testkit::hmac_sha256;
 use edgeid_testkit::KeydFixture;
-use hmac::{Hmac, Mac};
 use http::{Method, StatusCode};
 use p256::ecdsa::signature::hazmat::PrehashVerifier;
 use serde_json::{json, Value};
@@ -42,22 +41,6 @@ async fn post_ok(keyd: &KeydFixture, route: &str, v: &str, body: Value) -> Value
     .await;
     assert_eq!(status, StatusCode::OK, "{route}: {answer}");
     answer
-}
-
-fn b64(bytes: &[u8]) -> String {
-    STANDARD.encode(bytes)
-}
-
-fn unb64(value: &Value) -> Vec<u8> {
-    STANDARD
-        .decode(value.as_str().expect("a base64 string"))
-        .expect("base64")
-}
-
-fn hmac_sha256(key: &[u8], data: &[u8]) -> Vec<u8> {
-    let mut mac = Hmac::<Sha256>::new_from_slice(key).unwrap();
-    mac.update(data);
-    mac.finalize().into_bytes().to_vec()
 }
 
 async fn parameter(keyd: &KeydFixture, handle: &Value, name: &str) -> Value {

@@ -4,16 +4,9 @@
 
 use edgeid_common::client::ClientError;
 use edgeid_keyd::api::{KeyPairSpec, SignAlgorithm, SymmetricKeyType};
-use edgeid_testkit::openssl;
+use edgeid_testkit::{hmac_sha256, openssl};
 use edgeid_testkit::{KeydProcess, SoftHsm};
 use http::StatusCode;
-
-fn hmac_sha256(key: &[u8], data: &[u8]) -> Vec<u8> {
-    use hmac::Mac;
-    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(key).unwrap();
-    mac.update(data);
-    mac.finalize().into_bytes().to_vec()
-}
 
 const BIN: &str = env!("CARGO_BIN_EXE_edgeid-keyd");
 

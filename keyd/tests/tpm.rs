@@ -6,16 +6,10 @@ use edgeid_common::authz::{Admins, Grants};
 use edgeid_common::client::ClientError;
 use edgeid_keyd::api::{KeyPairSpec, SignAlgorithm, SymmetricKeyType};
 use edgeid_keyd::backend::BackendKind;
+use edgeid_testkit::hmac_sha256;
 use edgeid_testkit::openssl;
 use edgeid_testkit::{KeydFixture, Swtpm};
 use http::StatusCode;
-
-fn hmac_sha256(key: &[u8], data: &[u8]) -> Vec<u8> {
-    use hmac::Mac;
-    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(key).unwrap();
-    mac.update(data);
-    mac.finalize().into_bytes().to_vec()
-}
 
 fn status(err: ClientError) -> StatusCode {
     err.status()

@@ -7,34 +7,16 @@
 //! software one, as on a device that moved from aziot-identity-service: the
 //! auth key goes to the TPM all the same.
 
-use base64::engine::general_purpose::STANDARD;
-use base64::Engine;
 use edgeid_common::authz::{Admins, Grants};
 use edgeid_keyd::config::PrincipalConfig;
+use edgeid_testkit::aziot::{b64, unb64};
+use edgeid_testkit::hmac_sha256;
 use edgeid_testkit::tpm_peer::{wrap_hmac_key, Wrapping};
 use edgeid_testkit::{aziot, KeydFixture, Swtpm};
-use hmac::{Hmac, Mac};
 use http::{Method, StatusCode};
 use serde_json::{json, Value};
-use sha2::Sha256;
 
 const V: &str = "api-version=2020-09-01";
-
-fn b64(bytes: &[u8]) -> String {
-    STANDARD.encode(bytes)
-}
-
-fn unb64(value: &Value) -> Vec<u8> {
-    STANDARD
-        .decode(value.as_str().expect("a base64 string"))
-        .expect("base64")
-}
-
-fn hmac_sha256(key: &[u8], data: &[u8]) -> Vec<u8> {
-    let mut mac = Hmac::<Sha256>::new_from_slice(key).unwrap();
-    mac.update(data);
-    mac.finalize().into_bytes().to_vec()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_references_tpm_api_imports_a_wrapped_key_and_macs_with_it() {

@@ -3,6 +3,8 @@
 
 use std::path::Path;
 
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
 use edgeid_common::client::UdsClient;
 use http::{Method, StatusCode};
 use serde_json::Value;
@@ -55,4 +57,20 @@ fn json_or_null(path: &str, bytes: &[u8]) -> Value {
     }
     serde_json::from_slice(bytes)
         .unwrap_or_else(|_| panic!("{path}: not JSON: {}", String::from_utf8_lossy(bytes)))
+}
+
+/// Bytes as the aziot APIs carry them: standard base64.
+pub fn b64(bytes: &[u8]) -> String {
+    STANDARD.encode(bytes)
+}
+
+/// The bytes of a base64 JSON string (a test failure if it is none).
+pub fn unb64(value: &Value) -> Vec<u8> {
+    STANDARD
+        .decode(
+            value
+                .as_str()
+                .unwrap_or_else(|| panic!("not a string: {value}")),
+        )
+        .unwrap_or_else(|e| panic!("not base64: {value}: {e}"))
 }

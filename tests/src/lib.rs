@@ -342,6 +342,15 @@ pub async fn request_as(
     request_on(connect_as(uid, uid, socket), method, path, body).await
 }
 
+/// HMAC-SHA256 by the `hmac` crate: a second party's recomputation of a
+/// MAC a daemon answered.
+pub fn hmac_sha256(key: &[u8], data: &[u8]) -> Vec<u8> {
+    use hmac::Mac;
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(key).expect("any key length");
+    mac.update(data);
+    mac.finalize().into_bytes().to_vec()
+}
+
 /// Fails the test unless the first certificate of `chain_pem` certifies the
 /// public half of the private key `key_pem` (PKCS#8): what a service handed
 /// a module is a key and the certificate for it, not two strangers.

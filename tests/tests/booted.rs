@@ -23,22 +23,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use base64::Engine as _;
+use edgeid_testkit::aziot::{b64, unb64};
 use edgeid_testkit::require_tool;
 use serde_json::{json, Value};
 
 fn top() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn b64(bytes: &[u8]) -> String {
-    base64::engine::general_purpose::STANDARD.encode(bytes)
-}
-
-fn unb64(v: &Value) -> Vec<u8> {
-    base64::engine::general_purpose::STANDARD
-        .decode(v.as_str().unwrap_or_else(|| panic!("not a string: {v}")))
-        .unwrap_or_else(|e| panic!("not base64: {v}: {e}"))
 }
 
 fn text(out: &Output) -> String {
