@@ -108,27 +108,7 @@ async fn a_quote_from_the_device_verifies_anywhere_and_tampering_is_named() {
     let firmware = firmware_log::build(&[Bank::Sha256], FIRMWARE);
     let mut ima = ima_log::build_entry("/usr/bin/edge-agent", b"agent v1");
     ima.extend(ima_log::build_entry("/etc/edgeid/config.toml", b"[keyd]"));
-    let mut script = String::new();
-    for (pcr, _, data) in FIRMWARE {
-        script += &format!(
-            "tpm2_pcrextend {pcr}:sha256={} && ",
-            hex::encode(Bank::Sha256.hash(data))
-        );
-    }
-    for entry in ima_log::parse(&ima).unwrap() {
-        script += &format!(
-            "tpm2_pcrextend 10:sha256={},sha1={} && ",
-            hex::encode(entry.measurement(Bank::Sha256)),
-            hex::encode(entry.measurement(Bank::Sha1))
-        );
-    }
-    script += "true";
-    let out = tpm.tpm2_script(&script);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    tpm.extend_as_logged(&firmware, &ima);
     std::fs::write(dir.path().join("firmware.log"), &firmware).unwrap();
     std::fs::write(dir.path().join("ima.log"), &ima).unwrap();
 
@@ -143,23 +123,27 @@ async fn a_quote_from_the_device_verifies_anywhere_and_tampering_is_named() {
     let run_dir = dir.path().display().to_string();
     let evidence = dir.path().join("evidence");
     let out_dir = evidence.display().to_string();
-    let quoted = edgeidctl(&[
-        "attest",
-        "--run-dir",
-        &run_dir,
-        "quote",
-        "--nonce",
-        NONCE,
-        "--pcrs",
-        "sha256:0,1,2,3,4,5,6,7,10",
-        "--out",
-        &out_dir,
-    ]);
-    assert!(quoted.status.success(), "{}", text(&quoted));
-    assert!(
-        text(&quoted).contains("quoted sha256:0,1,2,3,4,5,6,7,10"),
-        "{}",
+    // `attest quote` of `pcrs` into `out`, which must succeed; its summary.
+    let quote_into = |pcrs: &str, out: &Path| {
+        let quoted = edgeidctl(&[
+            "attest",
+            "--run-dir",
+            &run_dir,
+            "quote",
+            "--nonce",
+            NONCE,
+            "--pcrs",
+            pcrs,
+            "--out",
+            &out.display().to_string(),
+        ]);
+        assert!(quoted.status.success(), "{}", text(&quoted));
         text(&quoted)
+    };
+    let summary = quote_into("sha256:0,1,2,3,4,5,6,7,10", &evidence);
+    assert!(
+        summary.contains("quoted sha256:0,1,2,3,4,5,6,7,10"),
+        "{summary}"
     );
     assert_eq!(
         files_in(&evidence),
@@ -396,21 +380,6 @@ async fn a_quote_from_the_device_verifies_anywhere_and_tampering_is_named() {
     // A quote that leaves PCR 4 out does not vouch for the log's PCR 4
     // events: a required one there is not taken on the log's word (before,
     // any event anywhere in the log counted).
-    let quote_into = |pcrs: &str, out: &Path| {
-        let quoted = edgeidctl(&[
-            "attest",
-            "--run-dir",
-            &run_dir,
-            "quote",
-            "--nonce",
-            NONCE,
-            "--pcrs",
-            pcrs,
-            "--out",
-            &out.display().to_string(),
-        ]);
-        assert!(quoted.status.success(), "{}", text(&quoted));
-    };
     let narrow = dir.path().join("evidence-narrow");
     quote_into("sha256:0,10", &narrow);
     write_policy(&agent);

@@ -153,6 +153,37 @@ impl Swtpm {
             .expect("run sh")
     }
 
+    /// Extends the PCRs as the firmware and IMA did for these logs, with
+    /// tpm2-tools: every digest of every event of `firmware` (a TCG event
+    /// log) into its PCR and bank, and for every entry of `ima` (IMA's
+    /// list) what the kernel extends into PCR 10's SHA-256 and SHA-1 banks.
+    pub fn extend_as_logged(&mut self, firmware: &[u8], ima: &[u8]) {
+        use edgeid_attest::{firmware_log, ima_log, Bank};
+        let mut script = String::new();
+        for event in firmware_log::parse(firmware)
+            .expect("a firmware log")
+            .events
+        {
+            for (bank, digest) in &event.digests {
+                script += &format!("tpm2_pcrextend {}:{bank}={} && ", event.pcr, hex_of(digest));
+            }
+        }
+        for entry in ima_log::parse(ima).expect("an IMA log") {
+            script += &format!(
+                "tpm2_pcrextend 10:sha256={},sha1={} && ",
+                hex_of(&entry.measurement(Bank::Sha256)),
+                hex_of(&entry.measurement(Bank::Sha1))
+            );
+        }
+        script += "true";
+        let out = self.tpm2_script(&script);
+        assert!(
+            out.status.success(),
+            "tpm2_pcrextend: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// `tpm2_readpublic -c HANDLE`, as text.
     pub fn readpublic(&mut self, handle: &str) -> String {
         String::from_utf8_lossy(&self.tpm2_tool("tpm2_readpublic", &["-c", handle])).into_owned()
@@ -190,4 +221,8 @@ fn free_port_pair() -> Option<u16> {
     let second = TcpListener::bind(("127.0.0.1", port.checked_add(1)?)).ok()?;
     drop((first, second));
     Some(port)
+}
+
+fn hex_of(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -101,30 +101,7 @@ fn measure_boot(tpm: &mut Swtpm, dir: &std::path::Path) -> (Vec<u8>, Vec<u8>) {
         ],
     );
     let ima = edgeid_attest::ima_log::build_entry("/usr/bin/module-a", b"v1");
-    let log = edgeid_attest::firmware_log::parse(&firmware).unwrap();
-    let mut script = String::new();
-    for event in &log.events {
-        for (bank, digest) in &event.digests {
-            script += &format!(
-                "tpm2_pcrextend {}:{bank}={} && ",
-                event.pcr,
-                hex::encode(digest)
-            );
-        }
-    }
-    for entry in edgeid_attest::ima_log::parse(&ima).unwrap() {
-        script += &format!(
-            "tpm2_pcrextend 10:sha256={} && ",
-            hex::encode(entry.measurement(Bank::Sha256))
-        );
-    }
-    script += "true";
-    let out = tpm.tpm2_script(&script);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    tpm.extend_as_logged(&firmware, &ima);
     std::fs::write(dir.join("firmware.log"), &firmware).unwrap();
     std::fs::write(dir.join("ima.log"), &ima).unwrap();
     (firmware, ima)
