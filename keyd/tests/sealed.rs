@@ -38,6 +38,34 @@ async fn refusal(config: &KeydConfig) -> String {
     }
 }
 
+/// Why the software store of keyd on `config` stays shut. keyd itself
+/// starts: it says so in its health, answers 503 with the reason for a
+/// software key, and its TPM still serves (the attestation key), so a
+/// verifier can see what changed.
+async fn locked(config: &KeydConfig) -> String {
+    let mut keyd = KeydFixture::configured(config.clone(), Admins::root_and_self()).await;
+    let client = keyd.client();
+    let err = client
+        .create_key_pair("device-new", KeyPairSpec::EcP256)
+        .await
+        .expect_err("a software key from a locked store");
+    let why = err.to_string();
+    assert_eq!(
+        err.status(),
+        Some(http::StatusCode::SERVICE_UNAVAILABLE),
+        "{why}"
+    );
+    let health = client.health().await.unwrap();
+    assert_eq!(health.status, "degraded", "{health:?}");
+    assert!(
+        health.backends["software"].starts_with("locked: "),
+        "{health:?}"
+    );
+    client.tpm_ak().await.expect("the TPM still serves");
+    keyd.stop().await;
+    why
+}
+
 /// An ECDSA key and an HMAC key, and what each makes of `MESSAGE`.
 struct Made {
     ec: KeyHandle,
@@ -213,7 +241,7 @@ async fn a_master_key_sealed_to_pcrs_opens_only_on_its_tpm_in_its_state() {
     let copy = temp_dir();
     copy_tree(dir.path(), copy.path());
     let stolen = config(copy.path(), &other_tpm, Some(&[0, 7]));
-    let why = refusal(&stolen).await;
+    let why = locked(&stolen).await;
     eprintln!("on another TPM: {why}");
     assert!(why.contains("another TPM"), "{why}");
     // Nor can its owner reseal it.
@@ -226,7 +254,7 @@ async fn a_master_key_sealed_to_pcrs_opens_only_on_its_tpm_in_its_state() {
 
     // A boot into other software: refused, naming PCR 7 and the way back.
     let pcr7 = boot(&mut tpm, b"boot loader 2 (unknown)");
-    let why = refusal(&sealed_config).await;
+    let why = locked(&sealed_config).await;
     eprintln!("after a PCR change: {why}");
     assert!(why.contains("sha256:7"), "{why}");
     assert!(why.contains(&hex::encode(&pcr7)), "{why}");
@@ -278,7 +306,7 @@ async fn a_master_key_sealed_to_the_tpm_alone_survives_restarts_not_another_tpm(
     let other_tpm = Swtpm::start();
     let copy = temp_dir();
     copy_tree(dir.path(), copy.path());
-    let why = refusal(&config(copy.path(), &other_tpm, Some(&[]))).await;
+    let why = locked(&config(copy.path(), &other_tpm, Some(&[]))).await;
     assert!(why.contains("another TPM"), "{why}");
 
     // seal_pcrs without a sealed master key is a config error, not ignored.

@@ -9,7 +9,7 @@ use edgeid_common::encoding::{Base64Bytes, SecretBytes};
 use edgeid_common::server::Health;
 
 use crate::api::*;
-use crate::backend::{no_such_key, KeyBackend, KeyKind};
+use crate::backend::{no_such_key, BackendKind, KeyBackend, KeyKind};
 use crate::config::KeydConfig;
 use crate::error::Error;
 pub use crate::handle::Holder;
@@ -466,6 +466,9 @@ impl Keyd {
                 Err(why) => why,
             };
             backends.insert(kind.to_string(), state);
+        }
+        if let Some(why) = &self.stores.locked {
+            backends.insert(BackendKind::Software.to_string(), format!("locked: {why}"));
         }
         Health::of(backends)
     }

@@ -20,6 +20,10 @@ pub(super) struct Stores {
     pub(super) open: HashMap<BackendKind, Arc<dyn KeyBackend>>,
     /// The TPM store again, for what only a TPM does (attestation keys).
     pub(super) tpm: Option<Arc<TpmBackend>>,
+    /// Why the software store stays shut: its master key, sealed to the
+    /// TPM, does not unseal (PCRs changed, another TPM). keyd still serves
+    /// its TPM keys and attestation, so a verifier can see what changed.
+    pub(super) locked: Option<String>,
 }
 
 impl Stores {
@@ -52,15 +56,30 @@ impl Stores {
             None
         };
         let mut open: HashMap<BackendKind, Arc<dyn KeyBackend>> = HashMap::new();
+        let mut locked = None;
         for kind in wanted {
             if open.contains_key(&kind) {
                 continue;
             }
             let store: Arc<dyn KeyBackend> = match (kind, &tpm) {
                 (BackendKind::Software, Some(tpm)) if sealed => {
-                    let master = tpm
+                    let master = match tpm
                         .master_key(seal_pcrs.as_ref(), &config.software.master_key_file)
-                        .await?;
+                        .await
+                    {
+                        Ok(master) => master,
+                        // The TPM answered and will not unseal it (PCRs
+                        // changed, another TPM's blob): the store stays shut
+                        // (each use says why), the rest serves. A TPM that
+                        // does not answer still stops the start.
+                        Err(e @ (Error::Setup(_) | Error::BadRequest(_))) => {
+                            let why = e.to_string();
+                            tracing::error!(reason = %why, "the software store stays locked; keyd serves its TPM keys and attestation and refuses software keys");
+                            locked = Some(why);
+                            continue;
+                        }
+                        Err(e) => return Err(e),
+                    };
                     Arc::new(SoftwareBackend::with_master(
                         &config.state_dir,
                         &master,
@@ -102,6 +121,7 @@ impl Stores {
                 .collect(),
             open,
             tpm,
+            locked,
         })
     }
 
@@ -119,9 +139,13 @@ impl Stores {
 
     pub(super) fn for_id(&self, id: &KeyId) -> Result<&Arc<dyn KeyBackend>, Error> {
         let kind = self.kind_for(id);
-        self.open
-            .get(&kind)
-            .ok_or_else(|| Error::Internal(format!("backend {kind} is not open")))
+        self.open.get(&kind).ok_or_else(|| match &self.locked {
+            Some(why) if kind == BackendKind::Software => Error::Unavailable {
+                backend: "software",
+                reason: format!("locked: {why}"),
+            },
+            _ => Error::Internal(format!("backend {kind} is not open")),
+        })
     }
 }
 
