@@ -87,6 +87,22 @@ pub struct CertdConfig {
     /// administrator keeps them (the reference's `preloaded_certs`).
     #[serde(default)]
     pub preloaded: BTreeMap<String, PreloadedCert>,
+    /// Certificates another certificate service left in files, taken over
+    /// once (an aziot-identity-service's `/var/lib/aziot/certd/certs`,
+    /// which `config apply` finds): stored as imported if certd holds
+    /// nothing at that id and the file is there, then certd's own.
+    #[serde(default, rename = "imported_cert")]
+    pub imported_certs: Vec<ImportedCert>,
+}
+
+/// `[[imported_cert]]`: a PEM chain file and the id it is taken over as.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImportedCert {
+    /// The certificate id.
+    pub id: String,
+    /// The PEM file (leaf first).
+    pub file: PathBuf,
 }
 
 /// `[preloaded."<id>"]`: a PEM file, read at each request (so a file an
@@ -286,6 +302,7 @@ impl CertdConfig {
             issuance: BTreeMap::new(),
             principals: Vec::new(),
             preloaded: BTreeMap::new(),
+            imported_certs: Vec::new(),
         }
     }
 
@@ -325,6 +342,10 @@ impl CertdConfig {
                     "issuance.\"{id}\".key_id is for method \"self-signed\" only"
                 ));
             }
+        }
+        for imported in &self.imported_certs {
+            edgeid_common::id::check(&imported.id)
+                .map_err(|why| format!("imported_cert id '{}': {why}", imported.id))?;
         }
         for (id, preloaded) in &self.preloaded {
             edgeid_common::id::check(id).map_err(|why| format!("preloaded id '{id}': {why}"))?;

@@ -99,6 +99,11 @@ pub struct KeydConfig {
     /// `/var/secrets/aziot/keyd/device-id`).
     #[serde(default, rename = "preloaded_key")]
     pub preloaded_keys: Vec<PreloadedKey>,
+    /// Keys another key service left in files, taken over once (an
+    /// aziot-identity-service's `/var/lib/aziot/keyd/keys`, which `config
+    /// apply` finds): see [`take_over`](crate::backend::preload::take_over).
+    #[serde(default, rename = "imported_key")]
+    pub imported_keys: Vec<PreloadedKey>,
 }
 
 /// `[[preloaded_key]]`: at every start keyd imports the file's bytes (raw,
@@ -235,6 +240,7 @@ impl KeydConfig {
             derive_only: default_derive_only(),
             principals: Vec::new(),
             preloaded_keys: Vec::new(),
+            imported_keys: Vec::new(),
         }
     }
 

@@ -4,6 +4,7 @@
 //!   (an issuer named by the caller, or the id's configured issuance).
 
 mod csr;
+mod imported;
 mod preloaded;
 
 use std::collections::HashMap;
@@ -94,7 +95,7 @@ impl Certd {
             .iter()
             .map(|p| (p.uid, p.names.clone()))
             .collect();
-        Ok(Self {
+        let certd = Self {
             keyd: KeydClient::new(&config.keyd_socket),
             store,
             access,
@@ -104,7 +105,9 @@ impl Certd {
             locks: std::sync::Mutex::new(HashMap::new()),
             changed: tokio::sync::Notify::new(),
             config,
-        })
+        };
+        certd.take_over_imported();
+        Ok(certd)
     }
 
     pub(crate) fn store(&self) -> &CertStore {

@@ -1,5 +1,6 @@
 //! `[[preloaded_key]]`: the reference's `preloaded_keys` with a `file:`
-//! location, imported into the store that serves its id at every start.
+//! location, imported into the store that serves its id at every start;
+//! and `[[imported_key]]`, a key another key service left, taken over once.
 
 use std::io::Read;
 
@@ -66,6 +67,22 @@ pub async fn import(
         .map_err(|e| setup(e.to_string()))?;
     tracing::warn!(key = %id, file = %file, replaced = if was_pair { "a key pair" } else { "a symmetric key" }, "preloaded key replaced what the id held");
     Ok(())
+}
+
+/// `[[imported_key]]`: the file's key becomes `id` if `id` holds no key
+/// yet — once: what keyd holds is never replaced, so a key the file's
+/// owner changes later, or a file that is gone (the other service purged),
+/// changes nothing. The same formats as a preloaded key. True if imported.
+pub async fn take_over(
+    store: &dyn KeyBackend,
+    id: &KeyId,
+    imported: &PreloadedKey,
+) -> Result<bool, Error> {
+    if store.find(id).await?.is_some() || !imported.file.exists() {
+        return Ok(false);
+    }
+    import(store, id, imported).await?;
+    Ok(true)
 }
 
 /// One attempt: the key pair (PKCS#8) if there is one, else the bytes as an hmac key.

@@ -75,6 +75,27 @@ impl Keyd {
                 .map_err(|e| Error::Setup(format!("preloaded key '{}': {e}", preloaded.id)))?;
             crate::backend::preload::import(stores.for_id(&id)?.as_ref(), &id, preloaded).await?;
         }
+        // Taken over once; one that cannot be (a kind keyd does not hold)
+        // is said and skipped: the key is made anew where asked for.
+        for imported in &config.imported_keys {
+            let id = KeyId::new(&imported.id)
+                .map_err(|e| Error::Setup(format!("imported key '{}': {e}", imported.id)))?;
+            let result = match stores.for_id(&id) {
+                Ok(store) => {
+                    crate::backend::preload::take_over(store.as_ref(), &id, imported).await
+                }
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok(true) => {
+                    tracing::info!(key = %id, file = %imported.file.display(), "imported a key another key service left")
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(key = %id, file = %imported.file.display(), error = %e, "not imported; the key is made anew where asked for")
+                }
+            }
+        }
         Ok(Self {
             stores,
             handles,
