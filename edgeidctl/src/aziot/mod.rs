@@ -57,6 +57,7 @@ pub fn overlay(
         if !wanted(name) {
             continue;
         }
+        take_over(root, name, config, &mut out.notes);
         // A daemon's part of the super-config, standing for its 00-super.toml.
         let part_of = |d: &str| parts.as_ref().map(|p| p.layer(d)).transpose();
         if name == "keyd" {
@@ -91,4 +92,39 @@ pub fn overlay(
         }
     }
     Ok(out)
+}
+
+/// keyd's `[[imported_key]]` and certd's `[[imported_cert]]`: the files an
+/// installed aziot-identity-service left that they take over ([`state`]).
+fn take_over(root: &Path, daemon: &str, config: &mut Table, notes: &mut Vec<String>) {
+    let (keys, certs) = state::taken_over(root);
+    let (table, found) = match daemon {
+        "keyd" => ("imported_key", keys),
+        "certd" => ("imported_cert", certs),
+        _ => return,
+    };
+    if found.is_empty() {
+        return;
+    }
+    notes.push(format!(
+        "{daemon:<10} takes over, once, what aziot-identity-service left: {}",
+        found
+            .iter()
+            .map(|(id, _)| id.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    ));
+    let entries = found
+        .into_iter()
+        .map(|(id, file)| {
+            let mut entry = Table::new();
+            entry.insert("id".into(), toml::Value::String(id));
+            entry.insert(
+                "file".into(),
+                toml::Value::String(file.display().to_string()),
+            );
+            toml::Value::Table(entry)
+        })
+        .collect();
+    config.insert(table.into(), toml::Value::Array(entries));
 }

@@ -1,19 +1,28 @@
-//! What an installed aziot-identity-service left in `/var/lib/aziot`, which
-//! edgeid does not import (yet): `edgeidctl check` names it, key by key
-//! where the id is one the reference's tools use, and says what replacing
-//! it means. The device's identity itself is kept: its key is a preloaded
-//! file (`/var/secrets/aziot/keyd/...`) that keyd imports, or it is
-//! provisioned again by DPS.
+//! What an installed aziot-identity-service left in `/var/lib/aziot`.
+//! The Edge CA's key and certificate and a generated device key and its
+//! certificate are taken over: `config apply` names their files to keyd
+//! (`[[imported_key]]`) and certd (`[[imported_cert]]`), which import each
+//! once, where they hold nothing at that id. The rest is not imported:
+//! `edgeidctl check` names it, key by key where the id is one the
+//! reference's tools use, and says what replacing it means. The device's
+//! identity itself is kept: its key is a preloaded file
+//! (`/var/secrets/aziot/keyd/...`) that keyd imports, or it is provisioned
+//! again by DPS.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-/// Key ids the reference's tools make in aziot-keyd's own store, and what
-/// edgeid making new ones means.
+/// Where the reference keeps its keys and certificates, on a device.
+const KEYS_DIR: &str = "var/lib/aziot/keyd/keys";
+const CERTS_DIR: &str = "var/lib/aziot/certd/certs";
+
+/// Ids taken over from the reference's stores, keys and certificates
+/// alike: aziot-edged's Edge CA (so its modules' chains and the trust they
+/// were given stay), and a device key certd issued for (EST).
+const TAKEN_OVER: &[&str] = &["aziot-edged-ca", "device-id"];
+
+/// Key ids the reference's tools make in aziot-keyd's own store that are
+/// not taken over, and what edgeid making new ones means.
 const KNOWN: &[(&str, &str)] = &[
-    (
-        "aziot-edged-ca",
-        "the Edge CA's key: aziot-edged has certd issue a new Edge CA, and modules get new server certificates",
-    ),
     (
         "aziot-edged-ca-temp",
         "a renewal's Edge CA key: unused once the new Edge CA is issued",
@@ -26,19 +35,43 @@ const KNOWN: &[(&str, &str)] = &[
         "aziot_identityd_master_id",
         "the base of module keys: module identities get edgeid's keys when next created or updated",
     ),
-    (
-        "device-id",
-        "a device key aziot-keyd generated (an issued X.509 identity): the device is enrolled anew",
-    ),
 ];
+
+/// Files of the reference's to take over: (id, the file's path on the device).
+pub type Found = Vec<(String, PathBuf)>;
+
+/// The files of the reference's that keyd and certd take over, for each of
+/// [`TAKEN_OVER`] that is there: keys, then certificates.
+pub fn taken_over(root: &Path) -> (Found, Found) {
+    let found = |dir: &str, name: fn(&str) -> String| -> Found {
+        TAKEN_OVER
+            .iter()
+            .filter(|id| root.join(dir).join(name(id)).is_file())
+            .map(|id| ((*id).to_owned(), Path::new("/").join(dir).join(name(id))))
+            .collect()
+    };
+    (
+        found(KEYS_DIR, key_file_name),
+        found(CERTS_DIR, cert_file_name),
+    )
+}
 
 /// The reference's file name of key `id` in its store (its libaziot-keys:
 /// the id's ASCII letters and digits, `-`, the SHA-256 of the id in hex).
 fn key_file_name(id: &str) -> String {
+    store_file_name(id, "key")
+}
+
+/// The same for certificate `id` in aziot-certd's store (`.cer`).
+fn cert_file_name(id: &str) -> String {
+    store_file_name(id, "cer")
+}
+
+fn store_file_name(id: &str, ext: &str) -> String {
     let kept: String = id.chars().filter(char::is_ascii_alphanumeric).collect();
     let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, id.as_bytes());
     let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
-    format!("{kept}-{hex}.key")
+    format!("{kept}-{hex}.{ext}")
 }
 
 fn files(dir: &Path, ext: &str) -> Vec<String> {
@@ -55,10 +88,14 @@ fn files(dir: &Path, ext: &str) -> Vec<String> {
 
 /// What is there and not imported, one line each; empty when nothing is.
 pub fn not_imported(root: &Path) -> Vec<String> {
-    let keys_dir = root.join("var/lib/aziot/keyd/keys");
-    let certs_dir = root.join("var/lib/aziot/certd/certs");
+    let keys_dir = root.join(KEYS_DIR);
+    let certs_dir = root.join(CERTS_DIR);
     let mut keys = files(&keys_dir, ".key");
-    let certs = files(&certs_dir, ".cer");
+    let mut certs = files(&certs_dir, ".cer");
+    for id in TAKEN_OVER {
+        keys.retain(|k| *k != key_file_name(id));
+        certs.retain(|c| *c != cert_file_name(id));
+    }
     let mut lines = Vec::new();
     for (id, meaning) in KNOWN {
         let name = key_file_name(id);
@@ -121,5 +158,22 @@ mod tests {
         );
         assert!(said[1].starts_with("1 other key(s)"));
         assert!(said[2].starts_with("1 certificate(s)"));
+
+        // The Edge CA's key and certificate are taken over, not listed as left.
+        assert_eq!(taken_over(root.path()), (vec![], vec![]));
+        std::fs::write(keys.join(key_file_name("aziot-edged-ca")), b"k").unwrap();
+        std::fs::write(certs.join(cert_file_name("aziot-edged-ca")), b"c").unwrap();
+        let (k, c) = taken_over(root.path());
+        assert_eq!(
+            k,
+            [(
+                "aziot-edged-ca".to_owned(),
+                Path::new("/var/lib/aziot/keyd/keys").join(key_file_name("aziot-edged-ca"))
+            )]
+        );
+        assert_eq!(c.len(), 1);
+        assert!(c[0].1.starts_with("/var/lib/aziot/certd/certs"));
+        assert!(c[0].1.to_string_lossy().ends_with(".cer"));
+        assert_eq!(not_imported(root.path()).len(), 3, "unchanged by them");
     }
 }
