@@ -151,6 +151,7 @@ async fn respond<H: Handler>(
             method = %parts.method, path = parts.uri.path(), caller = %caller,
             status = refused.status().as_u16(), "refused before its body was read"
         );
+        discard_body(body, &parts.headers, limits.max_body_bytes).await;
         return refused;
     }
     let too_large = || {
@@ -250,6 +251,37 @@ async fn respond<H: Handler>(
 /// before reading sees the 413 instead of a broken pipe.
 const DRAIN_FACTOR: usize = 4;
 
+/// How long a refused request's body is read for, at most.
+const REFUSED_BODY_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Reads and drops the body of a request refused before it was read, up to
+/// `cap` bytes and [`REFUSED_BODY_WAIT`]: nothing is kept, and a larger or
+/// slower body is not waited for. A connection closed with a body unread is
+/// reset, and a client still sending the body (Python's http.client sends
+/// it after the headers) then gets EPIPE or ECONNRESET in place of the
+/// answer; read, it gets the answer.
+async fn discard_body(mut body: Incoming, headers: &http::HeaderMap, cap: usize) {
+    let declared = headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > cap as u64) {
+        return;
+    }
+    let _ = tokio::time::timeout(REFUSED_BODY_WAIT, async {
+        let mut seen = 0usize;
+        while let Some(Ok(frame)) = body.frame().await {
+            if let Ok(data) = frame.into_data() {
+                seen = seen.saturating_add(data.len());
+                if seen > cap {
+                    return;
+                }
+            }
+        }
+    })
+    .await;
+}
+
 enum BodyError {
     TooLarge,
     OverBudget,
@@ -345,6 +377,68 @@ mod tests {
             tokio::time::sleep(self.0).await;
             ApiResponse::no_content()
         }
+    }
+
+    /// Refuses every caller before the body, as a daemon refuses a stranger.
+    struct Refuses;
+
+    impl Handler for Refuses {
+        fn admit(&self, _: &Caller, _: &Method, _: &str) -> Option<ApiResponse> {
+            Some(ApiResponse::error(&ApiError::forbidden("not for you")))
+        }
+        async fn handle(&self, _: ApiRequest) -> ApiResponse {
+            ApiResponse::no_content()
+        }
+    }
+
+    /// A client that sends the headers, then the body a moment later (as
+    /// Python's http.client does), reads the refusal: the refused body is
+    /// read and dropped, not left to reset the connection (before, the
+    /// client got EPIPE or ECONNRESET now and then).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_request_refused_before_its_body_is_answered_when_the_body_comes_late() {
+        use std::io::{Read, Write};
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("s.sock");
+        let listener = Listener::bind(&socket, 0o600).unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(
+            listener,
+            Arc::new(Refuses),
+            Limits::default(),
+            async {
+                let _ = stopped.await;
+            },
+        ));
+        let path = socket.clone();
+        let answers = tokio::task::spawn_blocking(move || {
+            (0..10)
+                .map(|_| {
+                    let mut s = std::os::unix::net::UnixStream::connect(&path).unwrap();
+                    let body = b"{\"data\":\"eA==\"}";
+                    let head = format!(
+                        "POST /x HTTP/1.1\r\nHost: s\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+                        body.len()
+                    );
+                    s.write_all(head.as_bytes()).unwrap();
+                    std::thread::sleep(Duration::from_millis(30));
+                    let sent = s.write_all(body);
+                    let mut answer = String::new();
+                    let read = s.read_to_string(&mut answer);
+                    match (sent, read) {
+                        (Ok(()), _) if answer.starts_with("HTTP/1.1 403") => Ok(()),
+                        (sent, read) => Err(format!("{sent:?} {read:?} {answer:?}")),
+                    }
+                })
+                .collect::<Vec<_>>()
+        })
+        .await
+        .unwrap();
+        for answer in answers {
+            answer.unwrap();
+        }
+        let _ = stop.send(());
+        server.await.unwrap().unwrap();
     }
 
     fn cpu_time() -> Duration {
