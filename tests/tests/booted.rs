@@ -471,6 +471,81 @@ TOML
     assert_eq!(stranger["status"], json!(403), "{stranger}");
 }
 
+/// The reference's store file name of `id` (its ASCII letters and digits,
+/// `-`, the id's SHA-256 in hex, the extension).
+fn reference_name(id: &str, ext: &str) -> String {
+    use sha2::Digest;
+    let kept: String = id.chars().filter(char::is_ascii_alphanumeric).collect();
+    let hex: String = sha2::Sha256::digest(id.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("{kept}-{hex}.{ext}")
+}
+
+/// The Edge CA an aziot-identity-service left in `/var/lib/aziot`, owned by
+/// its users as the reference's daemons kept it: after the units restart,
+/// aziot-edged's key pair is that key (its EC point is the file's) and its
+/// certificate that certificate.
+fn the_edge_ca_aziot_left_is_taken_over(vm: &Booted, key: &Path, cert: &Path) {
+    vm.sh(&format!(
+        "install -d -o aziotks -g aziotks -m 0700 /var/lib/aziot/keyd /var/lib/aziot/keyd/keys
+         install -o aziotks -g aziotks -m 0600 /opt/edgeid-test/aziot-edged-ca.key /var/lib/aziot/keyd/keys/{}
+         install -d -o aziotcs -g aziotcs -m 0700 /var/lib/aziot/certd /var/lib/aziot/certd/certs
+         install -o aziotcs -g aziotcs -m 0644 /opt/edgeid-test/aziot-edged-ca.cer /var/lib/aziot/certd/certs/{}
+         systemctl restart aziot-keyd aziot-certd",
+        reference_name("aziot-edged-ca", "key"),
+        reference_name("aziot-edged-ca", "cer"),
+    ));
+    let pair = vm.call(
+        KEYD,
+        "POST",
+        "/keypair?api-version=2020-09-01",
+        Some(json!({ "keyId": "aziot-edged-ca", "preferredAlgorithms": "ec-p256:*" })),
+        200,
+    );
+    let point = vm.call(
+        KEYD,
+        "POST",
+        "/parameters/ec-point?api-version=2020-09-01",
+        Some(json!({ "keyHandle": pair["keyHandle"] })),
+        200,
+    );
+    let spki = Command::new("openssl")
+        .args(["pkey", "-pubout", "-outform", "DER", "-in"])
+        .arg(key)
+        .output()
+        .unwrap();
+    assert!(spki.status.success(), "{}", text(&spki));
+    // A P-256 SubjectPublicKeyInfo ends with the 65-byte uncompressed point
+    // (04 ‖ x ‖ y); the aziot API answers it compressed, as the reference
+    // does (02 or 03 by y's parity ‖ x).
+    let uncompressed = &spki.stdout[spki.stdout.len() - 65..];
+    let mut compressed = vec![2 + (uncompressed[64] & 1)];
+    compressed.extend_from_slice(&uncompressed[1..33]);
+    assert_eq!(
+        unb64(&point["value"]),
+        compressed,
+        "aziot-edged-ca is the key aziot left"
+    );
+    let served = vm.call(
+        "/run/aziot/certd.sock",
+        "GET",
+        "/certificates/aziot-edged-ca?api-version=2020-09-01",
+        None,
+        200,
+    );
+    assert_eq!(
+        pem_der(served["pem"].as_str().unwrap()),
+        pem_der(&std::fs::read_to_string(cert).unwrap()),
+        "aziot-edged-ca's certificate is the one aziot left"
+    );
+}
+
+fn pem_der(text: &str) -> Vec<u8> {
+    pem::parse(text).expect("PEM").into_contents()
+}
+
 #[test]
 fn the_package_on_a_booted_debian() {
     require_tool("systemd-nspawn", "systemd-container");
@@ -498,12 +573,48 @@ fn the_package_on_a_booted_debian() {
     assert!(deb.status.success(), "build-deb: {}", text(&deb));
     let deb = PathBuf::from(String::from_utf8_lossy(&deb.stdout).trim());
     let python = top().join("tests/clients/python");
+    // What an aziot-identity-service leaves: aziot-edged's Edge CA key
+    // (PKCS#8 PEM, as libaziot-keys writes it) and certificate.
+    require_tool("openssl", "openssl");
+    let edge_ca = edgeid_testkit::temp_dir();
+    let (ca_key, ca_cert) = (edge_ca.path().join("ca.key"), edge_ca.path().join("ca.cer"));
+    for args in [
+        vec![
+            "genpkey",
+            "-algorithm",
+            "EC",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-out",
+            ca_key.to_str().unwrap(),
+        ],
+        vec![
+            "req",
+            "-x509",
+            "-new",
+            "-key",
+            ca_key.to_str().unwrap(),
+            "-subj",
+            "/CN=left by aziot",
+            "-days",
+            "30",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-out",
+            ca_cert.to_str().unwrap(),
+        ],
+    ] {
+        let out = Command::new("openssl").args(&args).output().unwrap();
+        assert!(out.status.success(), "openssl {args:?}: {}", text(&out));
+    }
     let vm = Booted::boot(
         &rootfs,
         &[
             (&deb, "edgeid.deb"),
             (&python.join("uds_http.py"), "uds_http.py"),
             (&python.join("edge_module.py"), "edge_module.py"),
+            (&ca_key, "aziot-edged-ca.key"),
+            (&ca_cert, "aziot-edged-ca.cer"),
         ],
     );
 
@@ -740,6 +851,7 @@ fn the_package_on_a_booted_debian() {
     keys_sign_as_before(&vm, &keys, "after a reinstall");
 
     aziot_config_and_a_principal_drop_in(&vm);
+    the_edge_ca_aziot_left_is_taken_over(&vm, &ca_key, &ca_cert);
 
     // Each service's exposure, as systemd rates it (README, packaging/).
     for service in [
