@@ -46,24 +46,8 @@ fn run(cmd: &mut Command) -> String {
 fn edge_ca(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
     let key = dir.join(format!("{name}.key.pem"));
     let cert = dir.join(format!("{name}.cert.pem"));
-    run(Command::new("openssl")
-        .args([
-            "genpkey",
-            "-algorithm",
-            "EC",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-out",
-        ])
-        .arg(&key));
-    run(Command::new("openssl")
-        .args(["req", "-x509", "-new", "-key"])
-        .arg(&key)
-        .args(["-subj", &format!("/CN={name}"), "-days", "30"])
-        .args(["-addext", "basicConstraints=critical,CA:TRUE"])
-        .args(["-addext", "keyUsage=critical,keyCertSign,cRLSign"])
-        .arg("-out")
-        .arg(&cert));
+    openssl::new_p256_key(&key);
+    openssl::self_signed_ca(&key, name, &cert);
     (key, cert)
 }
 
@@ -155,9 +139,13 @@ async fn the_edge_ca_an_aziot_identity_service_left_is_taken_over_once() {
         file: keys.join("gone.key"),
     });
     let mut keyd = KeydFixture::configured(config.clone(), Admins::root_and_self()).await;
-    let public_of_file = run(Command::new("openssl")
-        .args(["pkey", "-pubout", "-in"])
-        .arg(&key_file));
+    let public_of_file = String::from_utf8(openssl::run(&[
+        "pkey",
+        "-pubout",
+        "-in",
+        key_file.to_str().unwrap(),
+    ]))
+    .unwrap();
     let check_signs_as = |keyd: &KeydFixture, public: String| {
         let client = keyd.client();
         async move {

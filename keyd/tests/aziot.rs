@@ -715,30 +715,10 @@ async fn a_preloaded_key_file_is_the_key_and_a_new_file_a_new_key() {
 /// a PKCS#1 RSA file is refused with how to convert it.
 #[tokio::test]
 async fn preloaded_pem_key_pairs_are_openssls_keys() {
-    let openssl = edgeid_testkit::require_tool("openssl", "openssl");
+    use edgeid_testkit::openssl::{self, run};
     let dir = edgeid_testkit::temp_dir();
-    let run = |args: &[&str]| {
-        let out = std::process::Command::new(&openssl)
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out.stdout
-    };
     let path = |name: &str| dir.path().join(name).display().to_string();
-    run(&[
-        "genpkey",
-        "-algorithm",
-        "EC",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-out",
-        &path("p256.pem"),
-    ]);
+    openssl::new_p256_key(&dir.path().join("p256.pem"));
     run(&[
         "ecparam",
         "-name",

@@ -8,6 +8,60 @@ use edgeid_keyd::api::{KeyHandle, SignAlgorithm};
 use edgeid_keyd::KeydClient;
 use sha2::{Digest, Sha256, Sha384};
 
+/// `openssl ARGS`, which must succeed; its standard output.
+pub fn run(args: &[&str]) -> Vec<u8> {
+    let openssl = crate::require_tool("openssl", "openssl");
+    let out = Command::new(openssl)
+        .args(args)
+        .output()
+        .expect("run openssl");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+fn text_of(path: &Path) -> &str {
+    path.to_str().expect("a UTF-8 path")
+}
+
+/// A new EC P-256 key at `path`, PKCS#8 PEM: what `openssl genpkey`, and
+/// the reference's libaziot-keys, write.
+pub fn new_p256_key(path: &Path) {
+    run(&[
+        "genpkey",
+        "-algorithm",
+        "EC",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-out",
+        text_of(path),
+    ]);
+}
+
+/// A self-signed CA certificate (PEM, 30 days) for the key at `key`, at `out`.
+pub fn self_signed_ca(key: &Path, common_name: &str, out: &Path) {
+    run(&[
+        "req",
+        "-x509",
+        "-new",
+        "-key",
+        text_of(key),
+        "-subj",
+        &format!("/CN={common_name}"),
+        "-days",
+        "30",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
+        "-out",
+        text_of(out),
+    ]);
+}
+
 /// Whether `openssl` accepts `signature` over `message` for `public_pem`.
 pub fn verify(
     algorithm: SignAlgorithm,

@@ -257,20 +257,13 @@ struct Keys {
     module_digest: Value,
 }
 
-fn make_keys(vm: &Booted, genid: &str) -> Keys {
-    let key = vm.call(
-        KEYD,
-        "POST",
-        "/key?api-version=2021-05-01",
-        Some(json!({ "keyId": "booted-hmac", "keyBytes": b64(&[7; 32]), "usage": "sign" })),
-        200,
-    );
-    let mac = sign_hmac(vm, &key["keyHandle"], b"booted");
+/// The EC point (aziot's `ec-point`) of key pair `id`, made if absent.
+fn ec_point(vm: &Booted, id: &str) -> Vec<u8> {
     let pair = vm.call(
         KEYD,
         "POST",
         "/keypair?api-version=2020-09-01",
-        Some(json!({ "keyId": "booted-pair", "preferredAlgorithms": "ec-p256:*" })),
+        Some(json!({ "keyId": id, "preferredAlgorithms": "ec-p256:*" })),
         200,
     );
     let point = vm.call(
@@ -280,11 +273,24 @@ fn make_keys(vm: &Booted, genid: &str) -> Keys {
         Some(json!({ "keyHandle": pair["keyHandle"] })),
         200,
     );
+    unb64(&point["value"])
+}
+
+fn make_keys(vm: &Booted, genid: &str) -> Keys {
+    let key = vm.call(
+        KEYD,
+        "POST",
+        "/key?api-version=2021-05-01",
+        Some(json!({ "keyId": "booted-hmac", "keyBytes": b64(&[7; 32]), "usage": "sign" })),
+        200,
+    );
+    let mac = sign_hmac(vm, &key["keyHandle"], b"booted");
+    let point = ec_point(vm, "booted-pair");
     Keys {
         hmac_handle: key["keyHandle"].clone(),
         mac,
         pair_id: "booted-pair",
-        point: unb64(&point["value"]),
+        point,
         module_genid: genid.to_owned(),
         module_digest: module_sign(vm, genid),
     }
@@ -497,37 +503,22 @@ fn the_edge_ca_aziot_left_is_taken_over(vm: &Booted, key: &Path, cert: &Path) {
         reference_name("aziot-edged-ca", "key"),
         reference_name("aziot-edged-ca", "cer"),
     ));
-    let pair = vm.call(
-        KEYD,
-        "POST",
-        "/keypair?api-version=2020-09-01",
-        Some(json!({ "keyId": "aziot-edged-ca", "preferredAlgorithms": "ec-p256:*" })),
-        200,
-    );
-    let point = vm.call(
-        KEYD,
-        "POST",
-        "/parameters/ec-point?api-version=2020-09-01",
-        Some(json!({ "keyHandle": pair["keyHandle"] })),
-        200,
-    );
-    let spki = Command::new("openssl")
-        .args(["pkey", "-pubout", "-outform", "DER", "-in"])
-        .arg(key)
-        .output()
-        .unwrap();
-    assert!(spki.status.success(), "{}", text(&spki));
+    let point = ec_point(vm, "aziot-edged-ca");
+    let spki = edgeid_testkit::openssl::run(&[
+        "pkey",
+        "-pubout",
+        "-outform",
+        "DER",
+        "-in",
+        key.to_str().unwrap(),
+    ]);
     // A P-256 SubjectPublicKeyInfo ends with the 65-byte uncompressed point
     // (04 ‖ x ‖ y); the aziot API answers it compressed, as the reference
     // does (02 or 03 by y's parity ‖ x).
-    let uncompressed = &spki.stdout[spki.stdout.len() - 65..];
+    let uncompressed = &spki[spki.len() - 65..];
     let mut compressed = vec![2 + (uncompressed[64] & 1)];
     compressed.extend_from_slice(&uncompressed[1..33]);
-    assert_eq!(
-        unb64(&point["value"]),
-        compressed,
-        "aziot-edged-ca is the key aziot left"
-    );
+    assert_eq!(point, compressed, "aziot-edged-ca is the key aziot left");
     let served = vm.call(
         "/run/aziot/certd.sock",
         "GET",
@@ -575,38 +566,10 @@ fn the_package_on_a_booted_debian() {
     let python = top().join("tests/clients/python");
     // What an aziot-identity-service leaves: aziot-edged's Edge CA key
     // (PKCS#8 PEM, as libaziot-keys writes it) and certificate.
-    require_tool("openssl", "openssl");
     let edge_ca = edgeid_testkit::temp_dir();
     let (ca_key, ca_cert) = (edge_ca.path().join("ca.key"), edge_ca.path().join("ca.cer"));
-    for args in [
-        vec![
-            "genpkey",
-            "-algorithm",
-            "EC",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-out",
-            ca_key.to_str().unwrap(),
-        ],
-        vec![
-            "req",
-            "-x509",
-            "-new",
-            "-key",
-            ca_key.to_str().unwrap(),
-            "-subj",
-            "/CN=left by aziot",
-            "-days",
-            "30",
-            "-addext",
-            "basicConstraints=critical,CA:TRUE",
-            "-out",
-            ca_cert.to_str().unwrap(),
-        ],
-    ] {
-        let out = Command::new("openssl").args(&args).output().unwrap();
-        assert!(out.status.success(), "openssl {args:?}: {}", text(&out));
-    }
+    edgeid_testkit::openssl::new_p256_key(&ca_key);
+    edgeid_testkit::openssl::self_signed_ca(&ca_key, "left by aziot", &ca_cert);
     let vm = Booted::boot(
         &rootfs,
         &[
