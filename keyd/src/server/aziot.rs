@@ -101,9 +101,7 @@ impl Keyd {
         if !names_key_by_id(method, path) {
             return None;
         }
-        self.admits(caller)
-            .err()
-            .map(|why| ApiResponse::error(&ApiError::forbidden(why)))
+        self.refuse_stranger(caller)
     }
 
     pub(super) async fn handle_aziot(&self, req: ApiRequest) -> ApiResponse {

@@ -16,7 +16,7 @@ mod edgeid;
 mod tpmd;
 
 use edgeid_common::routes::is_edgeid_path;
-use edgeid_common::{ApiRequest, ApiResponse, Caller, Handler};
+use edgeid_common::{ApiError, ApiRequest, ApiResponse, Caller, Handler};
 use http::Method;
 
 use crate::keys::Keyd;
@@ -40,5 +40,16 @@ impl Handler for Keyd {
         } else {
             self.handle_aziot(req).await
         }
+    }
+}
+
+impl Keyd {
+    /// A caller who is neither an administrator nor a principal: the 403,
+    /// before its body is read (the aziot fronts, whose routes name keys by
+    /// handle or by their own ids).
+    fn refuse_stranger(&self, caller: &Caller) -> Option<ApiResponse> {
+        self.admits(caller)
+            .err()
+            .map(|why| ApiResponse::error(&ApiError::forbidden(why)))
     }
 }

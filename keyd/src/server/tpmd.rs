@@ -12,7 +12,7 @@
 use std::sync::LazyLock;
 
 use edgeid_common::routes::Routes;
-use edgeid_common::{ApiError, ApiRequest, ApiResponse, Caller};
+use edgeid_common::{ApiRequest, ApiResponse, Caller};
 use http::{Method, StatusCode};
 
 use crate::api::aziot::tpmd::*;
@@ -42,9 +42,7 @@ pub(super) fn is_tpmd_path(path: &str) -> bool {
 impl Keyd {
     /// A caller who is nobody here is refused before its body is read.
     pub(super) fn admit_tpmd(&self, caller: &Caller) -> Option<ApiResponse> {
-        self.admits(caller)
-            .err()
-            .map(|why| ApiResponse::error(&ApiError::forbidden(why)))
+        self.refuse_stranger(caller)
     }
 
     pub(super) async fn handle_tpmd(&self, req: ApiRequest) -> ApiResponse {
