@@ -17,32 +17,17 @@ use serde_json::Value;
 
 const TD: &str = "edge.test";
 
-struct Suite(SpiffeFixture);
-
-impl std::ops::Deref for Suite {
-    type Target = SpiffeFixture;
-    fn deref(&self) -> &SpiffeFixture {
-        &self.0
-    }
-}
-
-impl std::ops::DerefMut for Suite {
-    fn deref_mut(&mut self) -> &mut SpiffeFixture {
-        &mut self.0
-    }
-}
+/// This suite's ways of starting a [`SpiffeFixture`].
+struct Suite;
 
 impl Suite {
-    async fn start(svid_lifetime_secs: u64) -> Self {
-        Self::start_with(|s| s.svid_lifetime_secs = svid_lifetime_secs).await
+    async fn start(svid_lifetime_secs: u64) -> SpiffeFixture {
+        Suite::start_with(|s| s.svid_lifetime_secs = svid_lifetime_secs).await
     }
 
-    async fn start_with(tune: impl FnOnce(&mut SpiffeConfig)) -> Self {
+    async fn start_with(tune: impl FnOnce(&mut SpiffeConfig)) -> SpiffeFixture {
         let modules = [("mod-a", edgeid_common::current_uid())];
-        Self(SpiffeFixture::start(TD, &modules, |_, spiffe| tune(spiffe)).await)
-    }
-    fn socket(&self) -> String {
-        self.dir.path().join("spiffe.sock").display().to_string()
+        SpiffeFixture::start(TD, &modules, |_, spiffe| tune(spiffe)).await
     }
 }
 

@@ -175,4 +175,23 @@ impl SpiffeFixture {
             dir,
         }
     }
+
+    /// The SPIFFE socket's path, as SPIFFE clients take it.
+    pub fn socket(&self) -> String {
+        self.dir.path().join("spiffe.sock").display().to_string()
+    }
+
+    /// A Workload API client on the SPIFFE socket, as this process.
+    pub async fn client(&self) -> edgeid_workloadapi::spiffe::client::Client {
+        edgeid_workloadapi::spiffe::client::connect(&self.socket())
+            .await
+            .expect("connect to the SPIFFE socket")
+    }
+
+    /// A Workload API client on the SPIFFE socket, connected as `uid`.
+    pub async fn client_as(&self, uid: u32) -> edgeid_workloadapi::spiffe::client::Client {
+        use edgeid_workloadapi::spiffe::client;
+        let stream = crate::connect_as(uid, uid, std::path::Path::new(&self.socket()));
+        client::client(client::channel_over(stream).await.expect("channel"))
+    }
 }

@@ -18,32 +18,17 @@ use serde_json::Value;
 
 const TD: &str = "edge.test";
 
-struct Suite(SpiffeFixture);
-
-impl std::ops::Deref for Suite {
-    type Target = SpiffeFixture;
-    fn deref(&self) -> &SpiffeFixture {
-        &self.0
-    }
-}
-
-impl std::ops::DerefMut for Suite {
-    fn deref_mut(&mut self) -> &mut SpiffeFixture {
-        &mut self.0
-    }
-}
+/// This suite's ways of starting a [`SpiffeFixture`].
+struct Suite;
 
 impl Suite {
-    async fn start() -> Self {
-        Self::start_with(|_| {}).await
+    async fn start() -> SpiffeFixture {
+        Suite::start_with(|_| {}).await
     }
 
-    async fn start_with(change: impl FnOnce(&mut SpiffeConfig)) -> Self {
+    async fn start_with(change: impl FnOnce(&mut SpiffeConfig)) -> SpiffeFixture {
         let modules = [("mod-a", edgeid_common::current_uid())];
-        Self(SpiffeFixture::start(TD, &modules, |_, spiffe| change(spiffe)).await)
-    }
-    fn socket(&self) -> String {
-        self.dir.path().join("spiffe.sock").display().to_string()
+        SpiffeFixture::start(TD, &modules, |_, spiffe| change(spiffe)).await
     }
 }
 
@@ -86,7 +71,7 @@ async fn py_spiffe_on_the_newest_grpcio_fetches_and_validates() {
 }
 
 /// `tests/clients/python/grpc_probe.py` against the suite's socket.
-async fn probe(suite: &Suite) -> Value {
+async fn probe(suite: &SpiffeFixture) -> Value {
     let mut python = clients::python();
     python.arg(clients::script("python/grpc_probe.py")).env(
         "SPIFFE_ENDPOINT_SOCKET",
@@ -178,7 +163,7 @@ async fn grpc_health_reflection_and_unimplemented_wit_svids_for_grpcio_clients()
 
 /// `tests/clients/python/envoy_sds.py` (Envoy's messages from xds-protos)
 /// against the suite's socket, with `env`.
-async fn envoy(suite: &Suite, env: &[(&str, String)]) -> Value {
+async fn envoy(suite: &SpiffeFixture, env: &[(&str, String)]) -> Value {
     let mut python = clients::python();
     python
         .arg(clients::script("python/envoy_sds.py"))

@@ -23,52 +23,24 @@ const TD: &str = "edge.test";
 const OTHER_UID: u32 = 4201;
 const NOBODY_UID: u32 = 4202;
 
-struct Suite(SpiffeFixture);
-
-impl std::ops::Deref for Suite {
-    type Target = SpiffeFixture;
-    fn deref(&self) -> &SpiffeFixture {
-        &self.0
-    }
-}
-
-impl std::ops::DerefMut for Suite {
-    fn deref_mut(&mut self) -> &mut SpiffeFixture {
-        &mut self.0
-    }
-}
+/// This suite's ways of starting a [`SpiffeFixture`].
+struct Suite;
 
 impl Suite {
-    async fn start(tune: impl FnOnce(&mut SpiffeConfig)) -> Self {
-        Self::start_with(tune, |_| {}).await
+    async fn start(tune: impl FnOnce(&mut SpiffeConfig)) -> SpiffeFixture {
+        Suite::start_with(tune, |_| {}).await
     }
 
     async fn start_with(
         tune: impl FnOnce(&mut SpiffeConfig),
         server: impl FnOnce(&mut edgeid_common::config::ServerConfig),
-    ) -> Self {
+    ) -> SpiffeFixture {
         let modules = [("mod-a", 0), ("mod-b", OTHER_UID)];
-        Self(
-            SpiffeFixture::start(TD, &modules, |config, spiffe| {
-                server(&mut config.server);
-                tune(spiffe);
-            })
-            .await,
-        )
-    }
-    fn socket(&self) -> String {
-        self.dir.path().join("spiffe.sock").display().to_string()
-    }
-
-    /// A client as `mod-a` (this process).
-    async fn client(&self) -> Client {
-        client::connect(&self.socket()).await.expect("connect")
-    }
-
-    /// A client as `uid`.
-    async fn client_as(&self, uid: u32) -> Client {
-        let stream = edgeid_testkit::connect_as(uid, uid, std::path::Path::new(&self.socket()));
-        client::client(client::channel_over(stream).await.expect("channel"))
+        SpiffeFixture::start(TD, &modules, |config, spiffe| {
+            server(&mut config.server);
+            tune(spiffe);
+        })
+        .await
     }
 }
 
