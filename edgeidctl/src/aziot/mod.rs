@@ -46,6 +46,7 @@ pub fn overlay(
     wanted: &dyn Fn(&str) -> bool,
 ) -> Result<Overlay, String> {
     let parts = superconfig::read(root)?;
+    let (left_keys, left_certs) = state::taken_over(root);
     let mut out = Overlay::default();
     for (daemon, config) in configs.iter_mut() {
         let (name, rule): (&'static str, &schema::Rule) = match *daemon {
@@ -57,7 +58,11 @@ pub fn overlay(
         if !wanted(name) {
             continue;
         }
-        take_over(root, name, config, &mut out.notes);
+        match name {
+            "keyd" => take_over(name, "imported_key", &left_keys, config, &mut out.notes),
+            "certd" => take_over(name, "imported_cert", &left_certs, config, &mut out.notes),
+            _ => {}
+        }
         // A daemon's part of the super-config, standing for its 00-super.toml.
         let part_of = |d: &str| parts.as_ref().map(|p| p.layer(d)).transpose();
         if name == "keyd" {
@@ -94,15 +99,16 @@ pub fn overlay(
     Ok(out)
 }
 
-/// keyd's `[[imported_key]]` and certd's `[[imported_cert]]`: the files an
-/// installed aziot-identity-service left that they take over ([`state`]).
-fn take_over(root: &Path, daemon: &str, config: &mut Table, notes: &mut Vec<String>) {
-    let (keys, certs) = state::taken_over(root);
-    let (table, found) = match daemon {
-        "keyd" => ("imported_key", keys),
-        "certd" => ("imported_cert", certs),
-        _ => return,
-    };
+/// keyd's `[[imported_key]]` and certd's `[[imported_cert]]` (`table`):
+/// the files an installed aziot-identity-service left that they take over
+/// ([`state::taken_over`]).
+fn take_over(
+    daemon: &str,
+    table: &str,
+    found: &state::Found,
+    config: &mut Table,
+    notes: &mut Vec<String>,
+) {
     if found.is_empty() {
         return;
     }
@@ -115,10 +121,10 @@ fn take_over(root: &Path, daemon: &str, config: &mut Table, notes: &mut Vec<Stri
             .join(", ")
     ));
     let entries = found
-        .into_iter()
+        .iter()
         .map(|(id, file)| {
             let mut entry = Table::new();
-            entry.insert("id".into(), toml::Value::String(id));
+            entry.insert("id".into(), toml::Value::String(id.clone()));
             entry.insert(
                 "file".into(),
                 toml::Value::String(file.display().to_string()),
