@@ -35,6 +35,29 @@ impl LocalCa {
         crate::chain::certificate_pem(&top)
     }
 
+    /// The CA an administrator gives (`[ca] provided = true`): `pem` as
+    /// certd serves its certificate id, and its key. It must be a CA that
+    /// may sign certificates, certifying that key.
+    pub fn provided(key: KeydKey, pem: &str) -> Result<Self, Error> {
+        let chain = Chain::from_pem(pem)?;
+        let leaf = chain.leaf();
+        if !leaf.is_ca() || !leaf.may_sign_certificates() {
+            return Err(Error::BadRequest(
+                "its certificate is not a CA that may sign certificates".into(),
+            ));
+        }
+        if leaf.spki_der() != key.spki_der() {
+            return Err(Error::BadRequest(
+                "its certificate certifies another key than its key".into(),
+            ));
+        }
+        drop(leaf);
+        Ok(Self {
+            key: Arc::new(key),
+            chain,
+        })
+    }
+
     /// Loads the CA from the store, or makes a self-signed root if there is
     /// none (or the stored one certifies another key: the key was replaced).
     pub async fn load_or_create(

@@ -12,6 +12,10 @@
 //! key_spec = "ec-p256"
 //! subject_cn = "edgeid device CA"
 //! lifetime_days = 3650
+//! # or an administrator's CA, never made or renewed by certd (the
+//! # reference's [cert_issuance.local_ca]): cert_id names a [preloaded]
+//! # certificate or a stored one, key_id its key in keyd.
+//! # provided = true
 //!
 //! [renewal]
 //! threshold_percent = 80
@@ -168,6 +172,14 @@ pub struct CaConfig {
     /// The self-signed root's lifetime.
     #[serde(default = "default_ca_days")]
     pub lifetime_days: u64,
+    /// The CA is an administrator's (the reference's
+    /// `[cert_issuance.local_ca] cert, pk`): its chain is certificate
+    /// `cert_id` as certd serves it (a `[preloaded]` file, read at each use,
+    /// or a stored certificate) and its key is keyd's `key_id`. certd never
+    /// makes, replaces or renews it; while either is missing or they do not
+    /// match, nothing is issued by it (503, saying why).
+    #[serde(default)]
+    pub provided: bool,
 }
 
 fn default_ca_id() -> String {
@@ -191,6 +203,7 @@ impl Default for CaConfig {
             key_spec: default_ca_spec(),
             subject_cn: default_ca_cn(),
             lifetime_days: default_ca_days(),
+            provided: false,
         }
     }
 }

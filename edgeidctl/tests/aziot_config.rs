@@ -510,3 +510,52 @@ fn a_bad_principal_is_named_in_its_own_file_and_line() {
     assert!(out.contains("20-bad.toml, line 9"), "{out}");
     assert!(out.contains("name = \"three\""), "{out}");
 }
+
+#[test]
+fn the_references_local_ca_becomes_certds_given_ca() {
+    let root = root();
+    let r = root.path();
+    iotedge_applied(r);
+    // As aziotctl writes `[cert_issuance.local_ca]` of the super-config:
+    // the CA's certificate and key preloaded, then named by id.
+    write(
+        r,
+        "etc/aziot/certd/config.d/50-local-ca.toml",
+        "[cert_issuance.local_ca]\ncert = \"local-ca\"\npk = \"local-ca\"\n\n\
+         [cert_issuance.device-id]\nmethod = \"local_ca\"\nexpiry_days = 30\n\n\
+         [preloaded_certs]\nlocal-ca = \"file:///var/secrets/local-ca.pem\"\n",
+    );
+    let (ok, out) = apply(r, &[]);
+    assert!(ok, "{out}");
+    let certd = generated(r, "certd");
+    let ca = certd["ca"].as_table().unwrap();
+    assert_eq!(ca["cert_id"].as_str(), Some("local-ca"));
+    assert_eq!(ca["key_id"].as_str(), Some("local-ca"));
+    assert_eq!(ca["provided"].as_bool(), Some(true));
+    assert_eq!(
+        certd["issuance"]["device-id"]["method"].as_str(),
+        Some("local-ca")
+    );
+    assert!(
+        certd["issuance"].get("local_ca").is_none(),
+        "local_ca is no certificate id: {certd}"
+    );
+    // What was written is a config certd takes.
+    let file = r.join("etc/edgeid/certd.d/config.toml");
+    let config = edgeid_certd::CertdConfig::load(&file).unwrap();
+    assert!(config.ca.provided);
+    config.validate().unwrap();
+
+    // Without its key, said where.
+    write(
+        r,
+        "etc/aziot/certd/config.d/50-local-ca.toml",
+        "[cert_issuance.local_ca]\ncert = \"local-ca\"\n",
+    );
+    let (ok, out) = apply(r, &[]);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("'cert_issuance.local_ca.pk' is missing"),
+        "{out}"
+    );
+}

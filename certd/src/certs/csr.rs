@@ -162,7 +162,7 @@ impl Certd {
 
     /// Signs the CSR's certificate with the key behind `handle`, which must
     /// be the key of CA certificate `issuer_id`; the chain is the leaf and
-    /// the issuer's whole stored chain, as the reference answers it.
+    /// the issuer's whole chain (stored or preloaded), as the reference answers it.
     async fn issue_by_callers_issuer(
         &self,
         request: &Request,
@@ -170,12 +170,14 @@ impl Certd {
         issuer_id: &str,
         handle: KeyHandle,
     ) -> Result<Chain, Error> {
-        let record = self.store.get(issuer_id)?.ok_or_else(|| {
-            Error::BadRequest(format!(
+        // A preloaded issuer too: IoT Edge's own Edge CA files are preloaded.
+        let pem = self.served_pem(issuer_id).map_err(|e| match e {
+            Error::NotFound(_) => Error::BadRequest(format!(
                 "issuer.certId: certificate '{issuer_id}' not found"
-            ))
+            )),
+            other => other,
         })?;
-        let issuer_chain = Chain::from_pem(&record.pem)?;
+        let issuer_chain = Chain::from_pem(&pem)?;
         let issuer_leaf = issuer_chain.leaf();
         if !issuer_leaf.is_ca() || !issuer_leaf.may_sign_certificates() {
             return Err(Error::BadRequest(format!(

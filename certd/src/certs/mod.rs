@@ -141,11 +141,28 @@ impl Certd {
 
     /// The local CA, loaded (or created) once.
     pub async fn ca(&self) -> Result<Arc<LocalCa>, Error> {
+        let c = &self.config.ca;
+        if c.provided {
+            // Not cached: a file an administrator replaces is used at once.
+            let unusable = |e: Error| {
+                match e {
+                Error::Internal(_) => e,
+                other => Error::Unavailable(format!(
+                    "the local CA (certificate '{}', key '{}', given by the administrator) is not usable: {other}",
+                    c.cert_id, c.key_id
+                )),
+            }
+            };
+            let pem = self.served_pem(&c.cert_id).map_err(unusable)?;
+            let key = KeydKey::load(&self.keyd, &c.key_id)
+                .await
+                .map_err(unusable)?;
+            return LocalCa::provided(key, &pem).map(Arc::new).map_err(unusable);
+        }
         let mut cached = self.ca.lock().await;
         if let Some(ca) = cached.as_ref() {
             return Ok(ca.clone());
         }
-        let c = &self.config.ca;
         let key = KeydKey::create_or_load(&self.keyd, &c.key_id, c.key_spec).await?;
         let _id = self.lock(&c.cert_id).await;
         let ca = Arc::new(LocalCa::load_or_create(c, key, &self.store).await?);

@@ -33,6 +33,12 @@ impl Certd {
         }))
     }
 
+    /// `id`'s PEM as certd serves it: preloaded, else stored (the
+    /// reference's lookup, for issuers and the local CA too).
+    pub(crate) fn served_pem(&self, id: &str) -> Result<String, Error> {
+        self.preloaded_pem(id, 0)
+    }
+
     fn preloaded_pem(&self, id: &str, depth: usize) -> Result<String, Error> {
         if depth > MAX_DEPTH {
             return Err(Error::BadRequest(format!(

@@ -218,15 +218,29 @@ fn aziot_principal(uid: u32, what: &str, grants: Vec<Value>) -> Value {
     ]))
 }
 
-/// certd: `max_requests`, `[cert_issuance.<id>]` (method, expiry_days),
-/// `preloaded_certs` (files and lists of ids), `[[principal]] uid, certs`.
-/// `homedir_path` is accepted: the reference's certificate directory.
+/// certd: `max_requests`, `[cert_issuance.local_ca]` (certd's local CA
+/// becomes that certificate and key), `[cert_issuance.<id>]` (method,
+/// expiry_days), `preloaded_certs` (files and lists of ids), `[[principal]]
+/// uid, certs`. `homedir_path` is accepted: the reference's certificate
+/// directory.
 pub fn certd(l: &Layered, out: &mut Table) -> Result<(), String> {
     let r = Reader(l);
     max_requests(&r, out)?;
     r.str(&["homedir_path"])?;
+    if get(&l.merged, &["cert_issuance", "local_ca"]).is_some() {
+        let at = |k: &'static str| ["cert_issuance", "local_ca", k];
+        let ca = Table::from_iter([
+            (
+                "cert_id".to_owned(),
+                Value::String(r.need_str(&at("cert"))?),
+            ),
+            ("key_id".to_owned(), Value::String(r.need_str(&at("pk"))?)),
+            ("provided".to_owned(), Value::Boolean(true)),
+        ]);
+        out.insert("ca".into(), Value::Table(ca));
+    }
     if let Some(Value::Table(certs)) = get(&l.merged, &["cert_issuance"]) {
-        for id in certs.keys() {
+        for id in certs.keys().filter(|k| *k != "local_ca") {
             let method = r.need_str(&["cert_issuance", id, "method"])?;
             let method = match method.as_str() {
                 "self_signed" => "self-signed",

@@ -80,13 +80,7 @@ pub const CERTD: Rule = Table(&[
         Open(
             &[
                 ("est", EST),
-                (
-                    "local_ca",
-                    Refused(
-                        "edgeid's local CA is certd's own ([certificates.ca] in /etc/edgeid/config.toml); \
-                         a local CA from preloaded certificates is not supported yet",
-                    ),
-                ),
+                ("local_ca", Table(&[("cert", Value), ("pk", Value)])),
             ],
             // Any other key is a certificate id.
             &CERTD_ISSUANCE,
@@ -94,7 +88,10 @@ pub const CERTD: Rule = Table(&[
     ),
     ("preloaded_certs", Map(&Value)),
     ("endpoints", ENDPOINTS),
-    ("principal", Array(&Table(&[("uid", Value), ("certs", Value)]))),
+    (
+        "principal",
+        Array(&Table(&[("uid", Value), ("certs", Value)])),
+    ),
 ]);
 
 /// `[cert_issuance.<cert id>]` in certd's config.
