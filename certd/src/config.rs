@@ -143,6 +143,24 @@ pub struct IssuanceConfig {
     /// CSR's key (default: the certificate's id, as the reference has it).
     #[serde(default)]
     pub key_id: Option<String>,
+    /// The subject its certificates get, whatever their CSR asks (the
+    /// reference's `subject` and `common_name`): attributes by openssl's
+    /// names (CN, C, ST, L, O, OU, or the long ones), in name order. A CN
+    /// longer than 64 characters is cut, as the reference cuts it.
+    #[serde(default)]
+    pub subject: Option<BTreeMap<String, String>>,
+}
+
+impl IssuanceConfig {
+    /// The configured subject, read ([`crate::issuer::configured_name`]).
+    pub fn configured_name(&self) -> Result<Option<(crate::issuer::Name, Option<String>)>, String> {
+        self.subject
+            .as_ref()
+            .map(|s| {
+                crate::issuer::configured_name(s.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            })
+            .transpose()
+    }
 }
 
 fn default_keyd_socket() -> PathBuf {
@@ -350,6 +368,9 @@ impl CertdConfig {
                     "issuance.\"{id}\" has method \"est\" but there is no [est] table"
                 ));
             }
+            issuance
+                .configured_name()
+                .map_err(|why| format!("issuance.\"{id}\".subject: {why}"))?;
             if issuance.key_id.is_some() && issuance.method != IssuerKind::SelfSigned {
                 return Err(format!(
                     "issuance.\"{id}\".key_id is for method \"self-signed\" only"

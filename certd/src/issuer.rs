@@ -7,8 +7,9 @@ use std::time::Duration;
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use edgeid_keyd::api::KeyPairSpec;
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyUsagePurpose, SanType, SerialNumber, SubjectPublicKeyInfo,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, DnValue,
+    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyUsagePurpose, SanType, SerialNumber,
+    SubjectPublicKeyInfo,
 };
 use time::OffsetDateTime;
 
@@ -24,6 +25,68 @@ pub struct Subject {
     pub cn: String,
     /// Alternative names.
     pub san: SubjectAltNames,
+    /// The whole distinguished name, in place of `cn` alone, when an
+    /// administrator set it for the certificate's id.
+    pub name: Option<Name>,
+}
+
+/// A distinguished name's attributes, in order.
+pub type Name = Vec<(DnType, DnValue)>;
+
+/// The longest common name issued, in characters (X.509's upper bound;
+/// longer ones are cut, as the reference cuts them).
+const MAX_CN_CHARS: usize = 64;
+
+/// A distinguished name an administrator wrote as attribute names
+/// (openssl's short or long ones) and values: its attributes in that
+/// order, and its common name.
+pub fn configured_name<'a>(
+    attributes: impl IntoIterator<Item = (&'a str, &'a str)>,
+) -> Result<(Name, Option<String>), String> {
+    let mut name = Vec::new();
+    let mut cn = None;
+    for (attribute, value) in attributes {
+        if value.is_empty() {
+            return Err(format!("subject attribute '{attribute}' is empty"));
+        }
+        let kind = match attribute {
+            "CN" | "commonName" => DnType::CommonName,
+            "C" | "countryName" => DnType::CountryName,
+            "ST" | "stateOrProvinceName" => DnType::StateOrProvinceName,
+            "L" | "localityName" => DnType::LocalityName,
+            "O" | "organizationName" => DnType::OrganizationName,
+            "OU" | "organizationalUnitName" => DnType::OrganizationalUnitName,
+            other => {
+                return Err(format!(
+                    "subject attribute '{other}' is not one certd sets: CN, C, ST, L, O, OU \
+                     (or commonName, countryName, stateOrProvinceName, localityName, \
+                     organizationName, organizationalUnitName)"
+                ))
+            }
+        };
+        let value = match kind {
+            DnType::CountryName => {
+                if value.len() != 2 || !value.bytes().all(|b| b.is_ascii_uppercase()) {
+                    return Err(format!(
+                        "subject attribute '{attribute}' must be a two-letter country code (ISO 3166, upper case), not '{value}'"
+                    ));
+                }
+                DnValue::PrintableString(
+                    value
+                        .try_into()
+                        .map_err(|_| format!("subject attribute '{attribute}': '{value}'"))?,
+                )
+            }
+            DnType::CommonName => {
+                let kept: String = value.chars().take(MAX_CN_CHARS).collect();
+                cn = Some(kept.clone());
+                DnValue::Utf8String(kept)
+            }
+            _ => DnValue::Utf8String(value.to_owned()),
+        };
+        name.push((kind, value));
+    }
+    Ok((name, cn))
 }
 
 /// The parameters of a certificate for `profile`: random serial, validity
@@ -39,7 +102,14 @@ pub fn params(
 ) -> Result<CertificateParams, Error> {
     let mut p = CertificateParams::default();
     let mut dn = DistinguishedName::new();
-    dn.push(DnType::CommonName, subject.cn.as_str());
+    match &subject.name {
+        Some(name) => {
+            for (kind, value) in name {
+                dn.push(kind.clone(), value.clone());
+            }
+        }
+        None => dn.push(DnType::CommonName, subject.cn.as_str()),
+    }
     p.distinguished_name = dn;
     for name in &subject.san.dns {
         let ia5 = name.as_str().try_into().map_err(|_| {
@@ -107,6 +177,7 @@ pub fn root_params(cn: &str, lifetime: Duration) -> Result<CertificateParams, Er
     let subject = Subject {
         cn: cn.to_owned(),
         san: SubjectAltNames::default(),
+        name: None,
     };
     let mut p = params(Profile::Ca, &subject, lifetime, None, None)?;
     p.is_ca = IsCa::Ca(BasicConstraints::Constrained(1));

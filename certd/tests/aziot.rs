@@ -50,6 +50,7 @@ async fn suite_with(
             expiry_days: Some(90),
             ca: true,
             key_id: None,
+            subject: None,
         },
     );
     config.issuance.insert(
@@ -59,6 +60,7 @@ async fn suite_with(
             expiry_days: None,
             ca: false,
             key_id: None,
+            subject: None,
         },
     );
     config.principals = principals;
@@ -606,4 +608,93 @@ async fn preloaded_certificates_are_files_and_lists_of_ids() {
             .contains("see the daemon's log"),
         "{body}"
     );
+}
+
+/// The reference's `[cert_issuance.<id>] subject` / `common_name`: the
+/// id's certificates name that subject, whichever issuer signs them and
+/// whatever their CSR asks; a common name past 64 characters is cut.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subject_set_for_an_id_is_issued_whatever_the_csr_asks() {
+    let long_cn = "e".repeat(70);
+    let s = suite_with(vec![], Admins::root_and_self(), |_, config| {
+        let set = |pairs: &[(&str, &str)]| {
+            Some(
+                pairs
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                    .collect(),
+            )
+        };
+        config
+            .issuance
+            .get_mut("aziot-edged/by-local-ca")
+            .unwrap()
+            .subject = set(&[("CN", "configured device"), ("O", "Contoso"), ("C", "US")]);
+        config.issuance.get_mut(EDGE_CA).unwrap().subject = set(&[("CN", &long_cn)]);
+        config.issuance.insert(
+            "aziot-edged/module/m:server".into(),
+            IssuanceConfig {
+                method: edgeid_certd::api::IssuerKind::LocalCa,
+                expiry_days: None,
+                ca: false,
+                key_id: None,
+                subject: set(&[("commonName", "set for m"), ("OU", "modules")]),
+            },
+        );
+    })
+    .await;
+    let read = |pem_text: &str| -> Vec<String> {
+        let der = ders(pem_text).remove(0);
+        let (_, cert) = X509Certificate::from_der(&der).unwrap();
+        let mut out = Vec::new();
+        for rdn in cert.subject().iter() {
+            for a in rdn.iter() {
+                out.push(a.as_str().unwrap().to_owned());
+            }
+        }
+        out
+    };
+    let bundle = s.certd.client().trust_bundle().await.unwrap();
+
+    // By certd's local CA, the CSR asking for another CN.
+    let csr = openssl_csr(s.dir.path(), "d", "asked", &["extendedKeyUsage=clientAuth"]);
+    let (status, answer) = call(
+        &s.certd.socket(),
+        Method::POST,
+        &at("/certificates"),
+        json!({ "certId": "aziot-edged/by-local-ca", "csr": csr }),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{answer}");
+    let chain = answer["pem"].as_str().unwrap();
+    openssl::verify_chain(&bundle, chain, "sslclient").unwrap();
+    let leaf = s.dir.path().join("configured.pem");
+    std::fs::write(&leaf, chain).unwrap();
+    let subject = openssl::run(&["x509", "-noout", "-subject", "-in", leaf.to_str().unwrap()]);
+    assert_eq!(
+        String::from_utf8_lossy(&subject).trim(),
+        "subject=C = US, CN = configured device, O = Contoso",
+        "openssl reads the configured subject, in name order"
+    );
+    assert_eq!(read(chain), ["US", "configured device", "Contoso"]);
+
+    // Self-signed, with a CN cut to 64 characters.
+    let (ca_pem, ca_handle) = edge_ca(&s).await;
+    assert_eq!(read(&ca_pem), [long_cn[..64].to_owned()]);
+    openssl::verify_chain(&ca_pem, &ca_pem, "any").unwrap();
+
+    // By the caller's issuer: still the configured subject, under the issuer's name.
+    let issuer = json!({ "certId": EDGE_CA, "privateKeyHandle": ca_handle });
+    let (status, answer) = call(
+        &s.certd.socket(),
+        Method::POST,
+        &at("/certificates"),
+        json!({ "certId": "aziot-edged/module/m:server", "csr": csr, "issuer": issuer }),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{answer}");
+    let chain = answer["pem"].as_str().unwrap();
+    openssl::verify_chain(&ca_pem, chain, "sslclient").unwrap();
+    // In name order, as the reference's map: "OU" sorts before "commonName".
+    assert_eq!(read(chain), ["modules", "set for m"]);
 }

@@ -110,6 +110,7 @@ pub async fn run(
             expiry_days: Some(90),
             ca: true,
             key_id: None,
+            subject: None,
         },
     );
     let mut certd = tokio::spawn(edgeid_certd::run(certd_config, wait_for(stop_rx.clone())));

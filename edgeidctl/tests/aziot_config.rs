@@ -330,8 +330,18 @@ fn keys_the_reference_does_not_know_or_edgeid_cannot_honour_are_refused_with_fil
         ),
         (
             "etc/aziot/certd/config.d/00-super.toml",
-            "[cert_issuance.dev]\nmethod = \"self_signed\"\ncommon_name = \"x\"\n",
-            &["line 3", "cert_issuance.dev.common_name"],
+            "[cert_issuance.dev]\nmethod = \"self_signed\"\nsubject = { CN = \"x\", emailAddress = \"a@b\" }\n",
+            &["line 3", "cert_issuance.dev.subject", "'emailAddress' is not one certd sets"],
+        ),
+        (
+            "etc/aziot/certd/config.d/00-super.toml",
+            "[cert_issuance.dev]\nmethod = \"self_signed\"\ncommon_name = \"x\"\nsubject = { O = \"y\" }\n",
+            &["line 4", "cert_issuance.dev.subject", "both set"],
+        ),
+        (
+            "etc/aziot/certd/config.d/00-super.toml",
+            "[cert_issuance.dev]\nmethod = \"self_signed\"\nsubject = { C = \"Germany\" }\n",
+            &["line 3", "two-letter country code"],
         ),
         (
             "etc/aziot/tpmd/config.d/00-super.toml",
@@ -512,7 +522,7 @@ fn a_bad_principal_is_named_in_its_own_file_and_line() {
 }
 
 #[test]
-fn the_references_local_ca_becomes_certds_given_ca() {
+fn the_references_local_ca_and_subjects_reach_certd() {
     let root = root();
     let r = root.path();
     iotedge_applied(r);
@@ -522,7 +532,10 @@ fn the_references_local_ca_becomes_certds_given_ca() {
         r,
         "etc/aziot/certd/config.d/50-local-ca.toml",
         "[cert_issuance.local_ca]\ncert = \"local-ca\"\npk = \"local-ca\"\n\n\
-         [cert_issuance.device-id]\nmethod = \"local_ca\"\nexpiry_days = 30\n\n\
+         [cert_issuance.device-id]\nmethod = \"local_ca\"\nexpiry_days = 30\n\
+         common_name = \"my-device\"\n\n\
+         [cert_issuance.aziot-edged-ca]\nmethod = \"self_signed\"\n\
+         subject = { CN = \"Edge CA\", O = \"Contoso\", C = \"US\" }\n\n\
          [preloaded_certs]\nlocal-ca = \"file:///var/secrets/local-ca.pem\"\n",
     );
     let (ok, out) = apply(r, &[]);
@@ -536,6 +549,16 @@ fn the_references_local_ca_becomes_certds_given_ca() {
         certd["issuance"]["device-id"]["method"].as_str(),
         Some("local-ca")
     );
+    assert_eq!(
+        certd["issuance"]["device-id"]["subject"]["CN"].as_str(),
+        Some("my-device"),
+        "common_name is the subject's CN"
+    );
+    let edge_ca = certd["issuance"]["aziot-edged-ca"]["subject"]
+        .as_table()
+        .unwrap();
+    assert_eq!(edge_ca.len(), 3);
+    assert_eq!(edge_ca["O"].as_str(), Some("Contoso"));
     assert!(
         certd["issuance"].get("local_ca").is_none(),
         "local_ca is no certificate id: {certd}"

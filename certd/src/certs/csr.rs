@@ -90,8 +90,18 @@ impl Certd {
                 "'{id}' is the device CA's certificate, which certd makes itself; import an intermediate instead"
             )));
         }
-        let request = Request::parse(csr_pem, id)?;
+        let mut request = Request::parse(csr_pem, id)?;
         let configured = self.config.issuance.get(id);
+        // The reference's subject override: by any issuer, the CSR's name aside.
+        if let Some((name, cn)) = configured
+            .map(|c| c.configured_name())
+            .transpose()
+            .map_err(Error::Internal)?
+            .flatten()
+        {
+            request.subject.cn = cn.unwrap_or_default();
+            request.subject.name = Some(name);
+        }
         let lifetime_days = configured
             .and_then(|c| c.expiry_days)
             .unwrap_or(self.config.leaf_lifetime_days);

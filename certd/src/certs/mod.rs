@@ -237,6 +237,7 @@ impl Certd {
                 .clone()
                 .or_else(|| csr_subject.map(|s| s.san))
                 .unwrap_or_default(),
+            name: None,
         };
         self.check_names(caller, &subject)?;
         let renewal = req.renewal.unwrap_or_else(|| {
@@ -418,7 +419,10 @@ impl Certd {
             .map(|(_, g)| g)
             .collect();
         let ips: Vec<String> = subject.san.ip.iter().map(|ip| ip.to_string()).collect();
-        let every = std::iter::once(&subject.cn)
+        // A name an administrator set for the id is no caller's asking.
+        let cn = subject.name.is_none().then_some(&subject.cn);
+        let every = cn
+            .into_iter()
             .chain(&subject.san.dns)
             .chain(&subject.san.uri)
             .chain(&ips);
@@ -634,6 +638,7 @@ impl Certd {
         let subject = Subject {
             cn: record.subject_cn.clone(),
             san: record.san.clone(),
+            name: None,
         };
         let lifetime = Duration::from_secs(record.lifetime_secs.max(1));
         let is_ca = id == self.config.ca.cert_id;
@@ -739,7 +744,11 @@ fn csr_subject(
     }
     Ok((
         csr.public_key.subject_public_key_info(),
-        Subject { cn, san },
+        Subject {
+            cn,
+            san,
+            name: None,
+        },
     ))
 }
 

@@ -265,6 +265,9 @@ pub fn certd(l: &Layered, out: &mut Table) -> Result<(), String> {
                 }
                 issuance.insert("expiry_days".into(), Value::Integer(days));
             }
+            if let Some(subject) = subject(&r, id)? {
+                issuance.insert("subject".into(), Value::Table(subject));
+            }
             sub(out, "issuance").insert(id.clone(), Value::Table(issuance));
         }
     }
@@ -304,6 +307,41 @@ pub fn certd(l: &Layered, out: &mut Table) -> Result<(), String> {
         push(out, "principal", Value::Table(principal));
     }
     Ok(())
+}
+
+/// `[cert_issuance.<id>] common_name` or `subject`: the subject certd
+/// gives the id's certificates, checked as certd checks it.
+fn subject(r: &Reader, id: &str) -> Result<Option<Table>, String> {
+    let at = |k: &'static str| ["cert_issuance", id, k];
+    let subject = match (r.str(&at("common_name"))?, get(&r.0.merged, &at("subject"))) {
+        (Some(_), Some(_)) => {
+            return Err(r.bad(
+                &at("subject"),
+                "and 'common_name' are both set: give one (the reference takes one)",
+            ))
+        }
+        (Some(cn), None) => Table::from_iter([("CN".to_owned(), Value::String(cn))]),
+        (None, Some(Value::Table(t))) => {
+            for (k, v) in t {
+                if !v.is_str() {
+                    return Err(r.bad(&["cert_issuance", id, "subject", k], "must be a string"));
+                }
+            }
+            t.clone()
+        }
+        (None, Some(_)) => return Err(r.bad(&at("subject"), "must be a table")),
+        (None, None) => return Ok(None),
+    };
+    let attributes = subject
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str().unwrap_or_default()));
+    let set = if get(&r.0.merged, &at("subject")).is_some() {
+        at("subject")
+    } else {
+        at("common_name")
+    };
+    edgeid_certd::issuer::configured_name(attributes).map_err(|why| r.bad(&set, &why))?;
+    Ok(Some(subject))
 }
 
 /// tpmd: only `max_requests` gets this far (the schema refuses the TPM

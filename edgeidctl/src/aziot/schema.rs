@@ -105,18 +105,8 @@ pub const CERTD_ISSUANCE: Rule = Table(&[
     ("identity_pk", EST),
     ("bootstrap_identity_cert", EST),
     ("bootstrap_identity_pk", EST),
-    (
-        "common_name",
-        Refused(
-            "edgeid issues the subject the CSR asks for; a subject set here is not supported yet",
-        ),
-    ),
-    (
-        "subject",
-        Refused(
-            "edgeid issues the subject the CSR asks for; a subject set here is not supported yet",
-        ),
-    ),
+    ("common_name", Value),
+    ("subject", Map(&Value)),
 ]);
 
 const TPMD_SETTING: Rule = Refused(
