@@ -582,3 +582,47 @@ fn the_references_local_ca_and_subjects_reach_certd() {
         "{out}"
     );
 }
+
+#[test]
+fn a_dps_payload_uri_becomes_identityds_payload_file() {
+    let root = root();
+    let r = root.path();
+    write(
+        r,
+        "etc/aziot/identityd/config.toml",
+        "hostname = \"gw\"\nhomedir = \"/var/lib/aziot/identityd\"\n\n\
+         [provisioning]\nsource = \"dps\"\nglobal_endpoint = \"https://global.azure-devices-provisioning.net/\"\n\
+         scope_id = \"0ne00000001\"\n\n\
+         [provisioning.attestation]\nmethod = \"tpm\"\nregistration_id = \"gw-1\"\n\n\
+         [provisioning.payload]\nuri = \"file:///var/secrets/aziot/identityd/dps-payload.json\"\n",
+    );
+    let (ok, out) = apply(r, &[]);
+    assert!(ok, "{out}");
+    let identityd = generated(r, "identityd");
+    assert_eq!(
+        identityd["provisioning"]["payload_file"].as_str(),
+        Some("/var/secrets/aziot/identityd/dps-payload.json")
+    );
+    let file = r.join("etc/edgeid/identityd.d/config.toml");
+    let text = std::fs::read_to_string(&file).unwrap();
+    let config: edgeid_identityd::IdentitydConfig = toml::from_str(&text).unwrap();
+    let edgeid_identityd::config::ProvisioningConfig::Dps(dps) = config.provisioning else {
+        panic!("not DPS: {text}");
+    };
+    assert_eq!(
+        dps.payload_file.as_deref(),
+        Some(Path::new("/var/secrets/aziot/identityd/dps-payload.json"))
+    );
+
+    write(
+        r,
+        "etc/aziot/identityd/config.d/10-payload.toml",
+        "[provisioning.payload]\nuri = \"https://example.com/payload.json\"\n",
+    );
+    let (ok, out) = apply(r, &[]);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("10-payload.toml, line 2") && out.contains("unrecognized scheme"),
+        "{out}"
+    );
+}

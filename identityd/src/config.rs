@@ -12,6 +12,7 @@
 //! source = "dps"
 //! global_endpoint = "https://global.azure-devices-provisioning.net"
 //! id_scope = "0ne00000000"
+//! # payload_file = "/etc/edgeid/identityd.d/dps-payload.json"  # JSON sent as `payload`
 //! [provisioning.attestation]
 //! method = "symmetric_key"        # or "x509" (cert_id, key_id) or "tpm"
 //! registration_id = "device-1"
@@ -186,6 +187,12 @@ pub struct DpsConfig {
     pub id_scope: String,
     /// How the device proves itself.
     pub attestation: AttestationConfig,
+    /// A JSON file sent with each registration as its `payload` (data for
+    /// DPS custom allocation; the reference's `[provisioning.payload] uri`),
+    /// read at each registration. One that is not JSON stops the
+    /// registration, saying why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload_file: Option<PathBuf>,
 }
 
 fn default_dps_endpoint() -> String {

@@ -2,7 +2,7 @@
 //! `api-version=2021-06-01`):
 //!
 //! 1. `PUT /{idScope}/registrations/{registrationId}/register` with
-//!    `{registrationId[, tpm: {endorsementKey, storageRootKey}]}`, authenticated
+//!    `{registrationId[, tpm: {endorsementKey, storageRootKey}][, payload]}`, authenticated
 //!    by a SAS token (`skn=registration`) or a TLS client certificate. For TPM
 //!    attestation the first attempt goes without a token; the service answers
 //!    401 with `{authenticationKey}`, a key wrapped so that only this TPM can
@@ -80,6 +80,35 @@ struct TpmChallenge {
     authentication_key: String,
 }
 
+/// Largest registration payload read (DPS keeps custom allocation data small).
+const MAX_PAYLOAD_BYTES: u64 = 64 * 1024;
+
+impl crate::config::DpsConfig {
+    /// The registration payload its `payload_file` holds now, if it names one.
+    pub fn payload(&self) -> Result<Option<serde_json::Value>, Error> {
+        self.payload_file.as_deref().map(read_payload).transpose()
+    }
+}
+
+/// The registration payload in `file` (`provisioning.payload_file`): JSON.
+fn read_payload(file: &std::path::Path) -> Result<serde_json::Value, Error> {
+    use std::io::Read;
+    let bad = |why: String| {
+        Error::Setup(format!(
+            "provisioning.payload_file {}: {why}",
+            file.display()
+        ))
+    };
+    let mut text = Vec::new();
+    std::fs::File::open(file)
+        .and_then(|f| f.take(MAX_PAYLOAD_BYTES + 1).read_to_end(&mut text))
+        .map_err(|e| bad(format!("cannot read it: {e}")))?;
+    if text.len() as u64 > MAX_PAYLOAD_BYTES {
+        return Err(bad(format!("larger than {MAX_PAYLOAD_BYTES} bytes")));
+    }
+    serde_json::from_slice(&text).map_err(|e| bad(format!("not JSON: {e}")))
+}
+
 /// One registration, start to assignment.
 pub struct Registration<'a> {
     /// The HTTPS client.
@@ -96,6 +125,8 @@ pub struct Registration<'a> {
     pub api_version: &'a str,
     /// How long to wait for an assignment.
     pub timeout: Duration,
+    /// Sent as the registration's `payload`.
+    pub payload: Option<serde_json::Value>,
 }
 
 impl Registration<'_> {
@@ -109,6 +140,9 @@ impl Registration<'_> {
             self.api_version
         );
         let mut body = json!({ "registrationId": self.registration_id });
+        if let Some(payload) = &self.payload {
+            body["payload"] = payload.clone();
+        }
         let (mut signing_key, identity) = match proof {
             Proof::Sas(handle) => (Some(handle), None),
             Proof::X509(identity) => (None, Some(identity)),

@@ -57,6 +57,8 @@ pub enum ProvisioningFacts {
         scope_id: String,
         /// The registration id.
         registration_id: String,
+        /// The payload each registration sends, as its file holds it now.
+        payload: Option<serde_json::Value>,
     },
     /// No cloud.
     Local,
@@ -312,6 +314,7 @@ impl Identityd {
                     endpoint: dps.global_endpoint.clone(),
                     scope_id: dps.id_scope.clone(),
                     registration_id,
+                    payload: dps.payload()?,
                 }
             }
             ProvisioningConfig::Local(_) => ProvisioningFacts::Local,

@@ -252,6 +252,7 @@ impl Provisioner<'_> {
             registration_id: &registration_id,
             api_version: &config.cloud.dps_api_version,
             timeout: std::time::Duration::from_secs(config.cloud.dps_timeout_secs.max(1)),
+            payload: d.payload()?,
         };
         let assignment = registration.run(proof).await?;
         let credential = credential.unwrap_or_else(|| Credential::Sas {

@@ -197,6 +197,7 @@ async fn dps_x509_attestation_and_hub_tls_client_auth() {
                 cert_id: "device-id".into(),
                 key_id: "device-id".into(),
             },
+            payload_file: None,
         }),
         Some(&cloud),
     )
@@ -351,4 +352,59 @@ async fn local_mode_works_with_no_cloud() {
         "{}",
         &*token.token
     );
+}
+
+/// The reference's `[provisioning.payload] uri`: the file's JSON goes with
+/// each registration as its `payload` (what DPS custom allocation reads),
+/// and the aziot API's provisioning info answers it. A file that is not
+/// JSON stops the registration, naming the file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_dps_payload_file_goes_with_each_registration() {
+    let daemons = Daemons::start().await;
+    let cloud = CloudService::start(None).await;
+    let key = random_key();
+    cloud.enroll("device-p", Enrollment::SymmetricKey(key.clone()));
+    let key_file = daemons.key_file("enrollment.key", &key);
+    let payload_file = daemons.path().join("dps-payload.json");
+    let payload = serde_json::json!({ "modelId": "dtmi:contoso:gateway;1", "site": { "line": 7 } });
+    std::fs::write(&payload_file, payload.to_string()).unwrap();
+    let mut provisioning = dps_symmetric(&cloud, "device-p", key_file, false);
+    if let ProvisioningConfig::Dps(d) = &mut provisioning {
+        d.payload_file = Some(payload_file.clone());
+    }
+    let identityd = identityd(&daemons, provisioning, Some(&cloud)).await;
+    let client = identityd.client();
+    provisioned(&client).await;
+    let bodies = cloud.registration_bodies();
+    assert_eq!(bodies.len(), 1, "{bodies:?}");
+    assert_eq!(bodies[0]["registrationId"], "device-p");
+    assert_eq!(bodies[0]["payload"], payload, "the file's JSON, as it is");
+
+    let (status, info) = edgeid_testkit::aziot::call(
+        &identityd.socket(),
+        http::Method::GET,
+        "/identities/provisioning?api-version=2021-12-01",
+        serde_json::Value::Null,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{info}");
+    assert_eq!(info["payload"], payload);
+
+    // Read at each registration: a file that is no longer JSON stops the next.
+    std::fs::write(&payload_file, "{ not json").unwrap();
+    let status = client.reprovision().await.unwrap();
+    let status = if status.state == ProvisioningState::Provisioning {
+        settled(&client).await
+    } else {
+        status
+    };
+    assert_eq!(status.state, ProvisioningState::Failed, "{status:?}");
+    let why = status.last_error.unwrap_or_default();
+    assert!(
+        why.contains("dps-payload.json") && why.contains("not JSON"),
+        "{why}"
+    );
+    assert_eq!(cloud.registration_bodies().len(), 1, "nothing sent");
+    // The identity provisioned before is still served.
+    assert_eq!(client.device().await.unwrap().device_id, "device-p");
 }

@@ -19,6 +19,7 @@ fn tpm_provisioning(cloud: &CloudService) -> ProvisioningConfig {
         attestation: AttestationConfig::Tpm {
             registration_id: "tpm-device".into(),
         },
+        payload_file: None,
     })
 }
 

@@ -81,6 +81,8 @@ struct State {
     fault: Option<Fault>,
     requests: Vec<String>,
     registrations: usize,
+    /// Each registration's body, as it came.
+    registration_bodies: Vec<Value>,
 }
 
 /// The running test service.
@@ -209,6 +211,11 @@ impl CloudService {
     /// Requests seen, as `METHOD path`.
     pub fn requests(&self) -> Vec<String> {
         self.state().requests.clone()
+    }
+
+    /// The body of every DPS registration request, in order.
+    pub fn registration_bodies(&self) -> Vec<Value> {
+        self.state().registration_bodies.clone()
     }
 
     /// A device registered in the hub by hand, with a SAS key (manual provisioning).
@@ -439,6 +446,7 @@ async fn handle(
                     "registrationId does not match the path",
                 );
             }
+            lock().registration_bodies.push(request.clone());
             register(state, peer, reg, &request, auth.as_deref(), cert.as_deref()).await
         }
         (Method::GET, [scope, "registrations", reg, "operations", op]) => {

@@ -59,6 +59,7 @@ impl Device {
                 },
                 group: false,
             },
+            payload_file: None,
         });
         let stack = Stack::start(dir.path(), provisioning, Some(&cloud), &[module]).await;
         let config = stack.workload_config(dir.path(), &[(module, edgeid_common::current_uid())]);

@@ -141,6 +141,7 @@ async fn sign_digests_make_sas_tokens_the_hub_accepts() {
                     },
                     group: false,
                 },
+                payload_file: None,
             })
         },
         Some(&cloud),

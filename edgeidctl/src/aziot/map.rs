@@ -443,12 +443,18 @@ fn provisioning(r: &Reader, hostname: Option<&str>) -> Result<Table, String> {
                     ))
                 }
             }
-            Table::from_iter([
+            let mut dps = Table::from_iter([
                 s("source", "dps".into()),
                 s("global_endpoint", r.need_str(&p("global_endpoint"))?),
                 s("id_scope", r.need_str(&p("scope_id"))?),
                 ("attestation".to_owned(), Value::Table(attestation)),
-            ])
+            ]);
+            let payload = ["provisioning", "payload", "uri"];
+            if get(&r.0.merged, &payload[..2]).is_some() {
+                let uri = r.need_str(&payload)?;
+                dps.extend([s("payload_file", file_uri(r, &payload, &uri)?)]);
+            }
+            dps
         }
         // No cloud: edgeid's local provisioning, the device named by the host name.
         "none" => {

@@ -170,10 +170,7 @@ pub const IDENTITYD: Rule = Table(&[
                     ),
                 ]),
             ),
-            (
-                "payload",
-                Refused("edgeid does not send a DPS registration payload yet"),
-            ),
+            ("payload", Table(&[("uri", Value)])),
         ]),
     ),
     (
@@ -249,10 +246,7 @@ pub const SUPER: Rule = Table(&[
                     ("auto_renew", SUPER_NOT_YET),
                 ]),
             ),
-            (
-                "payload",
-                Refused("edgeid does not send a DPS registration payload yet"),
-            ),
+            ("payload", Table(&[("uri", Value)])),
         ]),
     ),
     ("localid", LOCAL_ID),

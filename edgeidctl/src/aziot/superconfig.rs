@@ -174,6 +174,9 @@ pub fn read(root: &Path) -> Result<Option<Parts>, String> {
                 s("scope_id", &need(&["provisioning", "id_scope"])?),
                 ("attestation".to_owned(), Value::Table(attestation)),
             ]);
+            if let Some(payload) = get(&["provisioning", "payload"]) {
+                provisioning.insert("payload".into(), payload);
+            }
         }
         "none" => {}
         other => {

@@ -161,7 +161,7 @@ pub enum ProvisioningInfo {
         scope_id: String,
         /// The registration id.
         registration_id: String,
-        /// The custom payload sent to DPS (none here).
+        /// The custom payload sent to DPS (`provisioning.payload_file`).
         payload: Option<serde_json::Value>,
     },
     /// A hub and device given by hand.

@@ -256,12 +256,13 @@ fn provisioning(facts: ProvisioningFacts) -> ProvisioningInfo {
             endpoint,
             scope_id,
             registration_id,
+            payload,
         } => ProvisioningInfo::Dps {
             auth: auth.to_owned(),
             endpoint,
             scope_id,
             registration_id,
-            payload: None,
+            payload,
         },
         ProvisioningFacts::Local => ProvisioningInfo::None,
     }

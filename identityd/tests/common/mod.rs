@@ -84,6 +84,7 @@ pub fn dps_symmetric(
             },
             group,
         },
+        payload_file: None,
     })
 }
 
