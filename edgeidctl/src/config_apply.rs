@@ -490,9 +490,12 @@ pub fn apply(opts: &Apply) -> Result<(), String> {
     edgeid_common::fs::ensure_dir(&etc, 0o755)
         .map_err(|e| format!("cannot make {}: {e}", etc.display()))?;
     let mut changed = Vec::new();
-    if let Some(key) = &overlay.device_key {
-        // keyd imports it at start: a new key restarts keyd.
-        if write_device_key(opts, key, users[0])? && opts.only.as_deref() != Some("keyd") {
+    // keyd reads these at start: a new one restarts keyd.
+    for (secret, rel, what) in overlay.keyd_secrets() {
+        if write_keyd_secret(opts, rel, secret, what, users[0])?
+            && opts.only.as_deref() != Some("keyd")
+            && !changed.contains(&"keyd")
+        {
             changed.push("keyd");
         }
     }
@@ -536,26 +539,32 @@ pub fn apply(opts: &Apply) -> Result<(), String> {
     Ok(())
 }
 
-/// An inline key of `/etc/aziot/config.toml`, where aziotctl would put it
-/// (`/var/secrets/aziot/keyd/device-id`: raw bytes, 0600 in a 0700
-/// directory, keyd's user's), written atomically and only when it changed.
-/// Whether it was written.
-fn write_device_key(opts: &Apply, key: &[u8], (uid, gid): (u32, u32)) -> Result<bool, String> {
-    let file = opts.root.join(crate::aziot::superconfig::DEVICE_KEY_FILE);
-    if std::fs::read(&file).ok().as_deref() == Some(key) {
+/// A secret keyd reads from a file `config apply` writes (`rel` under the
+/// root): an inline key of `/etc/aziot/config.toml`, where aziotctl would
+/// put it (`/var/secrets/aziot/keyd/device-id`), or a PKCS#11 PIN beside
+/// keyd's config. Raw bytes, 0600 in a 0700 directory, keyd's user's,
+/// written atomically and only when it changed. Whether it was written.
+fn write_keyd_secret(
+    opts: &Apply,
+    rel: &str,
+    secret: &[u8],
+    what: &str,
+    (uid, gid): (u32, u32),
+) -> Result<bool, String> {
+    let file = opts.root.join(rel);
+    if std::fs::read(&file).ok().as_deref() == Some(secret) {
         return Ok(false);
     }
     // /var/secrets/aziot open to be passed through (keyd's user must reach
     // its own directory below it), as aziotctl leaves it.
-    if let Some(parent) = file.parent().and_then(Path::parent) {
-        edgeid_common::fs::ensure_dir(parent, 0o755)
-            .map_err(|e| format!("cannot make {}: {e}", parent.display()))?;
+    if rel.starts_with("var/secrets/") {
+        if let Some(parent) = file.parent().and_then(Path::parent) {
+            edgeid_common::fs::ensure_dir(parent, 0o755)
+                .map_err(|e| format!("cannot make {}: {e}", parent.display()))?;
+        }
     }
-    write_private(&file, key, (uid, gid))?;
-    outln!(
-        "keyd       written    {} (the device key of /etc/aziot/config.toml)",
-        file.display()
-    );
+    write_private(&file, secret, (uid, gid))?;
+    outln!("keyd       written    {} ({what})", file.display());
     Ok(true)
 }
 

@@ -315,13 +315,24 @@ fn keys_the_reference_does_not_know_or_edgeid_cannot_honour_are_refused_with_fil
         ),
         (
             "etc/aziot/keyd/config.d/00-super.toml",
-            "[aziot_keys]\npkcs11_lib_path = \"/usr/lib/libsofthsm2.so\"\n",
-            &["00-super.toml, line 2", "aziot_keys.pkcs11_lib_path", "[keys.pkcs11]"],
+            "[aziot_keys]\npkcs11_base_slot = \"pkcs11:token=t?pin-value=s3cret\"\n",
+            &["00-super.toml, line 2", "aziot_keys.pkcs11_base_slot", "needs aziot_keys.pkcs11_lib_path"],
         ),
         (
             "etc/aziot/keyd/config.d/00-super.toml",
-            "[preloaded_keys]\ndevice-id = \"pkcs11:token=x;object=y\"\n",
-            &["00-super.toml, line 2", "preloaded_keys.device-id", "PKCS#11"],
+            "[aziot_keys]\npkcs11_lib_path = \"/l.so\"\npkcs11_base_slot = \"pkcs11:token=t\"\n",
+            &["00-super.toml, line 3", "gives no PIN", "pin-value"],
+        ),
+        (
+            "etc/aziot/keyd/config.d/00-super.toml",
+            "[preloaded_keys]\ndevice-id = \"pkcs11:token=x;object=y?pin-value=s3cret\"\n",
+            &["00-super.toml, line 2", "preloaded_keys.device-id", "object labelled 'device-id'"],
+        ),
+        (
+            "etc/aziot/keyd/config.d/00-super.toml",
+            "[aziot_keys]\npkcs11_lib_path = \"/l.so\"\npkcs11_base_slot = \"pkcs11:token=a?pin-value=s3cret\"\n\
+             [preloaded_keys]\nk = \"pkcs11:token=b;object=k?pin-value=s3cret\"\n",
+            &["line 5", "preloaded_keys.k", "another token than", "line 3"],
         ),
         (
             "etc/aziot/certd/config.d/00-super.toml",
@@ -393,6 +404,7 @@ fn keys_the_reference_does_not_know_or_edgeid_cannot_honour_are_refused_with_fil
         for w in *wanted {
             assert!(out.contains(w), "{file}: {text:?}: wanted {w:?} in: {out}");
         }
+        assert!(!out.contains("s3cret"), "a PIN in a message: {out}");
         assert!(
             !r.join("etc/edgeid/identityd.d").exists(),
             "{file}: something was written: {out}"

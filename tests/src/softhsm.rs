@@ -135,6 +135,33 @@ impl SoftHsm {
         );
     }
 
+    /// The public key of the key pair labelled `object_label`, as
+    /// `pkcs11-tool` reads it off the token (DER), in PEM by openssl.
+    pub fn public_key_pem(&self, token: &str, object_label: &str) -> String {
+        let der = self.dir.path().join(format!("{object_label}.pub.der"));
+        self.pkcs11_tool(
+            token,
+            &[
+                "--read-object",
+                "--type",
+                "pubkey",
+                "--label",
+                object_label,
+                "-o",
+                der.to_str().expect("UTF-8 path"),
+            ],
+        );
+        let pem = crate::openssl::run(&[
+            "pkey",
+            "-pubin",
+            "-inform",
+            "DER",
+            "-in",
+            der.to_str().expect("UTF-8 path"),
+        ]);
+        String::from_utf8(pem).expect("PEM")
+    }
+
     /// `pkcs11-tool` logged in to the token `label`; its output.
     fn pkcs11_tool(&self, label: &str, args: &[&str]) -> String {
         crate::require_tool("pkcs11-tool", "opensc");

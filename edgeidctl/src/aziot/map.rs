@@ -5,189 +5,78 @@
 //! line where the value was set.
 
 use toml::{Table, Value};
+use zeroize::Zeroizing;
 
 use super::files::{value_at as get, Layered};
+use super::pkcs11;
+use super::read::{
+    as_uid, aziot_principal, file_uri, max_requests, push, string_list, sub, Reader,
+};
 
-/// Reading typed values, with the place of a bad one in the error.
-struct Reader<'a>(&'a Layered);
+/// Where `config apply` writes the PIN of a `pkcs11:` URI's `pin-value`
+/// (under the root; keyd's, 0600, beside its config).
+pub const PKCS11_PIN_FILE: &str = "etc/edgeid/keyd.d/aziot-pkcs11.pin";
 
-impl Reader<'_> {
-    fn bad(&self, path: &[&str], what: &str) -> String {
-        format!("{}: key '{}' {what}", self.0.at(path), path.join("."))
-    }
-
-    fn str(&self, path: &[&str]) -> Result<Option<String>, String> {
-        match get(&self.0.merged, path) {
-            None => Ok(None),
-            Some(Value::String(s)) => Ok(Some(s.clone())),
-            Some(_) => Err(self.bad(path, "must be a string")),
-        }
-    }
-
-    fn need_str(&self, path: &[&str]) -> Result<String, String> {
-        self.str(path)?.ok_or_else(|| {
-            format!(
-                "the reference's {} config ({}): key '{}' is missing",
-                self.0.daemon,
-                self.0.files(),
-                path.join(".")
-            )
-        })
-    }
-
-    fn uint(&self, path: &[&str]) -> Result<Option<i64>, String> {
-        match get(&self.0.merged, path) {
-            None => Ok(None),
-            Some(Value::Integer(n)) if *n >= 0 => Ok(Some(*n)),
-            Some(_) => Err(self.bad(path, "must be a non-negative integer")),
-        }
-    }
-
-    fn bool(&self, path: &[&str]) -> Result<Option<bool>, String> {
-        match get(&self.0.merged, path) {
-            None => Ok(None),
-            Some(Value::Boolean(b)) => Ok(Some(*b)),
-            Some(_) => Err(self.bad(path, "must be true or false")),
-        }
-    }
-
-    fn strings(&self, path: &[&str]) -> Result<Vec<String>, String> {
-        match get(&self.0.merged, path) {
-            None => Ok(Vec::new()),
-            Some(Value::Array(a)) => a
-                .iter()
-                .map(|v| v.as_str().map(str::to_owned))
-                .collect::<Option<Vec<_>>>()
-                .ok_or_else(|| self.bad(path, "must be an array of strings")),
-            Some(_) => Err(self.bad(path, "must be an array of strings")),
-        }
-    }
-
-    /// The `[[principal]]` entries, each with its index.
-    fn principals(&self) -> Vec<&Table> {
-        match get(&self.0.merged, &["principal"]) {
-            Some(Value::Array(a)) => a.iter().filter_map(Value::as_table).collect(),
-            _ => Vec::new(),
-        }
-    }
-
-    /// A principal's `key`, typed by `f`, with the place of the principal.
-    fn principal_field<T>(
-        &self,
-        p: &Table,
-        key: &str,
-        f: impl Fn(&Value) -> Option<T>,
-        what: &str,
-    ) -> Result<T, String> {
-        p.get(key).and_then(&f).ok_or_else(|| {
-            format!(
-                "{}: a [[principal]] ({}) {}",
-                self.0.at_principal(p, key),
-                principal_shown(p),
-                if p.contains_key(key) {
-                    format!("has a bad '{key}': it must be {what}")
-                } else {
-                    format!("has no '{key}'")
-                }
-            )
-        })
-    }
-}
-
-fn principal_shown(p: &Table) -> String {
-    p.iter()
-        .filter(|(k, _)| *k == "uid" || *k == "name")
-        .map(|(k, v)| format!("{k} = {v}"))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
-fn as_uid(v: &Value) -> Option<u32> {
-    v.as_integer().and_then(|n| u32::try_from(n).ok())
-}
-
-fn string_list(v: &Value) -> Option<Vec<Value>> {
-    let a = v.as_array()?;
-    a.iter().all(Value::is_str).then(|| a.clone())
-}
-
-fn sub<'a>(t: &'a mut Table, key: &str) -> &'a mut Table {
-    let v = t
-        .entry(key.to_owned())
-        .or_insert_with(|| Value::Table(Table::new()));
-    if !v.is_table() {
-        *v = Value::Table(Table::new());
-    }
-    match v {
-        Value::Table(t) => t,
-        _ => unreachable_table(),
-    }
-}
-
-fn unreachable_table() -> ! {
-    // `sub` has just made it a table.
-    unreachable!("a table was just inserted")
-}
-
-fn push(t: &mut Table, key: &str, v: Value) {
-    match t
-        .entry(key.to_owned())
-        .or_insert_with(|| Value::Array(Vec::new()))
-    {
-        Value::Array(a) => a.push(v),
-        other => *other = Value::Array(vec![v]),
-    }
-}
-
-/// `max_requests` (concurrent requests per uid in the reference) becomes the
-/// connections one uid may hold, the same share by another count.
-fn max_requests(r: &Reader, out: &mut Table) -> Result<(), String> {
-    if let Some(n) = r.uint(&["max_requests"])? {
-        if n == 0 {
-            return Err(r.bad(&["max_requests"], "must be at least 1"));
-        }
-        sub(out, "server").insert("max_connections_per_caller".into(), Value::Integer(n));
-    }
-    Ok(())
-}
-
-/// The path of a `file:` URI, as the reference writes them (`file:///abs/path`).
-fn file_uri(r: &Reader, path: &[&str], uri: &str) -> Result<String, String> {
-    if uri.starts_with("pkcs11:") {
-        return Err(r.bad(
-            path,
-            "names a key in a PKCS#11 token: edgeid cannot take a token's own objects yet; \
-             let keyd create the key in its [keys.pkcs11] token instead",
-        ));
-    }
-    let Some(file) = uri.strip_prefix("file://") else {
-        return Err(r.bad(
-            path,
-            &format!("'{uri}': unrecognized scheme (file: or pkcs11:)"),
-        ));
-    };
-    if !file.starts_with('/') || file.contains(['%', '?', '#']) {
-        return Err(r.bad(
-            path,
-            &format!("'{uri}': give a file:///absolute/path with no %-escapes, query or fragment"),
-        ));
-    }
-    Ok(file.to_owned())
-}
-
-/// keyd: `max_requests`, `preloaded_keys` (symmetric keys in files),
-/// `[[principal]] uid, keys`. `[aziot_keys] homedir_path` is accepted: the
-/// reference's key directory, read only when its state is imported.
-pub fn keyd(l: &Layered, out: &mut Table) -> Result<(), String> {
+/// keyd: `max_requests`, `preloaded_keys` (files, and keys on the token
+/// by their label), the PKCS#11 token (`[aziot_keys] pkcs11_lib_path`,
+/// `pkcs11_base_slot`: keyd's `[pkcs11]`, and with a base slot the store of
+/// every key, as the reference then makes every key there), `[[principal]]
+/// uid, keys`. `[aziot_keys] homedir_path` is accepted: the reference's key
+/// directory, read only when its state is imported. Returns a PIN given
+/// in a URI, for [`PKCS11_PIN_FILE`].
+pub fn keyd(l: &Layered, out: &mut Table) -> Result<Option<Zeroizing<String>>, String> {
     let r = Reader(l);
     max_requests(&r, out)?;
     r.str(&["aziot_keys", "homedir_path"])?;
+    let base_at = ["aziot_keys", "pkcs11_base_slot"];
+    let base = r
+        .str(&base_at)?
+        .map(|text| pkcs11::parse(&text).map_err(|why| r.bad(&base_at, &why)))
+        .transpose()?;
+    if base.as_ref().is_some_and(|b| b.object.is_some()) {
+        return Err(r.bad(&base_at, "names an object: a base slot names a token only"));
+    }
+    // The token keyd uses, and where it was first named.
+    let mut token: Option<(pkcs11::Uri, Vec<String>)> =
+        base.map(|b| (b, base_at.iter().map(|s| (*s).to_owned()).collect()));
+    let mut on_token = Vec::new();
     if let Some(Value::Table(keys)) = get(&l.merged, &["preloaded_keys"]) {
         for (id, location) in keys {
             let path = ["preloaded_keys", id.as_str()];
             let uri = location
                 .as_str()
                 .ok_or_else(|| r.bad(&path, "must be a string (a file: or pkcs11: URI)"))?;
+            if uri.starts_with("pkcs11:") {
+                let key = pkcs11::parse(uri).map_err(|why| r.bad(&path, &why))?;
+                if key.object.as_deref() != Some(id.as_str()) {
+                    return Err(r.bad(
+                        &path,
+                        &format!(
+                            "must name the object labelled '{id}' (object={id}): keyd finds a token's \
+                             keys by their label, which is their key id"
+                        ),
+                    ));
+                }
+                match &token {
+                    Some((t, _)) if !t.same_token(&key) => {
+                        let first: Vec<&str> = token
+                            .as_ref()
+                            .map(|(_, at)| at.iter().map(String::as_str).collect())
+                            .unwrap_or_default();
+                        return Err(r.bad(
+                            &path,
+                            &format!(
+                                "names another token than {}: keyd holds one token",
+                                r.0.at(&first)
+                            ),
+                        ));
+                    }
+                    Some(_) => {}
+                    None => token = Some((key, path.iter().map(|s| (*s).to_owned()).collect())),
+                }
+                on_token.push(Value::String(id.clone()));
+                continue;
+            }
             let file = file_uri(&r, &path, uri)?;
             push(
                 out,
@@ -199,23 +88,77 @@ pub fn keyd(l: &Layered, out: &mut Table) -> Result<(), String> {
             );
         }
     }
+    let pin = match token {
+        Some((uri, at)) => token_tables(&r, uri, &at, on_token, out)?,
+        None => None,
+    };
     for p in r.principals() {
         let uid = r.principal_field(p, "uid", as_uid, "a uid")?;
         let keys = r.principal_field(p, "keys", string_list, "an array of key ids or globs")?;
         push(out, "principal", aziot_principal(uid, "keys", keys));
     }
-    Ok(())
+    Ok(pin)
 }
 
-fn aziot_principal(uid: u32, what: &str, grants: Vec<Value>) -> Value {
-    Value::Table(Table::from_iter([
-        (
-            "name".to_owned(),
-            Value::String(format!("aziot principal uid {uid}")),
-        ),
-        ("uid".to_owned(), Value::Integer(i64::from(uid))),
-        (what.to_owned(), Value::Array(grants)),
-    ]))
+/// keyd's `[pkcs11]` for the token `uri` names (first named at `at`), and
+/// its backend: every key's with a base slot, else the `on_token` keys'.
+fn token_tables(
+    r: &Reader,
+    uri: pkcs11::Uri,
+    at: &[String],
+    on_token: Vec<Value>,
+    out: &mut Table,
+) -> Result<Option<Zeroizing<String>>, String> {
+    let at: Vec<&str> = at.iter().map(String::as_str).collect();
+    let lib_at = ["aziot_keys", "pkcs11_lib_path"];
+    let library = r.str(&lib_at)?.ok_or_else(|| {
+        r.bad(
+            &at,
+            "needs aziot_keys.pkcs11_lib_path (the PKCS#11 module) as well",
+        )
+    })?;
+    let (pin_file, pin) = match uri.pin {
+        Some(pkcs11::Pin::Value(pin)) => (format!("/{PKCS11_PIN_FILE}"), Some(pin)),
+        Some(pkcs11::Pin::File(file)) => (file.display().to_string(), None),
+        None => {
+            return Err(r.bad(
+                &at,
+                "gives no PIN: keyd logs in to the token as its user; add ?pin-value=... \
+                 (config apply keeps it in a 0600 file of keyd's) or ?pin-source=file:/path",
+            ))
+        }
+    };
+    let mut table = Table::from_iter([
+        ("library".to_owned(), Value::String(library)),
+        ("pin_file".to_owned(), Value::String(pin_file)),
+    ]);
+    match (uri.slot, uri.token) {
+        (Some(slot), _) => {
+            let slot = i64::try_from(slot).map_err(|_| r.bad(&at, "has a slot-id too large"))?;
+            table.insert("slot".into(), Value::Integer(slot))
+        }
+        (None, Some(label)) => table.insert("token_label".into(), Value::String(label)),
+        (None, None) => None,
+    };
+    out.insert("pkcs11".into(), Value::Table(table));
+    let backend = sub(out, "backend");
+    if at == ["aziot_keys", "pkcs11_base_slot"] {
+        backend.insert("default".into(), Value::String("pkcs11".into()));
+    } else {
+        // Before any other override: the first match wins.
+        let entry = Value::Table(Table::from_iter([
+            ("keys".to_owned(), Value::Array(on_token)),
+            ("backend".to_owned(), Value::String("pkcs11".into())),
+        ]));
+        match backend
+            .entry("override".to_owned())
+            .or_insert_with(|| Value::Array(Vec::new()))
+        {
+            Value::Array(a) => a.insert(0, entry),
+            other => *other = Value::Array(vec![entry]),
+        }
+    }
+    Ok(pin)
 }
 
 /// certd: `max_requests`, `[cert_issuance.local_ca]` (certd's local CA

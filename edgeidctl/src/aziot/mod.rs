@@ -18,6 +18,8 @@
 
 pub mod files;
 pub mod map;
+pub mod pkcs11;
+mod read;
 pub mod schema;
 pub mod state;
 pub mod superconfig;
@@ -35,6 +37,24 @@ pub struct Overlay {
     pub notes: Vec<String>,
     /// The device key an inline super-config key becomes (keyd's preloaded file).
     pub device_key: Option<zeroize::Zeroizing<Vec<u8>>>,
+    /// The PIN a `pkcs11:` URI gave, for [`map::PKCS11_PIN_FILE`].
+    pub pkcs11_pin: Option<zeroize::Zeroizing<String>>,
+}
+
+impl Overlay {
+    /// The secrets keyd reads from files `config apply` writes: each one's
+    /// bytes, file (under the root) and what it is.
+    pub fn keyd_secrets(&self) -> Vec<(&[u8], &'static str, &'static str)> {
+        let device_key = self.device_key.as_ref().map(|k| {
+            let what = "the device key of /etc/aziot/config.toml";
+            (k.as_slice(), superconfig::DEVICE_KEY_FILE, what)
+        });
+        let pin = self.pkcs11_pin.as_ref().map(|p| {
+            let what = "the PKCS#11 PIN of the reference's pkcs11: URI";
+            (p.as_bytes(), map::PKCS11_PIN_FILE, what)
+        });
+        device_key.into_iter().chain(pin).collect()
+    }
 }
 
 /// Reads the reference's configs under `root` and writes what they say into
@@ -80,7 +100,7 @@ pub fn overlay(
         ));
         match name {
             "keyd" => {
-                map::keyd(&layered, config)?;
+                out.pkcs11_pin = map::keyd(&layered, config)?;
                 if layered.layers.iter().any(files::Layer::is_synthetic) {
                     out.device_key = parts.as_ref().and_then(|p| p.device_key.clone());
                 }

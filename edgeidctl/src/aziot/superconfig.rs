@@ -188,10 +188,13 @@ pub fn read(root: &Path) -> Result<Option<Parts>, String> {
     }
     identityd.insert("provisioning".into(), Value::Table(provisioning));
 
-    let mut keyd = Table::from_iter([(
-        "aziot_keys".to_owned(),
-        Value::Table(Table::from_iter([s("homedir_path", "/var/lib/aziot/keyd")])),
-    )]);
+    let mut aziot_keys = Table::from_iter([s("homedir_path", "/var/lib/aziot/keyd")]);
+    for key in ["pkcs11_lib_path", "pkcs11_base_slot"] {
+        if let Some(v) = get(&["aziot_keys", key]) {
+            aziot_keys.insert(key.into(), v);
+        }
+    }
+    let mut keyd = Table::from_iter([("aziot_keys".to_owned(), Value::Table(aziot_keys))]);
     if !keyd_keys.is_empty() {
         keyd.insert("preloaded_keys".into(), Value::Table(keyd_keys));
     }

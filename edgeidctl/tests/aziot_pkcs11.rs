@@ -1,0 +1,156 @@
+//! The reference's PKCS#11 settings read by `config apply` and honoured by
+//! keyd (issue 19 item 1): `[aziot_keys] pkcs11_lib_path` and
+//! `pkcs11_base_slot`, and a `preloaded_keys` entry naming a key a factory
+//! put on the token with another tool (OpenSC's pkcs11-tool, here on
+//! SoftHSMv2). keyd signs with that key (openssl verifies with the public
+//! key pkcs11-tool reads off the token), makes new keys on the token as the
+//! reference does with a base slot, and the PIN in the URI is kept in a
+//! 0600 file, never in a config or a message.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::Command;
+
+use edgeid_keyd::api::SignAlgorithm;
+use edgeid_testkit::process::build_binary;
+use edgeid_testkit::{openssl, KeydProcess, SoftHsm};
+use http::{Method, StatusCode};
+use serde_json::json;
+use toml::Table;
+
+const USERS: &str = "root:x:0:0::/root:/bin/sh\n\
+aziotks:x:994:994::/:/usr/sbin/nologin\n\
+aziotcs:x:993:993::/:/usr/sbin/nologin\n\
+aziotid:x:992:992::/:/usr/sbin/nologin\n\
+edgeid-wl:x:991:991::/:/usr/sbin/nologin\n";
+
+const PIN: &str = "73519-factory";
+const TOKEN: &str = "Key pairs";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_references_pkcs11_token_and_a_factory_key_on_it_serve_through_keyd() {
+    let hsm = SoftHsm::with_pin(PIN);
+    hsm.init_token(TOKEN);
+    hsm.foreign_key_pair(TOKEN, "device-id");
+    let root = tempfile::tempdir().unwrap();
+    let r = root.path();
+    std::fs::create_dir_all(r.join("etc/aziot/keyd/config.d")).unwrap();
+    std::fs::write(r.join("etc/passwd"), USERS).unwrap();
+    // As aziotctl writes `[aziot_keys]` and a preloaded HSM key of the super-config.
+    std::fs::write(
+        r.join("etc/aziot/keyd/config.d/00-super.toml"),
+        format!(
+            "[aziot_keys]\nhomedir_path = \"/var/lib/aziot/keyd\"\n\
+             pkcs11_lib_path = \"{}\"\npkcs11_base_slot = \"pkcs11:token=Key%20pairs?pin-value={PIN}\"\n\n\
+             [preloaded_keys]\ndevice-id = \"pkcs11:token=Key%20pairs;object=device-id?pin-value={PIN}\"\n",
+            SoftHsm::library().display()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_edgeidctl"))
+        .args(["config", "apply", "--no-restart", "-c"])
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/config.toml.template"))
+        .arg("--root")
+        .arg(r)
+        .output()
+        .unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{said}");
+    assert!(!said.contains(PIN), "the PIN in a message: {said}");
+    let text = std::fs::read_to_string(r.join("etc/edgeid/keyd.d/config.toml")).unwrap();
+    assert!(!text.contains(PIN), "the PIN in keyd's config: {text}");
+    let generated: Table = text.parse().unwrap();
+    let pkcs11 = generated["pkcs11"].as_table().unwrap();
+    assert_eq!(pkcs11["token_label"].as_str(), Some(TOKEN));
+    assert_eq!(
+        pkcs11["pin_file"].as_str(),
+        Some("/etc/edgeid/keyd.d/aziot-pkcs11.pin")
+    );
+    assert_eq!(
+        generated["backend"]["default"].as_str(),
+        Some("pkcs11"),
+        "a base slot: every key on the token, as the reference makes them"
+    );
+    assert!(
+        generated.get("preloaded_key").is_none(),
+        "the token's key is keyd's by its label: {text}"
+    );
+    let pin_file = r.join("etc/edgeid/keyd.d/aziot-pkcs11.pin");
+    assert_eq!(std::fs::read_to_string(&pin_file).unwrap(), PIN);
+    let mode = std::fs::metadata(&pin_file).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    // Applied again: the same PIN is left as it is.
+    let again = Command::new(env!("CARGO_BIN_EXE_edgeidctl"))
+        .args(["config", "apply", "--no-restart", "-c"])
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/config.toml.template"))
+        .arg("--root")
+        .arg(r)
+        .output()
+        .unwrap();
+    assert!(again.status.success());
+    assert!(!String::from_utf8_lossy(&again.stdout).contains("aziot-pkcs11.pin"));
+
+    // keyd with what config apply wrote (the PIN file under the test's root).
+    let mut tables = Table::new();
+    tables.insert("backend".into(), generated["backend"].clone());
+    let mut pkcs11 = pkcs11.clone();
+    pkcs11.insert(
+        "pin_file".into(),
+        toml::Value::String(pin_file.display().to_string()),
+    );
+    tables.insert("pkcs11".into(), toml::Value::Table(pkcs11));
+    let dir = edgeid_testkit::temp_dir();
+    let keyd = KeydProcess::start(
+        &build_binary("edgeid-keyd"),
+        dir.path(),
+        &toml::to_string(&tables).unwrap(),
+        hsm.env(),
+    )
+    .await;
+
+    // The factory's key signs; openssl checks it with the public key
+    // pkcs11-tool reads off the token.
+    let public = hsm.public_key_pem(TOKEN, "device-id");
+    let client = keyd.client();
+    let handle = client.key_pair("device-id").await.unwrap();
+    let message = b"a device identity signed in the HSM";
+    let signature = client
+        .sign(&handle, SignAlgorithm::EcdsaSha256, message, false)
+        .await
+        .unwrap();
+    assert!(openssl::verify(
+        SignAlgorithm::EcdsaSha256,
+        &public,
+        message,
+        &signature
+    ));
+
+    // A key made through the aziot API, as aziot-edged makes its CA key, is on the token.
+    let (status, made) = edgeid_testkit::aziot::call(
+        &keyd.socket,
+        Method::POST,
+        "/keypair?api-version=2021-05-01",
+        json!({ "keyId": "aziot-edged-ca", "preferredAlgorithms": "ec-p256:rsa-2048:*" }),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{made}");
+    assert!(made["keyHandle"].is_string());
+    let objects = hsm.list_objects(TOKEN);
+    assert!(objects.contains("aziot-edged-ca"), "{objects}");
+    let public = hsm.public_key_pem(TOKEN, "aziot-edged-ca");
+    let handle = client.key_pair("aziot-edged-ca").await.unwrap();
+    let signature = client
+        .sign(&handle, SignAlgorithm::EcdsaSha256, message, false)
+        .await
+        .unwrap();
+    assert!(openssl::verify(
+        SignAlgorithm::EcdsaSha256,
+        &public,
+        message,
+        &signature
+    ));
+}
