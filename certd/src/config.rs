@@ -27,6 +27,8 @@
 //! # username = "device-1"
 //! # password_file = "/etc/edgeid/certd.d/est.password"
 //! # bootstrap_cert = "est-bootstrap"   # a certd certificate with its key in keyd
+//! # identity_cert = "est-identity"     # enrolled once with the bootstrap, then
+//! # identity_key = "est-identity"      # authenticating every first enrollment
 //!
 //! # How the aziot API's `POST /certificates` without an `issuer` issues an id
 //! # (the reference's [cert_issuance.<id>]); ids not named here need an issuer.
@@ -284,19 +286,51 @@ impl RenewalConfig {
 pub struct EstConfig {
     /// Base URL, up to and including `/.well-known/est` (and a label, if any).
     pub url: String,
-    /// PEM file of the CAs that may sign the server's TLS certificate (RFC 7030
-    /// wants an explicit trust anchor, not the system store).
-    pub trust_anchors: PathBuf,
+    /// PEM file(s) of the CAs that may sign the server's TLS certificate
+    /// (RFC 7030 wants an explicit trust anchor; a system bundle such as
+    /// `/etc/ssl/certs/ca-certificates.crt` is one, named on purpose). One
+    /// path or a list.
+    #[serde(deserialize_with = "one_or_more_paths")]
+    pub trust_anchors: Vec<PathBuf>,
     /// HTTP basic auth user, with `password_file`.
     #[serde(default)]
     pub username: Option<String>,
     /// A 0600 file holding the basic auth password.
     #[serde(default)]
     pub password_file: Option<PathBuf>,
-    /// A certd certificate id (imported with its keyd key) to authenticate
-    /// the first enrollment with TLS client auth.
+    /// A certd certificate id (imported with its keyd key, or preloaded with
+    /// `bootstrap_key`) to authenticate the first enrollment with TLS client
+    /// auth.
     #[serde(default)]
     pub bootstrap_cert: Option<String>,
+    /// The keyd key of `bootstrap_cert` when certd has none recorded for it
+    /// (a preloaded certificate).
+    #[serde(default)]
+    pub bootstrap_key: Option<String>,
+    /// The EST identity (the reference's `identity_cert`, `identity_pk`): a
+    /// certificate, stored or preloaded, and its keyd key, that
+    /// authenticates every first enrollment. Where there is none yet (or it
+    /// has expired), certd enrolls it first with `bootstrap_cert`, for the
+    /// key `identity_key`, and renews it like every certificate it enrolled.
+    #[serde(default)]
+    pub identity_cert: Option<String>,
+    /// The key of `identity_cert`.
+    #[serde(default)]
+    pub identity_key: Option<String>,
+}
+
+/// A path, or a list of them.
+fn one_or_more_paths<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<PathBuf>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Paths {
+        One(PathBuf),
+        More(Vec<PathBuf>),
+    }
+    Ok(match Paths::deserialize(d)? {
+        Paths::One(p) => vec![p],
+        Paths::More(p) => p,
+    })
 }
 
 /// `[[principal]]`: a uid, the certificate ids it may touch and the names it may ask for.
@@ -404,6 +438,21 @@ impl CertdConfig {
             }
             if !est.url.starts_with("https://") {
                 return Err(format!("est.url '{}' must be an https:// URL", est.url));
+            }
+            if est.trust_anchors.is_empty() {
+                return Err("est.trust_anchors names no file".into());
+            }
+            if est.identity_cert.is_some() != est.identity_key.is_some() {
+                return Err("est.identity_cert and est.identity_key go together".into());
+            }
+            let ids = [
+                &est.bootstrap_cert,
+                &est.bootstrap_key,
+                &est.identity_cert,
+                &est.identity_key,
+            ];
+            for id in ids.into_iter().flatten() {
+                edgeid_common::id::check(id).map_err(|why| format!("est id '{id}': {why}"))?;
             }
         }
         Ok(())

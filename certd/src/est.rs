@@ -65,26 +65,18 @@ impl EstClient {
             .to_owned();
         let port = uri.port_u16().unwrap_or(443);
         let prefix = uri.path().trim_end_matches('/').to_owned();
-        let pem_text = std::fs::read_to_string(&config.trust_anchors).map_err(|e| {
-            Error::Setup(format!(
-                "cannot read est.trust_anchors {}: {e}",
-                config.trust_anchors.display()
-            ))
-        })?;
-        let anchors = Chain::from_pem(&pem_text).map_err(|e| {
-            Error::Setup(format!(
-                "est.trust_anchors {}: {e}",
-                config.trust_anchors.display()
-            ))
-        })?;
         let mut roots = RootCertStore::empty();
-        for der in anchors.ders() {
-            roots.add(CertificateDer::from(der.clone())).map_err(|e| {
-                Error::Setup(format!(
-                    "est.trust_anchors {}: {e}",
-                    config.trust_anchors.display()
-                ))
-            })?;
+        for file in &config.trust_anchors {
+            let bad =
+                |e: String| Error::Setup(format!("est.trust_anchors {}: {e}", file.display()));
+            let pem_text =
+                std::fs::read_to_string(file).map_err(|e| bad(format!("cannot read it: {e}")))?;
+            let anchors = Chain::from_pem(&pem_text).map_err(|e| bad(e.to_string()))?;
+            for der in anchors.ders() {
+                roots
+                    .add(CertificateDer::from(der.clone()))
+                    .map_err(|e| bad(e.to_string()))?;
+            }
         }
         let basic = match (&config.username, &config.password_file) {
             (Some(user), Some(file)) => {

@@ -45,10 +45,13 @@ async fn enrolls_with_a_bootstrap_certificate_and_reenrolls_on_renewal() {
     std::fs::write(&anchors, &est.tls_ca_pem).unwrap();
     certd.config.est = Some(EstConfig {
         url: est.url.clone(),
-        trust_anchors: anchors,
+        trust_anchors: vec![anchors],
         username: None,
         password_file: None,
         bootstrap_cert: Some("est-bootstrap".into()),
+        bootstrap_key: None,
+        identity_cert: None,
+        identity_key: None,
     });
     certd.restart().await;
     let client = certd.client();
@@ -102,10 +105,13 @@ async fn enrolls_with_basic_auth_and_names_a_refusal() {
     let mut config = CertdFixture::config_in(dir.path(), &keyd.socket());
     config.est = Some(EstConfig {
         url: est.url.clone(),
-        trust_anchors: anchors.clone(),
+        trust_anchors: vec![anchors.clone()],
         username: Some("device-7".into()),
         password_file: Some(password.clone()),
         bootstrap_cert: None,
+        bootstrap_key: None,
+        identity_cert: None,
+        identity_key: None,
     });
     let mut certd = CertdFixture::configured(config, Admins::root_and_self()).await;
     let err = certd
@@ -140,4 +146,126 @@ async fn enrolls_with_basic_auth_and_names_a_refusal() {
         .unwrap_err();
     assert_eq!(err.status(), Some(StatusCode::SERVICE_UNAVAILABLE), "{err}");
     assert!(err.to_string().contains("TLS"), "{err}");
+}
+
+/// The reference's EST identity (`identity_cert`, `identity_pk`) beside a
+/// preloaded bootstrap certificate (`bootstrap_identity_cert`, `_pk`, files
+/// made by openssl, as a factory leaves them): the first enrollment enrolls
+/// the identity with the bootstrap certificate, and every enrollment after
+/// authenticates with the identity, which certd keeps and renews.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_est_identity_is_enrolled_once_with_the_bootstrap_then_authenticates_enrollments() {
+    let dir = edgeid_testkit::temp_dir();
+    // The factory: a bootstrap CA, and a bootstrap certificate and key in files.
+    let bootstrap_ca_key = dir.path().join("bootstrap-ca.key");
+    let bootstrap_ca = dir.path().join("bootstrap-ca.pem");
+    openssl::new_p256_key(&bootstrap_ca_key);
+    openssl::self_signed_ca(&bootstrap_ca_key, "factory bootstrap CA", &bootstrap_ca);
+    let bootstrap_key = dir.path().join("bootstrap.key");
+    let bootstrap_cert = dir.path().join("bootstrap.pem");
+    openssl::new_p256_key(&bootstrap_key);
+    let csr = dir.path().join("bootstrap.csr");
+    let s = |p: &std::path::Path| p.to_str().unwrap().to_owned();
+    openssl::run(&[
+        "req",
+        "-new",
+        "-key",
+        &s(&bootstrap_key),
+        "-subj",
+        "/CN=factory bootstrap",
+        "-out",
+        &s(&csr),
+    ]);
+    // A v3 client certificate (webpki takes no v1 certificates).
+    let ext = dir.path().join("bootstrap.ext");
+    std::fs::write(
+        &ext,
+        "basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n",
+    )
+    .unwrap();
+    openssl::run(&[
+        "x509",
+        "-extfile",
+        &s(&ext),
+        "-req",
+        "-in",
+        &s(&csr),
+        "-CA",
+        &s(&bootstrap_ca),
+        "-CAkey",
+        &s(&bootstrap_ca_key),
+        "-days",
+        "30",
+        "-set_serial",
+        "7",
+        "-out",
+        &s(&bootstrap_cert),
+    ]);
+    let bootstrap_ca_pem = std::fs::read_to_string(&bootstrap_ca).unwrap();
+    let est = EstServer::start(
+        "nobody",
+        "unused",
+        Some(&bootstrap_ca_pem),
+        Duration::from_secs(3600),
+    )
+    .await;
+    let anchors = dir.path().join("est-tls-ca.pem");
+    std::fs::write(&anchors, &est.tls_ca_pem).unwrap();
+
+    let mut keyd_config = KeydFixture::config_in(dir.path());
+    keyd_config.preloaded_keys = vec![edgeid_keyd::config::PreloadedKey {
+        id: "est-bootstrap".into(),
+        file: bootstrap_key,
+    }];
+    let keyd = KeydFixture::configured(keyd_config, Admins::root_and_self()).await;
+    let mut config = CertdFixture::config_in(dir.path(), &keyd.socket());
+    config.preloaded.insert(
+        "est-bootstrap".into(),
+        edgeid_certd::config::PreloadedCert {
+            file: Some(bootstrap_cert),
+            ids: None,
+        },
+    );
+    config.est = Some(EstConfig {
+        url: est.url.clone(),
+        trust_anchors: vec![anchors],
+        username: None,
+        password_file: None,
+        bootstrap_cert: Some("est-bootstrap".into()),
+        bootstrap_key: Some("est-bootstrap".into()),
+        identity_cert: Some("est-id".into()),
+        identity_key: Some("est-id".into()),
+    });
+    let mut certd = CertdFixture::configured(config, Admins::root_and_self()).await;
+    let client = certd.client();
+    let chain = client
+        .create(&est_request("device-id", None))
+        .await
+        .unwrap();
+    openssl::verify_chain(&est.ca_pem, &chain, "sslclient").unwrap();
+    let identity = client.get("est-id").await.unwrap();
+    openssl::verify_chain(&est.ca_pem, &identity.pem, "sslclient").unwrap();
+    assert!(identity.renewal.is_some(), "certd renews the identity");
+    let clients = est.clients.lock().unwrap().clone();
+    assert_eq!(
+        clients,
+        ["factory bootstrap", "device-id.edge"],
+        "the identity (with the asking certificate's subject) by the bootstrap, then the certificate by the identity"
+    );
+    // Later enrollments, after a restart too, go by the identity alone.
+    certd.restart().await;
+    let chain = certd
+        .client()
+        .create(&est_request("edge-ca", None))
+        .await
+        .unwrap();
+    openssl::verify_chain(&est.ca_pem, &chain, "sslclient").unwrap();
+    let clients = est.clients.lock().unwrap().clone();
+    assert_eq!(clients.len(), 3);
+    assert_eq!(clients[2], "device-id.edge", "{clients:?}");
+    assert_eq!(
+        certd.client().get("est-id").await.unwrap().pem,
+        identity.pem,
+        "enrolled once"
+    );
 }

@@ -37,6 +37,9 @@ pub struct EstServer {
     pub enrolled: Arc<AtomicUsize>,
     /// Successful `/simplereenroll` calls.
     pub reenrolled: Arc<AtomicUsize>,
+    /// Who authenticated each successful enrollment, in order: the common
+    /// name of the client certificate, or "" without one.
+    pub clients: Arc<std::sync::Mutex<Vec<String>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -55,6 +58,7 @@ struct State {
     lifetime: Duration,
     enrolled: Arc<AtomicUsize>,
     reenrolled: Arc<AtomicUsize>,
+    clients: Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 use crate::tls_server::{answer, ca, to_pem, LocalhostTls};
@@ -79,6 +83,7 @@ impl EstServer {
         let tls = LocalhostTls::new("test EST TLS CA", &client_roots);
         let enrolled = Arc::new(AtomicUsize::new(0));
         let reenrolled = Arc::new(AtomicUsize::new(0));
+        let clients = Arc::new(std::sync::Mutex::new(Vec::new()));
         let state = Arc::new(State {
             username: username.into(),
             password: password.into(),
@@ -88,6 +93,7 @@ impl EstServer {
             lifetime,
             enrolled: enrolled.clone(),
             reenrolled: reenrolled.clone(),
+            clients: clients.clone(),
         });
         let (port, task) = tls
             .serve("127.0.0.1:0".parse().expect("addr"), move |peer, req| {
@@ -101,6 +107,7 @@ impl EstServer {
             ca_pem: to_pem(&ca_der),
             enrolled,
             reenrolled,
+            clients,
             task,
         }
     }
@@ -213,6 +220,17 @@ async fn handle(
             let Ok(cert) = params.signed_by(&csr.public_key, &issuer) else {
                 return answer(StatusCode::BAD_REQUEST, "cannot issue for this request");
             };
+            let client = peer
+                .as_ref()
+                .and_then(|p| p.subject().iter_common_name().next())
+                .and_then(|c| c.as_str().ok())
+                .unwrap_or_default()
+                .to_owned();
+            state
+                .clients
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(client);
             state.enrolled.fetch_add(1, Ordering::SeqCst);
             if reenroll {
                 state.reenrolled.fetch_add(1, Ordering::SeqCst);

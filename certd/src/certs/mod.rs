@@ -4,6 +4,7 @@
 //!   (an issuer named by the caller, or the id's configured issuance).
 
 mod csr;
+mod est_identity;
 mod imported;
 mod preloaded;
 
@@ -355,35 +356,14 @@ impl Certd {
                 };
                 let auth = match current {
                     Some(current) => Some((current, true)),
-                    None => self.bootstrap_identity().await?.map(|b| (b, false)),
+                    None => self
+                        .first_enrollment_identity(est, subject, lifetime)
+                        .await?
+                        .map(|b| (b, false)),
                 };
                 est.enroll(&csr, auth).await
             }
         }
-    }
-
-    /// The EST bootstrap identity, if configured: a certd certificate and its key.
-    async fn bootstrap_identity(&self) -> Result<Option<(Chain, Arc<KeydKey>)>, Error> {
-        let Some(id) = self
-            .config
-            .est
-            .as_ref()
-            .and_then(|e| e.bootstrap_cert.clone())
-        else {
-            return Ok(None);
-        };
-        let record = self.store.get(&id)?.ok_or_else(|| {
-            Error::BadRequest(format!(
-                "est.bootstrap_cert '{id}' is not a certificate in certd: import it with its key_id"
-            ))
-        })?;
-        let key_id = record.key_id.clone().ok_or_else(|| {
-            Error::BadRequest(format!(
-                "est.bootstrap_cert '{id}' has no key in keyd: import it again with key_id"
-            ))
-        })?;
-        let key = KeydKey::load(&self.keyd, &key_id).await?;
-        Ok(Some((Chain::from_pem(&record.pem)?, Arc::new(key))))
     }
 
     /// A non-administrator may only put its own keys (granted ids) in
