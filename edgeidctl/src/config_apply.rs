@@ -490,13 +490,16 @@ pub fn apply(opts: &Apply) -> Result<(), String> {
     edgeid_common::fs::ensure_dir(&etc, 0o755)
         .map_err(|e| format!("cannot make {}: {e}", etc.display()))?;
     let mut changed = Vec::new();
-    // keyd reads these at start: a new one restarts keyd.
-    for (secret, rel, what) in overlay.keyd_secrets() {
-        if write_keyd_secret(opts, rel, secret, what, users[0])?
-            && opts.only.as_deref() != Some("keyd")
-            && !changed.contains(&"keyd")
+    // Daemons read these at start: a new one restarts its daemon.
+    for (daemon, secret, rel, what) in overlay.secrets() {
+        let Some(i) = DAEMONS.iter().position(|d| d.name == daemon) else {
+            continue;
+        };
+        if write_secret(opts, rel, secret, daemon, what, users[i])?
+            && opts.only.as_deref() != Some(daemon)
+            && !changed.contains(&daemon)
         {
-            changed.push("keyd");
+            changed.push(daemon);
         }
     }
     let scope = scope(opts.only.as_deref());
@@ -539,15 +542,17 @@ pub fn apply(opts: &Apply) -> Result<(), String> {
     Ok(())
 }
 
-/// A secret keyd reads from a file `config apply` writes (`rel` under the
-/// root): an inline key of `/etc/aziot/config.toml`, where aziotctl would
-/// put it (`/var/secrets/aziot/keyd/device-id`), or a PKCS#11 PIN beside
-/// keyd's config. Raw bytes, 0600 in a 0700 directory, keyd's user's,
-/// written atomically and only when it changed. Whether it was written.
-fn write_keyd_secret(
+/// A secret a daemon reads from a file `config apply` writes (`rel` under
+/// the root): an inline key of `/etc/aziot/config.toml`, where aziotctl
+/// would put it (`/var/secrets/aziot/keyd/device-id`), a PKCS#11 PIN or an
+/// EST password beside the daemon's config. Raw bytes, 0600 in a 0700
+/// directory, the daemon's user's, written atomically and only when it
+/// changed. Whether it was written.
+fn write_secret(
     opts: &Apply,
     rel: &str,
     secret: &[u8],
+    daemon: &str,
     what: &str,
     (uid, gid): (u32, u32),
 ) -> Result<bool, String> {
@@ -564,7 +569,7 @@ fn write_keyd_secret(
         }
     }
     write_private(&file, secret, (uid, gid))?;
-    outln!("keyd       written    {} ({what})", file.display());
+    outln!("{daemon:<10} written    {} ({what})", file.display());
     Ok(true)
 }
 

@@ -336,8 +336,33 @@ fn keys_the_reference_does_not_know_or_edgeid_cannot_honour_are_refused_with_fil
         ),
         (
             "etc/aziot/certd/config.d/00-super.toml",
-            "homedir_path = \"/x\"\n[cert_issuance.est]\ntrusted_certs = []\n",
-            &["00-super.toml, line 2", "cert_issuance.est", "[certificates.est]"],
+            "homedir_path = \"/x\"\n[cert_issuance.est.identity_auto_renew]\nrotate_key = true\n",
+            &["00-super.toml, line 2", "cert_issuance.est.identity_auto_renew", "[certificates.renewal]"],
+        ),
+        (
+            "etc/aziot/certd/config.d/10-est.toml",
+            "[cert_issuance.est]\nusername = \"u\"\npassword = \"s3cret\"\n[cert_issuance.est.urls]\n\
+             default = \"https://a.example/.well-known/est\"\n\
+             [cert_issuance.device-id]\nmethod = \"est\"\n\
+             [cert_issuance.edge-ca]\nmethod = \"est\"\nurl = \"https://b.example/.well-known/est\"\n",
+            &["10-est.toml, line 9", "cert_issuance.edge-ca.method", "another EST URL", "one EST server"],
+        ),
+        (
+            "etc/aziot/certd/config.d/10-est.toml",
+            "[cert_issuance.est]\nusername = \"u\"\npassword = \"s3cret\"\n[cert_issuance.est.urls]\n\
+             default = \"http://a.example/.well-known/est\"\n[cert_issuance.device-id]\nmethod = \"est\"\n",
+            &["not https://"],
+        ),
+        (
+            "etc/aziot/certd/config.d/10-est.toml",
+            "[cert_issuance.est]\ntrusted_certs = [\"nowhere\"]\nusername = \"u\"\npassword = \"s3cret\"\n\
+             [cert_issuance.est.urls]\ndefault = \"https://a.example/.well-known/est\"\n",
+            &["10-est.toml, line 2", "'nowhere', which is not a preloaded certificate file"],
+        ),
+        (
+            "etc/aziot/certd/config.d/10-est.toml",
+            "[cert_issuance.device-id]\nmethod = \"est\"\nurl = \"https://a.example/.well-known/est\"\n",
+            &["10-est.toml, line 2", "no EST credentials"],
         ),
         (
             "etc/aziot/certd/config.d/00-super.toml",
@@ -636,5 +661,92 @@ fn a_dps_payload_uri_becomes_identityds_payload_file() {
     assert!(
         out.contains("10-payload.toml, line 2") && out.contains("unrecognized scheme"),
         "{out}"
+    );
+}
+
+#[test]
+fn the_references_est_settings_become_certds_one_est_server() {
+    let root = root();
+    let r = root.path();
+    iotedge_applied(r);
+    // As aziotctl writes [cert_issuance.est] of the super-config, with IoT
+    // Edge's Edge CA and the device identity issued by EST.
+    write(
+        r,
+        "etc/aziot/certd/config.d/50-est.toml",
+        "[cert_issuance.est]\ntrusted_certs = [\"est-server-ca\"]\n\
+         username = \"estuser\"\npassword = \"s3cret-est\"\n\
+         identity_cert = \"est-id\"\nidentity_pk = \"est-id\"\n\
+         bootstrap_identity_cert = \"est-bootstrap-id\"\nbootstrap_identity_pk = \"est-bootstrap-id\"\n\n\
+         [cert_issuance.est.urls]\ndefault = \"https://est.example.com/.well-known/est\"\n\n\
+         [cert_issuance.device-id]\nmethod = \"est\"\n\n\
+         [cert_issuance.est-edge-ca]\nmethod = \"est\"\nurl = \"https://est.example.com/.well-known/est\"\n\n\
+         [preloaded_certs]\nest-server-ca = \"file:///var/secrets/est-ca.pem\"\n\
+         est-bootstrap-id = \"file:///var/secrets/est-bootstrap.pem\"\n",
+    );
+    let (ok, out) = apply(r, &[]);
+    assert!(ok, "{out}");
+    assert!(
+        !out.contains("s3cret-est"),
+        "the password in a message: {out}"
+    );
+    let text = std::fs::read_to_string(r.join("etc/edgeid/certd.d/config.toml")).unwrap();
+    assert!(
+        !text.contains("s3cret-est"),
+        "the password in certd's config"
+    );
+    let certd = generated(r, "certd");
+    let est = certd["est"].as_table().unwrap();
+    assert_eq!(
+        est["url"].as_str(),
+        Some("https://est.example.com/.well-known/est")
+    );
+    assert_eq!(
+        est["trust_anchors"].as_array().unwrap()[0].as_str(),
+        Some("/var/secrets/est-ca.pem")
+    );
+    assert_eq!(est["username"].as_str(), Some("estuser"));
+    assert_eq!(
+        est["password_file"].as_str(),
+        Some("/etc/edgeid/certd.d/aziot-est.password")
+    );
+    for (key, id) in [
+        ("identity_cert", "est-id"),
+        ("identity_key", "est-id"),
+        ("bootstrap_cert", "est-bootstrap-id"),
+        ("bootstrap_key", "est-bootstrap-id"),
+    ] {
+        assert_eq!(est[key].as_str(), Some(id), "{key}");
+    }
+    assert_eq!(
+        certd["issuance"]["device-id"]["method"].as_str(),
+        Some("est")
+    );
+    let password = r.join("etc/edgeid/certd.d/aziot-est.password");
+    assert_eq!(std::fs::read_to_string(&password).unwrap(), "s3cret-est");
+    assert_eq!(
+        std::fs::metadata(&password).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let config =
+        edgeid_certd::CertdConfig::load(&r.join("etc/edgeid/certd.d/config.toml")).unwrap();
+    config.validate().unwrap();
+    assert_eq!(config.est.unwrap().identity_cert.as_deref(), Some("est-id"));
+
+    // No trusted_certs: the system's bundle, as the reference trusts openssl's store.
+    write(
+        r,
+        "etc/aziot/certd/config.d/50-est.toml",
+        "[cert_issuance.est]\nusername = \"estuser\"\npassword = \"s3cret-est\"\n\
+         [cert_issuance.est.urls]\ndefault = \"https://est.example.com/.well-known/est\"\n",
+    );
+    let (ok, out) = apply(r, &[]);
+    assert!(ok, "{out}");
+    assert_eq!(
+        generated(r, "certd")["est"]["trust_anchors"]
+            .as_array()
+            .unwrap()[0]
+            .as_str(),
+        Some("/etc/ssl/certs/ca-certificates.crt")
     );
 }

@@ -166,8 +166,9 @@ fn token_tables(
 /// expiry_days), `preloaded_certs` (files and lists of ids), `[[principal]]
 /// uid, certs`. `homedir_path` is accepted: the reference's certificate
 /// directory.
-pub fn certd(l: &Layered, out: &mut Table) -> Result<(), String> {
+pub fn certd(l: &Layered, out: &mut Table) -> Result<Option<Zeroizing<String>>, String> {
     let r = Reader(l);
+    let est_password = super::est::certd(&r, out)?;
     max_requests(&r, out)?;
     r.str(&["homedir_path"])?;
     if get(&l.merged, &["cert_issuance", "local_ca"]).is_some() {
@@ -183,7 +184,7 @@ pub fn certd(l: &Layered, out: &mut Table) -> Result<(), String> {
         out.insert("ca".into(), Value::Table(ca));
     }
     if let Some(Value::Table(certs)) = get(&l.merged, &["cert_issuance"]) {
-        for id in certs.keys().filter(|k| *k != "local_ca") {
+        for id in certs.keys().filter(|k| *k != "local_ca" && *k != "est") {
             let method = r.need_str(&["cert_issuance", id, "method"])?;
             let method = match method.as_str() {
                 "self_signed" => "self-signed",
@@ -249,7 +250,7 @@ pub fn certd(l: &Layered, out: &mut Table) -> Result<(), String> {
         );
         push(out, "principal", Value::Table(principal));
     }
-    Ok(())
+    Ok(est_password)
 }
 
 /// `[cert_issuance.<id>] common_name` or `subject`: the subject certd

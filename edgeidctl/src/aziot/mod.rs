@@ -16,6 +16,7 @@
 //! without aziotctl, which the edgeid package replaces), its part of the
 //! super-config is read in that file's place.
 
+pub mod est;
 pub mod files;
 pub mod map;
 pub mod pkcs11;
@@ -39,21 +40,27 @@ pub struct Overlay {
     pub device_key: Option<zeroize::Zeroizing<Vec<u8>>>,
     /// The PIN a `pkcs11:` URI gave, for [`map::PKCS11_PIN_FILE`].
     pub pkcs11_pin: Option<zeroize::Zeroizing<String>>,
+    /// The EST password, for [`est::EST_PASSWORD_FILE`].
+    pub est_password: Option<zeroize::Zeroizing<String>>,
 }
 
 impl Overlay {
-    /// The secrets keyd reads from files `config apply` writes: each one's
-    /// bytes, file (under the root) and what it is.
-    pub fn keyd_secrets(&self) -> Vec<(&[u8], &'static str, &'static str)> {
+    /// The secrets daemons read from files `config apply` writes: each
+    /// one's daemon, bytes, file (under the root) and what it is.
+    pub fn secrets(&self) -> Vec<(&'static str, &[u8], &'static str, &'static str)> {
         let device_key = self.device_key.as_ref().map(|k| {
             let what = "the device key of /etc/aziot/config.toml";
-            (k.as_slice(), superconfig::DEVICE_KEY_FILE, what)
+            ("keyd", k.as_slice(), superconfig::DEVICE_KEY_FILE, what)
         });
         let pin = self.pkcs11_pin.as_ref().map(|p| {
             let what = "the PKCS#11 PIN of the reference's pkcs11: URI";
-            (p.as_bytes(), map::PKCS11_PIN_FILE, what)
+            ("keyd", p.as_bytes(), map::PKCS11_PIN_FILE, what)
         });
-        device_key.into_iter().chain(pin).collect()
+        let password = self.est_password.as_ref().map(|p| {
+            let what = "the EST password of the reference's [cert_issuance.est]";
+            ("certd", p.as_bytes(), est::EST_PASSWORD_FILE, what)
+        });
+        device_key.into_iter().chain(pin).chain(password).collect()
     }
 }
 
@@ -105,7 +112,7 @@ pub fn overlay(
                     out.device_key = parts.as_ref().and_then(|p| p.device_key.clone());
                 }
             }
-            "certd" => map::certd(&layered, config)?,
+            "certd" => out.est_password = map::certd(&layered, config)?,
             _ => {
                 if map::identityd(&layered, config)? {
                     out.notes.push(format!(

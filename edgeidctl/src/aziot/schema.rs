@@ -61,10 +61,25 @@ pub const KEYD: Rule = Table(&[
     ),
 ]);
 
-const EST: Rule = Refused(
-    "edgeid does not read the reference's EST settings yet; configure EST in \
-     /etc/edgeid/config.toml [certificates.est]",
-);
+/// `[cert_issuance.est]`: read by [`super::est`].
+const EST: Rule = Table(&[
+    ("trusted_certs", Value),
+    ("username", Value),
+    ("password", Value),
+    ("identity_cert", Value),
+    ("identity_pk", Value),
+    ("bootstrap_identity_cert", Value),
+    ("bootstrap_identity_pk", Value),
+    ("urls", Map(&Value)),
+    (
+        "identity_auto_renew",
+        Refused(
+            "certd renews the EST identity by its renewal policy (threshold_percent, \
+             default 80, as the reference's default): give it in /etc/edgeid/config.toml \
+             [certificates.renewal]",
+        ),
+    ),
+]);
 
 /// `/etc/aziot/certd/config.toml` and its drop-ins.
 pub const CERTD: Rule = Table(&[
@@ -93,13 +108,13 @@ pub const CERTD: Rule = Table(&[
 pub const CERTD_ISSUANCE: Rule = Table(&[
     ("method", Value),
     ("expiry_days", Value),
-    ("url", EST),
-    ("username", EST),
-    ("password", EST),
-    ("identity_cert", EST),
-    ("identity_pk", EST),
-    ("bootstrap_identity_cert", EST),
-    ("bootstrap_identity_pk", EST),
+    ("url", Value),
+    ("username", Value),
+    ("password", Value),
+    ("identity_cert", Value),
+    ("identity_pk", Value),
+    ("bootstrap_identity_cert", Value),
+    ("bootstrap_identity_pk", Value),
     ("common_name", Value),
     ("subject", Map(&Value)),
 ]);
