@@ -310,8 +310,8 @@ fn keys_the_reference_does_not_know_or_edgeid_cannot_honour_are_refused_with_fil
         ),
         (
             "etc/aziot/identityd/config.d/20-p.toml",
-            "[[principal]]\nuid = 1\nname = \"a\"\nidtype = [\"module\"]\n[principal.localid]\ntype = \"x509\"\n",
-            &["20-p.toml", "principal.localid", "localIdOpts"],
+            "[[principal]]\nuid = 1\nname = \"a\"\nidtype = [\"local\"]\n[principal.localid]\ntype = \"x509\"\nattributes = \"admin\"\n",
+            &["20-p.toml", "bad 'localid'", "\"client\" or \"server\""],
         ),
         (
             "etc/aziot/keyd/config.d/00-super.toml",
@@ -749,4 +749,54 @@ fn the_references_est_settings_become_certds_one_est_server() {
             .as_str(),
         Some("/etc/ssl/certs/ca-certificates.crt")
     );
+}
+
+#[test]
+fn localid_names_local_identities_and_a_local_principal_gets_one_of_its_kind() {
+    let root = root();
+    let r = root.path();
+    iotedge_applied(r);
+    write(
+        r,
+        "etc/aziot/identityd/config.d/50-local.toml",
+        "[localid]\ndomain = \"example.com\"\n\n\
+         [[principal]]\nuid = 6101\nname = \"opcua-server\"\nidtype = [\"local\"]\n\
+         localid = { type = \"x509\", attributes = \"server\" }\n\n\
+         [[principal]]\nuid = 6102\nname = \"agent\"\nidtype = [\"module\", \"local\"]\n",
+    );
+    let (ok, out) = apply(r, &[]);
+    assert!(ok, "{out}");
+    let identityd = generated(r, "identityd");
+    // The hostname the reference's identityd config has (iotedge config apply writes it).
+    let host = identityd_hostname(r);
+    assert_eq!(
+        identityd["modules"]["local_cn_suffix"].as_str(),
+        Some(format!("{host}.example.com").as_str())
+    );
+    let ps = principals(&identityd);
+    let of = |name: &str| {
+        ps.iter()
+            .find(|p| p["name"].as_str() == Some(name))
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(of("opcua-server")["local_id"].as_str(), Some("server"));
+    assert_eq!(of("opcua-server").get("keep_module"), None);
+    assert_eq!(
+        of("agent")["local_id"].as_str(),
+        Some("client"),
+        "client without localid, as the reference"
+    );
+    assert_eq!(of("agent")["keep_module"].as_bool(), Some(true));
+    let text = std::fs::read_to_string(r.join("etc/edgeid/identityd.d/config.toml")).unwrap();
+    let config: edgeid_identityd::IdentitydConfig = toml::from_str(&text).unwrap();
+    assert!(config.principals.iter().any(|p| p.local_id.is_some()));
+}
+
+/// `hostname` of the identityd config `iotedge_applied` wrote.
+fn identityd_hostname(r: &Path) -> String {
+    let text =
+        std::fs::read_to_string(r.join("etc/aziot/identityd/config.d/00-super.toml")).unwrap();
+    let t: Table = text.parse().unwrap();
+    t["hostname"].as_str().unwrap().to_owned()
 }

@@ -280,6 +280,10 @@ pub struct ModulesConfig {
     pub auth: AuthType,
     /// Lifetime of module certificates.
     pub cert_lifetime_days: u64,
+    /// Local identities' common name is `<module>.<this>` (the reference's
+    /// `<module>.<hostname>.<[localid] domain>`); the module id alone if
+    /// absent.
+    pub local_cn_suffix: Option<String>,
 }
 
 impl Default for ModulesConfig {
@@ -287,6 +291,7 @@ impl Default for ModulesConfig {
         Self {
             auth: AuthType::Sas,
             cert_lifetime_days: 30,
+            local_cn_suffix: None,
         }
     }
 }

@@ -10,6 +10,7 @@ use edgeid_common::Caller;
 use crate::error::Error;
 use crate::identities::Identityd;
 use crate::names;
+use crate::principal::{LocalIdKind, Role};
 
 /// A local identity, as issued.
 #[derive(Debug, Clone)]
@@ -39,8 +40,48 @@ impl Identityd {
         names::check_module_id(module_id).map_err(|e| {
             Error::BadRequest(format!("module id '{}': {e}", names::shown(module_id)))
         })?;
-        let (key, csr) =
-            edgeid_certd::issuer::fresh_key_and_csr(module_id).map_err(Error::from_certd)?;
+        if self.local_principal(module_id).is_some() {
+            // As the reference: a principal's local identity is its own.
+            return Err(Error::BadRequest(format!(
+                "local identity for {module_id} already exists (it is a principal's: GET it)"
+            )));
+        }
+        self.issue(module_id, server).await
+    }
+
+    /// `GET /identities/modules/{id}?type=local`: the local identity of a
+    /// principal with one (the reference's idtype local), issued anew, of
+    /// its kind. The orchestrator's, administrators' and that module's to ask.
+    pub async fn principals_local_identity(
+        &self,
+        caller: &Caller,
+        module_id: &str,
+    ) -> Result<LocalIdentity, Error> {
+        self.authorize_module(caller, module_id)?;
+        let kind = self.local_principal(module_id).ok_or_else(|| {
+            Error::BadRequest(format!(
+                "local identity for {} doesn't exist (no principal of that module has a local identity)",
+                names::shown(module_id)
+            ))
+        })?;
+        self.issue(module_id, kind == LocalIdKind::Server).await
+    }
+
+    /// The kind of `module_id`'s principal's local identity, if it has one.
+    fn local_principal(&self, module_id: &str) -> Option<LocalIdKind> {
+        self.config
+            .principals
+            .iter()
+            .filter(|p| p.role == Role::Module && p.module() == module_id)
+            .find_map(|p| p.local_id)
+    }
+
+    async fn issue(&self, module_id: &str, server: bool) -> Result<LocalIdentity, Error> {
+        let cn = match &self.config.modules.local_cn_suffix {
+            Some(suffix) => format!("{module_id}.{suffix}"),
+            None => module_id.to_owned(),
+        };
+        let (key, csr) = edgeid_certd::issuer::fresh_key_and_csr(&cn).map_err(Error::from_certd)?;
         let chain = self
             .certd
             .create(&CreateCertificateRequest {
@@ -54,7 +95,7 @@ impl Identityd {
                 csr: Some(csr),
                 key_id: None,
                 key_spec: None,
-                subject_cn: Some(module_id.to_owned()),
+                subject_cn: Some(cn),
                 san: None,
                 lifetime_secs: Some(self.config.modules.cert_lifetime_days.max(1) * 86400),
                 renewal: None,

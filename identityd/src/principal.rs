@@ -30,6 +30,22 @@ pub struct PrincipalConfig {
     /// For `module`: made once provisioned, if missing (the reference's idtype module).
     #[serde(default)]
     pub keep_module: bool,
+    /// For `module`: it has a local identity (the reference's idtype
+    /// local), issued anew at each `GET /identities/modules/{its
+    /// module}?type=local`, a TLS certificate of this kind.
+    #[serde(default)]
+    pub local_id: Option<LocalIdKind>,
+}
+
+/// What a principal's local identity certificate is for (the reference's
+/// `localid.attributes`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LocalIdKind {
+    /// A TLS client.
+    Client,
+    /// A TLS server, and client too (as the reference's `server`).
+    Server,
 }
 
 impl PrincipalConfig {

@@ -24,6 +24,8 @@ const STRANGER: u32 = 4999;
 /// A host process the reference's config names with idtype = ["module"]
 /// (as the Device Update agent is): identityd makes its module itself.
 const HOST_PROCESS: u32 = 4302;
+/// A host process with a local identity (idtype local, a TLS server's).
+const LOCAL_SERVER: u32 = 4303;
 
 struct Device {
     daemons: Daemons,
@@ -54,6 +56,7 @@ async fn device() -> Device {
             role: Role::Orchestrator,
             module_id: None,
             keep_module: false,
+            local_id: None,
         },
         PrincipalConfig {
             name: "sensor".into(),
@@ -61,6 +64,7 @@ async fn device() -> Device {
             role: Role::Module,
             module_id: None,
             keep_module: false,
+            local_id: None,
         },
         PrincipalConfig {
             name: "adu-agent".into(),
@@ -68,8 +72,19 @@ async fn device() -> Device {
             role: Role::Module,
             module_id: None,
             keep_module: true,
+            local_id: None,
+        },
+        PrincipalConfig {
+            name: "opcua".into(),
+            uid: LOCAL_SERVER,
+            role: Role::Module,
+            module_id: None,
+            keep_module: false,
+            local_id: Some(edgeid_identityd::principal::LocalIdKind::Server),
         },
     ];
+    // The reference's [localid] domain "example.com" on host "gw".
+    config.modules.local_cn_suffix = Some("gw.example.com".into());
     let identityd = IdentitydFixture::configured(config, Admins::root_and_self()).await;
     provisioned(&identityd.client()).await;
     Device {
@@ -486,5 +501,68 @@ async fn local_identities_are_a_fresh_key_and_a_certificate_openssl_verifies() {
             .iter()
             .all(|m| m == "adu-agent"),
         "nothing in the hub (but the host process's own module)"
+    );
+}
+
+/// The reference's idtype local principal: its own local identity, issued
+/// anew at each `GET /identities/modules/<it>?type=local`, of the kind its
+/// `localid` says, named `<module>.<hostname>.<domain>`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_local_principal_gets_its_own_local_identity_and_nobody_else_does() {
+    if !edgeid_testkit::is_root() {
+        panic!("this test switches uids: run it as root (CI does)");
+    }
+    let d = device().await;
+    let socket = d.identityd.socket();
+    let bundle = d.daemons.certd.client().trust_bundle().await.unwrap();
+    let path = "/identities/modules/opcua?api-version=2022-08-01&type=local";
+    let mut keys = Vec::new();
+    for uid in [LOCAL_SERVER, ORCHESTRATOR] {
+        let (status, got) = call_as(uid, &socket, Method::GET, path, Value::Null).await;
+        assert_eq!(status, StatusCode::OK, "uid {uid}: {got}");
+        assert_eq!(got["type"], "local");
+        let auth = &got["spec"]["auth"];
+        let chain = auth["certificate"].as_str().unwrap();
+        edgeid_testkit::openssl::verify_chain(&bundle, chain, "sslserver").unwrap();
+        edgeid_testkit::openssl::verify_chain(&bundle, chain, "sslclient").unwrap();
+        let subject = openssl_out(&["x509", "-noout", "-subject"], chain);
+        assert!(subject.contains("CN = opcua.gw.example.com"), "{subject}");
+        assert_eq!(
+            openssl_out(&["pkey", "-pubout"], auth["privateKey"].as_str().unwrap()),
+            openssl_out(&["x509", "-noout", "-pubkey"], chain)
+        );
+        keys.push(auth["privateKey"].as_str().unwrap().to_owned());
+    }
+    assert_ne!(keys[0], keys[1], "issued anew each time");
+    for uid in [MODULE, STRANGER] {
+        let (status, got) = call_as(uid, &socket, Method::GET, path, Value::Null).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "uid {uid}: {got}");
+    }
+    let (status, got) = call_as(
+        ORCHESTRATOR,
+        &socket,
+        Method::GET,
+        "/identities/modules/sensor?api-version=2022-08-01&type=local",
+        Value::Null,
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{got}");
+    assert!(
+        got["message"].as_str().unwrap().contains("doesn't exist"),
+        "{got}"
+    );
+    // As the reference: the principal's local identity is not made by POST.
+    let (status, got) = call_as(
+        ORCHESTRATOR,
+        &socket,
+        Method::POST,
+        "/identities/modules?api-version=2022-08-01",
+        json!({ "type": "local", "moduleId": "opcua" }),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{got}");
+    assert!(
+        got["message"].as_str().unwrap().contains("already exists"),
+        "{got}"
     );
 }

@@ -102,6 +102,7 @@ async fn modules_cannot_read_each_other() {
         role,
         module_id: None,
         keep_module: false,
+        local_id: None,
     };
     config.principals = vec![
         principal("agent", 4100, Role::Orchestrator),

@@ -318,6 +318,17 @@ pub fn identityd(l: &Layered, out: &mut Table) -> Result<bool, String> {
     if let Some(retries) = r.uint(&["cloud_retries"])? {
         sub(out, "cloud").insert("attempts".into(), Value::Integer(retries.saturating_add(1)));
     }
+    if let Some(domain) = r.str(&["localid", "domain"])? {
+        // As the reference names them: <module>.<hostname>.<domain>.
+        let host = match &hostname {
+            Some(h) => h.clone(),
+            None => crate::daemons::hostname()?,
+        };
+        sub(out, "modules").insert(
+            "local_cn_suffix".into(),
+            Value::String(format!("{host}.{domain}")),
+        );
+    }
     let provisioning = match get(&l.merged, &["provisioning"]) {
         Some(_) => Some(provisioning(&r, hostname.as_deref())?),
         None => None,
@@ -482,10 +493,42 @@ fn principals(r: &Reader, out: &mut Table) -> Result<(), String> {
                 }
                 if types.iter().any(|t| t == "module" || t == "local") {
                     let keep = types.iter().any(|t| t == "module");
-                    push(out, "principal", entry("module", true, keep));
+                    let Value::Table(mut t) = entry("module", true, keep) else {
+                        continue;
+                    };
+                    if types.iter().any(|t| t == "local") {
+                        t.insert("local_id".into(), Value::String(local_kind(r, p)?.into()));
+                    }
+                    push(out, "principal", Value::Table(t));
                 }
             }
         }
     }
     Ok(())
+}
+
+/// A local principal's `localid = { type = "x509", attributes = ... }`:
+/// the kind of its local identity (`client` without one, as the reference).
+fn local_kind(r: &Reader, p: &Table) -> Result<&'static str, String> {
+    let Some(opts) = p.get("localid") else {
+        return Ok("client");
+    };
+    let bad = |what: &str| {
+        format!(
+            "{}: a [[principal]] ({}) has a bad 'localid': {what}",
+            r.0.at_principal(p, "localid"),
+            p.get("name").and_then(Value::as_str).unwrap_or_default()
+        )
+    };
+    let opts = opts.as_table().ok_or_else(|| bad("it must be a table"))?;
+    if opts.get("type").and_then(Value::as_str) != Some("x509") {
+        return Err(bad(
+            "type must be \"x509\" (the only kind the reference has)",
+        ));
+    }
+    match opts.get("attributes").map(|a| a.as_str()) {
+        None | Some(Some("client")) => Ok("client"),
+        Some(Some("server")) => Ok("server"),
+        _ => Err(bad("attributes must be \"client\" or \"server\"")),
+    }
 }

@@ -37,10 +37,11 @@ const CSR_SUBJECT: Rule = Refused(
      device or registration id); a subject table is not supported yet",
 );
 
-const LOCAL_ID: Rule = Refused(
-    "edgeid does not read [localid] yet: its local identities take their options from the \
-     request (localIdOpts) and their CN is the module id",
-);
+/// `[localid]`: the domain local identities' names end in.
+const LOCAL_ID: Rule = Table(&[("domain", Value)]);
+
+/// A principal's `localid`: its local identity's options.
+const PRINCIPAL_LOCAL_ID: Rule = Table(&[("type", Value), ("attributes", Value)]);
 
 /// `/etc/aziot/keyd/config.toml` and its drop-ins.
 pub const KEYD: Rule = Table(&[
@@ -189,7 +190,7 @@ pub const IDENTITYD: Rule = Table(&[
             ("uid", Value),
             ("name", Value),
             ("idtype", Value),
-            ("localid", LOCAL_ID),
+            ("localid", PRINCIPAL_LOCAL_ID),
         ])),
     ),
     ("localid", LOCAL_ID),

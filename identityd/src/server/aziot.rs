@@ -152,6 +152,10 @@ impl Service {
                 let created = me.create_module_as(caller, create, bearer).await;
                 answer(ok, created.and_then(|(m, _)| one_module(m)))
             }
+            Route::GetModule if req.query_param("type").as_deref() == Some(ID_TYPE_LOCAL) => {
+                let issued = me.principals_local_identity(caller, id).await;
+                answer(ok, issued.map(local_identity))
+            }
             Route::GetModule => {
                 hub_type!(req.query_param("type").as_deref());
                 let module = me.get_module_as(caller, id, bearer).await;
@@ -205,7 +209,7 @@ fn hub_type(id_type: Option<&str>) -> Result<(), ApiError> {
     match id_type {
         Some(ID_TYPE_AZIOT) => Ok(()),
         Some(ID_TYPE_LOCAL) => Err(ApiError::bad_request(
-            "type=local identities are issued anew by POST /identities/modules and kept by no one; there is none to read, list, update or delete",
+            "type=local identities are issued anew (by POST /identities/modules, or a principal's by GET) and kept by no one; there is none to list, update or delete",
         )),
         Some(other) => Err(ApiError::bad_request(format!("invalid type: {other}"))),
         None => Err(ApiError::bad_request("type: missing parameter")),
