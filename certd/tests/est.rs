@@ -216,6 +216,7 @@ async fn the_est_identity_is_enrolled_once_with_the_bootstrap_then_authenticates
     keyd_config.preloaded_keys = vec![edgeid_keyd::config::PreloadedKey {
         id: "est-bootstrap".into(),
         file: bootstrap_key,
+        symmetric: None,
     }];
     let keyd = KeydFixture::configured(keyd_config, Admins::root_and_self()).await;
     let mut config = CertdFixture::config_in(dir.path(), &keyd.socket());

@@ -66,6 +66,7 @@ async fn daemons(
         .map(|(id, file)| PreloadedKey {
             id: (*id).to_owned(),
             file: file.to_path_buf(),
+            symmetric: None,
         })
         .collect();
     let keyd = KeydFixture::configured(config, Admins::root_and_self()).await;

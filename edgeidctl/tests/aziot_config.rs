@@ -800,3 +800,33 @@ fn identityd_hostname(r: &Path) -> String {
     let t: Table = text.parse().unwrap();
     t["hostname"].as_str().unwrap().to_owned()
 }
+
+#[test]
+fn iot_edges_imported_master_encryption_key_is_preloaded_as_an_aes_key() {
+    let root = root();
+    let r = root.path();
+    // What iotedge config apply writes for [edge] imported_master_encryption_key.
+    write(
+        r,
+        "etc/aziot/keyd/config.d/00-super.toml",
+        "[aziot_keys]\nhomedir_path = \"/var/lib/aziot/keyd\"\n\n[preloaded_keys]\n\
+         iotedge_master_encryption_id = \"file:///var/secrets/aziot/keyd/imported-master-encryption-key\"\n\
+         device-id = \"file:///var/secrets/aziot/keyd/device-id\"\n",
+    );
+    let (ok, out) = apply(r, &[]);
+    assert!(ok, "{out}");
+    let keyd = generated(r, "keyd");
+    let entries = keyd["preloaded_key"].as_array().unwrap();
+    let of = |id: &str| {
+        entries
+            .iter()
+            .find(|e| e["id"].as_str() == Some(id))
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(
+        of("iotedge_master_encryption_id")["symmetric"].as_str(),
+        Some("aes-256-gcm")
+    );
+    assert!(of("device-id").get("symmetric").is_none(), "an HMAC key");
+}

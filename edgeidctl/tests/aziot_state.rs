@@ -89,7 +89,7 @@ async fn the_edge_ca_an_aziot_identity_service_left_is_taken_over_once() {
     std::fs::copy(&cert_pem, &cert_file).unwrap();
     // A key of an id that is not taken over stays where it is, named by check.
     std::fs::write(
-        keys.join(reference_name("iotedge_master_encryption_id", "key")),
+        keys.join(reference_name("aziot_identityd_master_id", "key")),
         [7u8; 32],
     )
     .unwrap();
@@ -131,12 +131,14 @@ async fn the_edge_ca_an_aziot_identity_service_left_is_taken_over_once() {
         .map(|(id, file)| PreloadedKey {
             id: id.clone(),
             file: file.clone(),
+            symmetric: None,
         })
         .collect();
     // One whose file is gone (the reference purged) is no reason not to start.
     config.imported_keys.push(PreloadedKey {
         id: "device-id".into(),
         file: keys.join("gone.key"),
+        symmetric: None,
     });
     let mut keyd = KeydFixture::configured(config.clone(), Admins::root_and_self()).await;
     let public_of_file = String::from_utf8(openssl::run(&[

@@ -117,6 +117,11 @@ pub struct PreloadedKey {
     pub id: String,
     /// The file holding its bytes.
     pub file: PathBuf,
+    /// The kind of key raw bytes are (default hmac-sha256; the reference
+    /// keeps both kinds as raw bytes, so its `iotedge_master_encryption_id`
+    /// is taken over as `aes-256-gcm`). A PEM file is a key pair whatever this says.
+    #[serde(default)]
+    pub symmetric: Option<crate::api::SymmetricKeyType>,
 }
 
 /// `[backend]`: the default store and per-key overrides.

@@ -621,6 +621,7 @@ async fn a_preloaded_key_file_is_the_key_and_a_new_file_a_new_key() {
     config.preloaded_keys = vec![edgeid_keyd::config::PreloadedKey {
         id: "device-id".into(),
         file: file.clone(),
+        symmetric: None,
     }];
     // The id already holds a key pair (as edgeid's default local
     // provisioning makes one): the file replaces it.
@@ -697,6 +698,7 @@ async fn a_preloaded_key_file_is_the_key_and_a_new_file_a_new_key() {
         config.preloaded_keys = vec![edgeid_keyd::config::PreloadedKey {
             id: "device-id".into(),
             file: file.clone(),
+            symmetric: None,
         }];
         let err = match edgeid_keyd::Keyd::open(&config, Admins::root_and_self()).await {
             Ok(_) => panic!("keyd opened with {content:?}"),
@@ -746,6 +748,7 @@ async fn preloaded_pem_key_pairs_are_openssls_keys() {
         .map(|id| edgeid_keyd::config::PreloadedKey {
             id: (*id).into(),
             file: dir.path().join(format!("{id}.pem")),
+            symmetric: None,
         })
         .collect();
     let mut keyd = KeydFixture::configured(config.clone(), Admins::root_and_self()).await;
@@ -807,6 +810,7 @@ async fn preloaded_pem_key_pairs_are_openssls_keys() {
     config.preloaded_keys = vec![edgeid_keyd::config::PreloadedKey {
         id: "pkcs1".into(),
         file: dir.path().join("pkcs1.pem"),
+        symmetric: None,
     }];
     let err = match edgeid_keyd::Keyd::open(&config, Admins::root_and_self()).await {
         Ok(_) => panic!("a PKCS#1 key was taken"),

@@ -78,14 +78,15 @@ pub fn keyd(l: &Layered, out: &mut Table) -> Result<Option<Zeroizing<String>>, S
                 continue;
             }
             let file = file_uri(&r, &path, uri)?;
-            push(
-                out,
-                "preloaded_key",
-                Value::Table(Table::from_iter([
-                    ("id".to_owned(), Value::String(id.clone())),
-                    ("file".to_owned(), Value::String(file)),
-                ])),
-            );
+            let mut entry = Table::from_iter([
+                ("id".to_owned(), Value::String(id.clone())),
+                ("file".to_owned(), Value::String(file)),
+            ]);
+            // IoT Edge's imported_master_encryption_key: an AES key.
+            if let Some(kind) = super::state::symmetric_kind(id) {
+                entry.insert("symmetric".into(), Value::String(kind.into()));
+            }
+            push(out, "preloaded_key", Value::Table(entry));
         }
     }
     let pin = match token {

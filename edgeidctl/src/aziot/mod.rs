@@ -156,6 +156,9 @@ fn take_over(
                 "file".into(),
                 toml::Value::String(file.display().to_string()),
             );
+            if let Some(kind) = state::symmetric_kind(id).filter(|_| table == "imported_key") {
+                entry.insert("symmetric".into(), toml::Value::String(kind.into()));
+            }
             toml::Value::Table(entry)
         })
         .collect();

@@ -1,6 +1,6 @@
 //! What an installed aziot-identity-service left in `/var/lib/aziot`.
-//! The Edge CA's key and certificate and a generated device key and its
-//! certificate are taken over: `config apply` names their files to keyd
+//! The Edge CA's key and certificate, a generated device key and its
+//! certificate, and aziot-edged's encryption key are taken over: `config apply` names their files to keyd
 //! (`[[imported_key]]`) and certd (`[[imported_cert]]`), which import each
 //! once, where they hold nothing at that id. The rest is not imported:
 //! `edgeidctl check` names it, key by key where the id is one the
@@ -17,8 +17,20 @@ const CERTS_DIR: &str = "var/lib/aziot/certd/certs";
 
 /// Ids taken over from the reference's stores, keys and certificates
 /// alike: aziot-edged's Edge CA (so its modules' chains and the trust they
-/// were given stay), and a device key certd issued for (EST).
-const TAKEN_OVER: &[&str] = &["aziot-edged-ca", "device-id"];
+/// were given stay), a device key certd issued for (EST), and aziot-edged's
+/// encryption key (so what modules encrypted through the workload API
+/// still decrypts: keyd opens the reference's ciphertexts with it).
+const TAKEN_OVER: &[&str] = &["aziot-edged-ca", "device-id", MASTER_ENCRYPTION_KEY];
+
+/// aziot-edged's encryption key: raw bytes, as the reference keeps every
+/// symmetric key, used for AES-256-GCM.
+const MASTER_ENCRYPTION_KEY: &str = "iotedge_master_encryption_id";
+
+/// The kind of symmetric key the reference's raw key file `id` is, where
+/// it is not an HMAC key (keyd's `[[imported_key]] symmetric`).
+pub fn symmetric_kind(id: &str) -> Option<&'static str> {
+    (id == MASTER_ENCRYPTION_KEY).then_some("aes-256-gcm")
+}
 
 /// Key ids the reference's tools make in aziot-keyd's own store that are
 /// not taken over, and what edgeid making new ones means.
@@ -26,10 +38,6 @@ const KNOWN: &[(&str, &str)] = &[
     (
         "aziot-edged-ca-temp",
         "a renewal's Edge CA key: unused once the new Edge CA is issued",
-    ),
-    (
-        "iotedge_master_encryption_id",
-        "aziot-edged's encryption key: what modules encrypted through the workload API cannot be decrypted",
     ),
     (
         "aziot_identityd_master_id",
@@ -144,7 +152,7 @@ mod tests {
         std::fs::create_dir_all(&keys).unwrap();
         std::fs::create_dir_all(&certs).unwrap();
         for name in [
-            key_file_name("iotedge_master_encryption_id"),
+            key_file_name("aziot_identityd_master_id"),
             "x-00.key".into(),
         ] {
             std::fs::write(keys.join(name), b"k").unwrap();
@@ -153,8 +161,8 @@ mod tests {
         let said = not_imported(root.path());
         assert_eq!(said.len(), 3, "{said:?}");
         assert!(
-            said[0].contains("'iotedge_master_encryption_id'")
-                && said[0].contains("cannot be decrypted")
+            said[0].contains("'aziot_identityd_master_id'")
+                && said[0].contains("the base of module keys")
         );
         assert!(said[1].starts_with("1 other key(s)"));
         assert!(said[2].starts_with("1 certificate(s)"));
@@ -175,5 +183,18 @@ mod tests {
         assert!(c[0].1.starts_with("/var/lib/aziot/certd/certs"));
         assert!(c[0].1.to_string_lossy().ends_with(".cer"));
         assert_eq!(not_imported(root.path()).len(), 3, "unchanged by them");
+        // aziot-edged's encryption key is taken over too, as an AES key.
+        let master = key_file_name("iotedge_master_encryption_id");
+        std::fs::write(keys.join(&master), [7u8; 32]).unwrap();
+        let (k, _) = taken_over(root.path());
+        assert!(k
+            .iter()
+            .any(|(id, f)| id == "iotedge_master_encryption_id" && f.ends_with(&master)));
+        assert_eq!(not_imported(root.path()).len(), 3, "not left either");
+        assert_eq!(
+            symmetric_kind("iotedge_master_encryption_id"),
+            Some("aes-256-gcm")
+        );
+        assert_eq!(symmetric_kind("device-id"), None);
     }
 }

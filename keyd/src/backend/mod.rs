@@ -2,6 +2,7 @@
 //! knows which one serves a key. Hardware stores do their blocking calls off
 //! the async reactor (a worker thread or `spawn_blocking`), inside the trait.
 
+mod aziot_aead;
 pub(crate) mod encoding;
 mod pace;
 pub mod pkcs11;
@@ -201,6 +202,20 @@ pub trait KeyBackend: Send + Sync + 'static {
 
     /// The inverse of `encrypt`; altered ciphertext or aad is refused.
     async fn decrypt(&self, key: &KeyRef, ciphertext: &[u8], aad: &[u8]) -> Result<Vec<u8>, Error>;
+
+    /// Opens a ciphertext the reference's libaziot-keys made with this key
+    /// ([`aziot_aead`]): only the software store holds such keys' bytes
+    /// (taken over from the reference's key files).
+    async fn decrypt_reference(
+        &self,
+        key: &KeyRef,
+        iv: &[u8],
+        aad: &[u8],
+        ciphertext: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, Error> {
+        let _ = (key, iv, aad, ciphertext);
+        Err(decryption_failed())
+    }
 
     /// Deletes the key. `pair` says which API path asked (key pair or symmetric
     /// key), so neither path deletes the other kind of key.

@@ -31,6 +31,7 @@ pub async fn import(
     let file = preloaded.file.display();
     let setup =
         |why: String| Error::Setup(format!("preloaded key '{}' ({file}): {why}", preloaded.id));
+    let kind = preloaded.symmetric.unwrap_or(SymmetricKeyType::HmacSha256);
     let mut bytes = Zeroizing::new(Vec::new());
     std::fs::File::open(&preloaded.file)
         .and_then(|f| f.take(MAX_FILE_LEN + 1).read_to_end(&mut bytes))
@@ -44,7 +45,7 @@ pub async fn import(
     } else {
         None
     };
-    match import_once(store, id, pair.as_ref().map(|p| p.as_slice()), &bytes).await {
+    match import_once(store, id, pair.as_ref().map(|p| p.as_slice()), &bytes, kind).await {
         Ok(_) => return Ok(()),
         Err(Error::Conflict(_)) => {}
         Err(e) => return Err(setup(e.to_string())),
@@ -62,7 +63,7 @@ pub async fn import(
         }
         Err(e) => return Err(setup(e.to_string())),
     };
-    import_once(store, id, pair.as_ref().map(|p| p.as_slice()), &bytes)
+    import_once(store, id, pair.as_ref().map(|p| p.as_slice()), &bytes, kind)
         .await
         .map_err(|e| setup(e.to_string()))?;
     tracing::warn!(key = %id, file = %file, replaced = if was_pair { "a key pair" } else { "a symmetric key" }, "preloaded key replaced what the id held");
@@ -85,20 +86,18 @@ pub async fn take_over(
     Ok(true)
 }
 
-/// One attempt: the key pair (PKCS#8) if there is one, else the bytes as an hmac key.
+/// One attempt: the key pair (PKCS#8) if there is one, else the bytes as
+/// a symmetric key of `kind`.
 async fn import_once(
     store: &dyn KeyBackend,
     id: &KeyId,
     pair: Option<&[u8]>,
     bytes: &[u8],
+    kind: SymmetricKeyType,
 ) -> Result<crate::backend::KeyRecord, Error> {
     match pair {
         Some(pkcs8) => store.import_key_pair(id, pkcs8).await,
-        None => {
-            store
-                .create_key(id, SymmetricKeyType::HmacSha256, Some(bytes))
-                .await
-        }
+        None => store.create_key(id, kind, Some(bytes)).await,
     }
 }
 

@@ -409,6 +409,17 @@ impl KeyBackend for SoftwareBackend {
             })
     }
 
+    async fn decrypt_reference(
+        &self,
+        key: &KeyRef,
+        iv: &[u8],
+        aad: &[u8],
+        ciphertext: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, Error> {
+        let derived = self.aes_material(key).await?;
+        super::aziot_aead::open(&derived, iv, aad, ciphertext).ok_or_else(decryption_failed)
+    }
+
     async fn delete(&self, id: &KeyId, pair: bool) -> Result<(), Error> {
         let _writing = self.writes.lock().await;
         let existing = self.load(id).await?.ok_or_else(|| no_such_key(id, pair))?;

@@ -407,6 +407,34 @@ impl Keyd {
         })
     }
 
+    /// The aziot API's AEAD decrypt: keyd's own form (`bound_aad` holds the
+    /// `iv`), else, for a ciphertext that may be one, the reference's form
+    /// with that `iv` and `aad` (a key taken over from libaziot-keys).
+    pub async fn decrypt_aziot(
+        &self,
+        caller: &Caller,
+        req: CryptRequest,
+        iv: &[u8],
+        aad: &[u8],
+    ) -> Result<CryptResponse, Error> {
+        let (key, store) = self.open_handle(caller, &req.handle)?;
+        self.refuse_if_derive_only(&key, "decrypt")?;
+        let bound_aad = req.aad.as_ref().map_or(&[][..], |a| a.0.as_slice());
+        let ciphertext = &req.data.0;
+        let data = match store.decrypt(&key, ciphertext, bound_aad).await {
+            Ok(data) => data,
+            Err(first) if matches!(ciphertext.first(), Some(1 | 2)) => store
+                .decrypt_reference(&key, iv, aad, ciphertext)
+                .await
+                .map(|p| p.to_vec())
+                .map_err(|_| first)?,
+            Err(e) => return Err(e),
+        };
+        Ok(CryptResponse {
+            data: Base64Bytes(data),
+        })
+    }
+
     /// `DELETE /v1/keypair/{id}` (`pair`) and `DELETE /v1/key/{id}`.
     pub async fn delete(&self, caller: &Caller, id: &str, pair: bool) -> Result<(), Error> {
         let id = self.authorize(caller, id)?;

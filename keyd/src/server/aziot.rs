@@ -9,7 +9,8 @@
 //! where it happens: derivation only from keyd's `derive_only` bases,
 //! export only under an `export` grant, RSA only through PKCS#1 v1.5
 //! SHA-256 (no raw RSA), AEAD with keyd's own random nonce (`iv` is bound
-//! as associated data).
+//! as associated data); the reference's own AEAD ciphertexts are opened
+//! too, for a key taken over from it.
 
 use std::sync::LazyLock;
 
@@ -243,7 +244,7 @@ impl Keyd {
                             data: req.ciphertext,
                             aad: Some(Base64Bytes(aead_aad(&iv.0, &aad.0))),
                         };
-                        let result = self.decrypt(caller, crypt).await;
+                        let result = self.decrypt_aziot(caller, crypt, &iv.0, &aad.0).await;
                         answer(
                             ok,
                             result.map(|r| DecryptResponse {
