@@ -16,9 +16,7 @@ use edgeid_common::sync::lock;
 use edgeid_common::Caller;
 use edgeid_keyd::KeydClient;
 
-use crate::api::{
-    Auth, AuthType, DeviceIdentity, ProvisioningState, ProvisioningStatus, Token, TokenRequest,
-};
+use crate::api::{DeviceIdentity, ProvisioningState, ProvisioningStatus, Token, TokenRequest};
 use crate::cloud::Cloud;
 use crate::config::{IdentitydConfig, Role};
 use crate::credentials::Credentials;
@@ -517,27 +515,9 @@ impl Identityd {
         self.authorize_device_reader(caller)?;
         let device = self.current()?;
         Ok(DeviceIdentity {
-            auth: self.device_auth(&device, handles).await?,
+            auth: self.credentials_as(handles).device_auth(&device).await?,
             hub: device.hub,
             device_id: device.device_id,
-        })
-    }
-
-    async fn device_auth(&self, device: &DeviceRecord, handles: Handles) -> Result<Auth, Error> {
-        let credentials = self.credentials_as(handles);
-        Ok(match &device.credential {
-            Credential::Sas { key } => Auth {
-                auth_type: AuthType::Sas,
-                key_handle: Some(credentials.symmetric_handle(key).await?),
-                cert_id: None,
-                secondary_key_handle: None,
-            },
-            Credential::X509 { cert_id } => Auth {
-                auth_type: AuthType::X509,
-                key_handle: Some(credentials.cert_key_handle(cert_id).await?),
-                cert_id: Some(cert_id.clone()),
-                secondary_key_handle: None,
-            },
         })
     }
 
@@ -558,18 +538,7 @@ impl Identityd {
 
     /// How identityd authenticates to the hub as this device.
     pub(crate) async fn device_proof(&self, device: &DeviceRecord) -> Result<DeviceProof, Error> {
-        match &device.credential {
-            Credential::Sas { key } => {
-                let handle = self.credentials().symmetric_handle(key).await?;
-                let resource = sas::device_resource(&device.hub, &device.device_id);
-                let token =
-                    sas::sign(&self.keyd, &handle, &resource, sas::now() + 3600, None).await?;
-                Ok(DeviceProof::Token(token.token))
-            }
-            Credential::X509 { cert_id } => Ok(DeviceProof::X509(
-                self.credentials().x509_identity(cert_id).await?,
-            )),
-        }
+        self.credentials().device_proof(device).await
     }
 
     /// `GET /v1/health`

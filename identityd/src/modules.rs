@@ -125,7 +125,7 @@ impl Identityd {
                     auth_type: AuthType::X509,
                     key_handle: Some(
                         self.credentials_as(handles)
-                            .cert_key_handle(&cert_id)
+                            .cert_key_handle(&cert_id, None)
                             .await?,
                     ),
                     cert_id: Some(cert_id),

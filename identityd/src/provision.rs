@@ -135,12 +135,10 @@ impl Provisioner<'_> {
                     derive: None,
                 },
             },
-            DeviceAuthConfig::X509 { cert_id, key_id } => {
-                self.check_x509(cert_id, key_id).await?;
-                Credential::X509 {
-                    cert_id: cert_id.clone(),
-                }
-            }
+            DeviceAuthConfig::X509 { cert_id, key_id } => Credential::X509 {
+                cert_id: cert_id.clone(),
+                key_id: self.check_x509(cert_id, key_id, Some(device_id)).await?,
+            },
         };
         Ok((hub.clone(), device_id.clone(), credential))
     }
@@ -181,7 +179,10 @@ impl Provisioner<'_> {
         Ok((
             l.hub.clone(),
             l.device_id.clone(),
-            Credential::X509 { cert_id },
+            Credential::X509 {
+                cert_id,
+                key_id: None,
+            },
         ))
     }
 
@@ -211,8 +212,13 @@ impl Provisioner<'_> {
                 cert_id,
                 key_id,
             } => {
-                self.check_x509(cert_id, key_id).await?;
-                let identity = self.credentials().x509_identity(cert_id).await?;
+                let preloaded_key = self
+                    .check_x509(cert_id, key_id, registration_id.as_deref())
+                    .await?;
+                let identity = self
+                    .credentials()
+                    .x509_identity(cert_id, preloaded_key.as_deref())
+                    .await?;
                 let registration_id = match registration_id {
                     Some(r) => r.clone(),
                     None => common_name(&identity.0[0]).ok_or_else(|| {
@@ -226,6 +232,7 @@ impl Provisioner<'_> {
                     Proof::X509(identity),
                     Some(Credential::X509 {
                         cert_id: cert_id.clone(),
+                        key_id: preloaded_key,
                     }),
                 )
             }
@@ -312,22 +319,110 @@ impl Provisioner<'_> {
         }
     }
 
-    /// A certificate in certd whose key is `key_id` in keyd.
-    async fn check_x509(&self, cert_id: &str, key_id: &str) -> Result<(), Error> {
-        let info = self
-            .certd()
-            .get(cert_id)
-            .await
-            .map_err(|e| Error::from_daemon("certd", &format!("certificate '{cert_id}'"), e))?;
+    /// A certificate in certd whose key is `key_id` in keyd: one certd
+    /// records the key of (then `None`: the key is certd's to follow through
+    /// renewals), or a preloaded one (the reference's `identity_cert` file)
+    /// whose leaf certifies `key_id`'s public key (then `Some(key_id)`).
+    ///
+    /// A certificate that does not exist is asked for first, as the
+    /// reference asks for it: for the key `key_id` (made if missing), with
+    /// the common name `cn` (the device or registration id), issued as
+    /// certd's `[issuance."<cert_id>"]` says (EST, its local CA).
+    async fn check_x509(
+        &self,
+        cert_id: &str,
+        key_id: &str,
+        cn: Option<&str>,
+    ) -> Result<Option<String>, Error> {
+        let info = match self.certd().get(cert_id).await {
+            Err(e) if e.status() == Some(StatusCode::NOT_FOUND) => {
+                let Some(cn) = cn else {
+                    return Err(Error::Setup(format!(
+                        "certificate '{cert_id}' does not exist, and without a registration_id there is no name to ask certd for one under"
+                    )));
+                };
+                self.issue_identity_cert(cert_id, key_id, cn).await?;
+                self.certd().get(cert_id).await
+            }
+            other => other,
+        }
+        .map_err(|e| Error::from_daemon("certd", &format!("certificate '{cert_id}'"), e))?;
         match info.key_id.as_deref() {
-            Some(k) if k == key_id || k.starts_with(&format!("{key_id}.r")) => Ok(()),
+            Some(k) if k == key_id || k.starts_with(&format!("{key_id}.r")) => Ok(None),
             Some(k) => Err(Error::Setup(format!(
                 "certificate '{cert_id}' certifies keyd key '{k}', not '{key_id}'"
             ))),
-            None => Err(Error::Setup(format!(
-                "certd does not know the key of certificate '{cert_id}'; import it with key_id '{key_id}'"
-            ))),
+            None => {
+                let keyd = self.keyd();
+                let from = |e| Error::from_daemon("keyd", &format!("key '{key_id}'"), e);
+                let handle = keyd.key_pair(key_id).await.map_err(from)?;
+                let public = keyd.public_key(&handle).await.map_err(from)?;
+                let key_spki = pem::parse(&public.pem)
+                    .map_err(|e| Error::Internal(format!("keyd sent an unreadable key: {e}")))?
+                    .into_contents();
+                let leaf = pem::parse(&info.pem)
+                    .map_err(|e| Error::Setup(format!("certificate '{cert_id}': {e}")))?
+                    .into_contents();
+                let (_, cert) = x509_parser::parse_x509_certificate(&leaf)
+                    .map_err(|e| Error::Setup(format!("certificate '{cert_id}': {e}")))?;
+                if cert.public_key().raw != key_spki.as_slice() {
+                    return Err(Error::Setup(format!(
+                        "certificate '{cert_id}' does not certify keyd key '{key_id}'"
+                    )));
+                }
+                Ok(Some(key_id.to_owned()))
+            }
         }
+    }
+}
+
+impl Provisioner<'_> {
+    /// Asks certd for the device's identity certificate `cert_id`, for a
+    /// CSR of keyd key `key_id` (made if missing) naming `cn`.
+    async fn issue_identity_cert(
+        &self,
+        cert_id: &str,
+        key_id: &str,
+        cn: &str,
+    ) -> Result<(), Error> {
+        let key = edgeid_certd::signer::KeydKey::create_or_load(
+            self.keyd(),
+            key_id,
+            edgeid_keyd::api::KeyPairSpec::EcP256,
+        )
+        .await
+        .map_err(Error::from_certd)?;
+        let subject = edgeid_certd::issuer::Subject {
+            cn: cn.to_owned(),
+            san: Default::default(),
+            name: None,
+        };
+        // The CSR asks for a TLS client certificate; its issuer picks the lifetime.
+        let day = std::time::Duration::from_secs(86_400);
+        let spec = Some(key.spec());
+        let params = edgeid_certd::issuer::params(Profile::Client, &subject, day, None, spec)
+            .map_err(Error::from_certd)?;
+        let csr = edgeid_certd::issuer::csr(params, std::sync::Arc::new(key))
+            .await
+            .map_err(Error::from_certd)?;
+        let csr = pem::encode(&pem::Pem::new("CERTIFICATE REQUEST", csr));
+        self.certd()
+            .issue_as_configured(cert_id, &csr)
+            .await
+            .map_err(|e| {
+                Error::from_daemon(
+                    "certd",
+                    &format!("issuing the identity certificate '{cert_id}'"),
+                    e,
+                )
+            })?;
+        tracing::info!(
+            cert = cert_id,
+            key = key_id,
+            cn,
+            "the device's identity certificate was issued"
+        );
+        Ok(())
     }
 }
 

@@ -40,6 +40,10 @@ pub enum Credential {
     X509 {
         /// The certificate id in certd.
         cert_id: String,
+        /// Its key in keyd where certd records none (a preloaded
+        /// certificate: the reference's `identity_cert` file).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        key_id: Option<String>,
     },
 }
 

@@ -408,3 +408,175 @@ async fn a_dps_payload_file_goes_with_each_registration() {
     // The identity provisioned before is still served.
     assert_eq!(client.device().await.unwrap().device_id, "device-p");
 }
+
+/// The reference's manual X.509 provisioning with the device's certificate
+/// and key in files (`identity_cert`, `identity_pk` as `file:` URIs, which
+/// aziotctl makes preloaded): a PKI's device certificate made by openssl.
+/// identityd checks the preloaded certificate certifies the preloaded key,
+/// then authenticates to the hub with them; a key it does not certify is
+/// refused, naming both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn manual_x509_with_a_preloaded_certificate_and_key() {
+    let work = edgeid_testkit::temp_dir();
+    let path = |name: &str| work.path().join(name);
+    let s = |p: &std::path::Path| p.to_str().unwrap().to_owned();
+    let (ca_key, ca) = (path("pki-ca.key"), path("pki-ca.pem"));
+    edgeid_testkit::openssl::new_p256_key(&ca_key);
+    edgeid_testkit::openssl::self_signed_ca(&ca_key, "device PKI CA", &ca);
+    let (key, csr, cert, ext) = (
+        path("device.key"),
+        path("device.csr"),
+        path("device.pem"),
+        path("device.ext"),
+    );
+    edgeid_testkit::openssl::new_p256_key(&key);
+    edgeid_testkit::openssl::run(&[
+        "req",
+        "-new",
+        "-key",
+        &s(&key),
+        "-subj",
+        "/CN=factory-7",
+        "-out",
+        &s(&csr),
+    ]);
+    std::fs::write(
+        &ext,
+        "basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n",
+    )
+    .unwrap();
+    edgeid_testkit::openssl::run(&[
+        "x509",
+        "-req",
+        "-in",
+        &s(&csr),
+        "-CA",
+        &s(&ca),
+        "-CAkey",
+        &s(&ca_key),
+        "-days",
+        "30",
+        "-set_serial",
+        "9",
+        "-extfile",
+        &s(&ext),
+        "-out",
+        &s(&cert),
+    ]);
+    let mut daemons = Daemons::start_with(|c| {
+        c.preloaded_keys = vec![edgeid_keyd::config::PreloadedKey {
+            id: "device-id".into(),
+            file: key.clone(),
+            symmetric: None,
+        }];
+    })
+    .await;
+    daemons.certd.config.preloaded.insert(
+        "device-id".into(),
+        edgeid_certd::config::PreloadedCert {
+            file: Some(cert.clone()),
+            ids: None,
+        },
+    );
+    daemons.certd.restart().await;
+    let ca_pem = std::fs::read_to_string(&ca).unwrap();
+    let cloud = CloudService::start(Some(&ca_pem)).await;
+    cloud.add_x509_device("factory-7");
+    let manual = |key_id: &str| {
+        ProvisioningConfig::Manual(ManualConfig {
+            connection_string: None,
+            hub: Some(cloud.hub.clone()),
+            device_id: Some("factory-7".into()),
+            auth: Some(DeviceAuthConfig::X509 {
+                cert_id: "device-id".into(),
+                key_id: key_id.into(),
+            }),
+        })
+    };
+    let identityd = identityd(&daemons, manual("device-id"), Some(&cloud)).await;
+    let client = identityd.client();
+    provisioned(&client).await;
+    let device = client.device().await.unwrap();
+    assert_eq!(device.auth.auth_type, AuthType::X509);
+    assert_eq!(device.auth.cert_id.as_deref(), Some("device-id"));
+    // The hub is reached with the preloaded certificate: a module is made there.
+    client.create_module("sensor").await.unwrap();
+    assert_eq!(cloud.modules_of("factory-7"), ["sensor"]);
+    drop(identityd);
+
+    // A key the certificate does not certify.
+    daemons
+        .keyd
+        .client()
+        .create_key_pair("not-the-device", edgeid_keyd::api::KeyPairSpec::EcP256)
+        .await
+        .unwrap();
+    let dir = edgeid_testkit::temp_dir();
+    let config = IdentitydFixture::config_in(dir.path(), manual("not-the-device"), Some(&cloud));
+    let mut config = config;
+    config.keyd_socket = daemons.keyd.socket();
+    config.certd_socket = daemons.certd.socket();
+    let identityd = IdentitydFixture::configured(config, Admins::root_and_self()).await;
+    let status = settled(&identityd.client()).await;
+    assert_eq!(status.state, ProvisioningState::Failed, "{status:?}");
+    let why = status.last_error.unwrap_or_default();
+    assert!(
+        why.contains("does not certify keyd key 'not-the-device'"),
+        "{why}"
+    );
+}
+
+/// The reference's X.509 provisioning before the identity certificate
+/// exists: identityd asks certd for it, for a new keyd key, with the device
+/// id as its common name, issued as certd's `[issuance."device-id"]` says
+/// (here its local CA, as `[cert_issuance.device-id] method = "local_ca"`
+/// configures it; EST likewise), and authenticates to the hub with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn manual_x509_asks_certd_for_a_missing_identity_certificate() {
+    let dir = edgeid_testkit::temp_dir();
+    let keyd = edgeid_testkit::KeydFixture::start_in(dir.path()).await;
+    let mut config = edgeid_testkit::CertdFixture::config_in(dir.path(), &keyd.socket());
+    config.issuance.insert(
+        "device-id".into(),
+        edgeid_certd::config::IssuanceConfig {
+            method: edgeid_certd::api::IssuerKind::LocalCa,
+            expiry_days: Some(30),
+            ca: false,
+            key_id: None,
+            subject: None,
+        },
+    );
+    let certd = edgeid_testkit::CertdFixture::configured(config, Admins::root_and_self()).await;
+    let daemons = Daemons { certd, keyd, dir };
+    let device_ca = daemons.certd.client().trust_bundle().await.unwrap();
+    let cloud = CloudService::start(Some(&device_ca)).await;
+    cloud.add_x509_device("factory-9");
+    let provisioning = ProvisioningConfig::Manual(ManualConfig {
+        connection_string: None,
+        hub: Some(cloud.hub.clone()),
+        device_id: Some("factory-9".into()),
+        auth: Some(DeviceAuthConfig::X509 {
+            cert_id: "device-id".into(),
+            key_id: "device-id".into(),
+        }),
+    });
+    let identityd = identityd(&daemons, provisioning, Some(&cloud)).await;
+    let client = identityd.client();
+    provisioned(&client).await;
+    let chain = daemons.certd.client().get("device-id").await.unwrap().pem;
+    edgeid_testkit::openssl::verify_chain(&device_ca, &chain, "sslclient").unwrap();
+    let leaf = pem::parse(&chain).unwrap();
+    let (_, cert) = x509_parser::parse_x509_certificate(leaf.contents()).unwrap();
+    let cn = cert.subject().iter_common_name().next().unwrap();
+    assert_eq!(cn.as_str().unwrap(), "factory-9");
+    // Its key is keyd's device-id.
+    let keyd = daemons.keyd.client();
+    let handle = keyd.key_pair("device-id").await.unwrap();
+    let public = keyd.public_key(&handle).await.unwrap().pem;
+    assert_eq!(
+        pem::parse(&public).unwrap().contents(),
+        cert.public_key().raw
+    );
+    client.create_module("sensor").await.unwrap();
+    assert_eq!(cloud.modules_of("factory-9"), ["sensor"]);
+}
