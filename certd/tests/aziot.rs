@@ -698,3 +698,78 @@ async fn a_subject_set_for_an_id_is_issued_whatever_the_csr_asks() {
     // In name order, as the reference's map: "OU" sorts before "commonName".
     assert_eq!(read(chain), ["modules", "set for m"]);
 }
+
+/// As the reference, a CSR's whole subject is issued, not its CN alone;
+/// its CN is still checked against a principal's names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_csrs_whole_subject_is_issued_and_its_cn_still_checked() {
+    if !edgeid_testkit::is_root() {
+        panic!("this test switches uids: run it as root (CI does)");
+    }
+    let principal = 64_321;
+    let s = suite(
+        vec![PrincipalConfig {
+            name: "aziot-edged".into(),
+            uid: principal,
+            certs: Grants::parse(&["aziot-edged/**"]).unwrap(),
+            names: Grants::parse(&["granted"]).unwrap(),
+        }],
+        Admins::root_and_self(),
+    )
+    .await;
+    edgeid_testkit::open_to_others(s.dir.path());
+    let tool = edgeid_testkit::require_tool("openssl", "openssl");
+    let csr_for = |subj: &str, name: &str| {
+        let csr = s.dir.path().join(format!("{name}.csr"));
+        let out = Command::new(&tool)
+            .args(["req", "-new", "-newkey", "ec", "-pkeyopt"])
+            .args(["ec_paramgen_curve:prime256v1", "-nodes", "-keyout"])
+            .arg(s.dir.path().join(format!("{name}.key")))
+            .args([
+                "-subj",
+                subj,
+                "-addext",
+                "extendedKeyUsage=clientAuth",
+                "-out",
+            ])
+            .arg(&csr)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::fs::read_to_string(csr).unwrap()
+    };
+    let post = |uid: u32, body: Value| {
+        let socket = s.certd.socket();
+        async move { call_as(uid, &socket, Method::POST, &at("/certificates"), body).await }
+    };
+    let csr = csr_for("/CN=granted/O=Maker/OU=Line 3", "whole");
+    let (status, answer) = post(
+        principal,
+        json!({ "certId": "aziot-edged/by-local-ca", "csr": csr }),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{answer}");
+    let leaf = s.dir.path().join("whole.pem");
+    std::fs::write(&leaf, answer["pem"].as_str().unwrap()).unwrap();
+    let subject = openssl::run(&["x509", "-noout", "-subject", "-in", leaf.to_str().unwrap()]);
+    assert_eq!(
+        String::from_utf8_lossy(&subject).trim(),
+        "subject=CN = granted, O = Maker, OU = Line 3"
+    );
+    // Another CN beside other attributes is still the principal's asking.
+    let csr = csr_for("/CN=not-granted/O=Maker", "other");
+    let (status, answer) = post(
+        principal,
+        json!({ "certId": "aziot-edged/by-local-ca", "csr": csr }),
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{answer}");
+    assert!(
+        answer["message"].as_str().unwrap().contains("not-granted"),
+        "{answer}"
+    );
+}

@@ -830,3 +830,56 @@ fn iot_edges_imported_master_encryption_key_is_preloaded_as_an_aes_key() {
     );
     assert!(of("device-id").get("symmetric").is_none(), "an HMAC key");
 }
+
+#[test]
+fn x509_subjects_the_reference_asks_certd_for_reach_identityd() {
+    let root = root();
+    let r = root.path();
+    write(
+        r,
+        "etc/aziot/identityd/config.toml",
+        "hostname = \"gw\"\nhomedir = \"/var/lib/aziot/identityd\"\n\n\
+         [provisioning]\nsource = \"manual\"\niothub_hostname = \"h.azure-devices.net\"\ndevice_id = \"d1\"\n\n\
+         [provisioning.authentication]\nmethod = \"x509\"\nidentity_cert = \"device-id\"\nidentity_pk = \"device-id\"\n\
+         csr_subject = { CN = \"ignored\", o = \"Contoso\", OU = \"Line 3\" }\n",
+    );
+    let (ok, out) = apply(r, &[]);
+    assert!(ok, "{out}");
+    let identityd = generated(r, "identityd");
+    let subject = identityd["provisioning"]["auth"]["subject"]
+        .as_table()
+        .unwrap();
+    assert_eq!(subject["O"].as_str(), Some("Contoso"), "{subject}");
+    assert_eq!(subject["OU"].as_str(), Some("Line 3"));
+    assert!(subject.get("CN").is_none(), "the CN is the device id");
+    let text = std::fs::read_to_string(r.join("etc/edgeid/identityd.d/config.toml")).unwrap();
+    let _: edgeid_identityd::IdentitydConfig = toml::from_str(&text).unwrap();
+
+    write(
+        r,
+        "etc/aziot/identityd/config.toml",
+        "hostname = \"gw\"\n\n[provisioning]\nsource = \"dps\"\n\
+         global_endpoint = \"https://global.azure-devices-provisioning.net/\"\nscope_id = \"0ne1\"\n\n\
+         [provisioning.attestation]\nmethod = \"x509\"\nidentity_cert = \"device-id\"\nidentity_pk = \"device-id\"\n\
+         registration_id = { CN = \"reg-1\", C = \"US\" }\n",
+    );
+    let (ok, out) = apply(r, &[]);
+    assert!(ok, "{out}");
+    let identityd = generated(r, "identityd");
+    let attestation = identityd["provisioning"]["attestation"].as_table().unwrap();
+    assert_eq!(attestation["registration_id"].as_str(), Some("reg-1"));
+    assert_eq!(attestation["subject"]["C"].as_str(), Some("US"));
+    let text = std::fs::read_to_string(r.join("etc/edgeid/identityd.d/config.toml")).unwrap();
+    let _: edgeid_identityd::IdentitydConfig = toml::from_str(&text).unwrap();
+
+    write(
+        r,
+        "etc/aziot/identityd/config.toml",
+        "[provisioning]\nsource = \"dps\"\nglobal_endpoint = \"https://g/\"\nscope_id = \"0ne1\"\n\n\
+         [provisioning.attestation]\nmethod = \"x509\"\nidentity_cert = \"c\"\nidentity_pk = \"k\"\n\
+         registration_id = { O = \"x\" }\n",
+    );
+    let (ok, out) = apply(r, &[]);
+    assert!(!ok, "{out}");
+    assert!(out.contains("line 10") && out.contains("has no CN"), "{out}");
+}

@@ -42,6 +42,7 @@
 //! role = "module"                 # may read its own identity; module_id defaults to name
 //! ```
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
@@ -161,6 +162,11 @@ pub enum DeviceAuthConfig {
         cert_id: String,
         /// Its key's id in keyd.
         key_id: String,
+        /// More subject attributes (O, OU, C, ...) of the certificate when
+        /// identityd asks certd for it (the reference's `csr_subject`); its
+        /// CN is the device id.
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        subject: BTreeMap<String, String>,
     },
 }
 
@@ -224,6 +230,11 @@ pub enum AttestationConfig {
         cert_id: String,
         /// Its key's id in keyd.
         key_id: String,
+        /// More subject attributes of the certificate when identityd asks
+        /// certd for it (the reference's `registration_id` table); its CN is
+        /// the registration id.
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        subject: BTreeMap<String, String>,
     },
     /// TPM: endorsement and storage keys; the service's key is activated in the TPM.
     Tpm {
@@ -414,7 +425,9 @@ impl IdentitydConfig {
                             DeviceAuthConfig::Sas(source) => {
                                 check_source("provisioning.auth", source)?
                             }
-                            DeviceAuthConfig::X509 { cert_id, key_id: k } => {
+                            DeviceAuthConfig::X509 {
+                                cert_id, key_id: k, ..
+                            } => {
                                 key_id("provisioning.auth.cert_id", cert_id)?;
                                 key_id("provisioning.auth.key_id", k)?;
                             }
@@ -455,6 +468,7 @@ impl IdentitydConfig {
                         registration_id,
                         cert_id,
                         key_id: k,
+                        ..
                     } => {
                         if let Some(r) = registration_id {
                             crate::names::check_device_id(r).map_err(|e| {

@@ -2,6 +2,7 @@
 //! in files are imported into keyd and never kept by identityd; the record
 //! names keys and certificates by id only.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use aws_lc_rs::digest;
@@ -135,9 +136,15 @@ impl Provisioner<'_> {
                     derive: None,
                 },
             },
-            DeviceAuthConfig::X509 { cert_id, key_id } => Credential::X509 {
+            DeviceAuthConfig::X509 {
+                cert_id,
+                key_id,
+                subject,
+            } => Credential::X509 {
                 cert_id: cert_id.clone(),
-                key_id: self.check_x509(cert_id, key_id, Some(device_id)).await?,
+                key_id: self
+                    .check_x509(cert_id, key_id, Some((device_id, subject)))
+                    .await?,
             },
         };
         Ok((hub.clone(), device_id.clone(), credential))
@@ -211,10 +218,10 @@ impl Provisioner<'_> {
                 registration_id,
                 cert_id,
                 key_id,
+                subject,
             } => {
-                let preloaded_key = self
-                    .check_x509(cert_id, key_id, registration_id.as_deref())
-                    .await?;
+                let name = registration_id.as_deref().map(|r| (r, subject));
+                let preloaded_key = self.check_x509(cert_id, key_id, name).await?;
                 let identity = self
                     .credentials()
                     .x509_identity(cert_id, preloaded_key.as_deref())
@@ -326,22 +333,23 @@ impl Provisioner<'_> {
     ///
     /// A certificate that does not exist is asked for first, as the
     /// reference asks for it: for the key `key_id` (made if missing), with
-    /// the common name `cn` (the device or registration id), issued as
-    /// certd's `[issuance."<cert_id>"]` says (EST, its local CA).
+    /// the common name of `name` (the device or registration id) and its
+    /// other subject attributes, issued as certd's `[issuance."<cert_id>"]`
+    /// says (EST, its local CA).
     async fn check_x509(
         &self,
         cert_id: &str,
         key_id: &str,
-        cn: Option<&str>,
+        name: Option<(&str, &BTreeMap<String, String>)>,
     ) -> Result<Option<String>, Error> {
         let info = match self.certd().get(cert_id).await {
             Err(e) if e.status() == Some(StatusCode::NOT_FOUND) => {
-                let Some(cn) = cn else {
+                let Some((cn, more)) = name else {
                     return Err(Error::Setup(format!(
                         "certificate '{cert_id}' does not exist, and without a registration_id there is no name to ask certd for one under"
                     )));
                 };
-                self.issue_identity_cert(cert_id, key_id, cn).await?;
+                self.issue_identity_cert(cert_id, key_id, cn, more).await?;
                 self.certd().get(cert_id).await
             }
             other => other,
@@ -378,12 +386,13 @@ impl Provisioner<'_> {
 
 impl Provisioner<'_> {
     /// Asks certd for the device's identity certificate `cert_id`, for a
-    /// CSR of keyd key `key_id` (made if missing) naming `cn`.
+    /// CSR of keyd key `key_id` (made if missing) naming `cn` and `more`.
     async fn issue_identity_cert(
         &self,
         cert_id: &str,
         key_id: &str,
         cn: &str,
+        more: &BTreeMap<String, String>,
     ) -> Result<(), Error> {
         let key = edgeid_certd::signer::KeydKey::create_or_load(
             self.keyd(),
@@ -392,10 +401,16 @@ impl Provisioner<'_> {
         )
         .await
         .map_err(Error::from_certd)?;
+        // As the reference writes it: the CN first, then the rest.
+        let attributes =
+            std::iter::once(("CN", cn)).chain(more.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        let (name, _) = edgeid_certd::issuer::configured_name(attributes).map_err(|why| {
+            Error::Setup(format!("the subject of certificate '{cert_id}': {why}"))
+        })?;
         let subject = edgeid_certd::issuer::Subject {
             cn: cn.to_owned(),
             san: Default::default(),
-            name: None,
+            name: Some(name),
         };
         // The CSR asks for a TLS client certificate; its issuer picks the lifetime.
         let day = std::time::Duration::from_secs(86_400);

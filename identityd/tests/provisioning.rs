@@ -196,6 +196,7 @@ async fn dps_x509_attestation_and_hub_tls_client_auth() {
                 registration_id: None,
                 cert_id: "device-id".into(),
                 key_id: "device-id".into(),
+                subject: Default::default(),
             },
             payload_file: None,
         }),
@@ -265,6 +266,7 @@ async fn manual_x509_identity_with_x509_modules() {
             auth: Some(DeviceAuthConfig::X509 {
                 cert_id: "hub-identity".into(),
                 key_id: "hub-identity".into(),
+                subject: Default::default(),
             }),
         }),
         Some(&cloud),
@@ -490,6 +492,7 @@ async fn manual_x509_with_a_preloaded_certificate_and_key() {
             auth: Some(DeviceAuthConfig::X509 {
                 cert_id: "device-id".into(),
                 key_id: key_id.into(),
+                subject: Default::default(),
             }),
         })
     };
@@ -558,6 +561,7 @@ async fn manual_x509_asks_certd_for_a_missing_identity_certificate() {
         auth: Some(DeviceAuthConfig::X509 {
             cert_id: "device-id".into(),
             key_id: "device-id".into(),
+            subject: [("O".to_owned(), "Contoso".to_owned())].into(),
         }),
     });
     let identityd = identityd(&daemons, provisioning, Some(&cloud)).await;
@@ -569,6 +573,12 @@ async fn manual_x509_asks_certd_for_a_missing_identity_certificate() {
     let (_, cert) = x509_parser::parse_x509_certificate(leaf.contents()).unwrap();
     let cn = cert.subject().iter_common_name().next().unwrap();
     assert_eq!(cn.as_str().unwrap(), "factory-9");
+    let o = cert.subject().iter_organization().next().unwrap();
+    assert_eq!(
+        o.as_str().unwrap(),
+        "Contoso",
+        "the configured csr_subject's rest"
+    );
     // Its key is keyd's device-id.
     let keyd = daemons.keyd.client();
     let handle = keyd.key_pair("device-id").await.unwrap();

@@ -40,6 +40,10 @@ impl Request {
         let (spki, mut subject) = csr_subject(&csr, profile)?;
         if subject.cn.is_empty() {
             subject.cn = id.to_owned();
+        } else if csr.params.distinguished_name.iter().count() > 1 {
+            // As the reference: the CSR's whole subject, not its CN alone.
+            let name = csr.params.distinguished_name.iter();
+            subject.name = Some(name.map(|(t, v)| (t.clone(), v.clone())).collect());
         }
         Ok(Self {
             spki,
@@ -93,6 +97,7 @@ impl Certd {
         let mut request = Request::parse(csr_pem, id)?;
         let configured = self.config.issuance.get(id);
         // The reference's subject override: by any issuer, the CSR's name aside.
+        let mut cn_is_configured = false;
         if let Some((name, cn)) = configured
             .map(|c| c.configured_name())
             .transpose()
@@ -101,6 +106,7 @@ impl Certd {
         {
             request.subject.cn = cn.unwrap_or_default();
             request.subject.name = Some(name);
+            cn_is_configured = true;
         }
         let lifetime_days = configured
             .and_then(|c| c.expiry_days)
@@ -126,7 +132,7 @@ impl Certd {
                     )));
                 }
                 if request.profile != Profile::Ca {
-                    self.check_names(caller, &request.subject)?;
+                    self.check_names(caller, &request.subject, cn_is_configured)?;
                 }
                 let key = match configured.method {
                     IssuerKind::SelfSigned => {

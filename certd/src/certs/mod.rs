@@ -240,7 +240,7 @@ impl Certd {
                 .unwrap_or_default(),
             name: None,
         };
-        self.check_names(caller, &subject)?;
+        self.check_names(caller, &subject, false)?;
         let renewal = req.renewal.unwrap_or_else(|| {
             let mut p = self.config.renewal.default_policy();
             p.rekey &= matches!(key, SubjectKey::Keyd(_));
@@ -387,8 +387,14 @@ impl Certd {
     }
 
     /// A non-administrator's certificates may carry only the names its
-    /// `names` grants match.
-    fn check_names(&self, caller: &Caller, subject: &Subject) -> Result<(), Error> {
+    /// `names` grants match (the CN too, unless `cn_is_configured`: an
+    /// administrator set it for the id).
+    fn check_names(
+        &self,
+        caller: &Caller,
+        subject: &Subject,
+        cn_is_configured: bool,
+    ) -> Result<(), Error> {
         if self.access.is_admin(caller) {
             return Ok(());
         }
@@ -399,8 +405,7 @@ impl Certd {
             .map(|(_, g)| g)
             .collect();
         let ips: Vec<String> = subject.san.ip.iter().map(|ip| ip.to_string()).collect();
-        // A name an administrator set for the id is no caller's asking.
-        let cn = subject.name.is_none().then_some(&subject.cn);
+        let cn = (!cn_is_configured).then_some(&subject.cn);
         let every = cn
             .into_iter()
             .chain(&subject.san.dns)

@@ -355,11 +355,20 @@ fn provisioning(r: &Reader, hostname: Option<&str>) -> Result<Table, String> {
                     s("method", "sas".into()),
                     s("key_id", r.need_str(&at("device_id_pk"))?),
                 ]),
-                "x509" => Table::from_iter([
-                    s("method", "x509".into()),
-                    s("cert_id", r.need_str(&at("identity_cert"))?),
-                    s("key_id", r.need_str(&at("identity_pk"))?),
-                ]),
+                "x509" => {
+                    let mut auth = Table::from_iter([
+                        s("method", "x509".into()),
+                        s("cert_id", r.need_str(&at("identity_cert"))?),
+                        s("key_id", r.need_str(&at("identity_pk"))?),
+                    ]);
+                    // Its CN is the device id, as the reference makes it.
+                    if let Some((_, rest)) = csr_subject(r, &at("csr_subject"))? {
+                        if !rest.is_empty() {
+                            auth.insert("subject".into(), Value::Table(rest));
+                        }
+                    }
+                    auth
+                }
                 other => return Err(r.bad(&at("method"), &format!("'{other}': sas or x509"))),
             };
             Table::from_iter([
@@ -381,8 +390,11 @@ fn provisioning(r: &Reader, hostname: Option<&str>) -> Result<Table, String> {
                     ]);
                 }
                 "x509" => {
-                    if let Some(id) = r.str(&at("registration_id"))? {
-                        attestation.extend([s("registration_id", id)]);
+                    if let Some((cn, rest)) = csr_subject(r, &at("registration_id"))? {
+                        attestation.extend([s("registration_id", cn)]);
+                        if !rest.is_empty() {
+                            attestation.insert("subject".into(), Value::Table(rest));
+                        }
                     }
                     attestation.extend([
                         s("cert_id", r.need_str(&at("identity_cert"))?),
@@ -532,4 +544,38 @@ fn local_kind(r: &Reader, p: &Table) -> Result<&'static str, String> {
         Some(Some("server")) => Ok("server"),
         _ => Err(bad("attributes must be \"client\" or \"server\"")),
     }
+}
+
+/// The reference's `CsrSubject` at `path`: a common name, or a table with a
+/// `CN` and more attributes (keys upper-cased, as the reference reads
+/// them): the CN and the rest, checked as certd checks a subject.
+fn csr_subject(r: &Reader, path: &[&str]) -> Result<Option<(String, Table)>, String> {
+    let (cn, rest) = match get(&r.0.merged, path) {
+        None => return Ok(None),
+        Some(Value::String(cn)) => (cn.clone(), Table::new()),
+        Some(Value::Table(t)) => {
+            let mut rest = Table::new();
+            let mut cn = None;
+            for (k, v) in t {
+                let Some(v) = v.as_str() else {
+                    return Err(r.bad(path, &format!("has '{k}', which must be a string")));
+                };
+                match k.to_uppercase().as_str() {
+                    "CN" => cn = Some(v.to_owned()),
+                    other => {
+                        rest.insert(other.to_owned(), Value::String(v.to_owned()));
+                    }
+                }
+            }
+            let cn = cn.ok_or_else(|| r.bad(path, "has no CN"))?;
+            (cn, rest)
+        }
+        Some(_) => return Err(r.bad(path, "must be a string or a table")),
+    };
+    let attributes = std::iter::once(("CN", cn.as_str())).chain(
+        rest.iter()
+            .map(|(k, v)| (k.as_str(), v.as_str().unwrap_or_default())),
+    );
+    edgeid_certd::issuer::configured_name(attributes).map_err(|why| r.bad(path, &why))?;
+    Ok(Some((cn, rest)))
 }

@@ -32,11 +32,6 @@ const ENDPOINTS: Rule = Refused(
      edgeid's sockets are /run/aziot/*.sock, links to /run/edgeid/*.sock",
 );
 
-const CSR_SUBJECT: Rule = Refused(
-    "edgeid takes the device certificate's subject from the CSR identityd makes (CN = the \
-     device or registration id); a subject table is not supported yet",
-);
-
 /// `[localid]`: the domain local identities' names end in.
 const LOCAL_ID: Rule = Table(&[("domain", Value)]);
 
@@ -159,7 +154,7 @@ pub const IDENTITYD: Rule = Table(&[
                     ("device_id_pk", Value),
                     ("identity_cert", Value),
                     ("identity_pk", Value),
-                    ("csr_subject", CSR_SUBJECT),
+                    ("csr_subject", Value),
                 ]),
             ),
             ("global_endpoint", Value),
