@@ -416,8 +416,8 @@ fn keys_the_reference_does_not_know_or_edgeid_cannot_honour_are_refused_with_fil
         ),
         (
             "etc/aziot/config.toml",
-            "[provisioning]\nsource = \"manual\"\n[provisioning.authentication]\nmethod = \"x509\"\nidentity_cert = \"file:///c.pem\"\n",
-            &["etc/aziot/config.toml, line 5", "provisioning.authentication.identity_cert", "iotedge config apply"],
+            "[provisioning]\nsource = \"manual\"\niothub_hostname = \"h\"\ndevice_id = \"d\"\n[provisioning.authentication]\nmethod = \"x509\"\nidentity_cert = { method = \"est\" }\nidentity_pk = \"file:///k.pem\"\n",
+            &["etc/aziot/config.toml, line 7", "provisioning.authentication.identity_cert", "a certificate to issue", "iotedge config apply"],
         ),
     ];
     for (file, text, wanted) in cases {
@@ -881,5 +881,72 @@ fn x509_subjects_the_reference_asks_certd_for_reach_identityd() {
     );
     let (ok, out) = apply(r, &[]);
     assert!(!ok, "{out}");
-    assert!(out.contains("line 10") && out.contains("has no CN"), "{out}");
+    assert!(
+        out.contains("line 10") && out.contains("has no CN"),
+        "{out}"
+    );
+}
+
+#[test]
+fn the_super_configs_x509_identity_in_files_or_on_a_token_is_preloaded() {
+    let root = root();
+    let r = root.path();
+    write(
+        r,
+        "etc/aziot/config.toml",
+        "hostname = \"gw\"\n\n[provisioning]\nsource = \"manual\"\n\
+         iothub_hostname = \"h.azure-devices.net\"\ndevice_id = \"d1\"\n\n\
+         [provisioning.authentication]\nmethod = \"x509\"\n\
+         identity_cert = \"file:///var/secrets/device-id.pem\"\nidentity_pk = \"file:///var/secrets/device-id.key.pem\"\n\n\
+         [preloaded_certs]\nfactory-ca = \"file:///var/secrets/factory-ca.pem\"\n",
+    );
+    let (ok, out) = apply(r, &[]);
+    assert!(ok, "{out}");
+    let identityd = generated(r, "identityd");
+    let auth = identityd["provisioning"]["auth"].as_table().unwrap();
+    assert_eq!(auth["method"].as_str(), Some("x509"));
+    assert_eq!(auth["cert_id"].as_str(), Some("device-id"));
+    assert_eq!(auth["key_id"].as_str(), Some("device-id"));
+    let certd = generated(r, "certd");
+    assert_eq!(
+        certd["preloaded"]["device-id"]["file"].as_str(),
+        Some("/var/secrets/device-id.pem")
+    );
+    assert_eq!(
+        certd["preloaded"]["factory-ca"]["file"].as_str(),
+        Some("/var/secrets/factory-ca.pem"),
+        "the super-config's own preloaded certificates too"
+    );
+    let keyd = generated(r, "keyd");
+    let key = &keyd["preloaded_key"].as_array().unwrap()[0];
+    assert_eq!(key["id"].as_str(), Some("device-id"));
+    assert_eq!(key["file"].as_str(), Some("/var/secrets/device-id.key.pem"));
+
+    // DPS X.509 with the key on a PKCS#11 token: its label is its id.
+    write(
+        r,
+        "etc/aziot/config.toml",
+        "[provisioning]\nsource = \"dps\"\nglobal_endpoint = \"https://global.azure-devices-provisioning.net/\"\n\
+         id_scope = \"0ne1\"\n\n[provisioning.attestation]\nmethod = \"x509\"\n\
+         identity_cert = \"file:///var/secrets/device-id.pem\"\n\
+         identity_pk = \"pkcs11:token=hsm;object=factory-key?pin-value=s3cret\"\n\n\
+         [aziot_keys]\npkcs11_lib_path = \"/usr/lib/libhsm.so\"\n",
+    );
+    let (ok, out) = apply(r, &[]);
+    assert!(ok, "{out}");
+    assert!(!out.contains("s3cret"), "{out}");
+    let identityd = generated(r, "identityd");
+    let attestation = identityd["provisioning"]["attestation"].as_table().unwrap();
+    assert_eq!(attestation["method"].as_str(), Some("x509"));
+    assert_eq!(attestation["key_id"].as_str(), Some("factory-key"));
+    assert!(
+        attestation.get("registration_id").is_none(),
+        "the certificate's CN"
+    );
+    let keyd = generated(r, "keyd");
+    assert_eq!(keyd["pkcs11"]["token_label"].as_str(), Some("hsm"));
+    assert_eq!(
+        keyd["backend"]["override"][0]["keys"][0].as_str(),
+        Some("factory-key")
+    );
 }

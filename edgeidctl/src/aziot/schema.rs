@@ -235,8 +235,8 @@ pub const SUPER: Rule = Table(&[
                 Table(&[
                     ("method", Value),
                     ("device_id_pk", SUPER_SYMMETRIC_KEY),
-                    ("identity_cert", SUPER_NOT_YET),
-                    ("identity_pk", SUPER_NOT_YET),
+                    ("identity_cert", Value),
+                    ("identity_pk", Value),
                 ]),
             ),
             ("global_endpoint", Value),
@@ -247,8 +247,8 @@ pub const SUPER: Rule = Table(&[
                     ("method", Value),
                     ("registration_id", Value),
                     ("symmetric_key", SUPER_SYMMETRIC_KEY),
-                    ("identity_cert", SUPER_NOT_YET),
-                    ("identity_pk", SUPER_NOT_YET),
+                    ("identity_cert", Value),
+                    ("identity_pk", Value),
                     ("auto_renew", SUPER_NOT_YET),
                 ]),
             ),
@@ -264,9 +264,9 @@ pub const SUPER: Rule = Table(&[
             ("pkcs11_base_slot", Value),
         ]),
     ),
-    ("preloaded_keys", SUPER_NOT_YET),
+    ("preloaded_keys", Map(&Value)),
     ("cert_issuance", SUPER_NOT_YET),
-    ("preloaded_certs", SUPER_NOT_YET),
+    ("preloaded_certs", Map(&Value)),
     (
         "tpm",
         Table(&[

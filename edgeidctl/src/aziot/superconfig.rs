@@ -82,6 +82,36 @@ pub fn read(root: &Path) -> Result<Option<Parts>, String> {
         Ok((uri, None))
     };
     let mut device_key = None;
+    let mut certd_certs = Table::new();
+    // An X.509 identity in files (`identity_cert`, `identity_pk` URIs):
+    // preloaded as `device-id`, as aziotctl preloads them; a key on a
+    // PKCS#11 token keeps its label as its id (keyd finds token keys by
+    // label). One certd is to issue (a table) is only read as `iotedge
+    // config apply` writes it. Returns the key's id.
+    let mut x509_identity = |base: &[&str], keyd_keys: &mut Table| -> Result<String, String> {
+        let at = |k: &'static str| [base, &[k]].concat();
+        if matches!(get(&at("identity_cert")), Some(Value::Table(_))) {
+            return Err(here(
+                &at("identity_cert"),
+                "is a certificate to issue: edgeid reads that as `iotedge config apply` or \
+                 `aziotctl config apply` writes it out (run one), or give the certificate's file",
+            ));
+        }
+        certd_certs.insert(
+            DEVICE_KEY.into(),
+            Value::String(need(&at("identity_cert"))?),
+        );
+        let pk = need(&at("identity_pk"))?;
+        let key_id = match pk.strip_prefix("pkcs11:") {
+            Some(_) => super::pkcs11::parse(&pk)
+                .map_err(|why| here(&at("identity_pk"), &why))?
+                .object
+                .ok_or_else(|| here(&at("identity_pk"), "names no object (object=<label>)"))?,
+            None => DEVICE_KEY.to_owned(),
+        };
+        keyd_keys.insert(key_id.clone(), Value::String(pk));
+        Ok(key_id)
+    };
 
     let mut identityd = Table::from_iter([s("homedir", "/var/lib/aziot/identityd")]);
     let hostname = match string(&["hostname"])? {
@@ -103,6 +133,7 @@ pub fn read(root: &Path) -> Result<Option<Parts>, String> {
     let mut provisioning = Table::from_iter([s("source", &source)]);
     match source.as_str() {
         "manual" => {
+            let mut x509 = None;
             let (hub, device) = if let Some(cs) = string(&["provisioning", "connection_string"])? {
                 let cs = edgeid_identityd::connection_string::ConnectionString::parse(&cs)
                     .map_err(|e| here(&["provisioning", "connection_string"], &e))?;
@@ -113,43 +144,53 @@ pub fn read(root: &Path) -> Result<Option<Parts>, String> {
                 );
                 (cs.hub.clone(), cs.device_id.clone())
             } else {
+                let base = ["provisioning", "authentication"];
                 let method = need(&["provisioning", "authentication", "method"])?;
-                if method != "sas" {
-                    return Err(here(
-                        &["provisioning", "authentication", "method"],
-                        "is not supported here: only sas is read from the super-config (x509: run `iotedge config apply`)",
-                    ));
+                match method.as_str() {
+                    "sas" => {
+                        let (location, bytes) =
+                            key_location(&[&base[..], &["device_id_pk"]].concat())?;
+                        device_key = bytes;
+                        keyd_keys.insert(DEVICE_KEY.into(), Value::String(location));
+                    }
+                    "x509" => x509 = Some(x509_identity(&base, &mut keyd_keys)?),
+                    _ => {
+                        return Err(here(
+                            &["provisioning", "authentication", "method"],
+                            "is not supported here: sas or x509",
+                        ))
+                    }
                 }
-                let (location, bytes) =
-                    key_location(&["provisioning", "authentication", "device_id_pk"])?;
-                device_key = bytes;
-                keyd_keys.insert(DEVICE_KEY.into(), Value::String(location));
                 (
                     need(&["provisioning", "iothub_hostname"])?,
                     need(&["provisioning", "device_id"])?,
                 )
             };
+            let authentication = if let Some(key_id) = x509 {
+                Table::from_iter([
+                    s("method", "x509"),
+                    s("identity_cert", DEVICE_KEY),
+                    s("identity_pk", &key_id),
+                ])
+            } else {
+                Table::from_iter([s("method", "sas"), s("device_id_pk", DEVICE_KEY)])
+            };
             provisioning.extend([
                 s("iothub_hostname", &hub),
                 s("device_id", &device),
-                (
-                    "authentication".to_owned(),
-                    Value::Table(Table::from_iter([
-                        s("method", "sas"),
-                        s("device_id_pk", DEVICE_KEY),
-                    ])),
-                ),
+                ("authentication".to_owned(), Value::Table(authentication)),
             ]);
         }
         "dps" => {
             let method = need(&["provisioning", "attestation", "method"])?;
-            let mut attestation = Table::from_iter([
-                s("method", &method),
-                s(
-                    "registration_id",
-                    &need(&["provisioning", "attestation", "registration_id"])?,
-                ),
-            ]);
+            let mut attestation = Table::from_iter([s("method", &method)]);
+            let registration_id = ["provisioning", "attestation", "registration_id"];
+            match string(&registration_id)? {
+                Some(id) => attestation.extend([s("registration_id", &id)]),
+                // The certificate's CN, for x509 alone.
+                None if method == "x509" => {}
+                None => return Err(here(&registration_id, "is missing")),
+            }
             match method.as_str() {
                 "symmetric_key" => {
                     let (location, bytes) =
@@ -159,10 +200,14 @@ pub fn read(root: &Path) -> Result<Option<Parts>, String> {
                     attestation.extend([s("symmetric_key", DEVICE_KEY)]);
                 }
                 "tpm" => {}
+                "x509" => {
+                    let key_id = x509_identity(&["provisioning", "attestation"], &mut keyd_keys)?;
+                    attestation.extend([s("identity_cert", DEVICE_KEY), s("identity_pk", &key_id)]);
+                }
                 _ => {
                     return Err(here(
                         &["provisioning", "attestation", "method"],
-                        "is not supported here: symmetric_key or tpm (x509: run `iotedge config apply`)",
+                        "is not supported here: symmetric_key, x509 or tpm",
                     ))
                 }
             }
@@ -195,10 +240,23 @@ pub fn read(root: &Path) -> Result<Option<Parts>, String> {
         }
     }
     let mut keyd = Table::from_iter([("aziot_keys".to_owned(), Value::Table(aziot_keys))]);
-    if !keyd_keys.is_empty() {
-        keyd.insert("preloaded_keys".into(), Value::Table(keyd_keys));
+    // The super-config's own preloaded keys and certificates, then those
+    // provisioning names (aziotctl's order: provisioning's win).
+    let own = |key: &str| match get(&[key]) {
+        Some(Value::Table(t)) => t,
+        _ => Table::new(),
+    };
+    let mut preloaded_keys = own("preloaded_keys");
+    preloaded_keys.extend(keyd_keys);
+    if !preloaded_keys.is_empty() {
+        keyd.insert("preloaded_keys".into(), Value::Table(preloaded_keys));
     }
     let mut certd = Table::from_iter([s("homedir_path", "/var/lib/aziot/certd")]);
+    let mut preloaded_certs = own("preloaded_certs");
+    preloaded_certs.extend(certd_certs);
+    if !preloaded_certs.is_empty() {
+        certd.insert("preloaded_certs".into(), Value::Table(preloaded_certs));
+    }
     let mut tpmd = Table::new();
     for (name, part) in [
         ("keyd", &mut keyd),
