@@ -417,7 +417,7 @@ fn keys_the_reference_does_not_know_or_edgeid_cannot_honour_are_refused_with_fil
         (
             "etc/aziot/config.toml",
             "[provisioning]\nsource = \"manual\"\niothub_hostname = \"h\"\ndevice_id = \"d\"\n[provisioning.authentication]\nmethod = \"x509\"\nidentity_cert = { method = \"est\" }\nidentity_pk = \"file:///k.pem\"\n",
-            &["etc/aziot/config.toml, line 7", "provisioning.authentication.identity_cert", "a certificate to issue", "iotedge config apply"],
+            &["etc/aziot/config.toml, line 8", "provisioning.authentication.identity_pk", "certd issues"],
         ),
     ];
     for (file, text, wanted) in cases {
@@ -949,4 +949,75 @@ fn the_super_configs_x509_identity_in_files_or_on_a_token_is_preloaded() {
         keyd["backend"]["override"][0]["keys"][0].as_str(),
         Some("factory-key")
     );
+}
+
+#[test]
+fn the_super_configs_cert_issuance_and_an_est_issued_identity_reach_certd() {
+    let root = root();
+    let r = root.path();
+    write(
+        r,
+        "etc/aziot/config.toml",
+        "hostname = \"gw\"\n\n[provisioning]\nsource = \"manual\"\n\
+         iothub_hostname = \"h.azure-devices.net\"\ndevice_id = \"d1\"\n\n\
+         [provisioning.authentication]\nmethod = \"x509\"\n\
+         identity_cert = { method = \"est\", subject = { CN = \"x\", O = \"Contoso\" } }\n\n\
+         [cert_issuance.est]\ntrusted_certs = [\"file:///var/secrets/est-ca.pem\"]\n\
+         bootstrap_identity_cert = \"file:///var/secrets/est-bootstrap.pem\"\n\
+         bootstrap_identity_pk = \"file:///var/secrets/est-bootstrap.key.pem\"\n\n\
+         [cert_issuance.est.urls]\ndefault = \"https://est.example.com/.well-known/est\"\n\n\
+         [cert_issuance.local_ca]\ncert = \"file:///var/secrets/local-ca.pem\"\n\
+         pk = \"file:///var/secrets/local-ca.key.pem\"\n",
+    );
+    let (ok, out) = apply(r, &[]);
+    assert!(ok, "{out}");
+    let certd = generated(r, "certd");
+    let est = certd["est"].as_table().unwrap();
+    assert_eq!(
+        est["url"].as_str(),
+        Some("https://est.example.com/.well-known/est")
+    );
+    assert_eq!(
+        est["trust_anchors"][0].as_str(),
+        Some("/var/secrets/est-ca.pem")
+    );
+    assert_eq!(est["bootstrap_cert"].as_str(), Some("est-bootstrap-id"));
+    assert_eq!(est["bootstrap_key"].as_str(), Some("est-bootstrap-id"));
+    assert_eq!(est["identity_cert"].as_str(), Some("est-id"));
+    assert_eq!(
+        certd["preloaded"]["est-bootstrap-id"]["file"].as_str(),
+        Some("/var/secrets/est-bootstrap.pem")
+    );
+    let device = certd["issuance"]["device-id"].as_table().unwrap();
+    assert_eq!(device["method"].as_str(), Some("est"));
+    assert_eq!(device["subject"]["O"].as_str(), Some("Contoso"));
+    assert_eq!(certd["ca"]["cert_id"].as_str(), Some("local-ca"));
+    assert_eq!(certd["ca"]["provided"].as_bool(), Some(true));
+    let keyd = generated(r, "keyd");
+    let ids: Vec<&str> = keyd["preloaded_key"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["id"].as_str().unwrap())
+        .collect();
+    assert!(
+        ids.contains(&"est-bootstrap-id") && ids.contains(&"local-ca"),
+        "{ids:?}"
+    );
+    let identityd = generated(r, "identityd");
+    let auth = identityd["provisioning"]["auth"].as_table().unwrap();
+    assert_eq!(auth["cert_id"].as_str(), Some("device-id"));
+    assert_eq!(auth["subject"]["O"].as_str(), Some("Contoso"));
+    for daemon in ["certd", "identityd"] {
+        let file = r.join(format!("etc/edgeid/{daemon}.d/config.toml"));
+        let text = std::fs::read_to_string(&file).unwrap();
+        if daemon == "certd" {
+            edgeid_certd::CertdConfig::load(&file)
+                .unwrap()
+                .validate()
+                .unwrap();
+        } else {
+            let _: edgeid_identityd::IdentitydConfig = toml::from_str(&text).unwrap();
+        }
+    }
 }

@@ -265,7 +265,26 @@ pub const SUPER: Rule = Table(&[
         ]),
     ),
     ("preloaded_keys", Map(&Value)),
-    ("cert_issuance", SUPER_NOT_YET),
+    (
+        "cert_issuance",
+        Table(&[
+            (
+                "est",
+                Table(&[
+                    ("trusted_certs", Value),
+                    ("username", Value),
+                    ("password", Value),
+                    ("identity_cert", Value),
+                    ("identity_pk", Value),
+                    ("bootstrap_identity_cert", Value),
+                    ("bootstrap_identity_pk", Value),
+                    ("urls", Map(&Value)),
+                    ("identity_auto_renew", Value),
+                ]),
+            ),
+            ("local_ca", Table(&[("cert", Value), ("pk", Value)])),
+        ]),
+    ),
     ("preloaded_certs", Map(&Value)),
     (
         "tpm",

@@ -83,19 +83,45 @@ pub fn read(root: &Path) -> Result<Option<Parts>, String> {
     };
     let mut device_key = None;
     let mut certd_certs = Table::new();
+    let mut issuance = Table::new();
     // An X.509 identity in files (`identity_cert`, `identity_pk` URIs):
     // preloaded as `device-id`, as aziotctl preloads them; a key on a
     // PKCS#11 token keeps its label as its id (keyd finds token keys by
-    // label). One certd is to issue (a table) is only read as `iotedge
-    // config apply` writes it. Returns the key's id.
-    let mut x509_identity = |base: &[&str], keyd_keys: &mut Table| -> Result<String, String> {
+    // label). One certd is to issue (a table: method, expiry_days, url,
+    // common_name or subject) is certd's `[cert_issuance.device-id]`, as
+    // aziotctl writes it. Returns the key's id and the subject's attributes
+    // other than its CN.
+    let mut x509_identity = |base: &[&str],
+                             keyd_keys: &mut Table|
+     -> Result<(String, Table), String> {
         let at = |k: &'static str| [base, &[k]].concat();
-        if matches!(get(&at("identity_cert")), Some(Value::Table(_))) {
-            return Err(here(
-                &at("identity_cert"),
-                "is a certificate to issue: edgeid reads that as `iotedge config apply` or \
-                 `aziotctl config apply` writes it out (run one), or give the certificate's file",
-            ));
+        if let Some(Value::Table(issued)) = get(&at("identity_cert")) {
+            const ISSUED: [&str; 5] = ["method", "expiry_days", "url", "common_name", "subject"];
+            if let Some(other) = issued.keys().find(|k| !ISSUED.contains(&k.as_str())) {
+                return Err(here(
+                    &at("identity_cert"),
+                    &format!(
+                        "sets '{other}': edgeid takes EST credentials from [cert_issuance.est] \
+                         only, and renews by certd's policy"
+                    ),
+                ));
+            }
+            if get(&at("identity_pk")).is_some() {
+                return Err(here(
+                    &at("identity_pk"),
+                    "is not read with an identity certificate certd issues (its key is keyd's device-id, made for it)",
+                ));
+            }
+            let rest = match issued.get("subject") {
+                Some(Value::Table(subject)) => subject
+                    .iter()
+                    .filter(|(k, _)| !k.eq_ignore_ascii_case("cn"))
+                    .map(|(k, v)| (k.to_uppercase(), v.clone()))
+                    .collect(),
+                _ => Table::new(),
+            };
+            issuance.insert(DEVICE_KEY.into(), Value::Table(issued));
+            return Ok((DEVICE_KEY.to_owned(), rest));
         }
         certd_certs.insert(
             DEVICE_KEY.into(),
@@ -110,7 +136,7 @@ pub fn read(root: &Path) -> Result<Option<Parts>, String> {
             None => DEVICE_KEY.to_owned(),
         };
         keyd_keys.insert(key_id.clone(), Value::String(pk));
-        Ok(key_id)
+        Ok((key_id, Table::new()))
     };
 
     let mut identityd = Table::from_iter([s("homedir", "/var/lib/aziot/identityd")]);
@@ -166,12 +192,19 @@ pub fn read(root: &Path) -> Result<Option<Parts>, String> {
                     need(&["provisioning", "device_id"])?,
                 )
             };
-            let authentication = if let Some(key_id) = x509 {
-                Table::from_iter([
+            let authentication = if let Some((key_id, rest)) = x509 {
+                let mut auth = Table::from_iter([
                     s("method", "x509"),
                     s("identity_cert", DEVICE_KEY),
                     s("identity_pk", &key_id),
-                ])
+                ]);
+                if !rest.is_empty() {
+                    // Its CN is the device id, as aziotctl writes it.
+                    let mut subject = Table::from_iter([s("CN", &device)]);
+                    subject.extend(rest);
+                    auth.insert("csr_subject".into(), Value::Table(subject));
+                }
+                auth
             } else {
                 Table::from_iter([s("method", "sas"), s("device_id_pk", DEVICE_KEY)])
             };
@@ -201,8 +234,16 @@ pub fn read(root: &Path) -> Result<Option<Parts>, String> {
                 }
                 "tpm" => {}
                 "x509" => {
-                    let key_id = x509_identity(&["provisioning", "attestation"], &mut keyd_keys)?;
+                    let (key_id, rest) =
+                        x509_identity(&["provisioning", "attestation"], &mut keyd_keys)?;
                     attestation.extend([s("identity_cert", DEVICE_KEY), s("identity_pk", &key_id)]);
+                    if let (Some(Value::String(id)), false) =
+                        (attestation.get("registration_id").cloned(), rest.is_empty())
+                    {
+                        let mut subject = Table::from_iter([s("CN", &id)]);
+                        subject.extend(rest);
+                        attestation.insert("registration_id".into(), Value::Table(subject));
+                    }
                 }
                 _ => {
                     return Err(here(
@@ -254,6 +295,22 @@ pub fn read(root: &Path) -> Result<Option<Parts>, String> {
     let mut certd = Table::from_iter([s("homedir_path", "/var/lib/aziot/certd")]);
     let mut preloaded_certs = own("preloaded_certs");
     preloaded_certs.extend(certd_certs);
+    let mut extra_keys = Table::new();
+    cert_issuance(
+        &c,
+        &here,
+        &mut issuance,
+        &mut preloaded_certs,
+        &mut extra_keys,
+    )?;
+    if let Some(Value::Table(keys)) = keyd.get_mut("preloaded_keys") {
+        keys.extend(extra_keys);
+    } else if !extra_keys.is_empty() {
+        keyd.insert("preloaded_keys".into(), Value::Table(extra_keys));
+    }
+    if !issuance.is_empty() {
+        certd.insert("cert_issuance".into(), Value::Table(issuance));
+    }
     if !preloaded_certs.is_empty() {
         certd.insert("preloaded_certs".into(), Value::Table(preloaded_certs));
     }
@@ -278,4 +335,76 @@ pub fn read(root: &Path) -> Result<Option<Parts>, String> {
         device_key,
         path,
     }))
+}
+
+/// The super-config's `[cert_issuance]` as aziotctl writes it into certd's
+/// config: `est` with its trusted certificates and X.509 credentials as
+/// preloaded ids (`est-server-ca-<n>`, `est-id`, `est-bootstrap-id`), and a
+/// `local_ca` in files as `local-ca`. A local CA certd is to issue is
+/// refused (issue it, then give its files).
+fn cert_issuance(
+    c: &Table,
+    here: &dyn Fn(&[&str], &str) -> String,
+    issuance: &mut Table,
+    certs: &mut Table,
+    keys: &mut Table,
+) -> Result<(), String> {
+    if let Some(Value::Table(est)) = value_at(c, &["cert_issuance", "est"]) {
+        let mut out = Table::new();
+        for (k, v) in est {
+            let id = match k.as_str() {
+                "identity_cert" | "identity_pk" => "est-id",
+                _ => "est-bootstrap-id",
+            };
+            match k.as_str() {
+                "trusted_certs" => {
+                    let uris = v.as_array().cloned().unwrap_or_default();
+                    let mut ids = Vec::new();
+                    for (i, uri) in uris.iter().enumerate() {
+                        let id = format!("est-server-ca-{}", i + 1);
+                        certs.insert(id.clone(), uri.clone());
+                        ids.push(Value::String(id));
+                    }
+                    out.insert(k.clone(), Value::Array(ids));
+                }
+                "bootstrap_identity_cert" | "identity_cert" => {
+                    certs.insert(id.into(), v.clone());
+                    out.insert(k.clone(), Value::String(id.into()));
+                }
+                "bootstrap_identity_pk" | "identity_pk" => {
+                    keys.insert(id.into(), v.clone());
+                    out.insert(k.clone(), Value::String(id.into()));
+                }
+                _ => {
+                    out.insert(k.clone(), v.clone());
+                }
+            }
+        }
+        // A bootstrap identity enrolls the identity certd keeps as est-id.
+        if out.contains_key("bootstrap_identity_cert") {
+            out.insert("identity_cert".into(), Value::String("est-id".into()));
+            out.insert("identity_pk".into(), Value::String("est-id".into()));
+        }
+        issuance.insert("est".into(), Value::Table(out));
+    }
+    if let Some(Value::Table(local)) = value_at(c, &["cert_issuance", "local_ca"]) {
+        let file = |k: &str| local.get(k).and_then(Value::as_str).map(str::to_owned);
+        let (Some(cert), Some(pk)) = (file("cert"), file("pk")) else {
+            return Err(here(
+                &["cert_issuance", "local_ca", "cert"],
+                "must be the CA's certificate file, with pk its key's (a local CA certd is to \
+                 issue is not supported: issue it, then give its files)",
+            ));
+        };
+        certs.insert("local-ca".into(), Value::String(cert));
+        keys.insert("local-ca".into(), Value::String(pk));
+        issuance.insert(
+            "local_ca".into(),
+            Value::Table(Table::from_iter([
+                ("cert".to_owned(), Value::String("local-ca".into())),
+                ("pk".to_owned(), Value::String("local-ca".into())),
+            ])),
+        );
+    }
+    Ok(())
 }
