@@ -136,13 +136,18 @@ async fn edge_ca(s: &Suite) -> (String, Value) {
 /// A key and CSR made by openssl (a party that is not edgeid), as
 /// aziot-edged makes them for a module: CN, extensions given.
 fn openssl_csr(dir: &std::path::Path, name: &str, cn: &str, addext: &[&str]) -> String {
+    openssl_csr_for(dir, name, &format!("/CN={cn}"), addext)
+}
+
+/// The same for a whole subject (`/CN=.../O=...`).
+fn openssl_csr_for(dir: &std::path::Path, name: &str, subj: &str, addext: &[&str]) -> String {
     let tool = edgeid_testkit::require_tool("openssl", "openssl");
     let csr = dir.join(format!("{name}.csr"));
     let mut cmd = Command::new(tool);
     cmd.args(["req", "-new", "-newkey", "ec", "-pkeyopt"])
         .args(["ec_paramgen_curve:prime256v1", "-nodes", "-keyout"])
         .arg(dir.join(format!("{name}.key")))
-        .args(["-subj", &format!("/CN={cn}"), "-out"])
+        .args(["-subj", subj, "-out"])
         .arg(&csr);
     for ext in addext {
         cmd.args(["-addext", ext]);
@@ -154,6 +159,14 @@ fn openssl_csr(dir: &std::path::Path, name: &str, cn: &str, addext: &[&str]) -> 
         String::from_utf8_lossy(&out.stderr)
     );
     std::fs::read_to_string(csr).unwrap()
+}
+
+/// The subject of a chain's leaf, as `openssl x509 -subject` prints it.
+fn openssl_subject(dir: &std::path::Path, chain: &str) -> String {
+    let leaf = dir.join("subject-of.pem");
+    std::fs::write(&leaf, chain).unwrap();
+    let out = openssl::run(&["x509", "-noout", "-subject", "-in", leaf.to_str().unwrap()]);
+    String::from_utf8_lossy(&out).trim().to_owned()
 }
 
 fn ders(pem_text: &str) -> Vec<Vec<u8>> {
@@ -668,11 +681,8 @@ async fn a_subject_set_for_an_id_is_issued_whatever_the_csr_asks() {
     assert_eq!(status, StatusCode::CREATED, "{answer}");
     let chain = answer["pem"].as_str().unwrap();
     openssl::verify_chain(&bundle, chain, "sslclient").unwrap();
-    let leaf = s.dir.path().join("configured.pem");
-    std::fs::write(&leaf, chain).unwrap();
-    let subject = openssl::run(&["x509", "-noout", "-subject", "-in", leaf.to_str().unwrap()]);
     assert_eq!(
-        String::from_utf8_lossy(&subject).trim(),
+        openssl_subject(s.dir.path(), chain),
         "subject=C = US, CN = configured device, O = Contoso",
         "openssl reads the configured subject, in name order"
     );
@@ -718,29 +728,8 @@ async fn a_csrs_whole_subject_is_issued_and_its_cn_still_checked() {
     )
     .await;
     edgeid_testkit::open_to_others(s.dir.path());
-    let tool = edgeid_testkit::require_tool("openssl", "openssl");
     let csr_for = |subj: &str, name: &str| {
-        let csr = s.dir.path().join(format!("{name}.csr"));
-        let out = Command::new(&tool)
-            .args(["req", "-new", "-newkey", "ec", "-pkeyopt"])
-            .args(["ec_paramgen_curve:prime256v1", "-nodes", "-keyout"])
-            .arg(s.dir.path().join(format!("{name}.key")))
-            .args([
-                "-subj",
-                subj,
-                "-addext",
-                "extendedKeyUsage=clientAuth",
-                "-out",
-            ])
-            .arg(&csr)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        std::fs::read_to_string(csr).unwrap()
+        openssl_csr_for(s.dir.path(), name, subj, &["extendedKeyUsage=clientAuth"])
     };
     let post = |uid: u32, body: Value| {
         let socket = s.certd.socket();
@@ -753,11 +742,8 @@ async fn a_csrs_whole_subject_is_issued_and_its_cn_still_checked() {
     )
     .await;
     assert_eq!(status, StatusCode::CREATED, "{answer}");
-    let leaf = s.dir.path().join("whole.pem");
-    std::fs::write(&leaf, answer["pem"].as_str().unwrap()).unwrap();
-    let subject = openssl::run(&["x509", "-noout", "-subject", "-in", leaf.to_str().unwrap()]);
     assert_eq!(
-        String::from_utf8_lossy(&subject).trim(),
+        openssl_subject(s.dir.path(), answer["pem"].as_str().unwrap()),
         "subject=CN = granted, O = Maker, OU = Line 3"
     );
     // Another CN beside other attributes is still the principal's asking.

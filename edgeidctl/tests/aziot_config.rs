@@ -6,28 +6,13 @@
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
-use std::process::Command;
 
 use toml::Table;
 
-const USERS: &str = "root:x:0:0::/root:/bin/sh\n\
-aziotks:x:994:994::/:/usr/sbin/nologin\n\
-aziotcs:x:993:993::/:/usr/sbin/nologin\n\
-aziotid:x:992:992::/:/usr/sbin/nologin\n\
-edgeid-wl:x:991:991::/:/usr/sbin/nologin\n";
-
-fn template() -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/config.toml.template")
-}
+mod support;
 
 fn root() -> tempfile::TempDir {
-    let root = tempfile::Builder::new()
-        .prefix("edgeid-aziot-root-")
-        .tempdir_in("/tmp")
-        .unwrap();
-    std::fs::create_dir(root.path().join("etc")).unwrap();
-    std::fs::write(root.path().join("etc/passwd"), USERS).unwrap();
-    root
+    support::aziot_root()
 }
 
 fn write(root: &Path, rel: &str, text: &str) {
@@ -37,22 +22,7 @@ fn write(root: &Path, rel: &str, text: &str) {
 }
 
 fn apply(root: &Path, extra: &[&str]) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_edgeidctl"))
-        .args(["config", "apply", "--no-restart", "-c"])
-        .arg(template())
-        .arg("--root")
-        .arg(root)
-        .args(extra)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
+    support::config_apply(root, extra)
 }
 
 fn generated(root: &Path, daemon: &str) -> Table {

@@ -7,9 +7,6 @@
 //! IoT Edge 1.1's, is `0x01 || tag || ciphertext`). The ciphertexts here are
 //! made by Python's `cryptography` (OpenSSL), not by edgeid.
 
-use std::path::Path;
-use std::process::Command;
-
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use edgeid_common::authz::Admins;
@@ -20,11 +17,7 @@ use http::{Method, StatusCode};
 use serde_json::json;
 use toml::Table;
 
-const USERS: &str = "root:x:0:0::/root:/bin/sh\n\
-aziotks:x:994:994::/:/usr/sbin/nologin\n\
-aziotcs:x:993:993::/:/usr/sbin/nologin\n\
-aziotid:x:992:992::/:/usr/sbin/nologin\n\
-edgeid-wl:x:991:991::/:/usr/sbin/nologin\n";
+mod support;
 
 const ID: &str = "iotedge_master_encryption_id";
 
@@ -50,31 +43,17 @@ fn reference_seal(key: &[u8], iv: &[u8], aad: &[u8], plaintext: &[u8]) -> Vec<u8
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn what_modules_encrypted_under_the_reference_still_decrypts() {
-    let root = tempfile::tempdir().unwrap();
+    let root = support::aziot_root();
     let r = root.path();
-    std::fs::create_dir(r.join("etc")).unwrap();
-    std::fs::write(r.join("etc/passwd"), USERS).unwrap();
     let keys = r.join("var/lib/aziot/keyd/keys");
     std::fs::create_dir_all(&keys).unwrap();
     let mut key = [0u8; 32];
     aws_lc_rs::rand::fill(&mut key).unwrap();
-    // The reference's file name: the id's letters and digits, its SHA-256.
-    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, ID.as_bytes());
-    let file = keys.join(format!(
-        "iotedgemasterencryptionid-{}.key",
-        hex::encode(digest.as_ref())
-    ));
+    let file = keys.join(support::reference_name(ID, "key"));
     std::fs::write(&file, key).unwrap();
 
-    let out = Command::new(env!("CARGO_BIN_EXE_edgeidctl"))
-        .args(["config", "apply", "--no-restart", "-c"])
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/config.toml.template"))
-        .arg("--root")
-        .arg(r)
-        .output()
-        .unwrap();
-    let said = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{said}");
+    let (ok, said) = support::config_apply(r, &[]);
+    assert!(ok, "{said}");
     assert!(said.contains(ID), "{said}");
     let generated: Table = std::fs::read_to_string(r.join("etc/edgeid/keyd.d/config.toml"))
         .unwrap()

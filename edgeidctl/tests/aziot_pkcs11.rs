@@ -8,8 +8,6 @@
 //! 0600 file, never in a config or a message.
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
-use std::process::Command;
 
 use edgeid_keyd::api::SignAlgorithm;
 use edgeid_testkit::process::build_binary;
@@ -18,11 +16,7 @@ use http::{Method, StatusCode};
 use serde_json::json;
 use toml::Table;
 
-const USERS: &str = "root:x:0:0::/root:/bin/sh\n\
-aziotks:x:994:994::/:/usr/sbin/nologin\n\
-aziotcs:x:993:993::/:/usr/sbin/nologin\n\
-aziotid:x:992:992::/:/usr/sbin/nologin\n\
-edgeid-wl:x:991:991::/:/usr/sbin/nologin\n";
+mod support;
 
 const PIN: &str = "73519-factory";
 const TOKEN: &str = "Key pairs";
@@ -32,10 +26,9 @@ async fn the_references_pkcs11_token_and_a_factory_key_on_it_serve_through_keyd(
     let hsm = SoftHsm::with_pin(PIN);
     hsm.init_token(TOKEN);
     hsm.foreign_key_pair(TOKEN, "device-id");
-    let root = tempfile::tempdir().unwrap();
+    let root = support::aziot_root();
     let r = root.path();
     std::fs::create_dir_all(r.join("etc/aziot/keyd/config.d")).unwrap();
-    std::fs::write(r.join("etc/passwd"), USERS).unwrap();
     // As aziotctl writes `[aziot_keys]` and a preloaded HSM key of the super-config.
     std::fs::write(
         r.join("etc/aziot/keyd/config.d/00-super.toml"),
@@ -47,19 +40,8 @@ async fn the_references_pkcs11_token_and_a_factory_key_on_it_serve_through_keyd(
         ),
     )
     .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_edgeidctl"))
-        .args(["config", "apply", "--no-restart", "-c"])
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/config.toml.template"))
-        .arg("--root")
-        .arg(r)
-        .output()
-        .unwrap();
-    let said = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "{said}");
+    let (ok, said) = support::config_apply(r, &[]);
+    assert!(ok, "{said}");
     assert!(!said.contains(PIN), "the PIN in a message: {said}");
     let text = std::fs::read_to_string(r.join("etc/edgeid/keyd.d/config.toml")).unwrap();
     assert!(!text.contains(PIN), "the PIN in keyd's config: {text}");
@@ -84,15 +66,8 @@ async fn the_references_pkcs11_token_and_a_factory_key_on_it_serve_through_keyd(
     let mode = std::fs::metadata(&pin_file).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o600);
     // Applied again: the same PIN is left as it is.
-    let again = Command::new(env!("CARGO_BIN_EXE_edgeidctl"))
-        .args(["config", "apply", "--no-restart", "-c"])
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/config.toml.template"))
-        .arg("--root")
-        .arg(r)
-        .output()
-        .unwrap();
-    assert!(again.status.success());
-    assert!(!String::from_utf8_lossy(&again.stdout).contains("aziot-pkcs11.pin"));
+    let (ok, again) = support::config_apply(r, &[]);
+    assert!(ok && !again.contains("aziot-pkcs11.pin"), "{again}");
 
     // keyd with what config apply wrote (the PIN file under the test's root).
     let mut tables = Table::new();
@@ -114,20 +89,23 @@ async fn the_references_pkcs11_token_and_a_factory_key_on_it_serve_through_keyd(
 
     // The factory's key signs; openssl checks it with the public key
     // pkcs11-tool reads off the token.
-    let public = hsm.public_key_pem(TOKEN, "device-id");
     let client = keyd.client();
-    let handle = client.key_pair("device-id").await.unwrap();
-    let message = b"a device identity signed in the HSM";
-    let signature = client
-        .sign(&handle, SignAlgorithm::EcdsaSha256, message, false)
-        .await
-        .unwrap();
-    assert!(openssl::verify(
-        SignAlgorithm::EcdsaSha256,
-        &public,
-        message,
-        &signature
-    ));
+    let signs_as_the_token_key = |id: &'static str| {
+        let (client, public) = (client.clone(), hsm.public_key_pem(TOKEN, id));
+        async move {
+            let handle = client.key_pair(id).await.unwrap();
+            let message = b"a device identity signed in the HSM";
+            let signature = client
+                .sign(&handle, SignAlgorithm::EcdsaSha256, message, false)
+                .await
+                .unwrap();
+            assert!(
+                openssl::verify(SignAlgorithm::EcdsaSha256, &public, message, &signature),
+                "{id}"
+            );
+        }
+    };
+    signs_as_the_token_key("device-id").await;
 
     // A key made through the aziot API, as aziot-edged makes its CA key, is on the token.
     let (status, made) = edgeid_testkit::aziot::call(
@@ -141,16 +119,5 @@ async fn the_references_pkcs11_token_and_a_factory_key_on_it_serve_through_keyd(
     assert!(made["keyHandle"].is_string());
     let objects = hsm.list_objects(TOKEN);
     assert!(objects.contains("aziot-edged-ca"), "{objects}");
-    let public = hsm.public_key_pem(TOKEN, "aziot-edged-ca");
-    let handle = client.key_pair("aziot-edged-ca").await.unwrap();
-    let signature = client
-        .sign(&handle, SignAlgorithm::EcdsaSha256, message, false)
-        .await
-        .unwrap();
-    assert!(openssl::verify(
-        SignAlgorithm::EcdsaSha256,
-        &public,
-        message,
-        &signature
-    ));
+    signs_as_the_token_key("aziot-edged-ca").await;
 }

@@ -9,7 +9,6 @@
 //! changes or goes.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use edgeid_common::authz::Admins;
 use edgeid_keyd::api::SignAlgorithm;
@@ -17,30 +16,9 @@ use edgeid_keyd::config::PreloadedKey;
 use edgeid_testkit::{openssl, require_tool, CertdFixture, KeydFixture};
 use toml::Table;
 
-const USERS: &str = "root:x:0:0::/root:/bin/sh\n\
-aziotks:x:994:994::/:/usr/sbin/nologin\n\
-aziotcs:x:993:993::/:/usr/sbin/nologin\n\
-aziotid:x:992:992::/:/usr/sbin/nologin\n\
-edgeid-wl:x:991:991::/:/usr/sbin/nologin\n";
+mod support;
 
-/// The reference's file name for `id` (its ASCII letters and digits, `-`,
-/// the id's SHA-256 in hex, the extension), computed here on its own.
-fn reference_name(id: &str, ext: &str) -> String {
-    let kept: String = id.chars().filter(char::is_ascii_alphanumeric).collect();
-    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, id.as_bytes());
-    format!("{kept}-{}.{ext}", hex::encode(digest.as_ref()))
-}
-
-fn run(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "{cmd:?}: {text}");
-    text
-}
+use support::reference_name;
 
 /// An EC P-256 key (PKCS#8 PEM) and a self-signed CA certificate for it.
 fn edge_ca(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
@@ -74,9 +52,7 @@ fn entries(config: &Table, table: &str, root: &Path) -> Vec<(String, PathBuf)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_edge_ca_an_aziot_identity_service_left_is_taken_over_once() {
     require_tool("openssl", "openssl");
-    let root = tempfile::tempdir().unwrap();
-    std::fs::create_dir(root.path().join("etc")).unwrap();
-    std::fs::write(root.path().join("etc/passwd"), USERS).unwrap();
+    let root = support::aziot_root();
     let keys = root.path().join("var/lib/aziot/keyd/keys");
     let certs = root.path().join("var/lib/aziot/certd/certs");
     std::fs::create_dir_all(&keys).unwrap();
@@ -94,11 +70,8 @@ async fn the_edge_ca_an_aziot_identity_service_left_is_taken_over_once() {
     )
     .unwrap();
 
-    let said = run(Command::new(env!("CARGO_BIN_EXE_edgeidctl"))
-        .args(["config", "apply", "--no-restart", "-c"])
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/config.toml.template"))
-        .arg("--root")
-        .arg(root.path()));
+    let (ok, said) = support::config_apply(root.path(), &[]);
+    assert!(ok, "{said}");
     assert!(
         said.contains("takes over, once, what aziot-identity-service left: aziot-edged-ca"),
         "{said}"

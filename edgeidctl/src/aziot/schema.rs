@@ -268,20 +268,8 @@ pub const SUPER: Rule = Table(&[
     (
         "cert_issuance",
         Table(&[
-            (
-                "est",
-                Table(&[
-                    ("trusted_certs", Value),
-                    ("username", Value),
-                    ("password", Value),
-                    ("identity_cert", Value),
-                    ("identity_pk", Value),
-                    ("bootstrap_identity_cert", Value),
-                    ("bootstrap_identity_pk", Value),
-                    ("urls", Map(&Value)),
-                    ("identity_auto_renew", Value),
-                ]),
-            ),
+            // As certd's (its file URIs become preloaded ids).
+            ("est", EST),
             ("local_ca", Table(&[("cert", Value), ("pk", Value)])),
         ]),
     ),

@@ -63,3 +63,53 @@ pub async fn first_x509_svid(
         .expect("a stream message")
         .expect("the stream's first message")
 }
+
+/// An `/etc/passwd` with the reference's users, as a device that ran
+/// aziot-identity-service has them (and edgeid's workload user).
+pub const AZIOT_USERS: &str = "root:x:0:0::/root:/bin/sh\n\
+aziotks:x:994:994::/:/usr/sbin/nologin\n\
+aziotcs:x:993:993::/:/usr/sbin/nologin\n\
+aziotid:x:992:992::/:/usr/sbin/nologin\n\
+edgeid-wl:x:991:991::/:/usr/sbin/nologin\n";
+
+/// A throwaway root for `config apply --root`: its `/etc/passwd` names the
+/// reference's users.
+pub fn aziot_root() -> tempfile::TempDir {
+    let root = tempfile::Builder::new()
+        .prefix("edgeid-aziot-root-")
+        .tempdir_in("/tmp")
+        .expect("a temp root");
+    std::fs::create_dir(root.path().join("etc")).expect("etc");
+    std::fs::write(root.path().join("etc/passwd"), AZIOT_USERS).expect("passwd");
+    root
+}
+
+/// `edgeidctl config apply --no-restart` of the packaged template under
+/// `root`, with `extra` arguments: whether it succeeded, and all it said.
+pub fn config_apply(root: &Path, extra: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_edgeidctl"))
+        .args(["config", "apply", "--no-restart", "-c"])
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/config.toml.template"))
+        .arg("--root")
+        .arg(root)
+        .args(extra)
+        .output()
+        .expect("run edgeidctl config apply");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// The reference's file name for `id` in its key or certificate store (its
+/// ASCII letters and digits, `-`, the id's SHA-256 in hex, the extension),
+/// computed here on its own.
+pub fn reference_name(id: &str, ext: &str) -> String {
+    let kept: String = id.chars().filter(char::is_ascii_alphanumeric).collect();
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, id.as_bytes());
+    format!("{kept}-{}.{ext}", hex::encode(digest.as_ref()))
+}
