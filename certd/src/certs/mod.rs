@@ -145,14 +145,13 @@ impl Certd {
         let c = &self.config.ca;
         if c.provided {
             // Not cached: a file an administrator replaces is used at once.
-            let unusable = |e: Error| {
-                match e {
+            let unusable = |e: Error| match e {
                 Error::Internal(_) => e,
                 other => Error::Unavailable(format!(
-                    "the local CA (certificate '{}', key '{}', given by the administrator) is not usable: {other}",
+                    "the local CA (certificate '{}', key '{}', given by the administrator) \
+                     is not usable: {other}",
                     c.cert_id, c.key_id
                 )),
-            }
             };
             let pem = self.served_pem(&c.cert_id).map_err(unusable)?;
             let key = KeydKey::load(&self.keyd, &c.key_id)
