@@ -169,6 +169,22 @@ fn open_trusted_dir(dir: &Path) -> io::Result<File> {
     Ok(handle)
 }
 
+/// Holds an exclusive lock on the existing file `path` (opened for
+/// reading: nothing is written) until the returned file is dropped: one
+/// holder at a time among processes that lock the same file, the others
+/// waiting their turn.
+pub fn lock_exclusive(path: &Path) -> io::Result<File> {
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_CLOEXEC)
+        .open(path)?;
+    // SAFETY: flock(2) on a descriptor the File owns; the lock goes with it.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(file)
+}
+
 /// Opens `name` in `dir` for reading, never following a symbolic link.
 fn open_no_follow(dir: &File, name: &OsStr) -> io::Result<File> {
     let name = CString::new(name.as_bytes())

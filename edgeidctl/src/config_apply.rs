@@ -17,6 +17,7 @@ use edgeid_workloadapi::config::CertificatePolicy;
 use serde::Deserialize;
 use toml::{Table, Value};
 
+use crate::apply_files;
 use crate::aziot::files::value_at as at;
 use crate::daemons::DAEMONS;
 
@@ -474,6 +475,10 @@ pub fn apply(opts: &Apply) -> Result<(), String> {
             ));
         }
     }
+    let one_at_a_time = match opts.dry_run {
+        true => None,
+        false => apply_files::one_at_a_time(&opts.config)?,
+    };
     let (configs, users, overlay) = prepare(opts)?;
     for note in &overlay.notes {
         outln!("{note}");
@@ -486,23 +491,23 @@ pub fn apply(opts: &Apply) -> Result<(), String> {
         return Ok(());
     }
     // 4. Write what changed; restart those daemons.
-    let etc = opts.root.join("etc/edgeid");
-    edgeid_common::fs::ensure_dir(&etc, 0o755)
-        .map_err(|e| format!("cannot make {}: {e}", etc.display()))?;
     let mut changed = Vec::new();
     // Daemons read these at start: a new one restarts its daemon.
+    let scope = scope(opts.only.as_deref());
     for (daemon, secret, rel, what) in overlay.secrets() {
         let Some(i) = DAEMONS.iter().position(|d| d.name == daemon) else {
             continue;
         };
-        if write_secret(opts, rel, secret, daemon, what, users[i])?
+        if !scope.contains(&daemon) {
+            continue;
+        }
+        if apply_files::write_secret(&opts.root, rel, secret, daemon, what, users[i])?
             && opts.only.as_deref() != Some(daemon)
             && !changed.contains(&daemon)
         {
             changed.push(daemon);
         }
     }
-    let scope = scope(opts.only.as_deref());
     for ((d, text), (uid, gid)) in DAEMONS.iter().zip(&configs).zip(users) {
         let daemon = d.name;
         if !scope.contains(&daemon) {
@@ -514,12 +519,15 @@ pub fn apply(opts: &Apply) -> Result<(), String> {
             outln!("{daemon:<10} unchanged  {}", file.display());
             continue;
         }
-        write_private(&file, text.as_bytes(), (uid, gid))?;
+        apply_files::write_private(&file, text.as_bytes(), (uid, gid))?;
         outln!("{daemon:<10} written    {}", file.display());
         if opts.only.as_deref() != Some(daemon) && !changed.contains(&daemon) {
             changed.push(daemon);
         }
     }
+    // Released before the restarts: each restarted unit's ExecStartPre is
+    // a config apply of its own, which takes it.
+    drop(one_at_a_time);
     let systemd = opts.root == Path::new("/") && Path::new("/run/systemd/system").exists();
     if !opts.no_restart && systemd && !changed.is_empty() {
         let units: Vec<String> = changed
@@ -538,56 +546,6 @@ pub fn apply(opts: &Apply) -> Result<(), String> {
             ));
         }
         outln!("restarted (if running): {}", units.join(" "));
-    }
-    Ok(())
-}
-
-/// A secret a daemon reads from a file `config apply` writes (`rel` under
-/// the root): an inline key of `/etc/aziot/config.toml`, where aziotctl
-/// would put it (`/var/secrets/aziot/keyd/device-id`), a PKCS#11 PIN or an
-/// EST password beside the daemon's config. Raw bytes, 0600 in a 0700
-/// directory, the daemon's user's, written atomically and only when it
-/// changed. Whether it was written.
-fn write_secret(
-    opts: &Apply,
-    rel: &str,
-    secret: &[u8],
-    daemon: &str,
-    what: &str,
-    (uid, gid): (u32, u32),
-) -> Result<bool, String> {
-    let file = opts.root.join(rel);
-    if std::fs::read(&file).ok().as_deref() == Some(secret) {
-        return Ok(false);
-    }
-    // /var/secrets/aziot open to be passed through (keyd's user must reach
-    // its own directory below it), as aziotctl leaves it.
-    if rel.starts_with("var/secrets/") {
-        if let Some(parent) = file.parent().and_then(Path::parent) {
-            edgeid_common::fs::ensure_dir(parent, 0o755)
-                .map_err(|e| format!("cannot make {}: {e}", parent.display()))?;
-        }
-    }
-    write_private(&file, secret, (uid, gid))?;
-    outln!("{daemon:<10} written    {} ({what})", file.display());
-    Ok(true)
-}
-
-/// `bytes` into `file`, atomically, 0600 in a 0700 directory, both given to
-/// `uid`:`gid` when run as root: a daemon's config, keyd's device key.
-fn write_private(file: &Path, bytes: &[u8], (uid, gid): (u32, u32)) -> Result<(), String> {
-    let dir = file
-        .parent()
-        .ok_or_else(|| format!("{} has no directory", file.display()))?;
-    edgeid_common::fs::ensure_dir(dir, 0o700)
-        .map_err(|e| format!("cannot make {}: {e}", dir.display()))?;
-    edgeid_common::fs::write_atomic(file, bytes, 0o600)
-        .map_err(|e| format!("cannot write {}: {e}", file.display()))?;
-    if edgeid_common::current_uid() == 0 {
-        for path in [dir, file] {
-            std::os::unix::fs::chown(path, Some(uid), Some(gid))
-                .map_err(|e| format!("cannot give {} to uid {uid}: {e}", path.display()))?;
-        }
     }
     Ok(())
 }

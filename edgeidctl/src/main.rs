@@ -6,6 +6,7 @@
 #[macro_use]
 mod out;
 
+mod apply_files;
 mod attest;
 mod aziot;
 mod check;

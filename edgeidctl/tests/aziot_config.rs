@@ -991,3 +991,45 @@ fn the_super_configs_cert_issuance_and_an_est_issued_identity_reach_certd() {
         }
     }
 }
+
+/// `systemctl restart aziot-keyd aziot-certd` runs `config apply --only
+/// keyd` and `--only certd` at once, and both write keyd's config when it
+/// changed: they must not trip over each other.
+#[test]
+fn config_applies_that_run_at_once_both_succeed() {
+    let root = root();
+    let r = root.path();
+    iotedge_applied(r);
+    let exe = env!("CARGO_BIN_EXE_edgeidctl");
+    let template = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/config.toml.template");
+    for round in 0..25 {
+        // keyd's config changes each round.
+        write(
+            r,
+            "etc/aziot/keyd/config.d/50-round.toml",
+            &format!("[[principal]]\nuid = {}\nkeys = [\"k\"]\n", 7000 + round),
+        );
+        let children: Vec<_> = ["keyd", "certd"]
+            .iter()
+            .map(|only| {
+                std::process::Command::new(exe)
+                    .args(["config", "apply", "--no-restart", "--only", only, "-c"])
+                    .arg(&template)
+                    .arg("--root")
+                    .arg(r)
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        for child in children {
+            let out = child.wait_with_output().unwrap();
+            assert!(
+                out.status.success(),
+                "round {round}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+}

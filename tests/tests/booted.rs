@@ -533,6 +533,71 @@ fn the_edge_ca_aziot_left_is_taken_over(vm: &Booted, key: &Path, cert: &Path) {
     );
 }
 
+/// The IV edgeHub sends (a GUID's hex digits), aziot-edged's aad, the secret.
+const SEALED_IV: &[u8] = b"3f2504e04f8911d39a0c0305e82c3301";
+const SEALED_AAD: &[u8] = b"$edgeHub638356473476598735";
+const SEALED: &[u8] = b"edgeHub's stored state";
+
+/// A random 32-byte key into `key`, and [`SEALED`] encrypted with it as
+/// libaziot-keys answers aziot-edged (`0x02 || AES-256-GCM || tag`, the
+/// caller's IV as nonce) into `out`, by Python's cryptography.
+fn seal_as_the_reference(key: &Path, out: &Path) {
+    use base64::Engine;
+    let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+    let status = edgeid_testkit::clients::python()
+        .args([
+            "-c",
+            "import base64, os, sys; \
+             from cryptography.hazmat.primitives.ciphers.aead import AESGCM; \
+             k = os.urandom(32); open(sys.argv[1], 'wb').write(k); \
+             iv, aad, p = (base64.b64decode(x) for x in sys.argv[3:]); \
+             open(sys.argv[2], 'wb').write(b'\\x02' + AESGCM(k).encrypt(iv, p, aad))",
+        ])
+        .arg(key)
+        .arg(out)
+        .args([SEALED_IV, SEALED_AAD, SEALED].map(b64))
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// aziot-edged's encryption key, taken over: what it encrypted for edgeHub
+/// through libaziot-keys decrypts through keyd's aziot API as before.
+fn the_encryption_key_aziot_left_still_decrypts(vm: &Booted) {
+    vm.sh(&format!(
+        "install -o aziotks -g aziotks -m 0600 /opt/edgeid-test/master.key /var/lib/aziot/keyd/keys/{}
+         systemctl restart aziot-keyd",
+        reference_name("iotedge_master_encryption_id", "key"),
+    ));
+    let made = vm.call(
+        "/run/aziot/keyd.sock",
+        "POST",
+        "/key?api-version=2020-09-01",
+        Some(json!({ "keyId": "iotedge_master_encryption_id", "usage": "encrypt" })),
+        200,
+    );
+    use base64::Engine;
+    let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+    let sealed = vm.ok(&["base64", "-w0", "/opt/edgeid-test/sealed.bin"]);
+    let opened = vm.call(
+        "/run/aziot/keyd.sock",
+        "POST",
+        "/decrypt?api-version=2020-09-01",
+        Some(json!({
+            "keyHandle": made["keyHandle"],
+            "algorithm": "AEAD",
+            "parameters": { "iv": b64(SEALED_IV), "aad": b64(SEALED_AAD) },
+            "ciphertext": sealed.trim(),
+        })),
+        200,
+    );
+    assert_eq!(
+        opened["plaintext"],
+        json!(b64(SEALED)),
+        "edgeHub's secret, as before"
+    );
+}
+
 fn pem_der(text: &str) -> Vec<u8> {
     pem::parse(text).expect("PEM").into_contents()
 }
@@ -570,6 +635,13 @@ fn the_package_on_a_booted_debian() {
     let (ca_key, ca_cert) = (edge_ca.path().join("ca.key"), edge_ca.path().join("ca.cer"));
     edgeid_testkit::openssl::new_p256_key(&ca_key);
     edgeid_testkit::openssl::self_signed_ca(&ca_key, "left by aziot", &ca_cert);
+    // And aziot-edged's encryption key, with a secret edgeHub encrypted
+    // through it (libaziot-keys' v2 form, made here by Python's cryptography).
+    let (master, sealed) = (
+        edge_ca.path().join("master.key"),
+        edge_ca.path().join("sealed.bin"),
+    );
+    seal_as_the_reference(&master, &sealed);
     let vm = Booted::boot(
         &rootfs,
         &[
@@ -578,6 +650,8 @@ fn the_package_on_a_booted_debian() {
             (&python.join("edge_module.py"), "edge_module.py"),
             (&ca_key, "aziot-edged-ca.key"),
             (&ca_cert, "aziot-edged-ca.cer"),
+            (&master, "master.key"),
+            (&sealed, "sealed.bin"),
         ],
     );
 
@@ -815,6 +889,7 @@ fn the_package_on_a_booted_debian() {
 
     aziot_config_and_a_principal_drop_in(&vm);
     the_edge_ca_aziot_left_is_taken_over(&vm, &ca_key, &ca_cert);
+    the_encryption_key_aziot_left_still_decrypts(&vm);
 
     // Each service's exposure, as systemd rates it (README, packaging/).
     for service in [
