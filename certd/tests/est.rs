@@ -157,51 +157,10 @@ async fn enrolls_with_basic_auth_and_names_a_refusal() {
 async fn the_est_identity_is_enrolled_once_with_the_bootstrap_then_authenticates_enrollments() {
     let dir = edgeid_testkit::temp_dir();
     // The factory: a bootstrap CA, and a bootstrap certificate and key in files.
-    let bootstrap_ca_key = dir.path().join("bootstrap-ca.key");
-    let bootstrap_ca = dir.path().join("bootstrap-ca.pem");
-    openssl::new_p256_key(&bootstrap_ca_key);
-    openssl::self_signed_ca(&bootstrap_ca_key, "factory bootstrap CA", &bootstrap_ca);
-    let bootstrap_key = dir.path().join("bootstrap.key");
-    let bootstrap_cert = dir.path().join("bootstrap.pem");
-    openssl::new_p256_key(&bootstrap_key);
-    let csr = dir.path().join("bootstrap.csr");
-    let s = |p: &std::path::Path| p.to_str().unwrap().to_owned();
-    openssl::run(&[
-        "req",
-        "-new",
-        "-key",
-        &s(&bootstrap_key),
-        "-subj",
-        "/CN=factory bootstrap",
-        "-out",
-        &s(&csr),
-    ]);
-    // A v3 client certificate (webpki takes no v1 certificates).
-    let ext = dir.path().join("bootstrap.ext");
-    std::fs::write(
-        &ext,
-        "basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n",
-    )
-    .unwrap();
-    openssl::run(&[
-        "x509",
-        "-extfile",
-        &s(&ext),
-        "-req",
-        "-in",
-        &s(&csr),
-        "-CA",
-        &s(&bootstrap_ca),
-        "-CAkey",
-        &s(&bootstrap_ca_key),
-        "-days",
-        "30",
-        "-set_serial",
-        "7",
-        "-out",
-        &s(&bootstrap_cert),
-    ]);
-    let bootstrap_ca_pem = std::fs::read_to_string(&bootstrap_ca).unwrap();
+    let bootstrap_ca = openssl::new_p256_ca(dir.path(), "bootstrap-ca", "factory bootstrap CA");
+    let (bootstrap_key, bootstrap_cert) =
+        openssl::new_client_cert(dir.path(), "bootstrap", "factory bootstrap", &bootstrap_ca);
+    let bootstrap_ca_pem = std::fs::read_to_string(&bootstrap_ca.1).unwrap();
     let est = EstServer::start(
         "nobody",
         "unused",

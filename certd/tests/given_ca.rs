@@ -7,7 +7,7 @@
 //! CSRs are openssl's; every chain is checked by `openssl verify` against
 //! the administrator's file.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use edgeid_certd::api::IssuerKind;
 use edgeid_certd::config::{IssuanceConfig, PreloadedCert};
@@ -21,15 +21,6 @@ use serde_json::{json, Value};
 use x509_parser::prelude::*;
 
 const V: &str = "2020-09-01";
-
-/// An openssl P-256 CA: (key file, certificate file).
-fn ca_files(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
-    let key = dir.join(format!("{name}.key.pem"));
-    let cert = dir.join(format!("{name}.cert.pem"));
-    openssl::new_p256_key(&key);
-    openssl::self_signed_ca(&key, name, &cert);
-    (key, cert)
-}
 
 /// An openssl key and CSR for `cn`, with `-addext` extensions.
 fn csr(dir: &Path, cn: &str, addext: &[&str]) -> String {
@@ -84,7 +75,7 @@ async fn post(certd: &CertdFixture, body: Value) -> (StatusCode, Value) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn iot_edges_own_edge_ca_in_files_issues_the_module_certificates_aziot_edged_asks_for() {
     let dir = edgeid_testkit::temp_dir();
-    let (ca_key, ca_cert) = ca_files(dir.path(), "user edge ca");
+    let (ca_key, ca_cert) = openssl::new_p256_ca(dir.path(), "user-edge-ca", "user edge ca");
     let (keyd, certd) = daemons(dir.path(), &[("aziot-edged-ca", &ca_key)], |c| {
         c.preloaded
             .insert("aziot-edged-ca".into(), preloaded_file(&ca_cert));
@@ -149,7 +140,8 @@ async fn iot_edges_own_edge_ca_in_files_issues_the_module_certificates_aziot_edg
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_local_ca_the_administrator_gives_issues_and_certd_never_makes_its_own() {
     let dir = edgeid_testkit::temp_dir();
-    let (ca_key, ca_cert) = ca_files(dir.path(), "factory local ca");
+    let (ca_key, ca_cert) =
+        openssl::new_p256_ca(dir.path(), "factory-local-ca", "factory local ca");
     let (_keyd, certd) = daemons(dir.path(), &[("local-ca", &ca_key)], |c| {
         c.preloaded
             .insert("local-ca".into(), preloaded_file(&ca_cert));
@@ -199,7 +191,7 @@ async fn a_local_ca_the_administrator_gives_issues_and_certd_never_makes_its_own
 
     // The CA's file replaced by a certificate of another key: nothing is
     // issued (and certd makes no root of its own in its place).
-    let (_, stranger) = ca_files(dir.path(), "stranger");
+    let (_, stranger) = openssl::new_p256_ca(dir.path(), "stranger", "stranger");
     std::fs::copy(&stranger, &ca_cert).unwrap();
     let other = csr(dir.path(), "device-2", &["extendedKeyUsage=clientAuth"]);
     let (status, answer) = post(&certd, json!({ "certId": "no-key", "csr": other })).await;

@@ -20,15 +20,6 @@ mod support;
 
 use support::reference_name;
 
-/// An EC P-256 key (PKCS#8 PEM) and a self-signed CA certificate for it.
-fn edge_ca(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
-    let key = dir.join(format!("{name}.key.pem"));
-    let cert = dir.join(format!("{name}.cert.pem"));
-    openssl::new_p256_key(&key);
-    openssl::self_signed_ca(&key, name, &cert);
-    (key, cert)
-}
-
 fn der_of(pem_text: &str) -> Vec<u8> {
     pem::parse(pem_text).unwrap().into_contents()
 }
@@ -58,7 +49,7 @@ async fn the_edge_ca_an_aziot_identity_service_left_is_taken_over_once() {
     std::fs::create_dir_all(&keys).unwrap();
     std::fs::create_dir_all(&certs).unwrap();
     let work = edgeid_testkit::temp_dir();
-    let (key_pem, cert_pem) = edge_ca(work.path(), "edge-ca-1");
+    let (key_pem, cert_pem) = openssl::new_p256_ca(work.path(), "edge-ca-1", "edge-ca-1");
     let key_file = keys.join(reference_name("aziot-edged-ca", "key"));
     let cert_file = certs.join(reference_name("aziot-edged-ca", "cer"));
     std::fs::copy(&key_pem, &key_file).unwrap();
@@ -151,7 +142,7 @@ async fn the_edge_ca_an_aziot_identity_service_left_is_taken_over_once() {
     // Once: a new file at that name (or none) changes nothing.
     keyd.stop().await;
     drop(keyd);
-    let (other_key, _) = edge_ca(work.path(), "edge-ca-2");
+    let (other_key, _) = openssl::new_p256_ca(work.path(), "edge-ca-2", "edge-ca-2");
     std::fs::copy(&other_key, &key_file).unwrap();
     let mut keyd = KeydFixture::configured(config.clone(), Admins::root_and_self()).await;
     check_signs_as(&keyd, public_of_file.clone()).await;
@@ -190,7 +181,7 @@ async fn the_edge_ca_an_aziot_identity_service_left_is_taken_over_once() {
     drop(certd);
     std::fs::write(
         &cert_file,
-        std::fs::read(work.path().join("edge-ca-2.cert.pem")).unwrap(),
+        std::fs::read(work.path().join("edge-ca-2.pem")).unwrap(),
     )
     .unwrap();
     let certd = CertdFixture::configured(certd_config, Admins::root_and_self()).await;

@@ -420,51 +420,9 @@ async fn a_dps_payload_file_goes_with_each_registration() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn manual_x509_with_a_preloaded_certificate_and_key() {
     let work = edgeid_testkit::temp_dir();
-    let path = |name: &str| work.path().join(name);
-    let s = |p: &std::path::Path| p.to_str().unwrap().to_owned();
-    let (ca_key, ca) = (path("pki-ca.key"), path("pki-ca.pem"));
-    edgeid_testkit::openssl::new_p256_key(&ca_key);
-    edgeid_testkit::openssl::self_signed_ca(&ca_key, "device PKI CA", &ca);
-    let (key, csr, cert, ext) = (
-        path("device.key"),
-        path("device.csr"),
-        path("device.pem"),
-        path("device.ext"),
-    );
-    edgeid_testkit::openssl::new_p256_key(&key);
-    edgeid_testkit::openssl::run(&[
-        "req",
-        "-new",
-        "-key",
-        &s(&key),
-        "-subj",
-        "/CN=factory-7",
-        "-out",
-        &s(&csr),
-    ]);
-    std::fs::write(
-        &ext,
-        "basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n",
-    )
-    .unwrap();
-    edgeid_testkit::openssl::run(&[
-        "x509",
-        "-req",
-        "-in",
-        &s(&csr),
-        "-CA",
-        &s(&ca),
-        "-CAkey",
-        &s(&ca_key),
-        "-days",
-        "30",
-        "-set_serial",
-        "9",
-        "-extfile",
-        &s(&ext),
-        "-out",
-        &s(&cert),
-    ]);
+    let ca = edgeid_testkit::openssl::new_p256_ca(work.path(), "pki-ca", "device PKI CA");
+    let (key, cert) =
+        edgeid_testkit::openssl::new_client_cert(work.path(), "device", "factory-7", &ca);
     let mut daemons = Daemons::start_with(|c| {
         c.preloaded_keys = vec![edgeid_keyd::config::PreloadedKey {
             id: "device-id".into(),
@@ -481,7 +439,7 @@ async fn manual_x509_with_a_preloaded_certificate_and_key() {
         },
     );
     daemons.certd.restart().await;
-    let ca_pem = std::fs::read_to_string(&ca).unwrap();
+    let ca_pem = std::fs::read_to_string(&ca.1).unwrap();
     let cloud = CloudService::start(Some(&ca_pem)).await;
     cloud.add_x509_device("factory-7");
     let manual = |key_id: &str| {

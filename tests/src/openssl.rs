@@ -1,7 +1,7 @@
 //! Signatures verified by the `openssl` command, independently of aws-lc (and of
 //! whatever HSM or TPM made them).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use edgeid_keyd::api::{KeyHandle, SignAlgorithm};
@@ -39,6 +39,74 @@ pub fn new_p256_key(path: &Path) {
         "-out",
         text_of(path),
     ]);
+}
+
+/// A new P-256 key and a self-signed CA certificate for it named `cn`, in
+/// `dir` as `<name>.key` and `<name>.pem`: (key file, certificate file).
+pub fn new_p256_ca(dir: &Path, name: &str, cn: &str) -> (PathBuf, PathBuf) {
+    let (key, cert) = (
+        dir.join(format!("{name}.key")),
+        dir.join(format!("{name}.pem")),
+    );
+    new_p256_key(&key);
+    self_signed_ca(&key, cn, &cert);
+    (key, cert)
+}
+
+/// A new P-256 key and a v3 TLS client certificate (clientAuth; webpki
+/// takes no v1 certificates) for `cn`, issued for 30 days by the CA whose
+/// key and certificate files `ca` names, in `dir` as `<name>.key` and
+/// `<name>.pem`: (key file, certificate file).
+pub fn new_client_cert(
+    dir: &Path,
+    name: &str,
+    cn: &str,
+    ca: &(PathBuf, PathBuf),
+) -> (PathBuf, PathBuf) {
+    let (key, cert) = (
+        dir.join(format!("{name}.key")),
+        dir.join(format!("{name}.pem")),
+    );
+    let (csr, ext) = (
+        dir.join(format!("{name}.csr")),
+        dir.join(format!("{name}.ext")),
+    );
+    new_p256_key(&key);
+    let subj = format!("/CN={cn}");
+    run(&[
+        "req",
+        "-new",
+        "-key",
+        text_of(&key),
+        "-subj",
+        &subj,
+        "-out",
+        text_of(&csr),
+    ]);
+    std::fs::write(
+        &ext,
+        "basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n",
+    )
+    .expect("write the extensions");
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        text_of(&csr),
+        "-CA",
+        text_of(&ca.1),
+        "-CAkey",
+        text_of(&ca.0),
+        "-days",
+        "30",
+        "-set_serial",
+        "7",
+        "-extfile",
+        text_of(&ext),
+        "-out",
+        text_of(&cert),
+    ]);
+    (key, cert)
 }
 
 /// A self-signed CA certificate (PEM, 30 days) for the key at `key`, at `out`.

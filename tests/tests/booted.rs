@@ -632,9 +632,8 @@ fn the_package_on_a_booted_debian() {
     // What an aziot-identity-service leaves: aziot-edged's Edge CA key
     // (PKCS#8 PEM, as libaziot-keys writes it) and certificate.
     let edge_ca = edgeid_testkit::temp_dir();
-    let (ca_key, ca_cert) = (edge_ca.path().join("ca.key"), edge_ca.path().join("ca.cer"));
-    edgeid_testkit::openssl::new_p256_key(&ca_key);
-    edgeid_testkit::openssl::self_signed_ca(&ca_key, "left by aziot", &ca_cert);
+    let (ca_key, ca_cert) =
+        edgeid_testkit::openssl::new_p256_ca(edge_ca.path(), "ca", "left by aziot");
     // And aziot-edged's encryption key, with a secret edgeHub encrypted
     // through it (libaziot-keys' v2 form, made here by Python's cryptography).
     let (master, sealed) = (
