@@ -229,3 +229,56 @@ async fn the_est_identity_is_enrolled_once_with_the_bootstrap_then_authenticates
         "enrolled once"
     );
 }
+
+/// A preloaded EST identity that has expired is the administrator's to
+/// replace: certd says so (503), and enrolls no new one that the file would
+/// hide.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_preloaded_est_identity_is_said_not_hidden() {
+    let dir = edgeid_testkit::temp_dir();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(vec!["est-id".to_owned()]).unwrap();
+    params.not_before = time::OffsetDateTime::now_utc() - Duration::from_secs(7200);
+    params.not_after = time::OffsetDateTime::now_utc() - Duration::from_secs(3600);
+    let cert = params.self_signed(&key).unwrap();
+    let (key_file, cert_file) = (dir.path().join("est-id.key"), dir.path().join("est-id.pem"));
+    std::fs::write(&key_file, key.serialize_pem()).unwrap();
+    std::fs::write(&cert_file, cert.pem()).unwrap();
+    let mut keyd_config = KeydFixture::config_in(dir.path());
+    keyd_config.preloaded_keys = vec![edgeid_keyd::config::PreloadedKey {
+        id: "est-id".into(),
+        file: key_file,
+        symmetric: None,
+    }];
+    let keyd = KeydFixture::configured(keyd_config, Admins::root_and_self()).await;
+    let mut config = CertdFixture::config_in(dir.path(), &keyd.socket());
+    config.preloaded.insert(
+        "est-id".into(),
+        edgeid_certd::config::PreloadedCert {
+            file: Some(cert_file.clone()),
+            ids: None,
+        },
+    );
+    config.est = Some(EstConfig {
+        url: "https://localhost:9/.well-known/est".into(),
+        trust_anchors: vec![cert_file],
+        username: None,
+        password_file: None,
+        bootstrap_cert: Some("est-id".into()),
+        bootstrap_key: Some("est-id".into()),
+        identity_cert: Some("est-id".into()),
+        identity_key: Some("est-id".into()),
+    });
+    let certd = CertdFixture::configured(config, Admins::root_and_self()).await;
+    let err = certd
+        .client()
+        .create(&est_request("device-id", None))
+        .await
+        .unwrap_err();
+    assert_eq!(err.status(), Some(StatusCode::SERVICE_UNAVAILABLE), "{err}");
+    assert!(
+        err.to_string()
+            .contains("'est-id' is a preloaded file that has expired"),
+        "{err}"
+    );
+}

@@ -5,7 +5,9 @@
 //! certificate, for the identity's key, with the subject of the certificate
 //! that asked for it (as the reference enrolls it), and kept with certd's
 //! default renewal policy: certd re-enrolls it before it expires. Either
-//! certificate may be preloaded, its key named in the config.
+//! certificate may be preloaded, its key named in the config (a preloaded
+//! identity is the administrator's to replace: one that has expired is a
+//! 503 saying so).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -40,6 +42,12 @@ impl Certd {
         if let Some((chain, key)) = self.served_identity(cert_id, Some(key_id)).await? {
             if chain.leaf().validity().1 > time::OffsetDateTime::now_utc() {
                 return Ok(Some((chain, key)));
+            }
+            if self.config.preloaded.contains_key(cert_id) {
+                // A new one stored at that id would stay hidden behind the file.
+                return Err(Error::Unavailable(format!(
+                    "the EST identity '{cert_id}' is a preloaded file that has expired: replace the file"
+                )));
             }
             tracing::warn!(cert = %cert_id, "the EST identity has expired; enrolling a new one with the bootstrap certificate");
         }
