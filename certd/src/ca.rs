@@ -93,6 +93,7 @@ impl LocalCa {
         record.renewal = Some(RenewalPolicy {
             threshold_percent: 80,
             rekey: false,
+            ..RenewalPolicy::default()
         });
         store.put(&record)?;
         tracing::info!(cert = %config.cert_id, key = %config.key_id, "created the device CA's root certificate");

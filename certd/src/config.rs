@@ -151,6 +151,10 @@ pub struct IssuanceConfig {
     /// longer than 64 characters is cut, as the reference cuts it.
     #[serde(default)]
     pub subject: Option<BTreeMap<String, String>>,
+    /// How certd renews its certificates, in place of the policy they were
+    /// issued with (the reference's `identity_auto_renew`).
+    #[serde(default)]
+    pub renewal: Option<RenewalPolicy>,
 }
 
 impl IssuanceConfig {
@@ -276,6 +280,7 @@ impl RenewalConfig {
         RenewalPolicy {
             threshold_percent: self.threshold_percent,
             rekey: self.rekey,
+            ..RenewalPolicy::default()
         }
     }
 }
@@ -317,6 +322,10 @@ pub struct EstConfig {
     /// The key of `identity_cert`.
     #[serde(default)]
     pub identity_key: Option<String>,
+    /// How certd renews the EST identity (default: `[renewal]`'s policy;
+    /// the reference's `identity_auto_renew`).
+    #[serde(default)]
+    pub identity_renewal: Option<RenewalPolicy>,
 }
 
 /// A path, or a list of them.
@@ -405,6 +414,11 @@ impl CertdConfig {
             issuance
                 .configured_name()
                 .map_err(|why| format!("issuance.\"{id}\".subject: {why}"))?;
+            if let Some(policy) = &issuance.renewal {
+                policy
+                    .check()
+                    .map_err(|why| format!("issuance.\"{id}\".{why}"))?;
+            }
             if issuance.key_id.is_some() && issuance.method != IssuerKind::SelfSigned {
                 return Err(format!(
                     "issuance.\"{id}\".key_id is for method \"self-signed\" only"
@@ -444,6 +458,11 @@ impl CertdConfig {
             }
             if est.identity_cert.is_some() != est.identity_key.is_some() {
                 return Err("est.identity_cert and est.identity_key go together".into());
+            }
+            if let Some(policy) = &est.identity_renewal {
+                policy
+                    .check()
+                    .map_err(|why| format!("est.identity_{why}"))?;
             }
             let ids = [
                 &est.bootstrap_cert,

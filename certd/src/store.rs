@@ -2,6 +2,7 @@
 //! atomically (temp file, fsync, rename), 0600 in a 0700 directory. A record
 //! holds the chain and everything renewal needs to issue it again.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -52,6 +53,10 @@ pub struct CertRecord {
     pub subject_cn: String,
     /// Subject alternative names.
     pub san: SubjectAltNames,
+    /// The subject's attributes after the CN, as the requester gave them
+    /// (records from before they were kept have none).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub subject_attributes: BTreeMap<String, String>,
     /// Lifetime asked for at issuance.
     pub lifetime_secs: u64,
     /// Renewal policy (issued certificates).
@@ -76,6 +81,7 @@ impl CertRecord {
             key_spec: None,
             subject_cn: String::new(),
             san: SubjectAltNames::default(),
+            subject_attributes: BTreeMap::new(),
             lifetime_secs: 0,
             renewal: None,
             retired_key_id: None,

@@ -51,6 +51,7 @@ async fn suite_with(
             ca: true,
             key_id: None,
             subject: None,
+            renewal: None,
         },
     );
     config.issuance.insert(
@@ -61,6 +62,7 @@ async fn suite_with(
             ca: false,
             key_id: None,
             subject: None,
+            renewal: None,
         },
     );
     config.principals = principals;
@@ -652,6 +654,7 @@ async fn a_subject_set_for_an_id_is_issued_whatever_the_csr_asks() {
                 ca: false,
                 key_id: None,
                 subject: set(&[("commonName", "set for m"), ("OU", "modules")]),
+                renewal: None,
             },
         );
     })

@@ -16,13 +16,14 @@ use http::StatusCode;
 fn est_request(id: &str, renewal: Option<RenewalPolicy>) -> CreateCertificateRequest {
     CreateCertificateRequest {
         id: id.into(),
-        issuer: IssuerKind::Est,
+        issuer: Some(IssuerKind::Est),
         profile: Profile::Client,
         csr: None,
         key_id: Some(id.into()),
         key_spec: None,
         subject_cn: Some(format!("{id}.edge")),
         san: None,
+        subject: Default::default(),
         lifetime_secs: None,
         renewal,
         transient: false,
@@ -36,7 +37,7 @@ async fn enrolls_with_a_bootstrap_certificate_and_reenrolls_on_renewal() {
     let mut certd = CertdFixture::start_in(dir.path(), &keyd).await;
     // The factory identity: a certificate from the device CA for a key in keyd.
     let mut bootstrap = est_request("est-bootstrap", None);
-    bootstrap.issuer = IssuerKind::LocalCa;
+    bootstrap.issuer = Some(IssuerKind::LocalCa);
     certd.client().create(&bootstrap).await.unwrap();
     let device_ca = certd.client().trust_bundle().await.unwrap();
 
@@ -52,6 +53,7 @@ async fn enrolls_with_a_bootstrap_certificate_and_reenrolls_on_renewal() {
         bootstrap_key: None,
         identity_cert: None,
         identity_key: None,
+        identity_renewal: None,
     });
     certd.restart().await;
     let client = certd.client();
@@ -59,6 +61,7 @@ async fn enrolls_with_a_bootstrap_certificate_and_reenrolls_on_renewal() {
     let policy = RenewalPolicy {
         threshold_percent: 50,
         rekey: true,
+        ..RenewalPolicy::default()
     };
     let chain = client
         .create(&est_request("device-id", Some(policy)))
@@ -112,6 +115,7 @@ async fn enrolls_with_basic_auth_and_names_a_refusal() {
         bootstrap_key: None,
         identity_cert: None,
         identity_key: None,
+        identity_renewal: None,
     });
     let mut certd = CertdFixture::configured(config, Admins::root_and_self()).await;
     let err = certd
@@ -195,6 +199,11 @@ async fn the_est_identity_is_enrolled_once_with_the_bootstrap_then_authenticates
         bootstrap_key: Some("est-bootstrap".into()),
         identity_cert: Some("est-id".into()),
         identity_key: Some("est-id".into()),
+        identity_renewal: Some(RenewalPolicy {
+            threshold_percent: 70,
+            rekey: true,
+            ..RenewalPolicy::default()
+        }),
     });
     let mut certd = CertdFixture::configured(config, Admins::root_and_self()).await;
     let client = certd.client();
@@ -228,6 +237,38 @@ async fn the_est_identity_is_enrolled_once_with_the_bootstrap_then_authenticates
         identity.pem,
         "enrolled once"
     );
+
+    // Renewed by its own policy (the reference's identity_auto_renew):
+    // re-enrolled by the identity itself, for a new key.
+    assert_eq!(identity.renewal.unwrap().threshold_percent, 70);
+    let renewed = certd.client().renew("est-id").await.unwrap();
+    assert_eq!(renewed.key_id.as_deref(), Some("est-id.r1"));
+    openssl::verify_chain(&est.ca_pem, &renewed.pem, "sslclient").unwrap();
+    let keys = keyd.client();
+    let handle = keys.key_pair("est-id.r1").await.unwrap();
+    let public = ::pem::parse(keys.public_key(&handle).await.unwrap().pem).unwrap();
+    let leaf = ::pem::parse(&renewed.pem).unwrap();
+    let (_, cert) = x509_parser::parse_x509_certificate(leaf.contents()).unwrap();
+    assert_eq!(public.contents(), cert.public_key().raw, "the new key");
+    let clients = est.clients.lock().unwrap().clone();
+    assert_eq!(clients.len(), 4);
+    assert_eq!(
+        clients[3], "device-id.edge",
+        "re-enrolled by the identity: {clients:?}"
+    );
+    // The old key is gone; enrollments now go by the new identity.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while keys.key_pair("est-id").await.is_ok() {
+        assert!(Instant::now() < deadline, "the old key stayed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let chain = certd
+        .client()
+        .create(&est_request("module-ca", None))
+        .await
+        .unwrap();
+    openssl::verify_chain(&est.ca_pem, &chain, "sslclient").unwrap();
+    assert_eq!(est.clients.lock().unwrap().len(), 5);
 }
 
 /// A preloaded EST identity that has expired is the administrator's to
@@ -268,6 +309,7 @@ async fn an_expired_preloaded_est_identity_is_said_not_hidden() {
         bootstrap_key: Some("est-id".into()),
         identity_cert: Some("est-id".into()),
         identity_key: Some("est-id".into()),
+        identity_renewal: None,
     });
     let certd = CertdFixture::configured(config, Admins::root_and_self()).await;
     let err = certd

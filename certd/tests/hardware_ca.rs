@@ -29,7 +29,7 @@ async fn issue_and_verify(certd: &CertdFixture) {
         let chain = client
             .create(&CreateCertificateRequest {
                 id: id.into(),
-                issuer: IssuerKind::LocalCa,
+                issuer: Some(IssuerKind::LocalCa),
                 profile,
                 csr: None,
                 key_id: Some(id.into()),
@@ -39,6 +39,7 @@ async fn issue_and_verify(certd: &CertdFixture) {
                     dns: vec!["device.local".into()],
                     ..Default::default()
                 }),
+                subject: Default::default(),
                 lifetime_secs: Some(3600),
                 renewal: None,
                 transient: false,

@@ -381,6 +381,33 @@ async fn bad_input_gets_a_clear_4xx() {
     assert!(e.to_string().contains("does not certify"), "{e}");
     certd.import("imp", &a, Some("a")).await.unwrap();
     assert_eq!(certd.get("imp").await.unwrap().renewal, None);
+    // No issuer, and no [issuance] saying who issues the id; a CN among
+    // the further subject attributes; an attribute certd does not set; a
+    // renewal policy it cannot follow.
+    let mut unnamed = request("unnamed", IssuerKind::LocalCa, Profile::Client);
+    unnamed.issuer = None;
+    let (st, msg) = status(certd.create(&unnamed).await);
+    assert_eq!(st, Some(StatusCode::BAD_REQUEST));
+    assert!(msg.contains("[issuance.\"unnamed\"]"), "{msg}");
+    for (attribute, wanted) in [
+        ("CN", "give it as subject_cn"),
+        ("emailAddress", "not one certd sets"),
+    ] {
+        let mut r = request("attrs", IssuerKind::LocalCa, Profile::Client);
+        r.subject = [(attribute.to_owned(), "x".to_owned())].into();
+        let (st, msg) = status(certd.create(&r).await);
+        assert_eq!(st, Some(StatusCode::BAD_REQUEST), "{attribute}");
+        assert!(msg.contains(wanted), "{attribute}: {msg}");
+    }
+    let mut r = request("policy", IssuerKind::LocalCa, Profile::Client);
+    r.renewal = Some(RenewalPolicy {
+        retry_percent: Some(5),
+        retry_secs: Some(60),
+        ..RenewalPolicy::default()
+    });
+    let (st, msg) = status(certd.create(&r).await);
+    assert_eq!(st, Some(StatusCode::BAD_REQUEST));
+    assert!(msg.contains("not both"), "{msg}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

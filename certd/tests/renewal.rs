@@ -14,6 +14,7 @@ fn short_lived(id: &str, lifetime_secs: u64, rekey: bool) -> CreateCertificateRe
         renewal: Some(RenewalPolicy {
             threshold_percent: 50,
             rekey,
+            ..RenewalPolicy::default()
         }),
         ..edgeid_testkit::certd::local_client(id)
     }

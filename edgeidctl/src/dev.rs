@@ -111,6 +111,7 @@ pub async fn run(
             ca: true,
             key_id: None,
             subject: None,
+            renewal: None,
         },
     );
     let mut certd = tokio::spawn(edgeid_certd::run(certd_config, wait_for(stop_rx.clone())));

@@ -86,7 +86,7 @@ impl Identityd {
             .certd
             .create(&CreateCertificateRequest {
                 id: names::module_resource_id(module_id),
-                issuer: IssuerKind::LocalCa,
+                issuer: Some(IssuerKind::LocalCa),
                 profile: if server {
                     Profile::ClientServer
                 } else {
@@ -97,6 +97,7 @@ impl Identityd {
                 key_spec: None,
                 subject_cn: Some(cn),
                 san: None,
+                subject: Default::default(),
                 lifetime_secs: Some(self.config.modules.cert_lifetime_days.max(1) * 86400),
                 renewal: None,
                 transient: true,

@@ -331,13 +331,14 @@ impl Identityd {
     async fn issue_module_cert(&self, cert_id: &str, module_id: &str) -> Result<String, Error> {
         let req = CreateCertificateRequest {
             id: cert_id.to_owned(),
-            issuer: IssuerKind::LocalCa,
+            issuer: Some(IssuerKind::LocalCa),
             profile: Profile::Client,
             csr: None,
             key_id: Some(cert_id.to_owned()),
             key_spec: None,
             subject_cn: Some(module_id.to_owned()),
             san: None,
+            subject: Default::default(),
             lifetime_secs: Some(self.config.modules.cert_lifetime_days.max(1) * 86400),
             renewal: None,
             transient: false,

@@ -160,13 +160,14 @@ impl Provisioner<'_> {
             Err(e) if e.status() == Some(StatusCode::NOT_FOUND) => {
                 let req = CreateCertificateRequest {
                     id: cert_id.clone(),
-                    issuer: IssuerKind::LocalCa,
+                    issuer: Some(IssuerKind::LocalCa),
                     profile: Profile::Client,
                     csr: None,
                     key_id: Some(cert_id.clone()),
                     key_spec: None,
                     subject_cn: Some(l.device_id.clone()),
                     san: None,
+                    subject: Default::default(),
                     lifetime_secs: None,
                     renewal: None,
                     transient: false,
@@ -385,8 +386,12 @@ impl Provisioner<'_> {
 }
 
 impl Provisioner<'_> {
-    /// Asks certd for the device's identity certificate `cert_id`, for a
-    /// CSR of keyd key `key_id` (made if missing) naming `cn` and `more`.
+    /// Asks certd for the device's identity certificate `cert_id` for keyd
+    /// key `key_id` (made if missing), naming `cn` and `more`, issued as
+    /// certd's `[issuance."<cert_id>"]` says. certd keeps the certificate,
+    /// its key and its subject, and renews it (with a new key, by its
+    /// renewal policy) before it expires: identityd reads both from certd
+    /// whenever it authenticates, so a renewal needs nothing of it.
     async fn issue_identity_cert(
         &self,
         cert_id: &str,
@@ -394,43 +399,27 @@ impl Provisioner<'_> {
         cn: &str,
         more: &BTreeMap<String, String>,
     ) -> Result<(), Error> {
-        let key = edgeid_certd::signer::KeydKey::create_or_load(
-            self.keyd(),
-            key_id,
-            edgeid_keyd::api::KeyPairSpec::EcP256,
-        )
-        .await
-        .map_err(Error::from_certd)?;
-        // As the reference writes it: the CN first, then the rest.
-        let attributes =
-            std::iter::once(("CN", cn)).chain(more.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-        let (name, _) = edgeid_certd::issuer::configured_name(attributes).map_err(|why| {
-            Error::Setup(format!("the subject of certificate '{cert_id}': {why}"))
-        })?;
-        let subject = edgeid_certd::issuer::Subject {
-            cn: cn.to_owned(),
-            san: Default::default(),
-            name: Some(name),
+        let req = CreateCertificateRequest {
+            id: cert_id.to_owned(),
+            issuer: None,
+            profile: Profile::Client,
+            csr: None,
+            key_id: Some(key_id.to_owned()),
+            key_spec: None,
+            subject_cn: Some(cn.to_owned()),
+            san: None,
+            subject: more.clone(),
+            lifetime_secs: None,
+            renewal: None,
+            transient: false,
         };
-        // The CSR asks for a TLS client certificate; its issuer picks the lifetime.
-        let day = std::time::Duration::from_secs(86_400);
-        let spec = Some(key.spec());
-        let params = edgeid_certd::issuer::params(Profile::Client, &subject, day, None, spec)
-            .map_err(Error::from_certd)?;
-        let csr = edgeid_certd::issuer::csr(params, std::sync::Arc::new(key))
-            .await
-            .map_err(Error::from_certd)?;
-        let csr = pem::encode(&pem::Pem::new("CERTIFICATE REQUEST", csr));
-        self.certd()
-            .issue_as_configured(cert_id, &csr)
-            .await
-            .map_err(|e| {
-                Error::from_daemon(
-                    "certd",
-                    &format!("issuing the identity certificate '{cert_id}'"),
-                    e,
-                )
-            })?;
+        self.certd().create(&req).await.map_err(|e| {
+            Error::from_daemon(
+                "certd",
+                &format!("issuing the identity certificate '{cert_id}'"),
+                e,
+            )
+        })?;
         tracing::info!(
             cert = cert_id,
             key = key_id,

@@ -505,6 +505,7 @@ async fn manual_x509_asks_certd_for_a_missing_identity_certificate() {
             ca: false,
             key_id: None,
             subject: None,
+            renewal: None,
         },
     );
     let certd = edgeid_testkit::CertdFixture::configured(config, Admins::root_and_self()).await;

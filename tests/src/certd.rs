@@ -59,13 +59,14 @@ pub fn request_for_key(
 ) -> edgeid_certd::api::CreateCertificateRequest {
     edgeid_certd::api::CreateCertificateRequest {
         id: id.into(),
-        issuer,
+        issuer: Some(issuer),
         profile,
         csr: None,
         key_id: Some(id.into()),
         key_spec: None,
         subject_cn: None,
         san: None,
+        subject: Default::default(),
         lifetime_secs: None,
         renewal: None,
         transient: false,

@@ -83,6 +83,8 @@ struct State {
     registrations: usize,
     /// Each registration's body, as it came.
     registration_bodies: Vec<Value>,
+    /// The TLS client certificate (leaf DER) of each request that had one.
+    client_certs: Vec<Vec<u8>>,
 }
 
 /// The running test service.
@@ -211,6 +213,12 @@ impl CloudService {
     /// Requests seen, as `METHOD path`.
     pub fn requests(&self) -> Vec<String> {
         self.state().requests.clone()
+    }
+
+    /// The TLS client certificate (leaf DER) of each request that showed
+    /// one, in order.
+    pub fn client_certs(&self) -> Vec<Vec<u8>> {
+        self.state().client_certs.clone()
     }
 
     /// The body of every DPS registration request, in order.
@@ -419,6 +427,7 @@ async fn handle(
     let fault = {
         let mut s = lock();
         s.requests.push(format!("{method} {path}"));
+        s.client_certs.extend(cert.clone());
         s.fault
     };
     let segments: Vec<String> = path

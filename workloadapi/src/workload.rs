@@ -434,13 +434,14 @@ impl Workload {
             .certd
             .create(&CreateCertificateRequest {
                 id,
-                issuer: IssuerKind::LocalCa,
+                issuer: Some(IssuerKind::LocalCa),
                 profile,
                 csr: Some(csr),
                 key_id: None,
                 key_spec: None,
                 subject_cn: Some(cn.to_owned()),
                 san: Some(san),
+                subject: Default::default(),
                 lifetime_secs: Some(lifetime.as_secs().max(1)),
                 renewal: None,
                 transient: true,

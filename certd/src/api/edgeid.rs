@@ -1,5 +1,6 @@
 //! certd's wire types, shared by the server and [`crate::client`].
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
 
@@ -74,6 +75,19 @@ pub struct RenewalPolicy {
     pub threshold_percent: u8,
     /// Make a new key on renewal (else reuse the key).
     pub rekey: bool,
+    /// Renew this many seconds before the certificate expires instead (the
+    /// reference's `threshold = "<n>min"` or `"<n>day"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub before_expiry_secs: Option<u64>,
+    /// After a failed renewal, try again after this percentage of the
+    /// lifetime (1-99; the reference's `retry = "<n>%"`) instead of
+    /// certd's doubling backoff.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_percent: Option<u8>,
+    /// After a failed renewal, try again after this many seconds (the
+    /// reference's `retry = "<n>min"` or `"<n>day"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_secs: Option<u64>,
 }
 
 impl Default for RenewalPolicy {
@@ -81,7 +95,29 @@ impl Default for RenewalPolicy {
         Self {
             threshold_percent: 80,
             rekey: true,
+            before_expiry_secs: None,
+            retry_percent: None,
+            retry_secs: None,
         }
+    }
+}
+
+impl RenewalPolicy {
+    /// Why the policy cannot be followed, if it cannot.
+    pub fn check(&self) -> Result<(), String> {
+        if !(1..=99).contains(&self.threshold_percent) {
+            return Err("renewal.threshold_percent must be between 1 and 99".into());
+        }
+        if self.retry_percent.is_some_and(|p| !(1..=99).contains(&p)) {
+            return Err("renewal.retry_percent must be between 1 and 99".into());
+        }
+        if self.before_expiry_secs == Some(0) || self.retry_secs == Some(0) {
+            return Err("renewal.before_expiry_secs and retry_secs must be at least 1".into());
+        }
+        if self.retry_percent.is_some() && self.retry_secs.is_some() {
+            return Err("renewal: give retry_percent or retry_secs, not both".into());
+        }
+        Ok(())
     }
 }
 
@@ -91,8 +127,10 @@ impl Default for RenewalPolicy {
 pub struct CreateCertificateRequest {
     /// The certificate's id.
     pub id: String,
-    /// Who issues it.
-    pub issuer: IssuerKind,
+    /// Who issues it; absent: as certd's `[issuance."<id>"]` says (its
+    /// method, lifetime and subject), which must then exist.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<IssuerKind>,
     /// What it is for.
     pub profile: Profile,
     /// A PKCS#10 request (PEM) for a key certd does not hold; or
@@ -110,6 +148,10 @@ pub struct CreateCertificateRequest {
     /// Subject alternative names (default: from the CSR).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub san: Option<SubjectAltNames>,
+    /// More subject attributes after the CN (`C`, `ST`, `L`, `O`, `OU`, or
+    /// their long names), in name order; kept through renewals.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub subject: BTreeMap<String, String>,
     /// Requested lifetime (default from config; capped by the issuer's own).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lifetime_secs: Option<u64>,

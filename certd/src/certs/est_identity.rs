@@ -75,10 +75,13 @@ impl Certd {
         let mut record = CertRecord::new(cert_id, Origin::Issued(IssuerKind::Est), chain.to_pem());
         record.profile = Some(Profile::Client);
         record.key_id = Some(key_id.clone());
+        // Rekeys (when the policy says so) are `<key_id>.r<n>`.
+        record.key_base = Some(key_id.clone());
         record.key_spec = Some(key.spec());
         record.subject_cn = identity_subject.cn;
         record.lifetime_secs = lifetime.as_secs();
-        record.renewal = Some(self.config.renewal.default_policy());
+        let policy = config.identity_renewal;
+        record.renewal = Some(policy.unwrap_or_else(|| self.config.renewal.default_policy()));
         self.store.put(&record)?;
         self.changed.notify_one();
         tracing::info!(cert = %cert_id, key = %key_id, "enrolled the EST identity with the bootstrap certificate");

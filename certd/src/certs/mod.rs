@@ -7,6 +7,7 @@ mod csr;
 mod est_identity;
 mod imported;
 mod preloaded;
+mod subject;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -194,13 +195,38 @@ impl Certd {
                 "only administrators may have CA certificates issued".into(),
             ));
         }
+        let configured = self.config.issuance.get(&req.id);
+        let issuer = match (req.issuer, configured) {
+            (Some(kind), _) => kind,
+            (None, Some(c)) => c.method,
+            (None, None) => {
+                return Err(Error::BadRequest(format!(
+                    "certificate '{}' has no issuer: give issuer, or say who issues it in certd's [issuance.\"{}\"]",
+                    req.id, req.id
+                )))
+            }
+        };
+        if req.issuer.is_none() && issuer == IssuerKind::SelfSigned {
+            let signer = configured
+                .and_then(|c| c.key_id.as_deref())
+                .unwrap_or(&req.id);
+            if req.key_id.as_deref() != Some(signer) {
+                return Err(Error::BadRequest(format!(
+                    "certificate '{}' is self-signed by key '{signer}', as [issuance.\"{}\"] says: give key_id = \"{signer}\"",
+                    req.id, req.id
+                )));
+            }
+        }
         let lifetime = match req.lifetime_secs {
             Some(0) => return Err(Error::BadRequest("lifetime_secs must be at least 1".into())),
             Some(s) if s > MAX_LIFETIME_SECS => {
                 return Err(Error::BadRequest("lifetime_secs is over 100 years".into()))
             }
             Some(s) => s,
-            None => self.config.leaf_lifetime_days.saturating_mul(86_400),
+            None => configured
+                .and_then(|c| c.expiry_days)
+                .unwrap_or(self.config.leaf_lifetime_days)
+                .saturating_mul(86_400),
         };
         if req.transient && (req.csr.is_none() || req.renewal.is_some()) {
             return Err(Error::BadRequest(
@@ -225,7 +251,7 @@ impl Certd {
                 (SubjectKey::Keyd(Arc::new(key)), None)
             }
         };
-        let subject = Subject {
+        let mut subject = Subject {
             cn: req
                 .subject_cn
                 .clone()
@@ -239,17 +265,19 @@ impl Certd {
                 .unwrap_or_default(),
             name: None,
         };
-        self.check_names(caller, &subject, false)?;
-        let renewal = req.renewal.unwrap_or_else(|| {
-            let mut p = self.config.renewal.default_policy();
-            p.rekey &= matches!(key, SubjectKey::Keyd(_));
-            p
-        });
-        if !(1..=99).contains(&renewal.threshold_percent) {
-            return Err(Error::BadRequest(
-                "renewal.threshold_percent must be between 1 and 99".into(),
-            ));
-        }
+        let cn_is_configured = self
+            .name_subject(&req.id, &mut subject, &req.subject)
+            .map_err(|why| Error::BadRequest(format!("subject: {why}")))?;
+        self.check_names(caller, &subject, cn_is_configured)?;
+        let renewal = req
+            .renewal
+            .or(configured.and_then(|c| c.renewal))
+            .unwrap_or_else(|| {
+                let mut p = self.config.renewal.default_policy();
+                p.rekey &= matches!(key, SubjectKey::Keyd(_));
+                p
+            });
+        renewal.check().map_err(Error::BadRequest)?;
         if renewal.rekey && !matches!(key, SubjectKey::Keyd(_)) {
             return Err(Error::BadRequest(
                 "renewal.rekey needs key_id: certd cannot make a new key for a CSR".into(),
@@ -262,7 +290,7 @@ impl Certd {
         };
         let chain = self
             .issue(
-                req.issuer,
+                issuer,
                 req.profile,
                 &subject,
                 Duration::from_secs(lifetime),
@@ -272,23 +300,24 @@ impl Certd {
             )
             .await?;
         if req.transient {
-            tracing::info!(cert = %req.id, issuer = %req.issuer, caller = %caller, "issued a transient certificate (not stored)");
+            tracing::info!(cert = %req.id, %issuer, caller = %caller, "issued a transient certificate (not stored)");
             return Ok(CertificatePem {
                 pem: chain.to_pem(),
             });
         }
-        let mut record = CertRecord::new(&req.id, Origin::Issued(req.issuer), chain.to_pem());
+        let mut record = CertRecord::new(&req.id, Origin::Issued(issuer), chain.to_pem());
         record.profile = Some(req.profile);
         record.key_id = req.key_id.clone();
         record.key_base = req.key_id.clone();
         record.key_spec = key_spec;
         record.subject_cn = subject.cn;
         record.san = subject.san;
+        record.subject_attributes = req.subject;
         record.lifetime_secs = lifetime;
         record.renewal = Some(renewal);
         self.store.put(&record)?;
         self.changed.notify_one();
-        tracing::info!(cert = %req.id, issuer = %req.issuer, caller = %caller, "issued a certificate");
+        tracing::info!(cert = %req.id, %issuer, caller = %caller, "issued a certificate");
         Ok(CertificatePem { pem: record.pem })
     }
 
@@ -437,9 +466,9 @@ impl Certd {
             .format(&Rfc3339)
             .map_err(|e| Error::Internal(e.to_string()))?;
         Ok(CertificateInfo {
+            renewal: self.policy_of(&record),
             pem: record.pem,
             not_after,
-            renewal: record.renewal,
             key_id: record.key_id,
         })
     }
@@ -589,7 +618,7 @@ impl Certd {
             return Ok(());
         };
         let (Origin::Issued(kind), Some(policy), Some(profile)) =
-            (record.origin, record.renewal, record.profile)
+            (record.origin, self.policy_of(&record), record.profile)
         else {
             return Ok(());
         };
@@ -619,11 +648,13 @@ impl Certd {
                 ),
             },
         };
-        let subject = Subject {
+        let mut subject = Subject {
             cn: record.subject_cn.clone(),
             san: record.san.clone(),
             name: None,
         };
+        self.name_subject(id, &mut subject, &record.subject_attributes)
+            .map_err(|why| Error::Internal(format!("the subject of certificate '{id}': {why}")))?;
         let lifetime = Duration::from_secs(record.lifetime_secs.max(1));
         let is_ca = id == self.config.ca.cert_id;
         let chain = if is_ca {
