@@ -306,8 +306,9 @@ fn keys_the_reference_does_not_know_or_edgeid_cannot_honour_are_refused_with_fil
         ),
         (
             "etc/aziot/certd/config.d/00-super.toml",
-            "homedir_path = \"/x\"\n[cert_issuance.est.identity_auto_renew]\nrotate_key = true\n",
-            &["00-super.toml, line 2", "cert_issuance.est.identity_auto_renew", "[certificates.renewal]"],
+            "homedir_path = \"/x\"\n[cert_issuance.est.identity_auto_renew]\nrotate_key = true\n\
+             threshold = \"80\"\nretry = \"4%\"\n",
+            &["00-super.toml, line 4", "cert_issuance.est.identity_auto_renew.threshold", "no unit"],
         ),
         (
             "etc/aziot/certd/config.d/10-est.toml",

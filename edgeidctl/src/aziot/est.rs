@@ -51,6 +51,12 @@ pub(super) fn certd(r: &Reader, out: &mut Table) -> Result<Option<Zeroizing<Stri
         Ok(set)
     };
     let global_auth = auth_of(&global)?;
+    // Read (so checked) even where no certificate is enrolled by EST.
+    let renew = [&global[..], &["identity_auto_renew"]].concat();
+    let identity_renewal = match get(&r.0.merged, &renew) {
+        Some(_) => Some(super::renewal::policy(r, &renew)?),
+        None => None,
+    };
     let url_for = |id: &str| r.str(&["cert_issuance", "est", "urls", id]);
     let ids: Vec<String> = match get(&r.0.merged, &["cert_issuance"]) {
         Some(Value::Table(t)) => t
@@ -112,13 +118,17 @@ pub(super) fn certd(r: &Reader, out: &mut Table) -> Result<Option<Zeroizing<Stri
             _ => return Ok(None),
         },
     };
-    let (table, password) = est_table(r, settings)?;
+    let (table, password) = est_table(r, settings, identity_renewal)?;
     out.insert("est".into(), Value::Table(table));
     Ok(password)
 }
 
 /// `[est]` for `settings`, and the password to write.
-fn est_table(r: &Reader, settings: Settings) -> Result<(Table, Option<Zeroizing<String>>), String> {
+fn est_table(
+    r: &Reader,
+    settings: Settings,
+    identity_renewal: Option<Table>,
+) -> Result<(Table, Option<Zeroizing<String>>), String> {
     let global = ["cert_issuance", "est"];
     if !settings.url.starts_with("https://") {
         return Err(r.bad(
@@ -174,6 +184,9 @@ fn est_table(r: &Reader, settings: Settings) -> Result<(Table, Option<Zeroizing<
         } else {
             table.insert((*ours).into(), Value::String(value.to_string()));
         }
+    }
+    if let Some(policy) = identity_renewal {
+        table.insert("identity_renewal".into(), Value::Table(policy));
     }
     Ok((table, password))
 }

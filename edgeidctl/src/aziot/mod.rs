@@ -21,6 +21,7 @@ pub mod files;
 pub mod map;
 pub mod pkcs11;
 mod read;
+pub mod renewal;
 pub mod schema;
 pub mod state;
 pub mod superconfig;
@@ -98,29 +99,34 @@ pub fn overlay(
             map::tpmd(&tpmd)?;
         }
         let layered = read(root, name, rule, part_of(name)?.flatten())?;
-        if layered.is_empty() {
-            continue;
+        if !layered.is_empty() {
+            out.notes.push(format!(
+                "{name:<10} reads the reference's {}",
+                layered.files()
+            ));
+            match name {
+                "keyd" => {
+                    out.pkcs11_pin = map::keyd(&layered, config)?;
+                    if layered.layers.iter().any(files::Layer::is_synthetic) {
+                        out.device_key = parts.as_ref().and_then(|p| p.device_key.clone());
+                    }
+                }
+                "certd" => out.est_password = map::certd(&layered, config)?,
+                _ => {
+                    if map::identityd(&layered, config)? {
+                        out.notes.push(format!(
+                            "{name:<10} provisioning from the reference's config ({}), not /etc/edgeid/config.toml's",
+                            layered.at(&["provisioning", "source"])
+                        ));
+                    }
+                }
+            }
         }
-        out.notes.push(format!(
-            "{name:<10} reads the reference's {}",
-            layered.files()
-        ));
-        match name {
-            "keyd" => {
-                out.pkcs11_pin = map::keyd(&layered, config)?;
-                if layered.layers.iter().any(files::Layer::is_synthetic) {
-                    out.device_key = parts.as_ref().and_then(|p| p.device_key.clone());
-                }
-            }
-            "certd" => out.est_password = map::certd(&layered, config)?,
-            _ => {
-                if map::identityd(&layered, config)? {
-                    out.notes.push(format!(
-                        "{name:<10} provisioning from the reference's config ({}), not /etc/edgeid/config.toml's",
-                        layered.at(&["provisioning", "source"])
-                    ));
-                }
-            }
+        if name == "certd" {
+            // certd renews the identity certificate identityd's config names.
+            let identityd = part_of("identityd")?.flatten();
+            let identityd = read(root, "identityd", &schema::IDENTITYD, identityd)?;
+            renewal::into_certd(&identityd, config)?;
         }
     }
     Ok(out)

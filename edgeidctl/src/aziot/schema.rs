@@ -57,6 +57,13 @@ pub const KEYD: Rule = Table(&[
     ),
 ]);
 
+/// The reference's `cert_renewal::AutoRenewConfig`: read by [`super::renewal`].
+const AUTO_RENEW: Rule = Table(&[
+    ("rotate_key", Value),
+    ("threshold", Value),
+    ("retry", Value),
+]);
+
 /// `[cert_issuance.est]`: read by [`super::est`].
 const EST: Rule = Table(&[
     ("trusted_certs", Value),
@@ -67,14 +74,7 @@ const EST: Rule = Table(&[
     ("bootstrap_identity_cert", Value),
     ("bootstrap_identity_pk", Value),
     ("urls", Map(&Value)),
-    (
-        "identity_auto_renew",
-        Refused(
-            "certd renews the EST identity by its renewal policy (threshold_percent, \
-             default 80, as the reference's default): give it in /etc/edgeid/config.toml \
-             [certificates.renewal]",
-        ),
-    ),
+    ("identity_auto_renew", AUTO_RENEW),
 ]);
 
 /// `/etc/aziot/certd/config.toml` and its drop-ins.
@@ -167,13 +167,7 @@ pub const IDENTITYD: Rule = Table(&[
                     ("symmetric_key", Value),
                     ("identity_cert", Value),
                     ("identity_pk", Value),
-                    (
-                        "identity_auto_renew",
-                        Refused(
-                            "edgeid renews the device certificate by certd's policy \
-                             ([certificates.renewal] in /etc/edgeid/config.toml)",
-                        ),
-                    ),
+                    ("identity_auto_renew", AUTO_RENEW),
                 ]),
             ),
             ("payload", Table(&[("uri", Value)])),

@@ -89,20 +89,21 @@ pub fn read(root: &Path) -> Result<Option<Parts>, String> {
     // PKCS#11 token keeps its label as its id (keyd finds token keys by
     // label). One certd is to issue (a table: method, expiry_days, url,
     // common_name or subject) is certd's `[cert_issuance.device-id]`, as
-    // aziotctl writes it. Returns the key's id and the subject's attributes
-    // other than its CN.
+    // aziotctl writes it; its `auto_renew` is identityd's
+    // `identity_auto_renew`. Returns the key's id, the subject's attributes
+    // other than its CN, and that `auto_renew`.
     let mut x509_identity = |base: &[&str],
                              keyd_keys: &mut Table|
-     -> Result<(String, Table), String> {
+     -> Result<(String, Table, Option<Value>), String> {
         let at = |k: &'static str| [base, &[k]].concat();
-        if let Some(Value::Table(issued)) = get(&at("identity_cert")) {
+        if let Some(Value::Table(mut issued)) = get(&at("identity_cert")) {
             const ISSUED: [&str; 5] = ["method", "expiry_days", "url", "common_name", "subject"];
+            let auto_renew = issued.remove("auto_renew");
             if let Some(other) = issued.keys().find(|k| !ISSUED.contains(&k.as_str())) {
                 return Err(here(
                     &at("identity_cert"),
                     &format!(
-                        "sets '{other}': edgeid takes EST credentials from [cert_issuance.est] \
-                         only, and renews by certd's policy"
+                        "sets '{other}': edgeid takes EST credentials from [cert_issuance.est] only"
                     ),
                 ));
             }
@@ -121,7 +122,7 @@ pub fn read(root: &Path) -> Result<Option<Parts>, String> {
                 _ => Table::new(),
             };
             issuance.insert(DEVICE_KEY.into(), Value::Table(issued));
-            return Ok((DEVICE_KEY.to_owned(), rest));
+            return Ok((DEVICE_KEY.to_owned(), rest, auto_renew));
         }
         certd_certs.insert(
             DEVICE_KEY.into(),
@@ -136,7 +137,7 @@ pub fn read(root: &Path) -> Result<Option<Parts>, String> {
             None => DEVICE_KEY.to_owned(),
         };
         keyd_keys.insert(key_id.clone(), Value::String(pk));
-        Ok((key_id, Table::new()))
+        Ok((key_id, Table::new(), None))
     };
 
     let mut identityd = Table::from_iter([s("homedir", "/var/lib/aziot/identityd")]);
@@ -192,7 +193,20 @@ pub fn read(root: &Path) -> Result<Option<Parts>, String> {
                     need(&["provisioning", "device_id"])?,
                 )
             };
-            let authentication = if let Some((key_id, rest)) = x509 {
+            let authentication = if let Some((key_id, rest, auto_renew)) = x509 {
+                if auto_renew.is_some() {
+                    let at = [
+                        "provisioning",
+                        "authentication",
+                        "identity_cert",
+                        "auto_renew",
+                    ];
+                    return Err(here(
+                        &at,
+                        "renews a manual device's certificate, which the reference does not: \
+                         certd renews it by its [certificates.renewal] policy in /etc/edgeid/config.toml",
+                    ));
+                }
                 let mut auth = Table::from_iter([
                     s("method", "x509"),
                     s("identity_cert", DEVICE_KEY),
@@ -234,9 +248,12 @@ pub fn read(root: &Path) -> Result<Option<Parts>, String> {
                 }
                 "tpm" => {}
                 "x509" => {
-                    let (key_id, rest) =
+                    let (key_id, rest, auto_renew) =
                         x509_identity(&["provisioning", "attestation"], &mut keyd_keys)?;
                     attestation.extend([s("identity_cert", DEVICE_KEY), s("identity_pk", &key_id)]);
+                    if let Some(auto_renew) = auto_renew {
+                        attestation.insert("identity_auto_renew".into(), auto_renew);
+                    }
                     if let (Some(Value::String(id)), false) =
                         (attestation.get("registration_id").cloned(), rest.is_empty())
                     {
