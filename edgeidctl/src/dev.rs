@@ -48,6 +48,7 @@ impl BackendArgs {
                     slot: None,
                     pin_file: self.pin_file.clone().unwrap_or_default(),
                     sessions: 8,
+                    labels: Default::default(),
                 });
                 "pkcs11"
             }

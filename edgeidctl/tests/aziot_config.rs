@@ -295,8 +295,8 @@ fn keys_the_reference_does_not_know_or_edgeid_cannot_honour_are_refused_with_fil
         ),
         (
             "etc/aziot/keyd/config.d/00-super.toml",
-            "[preloaded_keys]\ndevice-id = \"pkcs11:token=x;object=y?pin-value=s3cret\"\n",
-            &["00-super.toml, line 2", "preloaded_keys.device-id", "object labelled 'device-id'"],
+            "[preloaded_keys]\ndevice-id = \"pkcs11:token=x?pin-value=s3cret\"\n",
+            &["00-super.toml, line 2", "preloaded_keys.device-id", "names no object"],
         ),
         (
             "etc/aziot/keyd/config.d/00-super.toml",
@@ -873,7 +873,8 @@ fn the_super_configs_x509_identity_in_files_or_on_a_token_is_preloaded() {
     assert_eq!(key["id"].as_str(), Some("device-id"));
     assert_eq!(key["file"].as_str(), Some("/var/secrets/device-id.key.pem"));
 
-    // DPS X.509 with the key on a PKCS#11 token: its label is its id.
+    // DPS X.509 with the key on a PKCS#11 token under a label of the
+    // factory's: keyd's device-id, found on the token by that label.
     write(
         r,
         "etc/aziot/config.toml",
@@ -889,7 +890,7 @@ fn the_super_configs_x509_identity_in_files_or_on_a_token_is_preloaded() {
     let identityd = generated(r, "identityd");
     let attestation = identityd["provisioning"]["attestation"].as_table().unwrap();
     assert_eq!(attestation["method"].as_str(), Some("x509"));
-    assert_eq!(attestation["key_id"].as_str(), Some("factory-key"));
+    assert_eq!(attestation["key_id"].as_str(), Some("device-id"));
     assert!(
         attestation.get("registration_id").is_none(),
         "the certificate's CN"
@@ -897,8 +898,12 @@ fn the_super_configs_x509_identity_in_files_or_on_a_token_is_preloaded() {
     let keyd = generated(r, "keyd");
     assert_eq!(keyd["pkcs11"]["token_label"].as_str(), Some("hsm"));
     assert_eq!(
-        keyd["backend"]["override"][0]["keys"][0].as_str(),
+        keyd["pkcs11"]["labels"]["device-id"].as_str(),
         Some("factory-key")
+    );
+    assert_eq!(
+        keyd["backend"]["override"][0]["keys"][0].as_str(),
+        Some("device-id")
     );
 }
 

@@ -20,12 +20,14 @@ mod support;
 
 const PIN: &str = "73519-factory";
 const TOKEN: &str = "Key pairs";
+const FACTORY_LABEL: &str = "Factory device key";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_references_pkcs11_token_and_a_factory_key_on_it_serve_through_keyd() {
     let hsm = SoftHsm::with_pin(PIN);
     hsm.init_token(TOKEN);
-    hsm.foreign_key_pair(TOKEN, "device-id");
+    // The factory's key, under a label of its own, not keyd's id.
+    hsm.foreign_key_pair(TOKEN, FACTORY_LABEL);
     let root = support::aziot_root();
     let r = root.path();
     std::fs::create_dir_all(r.join("etc/aziot/keyd/config.d")).unwrap();
@@ -35,7 +37,7 @@ async fn the_references_pkcs11_token_and_a_factory_key_on_it_serve_through_keyd(
         format!(
             "[aziot_keys]\nhomedir_path = \"/var/lib/aziot/keyd\"\n\
              pkcs11_lib_path = \"{}\"\npkcs11_base_slot = \"pkcs11:token=Key%20pairs?pin-value={PIN}\"\n\n\
-             [preloaded_keys]\ndevice-id = \"pkcs11:token=Key%20pairs;object=device-id?pin-value={PIN}\"\n",
+             [preloaded_keys]\ndevice-id = \"pkcs11:token=Key%20pairs;object=Factory%20device%20key?pin-value={PIN}\"\n",
             SoftHsm::library().display()
         ),
     )
@@ -48,6 +50,11 @@ async fn the_references_pkcs11_token_and_a_factory_key_on_it_serve_through_keyd(
     let generated: Table = text.parse().unwrap();
     let pkcs11 = generated["pkcs11"].as_table().unwrap();
     assert_eq!(pkcs11["token_label"].as_str(), Some(TOKEN));
+    assert_eq!(
+        pkcs11["labels"]["device-id"].as_str(),
+        Some(FACTORY_LABEL),
+        "keyd's device-id is the token's object of the factory's label"
+    );
     assert_eq!(
         pkcs11["pin_file"].as_str(),
         Some("/etc/edgeid/keyd.d/aziot-pkcs11.pin")
@@ -90,8 +97,8 @@ async fn the_references_pkcs11_token_and_a_factory_key_on_it_serve_through_keyd(
     // The factory's key signs; openssl checks it with the public key
     // pkcs11-tool reads off the token.
     let client = keyd.client();
-    let signs_as_the_token_key = |id: &'static str| {
-        let (client, public) = (client.clone(), hsm.public_key_pem(TOKEN, id));
+    let signs_as_the_token_key = |id: &'static str, label: &'static str| {
+        let (client, public) = (client.clone(), hsm.public_key_pem(TOKEN, label));
         async move {
             let handle = client.key_pair(id).await.unwrap();
             let message = b"a device identity signed in the HSM";
@@ -105,7 +112,10 @@ async fn the_references_pkcs11_token_and_a_factory_key_on_it_serve_through_keyd(
             );
         }
     };
-    signs_as_the_token_key("device-id").await;
+    signs_as_the_token_key("device-id", FACTORY_LABEL).await;
+    // keyd lists it under its id, and the label is no key id of its own.
+    let listed = client.list_keys().await.unwrap();
+    assert!(listed.iter().any(|k| k.id == "device-id"), "{listed:?}");
 
     // A key made through the aziot API, as aziot-edged makes its CA key, is on the token.
     let (status, made) = edgeid_testkit::aziot::call(
@@ -119,5 +129,5 @@ async fn the_references_pkcs11_token_and_a_factory_key_on_it_serve_through_keyd(
     assert!(made["keyHandle"].is_string());
     let objects = hsm.list_objects(TOKEN);
     assert!(objects.contains("aziot-edged-ca"), "{objects}");
-    signs_as_the_token_key("aziot-edged-ca").await;
+    signs_as_the_token_key("aziot-edged-ca", "aziot-edged-ca").await;
 }

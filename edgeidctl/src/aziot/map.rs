@@ -40,6 +40,7 @@ pub fn keyd(l: &Layered, out: &mut Table) -> Result<Option<Zeroizing<String>>, S
     let mut token: Option<(pkcs11::Uri, Vec<String>)> =
         base.map(|b| (b, base_at.iter().map(|s| (*s).to_owned()).collect()));
     let mut on_token = Vec::new();
+    let mut labels = Table::new();
     if let Some(Value::Table(keys)) = get(&l.merged, &["preloaded_keys"]) {
         for (id, location) in keys {
             let path = ["preloaded_keys", id.as_str()];
@@ -48,14 +49,15 @@ pub fn keyd(l: &Layered, out: &mut Table) -> Result<Option<Zeroizing<String>>, S
                 .ok_or_else(|| r.bad(&path, "must be a string (a file: or pkcs11: URI)"))?;
             if uri.starts_with("pkcs11:") {
                 let key = pkcs11::parse(uri).map_err(|why| r.bad(&path, &why))?;
-                if key.object.as_deref() != Some(id.as_str()) {
-                    return Err(r.bad(
-                        &path,
-                        &format!(
-                            "must name the object labelled '{id}' (object={id}): keyd finds a token's \
-                             keys by their label, which is their key id"
-                        ),
-                    ));
+                match key.object.as_deref() {
+                    None => {
+                        return Err(r.bad(&path, "names no object: give object=<the key's label>"))
+                    }
+                    // keyd finds a token's keys by their label: this id's is another.
+                    Some(label) if label != id => {
+                        labels.insert(id.clone(), Value::String(label.to_owned()));
+                    }
+                    Some(_) => {}
                 }
                 match &token {
                     Some((t, _)) if !t.same_token(&key) => {
@@ -90,7 +92,7 @@ pub fn keyd(l: &Layered, out: &mut Table) -> Result<Option<Zeroizing<String>>, S
         }
     }
     let pin = match token {
-        Some((uri, at)) => token_tables(&r, uri, &at, on_token, out)?,
+        Some((uri, at)) => token_tables(&r, uri, &at, on_token, labels, out)?,
         None => None,
     };
     for p in r.principals() {
@@ -108,6 +110,7 @@ fn token_tables(
     uri: pkcs11::Uri,
     at: &[String],
     on_token: Vec<Value>,
+    labels: Table,
     out: &mut Table,
 ) -> Result<Option<Zeroizing<String>>, String> {
     let at: Vec<&str> = at.iter().map(String::as_str).collect();
@@ -141,6 +144,9 @@ fn token_tables(
         (None, Some(label)) => table.insert("token_label".into(), Value::String(label)),
         (None, None) => None,
     };
+    if !labels.is_empty() {
+        table.insert("labels".into(), Value::Table(labels));
+    }
     out.insert("pkcs11".into(), Value::Table(table));
     let backend = sub(out, "backend");
     if at == ["aziot_keys", "pkcs11_base_slot"] {

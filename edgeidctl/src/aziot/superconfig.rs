@@ -85,9 +85,9 @@ pub fn read(root: &Path) -> Result<Option<Parts>, String> {
     let mut certd_certs = Table::new();
     let mut issuance = Table::new();
     // An X.509 identity in files (`identity_cert`, `identity_pk` URIs):
-    // preloaded as `device-id`, as aziotctl preloads them; a key on a
-    // PKCS#11 token keeps its label as its id (keyd finds token keys by
-    // label). One certd is to issue (a table: method, expiry_days, url,
+    // preloaded as `device-id`, as aziotctl preloads them (a key on a
+    // PKCS#11 token under its own label too: keyd's `[pkcs11] labels`
+    // maps the id to it). One certd is to issue (a table: method, expiry_days, url,
     // common_name or subject) is certd's `[cert_issuance.device-id]`, as
     // aziotctl writes it; its `auto_renew` is identityd's
     // `identity_auto_renew`. Returns the key's id, the subject's attributes
@@ -129,15 +129,14 @@ pub fn read(root: &Path) -> Result<Option<Parts>, String> {
             Value::String(need(&at("identity_cert"))?),
         );
         let pk = need(&at("identity_pk"))?;
-        let key_id = match pk.strip_prefix("pkcs11:") {
-            Some(_) => super::pkcs11::parse(&pk)
-                .map_err(|why| here(&at("identity_pk"), &why))?
-                .object
-                .ok_or_else(|| here(&at("identity_pk"), "names no object (object=<label>)"))?,
-            None => DEVICE_KEY.to_owned(),
-        };
-        keyd_keys.insert(key_id.clone(), Value::String(pk));
-        Ok((key_id, Table::new(), None))
+        if pk.starts_with("pkcs11:") {
+            let uri = super::pkcs11::parse(&pk).map_err(|why| here(&at("identity_pk"), &why))?;
+            if uri.object.is_none() {
+                return Err(here(&at("identity_pk"), "names no object (object=<label>)"));
+            }
+        }
+        keyd_keys.insert(DEVICE_KEY.into(), Value::String(pk));
+        Ok((DEVICE_KEY.to_owned(), Table::new(), None))
     };
 
     let mut identityd = Table::from_iter([s("homedir", "/var/lib/aziot/identityd")]);

@@ -6,6 +6,7 @@ mod aziot_aead;
 pub(crate) mod encoding;
 mod pace;
 pub mod pkcs11;
+mod pkcs11_labels;
 pub mod preload;
 mod seal;
 pub mod software;

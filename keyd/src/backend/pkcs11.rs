@@ -32,6 +32,7 @@ use tokio::sync::Semaphore;
 use zeroize::Zeroizing;
 
 use super::encoding::{ec_spki, ecdsa_der, rsa_spki, sec1_len};
+use super::pkcs11_labels::Labels;
 use super::{
     decryption_failed, no_such_key, not_a_ciphertext, wrong_kind, Failure, KeyBackend, KeyKind,
     KeyRecord, PublicKey,
@@ -58,6 +59,10 @@ pub struct Pkcs11Config {
     /// Sessions kept open for concurrent requests.
     #[serde(default = "default_sessions")]
     pub sessions: usize,
+    /// Key ids whose key on the token has another label than the id (a
+    /// factory's): id → label. Other keys are labelled with their id.
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 fn default_sessions() -> usize {
@@ -86,6 +91,7 @@ pub struct Pkcs11Backend {
 
 struct Shared {
     config: Pkcs11Config,
+    labels: Arc<Labels>,
     pin: Mutex<Zeroizing<String>>,
     token: Mutex<Option<Arc<Token>>>,
     /// Set when the token refused the PIN (or has it locked): no login is
@@ -125,6 +131,7 @@ impl PinFileStamp {
 struct Token {
     ctx: Pkcs11,
     slot: Slot,
+    labels: Arc<Labels>,
     sessions: Mutex<Vec<Session>>,
     objects: RwLock<HashMap<KeyId, Arc<KeyObject>>>,
 }
@@ -145,10 +152,12 @@ impl Pkcs11Backend {
         if config.token_label.is_none() && config.slot.is_none() {
             return Err(Error::Setup("[pkcs11] needs token_label or slot".into()));
         }
+        let labels = Labels::new(&config.labels).map_err(Error::Setup)?;
         let pin = read_pin(&config.pin_file)?;
         let backend = Self {
             shared: Arc::new(Shared {
                 config: config.clone(),
+                labels: Arc::new(labels),
                 pin: Mutex::new(pin),
                 token: Mutex::new(None),
                 refused: Mutex::new(None),
@@ -208,7 +217,7 @@ impl Pkcs11Backend {
         {
             return Ok(Some(o.clone()));
         }
-        let label = Attribute::Label(id.as_str().as_bytes().to_vec());
+        let label = Attribute::Label(token.labels.of(id).map_err(Failure::Request)?);
         let find = |class| {
             session
                 .find_objects(&[Attribute::Class(class), label.clone()])
@@ -265,7 +274,7 @@ impl KeyBackend for Pkcs11Backend {
                 return Ok(existing.record.reuse_as_pair(spec)?);
             }
             let generation = random_id()?;
-            let label = Attribute::Label(id.as_str().as_bytes().to_vec());
+            let label = Attribute::Label(token.labels.of(&id).map_err(Failure::Request)?);
             let common_private = vec![
                 Attribute::Token(true),
                 Attribute::Private(true),
@@ -362,7 +371,7 @@ impl KeyBackend for Pkcs11Backend {
                 Attribute::Private(true),
                 Attribute::Sensitive(true),
                 Attribute::Extractable(false),
-                Attribute::Label(id.as_str().as_bytes().to_vec()),
+                Attribute::Label(token.labels.of(&id).map_err(Failure::Request)?),
                 Attribute::Id(generation.clone()),
             ];
             template.extend(usage);
@@ -619,7 +628,7 @@ impl KeyBackend for Pkcs11Backend {
                         _ => None,
                     };
                     // Objects keyd did not make (no valid key id label) are not listed.
-                    let Some(id) = label.and_then(|l| KeyId::new(&l).ok()) else {
+                    let Some(id) = label.and_then(|l| token.labels.id_of(&l)) else {
                         continue;
                     };
                     if let Some(o) = Self::find_object(token, session, &id)? {
@@ -854,6 +863,7 @@ impl Shared {
         Ok(Token {
             ctx,
             slot,
+            labels: self.labels.clone(),
             sessions: Mutex::new(vec![session]),
             objects: RwLock::new(HashMap::new()),
         })
