@@ -10,6 +10,39 @@ use std::path::{Path, PathBuf};
 
 use zeroize::Zeroizing;
 
+/// Why [`read_capped`] read nothing.
+#[derive(Debug)]
+pub enum ReadCapped {
+    /// The file could not be opened or read.
+    Io(io::Error),
+    /// It holds more than the cap (in bytes).
+    TooLarge(u64),
+}
+
+impl std::fmt::Display for ReadCapped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Io(e) => write!(f, "cannot read it: {e}"),
+            Self::TooLarge(max) => write!(f, "larger than {max} bytes"),
+        }
+    }
+}
+
+/// Reads `path` into `into` (a caller's buffer: a `Zeroizing` one for a
+/// secret), refusing a file of more than `max` bytes without reading past
+/// `max + 1` of it: what an administrator names in a config is read, not
+/// whatever size it has grown to.
+pub fn read_capped(path: &Path, max: u64, into: &mut Vec<u8>) -> Result<(), ReadCapped> {
+    File::open(path)
+        .and_then(|f| f.take(max.saturating_add(1)).read_to_end(into))
+        .map_err(ReadCapped::Io)?;
+    if into.len() as u64 > max {
+        into.clear();
+        return Err(ReadCapped::TooLarge(max));
+    }
+    Ok(())
+}
+
 /// Writes `bytes` to `path` atomically with `mode`: a temp file in the same
 /// directory, fsync, rename over the target, fsync the directory. A reader sees
 /// the old content or the new one, never a mix; a crash leaves at most a stray
@@ -309,6 +342,22 @@ fn parent_dir(path: &Path) -> io::Result<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_capped_read_takes_up_to_the_cap_and_refuses_one_byte_more() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("f");
+        std::fs::write(&file, [7u8; 10]).unwrap();
+        let mut into = Vec::new();
+        read_capped(&file, 10, &mut into).unwrap();
+        assert_eq!(into, [7u8; 10]);
+        let mut into = Vec::new();
+        let e = read_capped(&file, 9, &mut into).unwrap_err();
+        assert_eq!(e.to_string(), "larger than 9 bytes");
+        assert!(into.is_empty(), "nothing of a refused file is kept");
+        let e = read_capped(&dir.path().join("none"), 9, &mut into).unwrap_err();
+        assert!(e.to_string().starts_with("cannot read it: "), "{e}");
+    }
 
     #[test]
     fn files_written_together_change_all_or_none() {

@@ -92,7 +92,6 @@ impl crate::config::DpsConfig {
 
 /// The registration payload in `file` (`provisioning.payload_file`): JSON.
 fn read_payload(file: &std::path::Path) -> Result<serde_json::Value, Error> {
-    use std::io::Read;
     let bad = |why: String| {
         Error::Setup(format!(
             "provisioning.payload_file {}: {why}",
@@ -100,12 +99,8 @@ fn read_payload(file: &std::path::Path) -> Result<serde_json::Value, Error> {
         ))
     };
     let mut text = Vec::new();
-    std::fs::File::open(file)
-        .and_then(|f| f.take(MAX_PAYLOAD_BYTES + 1).read_to_end(&mut text))
-        .map_err(|e| bad(format!("cannot read it: {e}")))?;
-    if text.len() as u64 > MAX_PAYLOAD_BYTES {
-        return Err(bad(format!("larger than {MAX_PAYLOAD_BYTES} bytes")));
-    }
+    edgeid_common::fs::read_capped(file, MAX_PAYLOAD_BYTES, &mut text)
+        .map_err(|e| bad(e.to_string()))?;
     serde_json::from_slice(&text).map_err(|e| bad(format!("not JSON: {e}")))
 }
 

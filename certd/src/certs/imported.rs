@@ -6,8 +6,6 @@
 //! chain that holds together) is said and skipped: it is issued anew where
 //! asked for.
 
-use std::io::Read;
-
 use super::Certd;
 use crate::chain::Chain;
 use crate::store::{CertRecord, Origin};
@@ -36,13 +34,11 @@ impl Certd {
         if self.store.get(id).map_err(|e| e.to_string())?.is_some() || !file.exists() {
             return Ok(false);
         }
-        let mut pem = String::new();
-        std::fs::File::open(file)
-            .and_then(|f| f.take(MAX_FILE_BYTES + 1).read_to_string(&mut pem))
-            .map_err(|e| format!("cannot read it: {e}"))?;
-        if pem.len() as u64 > MAX_FILE_BYTES {
-            return Err(format!("larger than {MAX_FILE_BYTES} bytes"));
-        }
+        let mut bytes = Vec::new();
+        edgeid_common::fs::read_capped(file, MAX_FILE_BYTES, &mut bytes)
+            .map_err(|e| e.to_string())?;
+        let pem = String::from_utf8(bytes)
+            .map_err(|_| "cannot read it: stream did not contain valid UTF-8".to_owned())?;
         let chain = Chain::from_pem(&pem).map_err(|e| e.to_string())?;
         chain.check().map_err(|e| e.to_string())?;
         let mut record = CertRecord::new(id, Origin::Imported, chain.to_pem());

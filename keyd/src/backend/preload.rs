@@ -2,8 +2,6 @@
 //! location, imported into the store that serves its id at every start;
 //! and `[[imported_key]]`, a key another key service left, taken over once.
 
-use std::io::Read;
-
 use aws_lc_rs::signature::{self, EcdsaKeyPair};
 use zeroize::Zeroizing;
 
@@ -33,9 +31,8 @@ pub async fn import(
         |why: String| Error::Setup(format!("preloaded key '{}' ({file}): {why}", preloaded.id));
     let kind = preloaded.symmetric.unwrap_or(SymmetricKeyType::HmacSha256);
     let mut bytes = Zeroizing::new(Vec::new());
-    std::fs::File::open(&preloaded.file)
-        .and_then(|f| f.take(MAX_FILE_LEN + 1).read_to_end(&mut bytes))
-        .map_err(|e| setup(format!("cannot read it: {e}")))?;
+    edgeid_common::fs::read_capped(&preloaded.file, MAX_FILE_LEN, &mut bytes)
+        .map_err(|e| setup(e.to_string()))?;
     let pair = if bytes.starts_with(b"-----BEGIN") {
         Some(pkcs8_of_pem(&bytes).map_err(setup)?)
     } else if bytes.len() > MAX_SYMMETRIC_LEN {
