@@ -274,11 +274,6 @@ fn keys_the_reference_does_not_know_or_edgeid_cannot_honour_are_refused_with_fil
             &["10-x.toml, line 2", "unknown key 'hostnmae'"],
         ),
         (
-            "etc/aziot/identityd/config.toml",
-            "[provisioning]\nsource = \"manual\"\nlocal_gateway_hostname = \"parent\"\n",
-            &["config.toml, line 3", "provisioning.local_gateway_hostname", "nested"],
-        ),
-        (
             "etc/aziot/identityd/config.d/20-p.toml",
             "[[principal]]\nuid = 1\nname = \"a\"\nidtype = [\"local\"]\n[principal.localid]\ntype = \"x509\"\nattributes = \"admin\"\n",
             &["20-p.toml", "bad 'localid'", "\"client\" or \"server\""],

@@ -148,6 +148,10 @@ pub struct ManualConfig {
     /// The device's credential.
     #[serde(default)]
     pub auth: Option<DeviceAuthConfig>,
+    /// The parent IoT Edge device (nested edge, `host[:port]`) the hub is
+    /// reached through: hub calls go to it, with the hub's own tokens.
+    #[serde(default)]
+    pub gateway: Option<String>,
 }
 
 /// A device credential for the hub.
@@ -403,6 +407,10 @@ impl IdentitydConfig {
         };
         match &self.provisioning {
             ProvisioningConfig::Manual(m) => {
+                if let Some(gateway) = &m.gateway {
+                    crate::names::check_hub(gateway)
+                        .map_err(|e| format!("provisioning.gateway: {e}"))?;
+                }
                 let by_parts = m.hub.is_some() || m.device_id.is_some() || m.auth.is_some();
                 match (&m.connection_string, by_parts) {
                     (Some(cs), false) => {

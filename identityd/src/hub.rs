@@ -39,7 +39,8 @@ pub enum ModuleCredential {
 pub struct Hub<'a> {
     /// The HTTPS client.
     pub cloud: &'a Cloud,
-    /// `host[:port]`.
+    /// Where its REST API answers (`host[:port]`): the hub, or the parent
+    /// gateway between (tokens are the hub's either way).
     pub hub: &'a str,
     /// The device.
     pub device_id: &'a str,

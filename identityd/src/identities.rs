@@ -100,6 +100,16 @@ pub struct Identityd {
     shutdown: tokio::sync::watch::Receiver<bool>,
 }
 
+/// The names every aziot identity of the device carries.
+pub struct DeviceNames {
+    /// The hub.
+    pub hub: String,
+    /// Where the hub is reached: the parent gateway, else the hub.
+    pub gateway_host: String,
+    /// The device id.
+    pub device_id: String,
+}
+
 impl Identityd {
     /// Opens the state directory and the stored provisioning result. Nothing
     /// is contacted: [`Identityd::needs_provisioning`] says whether to.
@@ -339,11 +349,15 @@ impl Identityd {
         }
     }
 
-    /// The device's hub and id, for callers who may see module identities
-    /// (the aziot API names them in every module identity).
-    pub fn device_names(&self) -> Result<(String, String), Error> {
+    /// The device's hub, gateway host and id, for callers who may see
+    /// module identities (the aziot API names them in every module identity).
+    pub fn device_names(&self) -> Result<DeviceNames, Error> {
         let device = self.current()?;
-        Ok((device.hub, device.device_id))
+        Ok(DeviceNames {
+            gateway_host: device.gateway_host(),
+            hub: device.hub,
+            device_id: device.device_id,
+        })
     }
 
     /// The CA certificates modules should trust (certd's trust bundle).
@@ -518,6 +532,7 @@ impl Identityd {
             auth: self.credentials_as(handles).device_auth(&device).await?,
             hub: device.hub,
             device_id: device.device_id,
+            gateway: device.gateway,
         })
     }
 

@@ -322,7 +322,7 @@ impl Identityd {
     fn hub<'a>(&'a self, device: &'a DeviceRecord) -> Hub<'a> {
         Hub {
             cloud: &self.cloud,
-            hub: &device.hub,
+            hub: device.connect_to(),
             device_id: &device.device_id,
             api_version: &self.config.cloud.hub_api_version,
         }

@@ -50,6 +50,15 @@ pub fn fingerprint(config: &IdentitydConfig) -> String {
         ProvisioningConfig::Dps(d) => json!(d),
         ProvisioningConfig::Local(l) => json!(l),
     };
+    let mut source = source;
+    if let ProvisioningConfig::Manual(ManualConfig {
+        gateway: Some(gateway),
+        ..
+    }) = &config.provisioning
+    {
+        // Only when set: devices with none keep the fingerprint they had.
+        source["gateway"] = json!(gateway);
+    }
     let whole = json!({
         "source": config.provisioning.source(),
         "provisioning": source,
@@ -106,7 +115,11 @@ impl Provisioner<'_> {
             ProvisioningConfig::Dps(d) => self.provision_dps(d).await?,
             ProvisioningConfig::Local(l) => self.provision_local(l).await?,
         };
-        Ok(DeviceRecord::new(source, fp, hub, device_id, credential))
+        let mut record = DeviceRecord::new(source, fp, hub, device_id, credential);
+        if let ProvisioningConfig::Manual(m) = &config.provisioning {
+            record.gateway = m.gateway.clone();
+        }
+        Ok(record)
     }
 
     async fn provision_manual(

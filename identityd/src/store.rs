@@ -60,6 +60,9 @@ pub struct DeviceRecord {
     pub fingerprint: String,
     /// The hub (`host[:port]`).
     pub hub: String,
+    /// The parent gateway the hub is reached through (nested edge).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<String>,
     /// The device id.
     pub device_id: String,
     /// The credential.
@@ -82,10 +85,21 @@ impl DeviceRecord {
             source: source.to_owned(),
             fingerprint,
             hub,
+            gateway: None,
             device_id,
             credential,
             provisioned_at: rfc3339_now(),
         }
+    }
+
+    /// Where the hub's REST API is called: the parent gateway, if any.
+    pub fn connect_to(&self) -> &str {
+        self.gateway.as_deref().unwrap_or(&self.hub)
+    }
+
+    /// The aziot API's `gatewayHost`: the gateway, else the hub itself.
+    pub fn gateway_host(&self) -> String {
+        self.connect_to().to_owned()
     }
 }
 

@@ -236,6 +236,7 @@ async fn manual_connection_string() {
             hub: None,
             device_id: None,
             auth: None,
+            gateway: None,
         }),
         Some(&cloud),
     )
@@ -268,6 +269,7 @@ async fn manual_x509_identity_with_x509_modules() {
                 key_id: "hub-identity".into(),
                 subject: Default::default(),
             }),
+            gateway: None,
         }),
         Some(&cloud),
     );
@@ -452,6 +454,7 @@ async fn manual_x509_with_a_preloaded_certificate_and_key() {
                 key_id: key_id.into(),
                 subject: Default::default(),
             }),
+            gateway: None,
         })
     };
     let identityd = identityd(&daemons, manual("device-id"), Some(&cloud)).await;
@@ -522,6 +525,7 @@ async fn manual_x509_asks_certd_for_a_missing_identity_certificate() {
             key_id: "device-id".into(),
             subject: [("O".to_owned(), "Contoso".to_owned())].into(),
         }),
+        gateway: None,
     });
     let identityd = identityd(&daemons, provisioning, Some(&cloud)).await;
     let client = identityd.client();

@@ -66,6 +66,7 @@ async fn the_issued_identity_certificate_is_renewed_with_a_new_key_and_still_rea
             key_id: "device-id".into(),
             subject: [("O".to_owned(), "Contoso".to_owned())].into(),
         }),
+        gateway: None,
     });
     let config = IdentitydFixture::config_in(daemons.path(), provisioning, Some(&cloud));
     let identityd = IdentitydFixture::configured(config, Admins::root_and_self()).await;

@@ -215,6 +215,13 @@ impl CloudService {
         self.state().requests.clone()
     }
 
+    /// Plays a parent IoT Edge device (nested edge) in front of the hub
+    /// `hub_name`: tokens must be for that hub, while requests come here.
+    /// DPS assigns that hub too.
+    pub fn stand_in_for_hub(&self, hub_name: &str) {
+        self.state().hub = hub_name.to_owned();
+    }
+
     /// The TLS client certificate (leaf DER) of each request that showed
     /// one, in order.
     pub fn client_certs(&self) -> Vec<Vec<u8>> {

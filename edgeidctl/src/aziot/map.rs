@@ -377,14 +377,26 @@ fn provisioning(r: &Reader, hostname: Option<&str>) -> Result<Table, String> {
                 }
                 other => return Err(r.bad(&at("method"), &format!("'{other}': sas or x509"))),
             };
-            Table::from_iter([
+            let mut manual = Table::from_iter([
                 s("source", "manual".into()),
                 s("hub", r.need_str(&p("iothub_hostname"))?),
                 s("device_id", r.need_str(&p("device_id"))?),
                 ("auth".to_owned(), Value::Table(auth)),
-            ])
+            ]);
+            // Nested IoT Edge: the parent device the hub is reached through.
+            if let Some(parent) = r.str(&p("local_gateway_hostname"))? {
+                manual.insert("gateway".into(), Value::String(parent));
+            }
+            manual
         }
         "dps" => {
+            if r.str(&p("local_gateway_hostname"))?.is_some() {
+                // As the reference refuses it.
+                return Err(r.bad(
+                    &p("local_gateway_hostname"),
+                    "is for manual provisioning: DPS provisioning is not supported in nested mode",
+                ));
+            }
             let at = |k: &'static str| ["provisioning", "attestation", k];
             let method = r.need_str(&at("method"))?;
             let mut attestation = Table::from_iter([s("method", method.clone())]);

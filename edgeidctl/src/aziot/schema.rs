@@ -141,10 +141,7 @@ pub const IDENTITYD: Rule = Table(&[
         "provisioning",
         Table(&[
             ("source", Value),
-            (
-                "local_gateway_hostname",
-                Refused("nested IoT Edge (a parent gateway) is not supported by edgeid yet"),
-            ),
+            ("local_gateway_hostname", Value),
             ("iothub_hostname", Value),
             ("device_id", Value),
             (
@@ -197,14 +194,11 @@ const SUPER_NOT_YET: Rule = Refused(
 /// tables only aziot-edged reads, IoT Edge's).
 pub const SUPER: Rule = Table(&[
     ("hostname", Value),
-    (
-        "local_gateway_hostname",
-        Refused("nested IoT Edge (a parent gateway) is not supported by edgeid yet"),
-    ),
-    (
-        "parent_hostname",
-        Refused("nested IoT Edge (a parent gateway) is not supported by edgeid yet"),
-    ),
+    // The parent device of nested IoT Edge: identityd's
+    // [provisioning] local_gateway_hostname (IoT Edge's name for it, and
+    // the identity service's).
+    ("parent_hostname", Value),
+    ("local_gateway_hostname", Value),
     ("cloud_timeout_sec", Value),
     ("cloud_retries", Value),
     (

@@ -157,6 +157,29 @@ pub fn read(root: &Path) -> Result<Option<Parts>, String> {
     let mut keyd_keys = Table::new();
     let source = need(&["provisioning", "source"])?;
     let mut provisioning = Table::from_iter([s("source", &source)]);
+    // Nested IoT Edge's parent device, under either of its names (IoT
+    // Edge's, the identity service's), as aziotctl writes it to identityd.
+    let parent = match (
+        string(&["parent_hostname"])?,
+        string(&["local_gateway_hostname"])?,
+    ) {
+        (Some(_), Some(_)) => {
+            return Err(here(
+                &["local_gateway_hostname"],
+                "is parent_hostname by another name: give one of them",
+            ))
+        }
+        (one, other) => one.or(other),
+    };
+    if let Some(parent) = parent {
+        if source != "manual" {
+            return Err(here(
+                &["parent_hostname"],
+                "is for manual provisioning: DPS provisioning is not supported in nested mode",
+            ));
+        }
+        provisioning.insert("local_gateway_hostname".into(), Value::String(parent));
+    }
     match source.as_str() {
         "manual" => {
             let mut x509 = None;

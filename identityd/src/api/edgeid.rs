@@ -42,6 +42,9 @@ pub struct DeviceIdentity {
     pub device_id: String,
     /// Its credential.
     pub auth: Auth,
+    /// The parent IoT Edge device the hub is reached through (nested edge).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<String>,
 }
 
 /// A module identity.

@@ -23,7 +23,7 @@ use super::Service;
 use crate::api::aziot::*;
 use crate::api::{Auth, AuthType, CreateModuleRequest, DeviceIdentity, ModuleIdentity};
 use crate::error::Error;
-use crate::identities::{CallerIdentity, Handles, ProvisioningFacts};
+use crate::identities::{CallerIdentity, DeviceNames, Handles, ProvisioningFacts};
 use crate::local::LocalIdentity;
 
 #[derive(Debug, Clone, Copy)]
@@ -193,11 +193,11 @@ impl Service {
 }
 
 /// A module identity in the aziot shape, with the device's hub and id.
-fn module_identity((hub, device_id): &(String, String), module: ModuleIdentity) -> Identity {
+fn module_identity(device: &DeviceNames, module: ModuleIdentity) -> Identity {
     Identity::Aziot(AzureIotSpec {
-        hub_name: hub.clone(),
-        gateway_host: hub.clone(),
-        device_id: device_id.clone(),
+        hub_name: device.hub.clone(),
+        gateway_host: device.gateway_host.clone(),
+        device_id: device.device_id.clone(),
         module_id: Some(module.module_id),
         gen_id: Some(module.generation_id),
         auth: Some(auth(module.auth)),
@@ -229,7 +229,7 @@ fn local_identity(local: LocalIdentity) -> Identity {
 
 fn device_identity(device: DeviceIdentity) -> Identity {
     Identity::Aziot(AzureIotSpec {
-        gateway_host: device.hub.clone(),
+        gateway_host: device.gateway.unwrap_or_else(|| device.hub.clone()),
         hub_name: device.hub,
         device_id: device.device_id,
         module_id: None,
