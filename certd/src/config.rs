@@ -155,6 +155,11 @@ pub struct IssuanceConfig {
     /// issued with (the reference's `identity_auto_renew`).
     #[serde(default)]
     pub renewal: Option<RenewalPolicy>,
+    /// For `est`: this certificate's own URL at the EST server (another
+    /// label, as `https://host/.well-known/est/<label>`), enrolled with
+    /// `[est]`'s credentials and trust anchors.
+    #[serde(default)]
+    pub est_url: Option<String>,
 }
 
 impl IssuanceConfig {
@@ -414,6 +419,18 @@ impl CertdConfig {
             issuance
                 .configured_name()
                 .map_err(|why| format!("issuance.\"{id}\".subject: {why}"))?;
+            if let Some(url) = &issuance.est_url {
+                if issuance.method != IssuerKind::Est {
+                    return Err(format!(
+                        "issuance.\"{id}\".est_url is for method \"est\" only"
+                    ));
+                }
+                if !url.starts_with("https://") {
+                    return Err(format!(
+                        "issuance.\"{id}\".est_url '{url}' must be an https:// URL"
+                    ));
+                }
+            }
             if let Some(policy) = &issuance.renewal {
                 policy
                     .check()

@@ -45,26 +45,28 @@ pub struct EstClient {
     anchors_file: PathBuf,
 }
 
+/// An https URL's host, port and path (no trailing slash); `what` names
+/// the setting in errors.
+fn split_url(url: &str, what: &str) -> Result<(String, u16, String), Error> {
+    let uri = Uri::from_str(url).map_err(|e| Error::Setup(format!("{what} '{url}': {e}")))?;
+    if uri.scheme_str() != Some("https") {
+        return Err(Error::Setup(format!("{what} '{url}' must be https")));
+    }
+    let host = uri
+        .host()
+        .ok_or_else(|| Error::Setup(format!("{what} '{url}' has no host")))?
+        .to_owned();
+    let port = uri.port_u16().unwrap_or(443);
+    Ok((host, port, uri.path().trim_end_matches('/').to_owned()))
+}
+
 /// A TLS client identity: a chain and its key in keyd.
 pub type Identity = (Chain, Arc<KeydKey>);
 
 impl EstClient {
     /// Reads the trust anchors and password the config names.
     pub fn new(config: &EstConfig, state_dir: &Path) -> Result<Self, Error> {
-        let uri = Uri::from_str(&config.url)
-            .map_err(|e| Error::Setup(format!("est.url '{}': {e}", config.url)))?;
-        if uri.scheme_str() != Some("https") {
-            return Err(Error::Setup(format!(
-                "est.url '{}' must be https",
-                config.url
-            )));
-        }
-        let host = uri
-            .host()
-            .ok_or_else(|| Error::Setup(format!("est.url '{}' has no host", config.url)))?
-            .to_owned();
-        let port = uri.port_u16().unwrap_or(443);
-        let prefix = uri.path().trim_end_matches('/').to_owned();
+        let (host, port, prefix) = split_url(&config.url, "est.url")?;
         let mut roots = RootCertStore::empty();
         for file in &config.trust_anchors {
             let bad =
@@ -99,6 +101,26 @@ impl EstClient {
             roots: Arc::new(roots),
             basic,
             anchors_file: state_dir.join("est-cacerts.pem"),
+        })
+    }
+
+    /// The same server (credentials, trust anchors) at another `url`: a
+    /// label or path of its own for some certificates. Its CAs, as fetched,
+    /// are kept apart from the default URL's.
+    pub fn at_url(&self, url: &str, state_dir: &Path) -> Result<Self, Error> {
+        let (host, port, prefix) = split_url(url, "est_url")?;
+        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, url.as_bytes());
+        let name: String = digest.as_ref()[..8]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        Ok(Self {
+            host,
+            port,
+            prefix,
+            roots: self.roots.clone(),
+            basic: self.basic.clone(),
+            anchors_file: state_dir.join(format!("est-cacerts-{name}.pem")),
         })
     }
 

@@ -52,6 +52,7 @@ async fn suite_with(
             key_id: None,
             subject: None,
             renewal: None,
+            est_url: None,
         },
     );
     config.issuance.insert(
@@ -63,6 +64,7 @@ async fn suite_with(
             key_id: None,
             subject: None,
             renewal: None,
+            est_url: None,
         },
     );
     config.principals = principals;
@@ -655,6 +657,7 @@ async fn a_subject_set_for_an_id_is_issued_whatever_the_csr_asks() {
                 key_id: None,
                 subject: set(&[("commonName", "set for m"), ("OU", "modules")]),
                 renewal: None,
+                est_url: None,
             },
         );
     })

@@ -324,3 +324,71 @@ async fn an_expired_preloaded_est_identity_is_said_not_hidden() {
         "{err}"
     );
 }
+
+/// Certificates of one EST server at URLs of their own (an RFC 7030 label
+/// for the Edge CA's profile, say): `[issuance."<id>"] est_url`, with
+/// `[est]`'s credentials; first enrollment and renewal both go there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_enrolls_and_renews_at_its_own_est_url() {
+    let dir = edgeid_testkit::temp_dir();
+    let keyd = KeydFixture::start_in(dir.path()).await;
+    let est = EstServer::start("device-7", "s3cret", None, Duration::from_secs(3600)).await;
+    let anchors = dir.path().join("est-tls-ca.pem");
+    std::fs::write(&anchors, &est.tls_ca_pem).unwrap();
+    let password = dir.path().join("est.password");
+    std::fs::write(&password, "s3cret\n").unwrap();
+    std::fs::set_permissions(&password, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let mut config = CertdFixture::config_in(dir.path(), &keyd.socket());
+    config.est = Some(EstConfig {
+        url: est.url.clone(),
+        trust_anchors: vec![anchors],
+        username: Some("device-7".into()),
+        password_file: Some(password),
+        bootstrap_cert: None,
+        bootstrap_key: None,
+        identity_cert: None,
+        identity_key: None,
+        identity_renewal: None,
+    });
+    for (id, url) in [
+        ("device-id", None),
+        ("edge-ca", Some(format!("{}/edgeca", est.url))),
+    ] {
+        config.issuance.insert(
+            id.into(),
+            edgeid_certd::config::IssuanceConfig {
+                method: IssuerKind::Est,
+                expiry_days: None,
+                ca: false,
+                key_id: None,
+                subject: None,
+                renewal: None,
+                est_url: url,
+            },
+        );
+    }
+    let certd = CertdFixture::configured(config, Admins::root_and_self()).await;
+    let client = certd.client();
+    for id in ["device-id", "edge-ca"] {
+        // No issuer: as [issuance] says.
+        let mut request = est_request(id, None);
+        request.issuer = None;
+        let chain = client.create(&request).await.unwrap();
+        openssl::verify_chain(&est.ca_pem, &chain, "sslclient").unwrap();
+    }
+    client.renew("edge-ca").await.unwrap();
+    assert_eq!(
+        *est.labels.lock().unwrap(),
+        ["", "edgeca", "edgeca"],
+        "device-id at [est] url; edge-ca enrolled and re-enrolled at its own"
+    );
+    // The server's CA is in the trust bundle once.
+    let bundle = client.trust_bundle().await.unwrap();
+    let ca = ::pem::parse(&est.ca_pem).unwrap().into_contents();
+    let copies = ::pem::parse_many(&bundle)
+        .unwrap()
+        .into_iter()
+        .filter(|p| p.contents() == ca.as_slice())
+        .count();
+    assert_eq!(copies, 1, "{bundle}");
+}

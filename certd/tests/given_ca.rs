@@ -158,6 +158,7 @@ async fn a_local_ca_the_administrator_gives_issues_and_certd_never_makes_its_own
                     key_id: None,
                     subject: None,
                     renewal: None,
+                    est_url: None,
                 },
             );
         }

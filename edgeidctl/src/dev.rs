@@ -113,6 +113,7 @@ pub async fn run(
             key_id: None,
             subject: None,
             renewal: None,
+            est_url: None,
         },
     );
     let mut certd = tokio::spawn(edgeid_certd::run(certd_config, wait_for(stop_rx.clone())));

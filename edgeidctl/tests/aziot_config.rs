@@ -310,8 +310,8 @@ fn keys_the_reference_does_not_know_or_edgeid_cannot_honour_are_refused_with_fil
             "[cert_issuance.est]\nusername = \"u\"\npassword = \"s3cret\"\n[cert_issuance.est.urls]\n\
              default = \"https://a.example/.well-known/est\"\n\
              [cert_issuance.device-id]\nmethod = \"est\"\n\
-             [cert_issuance.edge-ca]\nmethod = \"est\"\nurl = \"https://b.example/.well-known/est\"\n",
-            &["10-est.toml, line 9", "cert_issuance.edge-ca.method", "another EST URL", "one EST server"],
+             [cert_issuance.edge-ca]\nmethod = \"est\"\nusername = \"v\"\npassword = \"s3cret\"\n",
+            &["10-est.toml, line 9", "cert_issuance.edge-ca.method", "other EST credentials", "one EST identity"],
         ),
         (
             "etc/aziot/certd/config.d/10-est.toml",

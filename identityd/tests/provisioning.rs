@@ -509,6 +509,7 @@ async fn manual_x509_asks_certd_for_a_missing_identity_certificate() {
             key_id: None,
             subject: None,
             renewal: None,
+            est_url: None,
         },
     );
     let certd = edgeid_testkit::CertdFixture::configured(config, Admins::root_and_self()).await;

@@ -50,6 +50,7 @@ async fn the_issued_identity_certificate_is_renewed_with_a_new_key_and_still_rea
                 retry_percent: None,
                 retry_secs: Some(1),
             }),
+            est_url: None,
         },
     );
     let certd = CertdFixture::configured(config, Admins::root_and_self()).await;

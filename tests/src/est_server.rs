@@ -40,6 +40,9 @@ pub struct EstServer {
     /// Who authenticated each successful enrollment, in order: the common
     /// name of the client certificate, or "" without one.
     pub clients: Arc<std::sync::Mutex<Vec<String>>>,
+    /// The RFC 7030 label (`/.well-known/est/<label>/...`) of each
+    /// successful enrollment, in order: "" without one.
+    pub labels: Arc<std::sync::Mutex<Vec<String>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -59,6 +62,7 @@ struct State {
     enrolled: Arc<AtomicUsize>,
     reenrolled: Arc<AtomicUsize>,
     clients: Arc<std::sync::Mutex<Vec<String>>>,
+    labels: Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 use crate::tls_server::{answer, ca, to_pem, LocalhostTls};
@@ -84,6 +88,7 @@ impl EstServer {
         let enrolled = Arc::new(AtomicUsize::new(0));
         let reenrolled = Arc::new(AtomicUsize::new(0));
         let clients = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let labels = Arc::new(std::sync::Mutex::new(Vec::new()));
         let state = Arc::new(State {
             username: username.into(),
             password: password.into(),
@@ -94,6 +99,7 @@ impl EstServer {
             enrolled: enrolled.clone(),
             reenrolled: reenrolled.clone(),
             clients: clients.clone(),
+            labels: labels.clone(),
         });
         let (port, task) = tls
             .serve("127.0.0.1:0".parse().expect("addr"), move |peer, req| {
@@ -108,6 +114,7 @@ impl EstServer {
             enrolled,
             reenrolled,
             clients,
+            labels,
             task,
         }
     }
@@ -148,7 +155,15 @@ async fn handle(
     peer: Option<&[u8]>,
     req: Request<Incoming>,
 ) -> Response<Full<Bytes>> {
-    let path = req.uri().path().to_owned();
+    // An optional label (RFC 7030 3.2.2): one more segment before the operation.
+    let full = req.uri().path().to_owned();
+    let (label, path) = match full
+        .strip_prefix("/.well-known/est/")
+        .and_then(|rest| rest.split_once('/'))
+    {
+        Some((label, op)) => (label.to_owned(), format!("/.well-known/est/{op}")),
+        None => (String::new(), full.clone()),
+    };
     let basic_ok = req
         .headers()
         .get(http::header::AUTHORIZATION)
@@ -231,6 +246,11 @@ async fn handle(
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .push(client);
+            state
+                .labels
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(label);
             state.enrolled.fetch_add(1, Ordering::SeqCst);
             if reenroll {
                 state.reenrolled.fetch_add(1, Ordering::SeqCst);

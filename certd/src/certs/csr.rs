@@ -151,6 +151,7 @@ impl Certd {
                 };
                 let chain = self
                     .issue(
+                        id,
                         configured.method,
                         request.profile,
                         &request.subject,

@@ -43,6 +43,9 @@ pub struct Certd {
     names: Vec<(u32, Grants)>,
     ca: tokio::sync::Mutex<Option<Arc<LocalCa>>>,
     est: Option<EstClient>,
+    /// Certificates enrolled at another URL of that EST server
+    /// (`[issuance."<id>"] est_url`), with its credentials and anchors.
+    est_at: HashMap<String, EstClient>,
     /// One lock per certificate id: issuance, import, renewal and deletion of
     /// one id never interleave.
     locks: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
@@ -83,6 +86,12 @@ impl Certd {
             Some(est) => Some(EstClient::new(est, &config.state_dir)?),
             None => None,
         };
+        let mut est_at = HashMap::new();
+        for (id, issuance) in &config.issuance {
+            if let (Some(url), Some(est)) = (&issuance.est_url, &est) {
+                est_at.insert(id.clone(), est.at_url(url, &config.state_dir)?);
+            }
+        }
         let access = Access::new(
             "certd",
             "certificate",
@@ -104,6 +113,7 @@ impl Certd {
             names,
             ca: tokio::sync::Mutex::new(None),
             est,
+            est_at,
             locks: std::sync::Mutex::new(HashMap::new()),
             changed: tokio::sync::Notify::new(),
             config,
@@ -290,6 +300,7 @@ impl Certd {
         };
         let chain = self
             .issue(
+                &req.id,
                 issuer,
                 req.profile,
                 &subject,
@@ -326,6 +337,7 @@ impl Certd {
     #[allow(clippy::too_many_arguments)]
     async fn issue(
         &self,
+        id: &str,
         kind: IssuerKind,
         profile: Profile,
         subject: &Subject,
@@ -363,11 +375,12 @@ impl Certd {
                 Chain::from_der(vec![issuer::self_sign(params, k.clone()).await?])
             }
             IssuerKind::Est => {
-                let est = self.est.as_ref().ok_or_else(|| {
+                let default = self.est.as_ref().ok_or_else(|| {
                     Error::BadRequest(
                         "issuer \"est\" needs an [est] table in certd's config".into(),
                     )
                 })?;
+                let est = self.est_at.get(id).unwrap_or(default);
                 let csr = match (key, csr_pem) {
                     (_, Some(pem_text)) => pem::parse(pem_text)
                         .map_err(|e| Error::BadRequest(format!("the CSR is not PEM: {e}")))?
@@ -384,8 +397,9 @@ impl Certd {
                 };
                 let auth = match current {
                     Some(current) => Some((current, true)),
+                    // The EST identity is enrolled at [est] url.
                     None => self
-                        .first_enrollment_identity(est, subject, lifetime)
+                        .first_enrollment_identity(default, subject, lifetime)
                         .await?
                         .map(|b| (b, false)),
                 };
@@ -591,8 +605,13 @@ impl Certd {
     /// when certificates are enrolled there. Open to every caller.
     pub async fn trust_bundle(&self) -> Result<TrustBundle, Error> {
         let mut pem = self.ca().await?.anchor_pem();
-        if let Some(est) = &self.est {
-            pem.push_str(&est.stored_anchors()?);
+        let mut added = Vec::new();
+        for est in self.est.iter().chain(self.est_at.values()) {
+            let anchors = est.stored_anchors()?;
+            if !added.contains(&anchors) {
+                pem.push_str(&anchors);
+                added.push(anchors);
+            }
         }
         Ok(TrustBundle { pem })
     }
@@ -664,7 +683,7 @@ impl Certd {
             LocalCa::new_root(&self.config.ca, k.clone()).await?
         } else {
             let auth = current_key.clone().map(|k| (current.clone(), k));
-            self.issue(kind, profile, &subject, lifetime, &key, auth, None)
+            self.issue(id, kind, profile, &subject, lifetime, &key, auth, None)
                 .await?
         };
         let retired = if key_id != record.key_id {

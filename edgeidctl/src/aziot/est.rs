@@ -2,8 +2,10 @@
 //! method's own `url` and credentials) as certd's one `[est]`: the URL and
 //! credentials each EST certificate resolves to, as the reference resolves
 //! them (its own, else `urls.<id>`, else `urls.default`; its own
-//! credentials, else the global ones), must be the same for all of them,
-//! since certd enrolls with one server and one identity. `trusted_certs`
+//! credentials, else the global ones): the credentials must be the same for
+//! all of them, since certd enrolls with one identity; a URL other than
+//! `[est] url` (`urls.default`, else the first) is the certificate's own
+//! `[issuance."<id>"] est_url`, at the same server's trust. `trusted_certs`
 //! name preloaded certificate files; none means the system's bundle, as the
 //! reference then trusts openssl's default store. A password goes to a
 //! 0600 file of certd's, never into its config.
@@ -36,9 +38,13 @@ struct Settings {
     auth: Vec<(&'static str, Zeroizing<String>)>,
 }
 
-/// certd's `[est]`, if a certificate is issued by EST or a default URL is
-/// set; returns the password for [`EST_PASSWORD_FILE`].
-pub(super) fn certd(r: &Reader, out: &mut Table) -> Result<Option<Zeroizing<String>>, String> {
+/// What [`certd`] found beside `[est]`: the password for
+/// [`EST_PASSWORD_FILE`], and the certificates (id, URL) that enroll at a
+/// URL of their own.
+pub(super) type Found = (Option<Zeroizing<String>>, Vec<(String, String)>);
+
+/// certd's `[est]`, if a certificate is issued by EST or a default URL is set.
+pub(super) fn certd(r: &Reader, out: &mut Table) -> Result<Found, String> {
     let global = ["cert_issuance", "est"];
     let auth_of = |base: &[&str]| -> Result<Vec<(&'static str, Zeroizing<String>)>, String> {
         let mut set = Vec::new();
@@ -67,6 +73,7 @@ pub(super) fn certd(r: &Reader, out: &mut Table) -> Result<Option<Zeroizing<Stri
         _ => Vec::new(),
     };
     let mut chosen: Option<(Settings, String)> = None;
+    let mut urls = Vec::new();
     for id in &ids {
         let method = ["cert_issuance", id.as_str(), "method"];
         if r.str(&method)?.as_deref() != Some("est") {
@@ -93,34 +100,58 @@ pub(super) fn certd(r: &Reader, out: &mut Table) -> Result<Option<Zeroizing<Stri
                 "is est, but no EST credentials are set (username and password, or identity_cert and identity_pk)",
             ));
         }
-        let settings = Settings { url, auth };
         match &chosen {
-            Some((first, at)) if *first != settings => {
+            Some((first, at)) if first.auth != auth => {
                 return Err(r.bad(
                     &method,
                     &format!(
-                        "enrolls with another EST URL or credentials than cert_issuance.{at}: \
-                         edgeid enrolls with one EST server and one identity"
+                        "enrolls with other EST credentials than cert_issuance.{at}: \
+                         edgeid enrolls with one EST identity"
                     ),
                 ))
             }
             Some(_) => {}
-            None => chosen = Some((settings, id.clone())),
+            None => {
+                let settings = Settings {
+                    url: url.clone(),
+                    auth,
+                };
+                chosen = Some((settings, id.clone()));
+            }
         }
+        urls.push((id.clone(), url));
     }
     let settings = match chosen {
-        Some((settings, _)) => settings,
+        Some((mut settings, _)) => {
+            if let Some(default) = url_for("default")? {
+                settings.url = default;
+            }
+            settings
+        }
         None => match url_for("default")? {
             Some(url) if !global_auth.is_empty() => Settings {
                 url,
                 auth: global_auth,
             },
-            _ => return Ok(None),
+            _ => return Ok((None, Vec::new())),
         },
     };
+    // The rest are checked as [est] url is.
+    for (id, url) in &urls {
+        if url != &settings.url && !url.starts_with("https://") {
+            return Err(r.bad(
+                &["cert_issuance", id, "url"],
+                "names an EST URL that is not https://: edgeid enrolls over TLS only",
+            ));
+        }
+    }
+    let own = urls
+        .into_iter()
+        .filter(|(_, url)| *url != settings.url)
+        .collect();
     let (table, password) = est_table(r, settings, identity_renewal)?;
     out.insert("est".into(), Value::Table(table));
-    Ok(password)
+    Ok((password, own))
 }
 
 /// `[est]` for `settings`, and the password to write.

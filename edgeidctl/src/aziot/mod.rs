@@ -18,6 +18,7 @@
 
 pub mod est;
 pub mod files;
+mod keyd;
 pub mod map;
 pub mod pkcs11;
 mod read;

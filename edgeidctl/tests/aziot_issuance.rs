@@ -1,7 +1,9 @@
-//! The reference's `identity_auto_renew` (identityd's DPS x509 attestation)
-//! and the super-config's `identity_cert.auto_renew`, read by `edgeidctl
-//! config apply` into certd's renewal policy for the identity certificate:
-//! each of the reference's forms (`%`, `min`, `day`), and what it refuses.
+//! How certd issues and renews certificates, from the reference's configs
+//! through `edgeidctl config apply`: `identity_auto_renew` (identityd's DPS
+//! x509 attestation, the super-config's `identity_cert.auto_renew`, the EST
+//! identity's) as certd's renewal policies, in each of the reference's forms
+//! (`%`, `min`, `day`), what it refuses, and EST certificates at URLs of
+//! their own as `est_url`.
 
 use std::path::Path;
 
@@ -208,4 +210,39 @@ fn the_est_identitys_auto_renew_becomes_certds_est_identity_renewal() {
     assert_eq!(policy["rekey"].as_bool(), Some(true));
     assert_eq!(policy["threshold_percent"].as_integer(), Some(50));
     assert_eq!(policy["retry_secs"].as_integer(), Some(1800));
+}
+
+/// EST certificates at URLs of their own (one server's labels) become
+/// `est_url`; `urls.default` stays `[est] url`.
+#[test]
+fn an_est_certificates_own_url_becomes_its_est_url() {
+    let root = support::aziot_root();
+    let r = root.path();
+    write(
+        r,
+        "etc/aziot/certd/config.toml",
+        "[cert_issuance.est]\nusername = \"u\"\npassword = \"s3cret\"\n\
+         [cert_issuance.est.urls]\ndefault = \"https://est.example/.well-known/est\"\n\
+         aziot-edged-ca = \"https://est.example/.well-known/est/edgeca\"\n\
+         [cert_issuance.device-id]\nmethod = \"est\"\n\
+         [cert_issuance.aziot-edged-ca]\nmethod = \"est\"\n\
+         [cert_issuance.other]\nmethod = \"est\"\nurl = \"https://est.example/.well-known/est/other\"\n",
+    );
+    let (ok, out) = support::config_apply(r, &[]);
+    assert!(ok, "{out}");
+    let certd = certd_config(r);
+    assert_eq!(
+        certd["est"]["url"].as_str(),
+        Some("https://est.example/.well-known/est")
+    );
+    let issuance = certd["issuance"].as_table().unwrap();
+    assert!(issuance["device-id"].get("est_url").is_none(), "{issuance}");
+    assert_eq!(
+        issuance["aziot-edged-ca"]["est_url"].as_str(),
+        Some("https://est.example/.well-known/est/edgeca")
+    );
+    assert_eq!(
+        issuance["other"]["est_url"].as_str(),
+        Some("https://est.example/.well-known/est/other")
+    );
 }
