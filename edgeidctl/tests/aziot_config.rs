@@ -913,7 +913,8 @@ fn the_super_configs_cert_issuance_and_an_est_issued_identity_reach_certd() {
          iothub_hostname = \"h.azure-devices.net\"\ndevice_id = \"d1\"\n\n\
          [provisioning.authentication]\nmethod = \"x509\"\n\
          identity_cert = { method = \"est\", subject = { CN = \"x\", O = \"Contoso\" } }\n\n\
-         [cert_issuance.est]\ntrusted_certs = [\"file:///var/secrets/est-ca.pem\"]\n\
+         [cert_issuance.est]\ntrusted_certs = [\"file:///var/secrets/est-ca.pem\"]\n\n\
+         [cert_issuance.est.auth]\n\
          bootstrap_identity_cert = \"file:///var/secrets/est-bootstrap.pem\"\n\
          bootstrap_identity_pk = \"file:///var/secrets/est-bootstrap.key.pem\"\n\n\
          [cert_issuance.est.urls]\ndefault = \"https://est.example.com/.well-known/est\"\n\n\

@@ -246,3 +246,73 @@ fn an_est_certificates_own_url_becomes_its_est_url() {
         Some("https://est.example/.well-known/est/other")
     );
 }
+
+/// The super-config's identity certificate with EST credentials of its own
+/// (aziotctl's `manual-x509-est-custom` shape): its identity files are
+/// preloaded as `est-id-device-id`, as aziotctl writes them, and certd
+/// enrolls with them; its basic-auth password goes to certd's file.
+#[test]
+fn the_super_configs_identity_cert_with_its_own_est_credentials_reaches_certd() {
+    let root = support::aziot_root();
+    let r = root.path();
+    write(
+        r,
+        "etc/aziot/config.toml",
+        "[provisioning]\nsource = \"manual\"\niothub_hostname = \"h.azure-devices.net\"\ndevice_id = \"d1\"\n\n\
+         [provisioning.authentication]\nmethod = \"x509\"\n\n\
+         [provisioning.authentication.identity_cert]\nmethod = \"est\"\ncommon_name = \"d1\"\n\
+         url = \"https://est.example/.well-known/est\"\nusername = \"user\"\npassword = \"s3cret\"\n\
+         identity_cert = \"file:///var/secrets/est-id.pem\"\nidentity_pk = \"file:///var/secrets/est-id.key.pem\"\n",
+    );
+    let (ok, out) = support::config_apply(r, &[]);
+    assert!(ok, "{out}");
+    assert!(!out.contains("s3cret"), "{out}");
+    let certd = certd_config(r);
+    let est = certd["est"].as_table().unwrap();
+    assert_eq!(
+        est["url"].as_str(),
+        Some("https://est.example/.well-known/est")
+    );
+    assert_eq!(est["username"].as_str(), Some("user"));
+    assert_eq!(est["identity_cert"].as_str(), Some("est-id-device-id"));
+    assert_eq!(est["identity_key"].as_str(), Some("est-id-device-id"));
+    assert_eq!(
+        certd["preloaded"]["est-id-device-id"]["file"].as_str(),
+        Some("/var/secrets/est-id.pem")
+    );
+    let keyd: Table = std::fs::read_to_string(r.join("etc/edgeid/keyd.d/config.toml"))
+        .unwrap()
+        .parse()
+        .unwrap();
+    let preloaded = keyd["preloaded_key"].as_array().unwrap();
+    assert!(
+        preloaded
+            .iter()
+            .any(|k| k["id"].as_str() == Some("est-id-device-id")
+                && k["file"].as_str() == Some("/var/secrets/est-id.key.pem")),
+        "{preloaded:?}"
+    );
+    let password =
+        std::fs::read_to_string(r.join("etc/edgeid/certd.d/aziot-est.password")).unwrap();
+    assert_eq!(password, "s3cret");
+}
+
+/// The super-config's EST credentials go in `[cert_issuance.est.auth]`;
+/// the reference ignores them beside it, so they are refused there (as
+/// certd's own file, which holds them flat, still takes them).
+#[test]
+fn super_config_est_credentials_outside_auth_are_refused() {
+    let root = support::aziot_root();
+    let r = root.path();
+    write(
+        r,
+        "etc/aziot/config.toml",
+        "[cert_issuance.est]\ntrusted_certs = [\"file:///var/secrets/est-ca.pem\"]\nusername = \"u\"\n",
+    );
+    let (ok, out) = support::config_apply(r, &[]);
+    assert!(!ok, "accepted: {out}");
+    assert!(
+        out.contains("etc/aziot/config.toml, line 3") && out.contains("cert_issuance.est.username"),
+        "{out}"
+    );
+}

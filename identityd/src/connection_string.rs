@@ -2,7 +2,6 @@
 //! that manual provisioning may be given, and the base64 symmetric keys it
 //! and key files carry. Plain data: config checks it, provisioning uses it.
 
-use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use zeroize::Zeroizing;
 
@@ -62,10 +61,18 @@ impl ConnectionString {
     }
 }
 
+/// Standard base64, its `=` padding optional: the reference's super-config
+/// takes keys without it (aziotctl's `*-no-pad` test configs).
+const PADDING_OPTIONAL: base64::engine::GeneralPurpose = base64::engine::GeneralPurpose::new(
+    &base64::alphabet::STANDARD,
+    base64::engine::GeneralPurposeConfig::new()
+        .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
+);
+
 /// A base64 symmetric key (16-64 bytes), decoded into memory that is wiped on drop.
 pub fn decode_key(text: &str) -> Result<Zeroizing<Vec<u8>>, String> {
     let key = Zeroizing::new(
-        STANDARD
+        PADDING_OPTIONAL
             .decode(text.trim())
             .map_err(|_| "is not base64".to_owned())?,
     );
@@ -78,6 +85,14 @@ pub fn decode_key(text: &str) -> Result<Zeroizing<Vec<u8>>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_key_decodes_with_its_padding_or_without() {
+        let padded = decode_key("MDEyMzQ1Njc4OWFiY2RlZg==").unwrap();
+        assert_eq!(padded.as_slice(), b"0123456789abcdef");
+        let bare = decode_key("MDEyMzQ1Njc4OWFiY2RlZg").unwrap();
+        assert_eq!(bare.as_slice(), padded.as_slice());
+    }
 
     #[test]
     fn connection_strings() {

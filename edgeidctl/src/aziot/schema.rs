@@ -77,6 +77,25 @@ const EST: Rule = Table(&[
     ("identity_auto_renew", AUTO_RENEW),
 ]);
 
+/// The super-config's `[cert_issuance.est]`: as certd's, its credentials in
+/// an `auth` table (aziotctl-common's `super_config::Est`).
+const SUPER_EST: Rule = Table(&[
+    ("trusted_certs", Value),
+    ("identity_auto_renew", AUTO_RENEW),
+    ("auth", EST_AUTH),
+    ("urls", Map(&Value)),
+]);
+
+/// EST credentials: `[cert_issuance.est.auth]` in the super-config.
+const EST_AUTH: Rule = Table(&[
+    ("username", Value),
+    ("password", Value),
+    ("identity_cert", Value),
+    ("identity_pk", Value),
+    ("bootstrap_identity_cert", Value),
+    ("bootstrap_identity_pk", Value),
+]);
+
 /// `/etc/aziot/certd/config.toml` and its drop-ins.
 pub const CERTD: Rule = Table(&[
     ("homedir_path", Value),
@@ -257,7 +276,7 @@ pub const SUPER: Rule = Table(&[
         "cert_issuance",
         Table(&[
             // As certd's (its file URIs become preloaded ids).
-            ("est", EST),
+            ("est", SUPER_EST),
             ("local_ca", Table(&[("cert", Value), ("pk", Value)])),
         ]),
     ),

@@ -97,15 +97,48 @@ pub fn read(root: &Path) -> Result<Option<Parts>, String> {
      -> Result<(String, Table, Option<Value>), String> {
         let at = |k: &'static str| [base, &[k]].concat();
         if let Some(Value::Table(mut issued)) = get(&at("identity_cert")) {
-            const ISSUED: [&str; 5] = ["method", "expiry_days", "url", "common_name", "subject"];
+            const ISSUED: [&str; 11] = [
+                "method",
+                "expiry_days",
+                "url",
+                "common_name",
+                "subject",
+                "username",
+                "password",
+                "identity_cert",
+                "identity_pk",
+                "bootstrap_identity_cert",
+                "bootstrap_identity_pk",
+            ];
             let auto_renew = issued.remove("auto_renew");
             if let Some(other) = issued.keys().find(|k| !ISSUED.contains(&k.as_str())) {
                 return Err(here(
                     &at("identity_cert"),
-                    &format!(
-                        "sets '{other}': edgeid takes EST credentials from [cert_issuance.est] only"
-                    ),
+                    &format!("sets '{other}', which the reference does not read here"),
                 ));
+            }
+            // Its own EST credentials, as aziotctl writes them: the files
+            // preloaded as est-id-device-id (est-bootstrap-id-device-id for
+            // a bootstrap identity, which enrolls est-id-device-id).
+            let own = |kind: &str| format!("{kind}-{DEVICE_KEY}");
+            for (cert, pk, id) in [
+                ("identity_cert", "identity_pk", own("est-id")),
+                (
+                    "bootstrap_identity_cert",
+                    "bootstrap_identity_pk",
+                    own("est-bootstrap-id"),
+                ),
+            ] {
+                if let (Some(c), Some(k)) = (issued.get(cert).cloned(), issued.get(pk).cloned()) {
+                    certd_certs.insert(id.clone(), c);
+                    keyd_keys.insert(id.clone(), k);
+                    issued.insert(cert.into(), Value::String(id.clone()));
+                    issued.insert(pk.into(), Value::String(id));
+                }
+            }
+            if issued.contains_key("bootstrap_identity_cert") {
+                issued.insert("identity_cert".into(), Value::String(own("est-id")));
+                issued.insert("identity_pk".into(), Value::String(own("est-id")));
             }
             if get(&at("identity_pk")).is_some() {
                 return Err(here(
@@ -390,7 +423,12 @@ fn cert_issuance(
 ) -> Result<(), String> {
     if let Some(Value::Table(est)) = value_at(c, &["cert_issuance", "est"]) {
         let mut out = Table::new();
-        for (k, v) in est {
+        // Its credentials are in `[cert_issuance.est.auth]`; certd's are flat.
+        let auth = match est.get("auth") {
+            Some(Value::Table(auth)) => auth.clone(),
+            _ => Table::new(),
+        };
+        for (k, v) in est.iter().filter(|(k, _)| *k != "auth").chain(&auth) {
             let id = match k.as_str() {
                 "identity_cert" | "identity_pk" => "est-id",
                 _ => "est-bootstrap-id",
