@@ -30,6 +30,27 @@ fn est_request(id: &str, renewal: Option<RenewalPolicy>) -> CreateCertificateReq
     }
 }
 
+/// `[est]` for `est` with basic auth as `device-7` and `password`, its
+/// trust anchors and 0600 password file (`est.password`) written in `dir`.
+fn basic_auth(dir: &std::path::Path, est: &EstServer, password: &str) -> EstConfig {
+    let anchors = dir.join("est-tls-ca.pem");
+    std::fs::write(&anchors, &est.tls_ca_pem).unwrap();
+    let password_file = dir.join("est.password");
+    std::fs::write(&password_file, format!("{password}\n")).unwrap();
+    std::fs::set_permissions(&password_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    EstConfig {
+        url: est.url.clone(),
+        trust_anchors: vec![anchors],
+        username: Some("device-7".into()),
+        password_file: Some(password_file),
+        bootstrap_cert: None,
+        bootstrap_key: None,
+        identity_cert: None,
+        identity_key: None,
+        identity_renewal: None,
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn enrolls_with_a_bootstrap_certificate_and_reenrolls_on_renewal() {
     let dir = edgeid_testkit::temp_dir();
@@ -97,26 +118,10 @@ async fn enrolls_with_basic_auth_and_names_a_refusal() {
     let dir = edgeid_testkit::temp_dir();
     let keyd = KeydFixture::start_in(dir.path()).await;
     let est = EstServer::start("device-7", "s3cret", None, Duration::from_secs(3600)).await;
-    let anchors = dir.path().join("est-tls-ca.pem");
-    std::fs::write(&anchors, &est.tls_ca_pem).unwrap();
-    let password = dir.path().join("est.password");
-    let set_password = |p: &str| {
-        std::fs::write(&password, format!("{p}\n")).unwrap();
-        std::fs::set_permissions(&password, std::fs::Permissions::from_mode(0o600)).unwrap();
-    };
-    set_password("wrong");
     let mut config = CertdFixture::config_in(dir.path(), &keyd.socket());
-    config.est = Some(EstConfig {
-        url: est.url.clone(),
-        trust_anchors: vec![anchors.clone()],
-        username: Some("device-7".into()),
-        password_file: Some(password.clone()),
-        bootstrap_cert: None,
-        bootstrap_key: None,
-        identity_cert: None,
-        identity_key: None,
-        identity_renewal: None,
-    });
+    config.est = Some(basic_auth(dir.path(), &est, "wrong"));
+    let password = dir.path().join("est.password");
+    let set_password = |p: &str| std::fs::write(&password, format!("{p}\n")).unwrap();
     let mut certd = CertdFixture::configured(config, Admins::root_and_self()).await;
     let err = certd
         .client()
@@ -333,23 +338,8 @@ async fn a_certificate_enrolls_and_renews_at_its_own_est_url() {
     let dir = edgeid_testkit::temp_dir();
     let keyd = KeydFixture::start_in(dir.path()).await;
     let est = EstServer::start("device-7", "s3cret", None, Duration::from_secs(3600)).await;
-    let anchors = dir.path().join("est-tls-ca.pem");
-    std::fs::write(&anchors, &est.tls_ca_pem).unwrap();
-    let password = dir.path().join("est.password");
-    std::fs::write(&password, "s3cret\n").unwrap();
-    std::fs::set_permissions(&password, std::fs::Permissions::from_mode(0o600)).unwrap();
     let mut config = CertdFixture::config_in(dir.path(), &keyd.socket());
-    config.est = Some(EstConfig {
-        url: est.url.clone(),
-        trust_anchors: vec![anchors],
-        username: Some("device-7".into()),
-        password_file: Some(password),
-        bootstrap_cert: None,
-        bootstrap_key: None,
-        identity_cert: None,
-        identity_key: None,
-        identity_renewal: None,
-    });
+    config.est = Some(basic_auth(dir.path(), &est, "s3cret"));
     for (id, url) in [
         ("device-id", None),
         ("edge-ca", Some(format!("{}/edgeca", est.url))),

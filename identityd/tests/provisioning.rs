@@ -497,37 +497,9 @@ async fn manual_x509_with_a_preloaded_certificate_and_key() {
 /// configures it; EST likewise), and authenticates to the hub with it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn manual_x509_asks_certd_for_a_missing_identity_certificate() {
-    let dir = edgeid_testkit::temp_dir();
-    let keyd = edgeid_testkit::KeydFixture::start_in(dir.path()).await;
-    let mut config = edgeid_testkit::CertdFixture::config_in(dir.path(), &keyd.socket());
-    config.issuance.insert(
-        "device-id".into(),
-        edgeid_certd::config::IssuanceConfig {
-            method: edgeid_certd::api::IssuerKind::LocalCa,
-            expiry_days: Some(30),
-            ca: false,
-            key_id: None,
-            subject: None,
-            renewal: None,
-            est_url: None,
-        },
-    );
-    let certd = edgeid_testkit::CertdFixture::configured(config, Admins::root_and_self()).await;
-    let daemons = Daemons { certd, keyd, dir };
+    let (daemons, cloud, provisioning) =
+        common::x509_device_certd_issues("factory-9", 30, None).await;
     let device_ca = daemons.certd.client().trust_bundle().await.unwrap();
-    let cloud = CloudService::start(Some(&device_ca)).await;
-    cloud.add_x509_device("factory-9");
-    let provisioning = ProvisioningConfig::Manual(ManualConfig {
-        connection_string: None,
-        hub: Some(cloud.hub.clone()),
-        device_id: Some("factory-9".into()),
-        auth: Some(DeviceAuthConfig::X509 {
-            cert_id: "device-id".into(),
-            key_id: "device-id".into(),
-            subject: [("O".to_owned(), "Contoso".to_owned())].into(),
-        }),
-        gateway: None,
-    });
     let identityd = identityd(&daemons, provisioning, Some(&cloud)).await;
     let client = identityd.client();
     provisioned(&client).await;

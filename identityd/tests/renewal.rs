@@ -8,13 +8,10 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{provisioned, Daemons};
-use edgeid_certd::api::{IssuerKind, RenewalPolicy};
-use edgeid_certd::config::IssuanceConfig;
+use common::provisioned;
+use edgeid_certd::api::RenewalPolicy;
 use edgeid_common::authz::Admins;
-use edgeid_identityd::config::{DeviceAuthConfig, ManualConfig, ProvisioningConfig};
-use edgeid_testkit::cloud::CloudService;
-use edgeid_testkit::{openssl, CertdFixture, IdentitydFixture, KeydFixture};
+use edgeid_testkit::{openssl, IdentitydFixture};
 use x509_parser::prelude::*;
 
 /// The leaf of a PEM chain, DER.
@@ -30,45 +27,18 @@ fn subject(der: &[u8]) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_issued_identity_certificate_is_renewed_with_a_new_key_and_still_reaches_the_hub() {
-    let dir = edgeid_testkit::temp_dir();
-    let keyd = KeydFixture::start_in(dir.path()).await;
-    let mut config = CertdFixture::config_in(dir.path(), &keyd.socket());
     // A day's certificate renewed when a day less 4 s is left: 4 s after
     // each issuance (the reference's `threshold = "<n>min"` form).
-    config.issuance.insert(
-        "device-id".into(),
-        IssuanceConfig {
-            method: IssuerKind::LocalCa,
-            expiry_days: Some(1),
-            ca: false,
-            key_id: None,
-            subject: None,
-            renewal: Some(RenewalPolicy {
-                threshold_percent: 80,
-                rekey: true,
-                before_expiry_secs: Some(86_400 - 4),
-                retry_percent: None,
-                retry_secs: Some(1),
-            }),
-            est_url: None,
-        },
-    );
-    let certd = CertdFixture::configured(config, Admins::root_and_self()).await;
-    let daemons = Daemons { certd, keyd, dir };
+    let renewal = RenewalPolicy {
+        threshold_percent: 80,
+        rekey: true,
+        before_expiry_secs: Some(86_400 - 4),
+        retry_percent: None,
+        retry_secs: Some(1),
+    };
+    let (daemons, cloud, provisioning) =
+        common::x509_device_certd_issues("factory-9", 1, Some(renewal)).await;
     let device_ca = daemons.certd.client().trust_bundle().await.unwrap();
-    let cloud = CloudService::start(Some(&device_ca)).await;
-    cloud.add_x509_device("factory-9");
-    let provisioning = ProvisioningConfig::Manual(ManualConfig {
-        connection_string: None,
-        hub: Some(cloud.hub.clone()),
-        device_id: Some("factory-9".into()),
-        auth: Some(DeviceAuthConfig::X509 {
-            cert_id: "device-id".into(),
-            key_id: "device-id".into(),
-            subject: [("O".to_owned(), "Contoso".to_owned())].into(),
-        }),
-        gateway: None,
-    });
     let config = IdentitydFixture::config_in(daemons.path(), provisioning, Some(&cloud));
     let identityd = IdentitydFixture::configured(config, Admins::root_and_self()).await;
     let client = identityd.client();

@@ -117,3 +117,48 @@ pub fn random_key() -> Vec<u8> {
     aws_lc_rs::rand::fill(&mut key).unwrap();
     key
 }
+
+/// An X.509 device whose identity certificate certd is to issue: keyd, and
+/// certd issuing `device-id` by its local CA as `[issuance."device-id"]`
+/// says (`expiry_days`, `renewal`); the test hub trusting that CA, with
+/// the X.509 device `device`; and the manual provisioning for it, asking
+/// for a subject of `CN=<device>, O=Contoso`.
+pub async fn x509_device_certd_issues(
+    device: &str,
+    expiry_days: u64,
+    renewal: Option<edgeid_certd::api::RenewalPolicy>,
+) -> (Daemons, CloudService, ProvisioningConfig) {
+    let dir = edgeid_testkit::temp_dir();
+    let keyd = KeydFixture::start_in(dir.path()).await;
+    let mut config = CertdFixture::config_in(dir.path(), &keyd.socket());
+    config.issuance.insert(
+        "device-id".into(),
+        edgeid_certd::config::IssuanceConfig {
+            method: edgeid_certd::api::IssuerKind::LocalCa,
+            expiry_days: Some(expiry_days),
+            ca: false,
+            key_id: None,
+            subject: None,
+            renewal,
+            est_url: None,
+        },
+    );
+    let admins = edgeid_common::authz::Admins::root_and_self();
+    let certd = CertdFixture::configured(config, admins).await;
+    let daemons = Daemons { certd, keyd, dir };
+    let device_ca = daemons.certd.client().trust_bundle().await.unwrap();
+    let cloud = CloudService::start(Some(&device_ca)).await;
+    cloud.add_x509_device(device);
+    let provisioning = ProvisioningConfig::Manual(edgeid_identityd::config::ManualConfig {
+        connection_string: None,
+        hub: Some(cloud.hub.clone()),
+        device_id: Some(device.into()),
+        auth: Some(edgeid_identityd::config::DeviceAuthConfig::X509 {
+            cert_id: "device-id".into(),
+            key_id: "device-id".into(),
+            subject: [("O".to_owned(), "Contoso".to_owned())].into(),
+        }),
+        gateway: None,
+    });
+    (daemons, cloud, provisioning)
+}
