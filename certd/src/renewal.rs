@@ -24,7 +24,9 @@ pub fn due(record: &CertRecord, policy: &RenewalPolicy) -> Option<OffsetDateTime
     let chain = Chain::from_pem(&record.pem).ok()?;
     let (from, to) = chain.leaf().validity();
     if let Some(secs) = policy.before_expiry_secs {
-        return Some(to - time::Duration::seconds(i64::try_from(secs).unwrap_or(i64::MAX / 2)));
+        // Longer than the certificate has: due from its start.
+        let before = time::Duration::seconds(i64::try_from(secs).unwrap_or(i64::MAX));
+        return Some(to.checked_sub(before).unwrap_or(from).max(from));
     }
     let span = to - from;
     Some(from + span * (f64::from(policy.threshold_percent) / 100.0))
@@ -152,6 +154,9 @@ mod tests {
             due(&record, &policy),
             Some(to - time::Duration::seconds(100))
         );
+        // More than the certificate's lifetime: due from its start, no overflow.
+        policy.before_expiry_secs = Some(u64::MAX);
+        assert_eq!(due(&record, &policy), Some(from));
     }
 
     #[test]

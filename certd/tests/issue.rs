@@ -408,6 +408,25 @@ async fn bad_input_gets_a_clear_4xx() {
     let (st, msg) = status(certd.create(&r).await);
     assert_eq!(st, Some(StatusCode::BAD_REQUEST));
     assert!(msg.contains("not both"), "{msg}");
+    // Periods past any lifetime would overflow the renewal schedule.
+    for policy in [
+        RenewalPolicy {
+            before_expiry_secs: Some(u64::MAX),
+            ..RenewalPolicy::default()
+        },
+        RenewalPolicy {
+            retry_secs: Some(u64::MAX),
+            ..RenewalPolicy::default()
+        },
+    ] {
+        let mut r = request("policy", IssuerKind::LocalCa, Profile::Client);
+        r.renewal = Some(policy);
+        let (st, msg) = status(certd.create(&r).await);
+        assert_eq!(st, Some(StatusCode::BAD_REQUEST), "{policy:?}");
+        assert!(msg.contains("100 years"), "{msg}");
+    }
+    // certd still answers.
+    certd.health().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

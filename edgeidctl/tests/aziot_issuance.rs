@@ -138,6 +138,11 @@ fn auto_renew_values_the_reference_refuses_or_edgeid_cannot_follow_are_refused_w
             &["identity_auto_renew.threshold", "positive"],
         ),
         (
+            renew("rotate_key = true\nthreshold = \"80%\"\nretry = \"99999999day\"\n"),
+            CERTD_ISSUES_IT,
+            &["identity_auto_renew.retry", "longer than 100 years"],
+        ),
+        (
             renew("rotate_key = true\nthreshold = \"%\"\nretry = \"4%\"\n"),
             CERTD_ISSUES_IT,
             &["identity_auto_renew.threshold", "not a number and a unit"],

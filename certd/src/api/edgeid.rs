@@ -111,8 +111,17 @@ impl RenewalPolicy {
         if self.retry_percent.is_some_and(|p| !(1..=99).contains(&p)) {
             return Err("renewal.retry_percent must be between 1 and 99".into());
         }
-        if self.before_expiry_secs == Some(0) || self.retry_secs == Some(0) {
-            return Err("renewal.before_expiry_secs and retry_secs must be at least 1".into());
+        // At least a second, at most 100 years (what a lifetime may be).
+        const MAX_SECS: u64 = 100 * 365 * 86_400;
+        for (name, secs) in [
+            ("before_expiry_secs", self.before_expiry_secs),
+            ("retry_secs", self.retry_secs),
+        ] {
+            if secs.is_some_and(|s| s == 0 || s > MAX_SECS) {
+                return Err(format!(
+                    "renewal.{name} must be between 1 and {MAX_SECS} (100 years)"
+                ));
+            }
         }
         if self.retry_percent.is_some() && self.retry_secs.is_some() {
             return Err("renewal: give retry_percent or retry_secs, not both".into());

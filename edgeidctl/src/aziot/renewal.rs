@@ -47,8 +47,9 @@ fn period(r: &Reader, at: &[&str]) -> Result<Period, String> {
             let unit_secs = if unit == "min" { 60 } else { 86_400 };
             value
                 .checked_mul(unit_secs)
+                .filter(|secs| *secs <= 100 * 365 * 86_400)
                 .map(Period::Secs)
-                .ok_or_else(|| r.bad(at, "is too long"))
+                .ok_or_else(|| r.bad(at, "is longer than 100 years"))
         }
         "" => Err(r.bad(at, &format!("is '{text}', with no unit: %, min or day"))),
         other => Err(r.bad(at, &format!("has unit '{other}', not one of %, min, day"))),
