@@ -321,3 +321,48 @@ fn super_config_est_credentials_outside_auth_are_refused() {
         "{out}"
     );
 }
+
+/// certd signs EST enrollments with the EST identity's key (renewed as
+/// `est-id.r<N>`) and the bootstrap key, and issues with a local CA's key
+/// in files: keyd's config grants certd each, also when `config apply`
+/// runs for keyd alone (as `systemctl restart aziot-keyd` runs it).
+#[test]
+fn certd_is_granted_the_keys_its_est_identities_and_local_ca_use() {
+    let root = support::aziot_root();
+    let r = root.path();
+    write(
+        r,
+        "etc/aziot/config.toml",
+        "[provisioning]\nsource = \"manual\"\niothub_hostname = \"h.azure-devices.net\"\ndevice_id = \"d1\"\n\n\
+         [provisioning.authentication]\nmethod = \"x509\"\nidentity_cert = { method = \"est\", common_name = \"d1\" }\n\n\
+         [cert_issuance.est]\ntrusted_certs = [\"file:///var/secrets/est-ca.pem\"]\n\n\
+         [cert_issuance.est.auth]\nbootstrap_identity_cert = \"file:///var/secrets/b.pem\"\n\
+         bootstrap_identity_pk = \"file:///var/secrets/b.key.pem\"\n\n\
+         [cert_issuance.est.urls]\ndefault = \"https://est.example/.well-known/est\"\n\n\
+         [cert_issuance.local_ca]\ncert = \"file:///var/secrets/ca.pem\"\npk = \"file:///var/secrets/ca.key.pem\"\n",
+    );
+    for only in [&[][..], &["--only", "keyd"][..]] {
+        let (ok, out) = support::config_apply(r, only);
+        assert!(ok, "{only:?}: {out}");
+        let keyd: Table = std::fs::read_to_string(r.join("etc/edgeid/keyd.d/config.toml"))
+            .unwrap()
+            .parse()
+            .unwrap();
+        let certd = keyd["principal"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"].as_str() == Some("certd"))
+            .unwrap();
+        let keys: Vec<&str> = certd["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|k| k.as_str())
+            .collect();
+        for wanted in ["est-id", "est-id.r*", "est-bootstrap-id", "local-ca"] {
+            assert!(keys.contains(&wanted), "{only:?}: {wanted} not in {keys:?}");
+        }
+        std::fs::remove_file(r.join("etc/edgeid/keyd.d/config.toml")).unwrap();
+    }
+}

@@ -166,3 +166,59 @@ fn token_tables(
     }
     Ok(pin)
 }
+
+/// The keyd keys certd signs with by what the reference's certd configs
+/// say (`certd`: those configs): the EST identity's and bootstrap
+/// identity's keys, globally and per certificate, and the local CA's. They
+/// are added to certd's grants in keyd's config (`out`), with `<id>.r*`
+/// for the EST identity's renewals, whichever daemon `config apply` was
+/// run for, so keyd's config alone does not lose them.
+pub fn grant_certd(certd: &Layered, out: &mut Table) {
+    let mut keys = Vec::new();
+    let mut key_at = |path: &[&str], renewed: bool| {
+        if let Some(Value::String(id)) = get(&certd.merged, path) {
+            if renewed {
+                keys.push(format!("{id}.r*"));
+            }
+            keys.push(id.clone());
+        }
+    };
+    key_at(&["cert_issuance", "local_ca", "pk"], false);
+    let mut tables = vec![vec!["cert_issuance".to_owned(), "est".to_owned()]];
+    if let Some(Value::Table(certs)) = get(&certd.merged, &["cert_issuance"]) {
+        tables.extend(
+            certs
+                .keys()
+                .filter(|k| *k != "est" && *k != "local_ca")
+                .map(|k| vec!["cert_issuance".to_owned(), k.clone()]),
+        );
+    }
+    for table in &tables {
+        let at = |k: &'static str| {
+            let mut path: Vec<&str> = table.iter().map(String::as_str).collect();
+            path.push(k);
+            path
+        };
+        key_at(&at("identity_pk"), true);
+        key_at(&at("bootstrap_identity_pk"), false);
+    }
+    if keys.is_empty() {
+        return;
+    }
+    let Some(Value::Array(principals)) = out.get_mut("principal") else {
+        return;
+    };
+    for principal in principals.iter_mut().filter_map(Value::as_table_mut) {
+        if principal.get("name").and_then(Value::as_str) != Some("certd") {
+            continue;
+        }
+        if let Some(Value::Array(granted)) = principal.get_mut("keys") {
+            for key in &keys {
+                let key = Value::String(key.clone());
+                if !granted.contains(&key) {
+                    granted.push(key);
+                }
+            }
+        }
+    }
+}

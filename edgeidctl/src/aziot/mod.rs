@@ -18,7 +18,7 @@
 
 pub mod est;
 pub mod files;
-mod keyd;
+pub mod keyd;
 pub mod map;
 pub mod pkcs11;
 mod read;
@@ -95,6 +95,9 @@ pub fn overlay(
         // A daemon's part of the super-config, standing for its 00-super.toml.
         let part_of = |d: &str| parts.as_ref().map(|p| p.layer(d)).transpose();
         if name == "keyd" {
+            // The keys certd signs with, by certd's configs.
+            let certd = read(root, "certd", &schema::CERTD, part_of("certd")?.flatten())?;
+            keyd::grant_certd(&certd, config);
             // keyd holds the TPM: tpmd's settings are checked with it.
             let tpmd = read(root, "tpmd", &schema::TPMD, part_of("tpmd")?.flatten())?;
             map::tpmd(&tpmd)?;
