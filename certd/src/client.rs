@@ -36,26 +36,6 @@ impl CertdClient {
             .pem)
     }
 
-    /// Certificate `id` issued for `csr_pem` as certd's `[issuance."<id>"]`
-    /// says (local CA, EST, self-signed): the aziot API's `POST
-    /// /certificates` without an issuer. Its chain, PEM, leaf first.
-    pub async fn issue_as_configured(
-        &self,
-        id: &str,
-        csr_pem: &str,
-    ) -> Result<String, ClientError> {
-        #[derive(serde::Deserialize)]
-        struct Answer {
-            pem: String,
-        }
-        let body = serde_json::json!({ "certId": id, "csr": csr_pem });
-        let answer: Answer = self
-            .http
-            .post("/certificates?api-version=2020-09-01", &body)
-            .await?;
-        Ok(answer.pem)
-    }
-
     /// A certificate, its expiry and renewal policy.
     pub async fn get(&self, id: &str) -> Result<CertificateInfo, ClientError> {
         self.http

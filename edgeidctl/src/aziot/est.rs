@@ -31,7 +31,6 @@ const AUTH: [(&str, &str); 6] = [
 ];
 
 /// What one EST certificate enrolls with.
-#[derive(PartialEq)]
 struct Settings {
     url: String,
     /// The credentials keys set (reference names), in [`AUTH`] order.

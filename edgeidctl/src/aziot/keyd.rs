@@ -184,23 +184,18 @@ pub fn grant_certd(certd: &Layered, out: &mut Table) {
         }
     };
     key_at(&["cert_issuance", "local_ca", "pk"], false);
-    let mut tables = vec![vec!["cert_issuance".to_owned(), "est".to_owned()]];
+    let mut tables = vec!["est".to_owned()];
     if let Some(Value::Table(certs)) = get(&certd.merged, &["cert_issuance"]) {
         tables.extend(
             certs
                 .keys()
                 .filter(|k| *k != "est" && *k != "local_ca")
-                .map(|k| vec!["cert_issuance".to_owned(), k.clone()]),
+                .cloned(),
         );
     }
     for table in &tables {
-        let at = |k: &'static str| {
-            let mut path: Vec<&str> = table.iter().map(String::as_str).collect();
-            path.push(k);
-            path
-        };
-        key_at(&at("identity_pk"), true);
-        key_at(&at("bootstrap_identity_pk"), false);
+        key_at(&["cert_issuance", table, "identity_pk"], true);
+        key_at(&["cert_issuance", table, "bootstrap_identity_pk"], false);
     }
     if keys.is_empty() {
         return;
